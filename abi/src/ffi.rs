@@ -1,0 +1,253 @@
+//! The native boundary: the root module a `.so` exports and the provider object it returns.
+//!
+//! Authors never touch this module; [`export_provider!`](crate::export_provider) writes the
+//! glue. Every call that enters plugin code is wrapped in `catch_unwind` on the plugin side,
+//! because abi_stable aborts the process when a panic unwinds across the boundary: a panic
+//! comes back to the host as an [`ErrorKind::PANICKED`] error instead, and the instance
+//! refuses all later calls with [`ErrorKind::POISONED`].
+//!
+//! Versioning follows abi_stable's prefix types: `ProviderMod` and the `FfiProvider`
+//! vtable may gain fields at the end in later versions of this crate; a host checks the
+//! plugin's ABI version and the root module's layout when it loads it.
+//!
+//! This is one of the few modules allowed `unsafe`: abi_stable's derives and `sabi_trait`
+//! expand to unsafe impls, and the library header below needs one unsafe call.
+#![allow(unsafe_code, reason = "abi_stable's macros expand to unsafe impls; see lib_header")]
+#![allow(non_local_definitions, reason = "sabi_trait expands to impls inside consts")]
+
+use crate::{
+    Delivery, ErrorKind, InitParams, MemoryProvider, Netmem, Plugin, PluginDescription,
+    ProviderError, ProviderInfo, Segment, Stat,
+};
+use abi_stable::library::{LibHeader, RootModule, RootModuleResult};
+use abi_stable::prefix_type::PrefixTypeTrait;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, RResult, RSlice, RSliceMut, RVec};
+use abi_stable::{sabi_trait, StableAbi};
+use core::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The version of this contract that a plugin is built against and a host expects: the
+/// version of the `memplex-abi` crate. Plugins built against another `0.x` minor version
+/// are refused at load.
+pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A provider instance as seen across the boundary. Only the glue implements it.
+#[sabi_trait]
+pub trait FfiProvider: Send {
+    /// See [`MemoryProvider::info`].
+    fn info(&self) -> RResult<ProviderInfo, ProviderError>;
+    /// See [`MemoryProvider::alloc_bulk`]; returns the count written.
+    fn alloc_bulk(&mut self, out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError>;
+    /// See [`MemoryProvider::release_bulk`].
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::fill`].
+    fn fill(&mut self, buf: Netmem, offset: u32, bytes: RSlice<'_, u8>) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::deliver`].
+    fn deliver(&mut self, segments: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError>;
+    /// See [`MemoryProvider::stats`].
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError>;
+    /// See [`MemoryProvider::destroy`].
+    #[sabi(last_prefix_field)]
+    fn destroy(&mut self) -> RResult<(), ProviderError>;
+}
+
+/// An owned provider instance from a plugin.
+pub type FfiProviderBox = FfiProvider_TO<'static, RBox<()>>;
+
+/// The root module every provider plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ProviderModRef)))]
+#[sabi(missing_field(option))]
+pub struct ProviderMod {
+    /// Static facts about the plugin.
+    pub describe: extern "C" fn() -> RResult<PluginDescription, ProviderError>,
+    /// Makes one provider instance.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(params: &InitParams) -> RResult<FfiProviderBox, ProviderError>,
+}
+
+impl RootModule for ProviderModRef {
+    abi_stable::declare_root_module_statics! {ProviderModRef}
+    const BASE_NAME: &'static str = "memplex_provider";
+    const NAME: &'static str = "memplex provider";
+    const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
+}
+
+/// Runs `f`, turning a panic into a [`ErrorKind::PANICKED`] error with the panic's message.
+fn guard<T>(f: impl FnOnce() -> Result<T, ProviderError>) -> RResult<T, ProviderError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.into(),
+        Err(payload) => RResult::RErr(ProviderError::new(
+            ErrorKind::PANICKED,
+            format!("provider panicked: {}", panic_message(&*payload)),
+        )),
+    }
+}
+
+/// The text of a panic payload, when it has one.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// A provider behind the boundary: catches panics and refuses calls after one.
+struct Guarded<P> {
+    inner: Option<P>,
+    poisoned: Cell<bool>,
+}
+
+impl<P: MemoryProvider> Guarded<P> {
+    fn call<T>(&self, f: impl FnOnce(&P) -> Result<T, ProviderError>) -> RResult<T, ProviderError> {
+        match &self.inner {
+            Some(inner) if !self.poisoned.get() => self.note(guard(|| f(inner))),
+            _ => RResult::RErr(poisoned()),
+        }
+    }
+
+    fn call_mut<T>(&mut self, f: impl FnOnce(&mut P) -> Result<T, ProviderError>) -> RResult<T, ProviderError> {
+        let poisoned_flag = &self.poisoned;
+        match &mut self.inner {
+            Some(inner) if !poisoned_flag.get() => {
+                let result = guard(|| f(inner));
+                if matches!(&result, RResult::RErr(e) if e.kind == ErrorKind::PANICKED) {
+                    poisoned_flag.set(true);
+                }
+                result
+            }
+            _ => RResult::RErr(poisoned()),
+        }
+    }
+
+    fn note<T>(&self, result: RResult<T, ProviderError>) -> RResult<T, ProviderError> {
+        if matches!(&result, RResult::RErr(e) if e.kind == ErrorKind::PANICKED) {
+            self.poisoned.set(true);
+        }
+        result
+    }
+}
+
+fn poisoned() -> ProviderError {
+    ProviderError::new(ErrorKind::POISONED, "provider panicked earlier and takes no more calls")
+}
+
+impl<P: MemoryProvider> FfiProvider for Guarded<P> {
+    fn info(&self) -> RResult<ProviderInfo, ProviderError> {
+        self.call(|p| Ok(p.info()))
+    }
+
+    fn alloc_bulk(&mut self, mut out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError> {
+        let cap = out.len();
+        self.call_mut(|p| {
+            let n = p.alloc_bulk(out.as_mut_slice())?;
+            // Clamp here so the host never sees a count past the slice it gave; the host
+            // checks every descriptor in the prefix anyway.
+            Ok(n.min(cap) as u32)
+        })
+    }
+
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError> {
+        self.call_mut(|p| p.release_bulk(bufs.as_slice()))
+    }
+
+    fn fill(&mut self, buf: Netmem, offset: u32, bytes: RSlice<'_, u8>) -> RResult<(), ProviderError> {
+        self.call_mut(|p| p.fill(buf, offset, bytes.as_slice()))
+    }
+
+    fn deliver(&mut self, segments: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError> {
+        self.call_mut(|p| p.deliver(segments.as_slice()))
+    }
+
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError> {
+        self.call(|p| Ok(p.stats().into()))
+    }
+
+    fn destroy(&mut self) -> RResult<(), ProviderError> {
+        self.call_mut(|p| {
+            p.destroy();
+            Ok(())
+        })
+    }
+}
+
+impl<P> Drop for Guarded<P> {
+    fn drop(&mut self) {
+        // A panic in the provider's own Drop must not unwind out of the vtable's drop.
+        let inner = self.inner.take();
+        let _ = catch_unwind(AssertUnwindSafe(move || drop(inner)));
+    }
+}
+
+extern "C" fn describe<P: Plugin>() -> RResult<PluginDescription, ProviderError> {
+    guard(|| Ok(P::describe()))
+}
+
+extern "C" fn init<P: Plugin>(params: &InitParams) -> RResult<FfiProviderBox, ProviderError> {
+    guard(|| {
+        let provider = P::init(params)?;
+        let guarded = Guarded { inner: Some(provider), poisoned: Cell::new(false) };
+        Ok(FfiProvider_TO::from_value(guarded, sabi_trait::TD_Opaque))
+    })
+}
+
+/// The root module for plugin type `P`.
+pub fn module_for<P: Plugin>() -> ProviderModRef {
+    ProviderMod { describe: describe::<P>, init: init::<P> }.leak_into_prefix()
+}
+
+extern "C" fn root_module_loader<P: Plugin>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(module_for::<P>)
+}
+
+/// The library header [`export_provider!`](crate::export_provider) puts in a plugin.
+#[doc(hidden)]
+pub const fn lib_header<P: Plugin>() -> LibHeader {
+    // SAFETY: `from_constructor` requires that the constructor return the root module of
+    // type `ProviderModRef`, the type named here; `root_module_loader::<P>` builds exactly
+    // that with `module_for::<P>`. This is what abi_stable's `#[export_root_module]`
+    // expands to, spelled out so plugins need no direct abi_stable dependency.
+    unsafe {
+        LibHeader::from_constructor::<ProviderModRef>(
+            root_module_loader::<P>,
+            abi_stable::library::CheckTypeLayout::Yes,
+        )
+    }
+}
+
+/// Exports a [`Plugin`] type as this library's provider. Put it once in a `cdylib` crate:
+///
+/// ```ignore
+/// memplex_abi::export_provider!(MyProvider);
+/// ```
+#[macro_export]
+macro_rules! export_provider {
+    ($plugin:ty) => {
+        /// The abi_stable root module of this memplex provider plugin.
+        #[doc(hidden)]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __MEMPLEX_PROVIDER_ROOT_MODULE: $crate::ffi::__LibHeader =
+            $crate::ffi::lib_header::<$plugin>();
+    };
+}
+
+#[doc(hidden)]
+pub use abi_stable::library::LibHeader as __LibHeader;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn export_name_is_the_one_abi_stable_looks_up() {
+        // export_provider! writes the symbol name literally; this pins it to abi_stable's.
+        assert_eq!(
+            abi_stable::library::ROOT_MODULE_LOADER_NAME,
+            "_1as_0lib_1header_0root_bmodule_bloader"
+        );
+    }
+}
