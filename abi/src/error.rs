@@ -65,7 +65,10 @@ pub struct ProviderError {
 impl ProviderError {
     /// Makes an error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ProviderError { kind, message: RString::from(message.into()) }
+        ProviderError {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
 
     /// The config or params were wrong.
@@ -75,7 +78,10 @@ impl ProviderError {
 
     /// The op is not implemented by this provider.
     pub fn unsupported(op: &str) -> Self {
-        Self::new(ErrorKind::UNSUPPORTED, format!("this provider does not implement `{op}`"))
+        Self::new(
+            ErrorKind::UNSUPPORTED,
+            format!("this provider does not implement `{op}`"),
+        )
     }
 
     /// The system refused a resource.

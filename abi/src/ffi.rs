@@ -12,8 +12,14 @@
 //!
 //! This is one of the few modules allowed `unsafe`: abi_stable's derives and `sabi_trait`
 //! expand to unsafe impls, and the library header below needs one unsafe call.
-#![allow(unsafe_code, reason = "abi_stable's macros expand to unsafe impls; see lib_header")]
-#![allow(non_local_definitions, reason = "sabi_trait expands to impls inside consts")]
+#![allow(
+    unsafe_code,
+    reason = "abi_stable's macros expand to unsafe impls; see lib_header"
+)]
+#![allow(
+    non_local_definitions,
+    reason = "sabi_trait expands to impls inside consts"
+)]
 
 use crate::{
     Delivery, ErrorKind, InitParams, MemoryProvider, Netmem, Plugin, PluginDescription,
@@ -42,7 +48,12 @@ pub trait FfiProvider: Send {
     /// See [`MemoryProvider::release_bulk`].
     fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError>;
     /// See [`MemoryProvider::fill`].
-    fn fill(&mut self, buf: Netmem, offset: u32, bytes: RSlice<'_, u8>) -> RResult<(), ProviderError>;
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError>;
     /// See [`MemoryProvider::deliver`].
     fn deliver(&mut self, segments: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError>;
     /// See [`MemoryProvider::stats`].
@@ -111,7 +122,10 @@ impl<P: MemoryProvider> Guarded<P> {
         }
     }
 
-    fn call_mut<T>(&mut self, f: impl FnOnce(&mut P) -> Result<T, ProviderError>) -> RResult<T, ProviderError> {
+    fn call_mut<T>(
+        &mut self,
+        f: impl FnOnce(&mut P) -> Result<T, ProviderError>,
+    ) -> RResult<T, ProviderError> {
         let poisoned_flag = &self.poisoned;
         match &mut self.inner {
             Some(inner) if !poisoned_flag.get() => {
@@ -134,7 +148,10 @@ impl<P: MemoryProvider> Guarded<P> {
 }
 
 fn poisoned() -> ProviderError {
-    ProviderError::new(ErrorKind::POISONED, "provider panicked earlier and takes no more calls")
+    ProviderError::new(
+        ErrorKind::POISONED,
+        "provider panicked earlier and takes no more calls",
+    )
 }
 
 impl<P: MemoryProvider> FfiProvider for Guarded<P> {
@@ -156,7 +173,12 @@ impl<P: MemoryProvider> FfiProvider for Guarded<P> {
         self.call_mut(|p| p.release_bulk(bufs.as_slice()))
     }
 
-    fn fill(&mut self, buf: Netmem, offset: u32, bytes: RSlice<'_, u8>) -> RResult<(), ProviderError> {
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError> {
         self.call_mut(|p| p.fill(buf, offset, bytes.as_slice()))
     }
 
@@ -191,14 +213,21 @@ extern "C" fn describe<P: Plugin>() -> RResult<PluginDescription, ProviderError>
 extern "C" fn init<P: Plugin>(params: &InitParams) -> RResult<FfiProviderBox, ProviderError> {
     guard(|| {
         let provider = P::init(params)?;
-        let guarded = Guarded { inner: Some(provider), poisoned: Cell::new(false) };
+        let guarded = Guarded {
+            inner: Some(provider),
+            poisoned: Cell::new(false),
+        };
         Ok(FfiProvider_TO::from_value(guarded, sabi_trait::TD_Opaque))
     })
 }
 
 /// The root module for plugin type `P`.
 pub fn module_for<P: Plugin>() -> ProviderModRef {
-    ProviderMod { describe: describe::<P>, init: init::<P> }.leak_into_prefix()
+    ProviderMod {
+        describe: describe::<P>,
+        init: init::<P>,
+    }
+    .leak_into_prefix()
 }
 
 extern "C" fn root_module_loader<P: Plugin>() -> RootModuleResult {

@@ -194,6 +194,9 @@ pub struct Stat {
 impl Stat {
     /// Makes a counter.
     pub fn new(name: &str, value: u64) -> Self {
-        Stat { name: name.into(), value }
+        Stat {
+            name: name.into(),
+            value,
+        }
     }
 }

@@ -26,7 +26,11 @@ const _: () = assert!(core::mem::size_of::<Netmem>() == 16);
 
 impl Netmem {
     /// An all-zero descriptor, used to size output arrays before a bulk allocation.
-    pub const EMPTY: Netmem = Netmem { addr: 0, len: 0, id: 0 };
+    pub const EMPTY: Netmem = Netmem {
+        addr: 0,
+        len: 0,
+        id: 0,
+    };
 
     /// Makes a descriptor.
     pub const fn new(id: u32, addr: u64, len: u32) -> Self {

@@ -25,7 +25,12 @@ pub struct InitParams {
 impl InitParams {
     /// Params with no provider settings.
     pub fn new(queue_id: u32, buf_size: u32, pool_size: u32) -> Self {
-        InitParams { queue_id, buf_size, pool_size, config: RVec::new() }
+        InitParams {
+            queue_id,
+            buf_size,
+            pool_size,
+            config: RVec::new(),
+        }
     }
 
     /// Adds one provider setting.
@@ -37,7 +42,11 @@ impl InitParams {
 
     /// The raw value of setting `key`, if given.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.config.iter().rev().find(|kv| kv.0.as_str() == key).map(|kv| kv.1.as_str())
+        self.config
+            .iter()
+            .rev()
+            .find(|kv| kv.0.as_str() == key)
+            .map(|kv| kv.1.as_str())
     }
 
     /// Setting `key` parsed as `T`; `Ok(None)` when absent, an error naming the key, the
@@ -56,12 +65,20 @@ impl InitParams {
 
     /// Fails with an error naming the first setting not in `known`, and listing `known`.
     pub fn deny_unknown(&self, known: &[&str]) -> Result<(), ProviderError> {
-        match self.config.iter().find(|kv| !known.contains(&kv.0.as_str())) {
+        match self
+            .config
+            .iter()
+            .find(|kv| !known.contains(&kv.0.as_str()))
+        {
             None => Ok(()),
             Some(kv) => Err(ProviderError::invalid_config(format!(
                 "unknown setting `{}`; this provider knows: {}",
                 kv.0,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))),
         }
     }

@@ -1,6 +1,8 @@
 //! The trait a provider author implements, in plain safe Rust.
 
-use crate::{Delivery, InitParams, Netmem, PluginDescription, ProviderError, ProviderInfo, Segment, Stat};
+use crate::{
+    Delivery, InitParams, Netmem, PluginDescription, ProviderError, ProviderInfo, Segment, Stat,
+};
 
 /// A memory provider: the userspace `memory_provider_ops`.
 ///
@@ -68,6 +70,10 @@ pub trait Plugin: MemoryProvider + Sized + 'static {
 impl PluginDescription {
     /// Makes a description.
     pub fn new(name: &str, version: &str, summary: &str) -> Self {
-        PluginDescription { name: name.into(), version: version.into(), summary: summary.into() }
+        PluginDescription {
+            name: name.into(),
+            version: version.into(),
+            summary: summary.into(),
+        }
     }
 }

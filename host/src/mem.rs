@@ -1,0 +1,64 @@
+//! Access to provider buffer memory: the one place the host turns a descriptor into bytes.
+//!
+//! This is one of the few modules allowed `unsafe`. Soundness rests on three facts the rest
+//! of the crate upholds:
+//! 1. a [`PoolBuf`](crate::pool::PoolBuf) exists only for a descriptor the checker accepted
+//!    (non-null, long enough, overlapping no other buffer of its instance) and that the
+//!    host holds right now; it is not `Clone`, so at most one handle names the memory;
+//! 2. the provider instance is never dropped while the host holds any of its buffers
+//!    (`Pool::shutdown` leaks an instance with buffers still out, and says so), and
+//!    native libraries are never unloaded;
+//! 3. these functions are called only when the provider declared the memory
+//!    host-writable (for writes) or CPU-readable (for reads).
+//!
+//! A native provider is trusted code in the host's process, as a kernel memory provider
+//! is trusted kernel code: the checks catch its mistakes, not malice.
+#![allow(
+    unsafe_code,
+    reason = "turns checked provider descriptors into byte slices"
+)]
+
+use crate::pool::PoolBuf;
+use memplex_abi::{Capabilities, Netmem};
+
+/// The bytes of `buf`.
+///
+/// # Safety
+/// `buf` must satisfy facts 1 to 3 of the module docs for reading, for as long as the
+/// returned slice lives.
+unsafe fn bytes<'a>(buf: &'a Netmem) -> &'a [u8] {
+    // SAFETY: the caller guarantees `buf.addr..buf.addr+buf.len` is live, readable memory
+    // that nothing writes while the shared borrow of the handle lasts (fact 1: one handle).
+    unsafe { core::slice::from_raw_parts(buf.addr as *const u8, buf.len as usize) }
+}
+
+/// The bytes of `buf`, writable.
+///
+/// # Safety
+/// `buf` must satisfy facts 1 to 3 of the module docs for writing, for as long as the
+/// returned slice lives.
+unsafe fn bytes_mut<'a>(buf: &'a mut Netmem) -> &'a mut [u8] {
+    // SAFETY: as for `bytes`, and the unique borrow of the one handle rules out any other
+    // access to these bytes while the slice lives.
+    unsafe { core::slice::from_raw_parts_mut(buf.addr as *mut u8, buf.len as usize) }
+}
+
+impl PoolBuf {
+    /// The bytes, when the provider's memory is CPU-readable.
+    pub fn as_slice(&self) -> Option<&[u8]> {
+        // SAFETY: a PoolBuf is only made by `Pool::alloc*` from a descriptor the checker
+        // accepted and the host holds; the provider is kept alive while any is out
+        // (mem.rs facts 1 and 2); the capability is checked here (fact 3).
+        self.caps
+            .contains(Capabilities::CPU_READABLE)
+            .then(|| unsafe { bytes(&self.netmem) })
+    }
+
+    /// The bytes, writable, when the provider's memory is host-writable.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: as for `as_slice`; `&mut self` on the one handle makes the borrow unique.
+        self.caps
+            .contains(Capabilities::HOST_WRITABLE)
+            .then(|| unsafe { bytes_mut(&mut self.netmem) })
+    }
+}

@@ -1,0 +1,510 @@
+//! The host's side of the provider contract: every descriptor a provider hands out is
+//! checked before the host uses it, and a provider that breaks the contract is quarantined.
+//!
+//! Checked on every hand-out (these run on the pool's slow path, 64 at a time):
+//! the id is below the declared capacity and not already with the host; the address is
+//! non-null, aligned as promised and inside the declared regions; the length is at least
+//! what was asked for; the same id names the same memory as before; and a buffer seen for
+//! the first time overlaps no other buffer of the instance.
+//!
+//! A breach, an error of a fatal kind or a panic quarantines the instance: it is not asked
+//! for buffers again, the bad descriptors are counted and never used, the good ones in the
+//! same batch are kept, and every buffer the host holds is still accounted for.
+
+use super::LoadError;
+use memplex_abi::{ErrorKind, MemoryProvider, Netmem, ProviderError, ProviderInfo, Stat};
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// How a provider broke the contract, or failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Fault {
+    /// A null address.
+    #[error("handed out a null buffer (id {id})")]
+    Null {
+        /// The buffer id.
+        id: u32,
+    },
+    /// An id that is already with the host.
+    #[error("handed out buffer id {id} again while the host still holds it")]
+    Duplicate {
+        /// The buffer id.
+        id: u32,
+    },
+    /// Shorter than asked for.
+    #[error("handed out buffer id {id} of {len} bytes; at least {want} were asked for")]
+    Short {
+        /// The buffer id.
+        id: u32,
+        /// Its length.
+        len: u32,
+        /// The length asked for.
+        want: u32,
+    },
+    /// Not aligned as `info` promised.
+    #[error("handed out buffer id {id} at {addr:#x}, not aligned to the promised {align} bytes")]
+    Misaligned {
+        /// The buffer id.
+        id: u32,
+        /// Its address.
+        addr: u64,
+        /// The promised alignment.
+        align: u32,
+    },
+    /// An id at or past the declared capacity.
+    #[error(
+        "handed out buffer id {id}, but declared a capacity of {capacity} (ids 0..{capacity})"
+    )]
+    IdOutOfRange {
+        /// The buffer id.
+        id: u32,
+        /// The declared capacity.
+        capacity: u32,
+    },
+    /// Outside every declared region.
+    #[error("handed out buffer id {id} at {addr:#x}+{len}, outside its declared memory regions")]
+    OutOfRegion {
+        /// The buffer id.
+        id: u32,
+        /// Its address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// Overlapping another buffer.
+    #[error("handed out buffer id {id} at {addr:#x}+{len}, overlapping buffer id {other}")]
+    Overlap {
+        /// The buffer id.
+        id: u32,
+        /// Its address.
+        addr: u64,
+        /// Its length.
+        len: u32,
+        /// The buffer it overlaps.
+        other: u32,
+    },
+    /// The same id at different memory than before.
+    #[error(
+        "handed out buffer id {id} at {addr:#x}+{len}, but that id was {was:#x}+{was_len} before"
+    )]
+    Moved {
+        /// The buffer id.
+        id: u32,
+        /// Its address now.
+        addr: u64,
+        /// Its length now.
+        len: u32,
+        /// Its address before.
+        was: u64,
+        /// Its length before.
+        was_len: u32,
+    },
+    /// Claimed more descriptors than there was room for.
+    #[error("claimed to write {claimed} descriptors into room for {room}")]
+    Overcount {
+        /// The count returned.
+        claimed: usize,
+        /// The room given.
+        room: usize,
+    },
+    /// An op returned an error of a fatal kind.
+    #[error("{op} failed: {error}")]
+    Error {
+        /// The op.
+        op: &'static str,
+        /// The error.
+        error: ProviderError,
+    },
+    /// An op panicked (caught on the plugin side for `.so` plugins, by the host for
+    /// built-ins).
+    #[error("panicked in {op}: {message}")]
+    Panicked {
+        /// The op.
+        op: &'static str,
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl Fault {
+    fn from_error(op: &'static str, error: ProviderError) -> Self {
+        if error.kind == ErrorKind::PANICKED {
+            Fault::Panicked {
+                op,
+                message: error.message.into_string(),
+            }
+        } else {
+            Fault::Error { op, error }
+        }
+    }
+
+    /// True when the provider must not be called again at all (not even to take buffers
+    /// back): it panicked.
+    pub fn is_poisoning(&self) -> bool {
+        matches!(self, Fault::Panicked { .. })
+            || matches!(self, Fault::Error { error, .. } if error.kind == ErrorKind::POISONED)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum State {
+    /// Never handed out.
+    Unseen,
+    /// With the provider.
+    AtProvider,
+    /// With the host: in a pool cache or ring, or with a consumer.
+    WithHost,
+    /// Handed out broken; never used, never given back.
+    Rejected,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    addr: u64,
+    len: u32,
+    state: State,
+}
+
+/// Counts kept by the checker for one provider instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderCounters {
+    /// `alloc_bulk` calls made.
+    pub alloc_calls: u64,
+    /// `release_bulk` calls made.
+    pub release_calls: u64,
+    /// Buffers accepted from the provider.
+    pub handed_out: u64,
+    /// Buffers given back to the provider.
+    pub released: u64,
+    /// Descriptors refused by the checks.
+    pub rejected: u64,
+    /// Buffers the host could not give back because the provider is poisoned.
+    pub stranded: u64,
+    /// Non-fatal errors returned by the provider.
+    pub errors: u64,
+}
+
+/// A provider instance behind the host's checks. See the module docs.
+pub struct CheckedProvider {
+    inner: Box<dyn MemoryProvider>,
+    label: Arc<str>,
+    info: ProviderInfo,
+    want_len: u32,
+    slots: Vec<Slot>,
+    /// Start address -> (end, id) of every buffer seen, for the overlap check.
+    extents: BTreeMap<u64, (u128, u32)>,
+    fault: Option<Fault>,
+    counters: ProviderCounters,
+    destroyed: bool,
+}
+
+/// The largest capacity the host accepts from `info` (16 Mi buffers).
+const MAX_CAPACITY: u32 = 1 << 24;
+
+fn guarded<T>(op: &'static str, f: impl FnOnce() -> Result<T, ProviderError>) -> Result<T, Fault> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Fault::from_error(op, e)),
+        Err(payload) => Err(Fault::Panicked {
+            op,
+            message: memplex_abi::ffi::panic_message(&*payload),
+        }),
+    }
+}
+
+impl CheckedProvider {
+    /// Wraps an instance after checking its `info`; `want_len` is the `buf_size` asked for.
+    pub fn new(
+        inner: Box<dyn MemoryProvider>,
+        label: Arc<str>,
+        want_len: u32,
+    ) -> Result<Self, LoadError> {
+        let info = guarded("info", || Ok(inner.info())).map_err(|f| LoadError::BadInfo {
+            plugin: label.to_string(),
+            reason: f.to_string(),
+        })?;
+        let bad = |reason: String| LoadError::BadInfo {
+            plugin: label.to_string(),
+            reason,
+        };
+        if info.capacity == 0 || info.capacity > MAX_CAPACITY {
+            return Err(bad(format!(
+                "capacity {} is outside 1..={MAX_CAPACITY}",
+                info.capacity
+            )));
+        }
+        if !info.align.is_power_of_two() {
+            return Err(bad(format!(
+                "alignment {} is not a power of two",
+                info.align
+            )));
+        }
+        if info.buf_size < want_len {
+            return Err(bad(format!(
+                "buffers of {} bytes are shorter than the {want_len} asked for",
+                info.buf_size
+            )));
+        }
+        if info.caps.contains(memplex_abi::Capabilities::REGIONS) && info.regions.is_empty() {
+            return Err(bad(
+                "declares the `regions` capability but lists no region".into()
+            ));
+        }
+        let unseen = Slot {
+            addr: 0,
+            len: 0,
+            state: State::Unseen,
+        };
+        Ok(CheckedProvider {
+            inner,
+            label,
+            slots: vec![unseen; info.capacity as usize],
+            info,
+            want_len,
+            extents: BTreeMap::new(),
+            fault: None,
+            counters: ProviderCounters::default(),
+            destroyed: false,
+        })
+    }
+
+    /// `name (origin) qN`, for messages.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// What the instance said about itself at start.
+    pub fn info(&self) -> &ProviderInfo {
+        &self.info
+    }
+
+    /// The fault that quarantined this instance, if any.
+    pub fn fault(&self) -> Option<&Fault> {
+        self.fault.as_ref()
+    }
+
+    /// The checker's counts.
+    pub fn counters(&self) -> ProviderCounters {
+        self.counters
+    }
+
+    /// Buffers the host holds from this instance right now.
+    pub fn held(&self) -> u64 {
+        self.counters.handed_out - self.counters.released - self.counters.stranded
+    }
+
+    /// The provider's own counters (empty once it is poisoned).
+    pub fn provider_stats(&self) -> Vec<Stat> {
+        if self.fault.as_ref().is_some_and(Fault::is_poisoning) {
+            return Vec::new();
+        }
+        guarded("stats", || Ok(self.inner.stats())).unwrap_or_default()
+    }
+
+    fn quarantine(&mut self, fault: Fault) {
+        if self.fault.is_none() {
+            tracing::error!(provider = %self.label, %fault, "provider quarantined");
+            self.fault = Some(fault);
+        }
+    }
+
+    /// Asks for up to `out.len()` buffers and returns how many good ones are now at the
+    /// front of `out`. Bad descriptors are dropped from `out`, counted, and quarantine the
+    /// instance; the good ones of the same batch are kept. `Err` means the provider gave
+    /// nothing because it is quarantined or failed this call.
+    pub fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, Fault> {
+        if let Some(fault) = &self.fault {
+            return Err(fault.clone());
+        }
+        self.counters.alloc_calls += 1;
+        let room = out.len();
+        let inner = &mut self.inner;
+        let claimed = match guarded("alloc_bulk", || inner.alloc_bulk(out)) {
+            Ok(n) => n,
+            Err(fault) => {
+                if fault.is_poisoning() {
+                    self.quarantine(fault.clone());
+                } else {
+                    self.counters.errors += 1;
+                }
+                return Err(fault);
+            }
+        };
+        if claimed > room {
+            self.quarantine(Fault::Overcount { claimed, room });
+        }
+        let mut good = 0;
+        for i in 0..claimed.min(room) {
+            let d = out[i];
+            match self.admit(d) {
+                Ok(()) => {
+                    out[good] = d;
+                    good += 1;
+                }
+                Err(fault) => {
+                    self.counters.rejected += 1;
+                    self.quarantine(fault);
+                }
+            }
+        }
+        self.counters.handed_out += good as u64;
+        Ok(good)
+    }
+
+    /// Checks one descriptor and, if good, records it as with the host.
+    fn admit(&mut self, d: Netmem) -> Result<(), Fault> {
+        let info = &self.info;
+        let id = d.id;
+        if id >= info.capacity {
+            return Err(Fault::IdOutOfRange {
+                id,
+                capacity: info.capacity,
+            });
+        }
+        let slot = self.slots[id as usize];
+        let reject = |slots: &mut Vec<Slot>, fault: Fault| {
+            if slot.state != State::WithHost {
+                slots[id as usize].state = State::Rejected;
+            }
+            Err(fault)
+        };
+        if slot.state == State::WithHost || slot.state == State::Rejected {
+            return Err(Fault::Duplicate { id });
+        }
+        if d.addr == 0 {
+            return reject(&mut self.slots, Fault::Null { id });
+        }
+        if d.len < self.want_len {
+            return reject(
+                &mut self.slots,
+                Fault::Short {
+                    id,
+                    len: d.len,
+                    want: self.want_len,
+                },
+            );
+        }
+        if d.addr % u64::from(info.align) != 0 {
+            return reject(
+                &mut self.slots,
+                Fault::Misaligned {
+                    id,
+                    addr: d.addr,
+                    align: info.align,
+                },
+            );
+        }
+        if !info.regions.is_empty()
+            && !info
+                .regions
+                .iter()
+                .any(|r| d.addr >= r.base && d.end() <= u128::from(r.base) + u128::from(r.len))
+        {
+            return reject(
+                &mut self.slots,
+                Fault::OutOfRegion {
+                    id,
+                    addr: d.addr,
+                    len: d.len,
+                },
+            );
+        }
+        if slot.state == State::AtProvider {
+            if slot.addr != d.addr || slot.len != d.len {
+                let fault = Fault::Moved {
+                    id,
+                    addr: d.addr,
+                    len: d.len,
+                    was: slot.addr,
+                    was_len: slot.len,
+                };
+                return reject(&mut self.slots, fault);
+            }
+        } else {
+            // First sight of this id: it must not overlap any buffer seen before.
+            let before = self.extents.range(..=d.addr).next_back();
+            let after = self.extents.range(d.addr..).next();
+            for (&start, &(end, other)) in before.into_iter().chain(after) {
+                if u128::from(start) < d.end() && end > u128::from(d.addr) {
+                    return reject(
+                        &mut self.slots,
+                        Fault::Overlap {
+                            id,
+                            addr: d.addr,
+                            len: d.len,
+                            other,
+                        },
+                    );
+                }
+            }
+            self.extents.insert(d.addr, (d.end(), id));
+        }
+        self.slots[id as usize] = Slot {
+            addr: d.addr,
+            len: d.len,
+            state: State::WithHost,
+        };
+        Ok(())
+    }
+
+    /// Gives buffers back. Only buffers this instance handed out may be passed (the pool
+    /// guarantees it). If the provider is poisoned the buffers stay stranded and counted.
+    pub fn release_bulk(&mut self, bufs: &[Netmem]) {
+        if bufs.is_empty() {
+            return;
+        }
+        for b in bufs {
+            debug_assert_eq!(self.slots[b.id as usize].state, State::WithHost);
+            self.slots[b.id as usize].state = State::AtProvider;
+        }
+        if self.fault.as_ref().is_some_and(Fault::is_poisoning) {
+            self.counters.stranded += bufs.len() as u64;
+            return;
+        }
+        self.counters.release_calls += 1;
+        let inner = &mut self.inner;
+        match guarded("release_bulk", || inner.release_bulk(bufs)) {
+            Ok(()) => self.counters.released += bufs.len() as u64,
+            Err(fault) => {
+                // The provider did not take them: they are stranded, not lost from view.
+                self.counters.stranded += bufs.len() as u64;
+                self.quarantine(fault);
+            }
+        }
+    }
+
+    /// Places `bytes` at `offset` in `buf` through the provider's `fill` op.
+    pub fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), Fault> {
+        if let Some(fault) = self.fault.as_ref().filter(|f| f.is_poisoning()) {
+            return Err(fault.clone());
+        }
+        let inner = &mut self.inner;
+        guarded("fill", || inner.fill(buf, offset, bytes)).inspect_err(|f| {
+            if f.is_poisoning() {
+                self.quarantine(f.clone());
+            }
+        })
+    }
+
+    /// Calls the provider's `destroy` (once) unless it is poisoned. The instance itself is
+    /// dropped only when the host holds none of its buffers; see `Pool::shutdown`.
+    pub fn destroy(&mut self) {
+        if self.destroyed || self.fault.as_ref().is_some_and(Fault::is_poisoning) {
+            return;
+        }
+        self.destroyed = true;
+        let inner = &mut self.inner;
+        let _ = guarded("destroy", || {
+            inner.destroy();
+            Ok(())
+        });
+    }
+}
+
+impl Drop for CheckedProvider {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}

@@ -1,0 +1,259 @@
+//! Memory providers as the host sees them.
+//!
+//! One abstraction, [`MemoryProvider`] (from `memplex-abi`), is implemented by built-in
+//! providers linked into this binary and by native `.so` plugins loaded through
+//! abi_stable; everything above this module holds a `Box<dyn MemoryProvider>` wrapped in
+//! a [`CheckedProvider`], which checks every descriptor the provider hands out and
+//! quarantines a provider that breaks the contract.
+//!
+//! ```text
+//!  "slab" / "builtin:slab" / "./libfoo.so"
+//!        |  discovery (MEMPLEX_PLUGIN_PATH, build dir)
+//!        v
+//!  ProviderPlugin --instantiate(InitParams)--> CheckedProvider --> Pool
+//!   (built-in | native .so)                      (descriptor checks, quarantine)
+//! ```
+
+mod builtin;
+mod checked;
+mod discovery;
+mod native;
+
+pub use checked::{CheckedProvider, Fault, ProviderCounters};
+pub use discovery::{PluginPath, PluginSpec};
+pub use memplex_abi::{
+    Capabilities, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError,
+    ProviderInfo, Stat,
+};
+
+use memplex_abi::ffi::ProviderModRef;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why a plugin could not be found, loaded or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// No plugin of that name on the plugin path.
+    #[error(
+        "no provider plugin named `{name}`; looked in: {}{}",
+        fmt_dirs(searched),
+        builtin_hint(name)
+    )]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The directories searched.
+        searched: Vec<PathBuf>,
+    },
+    /// The file does not exist or cannot be read.
+    #[error("plugin file {}: {reason}", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// What the file system said.
+        reason: String,
+    },
+    /// The dynamic loader refused the file (not a shared library, wrong architecture ...).
+    #[error("{} is not a loadable shared library: {reason}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What the dynamic loader said.
+        reason: String,
+    },
+    /// A shared library that exports no memplex provider.
+    #[error("{} is a shared library but not a memplex provider (it exports no provider root module)", path.display())]
+    NotAProvider {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Built against another version of the provider ABI.
+    #[error(
+        "plugin {} was built against memplex-abi {found}, but this host speaks {expected}; \
+         rebuild the plugin against memplex-abi {expected}",
+        path.display()
+    )]
+    IncompatibleAbi {
+        /// The file.
+        path: PathBuf,
+        /// The ABI version this host implements.
+        expected: String,
+        /// The ABI version the plugin declares.
+        found: String,
+    },
+    /// Same version, but the module's layout differs (a different build of the ABI crate).
+    #[error("plugin {} has a provider module whose layout does not match this host's: {detail}", path.display())]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's account of the difference.
+        detail: String,
+    },
+    /// The plugin's `describe` or `init` failed.
+    #[error("provider `{plugin}` failed in {op}: {error}")]
+    Provider {
+        /// The plugin's name and origin.
+        plugin: String,
+        /// `describe` or `init`.
+        op: &'static str,
+        /// What it returned (a caught panic shows as kind `panicked`).
+        error: ProviderError,
+    },
+    /// The provider's `info` makes no sense.
+    #[error("provider `{plugin}` reported unusable info: {reason}")]
+    BadInfo {
+        /// The plugin's name and origin.
+        plugin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn fmt_dirs(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "(no directories)".into();
+    }
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn builtin_hint(name: &str) -> String {
+    match builtin::find(name) {
+        Some(_) => format!("; `builtin:{name}` is linked into memplex, or run `cargo xtask build` to build the .so"),
+        None => format!("; built-in providers: {}", builtin::names().join(", ")),
+    }
+}
+
+type BuiltinInit = fn(&InitParams) -> Result<Box<dyn MemoryProvider>, ProviderError>;
+
+#[derive(Clone)]
+enum Kind {
+    Builtin(BuiltinInit),
+    Native(ProviderModRef),
+}
+
+/// A provider plugin, loaded and checked, from which instances are made (one per queue).
+#[derive(Clone)]
+pub struct ProviderPlugin {
+    description: PluginDescription,
+    origin: Origin,
+    kind: Kind,
+}
+
+/// Where a plugin came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Linked into this binary.
+    Builtin,
+    /// A native shared library.
+    Native(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Builtin => f.write_str("built-in"),
+            Origin::Native(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ProviderPlugin({} from {})",
+            self.description.name, self.origin
+        )
+    }
+}
+
+impl ProviderPlugin {
+    /// Finds and loads the plugin `spec` names: `builtin:NAME`, a path, or a name on `path`.
+    pub fn load(spec: &str, path: &PluginPath) -> Result<Self, LoadError> {
+        match path.resolve(spec)? {
+            PluginSpec::Builtin(name) => Self::builtin(&name).ok_or_else(|| LoadError::NotFound {
+                name: spec.to_string(),
+                searched: Vec::new(),
+            }),
+            PluginSpec::File(file) => Self::open(&file),
+        }
+    }
+
+    /// The built-in provider `name` (`heap`, `slab`, `hugepage`).
+    pub fn builtin(name: &str) -> Option<Self> {
+        let b = builtin::find(name)?;
+        Some(ProviderPlugin {
+            description: (b.describe)(),
+            origin: Origin::Builtin,
+            kind: Kind::Builtin(b.init),
+        })
+    }
+
+    /// Loads a native plugin from a file, checking its ABI version and module layout.
+    pub fn open(file: &Path) -> Result<Self, LoadError> {
+        let module = native::load(file)?;
+        let description = native::describe(module).map_err(|error| LoadError::Provider {
+            plugin: file.display().to_string(),
+            op: "describe",
+            error,
+        })?;
+        Ok(ProviderPlugin {
+            description,
+            origin: Origin::Native(file.to_path_buf()),
+            kind: Kind::Native(module),
+        })
+    }
+
+    /// Name, version and summary.
+    pub fn description(&self) -> &PluginDescription {
+        &self.description
+    }
+
+    /// Where it was loaded from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    /// `name (origin)`, for messages.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.description.name, self.origin)
+    }
+
+    /// Makes a bare instance, without the host's checks: for benchmarks and diagnostics.
+    /// Everything else should use [`instantiate`](Self::instantiate).
+    pub fn instantiate_unchecked(
+        &self,
+        params: &InitParams,
+    ) -> Result<Box<dyn MemoryProvider>, LoadError> {
+        let result = match &self.kind {
+            Kind::Builtin(init) => match catch_unwind(AssertUnwindSafe(|| init(params))) {
+                Ok(r) => r,
+                Err(payload) => Err(ProviderError::new(
+                    memplex_abi::ErrorKind::PANICKED,
+                    format!(
+                        "provider panicked: {}",
+                        memplex_abi::ffi::panic_message(&*payload)
+                    ),
+                )),
+            },
+            Kind::Native(module) => native::init(*module, params),
+        };
+        result.map_err(|error| LoadError::Provider {
+            plugin: self.label(),
+            op: "init",
+            error,
+        })
+    }
+
+    /// Makes an instance for one queue, behind the host's descriptor checks.
+    pub fn instantiate(&self, params: &InitParams) -> Result<CheckedProvider, LoadError> {
+        let inner = self.instantiate_unchecked(params)?;
+        let label: Arc<str> = format!("{} q{}", self.label(), params.queue_id).into();
+        CheckedProvider::new(inner, label, params.buf_size)
+    }
+}

@@ -1,0 +1,162 @@
+//! Loading native provider plugins (`.so`) through abi_stable's checked loading.
+//!
+//! abi_stable's `RootModule::load_from_file` caches one library per root-module *type*, so
+//! a second plugin would silently come back as the first. This module loads each file's
+//! library header itself, checks the ABI version with memplex's own rule (same major, and
+//! for `0.x` the same minor) to give an error that names both versions, and then lets
+//! abi_stable check the root module's layout. Libraries are never unloaded (abi_stable
+//! leaks them on purpose), so provider objects stay valid for the life of the process.
+
+use super::LoadError;
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::std_types::RSliceMut;
+use memplex_abi::ffi::{FfiProviderBox, ProviderModRef};
+use memplex_abi::{
+    Delivery, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError, ProviderInfo,
+    Segment, Stat, ABI_VERSION,
+};
+use std::path::Path;
+
+/// Opens `file` and returns its checked provider module.
+pub(super) fn load(file: &Path) -> Result<ProviderModRef, LoadError> {
+    let path = file.to_path_buf();
+    match std::fs::metadata(file) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(LoadError::Missing {
+                path,
+                reason: "not a regular file".into(),
+            })
+        }
+        Err(e) => {
+            return Err(LoadError::Missing {
+                path,
+                reason: e.to_string(),
+            })
+        }
+    }
+    let header = lib_header_from_path(file).map_err(|e| match e {
+        LibraryError::OpenError { err, .. } => LoadError::Open {
+            path: path.clone(),
+            reason: err.to_string(),
+        },
+        LibraryError::GetSymbolError { .. } => LoadError::NotAProvider { path: path.clone() },
+        other => LoadError::Layout {
+            path: path.clone(),
+            detail: other.to_string(),
+        },
+    })?;
+    let found = header.version_strings().version.as_str().to_string();
+    if !compatible(ABI_VERSION, &found) {
+        return Err(LoadError::IncompatibleAbi {
+            path,
+            expected: ABI_VERSION.into(),
+            found,
+        });
+    }
+    header
+        .check_layout::<ProviderModRef>()
+        .map_err(|e| match e {
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => LoadError::IncompatibleAbi {
+                path,
+                expected: expected_version.to_string(),
+                found: actual_version.to_string(),
+            },
+            other => LoadError::Layout {
+                path,
+                detail: other.to_string(),
+            },
+        })
+}
+
+/// memplex's rule: same major; while the major is 0, the same minor too.
+fn compatible(expected: &str, found: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split('.');
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(expected), parts(found)) {
+        (Some((0, a)), Some((0, b))) => a == b,
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+pub(super) fn describe(module: ProviderModRef) -> Result<PluginDescription, ProviderError> {
+    module.describe()().into_result()
+}
+
+pub(super) fn init(
+    module: ProviderModRef,
+    params: &InitParams,
+) -> Result<Box<dyn MemoryProvider>, ProviderError> {
+    let object = module.init()(params).into_result()?;
+    Ok(Box::new(NativeProvider(object)))
+}
+
+/// A provider object from a `.so`, seen through the common trait.
+struct NativeProvider(FfiProviderBox);
+
+impl MemoryProvider for NativeProvider {
+    fn info(&self) -> ProviderInfo {
+        // `info` cannot fail in the trait; a plugin that panics here reports an empty info,
+        // which the checker refuses as unusable (capacity 0).
+        self.0
+            .info()
+            .into_result()
+            .unwrap_or_else(|e| ProviderInfo::new(&format!("<info failed: {e}>"), 0, 0))
+    }
+
+    #[inline]
+    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
+        self.0
+            .alloc_bulk(RSliceMut::from_mut_slice(out))
+            .into_result()
+            .map(|n| n as usize)
+    }
+
+    #[inline]
+    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
+        self.0.release_bulk(bufs.into()).into_result()
+    }
+
+    fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
+        self.0.fill(buf, offset, bytes.into()).into_result()
+    }
+
+    fn deliver(&mut self, segments: &[Segment]) -> Result<Delivery, ProviderError> {
+        self.0.deliver(segments.into()).into_result()
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        self.0
+            .stats()
+            .into_result()
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    fn destroy(&mut self) {
+        // An error here is a panic already caught on the plugin side; nothing more to do.
+        let _ = self.0.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compatible;
+
+    #[test]
+    fn version_rule() {
+        assert!(compatible("0.1.0", "0.1.7"));
+        assert!(!compatible("0.1.0", "0.0.1"));
+        assert!(!compatible("0.1.0", "0.2.0"));
+        assert!(compatible("1.2.0", "1.0.0"));
+        assert!(!compatible("1.0.0", "2.0.0"));
+        assert!(!compatible("0.1.0", "garbage"));
+    }
+}
