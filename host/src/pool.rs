@@ -224,6 +224,8 @@ pub struct PoolReport {
 
 /// A pool of one provider instance's buffers, owned by one queue. See the module docs.
 pub struct Pool {
+    /// The pool's id, copied out of `shared` so the fast path needs no pointer chase.
+    id: u32,
     cache: [Netmem; CACHE_SIZE],
     count: usize,
     alloc_fast: u64,
@@ -237,7 +239,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("id", &self.shared.id)
+            .field("id", &self.id)
             .field("provider", self.provider.label())
             .finish()
     }
@@ -247,7 +249,9 @@ impl Pool {
     /// A pool in front of `provider`, whose ring holds `ring_size` buffers returned from
     /// other threads (at least [`REFILL`]).
     pub fn new(provider: CheckedProvider, ring_size: usize) -> Self {
+        let id = NEXT_POOL_ID.fetch_add(1, Relaxed);
         Pool {
+            id,
             cache: [Netmem::EMPTY; CACHE_SIZE],
             count: 0,
             alloc_fast: 0,
@@ -256,7 +260,7 @@ impl Pool {
             caps: provider.info().caps,
             provider,
             shared: Arc::new(Shared {
-                id: NEXT_POOL_ID.fetch_add(1, Relaxed),
+                id,
                 ring: ArrayQueue::new(ring_size.max(REFILL)),
                 overflow: SegQueue::new(),
                 recycle_ring: AtomicU64::new(0),
@@ -267,7 +271,7 @@ impl Pool {
 
     /// This pool's id.
     pub fn id(&self) -> u32 {
-        self.shared.id
+        self.id
     }
 
     /// The provider instance behind the pool.
@@ -284,7 +288,7 @@ impl Pool {
     fn wrap(&self, netmem: Netmem) -> PoolBuf {
         PoolBuf {
             netmem,
-            pool: self.shared.id,
+            pool: self.id,
             caps: self.caps,
         }
     }
@@ -365,7 +369,7 @@ impl Pool {
     /// another pool.
     #[inline]
     pub fn recycle(&mut self, buf: PoolBuf) -> Result<(), PoolBuf> {
-        if buf.pool != self.shared.id {
+        if buf.pool != self.id {
             return Err(buf);
         }
         if self.count < CACHE_SIZE {
@@ -421,10 +425,10 @@ impl Pool {
         offset: usize,
         bytes: &[u8],
     ) -> Result<(), PlaceError> {
-        if buf.pool != self.shared.id {
+        if buf.pool != self.id {
             return Err(PlaceError::WrongPool {
                 buf_pool: buf.pool,
-                pool: self.shared.id,
+                pool: self.id,
             });
         }
         let cap = buf.len();

@@ -214,6 +214,16 @@ fn guarded<T>(op: &'static str, f: impl FnOnce() -> Result<T, ProviderError>) ->
     }
 }
 
+impl std::fmt::Debug for CheckedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedProvider")
+            .field("label", &self.label)
+            .field("fault", &self.fault)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CheckedProvider {
     /// Wraps an instance after checking its `info`; `want_len` is the `buf_size` asked for.
     pub fn new(

@@ -1,0 +1,127 @@
+//! The page_pool equivalent: counters, recycling paths, in-flight accounting, shutdown.
+
+use super::*;
+use memplex::pool::{Pool, PoolBuf, CACHE_SIZE, REFILL};
+use std::time::Duration;
+
+fn slab_pool(buffers: u32) -> Pool {
+    let p = ProviderPlugin::builtin("slab").unwrap().instantiate(&params(&[("buffers", &buffers.to_string())])).unwrap();
+    Pool::new(p, 256)
+}
+
+#[test]
+fn fast_path_serves_from_the_cache_after_one_bulk_call() {
+    let mut pool = slab_pool(1024);
+    let first = pool.alloc().unwrap();
+    pool.recycle(first).unwrap();
+    for _ in 0..1000 {
+        let b = pool.alloc().unwrap();
+        pool.recycle(b).unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!(s.alloc_slow, 1);
+    assert_eq!(s.alloc_fast, 1000);
+    assert_eq!(s.recycle_cached, 1001);
+    assert_eq!(pool.provider().counters().alloc_calls, 1);
+    assert_eq!(pool.provider().counters().handed_out, REFILL as u64);
+    assert_eq!(s.inflight, 0);
+}
+
+#[test]
+fn full_cache_spills_to_the_ring_then_to_the_provider() {
+    let mut pool = slab_pool(2048);
+    let ring = 256; // as built by slab_pool
+    // A multiple of the bulk size, so the cache is empty when the recycling starts.
+    let held: Vec<PoolBuf> = (0..CACHE_SIZE + ring + REFILL).map(|_| pool.alloc().unwrap()).collect();
+    assert_eq!((CACHE_SIZE + ring + REFILL) % REFILL, 0);
+    assert_eq!(pool.stats().inflight, held.len() as u64);
+    for b in held {
+        pool.recycle(b).unwrap();
+    }
+    let s = pool.stats();
+    assert_eq!(s.recycle_cached, CACHE_SIZE as u64);
+    assert_eq!(s.recycle_cache_full, (ring + REFILL) as u64);
+    assert_eq!(s.recycle_ring, ring as u64);
+    assert_eq!(s.recycle_ring_full, REFILL as u64);
+    assert_eq!(s.recycle_released, REFILL as u64);
+    assert_eq!(s.inflight, 0);
+}
+
+#[test]
+fn buffers_returned_from_other_threads_refill_the_cache() {
+    let mut pool = slab_pool(1024);
+    let recycler = pool.recycler();
+    let held: Vec<PoolBuf> = (0..200).map(|_| pool.alloc().unwrap()).collect();
+    std::thread::spawn(move || {
+        for b in held {
+            recycler.recycle(b).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pool.stats().recycle_ring, 200);
+    // The cache still holds what was left of the bulk calls; drain it, then the ring.
+    let calls = pool.provider().counters().alloc_calls;
+    let again: Vec<PoolBuf> = (0..200).map(|_| pool.alloc().unwrap()).collect();
+    assert!(pool.stats().alloc_refill >= 1, "{:?}", pool.stats());
+    assert_eq!(pool.provider().counters().alloc_calls, calls, "no provider call needed");
+    for b in again {
+        pool.recycle(b).unwrap();
+    }
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+}
+
+#[test]
+fn ring_overflow_from_other_threads_is_not_lost() {
+    let p = ProviderPlugin::builtin("heap").unwrap().instantiate(&params(&[("buffers", "1024")])).unwrap();
+    let mut pool = Pool::new(p, 64);
+    let recycler = pool.recycler();
+    let held: Vec<PoolBuf> = (0..300).map(|_| pool.alloc().unwrap()).collect();
+    std::thread::spawn(move || held.into_iter().for_each(|b| recycler.recycle(b).unwrap())).join().unwrap();
+    let s = pool.stats();
+    assert_eq!(s.recycle_ring, 64);
+    assert_eq!(s.recycle_ring_full, 236);
+    assert_eq!(s.inflight, 0, "overflowed buffers are still accounted for");
+    let report = pool.shutdown(Duration::from_millis(10));
+    assert_eq!(report.leaked, 0);
+    assert_eq!(report.provider_counters.released, report.provider_counters.handed_out);
+}
+
+#[test]
+fn a_buffer_from_another_pool_is_handed_back() {
+    let mut a = slab_pool(128);
+    let mut b = slab_pool(128);
+    let buf = a.alloc().unwrap();
+    let buf = b.recycle(buf).unwrap_err();
+    let buf = b.recycler().recycle(buf).unwrap_err();
+    a.recycle(buf).unwrap();
+}
+
+#[test]
+fn shutdown_waits_for_buffers_then_reports_leaks_by_provider() {
+    let mut pool = slab_pool(256);
+    let recycler = pool.recycler();
+    let late = pool.alloc().unwrap();
+    let lost = pool.alloc().unwrap();
+    std::mem::forget(lost);
+    let returner = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        recycler.recycle(late).unwrap();
+    });
+    let report = pool.shutdown(Duration::from_millis(300));
+    returner.join().unwrap();
+    assert_eq!(report.leaked, 1, "the forgotten buffer is reported, the late one is not");
+    assert!(report.waited >= Duration::from_millis(30));
+    assert!(report.provider.contains("slab"));
+}
+
+#[test]
+fn placed_bytes_land_in_provider_memory() {
+    let mut pool = slab_pool(128);
+    let mut buf = pool.alloc().unwrap();
+    pool.place(&mut buf, 100, b"frame bytes").unwrap();
+    assert_eq!(&buf.as_slice().unwrap()[100..111], b"frame bytes");
+    let err = pool.place(&mut buf, 2045, b"too long").unwrap_err();
+    assert!(err.to_string().contains("do not fit a buffer of 2048 bytes"), "{err}");
+    pool.recycle(buf).unwrap();
+}
