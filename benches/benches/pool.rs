@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 fn fast_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("pool_fast_path");
     let counter = AtomicU64::new(0);
-    g.bench_function("atomic_fetch_add", |b| b.iter(|| black_box(&counter).fetch_add(1, Ordering::Relaxed)));
+    g.bench_function("atomic_fetch_add", |b| {
+        b.iter(|| black_box(&counter).fetch_add(1, Ordering::Relaxed))
+    });
 
-    let provider = ProviderPlugin::builtin("slab").unwrap().instantiate(&memplex_benches::params()).unwrap();
+    let provider = ProviderPlugin::builtin("slab")
+        .unwrap()
+        .instantiate(&memplex_benches::params())
+        .unwrap();
     let mut pool = Pool::new(provider, 1024);
     let warm = pool.alloc().unwrap();
     pool.recycle(warm).unwrap();
@@ -43,7 +48,10 @@ fn fast_path(c: &mut Criterion) {
     // overflows into the ring. Measured per buffer over a batch of 256.
     let mut g = c.benchmark_group("pool_slow_path");
     g.throughput(criterion::Throughput::Elements(256));
-    let provider = ProviderPlugin::builtin("slab").unwrap().instantiate(&memplex_benches::params()).unwrap();
+    let provider = ProviderPlugin::builtin("slab")
+        .unwrap()
+        .instantiate(&memplex_benches::params())
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     let mut held = Vec::with_capacity(256);
     g.bench_function("alloc_256_then_recycle", |b| {

@@ -14,7 +14,9 @@ fn bulk64(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("bulk64/{name}"));
         g.throughput(Throughput::Elements(64));
         for (label, plugin) in [("builtin", &builtin), ("so", &native)] {
-            let mut p = plugin.instantiate_unchecked(&memplex_benches::params()).unwrap();
+            let mut p = plugin
+                .instantiate_unchecked(&memplex_benches::params())
+                .unwrap();
             let mut out = [Netmem::EMPTY; 64];
             g.bench_function(label, |b| {
                 b.iter(|| {

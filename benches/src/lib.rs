@@ -20,7 +20,8 @@ pub fn params() -> InitParams {
 /// When the `.so` is not built; run `cargo xtask bench`.
 pub fn both(name: &str) -> (ProviderPlugin, ProviderPlugin) {
     let builtin = ProviderPlugin::builtin(name).expect("a built-in provider");
-    let native = ProviderPlugin::load(name, &PluginPath::from_env())
-        .unwrap_or_else(|e| panic!("{e}\n(run `cargo xtask bench`, which builds the plugins first)"));
+    let native = ProviderPlugin::load(name, &PluginPath::from_env()).unwrap_or_else(|e| {
+        panic!("{e}\n(run `cargo xtask bench`, which builds the plugins first)")
+    });
     (builtin, native)
 }

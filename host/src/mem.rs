@@ -26,7 +26,7 @@ use memplex_abi::{Capabilities, Netmem};
 /// # Safety
 /// `buf` must satisfy facts 1 to 3 of the module docs for reading, for as long as the
 /// returned slice lives.
-unsafe fn bytes<'a>(buf: &'a Netmem) -> &'a [u8] {
+unsafe fn bytes(buf: &Netmem) -> &[u8] {
     // SAFETY: the caller guarantees `buf.addr..buf.addr+buf.len` is live, readable memory
     // that nothing writes while the shared borrow of the handle lasts (fact 1: one handle).
     unsafe { core::slice::from_raw_parts(buf.addr as *const u8, buf.len as usize) }
@@ -37,7 +37,7 @@ unsafe fn bytes<'a>(buf: &'a Netmem) -> &'a [u8] {
 /// # Safety
 /// `buf` must satisfy facts 1 to 3 of the module docs for writing, for as long as the
 /// returned slice lives.
-unsafe fn bytes_mut<'a>(buf: &'a mut Netmem) -> &'a mut [u8] {
+unsafe fn bytes_mut(buf: &mut Netmem) -> &mut [u8] {
     // SAFETY: as for `bytes`, and the unique borrow of the one handle rules out any other
     // access to these bytes while the slice lives.
     unsafe { core::slice::from_raw_parts_mut(buf.addr as *mut u8, buf.len as usize) }

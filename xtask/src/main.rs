@@ -14,17 +14,42 @@ const EXAMPLE: &str = "examples/third-party-provider/Cargo.toml";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf();
     std::env::set_current_dir(&root).expect("cd to the workspace root");
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let result = match args.first().map(String::as_str) {
-        Some("build") => build(&root, rest.contains(&"--release")),
-        Some("demo") => build(&root, true).and_then(|()| run(Command::new(root.join("target/release/memplex")).arg("demo").args(&rest))),
+        Some("build") => build(&root, if rest.contains(&"--release") { "release" } else { "dev" }),
+        Some("demo") => build(&root, "release").and_then(|()| {
+            run(Command::new(root.join("target/release/memplex"))
+                .arg("demo")
+                .args(&rest))
+        }),
         Some("test") => test(&root),
-        Some("bench") => build(&root, true).and_then(|()| cargo(&["bench", "-p", "memplex-benches", "--"], &rest)),
-        Some("lint") => lint(),
+        Some("bench") => build(&root, "bench")
+            .and_then(|()| {
+                cargo(
+                    &[
+                        "bench",
+                        "-p",
+                        "memplex-benches",
+                        "--bench",
+                        "pool",
+                        "--bench",
+                        "providers",
+                        "--",
+                    ],
+                    &rest,
+                )
+            })
+            .and_then(|()| summary(&root)),
+        Some("lint") => lint(&root),
         _ => {
-            eprintln!("usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint>");
+            eprintln!(
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint>"
+            );
             exit(2);
         }
     };
@@ -36,7 +61,9 @@ fn main() {
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().map_err(|e| format!("could not start {cmd:?}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {cmd:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -50,24 +77,132 @@ fn cargo(args: &[&str], rest: &[&str]) -> Result<(), String> {
 
 /// Builds the workspace (all plugins and fixtures) and the out-of-tree example into the
 /// same target directory, so `memplex` finds them beside itself.
-fn build(root: &Path, release: bool) -> Result<(), String> {
-    let profile: &[&str] = if release { &["--release"] } else { &[] };
+///
+/// `profile` is a cargo profile: `dev`, `release`, or `bench` (which writes to
+/// `target/release` too, with the bench profile's LTO, so plugins and benchmark binaries
+/// are optimised alike and a built-in vs `.so` comparison is fair).
+fn build(root: &Path, profile: &str) -> Result<(), String> {
+    let profile: &[&str] = &["--profile", profile];
     cargo(&["build", "--workspace"], profile)?;
     let target = root.join("target");
     let target = target.to_str().ok_or("target path is not UTF-8")?;
-    cargo(&["build", "--manifest-path", EXAMPLE, "--target-dir", target], profile)
+    cargo(
+        &["build", "--manifest-path", EXAMPLE, "--target-dir", target],
+        profile,
+    )
 }
 
 fn test(root: &Path) -> Result<(), String> {
-    build(root, false)?;
+    build(root, "dev")?;
     cargo(&["test", "--workspace", "--all-targets"], &[])?;
     cargo(&["test", "--workspace", "--doc"], &[])?;
     let target: PathBuf = root.join("target");
-    cargo(&["test", "--manifest-path", EXAMPLE, "--target-dir", target.to_str().ok_or("target path is not UTF-8")?], &[])
+    cargo(
+        &[
+            "test",
+            "--manifest-path",
+            EXAMPLE,
+            "--target-dir",
+            target.to_str().ok_or("target path is not UTF-8")?,
+        ],
+        &[],
+    )
 }
 
-fn lint() -> Result<(), String> {
+/// Installs a rustup component when its cargo subcommand is missing.
+fn ensure_component(subcommand: &str, component: &str) -> Result<(), String> {
+    let present = Command::new(env!("CARGO"))
+        .args([subcommand, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["component", "add", component]))
+}
+
+fn lint(root: &Path) -> Result<(), String> {
+    ensure_component("fmt", "rustfmt")?;
+    ensure_component("clippy", "clippy")?;
+    let target = root.join("target");
+    let target = target.to_str().ok_or("target path is not UTF-8")?;
     cargo(&["fmt", "--all", "--check"], &[])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[])?;
-    cargo(&["clippy", "--manifest-path", EXAMPLE, "--all-targets", "--", "-D", "warnings"], &[])
+    cargo(&["fmt", "--manifest-path", EXAMPLE, "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        &[
+            "clippy",
+            "--manifest-path",
+            EXAMPLE,
+            "--target-dir",
+            target,
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )
+}
+
+/// The median of one criterion benchmark, in ns per iteration, from its estimates file.
+fn median(root: &Path, id: &str) -> Option<f64> {
+    let path = root
+        .join("target/criterion")
+        .join(id)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    json["median"]["point_estimate"].as_f64()
+}
+
+/// Prints the same-run ratios the issues set targets for, from criterion's medians.
+fn summary(root: &Path) -> Result<(), String> {
+    let mut lines = vec![
+        "| measurement | median | ratio | target |".to_string(),
+        "|---|---|---|---|".to_string(),
+    ];
+    let atomic = median(root, "pool_fast_path/atomic_fetch_add");
+    let single = median(root, "pool_fast_path/alloc_recycle");
+    let burst = median(root, "pool_fast_path/alloc_recycle_burst32").map(|m| m / 32.0);
+    if let Some(a) = atomic {
+        lines.push(format!(
+            "| atomic fetch_add (uncontended) | {a:.2} ns | 1.00x | baseline |"
+        ));
+        if let Some(s) = single {
+            lines.push(format!("| pool alloc+recycle, one buffer, barrier between | {s:.2} ns | {:.2}x atomic | <= 0.5x |", s / a));
+        }
+        if let Some(b) = burst {
+            lines.push(format!("| pool alloc+recycle, burst of 32, per buffer | {b:.2} ns | {:.2}x atomic | <= 0.5x |", b / a));
+        }
+    }
+    for name in ["heap", "slab", "hugepage"] {
+        let per = |v: &str| median(root, &format!("bulk64_{name}/{v}")).map(|m| m / 64.0);
+        if let (Some(b), Some(so)) = (per("builtin"), per("so")) {
+            lines.push(format!("| {name}: alloc_bulk+release_bulk(64), per buffer, built-in | {b:.2} ns | 1.00x | baseline |"));
+            lines.push(format!(
+                "| {name}: same, loaded as .so | {so:.2} ns | {:.2}x built-in | <= 1.1x |",
+                so / b
+            ));
+            if let Some(c) = per("so_checked") {
+                lines.push(format!("| {name}: .so behind the host's descriptor checks | {c:.2} ns | {:.2}x built-in | (cost of checks) |", c / b));
+            }
+        }
+    }
+    let table = lines.join("\n");
+    println!("\nmemplex benchmark summary (medians from this run):\n{table}");
+    let out = root.join("target/criterion/memplex-summary.md");
+    std::fs::write(&out, table + "\n").map_err(|e| format!("writing {}: {e}", out.display()))?;
+    println!("\n(also written to {})", out.display());
+    Ok(())
 }

@@ -50,9 +50,15 @@ impl MemoryProvider for AcmeRing {
         let base = self.base();
         let mut n = 0;
         while n < out.len() {
-            let Some(id) = self.free.pop_front() else { break };
+            let Some(id) = self.free.pop_front() else {
+                break;
+            };
             self.out[id as usize] = true;
-            out[n] = Netmem::new(id, base + u64::from(id) * u64::from(self.stride), self.stride);
+            out[n] = Netmem::new(
+                id,
+                base + u64::from(id) * u64::from(self.stride),
+                self.stride,
+            );
             n += 1;
         }
         self.handed_out += n as u64;
@@ -61,8 +67,14 @@ impl MemoryProvider for AcmeRing {
 
     fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
         // Check the whole batch before taking any of it, so a bad batch changes nothing.
-        if let Some(b) = bufs.iter().find(|b| !self.out.get(b.id as usize).copied().unwrap_or(false)) {
-            return Err(ProviderError::bad_buffer(format!("buffer id {} is not out from acme-ring", b.id)));
+        if let Some(b) = bufs
+            .iter()
+            .find(|b| !self.out.get(b.id as usize).copied().unwrap_or(false))
+        {
+            return Err(ProviderError::bad_buffer(format!(
+                "buffer id {} is not out from acme-ring",
+                b.id
+            )));
         }
         for b in bufs {
             self.out[b.id as usize] = false;
@@ -72,20 +84,31 @@ impl MemoryProvider for AcmeRing {
     }
 
     fn stats(&self) -> Vec<Stat> {
-        vec![Stat::new("handed_out", self.handed_out), Stat::new("free", self.free.len() as u64)]
+        vec![
+            Stat::new("handed_out", self.handed_out),
+            Stat::new("free", self.free.len() as u64),
+        ]
     }
 }
 
 impl Plugin for AcmeRing {
     fn describe() -> PluginDescription {
-        PluginDescription::new("acme-ring", env!("CARGO_PKG_VERSION"), "buffers handed out in ring (FIFO) order")
+        PluginDescription::new(
+            "acme-ring",
+            env!("CARGO_PKG_VERSION"),
+            "buffers handed out in ring (FIFO) order",
+        )
     }
 
     fn init(params: &InitParams) -> Result<Self, ProviderError> {
         params.deny_unknown(&["buffers"])?;
-        let count = params.parse::<u32>("buffers")?.unwrap_or(params.pool_size.max(64) * 2);
+        let count = params
+            .parse::<u32>("buffers")?
+            .unwrap_or(params.pool_size.max(64) * 2);
         if count == 0 || count > 1 << 20 {
-            return Err(ProviderError::invalid_config(format!("`buffers` = {count} must be 1 to 1048576")));
+            return Err(ProviderError::invalid_config(format!(
+                "`buffers` = {count} must be 1 to 1048576"
+            )));
         }
         let stride = params.buf_size.max(1).next_multiple_of(64);
         let lines = count as usize * (stride as usize / 64);
@@ -114,7 +137,14 @@ mod tests {
         assert_eq!([out[0].id, out[1].id], [0, 1]);
         p.release_bulk(&out[..1]).unwrap();
         assert_eq!(p.alloc_bulk(&mut out).unwrap(), 2);
-        assert_eq!([out[0].id, out[1].id], [2, 3], "released id 0 waits its turn");
-        assert!(p.release_bulk(&[Netmem::new(0, 0, 128)]).is_err(), "id 0 is not out");
+        assert_eq!(
+            [out[0].id, out[1].id],
+            [2, 3],
+            "released id 0 waits its turn"
+        );
+        assert!(
+            p.release_bulk(&[Netmem::new(0, 0, 128)]).is_err(),
+            "id 0 is not out"
+        );
     }
 }

@@ -374,6 +374,12 @@ impl CheckedProvider {
             });
         }
         let slot = self.slots[id as usize];
+        // Steady state: a buffer coming back out exactly as it was first seen already
+        // passed every other check then.
+        if slot.state == State::AtProvider && slot.addr == d.addr && slot.len == d.len {
+            self.slots[id as usize].state = State::WithHost;
+            return Ok(());
+        }
         let reject = |slots: &mut Vec<Slot>, fault: Fault| {
             if slot.state != State::WithHost {
                 slots[id as usize].state = State::Rejected;
@@ -396,7 +402,7 @@ impl CheckedProvider {
                 },
             );
         }
-        if d.addr % u64::from(info.align) != 0 {
+        if !d.addr.is_multiple_of(u64::from(info.align)) {
             return reject(
                 &mut self.slots,
                 Fault::Misaligned {

@@ -25,7 +25,10 @@ fn assert_quarantined(fault: &str, check: impl Fn(&Fault) -> bool) {
     let (mut pool, held, err) = run_until_fault(fault);
     let found = match &err {
         PoolError::Quarantined { fault, provider } => {
-            assert!(provider.contains("faulty"), "error names the provider: {provider}");
+            assert!(
+                provider.contains("faulty"),
+                "error names the provider: {provider}"
+            );
             fault.clone()
         }
         other => panic!("fault `{fault}`: expected quarantine, got {other:?}"),
@@ -42,13 +45,19 @@ fn assert_quarantined(fault: &str, check: impl Fn(&Fault) -> bool) {
     assert!(matches!(pool.alloc(), Err(PoolError::Quarantined { .. })));
     // Every buffer is accounted for: all come back, nothing leaks.
     let counters = pool.provider().counters();
-    assert!(counters.rejected >= 1, "bad descriptors counted: {counters:?}");
+    assert!(
+        counters.rejected >= 1,
+        "bad descriptors counted: {counters:?}"
+    );
     for b in held {
         pool.recycle(b).unwrap();
     }
     let report = pool.shutdown(Duration::from_millis(100));
     assert_eq!(report.leaked, 0, "{report:?}");
-    assert_eq!(report.provider_counters.handed_out, report.provider_counters.released + report.provider_counters.stranded);
+    assert_eq!(
+        report.provider_counters.handed_out,
+        report.provider_counters.released + report.provider_counters.stranded
+    );
 }
 
 #[test]
@@ -63,12 +72,23 @@ fn duplicate_buffer() {
 
 #[test]
 fn short_buffer() {
-    assert_quarantined("short", |f| matches!(f, Fault::Short { len: 1024, want: 2048, .. }));
+    assert_quarantined("short", |f| {
+        matches!(
+            f,
+            Fault::Short {
+                len: 1024,
+                want: 2048,
+                ..
+            }
+        )
+    });
 }
 
 #[test]
 fn misaligned_buffer() {
-    assert_quarantined("misaligned", |f| matches!(f, Fault::Misaligned { align: 64, .. }));
+    assert_quarantined("misaligned", |f| {
+        matches!(f, Fault::Misaligned { align: 64, .. })
+    });
 }
 
 #[test]
@@ -78,12 +98,16 @@ fn overlapping_buffers() {
 
 #[test]
 fn id_past_capacity() {
-    assert_quarantined("id-range", |f| matches!(f, Fault::IdOutOfRange { capacity: 256, .. }));
+    assert_quarantined("id-range", |f| {
+        matches!(f, Fault::IdOutOfRange { capacity: 256, .. })
+    });
 }
 
 #[test]
 fn overcount() {
-    let provider = faulty().instantiate(&params(&[("fault", "overcount")])).unwrap();
+    let provider = faulty()
+        .instantiate(&params(&[("fault", "overcount")]))
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     // The plugin-side glue clamps the count to the slice, and the host checks what is in
     // it; the host never reads past the slice it passed.
@@ -94,7 +118,9 @@ fn overcount() {
 
 #[test]
 fn panic_in_alloc_is_caught_and_quarantines() {
-    let provider = faulty().instantiate(&params(&[("fault", "panic-alloc"), ("after", "2")])).unwrap();
+    let provider = faulty()
+        .instantiate(&params(&[("fault", "panic-alloc"), ("after", "2")]))
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     let mut held = Vec::new();
     let err = loop {
@@ -105,9 +131,15 @@ fn panic_in_alloc_is_caught_and_quarantines() {
     };
     assert_eq!(held.len(), 64, "the first bulk call was good");
     match err {
-        PoolError::Quarantined { fault: Fault::Panicked { op, message }, .. } => {
+        PoolError::Quarantined {
+            fault: Fault::Panicked { op, message },
+            ..
+        } => {
             assert_eq!(op, "alloc_bulk");
-            assert!(message.contains("deliberate panic in alloc_bulk"), "{message}");
+            assert!(
+                message.contains("deliberate panic in alloc_bulk"),
+                "{message}"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -123,22 +155,46 @@ fn panic_in_alloc_is_caught_and_quarantines() {
 
 #[test]
 fn panic_in_release_is_caught() {
-    let provider = faulty().instantiate(&params(&[("fault", "panic-release")])).unwrap();
+    let provider = faulty()
+        .instantiate(&params(&[("fault", "panic-release")]))
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     let b = pool.alloc().unwrap();
     pool.recycle(b).unwrap();
     let report = pool.shutdown(Duration::from_millis(50));
-    assert!(matches!(report.fault, Some(Fault::Panicked { op: "release_bulk", .. })), "{:?}", report.fault);
+    assert!(
+        matches!(
+            report.fault,
+            Some(Fault::Panicked {
+                op: "release_bulk",
+                ..
+            })
+        ),
+        "{:?}",
+        report.fault
+    );
     assert_eq!(report.leaked, 0);
-    assert_eq!(report.provider_counters.stranded, 64, "the 64 the pool held were not taken back");
+    assert_eq!(
+        report.provider_counters.stranded, 64,
+        "the 64 the pool held were not taken back"
+    );
 }
 
 #[test]
 fn an_error_from_alloc_is_reported_without_quarantine() {
-    let provider = faulty().instantiate(&params(&[("fault", "error-alloc")])).unwrap();
+    let provider = faulty()
+        .instantiate(&params(&[("fault", "error-alloc")]))
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     match pool.alloc() {
-        Err(PoolError::Failed { fault: Fault::Error { op: "alloc_bulk", error }, .. }) => {
+        Err(PoolError::Failed {
+            fault:
+                Fault::Error {
+                    op: "alloc_bulk",
+                    error,
+                },
+            ..
+        }) => {
             assert!(error.message.contains("deliberate alloc_bulk failure"))
         }
         other => panic!("{other:?}"),
@@ -149,10 +205,15 @@ fn an_error_from_alloc_is_reported_without_quarantine() {
 
 #[test]
 fn a_provider_that_runs_dry_is_not_a_fault() {
-    let provider = faulty().instantiate(&params(&[("fault", "leak-on-release"), ("buffers", "64")])).unwrap();
+    let provider = faulty()
+        .instantiate(&params(&[("fault", "leak-on-release"), ("buffers", "64")]))
+        .unwrap();
     let mut pool = Pool::new(provider, 64);
     let held: Vec<_> = (0..64).map(|_| pool.alloc().unwrap()).collect();
-    assert!(matches!(pool.alloc(), Err(PoolError::Exhausted { held: 64, .. })));
+    assert!(matches!(
+        pool.alloc(),
+        Err(PoolError::Exhausted { held: 64, .. })
+    ));
     assert!(pool.provider().fault().is_none());
     for b in held {
         pool.recycle(b).unwrap();

@@ -7,13 +7,19 @@ use memplex::provider::{LoadError, Origin};
 fn native_plugins_load_by_name_and_match_the_builtins() {
     for name in ["heap", "slab", "hugepage"] {
         let native = ProviderPlugin::load(name, &plugin_path()).unwrap();
-        assert_eq!(native.origin(), &Origin::Native(so(&format!("memplex_plugin_{name}"))));
+        assert_eq!(
+            native.origin(),
+            &Origin::Native(so(&format!("memplex_plugin_{name}")))
+        );
         let builtin = ProviderPlugin::load(&format!("builtin:{name}"), &plugin_path()).unwrap();
         assert_eq!(builtin.origin(), &Origin::Builtin);
         assert_eq!(native.description(), builtin.description());
         let a = native.instantiate(&params(&[])).unwrap();
         let b = builtin.instantiate(&params(&[])).unwrap();
-        assert_eq!((a.info().buf_size, a.info().capacity, a.info().caps), (b.info().buf_size, b.info().capacity, b.info().caps));
+        assert_eq!(
+            (a.info().buf_size, a.info().capacity, a.info().caps),
+            (b.info().buf_size, b.info().capacity, b.info().caps)
+        );
     }
 }
 
@@ -30,14 +36,20 @@ fn two_plugins_loaded_in_one_process_stay_distinct() {
 fn missing_file_is_named() {
     let err = ProviderPlugin::load("/nonexistent/libnothing.so", &plugin_path()).unwrap_err();
     assert!(matches!(err, LoadError::Missing { .. }), "{err:?}");
-    assert!(err.to_string().contains("/nonexistent/libnothing.so"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/libnothing.so"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_name_lists_where_it_looked() {
     let err = ProviderPlugin::load("no-such-provider", &plugin_path()).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("no-such-provider") && msg.contains(&build_dir().display().to_string()), "{msg}");
+    assert!(
+        msg.contains("no-such-provider") && msg.contains(&build_dir().display().to_string()),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -47,7 +59,10 @@ fn a_file_that_is_not_a_library_is_refused() {
     let err = ProviderPlugin::open(&path).unwrap_err();
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(err, LoadError::Open { .. }), "{err:?}");
-    assert!(err.to_string().contains("not a loadable shared library"), "{err}");
+    assert!(
+        err.to_string().contains("not a loadable shared library"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -63,7 +78,11 @@ fn a_plugin_built_against_another_abi_is_refused_with_both_versions() {
     let path = so("memplex_fixture_old_abi");
     let err = ProviderPlugin::open(&path).unwrap_err();
     match &err {
-        LoadError::IncompatibleAbi { path: p, expected, found } => {
+        LoadError::IncompatibleAbi {
+            path: p,
+            expected,
+            found,
+        } => {
             assert_eq!(p, &path);
             assert_eq!(expected, memplex_abi::ABI_VERSION);
             assert_eq!(found, "0.0.1");
@@ -71,34 +90,70 @@ fn a_plugin_built_against_another_abi_is_refused_with_both_versions() {
         other => panic!("expected IncompatibleAbi, got {other:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("memplex_fixture_old_abi") && msg.contains("0.0.1") && msg.contains(memplex_abi::ABI_VERSION), "{msg}");
+    assert!(
+        msg.contains("memplex_fixture_old_abi")
+            && msg.contains("0.0.1")
+            && msg.contains(memplex_abi::ABI_VERSION),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_panic_in_init_comes_back_as_an_error() {
-    let err = faulty().instantiate(&params(&[("fault", "panic-init")])).unwrap_err();
+    let err = faulty()
+        .instantiate(&params(&[("fault", "panic-init")]))
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("panicked") && msg.contains("deliberate panic in init"), "{msg}");
+    assert!(
+        msg.contains("panicked") && msg.contains("deliberate panic in init"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_settings_are_named() {
-    let err = ProviderPlugin::builtin("slab").unwrap().instantiate(&params(&[("bufers", "10")])).unwrap_err();
-    assert!(err.to_string().contains("unknown setting `bufers`"), "{err}");
-    let err = ProviderPlugin::builtin("slab").unwrap().instantiate(&params(&[("buffers", "many")])).unwrap_err();
+    let err = ProviderPlugin::builtin("slab")
+        .unwrap()
+        .instantiate(&params(&[("bufers", "10")]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown setting `bufers`"),
+        "{err}"
+    );
+    let err = ProviderPlugin::builtin("slab")
+        .unwrap()
+        .instantiate(&params(&[("buffers", "many")]))
+        .unwrap_err();
     assert!(err.to_string().contains("`buffers` = \"many\""), "{err}");
-    let err = ProviderPlugin::builtin("hugepage").unwrap().instantiate(&params(&[("mode", "giant")])).unwrap_err();
+    let err = ProviderPlugin::builtin("hugepage")
+        .unwrap()
+        .instantiate(&params(&[("mode", "giant")]))
+        .unwrap_err();
     assert!(err.to_string().contains("auto, hugetlb, thp"), "{err}");
 }
 
 #[test]
 fn hugepage_says_which_pages_it_got() {
-    let p = ProviderPlugin::load("hugepage", &plugin_path()).unwrap().instantiate(&params(&[])).unwrap();
+    let p = ProviderPlugin::load("hugepage", &plugin_path())
+        .unwrap()
+        .instantiate(&params(&[]))
+        .unwrap();
     let backing = p.info().backing.as_str();
-    assert!(backing.contains("hugetlbfs") || backing.contains("transparent huge pages") || backing.contains("4 KiB"), "{backing}");
-    let thp = ProviderPlugin::builtin("hugepage").unwrap().instantiate(&params(&[("mode", "thp")])).unwrap();
+    assert!(
+        backing.contains("hugetlbfs")
+            || backing.contains("transparent huge pages")
+            || backing.contains("4 KiB"),
+        "{backing}"
+    );
+    let thp = ProviderPlugin::builtin("hugepage")
+        .unwrap()
+        .instantiate(&params(&[("mode", "thp")]))
+        .unwrap();
     let backing = thp.info().backing.as_str();
-    assert!(backing.starts_with("transparent huge pages") || backing.starts_with("4 KiB"), "{backing}");
+    assert!(
+        backing.starts_with("transparent huge pages") || backing.starts_with("4 KiB"),
+        "{backing}"
+    );
     // THP-backed buffers start on a 2 MiB boundary.
     assert_eq!(thp.info().regions[0].base % (2 << 20), 0);
 }

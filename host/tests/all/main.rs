@@ -14,7 +14,10 @@ use std::path::PathBuf;
 /// The build output directory the plugins land in (`target/debug`).
 pub fn build_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>").to_path_buf()
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf()
 }
 
 /// A cdylib built by the workspace, e.g. `so("memplex_plugin_slab")`.
@@ -35,7 +38,9 @@ pub fn faulty() -> ProviderPlugin {
 
 /// Init params for queue 0 with 2 KiB buffers and the given settings.
 pub fn params(settings: &[(&str, &str)]) -> InitParams {
-    settings.iter().fold(InitParams::new(0, 2048, 256), |p, (k, v)| p.set(k, v))
+    settings
+        .iter()
+        .fold(InitParams::new(0, 2048, 256), |p, (k, v)| p.set(k, v))
 }
 
 /// The plugin path a default `memplex` would use from this test binary.

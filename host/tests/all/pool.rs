@@ -5,7 +5,10 @@ use memplex::pool::{Pool, PoolBuf, CACHE_SIZE, REFILL};
 use std::time::Duration;
 
 fn slab_pool(buffers: u32) -> Pool {
-    let p = ProviderPlugin::builtin("slab").unwrap().instantiate(&params(&[("buffers", &buffers.to_string())])).unwrap();
+    let p = ProviderPlugin::builtin("slab")
+        .unwrap()
+        .instantiate(&params(&[("buffers", &buffers.to_string())]))
+        .unwrap();
     Pool::new(p, 256)
 }
 
@@ -31,8 +34,10 @@ fn fast_path_serves_from_the_cache_after_one_bulk_call() {
 fn full_cache_spills_to_the_ring_then_to_the_provider() {
     let mut pool = slab_pool(2048);
     let ring = 256; // as built by slab_pool
-    // A multiple of the bulk size, so the cache is empty when the recycling starts.
-    let held: Vec<PoolBuf> = (0..CACHE_SIZE + ring + REFILL).map(|_| pool.alloc().unwrap()).collect();
+                    // A multiple of the bulk size, so the cache is empty when the recycling starts.
+    let held: Vec<PoolBuf> = (0..CACHE_SIZE + ring + REFILL)
+        .map(|_| pool.alloc().unwrap())
+        .collect();
     assert_eq!((CACHE_SIZE + ring + REFILL) % REFILL, 0);
     assert_eq!(pool.stats().inflight, held.len() as u64);
     for b in held {
@@ -64,7 +69,11 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
     let calls = pool.provider().counters().alloc_calls;
     let again: Vec<PoolBuf> = (0..200).map(|_| pool.alloc().unwrap()).collect();
     assert!(pool.stats().alloc_refill >= 1, "{:?}", pool.stats());
-    assert_eq!(pool.provider().counters().alloc_calls, calls, "no provider call needed");
+    assert_eq!(
+        pool.provider().counters().alloc_calls,
+        calls,
+        "no provider call needed"
+    );
     for b in again {
         pool.recycle(b).unwrap();
     }
@@ -73,18 +82,26 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
 
 #[test]
 fn ring_overflow_from_other_threads_is_not_lost() {
-    let p = ProviderPlugin::builtin("heap").unwrap().instantiate(&params(&[("buffers", "1024")])).unwrap();
+    let p = ProviderPlugin::builtin("heap")
+        .unwrap()
+        .instantiate(&params(&[("buffers", "1024")]))
+        .unwrap();
     let mut pool = Pool::new(p, 64);
     let recycler = pool.recycler();
     let held: Vec<PoolBuf> = (0..300).map(|_| pool.alloc().unwrap()).collect();
-    std::thread::spawn(move || held.into_iter().for_each(|b| recycler.recycle(b).unwrap())).join().unwrap();
+    std::thread::spawn(move || held.into_iter().for_each(|b| recycler.recycle(b).unwrap()))
+        .join()
+        .unwrap();
     let s = pool.stats();
     assert_eq!(s.recycle_ring, 64);
     assert_eq!(s.recycle_ring_full, 236);
     assert_eq!(s.inflight, 0, "overflowed buffers are still accounted for");
     let report = pool.shutdown(Duration::from_millis(10));
     assert_eq!(report.leaked, 0);
-    assert_eq!(report.provider_counters.released, report.provider_counters.handed_out);
+    assert_eq!(
+        report.provider_counters.released,
+        report.provider_counters.handed_out
+    );
 }
 
 #[test]
@@ -103,14 +120,17 @@ fn shutdown_waits_for_buffers_then_reports_leaks_by_provider() {
     let recycler = pool.recycler();
     let late = pool.alloc().unwrap();
     let lost = pool.alloc().unwrap();
-    std::mem::forget(lost);
+    drop(lost); // a consumer that loses a buffer
     let returner = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
         recycler.recycle(late).unwrap();
     });
     let report = pool.shutdown(Duration::from_millis(300));
     returner.join().unwrap();
-    assert_eq!(report.leaked, 1, "the forgotten buffer is reported, the late one is not");
+    assert_eq!(
+        report.leaked, 1,
+        "the forgotten buffer is reported, the late one is not"
+    );
     assert!(report.waited >= Duration::from_millis(30));
     assert!(report.provider.contains("slab"));
 }
@@ -122,6 +142,10 @@ fn placed_bytes_land_in_provider_memory() {
     pool.place(&mut buf, 100, b"frame bytes").unwrap();
     assert_eq!(&buf.as_slice().unwrap()[100..111], b"frame bytes");
     let err = pool.place(&mut buf, 2045, b"too long").unwrap_err();
-    assert!(err.to_string().contains("do not fit a buffer of 2048 bytes"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("do not fit a buffer of 2048 bytes"),
+        "{err}"
+    );
     pool.recycle(buf).unwrap();
 }
