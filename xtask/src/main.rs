@@ -21,7 +21,14 @@ fn main() {
     std::env::set_current_dir(&root).expect("cd to the workspace root");
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let result = match args.first().map(String::as_str) {
-        Some("build") => build(&root, if rest.contains(&"--release") { "release" } else { "dev" }),
+        Some("build") => build(
+            &root,
+            if rest.contains(&"--release") {
+                "release"
+            } else {
+                "dev"
+            },
+        ),
         Some("demo") => build(&root, "release").and_then(|()| {
             run(Command::new(root.join("target/release/memplex"))
                 .arg("demo")

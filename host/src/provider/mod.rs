@@ -254,6 +254,16 @@ impl ProviderPlugin {
     pub fn instantiate(&self, params: &InitParams) -> Result<CheckedProvider, LoadError> {
         let inner = self.instantiate_unchecked(params)?;
         let label: Arc<str> = format!("{} q{}", self.label(), params.queue_id).into();
-        CheckedProvider::new(inner, label, params.buf_size)
+        let provider = CheckedProvider::new(inner, label, params.buf_size)?;
+        let info = provider.info();
+        tracing::info!(
+            provider = %provider.label(),
+            buf_size = info.buf_size,
+            capacity = info.capacity,
+            caps = %info.caps,
+            backing = %info.backing,
+            "provider started"
+        );
+        Ok(provider)
     }
 }
