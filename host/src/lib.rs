@@ -42,3 +42,4 @@ pub mod demo;
 mod mem;
 pub mod pool;
 pub mod provider;
+pub mod wire;

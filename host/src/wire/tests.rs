@@ -1,0 +1,273 @@
+//! Split decisions on byte-exact frames built with etherparse, and properties over
+//! arbitrary bytes.
+
+use super::*;
+use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+use proptest::prelude::*;
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const V4_A: [u8; 4] = [10, 0, 0, 1];
+const V4_B: [u8; 4] = [10, 0, 0, 2];
+
+fn splitter(mode: SplitMode) -> Splitter {
+    Splitter {
+        mode,
+        fixed_offset: 30,
+        hds_threshold: 0,
+    }
+}
+
+fn udp4(payload: &[u8], dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .udp(40000, dport)
+        .write(&mut f, payload)
+        .unwrap();
+    f
+}
+
+fn tcp4_opts(payload: &[u8], dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .single_vlan(VlanId::try_new(100).unwrap())
+        .ipv4(V4_A, V4_B, 64)
+        .tcp(50000, dport, 1, 65535)
+        .options(&[
+            TcpOptionElement::MaximumSegmentSize(1460),
+            TcpOptionElement::Noop,
+            TcpOptionElement::WindowScale(7),
+            TcpOptionElement::Timestamp(1, 2),
+        ])
+        .unwrap()
+        .write(&mut f, payload)
+        .unwrap();
+    f
+}
+
+#[test]
+fn udp_over_ipv4_at_every_layer() {
+    let f = udp4(&[7; 100], 9000);
+    let at = |mode| splitter(mode).split(&f);
+    assert_eq!(at(SplitMode::L2).head_len, 14);
+    assert_eq!(at(SplitMode::L3).head_len, 34);
+    assert_eq!(at(SplitMode::L4).head_len, 42);
+    assert_eq!(at(SplitMode::App).head_len, 42, "no app header: as l4");
+    assert_eq!(at(SplitMode::App).outcome, Ok(Layer::L4));
+    assert_eq!(at(SplitMode::Fixed).head_len, 30);
+    assert_eq!(at(SplitMode::None).outcome, Err(Unsplit::Disabled));
+    let m = at(SplitMode::L4).meta;
+    assert_eq!(
+        (m.ethertype, m.protocol, m.src_port, m.dst_port),
+        (0x0800, Some(17), Some(40000), Some(9000))
+    );
+    assert_eq!(m.dst, Some(IpAddr::V4(Ipv4Addr::from(V4_B))));
+}
+
+#[test]
+fn vlan_tcp_with_options() {
+    let f = tcp4_opts(&[1; 500], 80);
+    let s = splitter(SplitMode::L4).split(&f);
+    // 14 Ethernet + 4 VLAN + 20 IPv4 + 20 TCP + options: MSS 4, NOP 1, window scale 3,
+    // timestamps 10 = 18, padded to 20.
+    assert_eq!(s.head_len, 14 + 4 + 20 + 20 + 20);
+    assert_eq!(s.meta.vlan, Some(100));
+    assert_eq!(f.len() - s.head_len, 500);
+}
+
+#[test]
+fn qinq() {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
+        .ipv4(V4_A, V4_B, 64)
+        .udp(1, 2)
+        .write(&mut f, &[0; 64])
+        .unwrap();
+    let s = splitter(SplitMode::L4).split(&f);
+    assert_eq!(
+        (s.meta.vlan, s.meta.vlan_inner, s.head_len),
+        (Some(10), Some(20), 14 + 8 + 20 + 8)
+    );
+}
+
+#[test]
+fn ipv6_with_extension_headers() {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6([0xfd; 16], [0xfe; 16], 64)
+        .udp(1, 2)
+        .write(&mut f, &[0; 64])
+        .unwrap();
+    assert_eq!(splitter(SplitMode::L4).split(&f).head_len, 14 + 40 + 8);
+    // Insert a hop-by-hop header (8 bytes) and a destination-options header (16 bytes).
+    let mut g = f[..14 + 40].to_vec();
+    g[14 + 6] = 0; // next header: hop-by-hop
+    let plen = u16::from_be_bytes([g[18], g[19]]) + 24;
+    g[18..20].copy_from_slice(&plen.to_be_bytes());
+    g.extend([60, 0, 0, 0, 0, 0, 0, 0]);
+    g.extend([17, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    g.extend(&f[14 + 40..]);
+    let s = splitter(SplitMode::L4).split(&g);
+    assert_eq!(s.head_len, 14 + 40 + 24 + 8);
+    assert_eq!(splitter(SplitMode::L3).split(&g).head_len, 14 + 40 + 24);
+    assert_eq!(s.meta.protocol, Some(17));
+}
+
+#[test]
+fn icmp() {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut f, &[0; 56])
+        .unwrap();
+    assert_eq!(splitter(SplitMode::L4).split(&f).head_len, 14 + 20 + 8);
+}
+
+#[test]
+fn vxlan_splits_after_the_inner_l4_header() {
+    let inner = tcp4_opts(&[9; 300], 443);
+    let mut vx = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+    vx.extend(&inner);
+    let f = udp4(&vx, tunnel::VXLAN_PORT);
+    let s = splitter(SplitMode::L4).split(&f);
+    assert_eq!(s.meta.vni, Some(42));
+    assert_eq!(
+        s.meta.dst_port,
+        Some(4789),
+        "routing sees the outer headers"
+    );
+    assert_eq!(
+        f.len() - s.head_len,
+        300,
+        "the payload is the inner TCP payload"
+    );
+    assert_eq!(
+        splitter(SplitMode::L3).split(&f).head_len,
+        34,
+        "l3 is the outer IP header"
+    );
+}
+
+#[test]
+fn geneve_with_options_and_inner_ipv4() {
+    let mut inner = Vec::new();
+    PacketBuilder::ip(etherparse::IpHeaders::Ipv4(
+        etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, V4_A, V4_B).unwrap(),
+        Default::default(),
+    ))
+    .udp(5, 6)
+    .write(&mut inner, &[3; 200])
+    .unwrap();
+    let mut gn = vec![0x01, 0, 0x08, 0x00, 0, 0, 7, 0, 0, 0, 0, 0];
+    gn.extend(&inner);
+    let f = udp4(&gn, tunnel::GENEVE_PORT);
+    let s = splitter(SplitMode::L4).split(&f);
+    assert_eq!((s.meta.vni, f.len() - s.head_len), (Some(7), 200));
+}
+
+#[test]
+fn nvme_tcp_pdu_header() {
+    let mut pdu = vec![0x07, 0, 24, 24];
+    pdu.extend(4120u32.to_le_bytes());
+    pdu.resize(24, 0);
+    pdu.extend([0xab; 1000]);
+    let f = tcp4_opts(&pdu, app::NVME_TCP_PORT);
+    let s = splitter(SplitMode::App).split(&f);
+    assert_eq!(
+        (s.outcome, s.meta.app),
+        (Ok(Layer::App), Some(App::NvmeTcp))
+    );
+    assert_eq!(f.len() - s.head_len, 1000);
+    // A segment from the middle of a PDU falls back to an l4 split.
+    let f = tcp4_opts(&[0xab; 1000], app::NVME_TCP_PORT);
+    assert_eq!(splitter(SplitMode::App).split(&f).outcome, Ok(Layer::L4));
+}
+
+#[test]
+fn threshold_and_padding() {
+    let f = udp4(&[1; 4], 9); // 46 bytes: under the Ethernet minimum, no padding added here
+    let mut padded = f.clone();
+    padded.resize(60, 0);
+    let mut s = splitter(SplitMode::L4);
+    assert_eq!(s.split(&padded).head_len, 42);
+    s.hds_threshold = 4;
+    assert_eq!(
+        s.split(&padded).outcome,
+        Err(Unsplit::BelowThreshold),
+        "padding is not payload"
+    );
+    assert_eq!(s.split(&padded).head_len, 60);
+}
+
+#[test]
+fn unsplittable_frames_have_reasons() {
+    let l4 = splitter(SplitMode::L4);
+    let f = udp4(&[0; 64], 1);
+    assert_eq!(
+        l4.split(&f[..10]).outcome,
+        Err(Unsplit::Truncated(Layer::L2))
+    );
+    assert_eq!(
+        l4.split(&f[..30]).outcome,
+        Err(Unsplit::Truncated(Layer::L3))
+    );
+    let mut arp = f.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(l4.split(&arp).outcome, Err(Unsplit::NotIp));
+    assert_eq!(
+        splitter(SplitMode::L2).split(&arp).head_len,
+        14,
+        "l2 splits any Ethernet frame"
+    );
+    let mut frag = f.clone();
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10; // fragment offset 16
+    assert_eq!(l4.split(&frag).outcome, Err(Unsplit::Fragment));
+    let mut esp = f.clone();
+    esp[14 + 9] = 50;
+    assert_eq!(l4.split(&esp).outcome, Err(Unsplit::NotTransport));
+    let mut bad = f.clone();
+    bad[14] = 0x43;
+    assert!(l4.split(&bad).outcome.unwrap_err().is_malformed());
+    let mut triple = f.clone();
+    triple.splice(12..12, [0x81, 0, 0, 1, 0x81, 0, 0, 2, 0x81, 0, 0, 3]);
+    assert_eq!(l4.split(&triple).outcome, Err(Unsplit::TooDeep(Layer::L2)));
+}
+
+proptest! {
+    #[test]
+    fn never_panics_and_stays_in_bounds(bytes in proptest::collection::vec(any::<u8>(), 0..300), mode in 0u8..6) {
+        let mode = [SplitMode::None, SplitMode::Fixed, SplitMode::L2, SplitMode::L3, SplitMode::L4, SplitMode::App][mode as usize];
+        let s = Splitter { mode, fixed_offset: 17, hds_threshold: 0 }.split(&bytes);
+        prop_assert!(s.head_len <= bytes.len());
+        if s.outcome.is_ok() {
+            prop_assert!(s.head_len < bytes.len());
+        }
+    }
+
+    #[test]
+    fn udp_and_tcp_split_where_etherparse_says_the_payload_starts(
+        payload in proptest::collection::vec(any::<u8>(), 1..1400), tcp in any::<bool>(), vlan in any::<bool>(),
+    ) {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+        match (tcp, vlan) {
+            (true, true) => b.single_vlan(VlanId::try_new(5).unwrap()).ipv4(V4_A, V4_B, 9).tcp(1, 2, 3, 4).write(&mut f, &payload),
+            (true, false) => b.ipv6([1; 16], [2; 16], 9).tcp(1, 2, 3, 4).write(&mut f, &payload),
+            (false, true) => b.single_vlan(VlanId::try_new(5).unwrap()).ipv6([1; 16], [2; 16], 9).udp(1, 2).write(&mut f, &payload),
+            (false, false) => b.ipv4(V4_A, V4_B, 9).udp(1, 2).write(&mut f, &payload),
+        }.unwrap();
+        let sliced = etherparse::SlicedPacket::from_ethernet(&f).unwrap();
+        let reference = match sliced.transport.unwrap() {
+            etherparse::TransportSlice::Tcp(t) => t.payload().as_ptr() as usize,
+            etherparse::TransportSlice::Udp(u) => u.payload().as_ptr() as usize,
+            _ => unreachable!(),
+        } - f.as_ptr() as usize;
+        let s = splitter(SplitMode::L4).split(&f);
+        prop_assert_eq!(s.head_len, reference);
+        prop_assert_eq!(&f[s.head_len..], &payload[..]);
+    }
+}
