@@ -5,7 +5,9 @@
 //! - `cargo xtask demo [ARGS]`: build (release), then `memplex demo ARGS`;
 //! - `cargo xtask test`: build, then every test in the workspace and the example;
 //! - `cargo xtask bench [ARGS]`: build (release), then the criterion benchmarks;
-//! - `cargo xtask lint`: rustfmt and clippy with warnings as errors.
+//! - `cargo xtask lint`: rustfmt and clippy with warnings as errors;
+//! - `cargo xtask fuzz [SECONDS]`: the header-split fuzz target on nightly (installs
+//!   cargo-fuzz if missing), seeded from `fuzz/seeds/split`.
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -53,9 +55,10 @@ fn main() {
             })
             .and_then(|()| summary(&root)),
         Some("lint") => lint(&root),
+        Some("fuzz") => fuzz(&root, rest.first().copied().unwrap_or("60")),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | fuzz [SECONDS]>"
             );
             exit(2);
         }
@@ -212,4 +215,28 @@ fn summary(root: &Path) -> Result<(), String> {
     std::fs::write(&out, table + "\n").map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("\n(also written to {})", out.display());
     Ok(())
+}
+
+fn fuzz(root: &Path, seconds: &str) -> Result<(), String> {
+    let present = Command::new(env!("CARGO"))
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        cargo(&["install", "cargo-fuzz", "--locked"], &[])?;
+    }
+    let corpus = root.join("fuzz/corpus/split");
+    std::fs::create_dir_all(&corpus).map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+    run(Command::new("cargo")
+        .current_dir(root.join("fuzz"))
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "split",
+            "corpus/split",
+            "seeds/split",
+            "--",
+        ])
+        .arg(format!("-max_total_time={seconds}")))
 }
