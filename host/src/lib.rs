@@ -37,9 +37,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod conformance;
 pub mod demo;
 mod mem;
 pub mod pool;
 pub mod provider;
+pub mod route;
 pub mod wire;

@@ -1,0 +1,648 @@
+//! The TOML config: what device to read, how to split, which providers exist and how
+//! frames are routed to them. Loaded with the `config` crate, so any key can be
+//! overridden from the environment: `MEMPLEX_DEVICE__INTERFACE=mpx1` sets
+//! `device.interface` (double underscore between levels; only variables with one are
+//! read, so `MEMPLEX_LOG` and `MEMPLEX_PLUGIN_PATH` stay separate).
+//!
+//! Every error names the key, what was wrong with it, and what is allowed.
+//!
+//! ```toml
+//! [device]
+//! kind = "pcap"               # af_packet | tap | pcap
+//! path = "traffic.pcap"
+//!
+//! [split]
+//! mode = "l4"                 # none | fixed | l2 | l3 | l4 | app
+//! hds_threshold = 0
+//!
+//! [providers.hot]
+//! plugin = "heap"
+//! buf_size = 256
+//!
+//! [providers.bulk]
+//! plugin = "slab"
+//! buf_size = 2048
+//! settings = { buffers = 8192 }
+//!
+//! [[route]]
+//! match = { l4 = "tcp", dst_port = 4420 }
+//! head = "hot"
+//! frags = "bulk"
+//!
+//! [[route]]                   # no match: every frame
+//! head = "hot"
+//! frags = "bulk"
+//! ```
+
+use crate::wire::SplitMode;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A config that could not be read or makes no sense.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The config file.
+        path: String,
+        /// What the parser said, with the key.
+        message: String,
+    },
+    /// A key holds a value that is not allowed.
+    #[error("{path}: `{key}` {problem}; allowed: {allowed}")]
+    Invalid {
+        /// The config file.
+        path: String,
+        /// The key, as a TOML path (`route[1].head`).
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// What would be accepted.
+        allowed: String,
+    },
+}
+
+/// Where frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceKind {
+    /// An AF_PACKET socket with a TPACKET_V3 ring.
+    AfPacket,
+    /// A TAP device.
+    Tap,
+    /// A pcap or pcapng file, replayed.
+    Pcap,
+}
+
+/// `[device]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// `af_packet`, `tap` or `pcap`.
+    pub kind: DeviceKind,
+    /// The network interface (af_packet, tap).
+    pub interface: Option<String>,
+    /// The capture file (pcap).
+    pub path: Option<PathBuf>,
+    /// Receive queues, each with its own worker and pools.
+    #[serde(default = "one")]
+    pub queues: u16,
+    /// How many times a pcap file is replayed (pcap).
+    #[serde(default = "one_u32")]
+    pub repeat: u32,
+    /// TPACKET_V3 block size in bytes (af_packet).
+    #[serde(default = "block_size")]
+    pub block_size: u32,
+    /// TPACKET_V3 blocks in the ring (af_packet).
+    #[serde(default = "block_count")]
+    pub block_count: u32,
+    /// Ask the kernel for GSO super-frames (tap: IFF_VNET_HDR + TUNSETOFFLOAD).
+    #[serde(default)]
+    pub gso: bool,
+}
+
+fn one() -> u16 {
+    1
+}
+fn one_u32() -> u32 {
+    1
+}
+fn block_size() -> u32 {
+    1 << 20
+}
+fn block_count() -> u32 {
+    16
+}
+
+/// `[split]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// Where frames are split.
+    #[serde(default = "l4")]
+    pub mode: SplitMode,
+    /// The offset for `mode = "fixed"`.
+    #[serde(default)]
+    pub fixed_offset: usize,
+    /// Frames with no more payload than this are not split.
+    #[serde(default)]
+    pub hds_threshold: usize,
+}
+
+fn l4() -> SplitMode {
+    SplitMode::L4
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig {
+            mode: SplitMode::L4,
+            fixed_offset: 0,
+            hds_threshold: 0,
+        }
+    }
+}
+
+/// A scalar provider setting, passed to the provider as a string.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    /// `true` / `false`
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// `builtin:NAME`, a path, or a name on the plugin path.
+    pub plugin: String,
+    /// The smallest buffer this provider must hand out.
+    pub buf_size: u32,
+    /// Buffers the pool in front of each instance may hold; the provider's capacity
+    /// defaults to twice this.
+    #[serde(default = "pool_size")]
+    pub pool_size: u32,
+    /// Where frames go when this provider faults or runs dry.
+    pub fallback: Option<String>,
+    /// The provider's own settings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, Scalar>,
+}
+
+fn pool_size() -> u32 {
+    1024
+}
+
+/// A port or an inclusive range `"1000-2000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PortRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(p) => Ok(PortRange(p, p)),
+            Raw::Text(t) => {
+                let bad = || {
+                    serde::de::Error::custom(format!(
+                        "`{t}` is not a port or a range like \"1000-2000\""
+                    ))
+                };
+                let (a, b) = t.split_once('-').unwrap_or((&t, &t));
+                let (a, b) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                Ok(PortRange(a, b))
+            }
+        }
+    }
+}
+
+/// `match = { ... }` of a route: every given field must match.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    /// Ethertype after VLAN tags, as a number or `ipv4` / `ipv6` / `arp`.
+    pub ethertype: Option<Scalar>,
+    /// Outer VLAN id.
+    pub vlan: Option<u16>,
+    /// `ipv4` or `ipv6`.
+    pub l3: Option<String>,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or an IP protocol number.
+    pub l4: Option<Scalar>,
+    /// Source address prefix (`10.0.0.0/8`, `fd00::/8`).
+    pub src: Option<IpNet>,
+    /// Destination address prefix.
+    pub dst: Option<IpNet>,
+    /// Source port or range.
+    pub src_port: Option<PortRange>,
+    /// Destination port or range.
+    pub dst_port: Option<PortRange>,
+    /// Either port.
+    pub port: Option<PortRange>,
+    /// VXLAN / GENEVE virtual network id.
+    pub vni: Option<u32>,
+    /// `nvme-tcp` or `iscsi`.
+    pub app: Option<String>,
+}
+
+/// `[[route]]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Which frames; absent matches every frame.
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    /// The provider of head buffers.
+    pub head: String,
+    /// The provider of the first frag buffer.
+    pub frags: String,
+    /// The provider of frag buffers after the first (default: `frags`).
+    pub frags_rest: Option<String>,
+}
+
+/// What a worker does when a provider has no free buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDry {
+    /// Drop the frame and count it.
+    Drop,
+    /// Wait (bounded by `wait_ms`) for buffers to come back, then drop.
+    Wait,
+}
+
+/// Where placed frames go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// Count frames and bytes.
+    Count,
+    /// Check that head + frags reassemble to the frame as received.
+    Verify,
+    /// Write the reassembled frames to a pcap file.
+    Pcap,
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// What to do when a provider runs dry.
+    #[serde(default = "on_dry")]
+    pub on_dry: OnDry,
+    /// The longest wait for a buffer with `on_dry = "wait"`.
+    #[serde(default = "wait_ms")]
+    pub wait_ms: u64,
+    /// The consumer.
+    #[serde(default = "sink")]
+    pub sink: SinkKind,
+    /// The file for `sink = "pcap"`.
+    pub sink_path: Option<PathBuf>,
+    /// Seconds between stats lines (0: only at the end).
+    #[serde(default = "stats_interval")]
+    pub stats_interval: f64,
+    /// Serve Prometheus metrics on this loopback address.
+    pub metrics: Option<SocketAddr>,
+    /// Stop after this many seconds (live devices); 0 runs until Ctrl-C.
+    #[serde(default)]
+    pub duration: f64,
+}
+
+fn on_dry() -> OnDry {
+    OnDry::Drop
+}
+fn wait_ms() -> u64 {
+    10
+}
+fn sink() -> SinkKind {
+    SinkKind::Count
+}
+fn stats_interval() -> f64 {
+    1.0
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            on_dry: OnDry::Drop,
+            wait_ms: 10,
+            sink: SinkKind::Count,
+            sink_path: None,
+            stats_interval: 1.0,
+            metrics: None,
+            duration: 0.0,
+        }
+    }
+}
+
+/// A whole config.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where frames come from.
+    pub device: DeviceConfig,
+    /// How frames are split.
+    #[serde(default)]
+    pub split: SplitConfig,
+    /// Named providers.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Routing rules, first match wins.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    /// Workers, consumer, stats.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+impl Config {
+    /// Reads `path`, applies `MEMPLEX_*__*` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let env: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("MEMPLEX_") && k.contains("__"))
+            .collect();
+        Self::from_toml(&text, &path.display().to_string(), env, path.parent())
+    }
+
+    /// Parses TOML text (named `origin` in errors) with the given environment overrides.
+    /// Relative paths in the config are taken from `base`.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: config::Map<String, String>,
+        base: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let parse = |e: config::ConfigError| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        };
+        let mut cfg: Config = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("MEMPLEX")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(parse)?
+            .try_deserialize()
+            .map_err(parse)?;
+        if let Some(base) = base {
+            for p in [&mut cfg.device.path, &mut cfg.runtime.sink_path]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: String, problem: String, allowed: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key,
+            problem,
+            allowed,
+        };
+        let d = &self.device;
+        match d.kind {
+            DeviceKind::Pcap if d.path.is_none() => {
+                return Err(invalid(
+                    "device.path".into(),
+                    "is missing".into(),
+                    "the pcap or pcapng file to replay".into(),
+                ))
+            }
+            DeviceKind::AfPacket | DeviceKind::Tap if d.interface.is_none() => {
+                return Err(invalid(
+                    "device.interface".into(),
+                    "is missing".into(),
+                    "a network interface name".into(),
+                ))
+            }
+            _ => {}
+        }
+        if d.queues == 0 || d.queues > 64 {
+            return Err(invalid(
+                "device.queues".into(),
+                format!("is {}", d.queues),
+                "1 to 64".into(),
+            ));
+        }
+        if self.providers.is_empty() {
+            return Err(invalid(
+                "providers".into(),
+                "defines no provider".into(),
+                "at least one [providers.NAME] table".into(),
+            ));
+        }
+        let names = || {
+            self.providers
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (name, p) in &self.providers {
+            if p.buf_size == 0 || p.buf_size > 1 << 20 {
+                return Err(invalid(
+                    format!("providers.{name}.buf_size"),
+                    format!("is {}", p.buf_size),
+                    "1 to 1048576".into(),
+                ));
+            }
+            if p.pool_size < 64 || p.pool_size > 1 << 20 {
+                return Err(invalid(
+                    format!("providers.{name}.pool_size"),
+                    format!("is {}", p.pool_size),
+                    "64 to 1048576".into(),
+                ));
+            }
+            if let Some(f) = &p.fallback {
+                if !self.providers.contains_key(f) || f == name {
+                    return Err(invalid(
+                        format!("providers.{name}.fallback"),
+                        format!("names `{f}`"),
+                        format!("another provider: {}", names()),
+                    ));
+                }
+            }
+        }
+        if self.routes.is_empty() {
+            return Err(invalid(
+                "route".into(),
+                "has no rule".into(),
+                "at least one [[route]] naming head and frags providers".into(),
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            for (field, value) in [
+                ("head", Some(&r.head)),
+                ("frags", Some(&r.frags)),
+                ("frags_rest", r.frags_rest.as_ref()),
+            ] {
+                if let Some(v) = value {
+                    if !self.providers.contains_key(v) {
+                        return Err(invalid(
+                            format!("route[{i}].{field}"),
+                            format!("names provider `{v}`, which is not defined"),
+                            names(),
+                        ));
+                    }
+                }
+            }
+            crate::route::Matcher::compile(&r.matches).map_err(|(field, problem, allowed)| {
+                invalid(format!("route[{i}].match.{field}"), problem, allowed.into())
+            })?;
+        }
+        if self.split.mode == SplitMode::Fixed && self.split.fixed_offset == 0 {
+            return Err(invalid(
+                "split.fixed_offset".into(),
+                "is 0 with mode = \"fixed\"".into(),
+                "the byte offset to split at, 1 or more".into(),
+            ));
+        }
+        if let Some(addr) = self.runtime.metrics {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    "runtime.metrics".into(),
+                    format!("is {addr}, not a loopback address"),
+                    "127.0.0.1:PORT or [::1]:PORT".into(),
+                ));
+            }
+        }
+        if self.runtime.sink == SinkKind::Pcap && self.runtime.sink_path.is_none() {
+            return Err(invalid(
+                "runtime.sink_path".into(),
+                "is missing for sink = \"pcap\"".into(),
+                "the pcap file to write".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[device]
+kind = "pcap"
+path = "t.pcap"
+
+[split]
+mode = "app"
+
+[providers.Hot]
+plugin = "heap"
+buf_size = 256
+
+[providers.bulk]
+plugin = "slab"
+buf_size = 2048
+settings = { buffers = 8192, mode = "x" }
+
+[[route]]
+match = { l4 = "tcp", dst_port = "4420-4421", dst = "10.0.0.0/8" }
+head = "Hot"
+frags = "bulk"
+
+[[route]]
+head = "Hot"
+frags = "bulk"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_toml(text, "test.toml", env, Some(Path::new("/base")))
+    }
+
+    fn err(text: &str) -> String {
+        load(text, &[]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn loads_a_good_config() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.split.mode, SplitMode::App);
+        assert_eq!(c.device.path.as_deref(), Some(Path::new("/base/t.pcap")));
+        assert_eq!(c.providers["bulk"].settings["buffers"], Scalar::Int(8192));
+        assert_eq!(c.routes[0].matches.dst_port, Some(PortRange(4420, 4421)));
+        assert!(
+            c.providers.contains_key("Hot"),
+            "provider names keep their case"
+        );
+    }
+
+    #[test]
+    fn environment_overrides_any_key() {
+        let c = load(
+            GOOD,
+            &[
+                ("MEMPLEX_DEVICE__QUEUES", "4"),
+                ("MEMPLEX_SPLIT__MODE", "l3"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((c.device.queues, c.split.mode), (4, SplitMode::L3));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(&GOOD.replace("mode = \"app\"", "mode = \"l5\""));
+        assert!(e.contains("l5") && e.contains("split.mode"), "{e}");
+        let e = err(&GOOD.replace("kind = \"pcap\"", "kind = \"pcap\"\nintrface = \"x\""));
+        assert!(e.contains("intrface"), "{e}");
+        let e = err(&GOOD
+            .replace(
+                "head = \"Hot\"\nfrags = \"bulk\"\n\"#",
+                "head = \"hott\"\nfrags = \"bulk\"\n\"#",
+            )
+            .replace("[[route]]\nhead = \"Hot\"", "[[route]]\nhead = \"hott\""));
+        assert!(
+            e.contains("route[1].head") && e.contains("hott") && e.contains("Hot, bulk"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("l4 = \"tcp\"", "l4 = \"sctpx\""));
+        assert!(
+            e.contains("route[0].match.l4") && e.contains("tcp, udp"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("dst_port = \"4420-4421\"", "dst_port = \"9-1\""));
+        assert!(e.contains("9-1"), "{e}");
+        let e = err(&GOOD.replace("buf_size = 256", "buf_size = \"big\""));
+        assert!(e.contains("buf_size"), "{e}");
+        let e = err(&GOOD.replace("path = \"t.pcap\"", ""));
+        assert!(e.contains("device.path") && e.contains("missing"), "{e}");
+        let e = err(&GOOD.replace("[split]", "[runtime]\nmetrics = \"0.0.0.0:9100\"\n[split]"));
+        assert!(
+            e.contains("runtime.metrics") && e.contains("loopback"),
+            "{e}"
+        );
+    }
+}
