@@ -40,8 +40,11 @@
 pub mod config;
 pub mod conformance;
 pub mod demo;
+pub mod device;
 mod mem;
 pub mod pool;
 pub mod provider;
 pub mod route;
+pub mod runtime;
+pub mod traffic;
 pub mod wire;

@@ -7,6 +7,7 @@ mod cli;
 mod contract;
 mod loading;
 mod pool;
+mod runtime;
 
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;

@@ -9,6 +9,8 @@ use memplex::pool::PoolReport;
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;
 
+mod run;
+
 #[derive(Parser)]
 #[command(
     name = "memplex",
@@ -37,6 +39,35 @@ enum Command {
         #[command(flatten)]
         params: ParamArgs,
     },
+    /// Run a config: receive frames, split, place them in providers, report.
+    Run {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop after this many seconds (overrides runtime.duration).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Print stats as JSON lines even on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a deterministic traffic mix to a pcap file (for `kind = "pcap"` configs).
+    GenPcap {
+        /// The file to write.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// The mix: default, nvme, tunnel, malformed.
+        #[arg(long, default_value = "default")]
+        mix: String,
+        /// How many frames.
+        #[arg(long, default_value_t = 1000)]
+        frames: usize,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// Push synthetic traffic through providers and pools, and report.
     Demo {
         /// Frames per provider.
@@ -45,6 +76,15 @@ enum Command {
         /// Providers to run (default: the heap, slab and hugepage plugins).
         #[arg(long = "provider", value_name = "PLUGIN")]
         providers: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config and load its providers, without running it.
+    Check {
+        /// The TOML config.
+        file: PathBuf,
     },
 }
 
@@ -116,6 +156,27 @@ fn run(cli: Cli) -> Result<i32> {
         } => inspect(&path, &plugin, &params),
         Command::CheckProvider { plugin, params } => check(&path, &plugin, &params),
         Command::Demo { frames, providers } => run_demo(&path, frames, providers),
+        Command::GenPcap { out, mix, frames } => {
+            let Some(f) = memplex::traffic::mix(&mix, frames) else {
+                bail!("unknown mix `{mix}`; known: {}", memplex::traffic::MIXES);
+            };
+            memplex::traffic::write_pcap(&out, &f)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote {} frames of the `{mix}` mix to {}",
+                f.len(),
+                out.display()
+            );
+            Ok(0)
+        }
+        Command::Run {
+            config,
+            duration,
+            json,
+        } => run::run(&path, &config, duration, json),
+        Command::Config {
+            cmd: ConfigCmd::Check { file },
+        } => run::check(&path, &file),
     }
 }
 

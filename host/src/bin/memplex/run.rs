@@ -1,0 +1,323 @@
+//! `memplex run` and `memplex config check`.
+
+use anyhow::{Context, Result};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
+use memplex::config::Config;
+use memplex::provider::PluginPath;
+use memplex::runtime::{self, Engine, QueueStats, RunControl, RunReport};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.to_vec());
+    t
+}
+
+/// `memplex config check FILE`.
+pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
+    let config = Config::load(file)?;
+    let engine = Engine::new(config, path)
+        .with_context(|| format!("loading the providers {} names", file.display()))?;
+    let c = engine.config();
+    println!(
+        "{}: ok\ndevice: {:?} {} ({} queue{})\nsplit: {:?}, hds_threshold {}",
+        file.display(),
+        c.device.kind,
+        c.device
+            .interface
+            .clone()
+            .or_else(|| c.device.path.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_default(),
+        c.device.queues,
+        if c.device.queues == 1 { "" } else { "s" },
+        c.split.mode,
+        c.split.hds_threshold,
+    );
+    let mut t = table(&[
+        "provider",
+        "plugin",
+        "from",
+        "buf_size",
+        "pool_size",
+        "fallback",
+    ]);
+    for ((name, plugin), p) in engine.plugins().zip(c.providers.values()) {
+        t.add_row(vec![
+            name.to_string(),
+            p.plugin.clone(),
+            plugin.origin().to_string(),
+            p.buf_size.to_string(),
+            p.pool_size.to_string(),
+            p.fallback.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{t}");
+    let mut r = table(&["route", "match", "head", "frags", "frags_rest"]);
+    for (i, route) in c.routes.iter().enumerate() {
+        let m = serde_json::to_value(&route.matches)?;
+        let fields: Vec<String> = m
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        r.add_row(vec![
+            i.to_string(),
+            if fields.is_empty() {
+                "(every frame)".into()
+            } else {
+                fields.join(" ")
+            },
+            route.head.clone(),
+            route.frags.clone(),
+            route
+                .frags_rest
+                .clone()
+                .unwrap_or_else(|| route.frags.clone()),
+        ]);
+    }
+    println!("{r}");
+    if c.routes.last().is_some_and(|r| {
+        serde_json::to_value(&r.matches)
+            .ok()
+            .and_then(|v| v.as_object().map(|o| o.values().any(|v| !v.is_null())))
+            .unwrap_or(false)
+    }) {
+        println!("note: the last route matches only some frames; frames no route matches are dropped and counted as no_route");
+    }
+    Ok(0)
+}
+
+/// `memplex run`.
+pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) -> Result<i32> {
+    let config = Config::load(file)?;
+    let duration = duration.unwrap_or(config.runtime.duration);
+    let interval = config.runtime.stats_interval;
+    let metrics = config.runtime.metrics;
+    let engine = Engine::new(config, path)?;
+    let queues = engine.open_device()?;
+    let control = RunControl::default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let pretty = !json && std::io::stdout().is_terminal();
+    let report = rt.block_on(async {
+        let stop = control.stop.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm => {}
+            }
+            eprintln!("\nstopping ...");
+            stop.store(true, Relaxed);
+        });
+        if duration > 0.0 {
+            let stop = control.stop.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+                stop.store(true, Relaxed);
+            });
+        }
+        if let Some(addr) = metrics {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
+            eprintln!("metrics: http://{addr}/metrics");
+            let live = control.live.clone();
+            tokio::spawn(async move {
+                while let Ok((mut sock, _)) = listener.accept().await {
+                    let body = runtime::prometheus(&live.lock().map(|l| l.clone()).unwrap_or_default());
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut req = [0u8; 1024];
+                        let _ = sock.read(&mut req).await;
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = sock.write_all(head.as_bytes()).await;
+                        let _ = sock.write_all(body.as_bytes()).await;
+                    });
+                }
+            });
+        }
+        if interval > 0.0 {
+            let live = control.live.clone();
+            let stop = control.stop.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(interval));
+                tick.tick().await;
+                let mut last = (0u64, Instant::now());
+                loop {
+                    tick.tick().await;
+                    if stop.load(Relaxed) {
+                        break;
+                    }
+                    let snapshot = live.lock().map(|l| l.clone()).unwrap_or_default();
+                    let total = runtime::total(&snapshot);
+                    let rate = (total.received.frames - last.0) as f64 / last.1.elapsed().as_secs_f64();
+                    last = (total.received.frames, Instant::now());
+                    if pretty {
+                        print!("\x1b[2J\x1b[H{}", live_table(&snapshot, rate, start.elapsed()));
+                    } else {
+                        let line = serde_json::json!({ "elapsed": start.elapsed().as_secs_f64(), "pps": rate, "total": total, "queues": snapshot });
+                        println!("{line}");
+                    }
+                    let _ = std::io::stdout().flush();
+                }
+            });
+        }
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || engine.run(queues, &control)).await.context("the run was cancelled")?.map_err(anyhow::Error::from)
+    })?;
+    control.stop.store(true, Relaxed);
+    print_report(&report, json);
+    let total = report.total();
+    if report.leaked() > 0 || total.sink.mismatched > 0 {
+        eprintln!(
+            "FAILED: {} buffers leaked, {} frames did not reassemble",
+            report.leaked(),
+            total.sink.mismatched
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn live_table(queues: &[QueueStats], pps: f64, elapsed: Duration) -> String {
+    let mut t = table(&[
+        "queue", "frames", "MB", "split", "unsplit", "dropped", "verified",
+    ]);
+    for q in queues
+        .iter()
+        .chain(std::iter::once(&runtime::total(queues)))
+    {
+        t.add_row(vec![
+            q.queue.clone(),
+            q.received.frames.to_string(),
+            format!("{:.1}", q.received.bytes as f64 / 1e6),
+            q.split.values().sum::<u64>().to_string(),
+            q.unsplit.values().sum::<u64>().to_string(),
+            q.dropped.values().sum::<u64>().to_string(),
+            q.sink.verified.to_string(),
+        ]);
+    }
+    format!(
+        "memplex run: {:.1} s, {:.0} frames/s (Ctrl-C stops)\n{t}\n",
+        elapsed.as_secs_f64(),
+        pps
+    )
+}
+
+fn print_report(r: &RunReport, json: bool) {
+    let t = r.total();
+    if json {
+        let pools: Vec<_> = r
+            .pools
+            .iter()
+            .flatten()
+            .map(|p| serde_json::json!({ "provider": &*p.provider, "leaked": p.leaked, "fault": p.fault.as_ref().map(ToString::to_string) }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "final": true, "elapsed": r.elapsed.as_secs_f64(), "total": t, "queues": r.queues, "pools": pools })
+        );
+        return;
+    }
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "\nreceived {} frames, {:.2} MB in {}: {:.3} Mpps, {:.3} Gbit/s",
+        t.received.frames,
+        t.received.bytes as f64 / 1e6,
+        if secs < 1.0 {
+            format!("{:.1} ms", secs * 1e3)
+        } else {
+            format!("{secs:.2} s")
+        },
+        t.received.frames as f64 / secs / 1e6,
+        t.received.bytes as f64 * 8.0 / secs / 1e9
+    );
+    let fmt = |m: &std::collections::BTreeMap<&str, u64>| {
+        if m.is_empty() {
+            "-".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!(
+        "split: {}\nunsplit: {}\ndropped: {}",
+        fmt(&t.split),
+        fmt(&t.unsplit),
+        fmt(&t.dropped)
+    );
+    if t.sink != Default::default() {
+        println!(
+            "sink: verified {}, mismatched {}, unreadable {}, written {}",
+            t.sink.verified, t.sink.mismatched, t.sink.unreadable, t.sink.written
+        );
+    }
+    let mut routes = table(&["route", "frames", "bytes"]);
+    for (i, rt) in t.routes.iter().enumerate() {
+        routes.add_row(vec![
+            i.to_string(),
+            rt.frames.to_string(),
+            rt.bytes.to_string(),
+        ]);
+    }
+    println!("{routes}");
+    let mut p = table(&[
+        "provider",
+        "buffers",
+        "bytes",
+        "alloc_fast",
+        "alloc_slow",
+        "recycle_cached",
+        "hit rate",
+        "leaked",
+        "fault",
+    ]);
+    for (i, ps) in t.providers.iter().enumerate() {
+        let leaked: u64 = r
+            .pools
+            .iter()
+            .filter_map(|q| q.get(i))
+            .map(|p| p.leaked)
+            .sum();
+        p.add_row(vec![
+            Cell::new(&ps.name),
+            Cell::new(ps.buffers),
+            Cell::new(ps.bytes),
+            Cell::new(ps.pool.alloc_fast),
+            Cell::new(ps.pool.alloc_slow),
+            Cell::new(ps.pool.recycle_cached),
+            Cell::new(format!("{:.2}%", ps.pool.hit_rate() * 100.0)),
+            Cell::new(leaked).fg(if leaked == 0 {
+                Color::Green
+            } else {
+                Color::Red
+            }),
+            Cell::new(ps.fault.clone().unwrap_or_else(|| "-".into())),
+        ]);
+    }
+    println!("{p}");
+}

@@ -1,0 +1,988 @@
+//! The runtime: one worker per receive queue, each owning its pools, so nothing on the
+//! frame path locks.
+//!
+//! ```text
+//!  RxQueue --frame (borrowed)--> split --> route --> head pool ─┐ place (one copy)
+//!                                                  frag pools ─┘        |
+//!                                          Sink::consume(&PlacedFrame) <┘ --> recycle (cache)
+//! ```
+//!
+//! Workers are dedicated threads: a queue is a busy loop over a device, and a thread per
+//! queue with the pools on its stack is the shape page_pool has under NAPI. The CLI's
+//! tokio runtime handles signals, the stats display and the metrics endpoint around them.
+//! A consumer runs inline (`Sink`), so buffers go straight back into the per-queue cache.
+//! A provider that runs dry makes the worker drop the frame or wait, bounded, as
+//! configured, then try the provider's fallback; memory never grows without bound.
+
+use crate::config::{Config, OnDry, SinkKind};
+use crate::device::{self, DeviceError, Poll, RxQueue};
+use crate::pool::{Pool, PoolBuf, PoolError, PoolReport, PoolStats};
+use crate::provider::{InitParams, LoadError, PluginPath, ProviderCounters, ProviderPlugin};
+use crate::route::RouteTable;
+use crate::wire::{Layer, Splitter, Unsplit};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A provider could not be loaded or started.
+    #[error("provider `{name}`: {source}")]
+    Provider {
+        /// The provider's name in the config.
+        name: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The sink could not write.
+    #[error("sink {path}: {source}")]
+    Sink {
+        /// The output.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A worker thread panicked.
+    #[error("worker for {0} panicked")]
+    Worker(String),
+}
+
+/// A buffer holding part of a placed frame.
+#[derive(Debug)]
+pub struct Part {
+    /// Index of the provider it came from.
+    pub provider: usize,
+    /// The buffer.
+    pub buf: PoolBuf,
+    /// Bytes of the frame in it, from offset 0.
+    pub len: usize,
+}
+
+/// A frame placed in provider memory: `parts[0]` is the head, the rest are frags.
+#[derive(Debug)]
+pub struct PlacedFrame<'a> {
+    /// The frame as received, for consumers that check reassembly.
+    pub original: &'a [u8],
+    /// Head, then frags.
+    pub parts: &'a [Part],
+    /// The route rule that placed it.
+    pub rule: usize,
+    /// Which queue received it.
+    pub queue: u16,
+}
+
+/// A consumer of placed frames, run inline on the worker.
+pub trait Sink: Send {
+    /// Takes a look at one frame; its buffers go back to their pools afterwards.
+    fn consume(&mut self, frame: &PlacedFrame<'_>);
+    /// Called after each batch of frames.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    /// Counters for stats.
+    fn counters(&self) -> SinkCounters;
+}
+
+/// What a sink has seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SinkCounters {
+    /// Frames that reassembled byte for byte (verify).
+    pub verified: u64,
+    /// Frames that did not (verify).
+    pub mismatched: u64,
+    /// Frames in memory the CPU may not read (verify, pcap).
+    pub unreadable: u64,
+    /// Frames written (pcap).
+    pub written: u64,
+}
+
+/// Counts only; the worker already counts frames and bytes.
+#[derive(Debug, Default)]
+pub struct CountSink;
+
+impl Sink for CountSink {
+    fn consume(&mut self, _: &PlacedFrame<'_>) {}
+    fn counters(&self) -> SinkCounters {
+        SinkCounters::default()
+    }
+}
+
+/// Checks that head + frags reassemble to the frame as received.
+#[derive(Debug, Default)]
+pub struct VerifySink(SinkCounters);
+
+impl Sink for VerifySink {
+    fn consume(&mut self, f: &PlacedFrame<'_>) {
+        let mut at = 0;
+        for p in f.parts {
+            let Some(bytes) = p.buf.as_slice() else {
+                self.0.unreadable += 1;
+                return;
+            };
+            if f.original.get(at..at + p.len) != Some(&bytes[..p.len]) {
+                self.0.mismatched += 1;
+                return;
+            }
+            at += p.len;
+        }
+        if at == f.original.len() {
+            self.0.verified += 1;
+        } else {
+            self.0.mismatched += 1;
+        }
+    }
+    fn counters(&self) -> SinkCounters {
+        self.0
+    }
+}
+
+/// Writes reassembled frames to a pcap file shared by all queues. Each queue gathers a
+/// batch locally and takes the file's lock once per batch, not per frame.
+pub struct PcapSink {
+    out: Arc<Mutex<pcap_file::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>>>,
+    batch: Vec<u8>,
+    lens: Vec<(Duration, usize)>,
+    counters: SinkCounters,
+    start: Instant,
+}
+
+impl PcapSink {
+    /// A pcap writer to share between the queues' sinks.
+    pub fn create(
+        path: &std::path::Path,
+    ) -> Result<Arc<Mutex<pcap_file::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>>>, RunError>
+    {
+        let err = |e: std::io::Error| RunError::Sink {
+            path: path.display().to_string(),
+            source: e,
+        };
+        let file = std::fs::File::create(path).map_err(err)?;
+        let w = pcap_file::pcap::PcapWriter::new(std::io::BufWriter::new(file))
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        Ok(Arc::new(Mutex::new(w)))
+    }
+
+    /// A sink writing to `out`.
+    pub fn new(
+        out: Arc<Mutex<pcap_file::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>>>,
+    ) -> Self {
+        PcapSink {
+            out,
+            batch: Vec::new(),
+            lens: Vec::new(),
+            counters: SinkCounters::default(),
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Sink for PcapSink {
+    fn consume(&mut self, f: &PlacedFrame<'_>) {
+        let start = self.batch.len();
+        for p in f.parts {
+            match p.buf.as_slice() {
+                Some(bytes) => self.batch.extend_from_slice(&bytes[..p.len]),
+                None => {
+                    self.batch.truncate(start);
+                    self.counters.unreadable += 1;
+                    return;
+                }
+            }
+        }
+        self.lens
+            .push((self.start.elapsed(), self.batch.len() - start));
+        self.counters.written += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.lens.is_empty() {
+            return Ok(());
+        }
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut at = 0;
+        for &(ts, len) in &self.lens {
+            let data = &self.batch[at..at + len];
+            out.write_packet(&pcap_file::pcap::PcapPacket::new(ts, len as u32, data))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            at += len;
+        }
+        self.batch.clear();
+        self.lens.clear();
+        Ok(())
+    }
+
+    fn counters(&self) -> SinkCounters {
+        self.counters
+    }
+}
+
+/// Kinds of [`Unsplit`] reasons counted separately.
+const UNSPLIT_KINDS: usize = 16;
+
+fn unsplit_index(u: Unsplit) -> usize {
+    use Layer::*;
+    match u {
+        Unsplit::Disabled => 0,
+        Unsplit::BelowThreshold => 1,
+        Unsplit::NotIp => 2,
+        Unsplit::NotTransport => 3,
+        Unsplit::Fragment => 4,
+        Unsplit::TooDeep(_) => 5,
+        Unsplit::Truncated(L2) => 6,
+        Unsplit::Truncated(L3) => 7,
+        Unsplit::Truncated(L4) => 8,
+        Unsplit::Truncated(Tunnel) => 9,
+        Unsplit::Truncated(App) => 10,
+        Unsplit::Malformed(L2) => 11,
+        Unsplit::Malformed(L3) => 12,
+        Unsplit::Malformed(L4) => 13,
+        Unsplit::Malformed(Tunnel) => 14,
+        Unsplit::Malformed(App) => 15,
+    }
+}
+
+const UNSPLIT_NAMES: [&str; UNSPLIT_KINDS] = [
+    "disabled",
+    "below_threshold",
+    "not_ip",
+    "not_transport",
+    "fragment",
+    "too_many_headers",
+    "truncated_l2",
+    "truncated_l3",
+    "truncated_l4",
+    "truncated_tunnel",
+    "truncated_app",
+    "malformed_l2",
+    "malformed_l3",
+    "malformed_l4",
+    "malformed_tunnel",
+    "malformed_app",
+];
+
+/// Frames and bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Traffic {
+    /// Frames.
+    pub frames: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl Traffic {
+    fn add(&mut self, bytes: usize) {
+        self.frames += 1;
+        self.bytes += bytes as u64;
+    }
+}
+
+/// One provider instance's figures on one queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderStats {
+    /// The provider's name in the config.
+    pub name: String,
+    /// Buffers it supplied to frames.
+    pub buffers: u64,
+    /// Bytes placed in them.
+    pub bytes: u64,
+    /// Its pool's counters.
+    #[serde(serialize_with = "ser_pool")]
+    pub pool: PoolStats,
+    /// The host's checks' counters.
+    #[serde(serialize_with = "ser_counters")]
+    pub checks: ProviderCounters,
+    /// Set when the provider is quarantined.
+    pub fault: Option<String>,
+}
+
+fn ser_pool<S: serde::Serializer>(s: &PoolStats, ser: S) -> Result<S::Ok, S::Error> {
+    let m: BTreeMap<&str, u64> = [
+        ("alloc_fast", s.alloc_fast),
+        ("alloc_slow", s.alloc_slow),
+        ("alloc_empty", s.alloc_empty),
+        ("alloc_refill", s.alloc_refill),
+        ("alloc_fail", s.alloc_fail),
+        ("recycle_cached", s.recycle_cached),
+        ("recycle_cache_full", s.recycle_cache_full),
+        ("recycle_ring", s.recycle_ring),
+        ("recycle_ring_full", s.recycle_ring_full),
+        ("recycle_released", s.recycle_released),
+        ("inflight", s.inflight),
+    ]
+    .into();
+    m.serialize(ser)
+}
+
+fn ser_counters<S: serde::Serializer>(c: &ProviderCounters, ser: S) -> Result<S::Ok, S::Error> {
+    let m: BTreeMap<&str, u64> = [
+        ("alloc_calls", c.alloc_calls),
+        ("release_calls", c.release_calls),
+        ("handed_out", c.handed_out),
+        ("released", c.released),
+        ("rejected", c.rejected),
+        ("stranded", c.stranded),
+        ("errors", c.errors),
+    ]
+    .into();
+    m.serialize(ser)
+}
+
+/// One queue's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStats {
+    /// The queue's name.
+    pub queue: String,
+    /// Everything received.
+    pub received: Traffic,
+    /// Frames split, by the layer they were split after.
+    pub split: BTreeMap<&'static str, u64>,
+    /// Frames placed whole, by reason.
+    pub unsplit: BTreeMap<&'static str, u64>,
+    /// Frames dropped, by reason: `no_route`, `dry`, `fault`.
+    pub dropped: BTreeMap<&'static str, u64>,
+    /// Buffers taken from a fallback provider.
+    pub fallback: u64,
+    /// Per route rule.
+    pub routes: Vec<Traffic>,
+    /// Per provider.
+    pub providers: Vec<ProviderStats>,
+    /// The sink's counters.
+    pub sink: SinkCounters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    received: Traffic,
+    split: [u64; 5],
+    unsplit: [u64; UNSPLIT_KINDS],
+    no_route: u64,
+    dry: u64,
+    fault: u64,
+    fallback: u64,
+    routes: Vec<Traffic>,
+    buffers: Vec<Traffic>,
+}
+
+/// Why a buffer could not be had.
+enum Short {
+    Dry,
+    Fault,
+}
+
+/// One queue's worker.
+struct Worker {
+    queue: u16,
+    name: String,
+    splitter: Splitter,
+    routes: RouteTable,
+    pools: Vec<Pool>,
+    names: Arc<[String]>,
+    fallback: Arc<[Option<usize>]>,
+    on_dry: OnDry,
+    wait: Duration,
+    sink: Box<dyn Sink>,
+    parts: Vec<Part>,
+    c: Counters,
+}
+
+impl Worker {
+    fn handle(&mut self, frame: &[u8]) {
+        self.c.received.add(frame.len());
+        let split = self.splitter.split(frame);
+        match split.outcome {
+            Ok(layer) => self.c.split[layer as usize] += 1,
+            Err(reason) => self.c.unsplit[unsplit_index(reason)] += 1,
+        }
+        let Some((rule, route)) = self.routes.route(&split.meta) else {
+            self.c.no_route += 1;
+            return;
+        };
+        self.c.routes[rule].add(frame.len());
+        let mut at = 0;
+        let mut provider = route.head;
+        let mut head = true;
+        // The head buffer takes the headers (as much of them as fits); the frags take the
+        // rest, from `frags` then `frags_rest`. One copy per byte.
+        while head || at < frame.len() {
+            let (p, mut buf) = match self.take(provider) {
+                Ok(x) => x,
+                Err(short) => {
+                    match short {
+                        Short::Dry => self.c.dry += 1,
+                        Short::Fault => self.c.fault += 1,
+                    }
+                    return self.recycle_parts();
+                }
+            };
+            let want = if head { split.head_len } else { frame.len() };
+            let n = (want - at).min(buf.len());
+            if self.pools[p]
+                .place(&mut buf, 0, &frame[at..at + n])
+                .is_err()
+            {
+                self.c.fault += 1;
+                let _ = self.pools[p].recycle(buf);
+                return self.recycle_parts();
+            }
+            self.c.buffers[p].add(n);
+            self.parts.push(Part {
+                provider: p,
+                buf,
+                len: n,
+            });
+            at += n;
+            provider = if head { route.frags } else { route.frags_rest };
+            head = false;
+        }
+        self.sink.consume(&PlacedFrame {
+            original: frame,
+            parts: &self.parts,
+            rule,
+            queue: self.queue,
+        });
+        self.recycle_parts();
+    }
+
+    fn recycle_parts(&mut self) {
+        for part in self.parts.drain(..) {
+            // Buffers only ever come from these pools, so the pool id always matches.
+            let _ = self.pools[part.provider].recycle(part.buf);
+        }
+    }
+
+    /// A buffer from provider `p`, waiting if configured, else from its fallback.
+    fn take(&mut self, p: usize) -> Result<(usize, PoolBuf), Short> {
+        let first = match self.pools[p].alloc() {
+            Ok(b) => return Ok((p, b)),
+            Err(PoolError::Exhausted { .. }) if self.on_dry == OnDry::Wait => {
+                let deadline = Instant::now() + self.wait;
+                loop {
+                    std::thread::yield_now();
+                    match self.pools[p].alloc() {
+                        Ok(b) => return Ok((p, b)),
+                        Err(e @ PoolError::Exhausted { .. }) if Instant::now() >= deadline => {
+                            break e
+                        }
+                        Err(PoolError::Exhausted { .. }) => {}
+                        Err(e) => break e,
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        let short = if matches!(first, PoolError::Exhausted { .. }) {
+            Short::Dry
+        } else {
+            Short::Fault
+        };
+        match self.fallback[p] {
+            Some(f) => match self.pools[f].alloc() {
+                Ok(b) => {
+                    self.c.fallback += 1;
+                    Ok((f, b))
+                }
+                Err(_) => Err(short),
+            },
+            None => Err(short),
+        }
+    }
+
+    fn snapshot(&self) -> QueueStats {
+        let layers = ["l2", "l3", "l4", "tunnel", "app"];
+        QueueStats {
+            queue: self.name.clone(),
+            received: self.c.received,
+            split: layers
+                .iter()
+                .zip(self.c.split)
+                .filter(|(_, n)| *n > 0)
+                .map(|(l, n)| (*l, n))
+                .collect(),
+            unsplit: UNSPLIT_NAMES
+                .iter()
+                .zip(self.c.unsplit)
+                .filter(|(_, n)| *n > 0)
+                .map(|(l, n)| (*l, n))
+                .collect(),
+            dropped: [
+                ("no_route", self.c.no_route),
+                ("dry", self.c.dry),
+                ("fault", self.c.fault),
+            ]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+            fallback: self.c.fallback,
+            routes: self.c.routes.clone(),
+            providers: self
+                .pools
+                .iter()
+                .zip(&self.c.buffers)
+                .zip(self.names.iter())
+                .map(|((pool, t), name)| ProviderStats {
+                    name: name.clone(),
+                    buffers: t.frames,
+                    bytes: t.bytes,
+                    pool: pool.stats(),
+                    checks: pool.provider().counters(),
+                    fault: pool.provider().fault().map(ToString::to_string),
+                })
+                .collect(),
+            sink: self.sink.counters(),
+        }
+    }
+}
+
+/// Shared between a run and whoever watches it.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Set to stop every worker after its current batch.
+    pub stop: Arc<AtomicBool>,
+    /// The latest published stats of each queue (updated a few times a second).
+    pub live: Arc<Mutex<Vec<QueueStats>>>,
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Final stats per queue.
+    pub queues: Vec<QueueStats>,
+    /// Each pool's shutdown report, per queue, in provider order.
+    pub pools: Vec<Vec<PoolReport>>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Provider names, in index order.
+    pub providers: Vec<String>,
+}
+
+impl RunReport {
+    /// Buffers that never came back, over all pools.
+    pub fn leaked(&self) -> u64 {
+        self.pools.iter().flatten().map(|p| p.leaked).sum()
+    }
+
+    /// The queues' stats added up.
+    pub fn total(&self) -> QueueStats {
+        total(&self.queues)
+    }
+}
+
+/// Adds up per-queue stats (for display).
+pub fn total(queues: &[QueueStats]) -> QueueStats {
+    let mut t = queues.first().cloned().unwrap_or_else(|| QueueStats {
+        queue: String::new(),
+        received: Traffic::default(),
+        split: BTreeMap::new(),
+        unsplit: BTreeMap::new(),
+        dropped: BTreeMap::new(),
+        fallback: 0,
+        routes: Vec::new(),
+        providers: Vec::new(),
+        sink: SinkCounters::default(),
+    });
+    t.queue = "all".into();
+    for q in queues.iter().skip(1) {
+        t.received.frames += q.received.frames;
+        t.received.bytes += q.received.bytes;
+        for (m, src) in [
+            (&mut t.split, &q.split),
+            (&mut t.unsplit, &q.unsplit),
+            (&mut t.dropped, &q.dropped),
+        ] {
+            for (k, v) in src {
+                *m.entry(k).or_default() += v;
+            }
+        }
+        t.fallback += q.fallback;
+        for (a, b) in t.routes.iter_mut().zip(&q.routes) {
+            a.frames += b.frames;
+            a.bytes += b.bytes;
+        }
+        for (a, b) in t.providers.iter_mut().zip(&q.providers) {
+            a.buffers += b.buffers;
+            a.bytes += b.bytes;
+            let (x, y) = (&mut a.pool, &b.pool);
+            x.alloc_fast += y.alloc_fast;
+            x.alloc_slow += y.alloc_slow;
+            x.alloc_empty += y.alloc_empty;
+            x.alloc_refill += y.alloc_refill;
+            x.alloc_fail += y.alloc_fail;
+            x.recycle_cached += y.recycle_cached;
+            x.recycle_cache_full += y.recycle_cache_full;
+            x.recycle_ring += y.recycle_ring;
+            x.recycle_ring_full += y.recycle_ring_full;
+            x.recycle_released += y.recycle_released;
+            x.inflight += y.inflight;
+            a.fault = a.fault.take().or_else(|| b.fault.clone());
+        }
+        t.sink.verified += q.sink.verified;
+        t.sink.mismatched += q.sink.mismatched;
+        t.sink.unreadable += q.sink.unreadable;
+        t.sink.written += q.sink.written;
+    }
+    t
+}
+
+/// A config made ready to run: plugins loaded, routes compiled.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    plugins: Vec<ProviderPlugin>,
+    names: Arc<[String]>,
+    fallback: Arc<[Option<usize>]>,
+    routes: RouteTable,
+}
+
+impl Engine {
+    /// Loads every provider the config names.
+    pub fn new(config: Config, path: &PluginPath) -> Result<Self, RunError> {
+        let names: Vec<String> = config.providers.keys().cloned().collect();
+        let index: BTreeMap<String, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let plugins = config
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                ProviderPlugin::load(&p.plugin, path).map_err(|source| RunError::Provider {
+                    name: name.clone(),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let fallback = config
+            .providers
+            .values()
+            .map(|p| p.fallback.as_ref().map(|f| index[f]))
+            .collect();
+        let routes = RouteTable::new(&config.routes, &index);
+        Ok(Engine {
+            config,
+            plugins,
+            names: names.into(),
+            fallback,
+            routes,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The loaded plugins, in provider order.
+    pub fn plugins(&self) -> impl Iterator<Item = (&str, &ProviderPlugin)> {
+        self.names.iter().map(String::as_str).zip(&self.plugins)
+    }
+
+    /// Opens the configured device's queues.
+    pub fn open_device(&self) -> Result<Vec<Box<dyn RxQueue>>, RunError> {
+        let d = &self.config.device;
+        Ok(match d.kind {
+            crate::config::DeviceKind::Pcap => {
+                let path = d.path.as_deref().expect("validated: pcap has a path");
+                device::pcap::open(path, d.queues, d.repeat)?
+                    .into_iter()
+                    .map(|q| Box::new(q) as Box<dyn RxQueue>)
+                    .collect()
+            }
+            crate::config::DeviceKind::Tap => {
+                let name = d
+                    .interface
+                    .as_deref()
+                    .expect("validated: tap has an interface");
+                device::tap::open(name, d.queues, d.gso)?
+                    .into_iter()
+                    .map(|q| Box::new(q) as Box<dyn RxQueue>)
+                    .collect()
+            }
+            crate::config::DeviceKind::AfPacket => {
+                return Err(RunError::Device(DeviceError::open(
+                    "af_packet device",
+                    std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "the AF_PACKET ring is not built yet; use kind = \"tap\" or \"pcap\"",
+                    ),
+                )))
+            }
+        })
+    }
+
+    fn sink(
+        &self,
+        shared: &Option<Arc<Mutex<pcap_file::pcap::PcapWriter<std::io::BufWriter<std::fs::File>>>>>,
+    ) -> Box<dyn Sink> {
+        match (self.config.runtime.sink, shared) {
+            (SinkKind::Verify, _) => Box::new(VerifySink::default()),
+            (SinkKind::Pcap, Some(w)) => Box::new(PcapSink::new(Arc::clone(w))),
+            _ => Box::new(CountSink),
+        }
+    }
+
+    fn worker(&self, queue: u16, name: String, sink: Box<dyn Sink>) -> Result<Worker, RunError> {
+        let mut pools = Vec::new();
+        for ((name, plugin), cfg) in self.plugins().zip(self.config.providers.values()) {
+            let params = cfg.settings.iter().fold(
+                InitParams::new(u32::from(queue), cfg.buf_size, cfg.pool_size),
+                |p, (k, v)| p.set(k, &v.to_string()),
+            );
+            let provider = plugin
+                .instantiate(&params)
+                .map_err(|source| RunError::Provider {
+                    name: name.to_string(),
+                    source,
+                })?;
+            pools.push(Pool::new(provider, cfg.pool_size as usize));
+        }
+        let s = &self.config.split;
+        Ok(Worker {
+            queue,
+            name,
+            splitter: Splitter {
+                mode: s.mode,
+                fixed_offset: s.fixed_offset,
+                hds_threshold: s.hds_threshold,
+            },
+            routes: self.routes.clone(),
+            c: Counters {
+                routes: vec![Traffic::default(); self.routes.len()],
+                buffers: vec![Traffic::default(); pools.len()],
+                ..Counters::default()
+            },
+            pools,
+            names: Arc::clone(&self.names),
+            fallback: Arc::clone(&self.fallback),
+            on_dry: self.config.runtime.on_dry,
+            wait: Duration::from_millis(self.config.runtime.wait_ms),
+            sink,
+            parts: Vec::with_capacity(64),
+        })
+    }
+
+    /// Runs every queue on its own worker thread until the device ends or `control.stop`
+    /// is set, then shuts the pools down and reports.
+    pub fn run(
+        &self,
+        queues: Vec<Box<dyn RxQueue>>,
+        control: &RunControl,
+    ) -> Result<RunReport, RunError> {
+        let shared = match (self.config.runtime.sink, &self.config.runtime.sink_path) {
+            (SinkKind::Pcap, Some(path)) => Some(PcapSink::create(path)?),
+            _ => None,
+        };
+        let mut workers = Vec::new();
+        for (q, rx) in queues.into_iter().enumerate() {
+            let w = self.worker(q as u16, rx.name().to_string(), self.sink(&shared))?;
+            workers.push((rx, w));
+        }
+        *control
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            workers.iter().map(|(_, w)| w.snapshot()).collect();
+        let start = Instant::now();
+        let results: Vec<Result<(QueueStats, Vec<PoolReport>), RunError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = workers
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (rx, w))| {
+                        let name = w.name.clone();
+                        (name, s.spawn(move || run_queue(i, rx, w, control)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(name, h)| h.join().unwrap_or(Err(RunError::Worker(name))))
+                    .collect()
+            });
+        let elapsed = start.elapsed();
+        if let Some(w) = shared {
+            // Every sink is gone with its worker, so this is the last handle: flush and
+            // report a failed write rather than lose it in a drop.
+            if let Ok(w) = Arc::try_unwrap(w) {
+                let w = w
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let path = self
+                    .config
+                    .runtime
+                    .sink_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("pcap sink"));
+                w.into_writer().into_inner().map_err(|e| RunError::Sink {
+                    path: path.display().to_string(),
+                    source: e.into_error(),
+                })?;
+            }
+        }
+        let mut queues = Vec::new();
+        let mut pools = Vec::new();
+        for r in results {
+            let (q, p) = r?;
+            queues.push(q);
+            pools.push(p);
+        }
+        Ok(RunReport {
+            queues,
+            pools,
+            elapsed,
+            providers: self.names.to_vec(),
+        })
+    }
+}
+
+fn run_queue(
+    index: usize,
+    mut rx: Box<dyn RxQueue>,
+    mut w: Worker,
+    control: &RunControl,
+) -> Result<(QueueStats, Vec<PoolReport>), RunError> {
+    let mut published = Instant::now();
+    let publish = |w: &Worker| {
+        if let Ok(mut live) = control.live.try_lock() {
+            if let Some(slot) = live.get_mut(index) {
+                *slot = w.snapshot();
+            }
+        }
+    };
+    let result = loop {
+        if control.stop.load(Relaxed) {
+            break Ok(());
+        }
+        match rx.poll(64, Duration::from_millis(100), &mut |frame| w.handle(frame)) {
+            Ok(Poll::End) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(RunError::Device(e)),
+        }
+        if let Err(e) = w.sink.flush() {
+            break Err(RunError::Sink {
+                path: "sink".into(),
+                source: e,
+            });
+        }
+        if published.elapsed() >= Duration::from_millis(100) {
+            publish(&w);
+            published = Instant::now();
+        }
+    };
+    let _ = w.sink.flush();
+    let stats = w.snapshot();
+    publish(&w);
+    let reports = w
+        .pools
+        .drain(..)
+        .map(|p| p.shutdown(Duration::from_secs(1)))
+        .collect();
+    result.map(|()| (stats, reports))
+}
+
+/// The stats in Prometheus' text format, one sample per queue, provider and reason.
+pub fn prometheus(queues: &[QueueStats]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: &mut dyn Iterator<Item = (String, u64)>| {
+        let _ = writeln!(
+            out,
+            "# HELP memplex_{name} {help}\n# TYPE memplex_{name} counter"
+        );
+        for (labels, v) in samples {
+            let _ = writeln!(out, "memplex_{name}{{{labels}}} {v}");
+        }
+    };
+    let q = |s: &QueueStats| format!("queue=\"{}\"", s.queue);
+    family(
+        "frames_total",
+        "Frames received.",
+        &mut queues.iter().map(|s| (q(s), s.received.frames)),
+    );
+    family(
+        "bytes_total",
+        "Bytes received.",
+        &mut queues.iter().map(|s| (q(s), s.received.bytes)),
+    );
+    family(
+        "split_total",
+        "Frames split, by layer.",
+        &mut queues.iter().flat_map(|s| {
+            s.split
+                .iter()
+                .map(move |(l, n)| (format!("{},layer=\"{l}\"", q(s)), *n))
+        }),
+    );
+    family(
+        "unsplit_total",
+        "Frames placed whole, by reason.",
+        &mut queues.iter().flat_map(|s| {
+            s.unsplit
+                .iter()
+                .map(move |(r, n)| (format!("{},reason=\"{r}\"", q(s)), *n))
+        }),
+    );
+    family(
+        "dropped_total",
+        "Frames dropped, by reason.",
+        &mut queues.iter().flat_map(|s| {
+            s.dropped
+                .iter()
+                .map(move |(r, n)| (format!("{},reason=\"{r}\"", q(s)), *n))
+        }),
+    );
+    type Get = fn(&ProviderStats) -> u64;
+    let per_provider: [(&str, &str, Get); 6] = [
+        (
+            "provider_buffers_total",
+            "Buffers a provider supplied.",
+            |p| p.buffers,
+        ),
+        (
+            "pool_alloc_fast_total",
+            "Allocations served from the pool cache.",
+            |p| p.pool.alloc_fast,
+        ),
+        (
+            "pool_alloc_slow_total",
+            "Allocations that needed a provider call.",
+            |p| p.pool.alloc_slow,
+        ),
+        (
+            "pool_alloc_refill_total",
+            "Allocations served after a ring refill.",
+            |p| p.pool.alloc_refill,
+        ),
+        (
+            "pool_recycle_cached_total",
+            "Recycles into the pool cache.",
+            |p| p.pool.recycle_cached,
+        ),
+        (
+            "pool_recycle_ring_total",
+            "Recycles into the pool ring.",
+            |p| p.pool.recycle_ring,
+        ),
+    ];
+    for (name, help, get) in per_provider {
+        family(
+            name,
+            help,
+            &mut queues.iter().flat_map(|s| {
+                s.providers
+                    .iter()
+                    .map(move |p| (format!("{},provider=\"{}\"", q(s), p.name), get(p)))
+            }),
+        );
+    }
+    out
+}

@@ -1,0 +1,179 @@
+//! Deterministic traffic mixes for captures, demos and tests, built with etherparse.
+//!
+//! Every mix is a list of valid Ethernet frames (plus, in `malformed`, broken ones), the
+//! same on every run, so a capture written from it is a repeatable workload.
+
+use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
+use std::path::Path;
+
+/// The mixes `memplex gen-pcap` knows.
+pub const MIXES: &str = "default, nvme, tunnel, malformed";
+
+const MAC_A: [u8; 6] = [0x02, 0x6d, 0x70, 0x78, 0, 1];
+const MAC_B: [u8; 6] = [0x02, 0x6d, 0x70, 0x78, 0, 2];
+const V4_A: [u8; 4] = [10, 77, 0, 1];
+const V4_B: [u8; 4] = [10, 77, 0, 2];
+const V6_A: [u8; 16] = [0xfd, 0x6d, 0x70, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_B: [u8; 16] = [0xfd, 0x6d, 0x70, 0x78, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// A small deterministic generator (xorshift), so mixes need no RNG crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+fn udp4(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .udp(sport, dport)
+        .write(&mut f, payload)
+        .expect("valid frame");
+    f
+}
+
+fn tcp4(vlan: Option<u16>, sport: u16, dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    let opts = [
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::Timestamp(seq, 7),
+    ];
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    match vlan {
+        Some(v) => b
+            .single_vlan(VlanId::try_new(v).expect("vid"))
+            .ipv4(V4_A, V4_B, 64)
+            .tcp(sport, dport, seq, 65535)
+            .options(&opts),
+        None => b
+            .ipv4(V4_A, V4_B, 64)
+            .tcp(sport, dport, seq, 65535)
+            .options(&opts),
+    }
+    .expect("options fit")
+    .write(&mut f, payload)
+    .expect("valid frame");
+    f
+}
+
+fn udp6(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(V6_A, V6_B, 64)
+        .udp(sport, dport)
+        .write(&mut f, payload)
+        .expect("valid frame");
+    f
+}
+
+fn nvme_pdu(rng: &mut Rng, data: usize) -> Vec<u8> {
+    let mut pdu = vec![0x07, 0, 24, 24];
+    pdu.extend(((24 + data) as u32).to_le_bytes());
+    pdu.resize(24, 0);
+    pdu.extend(rng.bytes(data));
+    pdu
+}
+
+fn sizes(rng: &mut Rng) -> usize {
+    [18, 64, 200, 512, 1000, 1400, 1458][(rng.next() % 7) as usize]
+}
+
+/// Frames of mix `name` (one of [`MIXES`]), `count` of them.
+pub fn mix(name: &str, count: usize) -> Option<Vec<Vec<u8>>> {
+    let mut rng = Rng(0x6d70_7800_0000_0001 ^ name.len() as u64);
+    let mut frames = Vec::with_capacity(count);
+    for i in 0..count {
+        let n = sizes(&mut rng);
+        let f = match name {
+            "default" => match i % 6 {
+                0 => udp4(40000 + (i % 8) as u16, 9000, &rng.bytes(n)),
+                1 | 2 => tcp4(None, 50000, 5201, i as u32, &rng.bytes(n)),
+                3 => tcp4(Some(100), 50001, 80, i as u32, &rng.bytes(n)),
+                4 => udp6(40001, 9001, &rng.bytes(n.min(1400))),
+                _ => {
+                    let mut f = Vec::new();
+                    PacketBuilder::ethernet2(MAC_A, MAC_B)
+                        .ipv4(V4_A, V4_B, 64)
+                        .icmpv4_echo_request(1, i as u16)
+                        .write(&mut f, &rng.bytes(56))
+                        .expect("valid frame");
+                    f
+                }
+            },
+            "nvme" => match i % 4 {
+                0 | 1 => tcp4(
+                    None,
+                    50010,
+                    crate::wire::app::NVME_TCP_PORT,
+                    i as u32,
+                    &nvme_pdu(&mut rng, n.min(1400)),
+                ),
+                2 => tcp4(
+                    None,
+                    crate::wire::app::NVME_TCP_PORT,
+                    50010,
+                    i as u32,
+                    &rng.bytes(n),
+                ),
+                _ => udp4(40000, 9000, &rng.bytes(n)),
+            },
+            "tunnel" => {
+                let inner = if i % 2 == 0 {
+                    tcp4(None, 50020, 443, i as u32, &rng.bytes(n.min(1300)))
+                } else {
+                    udp4(5000, 5001, &rng.bytes(n.min(1300)))
+                };
+                let (port, mut header) = if i % 3 == 0 {
+                    (
+                        crate::wire::tunnel::GENEVE_PORT,
+                        vec![0x00, 0, 0x65, 0x58, 0, 0, 0x2a, 0],
+                    )
+                } else {
+                    (
+                        crate::wire::tunnel::VXLAN_PORT,
+                        vec![0x08, 0, 0, 0, 0, 0, if i % 2 == 0 { 10 } else { 20 }, 0],
+                    )
+                };
+                header.extend(&inner);
+                udp4(40000 + (i % 16) as u16, port, &header)
+            }
+            "malformed" => {
+                let mut f = tcp4(None, 50030, 5201, i as u32, &rng.bytes(n));
+                match i % 4 {
+                    0 => f.truncate(30),         // cut inside the IPv4 header
+                    1 => f[14] = 0x41,           // IHL 1
+                    2 => f[14 + 20 + 12] = 0x10, // TCP data offset 4
+                    _ => {}                      // a good one
+                }
+                f
+            }
+            _ => return None,
+        };
+        frames.push(f);
+    }
+    Some(frames)
+}
+
+/// Writes `frames` to a pcap file.
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut w =
+        pcap_file::pcap::PcapWriter::new(file).map_err(|e| std::io::Error::other(e.to_string()))?;
+    for (i, f) in frames.iter().enumerate() {
+        let ts = std::time::Duration::from_micros(i as u64 * 10);
+        w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, f.len() as u32, f))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    w.into_writer().into_inner().map_err(|e| e.into_error())?;
+    Ok(())
+}
