@@ -46,5 +46,6 @@ pub mod pool;
 pub mod provider;
 pub mod route;
 pub mod runtime;
+pub mod testnet;
 pub mod traffic;
 pub mod wire;

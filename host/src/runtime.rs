@@ -358,6 +358,8 @@ pub struct QueueStats {
     pub providers: Vec<ProviderStats>,
     /// The sink's counters.
     pub sink: SinkCounters,
+    /// The device's counters (filled in at the end of a run).
+    pub device: device::DeviceStats,
 }
 
 #[derive(Debug, Default)]
@@ -539,6 +541,7 @@ impl Worker {
                 })
                 .collect(),
             sink: self.sink.counters(),
+            device: device::DeviceStats::default(),
         }
     }
 }
@@ -589,6 +592,7 @@ pub fn total(queues: &[QueueStats]) -> QueueStats {
         routes: Vec::new(),
         providers: Vec::new(),
         sink: SinkCounters::default(),
+        device: device::DeviceStats::default(),
     });
     t.queue = "all".into();
     for q in queues.iter().skip(1) {
@@ -629,6 +633,8 @@ pub fn total(queues: &[QueueStats]) -> QueueStats {
         t.sink.mismatched += q.sink.mismatched;
         t.sink.unreadable += q.sink.unreadable;
         t.sink.written += q.sink.written;
+        t.device.gso_frames += q.device.gso_frames;
+        t.device.largest = t.device.largest.max(q.device.largest);
     }
     t
 }
@@ -772,7 +778,7 @@ impl Engine {
     }
 
     /// Runs every queue on its own worker thread until the device ends or `control.stop`
-    /// is set, then shuts the pools down and reports.
+    /// is set, then shuts the pools down and reports. The consumer is the config's sink.
     pub fn run(
         &self,
         queues: Vec<Box<dyn RxQueue>>,
@@ -782,9 +788,40 @@ impl Engine {
             (SinkKind::Pcap, Some(path)) => Some(PcapSink::create(path)?),
             _ => None,
         };
+        let report = self.run_with(queues, control, |_| self.sink(&shared))?;
+        if let Some(w) = shared {
+            // Every sink is gone with its worker, so this is the last handle: flush and
+            // report a failed write rather than lose it in a drop.
+            if let Ok(w) = Arc::try_unwrap(w) {
+                let w = w
+                    .into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let path = self
+                    .config
+                    .runtime
+                    .sink_path
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("pcap sink"));
+                w.into_writer().into_inner().map_err(|e| RunError::Sink {
+                    path: path.display().to_string(),
+                    source: e.into_error(),
+                })?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Like [`run`](Self::run), with a consumer made per queue by `sink`: for embedding
+    /// memplex with a consumer of one's own.
+    pub fn run_with(
+        &self,
+        queues: Vec<Box<dyn RxQueue>>,
+        control: &RunControl,
+        sink: impl Fn(u16) -> Box<dyn Sink>,
+    ) -> Result<RunReport, RunError> {
         let mut workers = Vec::new();
         for (q, rx) in queues.into_iter().enumerate() {
-            let w = self.worker(q as u16, rx.name().to_string(), self.sink(&shared))?;
+            let w = self.worker(q as u16, rx.name().to_string(), sink(q as u16))?;
             workers.push((rx, w));
         }
         *control
@@ -809,25 +846,6 @@ impl Engine {
                     .collect()
             });
         let elapsed = start.elapsed();
-        if let Some(w) = shared {
-            // Every sink is gone with its worker, so this is the last handle: flush and
-            // report a failed write rather than lose it in a drop.
-            if let Ok(w) = Arc::try_unwrap(w) {
-                let w = w
-                    .into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let path = self
-                    .config
-                    .runtime
-                    .sink_path
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("pcap sink"));
-                w.into_writer().into_inner().map_err(|e| RunError::Sink {
-                    path: path.display().to_string(),
-                    source: e.into_error(),
-                })?;
-            }
-        }
         let mut queues = Vec::new();
         let mut pools = Vec::new();
         for r in results {
@@ -879,7 +897,8 @@ fn run_queue(
         }
     };
     let _ = w.sink.flush();
-    let stats = w.snapshot();
+    let mut stats = w.snapshot();
+    stats.device = rx.stats();
     publish(&w);
     let reports = w
         .pools

@@ -81,6 +81,20 @@ pub trait RxQueue: Send {
 
     /// A name for messages and stats (`mpx0 q1`, `traffic.pcap q0`).
     fn name(&self) -> &str;
+
+    /// What the device saw that the frames alone don't show.
+    fn stats(&self) -> DeviceStats {
+        DeviceStats::default()
+    }
+}
+
+/// Device-level counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceStats {
+    /// GSO super-frames received (TAP with `gso = true`).
+    pub gso_frames: u64,
+    /// The largest frame received, in bytes.
+    pub largest: usize,
 }
 
 /// A flow hash over the 5-tuple, for spreading flows over queues like PACKET_FANOUT_HASH.

@@ -8,6 +8,7 @@ mod contract;
 mod loading;
 mod pool;
 mod runtime;
+mod tap;
 
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;

@@ -1,0 +1,352 @@
+//! Test hosts in network namespaces, for the TAP integration tests and `memplex demo`.
+//!
+//! [`TestNet::create`] makes two namespaces joined by a veth pair, with addresses only
+//! inside them (IPv4, IPv6 and a VLAN), and a multi-queue TAP device in the first that
+//! receives a mirror of everything the first host sends (`tc ... action mirred egress
+//! mirror`): real kernel traffic, a real TCP stream with GSO super-frames included,
+//! arrives on the TAP as it would on a NIC.
+//!
+//! ```text
+//!  netns A                                     netns B
+//!  10.77.0.1 fd6d::1                           10.77.0.2 fd6d::2
+//!  10.78.0.1 (va.100, VLAN 100)                10.78.0.2 (vb.100)
+//!  10.79.0.1 (vx10, VXLAN VNI 10)              10.79.0.2 (vx10)
+//!  va ──────────────── veth ───────────────── vb
+//!   └─ tc egress u32 (all) mirred mirror ─> mpx0 (TAP) ─> memplex
+//! ```
+//!
+//! Kernels built without 802.1Q (`CONFIG_VLAN_8021Q`) cannot make VLAN devices; then
+//! [`TestNet::vlan_device`] is false and VLAN traffic has to be sent as raw tagged frames
+//! with [`TestNet::send_raw`], which still crosses the veth and the mirror.
+//!
+//! Everything is removed when the [`TestNet`] is dropped, also when a test panics;
+//! namespaces left by a killed process are named `mpx-*` and removed by
+//! [`TestNet::sweep_stale`].
+//!
+//! One of the few modules allowed `unsafe`: `setns(2)` and a raw `AF_PACKET` socket.
+#![allow(
+    unsafe_code,
+    reason = "setns(2) and AF_PACKET sockets for the test network"
+)]
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Why the test network could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Not running as root (or without CAP_NET_ADMIN).
+    #[error("needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, veth pairs and TAP devices")]
+    NotPrivileged,
+    /// A command failed.
+    #[error("`{command}` failed: {output}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// What it printed.
+        output: String,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Sys {
+        /// The call.
+        what: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+/// Addresses inside the test namespaces.
+pub mod addr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    /// Host A on the veth.
+    pub const A4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    /// Host B on the veth.
+    pub const B4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    /// Host A on VLAN 100.
+    pub const A4_VLAN: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+    /// Host B on VLAN 100.
+    pub const B4_VLAN: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 2);
+    /// Host A, IPv6.
+    pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd6d, 0, 0, 0, 0, 0, 0, 1);
+    /// Host B, IPv6.
+    pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd6d, 0, 0, 0, 0, 0, 0, 2);
+    /// Host A inside VXLAN VNI 10.
+    pub const A4_VXLAN: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 1);
+    /// Host B inside VXLAN VNI 10.
+    pub const B4_VXLAN: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
+    /// The VLAN id.
+    pub const VLAN: u16 = 100;
+}
+
+/// Two namespaces, a veth pair and a mirrored TAP device. See the module docs.
+#[derive(Debug)]
+pub struct TestNet {
+    /// Namespace of host A (and the TAP).
+    pub ns_a: String,
+    /// Namespace of host B.
+    pub ns_b: String,
+    /// The TAP device's name (in `ns_a`).
+    pub tap: String,
+    /// Host A's veth end.
+    pub veth_a: String,
+    /// Whether the VLAN 100 devices exist (the kernel has 802.1Q).
+    pub vlan_device: bool,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn run(args: &[&str]) -> Result<(), NetError> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| NetError::Command {
+            command: args.join(" "),
+            output: format!("could not start {}: {e} (is iproute2 installed?)", args[0]),
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(NetError::Command {
+        command: args.join(" "),
+        output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// True when this process may build the test network.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl TestNet {
+    /// Builds the network; `queues` is the TAP's queue count (the reader attaches them).
+    pub fn create(queues: u16) -> Result<TestNet, NetError> {
+        if !privileged() {
+            return Err(NetError::NotPrivileged);
+        }
+        let id = format!(
+            "mpx-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut net = TestNet {
+            ns_a: format!("{id}-a"),
+            ns_b: format!("{id}-b"),
+            tap: "mpx0".into(),
+            veth_a: "va".into(),
+            vlan_device: false,
+        };
+        // If any step fails, dropping `net` removes what was made so far.
+        net.vlan_device = net.build(queues)?;
+        Ok(net)
+    }
+
+    /// Builds everything; returns whether VLAN devices could be made.
+    fn build(&self, _queues: u16) -> Result<bool, NetError> {
+        let (a, b) = (self.ns_a.as_str(), self.ns_b.as_str());
+        run(&["ip", "netns", "add", a])?;
+        run(&["ip", "netns", "add", b])?;
+        for ns in [a, b] {
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        run(&[
+            "ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b,
+        ])?;
+        let mut vlan = true;
+        for (ns, dev, me, peer, v6, vlan4, vx4) in [
+            (
+                a,
+                "va",
+                "10.77.0.1",
+                "10.77.0.2",
+                "fd6d::1/64",
+                "10.78.0.1/24",
+                "10.79.0.1/24",
+            ),
+            (
+                b,
+                "vb",
+                "10.77.0.2",
+                "10.77.0.1",
+                "fd6d::2/64",
+                "10.78.0.2/24",
+                "10.79.0.2/24",
+            ),
+        ] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{me}/24"),
+                "dev",
+                dev,
+            ])?;
+            run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            let sub = format!("{dev}.100");
+            match run(&[
+                "ip", "-n", ns, "link", "add", "link", dev, "name", &sub, "type", "vlan", "id",
+                "100",
+            ]) {
+                Ok(()) => {
+                    run(&["ip", "-n", ns, "addr", "add", vlan4, "dev", &sub])?;
+                    run(&["ip", "-n", ns, "link", "set", &sub, "up"])?;
+                }
+                Err(NetError::Command { output, .. }) if output.contains("Unknown device type") => {
+                    vlan = false
+                }
+                Err(e) => return Err(e),
+            }
+            run(&[
+                "ip", "-n", ns, "link", "add", "vx10", "type", "vxlan", "id", "10", "local", me,
+                "remote", peer, "dstport", "4789", "dev", dev,
+            ])?;
+            run(&["ip", "-n", ns, "addr", "add", vx4, "dev", "vx10"])?;
+            run(&["ip", "-n", ns, "link", "set", "vx10", "up"])?;
+        }
+        run(&[
+            "ip",
+            "-n",
+            a,
+            "tuntap",
+            "add",
+            "dev",
+            &self.tap,
+            "mode",
+            "tap",
+            "multi_queue",
+            "vnet_hdr",
+        ])?;
+        run(&["ip", "-n", a, "link", "set", &self.tap, "up"])?;
+        run(&[
+            "ip", "netns", "exec", a, "tc", "qdisc", "add", "dev", "va", "clsact",
+        ])?;
+        // `u32 match u32 0 0` matches every frame and exists where matchall is not built.
+        run(&[
+            "ip", "netns", "exec", a, "tc", "filter", "add", "dev", "va", "egress", "u32", "match",
+            "u32", "0", "0", "action", "mirred", "egress", "mirror", "dev", &self.tap,
+        ])?;
+        Ok(vlan)
+    }
+
+    /// Runs `f` on a thread inside namespace `ns` and returns its result. Sockets and
+    /// devices opened there stay in that namespace.
+    pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T, NetError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter(ns)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
+    }
+
+    /// Sends raw Ethernet frames out of `dev` in namespace `ns` (a packet socket), for
+    /// injecting malformed frames.
+    pub fn send_raw(ns: &str, dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
+        Self::in_ns(ns, || send_raw(dev, frames))?
+    }
+
+    /// Removes `mpx-*` namespaces whose process is gone (left by a killed run).
+    pub fn sweep_stale() {
+        let Ok(entries) = std::fs::read_dir("/run/netns") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("mpx-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = run(&["ip", "netns", "del", &name]);
+            }
+        }
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        // Deleting a namespace removes the veth pair, the VLANs, the TAP and the filter.
+        for ns in [&self.ns_a, &self.ns_b] {
+            if let Err(e) = run(&["ip", "netns", "del", ns]) {
+                if !e.to_string().contains("No such file") {
+                    eprintln!("memplex testnet: cleaning up {ns}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn enter(ns: &str) -> Result<(), NetError> {
+    let path = format!("/run/netns/{ns}");
+    let f = File::open(&path).map_err(|e| NetError::Sys {
+        what: format!("open {path}"),
+        source: e,
+    })?;
+    // SAFETY: setns takes a valid namespace fd (open for the call) and a namespace type;
+    // it only changes the calling thread's network namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetError::Sys {
+            what: format!("setns({ns})"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
+    let sys = |what: &str| NetError::Sys {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    let name = std::ffi::CString::new(dev).map_err(|_| NetError::Sys {
+        what: format!("interface {dev:?}"),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that lives for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(sys(&format!("if_nametoindex({dev})")));
+    }
+    // SAFETY: socket(2) with constant arguments; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(sys("socket(AF_PACKET)"));
+    }
+    // SAFETY: fd is a freshly created socket that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = index as i32;
+    sll.sll_halen = 6;
+    for f in frames {
+        // SAFETY: `f` is a live byte slice of the given length, and `sll` a valid
+        // sockaddr_ll whose size is passed; the fd is open.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                f.as_ptr().cast(),
+                f.len(),
+                0,
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(sys(&format!("sendto on {dev}")));
+        }
+    }
+    Ok(())
+}

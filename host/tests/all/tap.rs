@@ -1,0 +1,309 @@
+//! Real kernel traffic through a TAP device in network namespaces the test makes.
+//!
+//! Needs root. Under `CI=true` these tests fail rather than skip without it; elsewhere
+//! they skip with a message. The network is torn down when the test ends, also when it
+//! fails (the `TestNet` guard's Drop runs during unwinding).
+
+use super::*;
+use memplex::config::Config;
+use memplex::runtime::{Engine, PlacedFrame, RunControl, Sink, SinkCounters};
+use memplex::testnet::{addr, privileged, TestNet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn net_or_skip(queues: u16) -> Option<TestNet> {
+    if !privileged() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root: the TAP tests must run in CI"
+        );
+        eprintln!("skipping: the TAP tests need root (they create network namespaces)");
+        return None;
+    }
+    TestNet::sweep_stale();
+    Some(TestNet::create(queues).expect("build the test network"))
+}
+
+/// Checks every frame: reassembly, and that each part came from the provider its route
+/// names (head, frags, frags_rest).
+struct RouteCheck {
+    expected: Arc<Vec<(usize, usize, usize)>>,
+    counters: SinkCounters,
+    wrong_provider: Arc<AtomicU64>,
+    vlan: Arc<AtomicU64>,
+    ipv6: Arc<AtomicU64>,
+    multi_frag: Arc<AtomicU64>,
+}
+
+impl Sink for RouteCheck {
+    fn consume(&mut self, f: &PlacedFrame<'_>) {
+        let (head, frags, rest) = self.expected[f.rule];
+        for (i, p) in f.parts.iter().enumerate() {
+            let want = match i {
+                0 => head,
+                1 => frags,
+                _ => rest,
+            };
+            if p.provider != want {
+                self.wrong_provider.fetch_add(1, Relaxed);
+            }
+        }
+        let mut at = 0;
+        let mut ok = true;
+        for p in f.parts {
+            ok &= p.buf.as_slice().map(|b| &b[..p.len]) == f.original.get(at..at + p.len);
+            at += p.len;
+        }
+        if ok && at == f.original.len() {
+            self.counters.verified += 1;
+        } else {
+            self.counters.mismatched += 1;
+        }
+        match u16::from_be_bytes([f.original[12], f.original[13]]) {
+            0x8100 => self.vlan.fetch_add(1, Relaxed),
+            0x86dd => self.ipv6.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        if f.parts.len() > 2 {
+            self.multi_frag.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn counters(&self) -> SinkCounters {
+        self.counters
+    }
+}
+
+fn default_config(net: &TestNet) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = [("MEMPLEX_DEVICE__INTERFACE".to_string(), net.tap.clone())]
+        .into_iter()
+        .collect();
+    Config::from_toml(&text, "default.toml", env, path.parent()).unwrap()
+}
+
+/// Sends the traffic mix from host A: a TCP stream to B, UDP flows over IPv4, VLAN 100
+/// and IPv6. Returns the TCP bytes B received.
+fn traffic(net: &TestNet) -> usize {
+    const STREAM: usize = 8 << 20;
+    let listener = TestNet::in_ns(&net.ns_b, || TcpListener::bind((addr::B4, 5201)))
+        .unwrap()
+        .unwrap();
+    let mut targets = vec![
+        SocketAddr::from((addr::B4, 9000)),
+        SocketAddr::from((addr::B6, 9000)),
+        SocketAddr::from((addr::B4_VXLAN, 9000)),
+    ];
+    if net.vlan_device {
+        targets.push(SocketAddr::from((addr::B4_VLAN, 9000)));
+    }
+    let sinks: Vec<UdpSocket> = TestNet::in_ns(&net.ns_b, || {
+        targets
+            .iter()
+            .map(|a| UdpSocket::bind(a).unwrap())
+            .collect()
+    })
+    .unwrap();
+    std::thread::scope(|s| {
+        let server = s.spawn(move || {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0; 1 << 16];
+            let mut total = 0;
+            loop {
+                match c.read(&mut buf).unwrap() {
+                    0 => break total,
+                    n => total += n,
+                }
+            }
+        });
+        TestNet::in_ns(&net.ns_a, || {
+            let mut c = TcpStream::connect((addr::B4, 5201)).unwrap();
+            let chunk: Vec<u8> = (0..1 << 16).map(|i| (i * 7) as u8).collect();
+            for _ in 0..STREAM / chunk.len() {
+                c.write_all(&chunk).unwrap();
+            }
+            drop(c);
+            for port in 0..8u16 {
+                for target in &targets {
+                    let src: std::net::IpAddr = match target.ip() {
+                        std::net::IpAddr::V6(_) => addr::A6.into(),
+                        ip if ip == addr::B4_VLAN => addr::A4_VLAN.into(),
+                        ip if ip == addr::B4_VXLAN => addr::A4_VXLAN.into(),
+                        _ => addr::A4.into(),
+                    };
+                    let sock = UdpSocket::bind((src, 41000 + port)).unwrap();
+                    for i in 0..25usize {
+                        sock.send_to(&vec![i as u8; 16 + (i * 57) % 1400], target)
+                            .unwrap();
+                    }
+                }
+            }
+        })
+        .unwrap();
+        if !net.vlan_device {
+            // No 802.1Q in this kernel: send the VLAN 100 flows as tagged frames instead.
+            TestNet::send_raw(&net.ns_a, &net.veth_a, &vlan_frames()).unwrap();
+        }
+        drop(sinks);
+        server.join().unwrap()
+    })
+}
+
+/// 200 UDP frames on VLAN 100 over 8 flows, for kernels without VLAN devices.
+fn vlan_frames() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for port in 0..8u16 {
+        for i in 0..25usize {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .single_vlan(etherparse::VlanId::try_new(addr::VLAN).unwrap())
+                .ipv4(addr::A4_VLAN.octets(), addr::B4_VLAN.octets(), 64)
+                .udp(42000 + port, 9000)
+                .write(&mut f, &vec![i as u8; 16 + (i * 57) % 1400])
+                .unwrap();
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[test]
+fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
+    let Some(net) = net_or_skip(2) else { return };
+    let config = default_config(&net);
+    let names: Vec<String> = config.providers.keys().cloned().collect();
+    let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
+    let expected: Arc<Vec<_>> = Arc::new(
+        config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    idx(&r.head),
+                    idx(&r.frags),
+                    idx(r.frags_rest.as_deref().unwrap_or(&r.frags)),
+                )
+            })
+            .collect(),
+    );
+    let engine = Engine::new(config, &plugin_path()).unwrap();
+    let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())
+        .unwrap()
+        .unwrap();
+    assert_eq!(queues.len(), 2);
+    let control = RunControl::default();
+    let (wrong, vlan, ipv6, multi) = (
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+    );
+    let malformed: Vec<Vec<u8>> = memplex::traffic::mix("malformed", 80)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.len() <= 1514)
+        .take(40)
+        .collect();
+    /// Stops the run when dropped, so a panicking test fails instead of hanging.
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Relaxed);
+        }
+    }
+    let (report, received) = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&control.stop);
+        let run = s.spawn(|| {
+            engine.run_with(queues, &control, |_| {
+                Box::new(RouteCheck {
+                    expected: Arc::clone(&expected),
+                    counters: SinkCounters::default(),
+                    wrong_provider: Arc::clone(&wrong),
+                    vlan: Arc::clone(&vlan),
+                    ipv6: Arc::clone(&ipv6),
+                    multi_frag: Arc::clone(&multi),
+                })
+            })
+        });
+        let received = traffic(&net);
+        TestNet::send_raw(&net.ns_a, "va", &malformed).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        control.stop.store(true, Relaxed);
+        (run.join().unwrap().unwrap(), received)
+    });
+    let t = report.total();
+    assert_eq!(received, 8 << 20, "the TCP stream itself worked");
+    assert!(t.received.frames > 500, "{t:#?}");
+    assert_eq!(
+        t.sink.mismatched, 0,
+        "every frame reassembles byte for byte"
+    );
+    assert_eq!(
+        t.sink.verified,
+        t.received.frames - t.dropped.values().sum::<u64>()
+    );
+    assert_eq!(t.dropped.values().sum::<u64>(), 0, "{:?}", t.dropped);
+    assert_eq!(
+        wrong.load(Relaxed),
+        0,
+        "every part came from the provider its route names"
+    );
+    assert!(
+        t.device.gso_frames > 0 && t.device.largest > 1514,
+        "GSO super-frames arrived whole: {:?}",
+        t.device
+    );
+    assert!(multi.load(Relaxed) > 0, "GSO frames span several frags");
+    let spill = t.providers.iter().find(|p| p.name == "spill").unwrap();
+    assert!(spill.buffers > 0, "frags past the first went to frags_rest");
+    assert!(
+        vlan.load(Relaxed) >= 200,
+        "VLAN frames: {}",
+        vlan.load(Relaxed)
+    );
+    assert!(
+        ipv6.load(Relaxed) >= 200,
+        "IPv6 frames: {}",
+        ipv6.load(Relaxed)
+    );
+    assert!(
+        report.queues.iter().all(|q| q.received.frames > 0),
+        "flows spread over both queues"
+    );
+    assert!(t.routes.iter().map(|r| r.frames).sum::<u64>() == t.received.frames);
+    let malformed_seen: u64 = t
+        .unsplit
+        .iter()
+        .filter(|(k, _)| k.starts_with("truncated") || k.starts_with("malformed"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        malformed_seen >= 30,
+        "the injected malformed frames were counted: {:?}",
+        t.unsplit
+    );
+    assert_eq!(report.leaked(), 0, "every buffer came back");
+}
+
+#[test]
+fn the_network_is_gone_after_the_test() {
+    let Some(net) = net_or_skip(1) else { return };
+    let (a, b) = (net.ns_a.clone(), net.ns_b.clone());
+    assert!(Path::new(&format!("/run/netns/{a}")).exists());
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _net = net;
+        panic!("a failing test");
+    }));
+    assert!(result.is_err());
+    assert!(
+        !Path::new(&format!("/run/netns/{a}")).exists(),
+        "cleaned up after a panic"
+    );
+    assert!(!Path::new(&format!("/run/netns/{b}")).exists());
+}
