@@ -350,3 +350,136 @@ fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
     }
     Ok(())
 }
+
+/// What [`TestNet::send_mix`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MixSent {
+    /// Bytes of the TCP stream that host B received.
+    pub tcp_bytes: usize,
+    /// UDP datagrams sent over IPv4, IPv6 and VXLAN.
+    pub udp: usize,
+    /// VLAN 100 frames (over a VLAN device, or raw when the kernel has none).
+    pub vlan: usize,
+}
+
+impl TestNet {
+    /// Sends the traffic mix from host A to host B: a TCP stream of `tcp_bytes` bytes
+    /// (the kernel segments it, so GSO super-frames reach the TAP), UDP flows on 8
+    /// source ports over IPv4, IPv6 and VXLAN, and UDP on VLAN 100. Stops early when
+    /// `stop` is set. Every socket is bounded by timeouts, so this never hangs.
+    pub fn send_mix(
+        &self,
+        tcp_bytes: usize,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<MixSent, NetError> {
+        use std::io::{Read, Write};
+        use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+        use std::time::Duration;
+        fn io(what: &'static str) -> impl Fn(std::io::Error) -> NetError {
+            move |e| NetError::Sys {
+                what: what.to_string(),
+                source: e,
+            }
+        }
+        let mut targets = vec![
+            SocketAddr::from((addr::B4, 9000)),
+            SocketAddr::from((addr::B6, 9000)),
+            SocketAddr::from((addr::B4_VXLAN, 9000)),
+        ];
+        if self.vlan_device {
+            targets.push(SocketAddr::from((addr::B4_VLAN, 9000)));
+        }
+        let listener = Self::in_ns(&self.ns_b, || TcpListener::bind((addr::B4, 5201)))?
+            .map_err(io("listen on host B"))?;
+        let receivers = Self::in_ns(&self.ns_b, || {
+            targets
+                .iter()
+                .map(UdpSocket::bind)
+                .collect::<Result<Vec<_>, _>>()
+        })?
+        .map_err(io("bind UDP on host B"))?;
+        let mut sent = MixSent::default();
+        std::thread::scope(|s| -> Result<(), NetError> {
+            let server = s.spawn(move || -> std::io::Result<usize> {
+                listener.set_nonblocking(false)?;
+                let (mut c, _) = listener.accept()?;
+                c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let mut buf = vec![0; 1 << 16];
+                let mut total = 0;
+                loop {
+                    match c.read(&mut buf)? {
+                        0 => return Ok(total),
+                        n => total += n,
+                    }
+                }
+            });
+            let udp = Self::in_ns(&self.ns_a, || -> std::io::Result<usize> {
+                let mut c = TcpStream::connect_timeout(
+                    &SocketAddr::from((addr::B4, 5201)),
+                    Duration::from_secs(5),
+                )?;
+                c.set_write_timeout(Some(Duration::from_secs(20)))?;
+                let chunk: Vec<u8> = (0..1 << 16).map(|i| (i * 7) as u8).collect();
+                let mut left = tcp_bytes;
+                while left > 0 && !stop.load(Ordering::Relaxed) {
+                    let n = left.min(chunk.len());
+                    c.write_all(&chunk[..n])?;
+                    left -= n;
+                }
+                drop(c);
+                let mut udp = 0;
+                for port in 0..8u16 {
+                    for target in &targets {
+                        let src: IpAddr = match target.ip() {
+                            IpAddr::V6(_) => addr::A6.into(),
+                            ip if ip == addr::B4_VLAN => addr::A4_VLAN.into(),
+                            ip if ip == addr::B4_VXLAN => addr::A4_VXLAN.into(),
+                            _ => addr::A4.into(),
+                        };
+                        let sock = UdpSocket::bind((src, 41000 + port))?;
+                        for i in 0..25usize {
+                            sock.send_to(&vec![i as u8; 16 + (i * 57) % 1400], target)?;
+                            udp += 1;
+                        }
+                    }
+                }
+                Ok(udp)
+            })?
+            .map_err(io("send from host A"))?;
+            sent.udp = udp;
+            sent.tcp_bytes = server
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .map_err(io("receive on host B"))?;
+            Ok(())
+        })?;
+        drop(receivers);
+        if self.vlan_device {
+            sent.vlan = 8 * 25;
+            sent.udp -= sent.vlan;
+        } else {
+            let frames = vlan_frames();
+            Self::send_raw(&self.ns_a, &self.veth_a, &frames)?;
+            sent.vlan = frames.len();
+        }
+        Ok(sent)
+    }
+}
+
+/// 200 UDP frames on VLAN 100 over 8 flows, for kernels without VLAN devices.
+fn vlan_frames() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for port in 0..8u16 {
+        for i in 0..25usize {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .single_vlan(etherparse::VlanId::try_new(addr::VLAN).expect("valid VLAN id"))
+                .ipv4(addr::A4_VLAN.octets(), addr::B4_VLAN.octets(), 64)
+                .udp(42000 + port, 9000)
+                .write(&mut f, &vec![i as u8; 16 + (i * 57) % 1400])
+                .expect("valid frame");
+            out.push(f);
+        }
+    }
+    out
+}

@@ -252,8 +252,8 @@ fn walk_l3(
             })?;
             (protocol, at + upper, at + ip.end(), fragment)
         }
-        _ if outer => return Err(Unsplit::NotIp),
-        _ => return Err(Unsplit::Malformed(Layer::Tunnel)),
+        // Not IP, outside or inside a tunnel (ARP inside VXLAN is not malformed).
+        _ => return Err(Unsplit::NotIp),
     };
     if outer {
         w.meta.protocol = Some(protocol);

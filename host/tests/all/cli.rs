@@ -119,7 +119,7 @@ fn check_provider_refuses_what_is_not_a_provider() {
 
 #[test]
 fn demo_runs_and_verifies_every_frame() {
-    let (code, out) = memplex(&["demo", "--frames", "5000"]);
+    let (code, out) = memplex(&["demo", "--synthetic", "--frames", "5000"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("every frame reassembled byte for byte"),

@@ -7,9 +7,7 @@
 use super::*;
 use memplex::config::Config;
 use memplex::runtime::{Engine, PlacedFrame, RunControl, Sink, SinkCounters};
-use memplex::testnet::{addr, privileged, TestNet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use memplex::testnet::{privileged, TestNet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -87,92 +85,6 @@ fn default_config(net: &TestNet) -> Config {
     Config::from_toml(&text, "default.toml", env, path.parent()).unwrap()
 }
 
-/// Sends the traffic mix from host A: a TCP stream to B, UDP flows over IPv4, VLAN 100
-/// and IPv6. Returns the TCP bytes B received.
-fn traffic(net: &TestNet) -> usize {
-    const STREAM: usize = 8 << 20;
-    let listener = TestNet::in_ns(&net.ns_b, || TcpListener::bind((addr::B4, 5201)))
-        .unwrap()
-        .unwrap();
-    let mut targets = vec![
-        SocketAddr::from((addr::B4, 9000)),
-        SocketAddr::from((addr::B6, 9000)),
-        SocketAddr::from((addr::B4_VXLAN, 9000)),
-    ];
-    if net.vlan_device {
-        targets.push(SocketAddr::from((addr::B4_VLAN, 9000)));
-    }
-    let sinks: Vec<UdpSocket> = TestNet::in_ns(&net.ns_b, || {
-        targets
-            .iter()
-            .map(|a| UdpSocket::bind(a).unwrap())
-            .collect()
-    })
-    .unwrap();
-    std::thread::scope(|s| {
-        let server = s.spawn(move || {
-            let (mut c, _) = listener.accept().unwrap();
-            c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            let mut buf = vec![0; 1 << 16];
-            let mut total = 0;
-            loop {
-                match c.read(&mut buf).unwrap() {
-                    0 => break total,
-                    n => total += n,
-                }
-            }
-        });
-        TestNet::in_ns(&net.ns_a, || {
-            let mut c = TcpStream::connect((addr::B4, 5201)).unwrap();
-            let chunk: Vec<u8> = (0..1 << 16).map(|i| (i * 7) as u8).collect();
-            for _ in 0..STREAM / chunk.len() {
-                c.write_all(&chunk).unwrap();
-            }
-            drop(c);
-            for port in 0..8u16 {
-                for target in &targets {
-                    let src: std::net::IpAddr = match target.ip() {
-                        std::net::IpAddr::V6(_) => addr::A6.into(),
-                        ip if ip == addr::B4_VLAN => addr::A4_VLAN.into(),
-                        ip if ip == addr::B4_VXLAN => addr::A4_VXLAN.into(),
-                        _ => addr::A4.into(),
-                    };
-                    let sock = UdpSocket::bind((src, 41000 + port)).unwrap();
-                    for i in 0..25usize {
-                        sock.send_to(&vec![i as u8; 16 + (i * 57) % 1400], target)
-                            .unwrap();
-                    }
-                }
-            }
-        })
-        .unwrap();
-        if !net.vlan_device {
-            // No 802.1Q in this kernel: send the VLAN 100 flows as tagged frames instead.
-            TestNet::send_raw(&net.ns_a, &net.veth_a, &vlan_frames()).unwrap();
-        }
-        drop(sinks);
-        server.join().unwrap()
-    })
-}
-
-/// 200 UDP frames on VLAN 100 over 8 flows, for kernels without VLAN devices.
-fn vlan_frames() -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    for port in 0..8u16 {
-        for i in 0..25usize {
-            let mut f = Vec::new();
-            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .single_vlan(etherparse::VlanId::try_new(addr::VLAN).unwrap())
-                .ipv4(addr::A4_VLAN.octets(), addr::B4_VLAN.octets(), 64)
-                .udp(42000 + port, 9000)
-                .write(&mut f, &vec![i as u8; 16 + (i * 57) % 1400])
-                .unwrap();
-            out.push(f);
-        }
-    }
-    out
-}
-
 #[test]
 fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
     let Some(net) = net_or_skip(2) else { return };
@@ -217,7 +129,7 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
             self.0.store(true, Relaxed);
         }
     }
-    let (report, received) = std::thread::scope(|s| {
+    let (report, sent) = std::thread::scope(|s| {
         let _stop = StopOnDrop(&control.stop);
         let run = s.spawn(|| {
             engine.run_with(queues, &control, |_| {
@@ -231,14 +143,17 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
                 })
             })
         });
-        let received = traffic(&net);
+        let sent = net
+            .send_mix(8 << 20, &std::sync::atomic::AtomicBool::new(false))
+            .unwrap();
         TestNet::send_raw(&net.ns_a, "va", &malformed).unwrap();
         std::thread::sleep(Duration::from_millis(500));
         control.stop.store(true, Relaxed);
-        (run.join().unwrap().unwrap(), received)
+        (run.join().unwrap().unwrap(), sent)
     });
     let t = report.total();
-    assert_eq!(received, 8 << 20, "the TCP stream itself worked");
+    assert_eq!(sent.tcp_bytes, 8 << 20, "the TCP stream itself worked");
+    assert_eq!(sent.vlan, 200);
     assert!(t.received.frames > 500, "{t:#?}");
     assert_eq!(
         t.sink.mismatched, 0,

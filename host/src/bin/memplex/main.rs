@@ -9,6 +9,7 @@ use memplex::pool::PoolReport;
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;
 
+mod netdemo;
 mod run;
 
 #[derive(Parser)]
@@ -68,12 +69,25 @@ enum Command {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
-    /// Push synthetic traffic through providers and pools, and report.
+    /// Run configs/default.toml on real traffic in a network namespace the demo makes
+    /// (needs root; without it, on a replayed capture).
     Demo {
-        /// Frames per provider.
+        /// A config to run instead of the built-in configs/default.toml.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// How long to send traffic.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Instead: push synthetic frames through each provider's pools, no device.
+        #[arg(long)]
+        synthetic: bool,
+        /// Frames per provider, with --synthetic.
         #[arg(long, default_value_t = 400_000)]
         frames: u64,
-        /// Providers to run (default: the heap, slab and hugepage plugins).
+        /// Providers to compare, with --synthetic (default: heap, slab, hugepage).
         #[arg(long = "provider", value_name = "PLUGIN")]
         providers: Vec<String>,
     },
@@ -155,7 +169,18 @@ fn run(cli: Cli) -> Result<i32> {
             inspect: Some(ProvidersCmd::Inspect { plugin, params }),
         } => inspect(&path, &plugin, &params),
         Command::CheckProvider { plugin, params } => check(&path, &plugin, &params),
-        Command::Demo { frames, providers } => run_demo(&path, frames, providers),
+        Command::Demo {
+            synthetic: true,
+            frames,
+            providers,
+            ..
+        } => run_demo(&path, frames, providers),
+        Command::Demo {
+            config,
+            seconds,
+            json,
+            ..
+        } => netdemo::run(&path, config, seconds, json),
         Command::GenPcap { out, mix, frames } => {
             let Some(f) = memplex::traffic::mix(&mix, frames) else {
                 bail!("unknown mix `{mix}`; known: {}", memplex::traffic::MIXES);

@@ -226,7 +226,7 @@ fn live_table(queues: &[QueueStats], pps: f64, elapsed: Duration) -> String {
     )
 }
 
-fn print_report(r: &RunReport, json: bool) {
+pub fn print_report(r: &RunReport, json: bool) {
     let t = r.total();
     if json {
         let pools: Vec<_> = r
