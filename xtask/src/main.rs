@@ -31,11 +31,13 @@ fn main() {
                 "dev"
             },
         ),
-        Some("demo") => build(&root, "release").and_then(|()| {
-            run(Command::new(root.join("target/release/memplex"))
-                .arg("demo")
-                .args(&rest))
-        }),
+        Some("demo") => setup()
+            .and_then(|()| build(&root, "release"))
+            .and_then(|()| {
+                run(Command::new(root.join("target/release/memplex"))
+                    .arg("demo")
+                    .args(&rest))
+            }),
         Some("test") => test(&root),
         Some("bench") => build(&root, "bench")
             .and_then(|()| {
@@ -102,7 +104,37 @@ fn build(root: &Path, profile: &str) -> Result<(), String> {
     )
 }
 
+/// Installs what the TAP tests and the demo need from the system when it is missing:
+/// iproute2 (`ip`, `tc`). Needs root, as those tests do; without root nothing is installed
+/// and the tests that need it say so (or skip outside CI).
+fn setup() -> Result<(), String> {
+    let have = |cmd: &str| {
+        Command::new(cmd)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have("ip") && have("tc") {
+        return Ok(());
+    }
+    // `id -u` rather than geteuid(), to keep xtask free of libc and unsafe.
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !root {
+        eprintln!("xtask: iproute2 (ip, tc) is missing and this is not root; the TAP tests will skip or fail");
+        return Ok(());
+    }
+    eprintln!("xtask: installing iproute2 for the TAP tests and the demo");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "iproute2"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn test(root: &Path) -> Result<(), String> {
+    setup()?;
     build(root, "dev")?;
     cargo(&["test", "--workspace", "--all-targets"], &[])?;
     cargo(&["test", "--workspace", "--doc"], &[])?;

@@ -140,3 +140,146 @@ fn out_of_tree_provider_passes_check_provider() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("acme-ring"), "{out}");
 }
+
+fn configs(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn run_reports_json_lines_and_serves_metrics_on_loopback() {
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "run",
+            "-c",
+            &configs("tcp-split.toml"),
+            "--json",
+            "--duration",
+            "2",
+        ])
+        .env("MEMPLEX_DEVICE__REPEAT", "100000000")
+        .env("MEMPLEX_RUNTIME__STATS_INTERVAL", "0.2")
+        .env("MEMPLEX_RUNTIME__METRICS", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut metrics = String::new();
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        s.read_to_string(&mut metrics).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        metrics.starts_with("HTTP/1.1 200 OK")
+            && metrics.contains("memplex_frames_total{queue=\"default.pcap q0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "memplex_pool_alloc_fast_total{queue=\"default.pcap q0\",provider=\"payload\"}"
+        ),
+        "{metrics}"
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(lines.len() >= 3, "live lines and a final one: {stdout}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["final"], true);
+    let frames = last["total"]["received"]["frames"].as_u64().unwrap();
+    assert!(
+        frames > 0 && last["total"]["sink"]["verified"].as_u64() == Some(frames),
+        "{last}"
+    );
+    assert!(lines[0]["pps"].as_f64().is_some());
+}
+
+#[test]
+fn config_check_names_the_key() {
+    let (code, out) = memplex(&["config", "check", &configs("nvme-tcp.toml")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("nvme-tcp") && out.contains("hugepage"),
+        "{out}"
+    );
+    let bad = std::env::temp_dir().join(format!("memplex-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(configs("tunnel.toml"))
+            .unwrap()
+            .replace("mode = \"l4\"", "mode = \"l7\""),
+    )
+    .unwrap();
+    let (code, out) = memplex(&["config", "check", &bad.display().to_string()]);
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(code, 1);
+    assert!(out.contains("split.mode") && out.contains("l7"), "{out}");
+}
+
+#[test]
+fn gen_pcap_refuses_an_unknown_mix() {
+    let (code, out) = memplex(&["gen-pcap", "--out", "/tmp/x.pcap", "--mix", "nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("unknown mix `nope`") && out.contains("default, nvme"),
+        "{out}"
+    );
+}
+
+#[test]
+fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
+    // Run as an unprivileged user when we are root (as in CI), from a world-readable
+    // copy of the binary and plugins (the checkout itself may not be readable to them).
+    let dir = std::env::temp_dir().join(format!("memplex-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("memplex");
+    std::fs::copy(env!("CARGO_BIN_EXE_memplex"), &exe).unwrap();
+    for name in ["heap", "slab", "hugepage"] {
+        let lib = format!("libmemplex_plugin_{name}.so");
+        std::fs::copy(build_dir().join(&lib), dir.join(&lib)).unwrap();
+    }
+    let mut cmd = if memplex::testnet::privileged() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    let out = cmd
+        .arg("demo")
+        .env("MEMPLEX_PLUGIN_PATH", "")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("needs root") && text.contains("kind = \"pcap\""),
+        "{text}"
+    );
+    assert!(text.contains("verified 300000, mismatched 0"), "{text}");
+}
