@@ -152,7 +152,7 @@ fn configs(name: &str) -> String {
 #[test]
 fn run_reports_json_lines_and_serves_metrics_on_loopback() {
     let port = 20000 + (std::process::id() % 20000) as u16;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memplex"))
+    let child = Command::new(env!("CARGO_BIN_EXE_memplex"))
         .args([
             "run",
             "-c",
