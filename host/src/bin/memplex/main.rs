@@ -81,6 +81,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Instead: compare memplex against a bare TAP read loop, N alternating pairs of
+        /// rounds on the same traffic (root only).
+        #[arg(long, value_name = "N")]
+        compare: Option<usize>,
         /// Instead: push synthetic frames through each provider's pools, no device.
         #[arg(long)]
         synthetic: bool,
@@ -175,6 +179,12 @@ fn run(cli: Cli) -> Result<i32> {
             providers,
             ..
         } => run_demo(&path, frames, providers),
+        Command::Demo {
+            compare: Some(pairs),
+            config,
+            seconds,
+            ..
+        } => netdemo::compare(&path, config, seconds, pairs.max(1)),
         Command::Demo {
             config,
             seconds,

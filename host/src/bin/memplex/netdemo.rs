@@ -176,3 +176,164 @@ fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Resul
         },
     )
 }
+
+/// One timed round of `--compare`.
+struct Round {
+    engine: bool,
+    dropped: u64,
+    bytes: u64,
+    frames: u64,
+    gso: u64,
+    secs: f64,
+}
+
+/// The TAP's `tx_dropped`: frames the kernel could not queue because the reader fell behind.
+fn tap_dropped(net: &TestNet) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["-n", &net.ns_a, "-s", "-j", "link", "show", &net.tap])
+        .output();
+    out.ok()
+        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+        .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Sends the demo's traffic for `seconds` while `reader` runs, then stops it.
+fn timed<T>(
+    net: &TestNet,
+    seconds: f64,
+    stop: &std::sync::atomic::AtomicBool,
+    reader: impl FnOnce() -> T + Send,
+) -> Result<(T, f64)>
+where
+    T: Send,
+{
+    std::thread::scope(|s| {
+        let start = Instant::now();
+        let h = s.spawn(reader);
+        let deadline = start + Duration::from_secs_f64(seconds);
+        let mut result = Ok(());
+        while Instant::now() < deadline && result.is_ok() {
+            result = net.send_mix(32 << 20, stop).map(|_| ());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let secs = start.elapsed().as_secs_f64();
+        stop.store(true, Relaxed);
+        let out = h.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        result?;
+        Ok((out, secs))
+    })
+}
+
+/// `memplex demo --compare N`: the engine against a bare TAP read loop that only counts,
+/// in alternating rounds on the same traffic, as medians and a same-run ratio.
+pub fn compare(
+    path: &PluginPath,
+    config: Option<PathBuf>,
+    seconds: f64,
+    pairs: usize,
+) -> Result<i32> {
+    anyhow::ensure!(
+        testnet::privileged(),
+        "--compare needs root: it builds the demo network"
+    );
+    TestNet::sweep_stale();
+    let net = TestNet::create(2).context("building the demo network")?;
+    let config = load(
+        &config,
+        &[
+            ("MEMPLEX_DEVICE__INTERFACE", net.tap.clone()),
+            ("MEMPLEX_RUNTIME__SINK", "count".into()),
+        ],
+    )?;
+    let (queues, gso) = (config.device.queues, config.device.gso);
+    let engine = Engine::new(config, path)?;
+    let mut rounds = Vec::new();
+    for i in 0..pairs * 2 {
+        let use_engine = i % 2 == 0;
+        let control = RunControl::default();
+        let dropped_before = tap_dropped(&net);
+        let round = if use_engine {
+            let rx = TestNet::in_ns(&net.ns_a, || engine.open_device())??;
+            let (report, secs) = timed(&net, seconds, &control.stop, || engine.run(rx, &control))?;
+            let t = report?.total();
+            Round {
+                engine: true,
+                dropped: 0,
+                bytes: t.received.bytes,
+                frames: t.received.frames,
+                gso: t.device.gso_frames,
+                secs,
+            }
+        } else {
+            let rx = TestNet::in_ns(&net.ns_a, || {
+                memplex::device::tap::open(&net.tap, queues, gso)
+            })??;
+            let stop = &control.stop;
+            let (counts, secs) = timed(&net, seconds, stop, || {
+                std::thread::scope(|s| {
+                    let hs: Vec<_> = rx
+                        .into_iter()
+                        .map(|mut q| {
+                            s.spawn(move || {
+                                use memplex::device::RxQueue;
+                                let (mut frames, mut bytes) = (0u64, 0u64);
+                                while !stop.load(Relaxed) {
+                                    let r = q.poll(64, Duration::from_millis(100), &mut |f| {
+                                        frames += 1;
+                                        bytes += f.len() as u64;
+                                    });
+                                    if r.is_err() {
+                                        break;
+                                    }
+                                }
+                                (frames, bytes, q.gso_frames)
+                            })
+                        })
+                        .collect();
+                    hs.into_iter()
+                        .filter_map(|h| h.join().ok())
+                        .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+                })
+            })?;
+            Round {
+                engine: false,
+                dropped: 0,
+                frames: counts.0,
+                bytes: counts.1,
+                gso: counts.2,
+                secs,
+            }
+        };
+        let round = Round {
+            dropped: tap_dropped(&net).saturating_sub(dropped_before),
+            ..round
+        };
+        eprintln!(
+            "  round {}: {:>7} {:>8.3} Gbit/s received, {} frames ({} GSO), {} dropped by the TAP",
+            i + 1,
+            if round.engine { "memplex" } else { "bare" },
+            round.bytes as f64 * 8.0 / round.secs / 1e9,
+            round.frames,
+            round.gso,
+            round.dropped
+        );
+        rounds.push(round);
+    }
+    let median = |engine: bool| {
+        let mut v: Vec<f64> = rounds
+            .iter()
+            .filter(|r| r.engine == engine)
+            .map(|r| r.bytes as f64 * 8.0 / r.secs / 1e9)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m, b) = (median(true), median(false));
+    println!(
+        "TAP, GSO on, {queues} queues, {pairs} pairs of {seconds} s rounds, alternating:\n  memplex (split + place + count): median {m:.3} Gbit/s\n  bare TAP read loop (count only): median {b:.3} Gbit/s\n  ratio memplex / bare: {:.3}",
+        m / b
+    );
+    drop(net);
+    Ok(0)
+}
