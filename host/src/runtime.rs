@@ -635,6 +635,7 @@ pub fn total(queues: &[QueueStats]) -> QueueStats {
         t.sink.written += q.sink.written;
         t.device.gso_frames += q.device.gso_frames;
         t.device.largest = t.device.largest.max(q.device.largest);
+        t.device.kernel_drops += q.device.kernel_drops;
     }
     t
 }
@@ -715,13 +716,14 @@ impl Engine {
                     .collect()
             }
             crate::config::DeviceKind::AfPacket => {
-                return Err(RunError::Device(DeviceError::open(
-                    "af_packet device",
-                    std::io::Error::new(
-                        std::io::ErrorKind::Unsupported,
-                        "the AF_PACKET ring is not built yet; use kind = \"tap\" or \"pcap\"",
-                    ),
-                )))
+                let name = d
+                    .interface
+                    .as_deref()
+                    .expect("validated: af_packet has an interface");
+                device::af_packet::open(name, d.queues, d.block_size, d.block_count)?
+                    .into_iter()
+                    .map(|q| Box::new(q) as Box<dyn RxQueue>)
+                    .collect()
             }
         })
     }
@@ -899,6 +901,7 @@ fn run_queue(
     let _ = w.sink.flush();
     let mut stats = w.snapshot();
     stats.device = rx.stats();
+    stats.device.kernel_drops += rx.kernel_drops();
     publish(&w);
     let reports = w
         .pools

@@ -5,6 +5,7 @@
 //! AF_PACKET ring block), so the worker reads each byte in place and copies it once,
 //! into provider memory.
 
+pub mod af_packet;
 pub mod pcap;
 pub mod tap;
 
@@ -86,6 +87,12 @@ pub trait RxQueue: Send {
     fn stats(&self) -> DeviceStats {
         DeviceStats::default()
     }
+
+    /// Frames the kernel dropped before this queue could read them, since the last call
+    /// (AF_PACKET ring overruns; 0 where the device cannot tell).
+    fn kernel_drops(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Device-level counters.
@@ -95,6 +102,8 @@ pub struct DeviceStats {
     pub gso_frames: u64,
     /// The largest frame received, in bytes.
     pub largest: usize,
+    /// Frames the kernel dropped because the reader fell behind (AF_PACKET).
+    pub kernel_drops: u64,
 }
 
 /// A flow hash over the 5-tuple, for spreading flows over queues like PACKET_FANOUT_HASH.

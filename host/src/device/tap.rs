@@ -237,6 +237,7 @@ impl RxQueue for TapQueue {
         super::DeviceStats {
             gso_frames: self.gso_frames,
             largest: self.largest,
+            ..Default::default()
         }
     }
 }

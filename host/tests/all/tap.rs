@@ -222,3 +222,95 @@ fn the_network_is_gone_after_the_test() {
     );
     assert!(!Path::new(&format!("/run/netns/{b}")).exists());
 }
+
+#[test]
+fn af_packet_ring_on_a_veth_reassembles_every_frame_and_restores_vlan_tags() {
+    let Some(net) = net_or_skip(1) else { return };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = [
+        ("MEMPLEX_DEVICE__KIND", "af_packet"),
+        ("MEMPLEX_DEVICE__INTERFACE", "vb"),
+        ("MEMPLEX_DEVICE__BLOCK_COUNT", "8"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let config = Config::from_toml(&text, "default.toml", env, path.parent()).unwrap();
+    let names: Vec<String> = config.providers.keys().cloned().collect();
+    let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
+    let expected: Arc<Vec<_>> = Arc::new(
+        config
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    idx(&r.head),
+                    idx(&r.frags),
+                    idx(r.frags_rest.as_deref().unwrap_or(&r.frags)),
+                )
+            })
+            .collect(),
+    );
+    let engine = Engine::new(config, &plugin_path()).unwrap();
+    let queues = TestNet::in_ns(&net.ns_b, || engine.open_device())
+        .unwrap()
+        .unwrap();
+    assert_eq!(queues.len(), 2);
+    let control = RunControl::default();
+    let (wrong, vlan, ipv6, multi) = (
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+        Arc::default(),
+    );
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Relaxed);
+        }
+    }
+    let report = std::thread::scope(|s| {
+        let _stop = StopOnDrop(&control.stop);
+        let run = s.spawn(|| {
+            engine.run_with(queues, &control, |_| {
+                Box::new(RouteCheck {
+                    expected: Arc::clone(&expected),
+                    counters: SinkCounters::default(),
+                    wrong_provider: Arc::clone(&wrong),
+                    vlan: Arc::clone(&vlan),
+                    ipv6: Arc::clone(&ipv6),
+                    multi_frag: Arc::clone(&multi),
+                })
+            })
+        });
+        let sent = net
+            .send_mix(8 << 20, &std::sync::atomic::AtomicBool::new(false))
+            .unwrap();
+        assert_eq!(sent.tcp_bytes, 8 << 20);
+        std::thread::sleep(Duration::from_millis(300));
+        control.stop.store(true, Relaxed);
+        run.join().unwrap().unwrap()
+    });
+    let t = report.total();
+    assert!(t.received.frames > 500, "{t:#?}");
+    assert_eq!(t.sink.mismatched, 0);
+    assert_eq!(t.sink.verified, t.received.frames);
+    assert_eq!(wrong.load(Relaxed), 0);
+    assert!(
+        vlan.load(Relaxed) >= 200,
+        "VLAN tags put back: {}",
+        vlan.load(Relaxed)
+    );
+    assert!(ipv6.load(Relaxed) >= 200);
+    assert!(
+        t.device.largest > 1514,
+        "GSO-sized frames through the ring: {:?}",
+        t.device
+    );
+    assert!(
+        report.queues.iter().all(|q| q.received.frames > 0),
+        "fanout spread flows over both queues"
+    );
+    assert_eq!(report.leaked(), 0);
+}

@@ -85,6 +85,12 @@ enum Command {
         /// rounds on the same traffic (root only).
         #[arg(long, value_name = "N")]
         compare: Option<usize>,
+        /// With --compare: `tap` (the mix, GSO on) or `af_packet` (a UDP flood on a veth).
+        #[arg(long, default_value = "tap")]
+        device: String,
+        /// With --compare --device af_packet: the flood's frame size in bytes.
+        #[arg(long, default_value_t = 64)]
+        frame_size: usize,
         /// Instead: push synthetic frames through each provider's pools, no device.
         #[arg(long)]
         synthetic: bool,
@@ -183,8 +189,10 @@ fn run(cli: Cli) -> Result<i32> {
             compare: Some(pairs),
             config,
             seconds,
+            device,
+            frame_size,
             ..
-        } => netdemo::compare(&path, config, seconds, pairs.max(1)),
+        } => netdemo::compare(&path, config, seconds, pairs.max(1), &device, frame_size),
         Command::Demo {
             config,
             seconds,

@@ -1,0 +1,373 @@
+//! AF_PACKET with a TPACKET_V3 receive ring: the kernel writes frames into blocks of a
+//! ring shared with memplex, and the worker reads them in place. One system call per
+//! block at most (a `poll(2)` when the ring is empty), none per frame.
+//!
+//! Each queue is one packet socket with its own ring; the queues of a device join one
+//! PACKET_FANOUT group (hash mode, so a flow stays on one queue, defragmenting first).
+//! Ring geometry comes from `device.block_size` and `device.block_count`; a block is
+//! handed back to the kernel as soon as its frames have been placed, and a block that is
+//! not full is retired after 10 ms, which bounds latency at low rates.
+//!
+//! TPACKET_V3 moves a frame's VLAN tag out of the frame into its header; the queue puts
+//! it back (a copy, for tagged frames only) so that the frame is split as it was on the
+//! wire.
+//!
+//! One of the few modules allowed `unsafe`: socket options, and reading the ring that
+//! the kernel writes concurrently.
+#![allow(
+    unsafe_code,
+    reason = "packet socket options and the shared TPACKET_V3 ring"
+)]
+
+use super::{DeviceError, DeviceStats, Poll, RxQueue};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::time::Duration;
+
+const PACKET_VERSION: libc::c_int = 10;
+const PACKET_RX_RING: libc::c_int = 5;
+const PACKET_FANOUT: libc::c_int = 18;
+const TPACKET_V3: libc::c_int = 2;
+const PACKET_FANOUT_HASH: u32 = 0;
+const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
+const TP_STATUS_KERNEL: u32 = 0;
+const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// `struct tpacket_req3`.
+#[repr(C)]
+struct TpacketReq3 {
+    block_size: u32,
+    block_nr: u32,
+    frame_size: u32,
+    frame_nr: u32,
+    retire_blk_tov: u32,
+    sizeof_priv: u32,
+    feature_req_word: u32,
+}
+const _: () = assert!(std::mem::size_of::<TpacketReq3>() == 28);
+
+/// `struct tpacket_block_desc` with its `tpacket_hdr_v1`.
+#[repr(C)]
+struct BlockDesc {
+    version: u32,
+    offset_to_priv: u32,
+    block_status: u32,
+    num_pkts: u32,
+    offset_to_first_pkt: u32,
+    blk_len: u32,
+    seq_num: u64,
+    ts_first: [u32; 2],
+    ts_last: [u32; 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockDesc>() == 48);
+
+/// `struct tpacket3_hdr` with its `tpacket_hdr_variant1`.
+#[repr(C)]
+struct Tpacket3Hdr {
+    next_offset: u32,
+    sec: u32,
+    nsec: u32,
+    snaplen: u32,
+    len: u32,
+    status: u32,
+    mac: u16,
+    net: u16,
+    rxhash: u32,
+    vlan_tci: u32,
+    vlan_tpid: u16,
+    padding: u16,
+    padding2: [u8; 8],
+}
+const _: () = assert!(std::mem::size_of::<Tpacket3Hdr>() == 48);
+
+static FANOUT_SEQ: AtomicU16 = AtomicU16::new(0);
+
+/// One AF_PACKET queue: a socket and its mapped ring.
+pub struct AfPacketQueue {
+    name: String,
+    fd: OwnedFd,
+    ring: memmap2::MmapRaw,
+    block_size: usize,
+    blocks: usize,
+    next: usize,
+    scratch: Vec<u8>,
+    stats: DeviceStats,
+}
+
+fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: `value` points to a live T whose exact size is passed; the kernel only
+    // reads it during the call; `fd` is an open socket.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens `queues` fanout queues on `interface`, each with a ring of `block_count` blocks
+/// of `block_size` bytes.
+pub fn open(
+    interface: &str,
+    queues: u16,
+    block_size: u32,
+    block_count: u32,
+) -> Result<Vec<AfPacketQueue>, DeviceError> {
+    let what = |step: &str| format!("af_packet {interface} ({step})");
+    let page = 4096;
+    if block_size < page || !block_size.is_power_of_two() || block_count == 0 {
+        return Err(DeviceError::open(
+            what("ring geometry"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "block_size must be a power of two of at least 4096, block_count at least 1",
+            ),
+        ));
+    }
+    let name = std::ffi::CString::new(interface).map_err(|_| {
+        DeviceError::open(
+            what("name"),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        )
+    })?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string that lives for the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(DeviceError::open(
+            what("if_nametoindex"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let group = u32::from(std::process::id() as u16 ^ FANOUT_SEQ.fetch_add(1, Ordering::Relaxed));
+    let mut out = Vec::new();
+    for q in 0..queues {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the result is checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(protocol),
+            )
+        };
+        if raw < 0 {
+            return Err(DeviceError::open(
+                what("socket"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `raw` is a fresh socket that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt(&fd, PACKET_VERSION, &TPACKET_V3)
+            .map_err(|e| DeviceError::open(what("PACKET_VERSION"), e))?;
+        let req = TpacketReq3 {
+            block_size,
+            block_nr: block_count,
+            frame_size: 2048,
+            frame_nr: block_size / 2048 * block_count,
+            retire_blk_tov: 10,
+            sizeof_priv: 0,
+            feature_req_word: 0,
+        };
+        setsockopt(&fd, PACKET_RX_RING, &req)
+            .map_err(|e| DeviceError::open(what("PACKET_RX_RING"), e))?;
+        let len = block_size as usize * block_count as usize;
+        let ring = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())
+            .map_err(|e| DeviceError::open(what("mmap of the ring"), e))?;
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = protocol;
+        sll.sll_ifindex = index as i32;
+        // SAFETY: `sll` is a valid sockaddr_ll of the size passed; the fd is open.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&sll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(DeviceError::open(
+                what("bind"),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        if queues > 1 {
+            let arg = group | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16);
+            setsockopt(&fd, PACKET_FANOUT, &arg)
+                .map_err(|e| DeviceError::open(what("PACKET_FANOUT"), e))?;
+        }
+        out.push(AfPacketQueue {
+            name: format!("{interface} q{q}"),
+            fd,
+            ring,
+            block_size: block_size as usize,
+            blocks: block_count as usize,
+            next: 0,
+            scratch: Vec::with_capacity(1 << 16),
+            stats: DeviceStats::default(),
+        });
+    }
+    Ok(out)
+}
+
+impl AfPacketQueue {
+    fn block(&self, i: usize) -> *mut u8 {
+        // SAFETY: i < blocks, so the offset stays inside the mapping of
+        // blocks * block_size bytes.
+        unsafe { self.ring.as_mut_ptr().add(i * self.block_size) }
+    }
+
+    fn status(&self, i: usize) -> u32 {
+        let desc = self.block(i).cast::<BlockDesc>();
+        // SAFETY: every block starts with a BlockDesc, 8-byte aligned (blocks are page
+        // aligned); the kernel writes block_status concurrently, so it is read volatile.
+        let s = unsafe { std::ptr::addr_of!((*desc).block_status).read_volatile() };
+        // Frames written by the kernel before it set TP_STATUS_USER are visible after this.
+        fence(Ordering::Acquire);
+        s
+    }
+
+    fn wait(&self, timeout: Duration) -> Result<(), DeviceError> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLERR,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, exclusively borrowed, count 1.
+        let r = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return Err(DeviceError::Read {
+                what: self.name.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl AfPacketQueue {
+    /// Frames the kernel dropped because the ring was full, since the last call
+    /// (PACKET_STATISTICS resets on read).
+    pub fn kernel_drops(&self) -> u64 {
+        let mut st = [0u32; 3]; // tpacket_stats_v3: packets, drops, freeze_q_cnt
+        let mut len = std::mem::size_of_val(&st) as libc::socklen_t;
+        // SAFETY: PACKET_STATISTICS (6) writes at most `len` bytes into `st`, which is
+        // live and exclusively borrowed; `len` is updated in place.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                6,
+                st.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return 0;
+        }
+        u64::from(st[1])
+    }
+}
+
+impl RxQueue for AfPacketQueue {
+    fn poll(
+        &mut self,
+        budget: usize,
+        timeout: Duration,
+        on_frame: &mut dyn FnMut(&[u8]),
+    ) -> Result<Poll, DeviceError> {
+        if self.status(self.next) & TP_STATUS_USER == 0 {
+            self.wait(timeout)?;
+            if self.status(self.next) & TP_STATUS_USER == 0 {
+                return Ok(Poll::Idle);
+            }
+        }
+        // A whole block at a time (the budget is a hint here: a block is handed back only
+        // when all of its frames are placed).
+        let _ = budget;
+        let base = self.block(self.next);
+        let desc = base.cast::<BlockDesc>();
+        // SAFETY: the block is ours (TP_STATUS_USER) until we hand it back below, so the
+        // kernel does not write it meanwhile; its header fields are aligned u32s.
+        let (count, first) = unsafe {
+            (
+                (*desc).num_pkts as usize,
+                (*desc).offset_to_first_pkt as usize,
+            )
+        };
+        let mut at = first;
+        for _ in 0..count {
+            if at + std::mem::size_of::<Tpacket3Hdr>() > self.block_size {
+                break;
+            }
+            // SAFETY: `at` was checked to leave room for a header inside this block; the
+            // kernel aligns packet headers to 16 bytes (TPACKET_ALIGNMENT).
+            let hdr = unsafe { &*base.add(at).cast::<Tpacket3Hdr>() };
+            let (mac, snap) = (usize::from(hdr.mac), hdr.snaplen as usize);
+            if at + mac + snap > self.block_size {
+                break;
+            }
+            // SAFETY: the frame's bytes lie inside this block (checked above), which the
+            // kernel leaves alone until the block is handed back.
+            let frame = unsafe { std::slice::from_raw_parts(base.add(at + mac), snap) };
+            self.stats.largest = self.stats.largest.max(hdr.len as usize);
+            if hdr.status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                let tpid = if hdr.status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                    hdr.vlan_tpid
+                } else {
+                    0x8100
+                };
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&frame[..12]);
+                self.scratch.extend_from_slice(&tpid.to_be_bytes());
+                self.scratch
+                    .extend_from_slice(&(hdr.vlan_tci as u16).to_be_bytes());
+                self.scratch.extend_from_slice(&frame[12..]);
+                on_frame(&self.scratch);
+            } else {
+                on_frame(frame);
+            }
+            if hdr.next_offset == 0 {
+                break;
+            }
+            at += hdr.next_offset as usize;
+        }
+        fence(Ordering::Release);
+        // SAFETY: hands the block back: a volatile aligned store to its status word, after
+        // the release fence so our reads of it are done first.
+        unsafe { std::ptr::addr_of_mut!((*desc).block_status).write_volatile(TP_STATUS_KERNEL) };
+        self.next = (self.next + 1) % self.blocks;
+        Ok(Poll::Frames(count))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+
+    fn kernel_drops(&mut self) -> u64 {
+        AfPacketQueue::kernel_drops(self)
+    }
+}
