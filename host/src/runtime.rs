@@ -82,6 +82,16 @@ pub struct PlacedFrame<'a> {
 pub trait Sink: Send {
     /// Takes a look at one frame; its buffers go back to their pools afterwards.
     fn consume(&mut self, frame: &PlacedFrame<'_>);
+    /// True for a sink that takes frames away ([`consume_owned`](Self::consume_owned))
+    /// instead of looking at them in place.
+    fn takes_frames(&self) -> bool {
+        false
+    }
+    /// Takes ownership of a frame; its buffers return to their pools when it is dropped,
+    /// on whatever thread. Called instead of `consume` when `takes_frames` is true.
+    fn consume_owned(&mut self, frame: Frame) {
+        drop(frame);
+    }
     /// Called after each batch of frames.
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -102,6 +112,86 @@ pub struct SinkCounters {
     /// Frames written (pcap).
     pub written: u64,
 }
+
+/// A placed frame that owns its buffers: `parts()[0]` is the head, the rest frags.
+/// Dropping it returns every buffer to its pool, from any thread.
+#[derive(Debug)]
+pub struct Frame {
+    /// Which queue received it.
+    pub queue: u16,
+    /// The route rule that placed it.
+    pub rule: usize,
+    /// Its length as received.
+    pub len: usize,
+    parts: Vec<Part>,
+    recyclers: Arc<[crate::pool::Recycler]>,
+}
+
+impl Frame {
+    /// Head, then frags.
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// The frame reassembled into one vector, when all of its memory is CPU-readable.
+    pub fn to_vec(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len);
+        for p in &self.parts {
+            out.extend_from_slice(&p.buf.as_slice()?[..p.len]);
+        }
+        Some(out)
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        for p in self.parts.drain(..) {
+            // Parts only ever come from these pools, so the pool id always matches.
+            let _ = self.recyclers[p.provider].recycle(p.buf);
+        }
+    }
+}
+
+/// Hands frames to a tokio channel: the sink behind [`Engine::stream`].
+struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<Frame>,
+    sent: u64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink for ChannelSink {
+    fn consume(&mut self, _: &PlacedFrame<'_>) {}
+    fn takes_frames(&self) -> bool {
+        true
+    }
+    fn consume_owned(&mut self, frame: Frame) {
+        // Blocks while the channel is full: backpressure, and memory stays bounded by the
+        // channel's capacity. A closed channel drops the frame, returning its buffers.
+        match self.tx.blocking_send(frame) {
+            Ok(()) => self.sent += 1,
+            // The stream was dropped: nobody wants frames any more, so end the run.
+            Err(_) => self.stop.store(true, Relaxed),
+        }
+    }
+    fn counters(&self) -> SinkCounters {
+        SinkCounters {
+            written: self.sent,
+            ..SinkCounters::default()
+        }
+    }
+}
+
+/// A run in the background behind a [`FrameStream`].
+#[derive(Debug)]
+pub struct StreamRun {
+    /// Set `control.stop` to end the run.
+    pub control: RunControl,
+    /// The run's thread; its result is the run's report.
+    pub thread: std::thread::JoinHandle<Result<RunReport, RunError>>,
+}
+
+/// A tokio `Stream` of placed frames (see [`Engine::stream`]).
+pub type FrameStream = tokio_stream::wrappers::ReceiverStream<Frame>;
 
 /// Counts only; the worker already counts frames and bytes.
 #[derive(Debug, Default)]
@@ -393,6 +483,7 @@ struct Worker {
     on_dry: OnDry,
     wait: Duration,
     sink: Box<dyn Sink>,
+    recyclers: Arc<[crate::pool::Recycler]>,
     parts: Vec<Part>,
     c: Counters,
 }
@@ -445,6 +536,17 @@ impl Worker {
             at += n;
             provider = if head { route.frags } else { route.frags_rest };
             head = false;
+        }
+        if self.sink.takes_frames() {
+            let parts = self.parts.drain(..).collect();
+            let owned = Frame {
+                queue: self.queue,
+                rule,
+                len: frame.len(),
+                parts,
+                recyclers: Arc::clone(&self.recyclers),
+            };
+            return self.sink.consume_owned(owned);
         }
         self.sink.consume(&PlacedFrame {
             original: frame,
@@ -754,6 +856,7 @@ impl Engine {
                 })?;
             pools.push(Pool::new(provider, cfg.pool_size as usize));
         }
+        let recyclers = pools.iter().map(Pool::recycler).collect();
         let s = &self.config.split;
         Ok(Worker {
             queue,
@@ -774,6 +877,7 @@ impl Engine {
             fallback: Arc::clone(&self.fallback),
             on_dry: self.config.runtime.on_dry,
             wait: Duration::from_millis(self.config.runtime.wait_ms),
+            recyclers,
             sink,
             parts: Vec::with_capacity(64),
         })
@@ -813,6 +917,48 @@ impl Engine {
         Ok(report)
     }
 
+    /// Runs on a background thread and returns a tokio `Stream` of frames, for embedding
+    /// memplex in an async program. At most `capacity` frames wait in the stream; past
+    /// that the workers wait for the consumer (backpressure). Dropping a frame returns
+    /// its buffers to their pools; the run ends when the device does, when
+    /// `StreamRun::control.stop` is set, or when the stream is dropped and the workers
+    /// next find it closed.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: std::sync::Arc<memplex::runtime::Engine>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio_stream::StreamExt;
+    /// let queues = engine.open_device()?;
+    /// let (mut frames, run) = memplex::runtime::Engine::stream(engine, queues, 1024);
+    /// while let Some(frame) = frames.next().await {
+    ///     println!("{} bytes in {} buffers", frame.len, frame.parts().len());
+    /// }
+    /// let report = run.thread.join().expect("run thread")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(
+        engine: Arc<Engine>,
+        queues: Vec<Box<dyn RxQueue>>,
+        capacity: usize,
+    ) -> (FrameStream, StreamRun) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let control = RunControl::default();
+        let run_control = control.clone();
+        let thread = std::thread::spawn(move || {
+            let stop = Arc::clone(&run_control.stop);
+            engine.run_with(queues, &run_control, move |_| {
+                Box::new(ChannelSink {
+                    tx: tx.clone(),
+                    sent: 0,
+                    stop: Arc::clone(&stop),
+                })
+            })
+        });
+        (
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            StreamRun { control, thread },
+        )
+    }
+
     /// Like [`run`](Self::run), with a consumer made per queue by `sink`: for embedding
     /// memplex with a consumer of one's own.
     pub fn run_with(
@@ -826,34 +972,49 @@ impl Engine {
             let w = self.worker(q as u16, rx.name().to_string(), sink(q as u16))?;
             workers.push((rx, w));
         }
+        // The factory may hold resources the sinks share (a stream's sender): drop it so
+        // they are released when the workers' sinks are.
+        drop(sink);
         *control
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             workers.iter().map(|(_, w)| w.snapshot()).collect();
         let start = Instant::now();
-        let results: Vec<Result<(QueueStats, Vec<PoolReport>), RunError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = workers
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (rx, w))| {
-                        let name = w.name.clone();
-                        (name, s.spawn(move || run_queue(i, rx, w, control)))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|(name, h)| h.join().unwrap_or(Err(RunError::Worker(name))))
-                    .collect()
-            });
+        let results: Vec<Result<(QueueStats, Vec<Pool>), RunError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (rx, w))| {
+                    let name = w.name.clone();
+                    (name, s.spawn(move || run_queue(i, rx, w, control)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(name, h)| h.join().unwrap_or(Err(RunError::Worker(name))))
+                .collect()
+        });
         let elapsed = start.elapsed();
+        // Every consumer is gone now; wait (bounded) for the buffers they still return.
         let mut queues = Vec::new();
         let mut pools = Vec::new();
+        let mut first_error = None;
         for r in results {
-            let (q, p) = r?;
-            queues.push(q);
-            pools.push(p);
+            match r {
+                Ok((q, p)) => {
+                    queues.push(q);
+                    pools.push(
+                        p.into_iter()
+                            .map(|p| p.shutdown(Duration::from_secs(1)))
+                            .collect(),
+                    );
+                }
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(RunReport {
             queues,
@@ -869,7 +1030,7 @@ fn run_queue(
     mut rx: Box<dyn RxQueue>,
     mut w: Worker,
     control: &RunControl,
-) -> Result<(QueueStats, Vec<PoolReport>), RunError> {
+) -> Result<(QueueStats, Vec<Pool>), RunError> {
     let mut published = Instant::now();
     let publish = |w: &Worker| {
         if let Ok(mut live) = control.live.try_lock() {
@@ -903,12 +1064,10 @@ fn run_queue(
     stats.device = rx.stats();
     stats.device.kernel_drops += rx.kernel_drops();
     publish(&w);
-    let reports = w
-        .pools
-        .drain(..)
-        .map(|p| p.shutdown(Duration::from_secs(1)))
-        .collect();
-    result.map(|()| (stats, reports))
+    // The pools are shut down by `run_with` once every worker has let go of its consumer
+    // (a stream stays open until all have), so a consumer can return what it holds.
+    drop(w.sink);
+    result.map(|()| (stats, w.pools))
 }
 
 /// The stats in Prometheus' text format, one sample per queue, provider and reason.
