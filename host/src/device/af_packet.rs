@@ -241,26 +241,7 @@ impl AfPacketQueue {
     }
 
     fn wait(&self, timeout: Duration) -> Result<(), DeviceError> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLERR,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, exclusively borrowed, count 1.
-        let r = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
-        };
-        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err(DeviceError::Read {
-                what: self.name.clone(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
+        super::tap::wait_readable(self.fd.as_raw_fd(), timeout, &self.name).map(|_| ())
     }
 }
 

@@ -162,26 +162,37 @@ pub fn open(name: &str, queues: u16, gso: bool) -> Result<Vec<TapQueue>, DeviceE
 
 impl TapQueue {
     fn wait(&self, timeout: Duration) -> Result<bool, DeviceError> {
-        let mut pfd = libc::pollfd {
-            fd: self.file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd, exclusively borrowed, count 1.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(DeviceError::Read {
-                what: self.name.clone(),
-                source: e,
-            });
-        }
-        Ok(n > 0)
+        wait_readable(self.file.as_raw_fd(), timeout, &self.name)
     }
+}
+
+/// Waits up to `timeout` for `fd` to become readable; `Ok(false)` on timeout or a signal.
+/// Shared by the TAP and AF_PACKET queues.
+pub(super) fn wait_readable(
+    fd: std::os::fd::RawFd,
+    timeout: Duration,
+    what: &str,
+) -> Result<bool, DeviceError> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLERR,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd, exclusively borrowed, count 1; `fd` is open for the call
+    // (the caller owns it).
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(DeviceError::Read {
+            what: what.to_string(),
+            source: e,
+        });
+    }
+    Ok(n > 0)
 }
 
 impl RxQueue for TapQueue {

@@ -11,14 +11,7 @@ fn configs() -> PathBuf {
 }
 
 fn run_config(name: &str, env: &[(&str, &str)]) -> RunReport {
-    let path = configs().join(name);
-    let text = std::fs::read_to_string(&path).unwrap();
-    let env = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let config = Config::from_toml(&text, name, env, path.parent()).unwrap();
-    let engine = Engine::new(config, &plugin_path()).unwrap();
+    let engine = engine_for(name, env);
     let queues = engine.open_device().unwrap();
     engine.run(queues, &RunControl::default()).unwrap()
 }

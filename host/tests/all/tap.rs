@@ -76,19 +76,30 @@ impl Sink for RouteCheck {
     }
 }
 
-fn default_config(net: &TestNet) -> Config {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let env = [("MEMPLEX_DEVICE__INTERFACE".to_string(), net.tap.clone())]
-        .into_iter()
-        .collect();
-    Config::from_toml(&text, "default.toml", env, path.parent()).unwrap()
+/// What the route-checking sinks of a run saw.
+struct Seen {
+    wrong_provider: u64,
+    vlan: u64,
+    ipv6: u64,
+    multi_frag: u64,
 }
 
-#[test]
-fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
-    let Some(net) = net_or_skip(2) else { return };
-    let config = default_config(&net);
+/// Runs configs/default.toml with `env` overrides, reading its device in namespace `ns`,
+/// while host A sends the mix (8 MB of TCP) and then `after_mix` runs; every frame goes
+/// through a [`RouteCheck`] sink.
+fn run_default(
+    net: &TestNet,
+    ns: &str,
+    env: &[(&str, &str)],
+    after_mix: impl FnOnce(),
+) -> (memplex::runtime::RunReport, memplex::testnet::MixSent, Seen) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let config = Config::from_toml(&text, "default.toml", env, path.parent()).unwrap();
     let names: Vec<String> = config.providers.keys().cloned().collect();
     let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
     let expected: Arc<Vec<_>> = Arc::new(
@@ -105,23 +116,17 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
             .collect(),
     );
     let engine = Engine::new(config, &plugin_path()).unwrap();
-    let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())
+    let queues = TestNet::in_ns(ns, || engine.open_device())
         .unwrap()
         .unwrap();
     assert_eq!(queues.len(), 2);
     let control = RunControl::default();
-    let (wrong, vlan, ipv6, multi) = (
-        Arc::default(),
-        Arc::default(),
-        Arc::default(),
-        Arc::default(),
-    );
-    let malformed: Vec<Vec<u8>> = memplex::traffic::mix("malformed", 80)
-        .unwrap()
-        .into_iter()
-        .filter(|f| f.len() <= 1514)
-        .take(40)
-        .collect();
+    let (wrong, vlan, ipv6, multi): (
+        Arc<AtomicU64>,
+        Arc<AtomicU64>,
+        Arc<AtomicU64>,
+        Arc<AtomicU64>,
+    ) = Default::default();
     /// Stops the run when dropped, so a panicking test fails instead of hanging.
     struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
     impl Drop for StopOnDrop<'_> {
@@ -146,11 +151,35 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         let sent = net
             .send_mix(8 << 20, &std::sync::atomic::AtomicBool::new(false))
             .unwrap();
-        TestNet::send_raw(&net.ns_a, "va", &malformed).unwrap();
+        after_mix();
         std::thread::sleep(Duration::from_millis(500));
         control.stop.store(true, Relaxed);
         (run.join().unwrap().unwrap(), sent)
     });
+    let seen = Seen {
+        wrong_provider: wrong.load(Relaxed),
+        vlan: vlan.load(Relaxed),
+        ipv6: ipv6.load(Relaxed),
+        multi_frag: multi.load(Relaxed),
+    };
+    (report, sent, seen)
+}
+
+#[test]
+fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
+    let Some(net) = net_or_skip(2) else { return };
+    let malformed: Vec<Vec<u8>> = memplex::traffic::mix("malformed", 80)
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.len() <= 1514)
+        .take(40)
+        .collect();
+    let (report, sent, seen) = run_default(
+        &net,
+        &net.ns_a,
+        &[("MEMPLEX_DEVICE__INTERFACE", &net.tap)],
+        || TestNet::send_raw(&net.ns_a, &net.veth_a, &malformed).unwrap(),
+    );
     let t = report.total();
     assert_eq!(sent.tcp_bytes, 8 << 20, "the TCP stream itself worked");
     assert_eq!(sent.vlan, 200);
@@ -159,14 +188,10 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         t.sink.mismatched, 0,
         "every frame reassembles byte for byte"
     );
-    assert_eq!(
-        t.sink.verified,
-        t.received.frames - t.dropped.values().sum::<u64>()
-    );
     assert_eq!(t.dropped.values().sum::<u64>(), 0, "{:?}", t.dropped);
+    assert_eq!(t.sink.verified, t.received.frames);
     assert_eq!(
-        wrong.load(Relaxed),
-        0,
+        seen.wrong_provider, 0,
         "every part came from the provider its route names"
     );
     assert!(
@@ -174,24 +199,19 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         "GSO super-frames arrived whole: {:?}",
         t.device
     );
-    assert!(multi.load(Relaxed) > 0, "GSO frames span several frags");
+    assert!(seen.multi_frag > 0, "GSO frames span several frags");
     let spill = t.providers.iter().find(|p| p.name == "spill").unwrap();
     assert!(spill.buffers > 0, "frags past the first went to frags_rest");
-    assert!(
-        vlan.load(Relaxed) >= 200,
-        "VLAN frames: {}",
-        vlan.load(Relaxed)
-    );
-    assert!(
-        ipv6.load(Relaxed) >= 200,
-        "IPv6 frames: {}",
-        ipv6.load(Relaxed)
-    );
+    assert!(seen.vlan >= 200, "VLAN frames: {}", seen.vlan);
+    assert!(seen.ipv6 >= 200, "IPv6 frames: {}", seen.ipv6);
     assert!(
         report.queues.iter().all(|q| q.received.frames > 0),
         "flows spread over both queues"
     );
-    assert!(t.routes.iter().map(|r| r.frames).sum::<u64>() == t.received.frames);
+    assert_eq!(
+        t.routes.iter().map(|r| r.frames).sum::<u64>(),
+        t.received.frames
+    );
     let malformed_seen: u64 = t
         .unsplit
         .iter()
@@ -204,6 +224,35 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         t.unsplit
     );
     assert_eq!(report.leaked(), 0, "every buffer came back");
+}
+
+#[test]
+fn af_packet_ring_on_a_veth_reassembles_every_frame_and_restores_vlan_tags() {
+    let Some(net) = net_or_skip(1) else { return };
+    let env = [
+        ("MEMPLEX_DEVICE__KIND", "af_packet"),
+        ("MEMPLEX_DEVICE__INTERFACE", "vb"),
+        ("MEMPLEX_DEVICE__BLOCK_COUNT", "8"),
+    ];
+    let (report, sent, seen) = run_default(&net, &net.ns_b, &env, || {});
+    let t = report.total();
+    assert_eq!(sent.tcp_bytes, 8 << 20);
+    assert!(t.received.frames > 500, "{t:#?}");
+    assert_eq!(t.sink.mismatched, 0);
+    assert_eq!(t.sink.verified, t.received.frames);
+    assert_eq!(seen.wrong_provider, 0);
+    assert!(seen.vlan >= 200, "VLAN tags put back: {}", seen.vlan);
+    assert!(seen.ipv6 >= 200);
+    assert!(
+        t.device.largest > 1514,
+        "GSO-sized frames through the ring: {:?}",
+        t.device
+    );
+    assert!(
+        report.queues.iter().all(|q| q.received.frames > 0),
+        "fanout spread flows over both queues"
+    );
+    assert_eq!(report.leaked(), 0);
 }
 
 #[test]
@@ -221,96 +270,4 @@ fn the_network_is_gone_after_the_test() {
         "cleaned up after a panic"
     );
     assert!(!Path::new(&format!("/run/netns/{b}")).exists());
-}
-
-#[test]
-fn af_packet_ring_on_a_veth_reassembles_every_frame_and_restores_vlan_tags() {
-    let Some(net) = net_or_skip(1) else { return };
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let env = [
-        ("MEMPLEX_DEVICE__KIND", "af_packet"),
-        ("MEMPLEX_DEVICE__INTERFACE", "vb"),
-        ("MEMPLEX_DEVICE__BLOCK_COUNT", "8"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let config = Config::from_toml(&text, "default.toml", env, path.parent()).unwrap();
-    let names: Vec<String> = config.providers.keys().cloned().collect();
-    let idx = |n: &str| names.iter().position(|x| x == n).unwrap();
-    let expected: Arc<Vec<_>> = Arc::new(
-        config
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    idx(&r.head),
-                    idx(&r.frags),
-                    idx(r.frags_rest.as_deref().unwrap_or(&r.frags)),
-                )
-            })
-            .collect(),
-    );
-    let engine = Engine::new(config, &plugin_path()).unwrap();
-    let queues = TestNet::in_ns(&net.ns_b, || engine.open_device())
-        .unwrap()
-        .unwrap();
-    assert_eq!(queues.len(), 2);
-    let control = RunControl::default();
-    let (wrong, vlan, ipv6, multi) = (
-        Arc::default(),
-        Arc::default(),
-        Arc::default(),
-        Arc::default(),
-    );
-    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Relaxed);
-        }
-    }
-    let report = std::thread::scope(|s| {
-        let _stop = StopOnDrop(&control.stop);
-        let run = s.spawn(|| {
-            engine.run_with(queues, &control, |_| {
-                Box::new(RouteCheck {
-                    expected: Arc::clone(&expected),
-                    counters: SinkCounters::default(),
-                    wrong_provider: Arc::clone(&wrong),
-                    vlan: Arc::clone(&vlan),
-                    ipv6: Arc::clone(&ipv6),
-                    multi_frag: Arc::clone(&multi),
-                })
-            })
-        });
-        let sent = net
-            .send_mix(8 << 20, &std::sync::atomic::AtomicBool::new(false))
-            .unwrap();
-        assert_eq!(sent.tcp_bytes, 8 << 20);
-        std::thread::sleep(Duration::from_millis(300));
-        control.stop.store(true, Relaxed);
-        run.join().unwrap().unwrap()
-    });
-    let t = report.total();
-    assert!(t.received.frames > 500, "{t:#?}");
-    assert_eq!(t.sink.mismatched, 0);
-    assert_eq!(t.sink.verified, t.received.frames);
-    assert_eq!(wrong.load(Relaxed), 0);
-    assert!(
-        vlan.load(Relaxed) >= 200,
-        "VLAN tags put back: {}",
-        vlan.load(Relaxed)
-    );
-    assert!(ipv6.load(Relaxed) >= 200);
-    assert!(
-        t.device.largest > 1514,
-        "GSO-sized frames through the ring: {:?}",
-        t.device
-    );
-    assert!(
-        report.queues.iter().all(|q| q.received.frames > 0),
-        "fanout spread flows over both queues"
-    );
-    assert_eq!(report.leaked(), 0);
 }

@@ -32,26 +32,7 @@ fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::spawn(move || {
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let sigterm = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm => {}
-            }
-            eprintln!("\nstopping; cleaning up ...");
-            stop.store(true, Relaxed);
-        })
-    });
+    std::thread::spawn(move || rt.block_on(crate::run::stop_on_signal(stop)));
     Ok(())
 }
 

@@ -18,6 +18,26 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
+/// Sets `stop` on Ctrl-C or SIGTERM (once), so runs end cleanly: workers finish their
+/// batch, pools report, and the demo removes its network.
+pub async fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
+    eprintln!("\nstopping ...");
+    stop.store(true, Relaxed);
+}
+
 /// `memplex config check FILE`.
 pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
     let config = Config::load(file)?;
@@ -111,24 +131,7 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
         .build()?;
     let pretty = !json && std::io::stdout().is_terminal();
     let report = rt.block_on(async {
-        let stop = control.stop.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let sigterm = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = sigterm => {}
-            }
-            eprintln!("\nstopping ...");
-            stop.store(true, Relaxed);
-        });
+        tokio::spawn(stop_on_signal(control.stop.clone()));
         if duration > 0.0 {
             let stop = control.stop.clone();
             tokio::spawn(async move {
