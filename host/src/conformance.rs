@@ -407,15 +407,15 @@ fn check_pool(s: &mut Suite<'_>) {
                 }
             }
         }
-        for b in held {
-            // Alternate local and cross-thread returns.
-            if b.netmem().id % 2 == 0 {
-                let _ = pool.recycle(b);
-            } else {
-                let r = recycler.clone();
-                let _ = std::thread::spawn(move || r.recycle(b).is_ok()).join();
-            }
+        // Half come back on the pool's thread, half from another thread via the ring.
+        let (local, remote): (Vec<_>, Vec<_>) =
+            held.into_iter().partition(|b| b.netmem().id % 2 == 0);
+        for b in local {
+            let _ = pool.recycle(b);
         }
+        let r = recycler.clone();
+        let _ =
+            std::thread::spawn(move || remote.into_iter().for_each(|b| drop(r.recycle(b)))).join();
         if failed.is_some() {
             break;
         }
