@@ -8,6 +8,9 @@
 //! handed back to the kernel as soon as its frames have been placed, and a block that is
 //! not full is retired after 10 ms, which bounds latency at low rates.
 //!
+//! Frames the host itself sends on the interface are ignored (PACKET_IGNORE_OUTGOING):
+//! like a NIC's receive queues, the device sees what arrives.
+//!
 //! TPACKET_V3 moves a frame's VLAN tag out of the frame into its header; the queue puts
 //! it back (a copy, for tagged frames only) so that the frame is split as it was on the
 //! wire.
@@ -27,6 +30,7 @@ use std::time::Duration;
 const PACKET_VERSION: libc::c_int = 10;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
@@ -169,6 +173,10 @@ pub fn open(
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         setsockopt(&fd, PACKET_VERSION, &TPACKET_V3)
             .map_err(|e| DeviceError::open(what("PACKET_VERSION"), e))?;
+        // A receive path: frames this host sends on the interface are not ours.
+        let one: libc::c_int = 1;
+        setsockopt(&fd, PACKET_IGNORE_OUTGOING, &one)
+            .map_err(|e| DeviceError::open(what("PACKET_IGNORE_OUTGOING"), e))?;
         let req = TpacketReq3 {
             block_size,
             block_nr: block_count,
