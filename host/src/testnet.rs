@@ -254,6 +254,17 @@ impl TestNet {
         Self::in_ns(ns, || send_raw(dev, frames))?
     }
 
+    /// Frames the kernel dropped on the TAP because its reader fell behind (`tx_dropped`).
+    pub fn tap_dropped(&self) -> u64 {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns_a, "-s", "-j", "link", "show", &self.tap])
+            .output();
+        out.ok()
+            .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
+            .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// Removes `mpx-*` namespaces whose process is gone (left by a killed run).
     pub fn sweep_stale() {
         let Ok(entries) = std::fs::read_dir("/run/netns") else {

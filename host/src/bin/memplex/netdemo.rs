@@ -169,17 +169,6 @@ struct Round {
     secs: f64,
 }
 
-/// The TAP's `tx_dropped`: frames the kernel could not queue because the reader fell behind.
-fn tap_dropped(net: &TestNet) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args(["-n", &net.ns_a, "-s", "-j", "link", "show", &net.tap])
-        .output();
-    out.ok()
-        .and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok())
-        .and_then(|v| v[0]["stats64"]["tx"]["dropped"].as_u64())
-        .unwrap_or(0)
-}
-
 /// What `--compare` sends.
 #[derive(Clone, Copy)]
 enum Load {
@@ -304,7 +293,7 @@ pub fn compare(
     for i in 0..pairs * 2 {
         let use_engine = i % 2 == 0;
         let control = RunControl::default();
-        let dropped_before = if tap { tap_dropped(&net) } else { 0 };
+        let dropped_before = if tap { net.tap_dropped() } else { 0 };
         let round = if use_engine {
             let rx = TestNet::in_ns(&ns, || engine.open_device())??;
             let (report, secs) = timed(&net, load_kind, seconds, &control.stop, || {
@@ -360,7 +349,7 @@ pub fn compare(
         };
         let round = if tap {
             Round {
-                dropped: tap_dropped(&net).saturating_sub(dropped_before),
+                dropped: net.tap_dropped().saturating_sub(dropped_before),
                 ..round
             }
         } else {
