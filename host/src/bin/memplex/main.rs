@@ -223,11 +223,15 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+/// A table for the terminal: wrapped to the terminal's width when it reports a usable
+/// one, else (a pipe, a pty with no size) at the content's natural width.
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.to_vec());
+    if t.width().is_some_and(|w| w >= 60) {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    }
     t
 }
 

@@ -1,7 +1,7 @@
 //! `memplex run` and `memplex config check`.
 
 use anyhow::{Context, Result};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, Color, ContentArrangement, Table};
+use comfy_table::{Cell, Color};
 use memplex::config::Config;
 use memplex::provider::PluginPath;
 use memplex::runtime::{self, Engine, QueueStats, RunControl, RunReport};
@@ -10,13 +10,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(header.to_vec());
-    t
-}
+use crate::table;
 
 /// Sets `stop` on Ctrl-C or SIGTERM (once), so runs end cleanly: workers finish their
 /// batch, pools report, and the demo removes its network.
