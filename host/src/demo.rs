@@ -1,5 +1,5 @@
-//! The workload behind `memplex demo` until the receive path lands: synthetic frames are
-//! split after their headers and placed through real pools and providers, on two threads.
+//! The workload behind `memplex demo --synthetic`: the `default` traffic mix, split after
+//! its L4 headers, placed through real pools and providers on two threads, no device.
 //!
 //! ```text
 //!  producer thread (owns both pools)                 consumer thread
@@ -107,30 +107,20 @@ struct Placed {
     frags: ArrayVec<(PoolBuf, u32), MAX_FRAGS>,
 }
 
-/// A deterministic mix of Ethernet/IPv4 UDP and TCP frames, 60 to 1514 bytes.
-pub fn traffic(count: usize) -> Vec<(Vec<u8>, usize)> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
+/// The demo's frames with their L4 split points: the `default` traffic mix, split by
+/// the real header walk.
+fn frames() -> Vec<(Vec<u8>, usize)> {
+    let splitter = crate::wire::Splitter {
+        mode: crate::wire::SplitMode::L4,
+        fixed_offset: 0,
+        hds_threshold: 0,
     };
-    (0..count)
-        .map(|i| {
-            let tcp = i % 3 != 0;
-            let hdr = 14 + 20 + if tcp { 20 } else { 8 };
-            let len = match next() % 4 {
-                0 => 60,
-                1 => 590,
-                _ => 1514,
-            }
-            .max(hdr);
-            let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-            f[14] = 0x45;
-            f[23] = if tcp { 6 } else { 17 };
-            (f, hdr)
+    crate::traffic::mix("default", 1024)
+        .expect("a built-in mix")
+        .into_iter()
+        .map(|f| {
+            let at = splitter.split(&f).head_len;
+            (f, at)
         })
         .collect()
 }
@@ -142,7 +132,7 @@ pub fn run(plugin: &ProviderPlugin, opts: &DemoOptions) -> Result<DemoResult, De
     let frag_provider = plugin.instantiate(&InitParams::new(1, opts.frag_size, opts.pool_size))?;
     let mut head_pool = Pool::new(head_provider, opts.pool_size as usize);
     let mut frag_pool = Pool::new(frag_provider, opts.pool_size as usize);
-    let frames = traffic(1024);
+    let frames = frames();
     let (tx, rx) = sync_channel::<Placed>(256);
     let recyclers = (head_pool.recycler(), frag_pool.recycler());
 

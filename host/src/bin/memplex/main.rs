@@ -421,7 +421,7 @@ fn run_demo(path: &PluginPath, frames: u64, providers: Vec<String>) -> Result<i3
         ..Default::default()
     };
     println!(
-        "memplex demo: {frames} synthetic Ethernet/IPv4 TCP+UDP frames (60-1514 B) per provider, split after the L4 header;\n\
+        "memplex demo --synthetic: {frames} frames of the default mix (TCP, VLAN, UDP, IPv6, ICMP; 60-1514 B) per provider, split after the L4 header;\n\
          heads in {} B buffers, payload in {} B frags, placed by one thread, verified and recycled by another.\n",
         opts.head_size, opts.frag_size
     );
