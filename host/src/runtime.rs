@@ -123,7 +123,9 @@ pub struct Frame {
     pub rule: usize,
     /// Its length as received.
     pub len: usize,
-    parts: Vec<Part>,
+    /// Inline for up to four parts (every frame that is not a GSO super-frame), so
+    /// handing a frame to the stream allocates nothing.
+    parts: smallvec::SmallVec<[Part; 4]>,
     recyclers: Arc<[crate::pool::Recycler]>,
 }
 
