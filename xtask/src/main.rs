@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const EXAMPLE: &str = "examples/third-party-provider/Cargo.toml";
+const WASM: &str = "wasm-plugins/Cargo.toml";
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+/// WASM providers: (crate's artifact, name it gets beside the memplex binary).
+const WASM_PROVIDERS: [(&str, &str); 2] =
+    [("memplex_wasm_slab", "slab"), ("memplex_wasm_ring", "ring")];
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -94,14 +99,62 @@ fn cargo(args: &[&str], rest: &[&str]) -> Result<(), String> {
 /// `target/release` too, with the bench profile's LTO, so plugins and benchmark binaries
 /// are optimised alike and a built-in vs `.so` comparison is fair).
 fn build(root: &Path, profile: &str) -> Result<(), String> {
-    let profile: &[&str] = &["--profile", profile];
-    cargo(&["build", "--workspace"], profile)?;
+    let args: &[&str] = &["--profile", profile];
+    cargo(&["build", "--workspace"], args)?;
     let target = root.join("target");
-    let target = target.to_str().ok_or("target path is not UTF-8")?;
+    let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
     cargo(
-        &["build", "--manifest-path", EXAMPLE, "--target-dir", target],
-        profile,
-    )
+        &[
+            "build",
+            "--manifest-path",
+            EXAMPLE,
+            "--target-dir",
+            target_dir,
+        ],
+        args,
+    )?;
+    build_wasm(&target, if profile == "dev" { "debug" } else { "release" })
+}
+
+/// Builds the WASM providers (adding the wasm32 target when it is missing) and puts them
+/// beside the memplex binary in `target/<dir>` as `NAME.wasm`, where configs find them.
+fn build_wasm(target: &Path, dir: &str) -> Result<(), String> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if !installed.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == WASM_TARGET)
+    }) {
+        run(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
+    cargo(
+        &[
+            "build",
+            "--manifest-path",
+            WASM,
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+            target_dir,
+        ],
+        &[],
+    )?;
+    let out = target.join(dir);
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    for (artifact, name) in WASM_PROVIDERS {
+        let from = target
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{artifact}.wasm"));
+        let to = out.join(format!("{name}.wasm"));
+        std::fs::copy(&from, &to)
+            .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))?;
+    }
+    Ok(())
 }
 
 /// Installs what the TAP tests and the demo need from the system when it is missing:
@@ -139,13 +192,29 @@ fn test(root: &Path) -> Result<(), String> {
     cargo(&["test", "--workspace", "--all-targets"], &[])?;
     cargo(&["test", "--workspace", "--doc"], &[])?;
     let target: PathBuf = root.join("target");
+    let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
     cargo(
         &[
             "test",
             "--manifest-path",
             EXAMPLE,
             "--target-dir",
-            target.to_str().ok_or("target path is not UTF-8")?,
+            target_dir,
+        ],
+        &[],
+    )?;
+    // The guest crates' logic, natively (the providers themselves are cdylibs for wasm32).
+    cargo(
+        &[
+            "test",
+            "--manifest-path",
+            WASM,
+            "-p",
+            "memplex-wasm-abi",
+            "-p",
+            "memplex-guest",
+            "--target-dir",
+            target_dir,
         ],
         &[],
     )
@@ -170,6 +239,7 @@ fn lint(root: &Path) -> Result<(), String> {
     let target = target.to_str().ok_or("target path is not UTF-8")?;
     cargo(&["fmt", "--all", "--check"], &[])?;
     cargo(&["fmt", "--manifest-path", EXAMPLE, "--check"], &[])?;
+    cargo(&["fmt", "--manifest-path", WASM, "--all", "--check"], &[])?;
     cargo(
         &[
             "clippy",
@@ -189,6 +259,23 @@ fn lint(root: &Path) -> Result<(), String> {
             "--target-dir",
             target,
             "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    build_wasm(&root.join("target"), "debug")?;
+    cargo(
+        &[
+            "clippy",
+            "--manifest-path",
+            WASM,
+            "--workspace",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+            target,
             "--",
             "-D",
             "warnings",

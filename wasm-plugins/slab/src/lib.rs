@@ -1,0 +1,70 @@
+//! `slab.wasm`: fixed buffers cut from one region of guest memory, LIFO free list.
+//! Settings: `buffers` (default twice the pool size).
+#![no_std]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+use memplex_guest::*;
+
+/// The provider.
+pub struct Slab {
+    base: u32,
+    stride: u32,
+    capacity: u32,
+    free: Vec<u32>,
+    out: Vec<bool>,
+}
+
+impl GuestProvider for Slab {
+    fn init(p: &Params<'_>) -> Result<Self, GuestError> {
+        p.deny_unknown(&["buffers"])?;
+        let capacity = p
+            .number("buffers")?
+            .unwrap_or(p.pool_size.saturating_mul(2).max(64));
+        if capacity == 0 || capacity > 1 << 20 || p.buf_size == 0 {
+            return Err(GuestError::InvalidConfig);
+        }
+        let stride = p.buf_size.next_multiple_of(64);
+        let base = region(capacity as usize * stride as usize, 64)?;
+        Ok(Slab {
+            base,
+            stride,
+            capacity,
+            free: (0..capacity).rev().collect(),
+            out: alloc::vec![false; capacity as usize],
+        })
+    }
+
+    fn info(&self) -> WasmInfo {
+        WasmInfo {
+            buf_size: self.stride,
+            align: 64,
+            capacity: self.capacity,
+            flags: 0,
+        }
+    }
+
+    fn alloc(&mut self) -> Option<WasmNetmem> {
+        let id = self.free.pop()?;
+        self.out[id as usize] = true;
+        Some(WasmNetmem {
+            offset: self.base + id * self.stride,
+            len: self.stride,
+            id,
+        })
+    }
+
+    fn release(&mut self, buf: WasmNetmem) -> Result<(), GuestError> {
+        match self.out.get_mut(buf.id as usize) {
+            Some(out) if *out && buf.offset == self.base + buf.id * self.stride => {
+                *out = false;
+                self.free.push(buf.id);
+                Ok(())
+            }
+            _ => Err(GuestError::BadBuffer),
+        }
+    }
+}
+
+memplex_guest::export_provider!(Slab);
