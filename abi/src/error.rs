@@ -27,6 +27,9 @@ impl ErrorKind {
     pub const POISONED: Self = Self(6);
     /// Any other failure inside the provider.
     pub const INTERNAL: Self = Self(7);
+    /// The provider broke its sandbox or the contract (a WASM trap, a deadline, an
+    /// out-of-bounds descriptor); it takes no more calls.
+    pub const FAULTED: Self = Self(8);
 
     /// A short name for messages.
     pub fn name(self) -> &'static str {
@@ -38,6 +41,7 @@ impl ErrorKind {
             Self::PANICKED => "panicked",
             Self::POISONED => "poisoned by an earlier panic",
             Self::INTERNAL => "internal error",
+            Self::FAULTED => "faulted",
             _ => "unknown",
         }
     }
@@ -101,7 +105,9 @@ impl ProviderError {
 
     /// True for the kinds after which the provider must not be called again.
     pub fn is_fatal(&self) -> bool {
-        self.kind == ErrorKind::PANICKED || self.kind == ErrorKind::POISONED
+        self.kind == ErrorKind::PANICKED
+            || self.kind == ErrorKind::POISONED
+            || self.kind == ErrorKind::FAULTED
     }
 }
 

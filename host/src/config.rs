@@ -190,6 +190,10 @@ pub struct ProviderConfig {
     /// The provider's own settings.
     #[serde(default)]
     pub settings: BTreeMap<String, Scalar>,
+    /// WASM providers: the most linear memory one instance may use, in MiB (default 256).
+    pub max_memory_mib: Option<u32>,
+    /// WASM providers: the longest one call into the guest may run (default 100 ms).
+    pub call_deadline_ms: Option<u64>,
 }
 
 fn pool_size() -> u32 {

@@ -767,10 +767,22 @@ impl Engine {
             .providers
             .iter()
             .map(|(name, p)| {
-                ProviderPlugin::load(&p.plugin, path).map_err(|source| RunError::Provider {
-                    name: name.clone(),
-                    source,
-                })
+                let plugin =
+                    ProviderPlugin::load(&p.plugin, path).map_err(|source| RunError::Provider {
+                        name: name.clone(),
+                        source,
+                    })?;
+                let defaults = crate::provider::wasm::WasmLimits::default();
+                Ok::<_, RunError>(
+                    plugin.with_wasm_limits(crate::provider::wasm::WasmLimits {
+                        memory: p
+                            .max_memory_mib
+                            .map_or(defaults.memory, |m| m as usize * (1 << 20)),
+                        deadline: p
+                            .call_deadline_ms
+                            .map_or(defaults.deadline, Duration::from_millis),
+                    }),
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
         let fallback = config

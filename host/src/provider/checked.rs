@@ -144,7 +144,7 @@ impl Fault {
     /// back): it panicked.
     pub fn is_poisoning(&self) -> bool {
         matches!(self, Fault::Panicked { .. })
-            || matches!(self, Fault::Error { error, .. } if error.kind == ErrorKind::POISONED)
+            || matches!(self, Fault::Error { error, .. } if error.is_fatal())
     }
 }
 

@@ -2,7 +2,9 @@
 //!
 //! A plugin is named in three ways:
 //! - `builtin:NAME`: a provider linked into memplex (`heap`, `slab`, `hugepage`);
-//! - a path (anything with a `/`, or ending in `.so`), loaded as given;
+//! - a path (anything with a `/`), loaded as given;
+//! - a file name ending in `.so`, `.wasm` or `.wat`: looked up on the plugin path, else
+//!   taken as a path;
 //! - a bare name, looked up on the plugin path: each directory in `MEMPLEX_PLUGIN_PATH`
 //!   (colon-separated), then the build's output directory (beside the `memplex` binary
 //!   and its parent, so `target/debug` is found from `target/debug/deps` too). In each, the
@@ -75,8 +77,18 @@ impl PluginPath {
         if let Some(name) = spec.strip_prefix("builtin:") {
             return Ok(PluginSpec::Builtin(name.to_string()));
         }
-        if spec.contains('/') || spec.ends_with(".so") {
+        if spec.contains('/') {
             return Ok(PluginSpec::File(PathBuf::from(spec)));
+        }
+        // A file name (`slab.wasm`, `libfoo.so`): on the plugin path, else as given.
+        if [".so", ".wasm", ".wat"]
+            .iter()
+            .any(|ext| spec.ends_with(ext))
+        {
+            let found = self.dirs().map(|d| d.join(spec)).find(|p| p.is_file());
+            return Ok(PluginSpec::File(
+                found.unwrap_or_else(|| PathBuf::from(spec)),
+            ));
         }
         let stem = spec.replace('-', "_");
         let candidates = [

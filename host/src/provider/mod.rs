@@ -18,6 +18,7 @@ mod builtin;
 mod checked;
 mod discovery;
 mod native;
+pub mod wasm;
 
 pub use checked::{CheckedProvider, Fault, ProviderCounters};
 pub use discovery::{PluginPath, PluginSpec};
@@ -134,6 +135,7 @@ type BuiltinInit = fn(&InitParams) -> Result<Box<dyn MemoryProvider>, ProviderEr
 enum Kind {
     Builtin(BuiltinInit),
     Native(ProviderModRef),
+    Wasm(wasm::WasmModule, wasm::WasmLimits),
 }
 
 /// A provider plugin, loaded and checked, from which instances are made (one per queue).
@@ -194,8 +196,25 @@ impl ProviderPlugin {
         })
     }
 
-    /// Loads a native plugin from a file, checking its ABI version and module layout.
+    /// Loads a plugin from a file: a WASM module (`.wasm`, `.wat`), compiled and checked
+    /// against the WASM contract, or a native library, checked for ABI version and layout.
     pub fn open(file: &Path) -> Result<Self, LoadError> {
+        if matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("wasm" | "wat")
+        ) {
+            let module = wasm::load(file)?;
+            let description = PluginDescription::new(
+                &module.name(),
+                "wasm",
+                "sandboxed WASM provider (wasmtime)",
+            );
+            return Ok(ProviderPlugin {
+                description,
+                origin: Origin::Native(file.to_path_buf()),
+                kind: Kind::Wasm(module, wasm::WasmLimits::default()),
+            });
+        }
         let module = native::load(file)?;
         let description = native::describe(module).map_err(|error| LoadError::Provider {
             plugin: file.display().to_string(),
@@ -207,6 +226,20 @@ impl ProviderPlugin {
             origin: Origin::Native(file.to_path_buf()),
             kind: Kind::Native(module),
         })
+    }
+
+    /// Sets the sandbox limits of a WASM plugin's instances (no effect on others).
+    #[must_use]
+    pub fn with_wasm_limits(mut self, limits: wasm::WasmLimits) -> Self {
+        if let Kind::Wasm(_, l) = &mut self.kind {
+            *l = limits;
+        }
+        self
+    }
+
+    /// True for a sandboxed WASM plugin.
+    pub fn is_wasm(&self) -> bool {
+        matches!(self.kind, Kind::Wasm(..))
     }
 
     /// Name, version and summary.
@@ -242,6 +275,7 @@ impl ProviderPlugin {
                 )),
             },
             Kind::Native(module) => native::init(*module, params),
+            Kind::Wasm(module, limits) => module.instantiate(params, *limits),
         };
         result.map_err(|error| LoadError::Provider {
             plugin: self.label(),

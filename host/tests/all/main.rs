@@ -9,6 +9,7 @@ mod loading;
 mod pool;
 mod runtime;
 mod tap;
+mod wasm;
 
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;

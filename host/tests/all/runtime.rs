@@ -252,3 +252,18 @@ fn dropping_the_stream_ends_the_run() {
     );
     assert_eq!(report.leaked(), 0);
 }
+
+#[test]
+fn wasm_config_places_payload_in_the_sandbox() {
+    let r = run_config("wasm.toml", &[("MEMPLEX_DEVICE__REPEAT", "3")]);
+    let t = r.total();
+    assert_eq!(t.received.frames, 3 * frames_in("default.pcap"));
+    assert!(t.dropped.is_empty(), "{:?}", t.dropped);
+    let sandboxed = t.providers.iter().find(|p| p.name == "sandboxed").unwrap();
+    assert!(
+        sandboxed.buffers > 0 && sandboxed.fault.is_none(),
+        "{sandboxed:?}"
+    );
+    assert_eq!(t.fallback, 0, "a healthy guest needs no fallback");
+    assert_eq!(r.leaked(), 0);
+}

@@ -1,0 +1,444 @@
+//! Sandboxed WASM providers (wasmtime).
+//!
+//! A WASM provider is a core module speaking the `memplex-wasm-abi` contract: it exports
+//! its memory and `mpx_*` functions, and its buffers are offsets into that memory. The
+//! host places frame bytes with the provider's `fill` path, which here is one bounds-
+//! checked copy straight into guest memory (no intermediate buffer); no pointer into
+//! guest memory is kept across a guest call, since `memory.grow` can move it.
+//!
+//! Isolation:
+//! - one shared [`Engine`] (compiled modules are cached on disk, so a restart does not
+//!   recompile); a [`Store`] per provider instance, with a [`StoreLimits`] memory cap and
+//!   a one-instance limit;
+//! - a CPU deadline per call by epoch interruption: a ticker thread advances the epoch
+//!   every [`TICK`], and every call gets `deadline / TICK` ticks;
+//! - every descriptor is checked against the memory's size here (the host's checker then
+//!   checks ids, duplicates, overlap and alignment as for native providers);
+//! - a trap, a deadline, a failed grow or a descriptor outside memory comes back as an
+//!   [`ErrorKind::FAULTED`] error, which quarantines the instance.
+//!
+//! No `unsafe` here: guest memory is reached only through wasmtime's safe slices.
+
+use super::LoadError;
+use memplex_abi::{
+    Capabilities, ErrorKind, MemoryProvider, Netmem, ProviderError, ProviderInfo, Stat,
+};
+use memplex_wasm_abi::{exports, WasmInfo, WasmNetmem, ABI_VERSION};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+use wasmtime::{
+    Config, Engine, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
+    TypedFunc,
+};
+
+/// How often the epoch advances; the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(5);
+/// Descriptors passed per call (the pool's refill size).
+const BATCH: usize = 64;
+
+/// Per-provider sandbox limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WasmLimits {
+    /// The most linear memory the guest may have, in bytes.
+    pub memory: usize,
+    /// The longest one guest call may run.
+    pub deadline: Duration,
+}
+
+impl Default for WasmLimits {
+    fn default() -> Self {
+        WasmLimits {
+            memory: 256 << 20,
+            deadline: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The shared engine, with epoch interruption and (where a cache directory can be made)
+/// the compiled-module cache.
+fn engine() -> Result<&'static Engine, String> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = Config::new();
+            config.epoch_interruption(true);
+            let dir = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("memplex").join("wasmtime"));
+            if let Some(dir) = dir {
+                let mut cache = wasmtime::CacheConfig::new();
+                cache.with_directory(dir);
+                match wasmtime::Cache::new(cache) {
+                    Ok(c) => {
+                        config.cache(Some(c));
+                    }
+                    Err(e) => {
+                        tracing::warn!("no module cache ({e}); modules are compiled at every start")
+                    }
+                }
+            }
+            let engine = Engine::new(&config).map_err(|e| format!("starting wasmtime: {e}"))?;
+            let ticker = engine.clone();
+            std::thread::Builder::new()
+                .name("memplex-epoch".into())
+                .spawn(move || loop {
+                    std::thread::sleep(TICK);
+                    ticker.increment_epoch();
+                })
+                .map_err(|e| format!("starting the epoch thread: {e}"))?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// A compiled provider module, instantiated once per queue.
+#[derive(Clone)]
+pub(super) struct WasmModule {
+    module: Module,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for WasmModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WasmModule({})", self.path.display())
+    }
+}
+
+/// Compiles (or takes from the cache) the module at `path` (`.wasm` or `.wat`), checking
+/// that it imports nothing and exports what the contract names.
+pub(super) fn load(path: &Path) -> Result<WasmModule, LoadError> {
+    let bad = |detail: String| LoadError::Layout {
+        path: path.to_path_buf(),
+        detail,
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(LoadError::Missing {
+                path: path.into(),
+                reason: "not a regular file".into(),
+            })
+        }
+        Err(e) => {
+            return Err(LoadError::Missing {
+                path: path.into(),
+                reason: e.to_string(),
+            })
+        }
+    }
+    let engine = engine().map_err(|e| LoadError::Open {
+        path: path.into(),
+        reason: e,
+    })?;
+    let module = Module::from_file(engine, path).map_err(|e| LoadError::Open {
+        path: path.into(),
+        reason: format!("not a valid WASM module: {e:#}"),
+    })?;
+    if let Some(import) = module.imports().next() {
+        return Err(bad(format!(
+            "it imports `{}::{}`, but a memplex provider may import nothing (build for wasm32-unknown-unknown with memplex-guest)",
+            import.module(),
+            import.name()
+        )));
+    }
+    let names: Vec<&str> = module.exports().map(|e| e.name()).collect();
+    let required = [
+        exports::MEMORY,
+        exports::ABI_VERSION,
+        exports::SCRATCH,
+        exports::INIT,
+        exports::INFO,
+        exports::ALLOC_BULK,
+        exports::RELEASE_BULK,
+    ];
+    if let Some(missing) = required.iter().find(|r| !names.contains(r)) {
+        return Err(bad(format!(
+            "it does not export `{missing}`; a memplex WASM provider exports {}",
+            required.join(", ")
+        )));
+    }
+    Ok(WasmModule {
+        module,
+        path: path.to_path_buf(),
+    })
+}
+
+impl WasmModule {
+    /// The provider's name: the file's stem.
+    pub(super) fn name(&self) -> String {
+        self.path
+            .file_stem()
+            .map_or_else(|| "wasm".into(), |s| s.to_string_lossy().into_owned())
+    }
+
+    /// Instantiates for one queue: checks the ABI version, passes the config, reads info.
+    pub(super) fn instantiate(
+        &self,
+        params: &memplex_abi::InitParams,
+        limits: WasmLimits,
+    ) -> Result<Box<dyn MemoryProvider>, ProviderError> {
+        let engine = self.module.engine();
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory)
+            .instances(1)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(engine, store_limits);
+        store.limiter(|l| l);
+        let ticks = (limits.deadline.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        let instance = Linker::new(engine)
+            .instantiate(&mut store, &self.module)
+            .map_err(|e| fault(format!("instantiating: {e:#}")))?;
+        let mut p = WasmProvider::bind(store, &instance, self.name(), ticks)?;
+        let version = p.call_version()?;
+        if version != ABI_VERSION {
+            return Err(ProviderError::invalid_config(format!(
+                "the module speaks memplex WASM ABI {version}; this host speaks {ABI_VERSION}"
+            )));
+        }
+        let config: String = params
+            .config
+            .iter()
+            .map(|kv| format!("{}={}\n", kv.0, kv.1))
+            .collect();
+        p.scratch = p.call_scratch(
+            (BATCH * WasmNetmem::SIZE)
+                .max(config.len())
+                .max(WasmInfo::SIZE),
+        )?;
+        p.write(p.scratch, config.as_bytes())?;
+        let (f, scratch) = (p.f_init.clone(), p.scratch as i32);
+        let args = (
+            params.queue_id as i32,
+            params.buf_size as i32,
+            params.pool_size as i32,
+            scratch,
+            config.len() as i32,
+        );
+        let code = p.call(|s| f.call(s, args))?;
+        if code < 0 {
+            return Err(code_error(code, "mpx_init"));
+        }
+        let f = p.f_info.clone();
+        let code = p.call(|s| f.call(s, scratch))?;
+        if code < 0 {
+            return Err(code_error(code, "mpx_info"));
+        }
+        let raw: [u8; WasmInfo::SIZE] = p
+            .read(p.scratch, WasmInfo::SIZE)?
+            .try_into()
+            .expect("16 bytes");
+        p.info = WasmInfo::from_bytes(&raw);
+        Ok(Box::new(p))
+    }
+}
+
+fn fault(message: String) -> ProviderError {
+    ProviderError::new(ErrorKind::FAULTED, message)
+}
+
+fn code_error(code: i32, op: &str) -> ProviderError {
+    let kind = match code {
+        memplex_wasm_abi::ERR_INVALID_CONFIG => ErrorKind::INVALID_CONFIG,
+        memplex_wasm_abi::ERR_RESOURCE => ErrorKind::RESOURCE,
+        memplex_wasm_abi::ERR_BAD_BUFFER => ErrorKind::BAD_BUFFER,
+        _ => ErrorKind::INTERNAL,
+    };
+    ProviderError::new(kind, format!("{op} returned {code}"))
+}
+
+/// One guest instance.
+struct WasmProvider {
+    store: Store<StoreLimits>,
+    memory: Memory,
+    name: String,
+    ticks: u64,
+    scratch: u32,
+    info: WasmInfo,
+    calls: u64,
+    f_version: TypedFunc<(), i32>,
+    f_scratch: TypedFunc<i32, i32>,
+    f_init: TypedFunc<(i32, i32, i32, i32, i32), i32>,
+    f_info: TypedFunc<i32, i32>,
+    f_alloc: TypedFunc<(i32, i32), i32>,
+    f_release: TypedFunc<(i32, i32), i32>,
+}
+
+impl WasmProvider {
+    fn bind(
+        mut store: Store<StoreLimits>,
+        instance: &Instance,
+        name: String,
+        ticks: u64,
+    ) -> Result<Self, ProviderError> {
+        let memory = instance
+            .get_memory(&mut store, exports::MEMORY)
+            .ok_or_else(|| fault("exports no memory named `memory`".into()))?;
+        macro_rules! func {
+            ($name:expr) => {
+                instance
+                    .get_typed_func(&mut store, $name)
+                    .map_err(|e| fault(format!("export `{}`: {e}", $name)))?
+            };
+        }
+        Ok(WasmProvider {
+            f_version: func!(exports::ABI_VERSION),
+            f_scratch: func!(exports::SCRATCH),
+            f_init: func!(exports::INIT),
+            f_info: func!(exports::INFO),
+            f_alloc: func!(exports::ALLOC_BULK),
+            f_release: func!(exports::RELEASE_BULK),
+            memory,
+            store,
+            name,
+            ticks,
+            scratch: 0,
+            info: WasmInfo::default(),
+            calls: 0,
+        })
+    }
+
+    /// One guest call under a fresh deadline; a trap (deadline, unreachable, failed grow,
+    /// out-of-bounds access) becomes a FAULTED error.
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<StoreLimits>) -> wasmtime::Result<T>,
+    ) -> Result<T, ProviderError> {
+        self.calls += 1;
+        self.store.set_epoch_deadline(self.ticks);
+        f(&mut self.store).map_err(|e| {
+            let what = match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => "ran past its deadline".to_string(),
+                Some(trap) => format!("trapped: {trap}"),
+                None => format!("failed: {e:#}"),
+            };
+            fault(format!("WASM provider `{}` {what}", self.name))
+        })
+    }
+
+    fn call_version(&mut self) -> Result<i32, ProviderError> {
+        let f = self.f_version.clone();
+        self.call(|s| f.call(s, ()))
+    }
+
+    fn call_scratch(&mut self, len: usize) -> Result<u32, ProviderError> {
+        let f = self.f_scratch.clone();
+        let off = self.call(|s| f.call(s, len as i32))?;
+        let off = u32::try_from(off).map_err(|_| fault(format!("mpx_scratch returned {off}")))?;
+        // The scratch area must lie inside memory now; it is checked again on every use.
+        self.read(off, len)?;
+        Ok(off)
+    }
+
+    /// `len` bytes of guest memory at `off`, bounds-checked.
+    fn read(&self, off: u32, len: usize) -> Result<Vec<u8>, ProviderError> {
+        self.memory
+            .data(&self.store)
+            .get(off as usize..)
+            .and_then(|s| s.get(..len))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                fault(format!(
+                    "{len} bytes at guest offset {off:#x} lie outside its memory"
+                ))
+            })
+    }
+
+    /// Writes `bytes` into guest memory at `off`, bounds-checked.
+    fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), ProviderError> {
+        let len = bytes.len();
+        let size = self.memory.data_size(&self.store);
+        self.memory
+            .data_mut(&mut self.store)
+            .get_mut(off as usize..)
+            .and_then(|s| s.get_mut(..len))
+            .ok_or_else(|| {
+                fault(format!(
+                    "{len} bytes at guest offset {off:#x} lie outside its memory of {size} bytes"
+                ))
+            })?
+            .copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl MemoryProvider for WasmProvider {
+    fn info(&self) -> ProviderInfo {
+        // The host may not write guest memory through an address: bytes go in by `fill`.
+        ProviderInfo::new(&self.name, self.info.buf_size, self.info.capacity)
+            .align(self.info.align.max(1))
+            .caps(Capabilities::NEEDS_FILL)
+            .backing("WASM linear memory (sandboxed)")
+    }
+
+    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
+        let want = out.len().min(BATCH);
+        let (f, scratch) = (self.f_alloc.clone(), self.scratch as i32);
+        let n = self.call(|s| f.call(s, (scratch, want as i32)))?;
+        if n < 0 {
+            return Err(code_error(n, "mpx_alloc_bulk"));
+        }
+        let n = (n as usize).min(want);
+        let raw = self.read(self.scratch, n * WasmNetmem::SIZE)?;
+        let size = self.memory.data_size(&self.store) as u64;
+        for (slot, chunk) in out.iter_mut().zip(raw.chunks_exact(WasmNetmem::SIZE)) {
+            let d = WasmNetmem::from_bytes(chunk.try_into().expect("16 bytes"));
+            if u64::from(d.offset) + u64::from(d.len) > size {
+                return Err(fault(format!(
+                    "WASM provider `{}` handed out buffer id {} at offset {:#x}+{}, outside its memory of {size} bytes",
+                    self.name, d.id, d.offset, d.len
+                )));
+            }
+            *slot = Netmem::new(d.id, u64::from(d.offset), d.len);
+        }
+        Ok(n)
+    }
+
+    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
+        for batch in bufs.chunks(BATCH) {
+            let bytes: Vec<u8> = batch
+                .iter()
+                .flat_map(|b| {
+                    WasmNetmem {
+                        offset: b.addr as u32,
+                        len: b.len,
+                        id: b.id,
+                    }
+                    .to_bytes()
+                })
+                .collect();
+            self.write(self.scratch, &bytes)?;
+            let (f, scratch) = (self.f_release.clone(), self.scratch as i32);
+            let code = self.call(|s| f.call(s, (scratch, batch.len() as i32)))?;
+            if code < 0 {
+                return Err(code_error(code, "mpx_release_bulk"));
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
+        let at = buf
+            .addr
+            .checked_add(u64::from(offset))
+            .and_then(|a| u32::try_from(a).ok());
+        match at {
+            Some(at) => self.write(at, bytes),
+            None => Err(fault(format!(
+                "buffer at {:#x}+{offset} is outside 32-bit guest memory",
+                buf.addr
+            ))),
+        }
+    }
+
+    fn stats(&self) -> Vec<Stat> {
+        vec![
+            Stat::new("guest_calls", self.calls),
+            Stat::new("memory_bytes", self.memory.data_size(&self.store) as u64),
+        ]
+    }
+}

@@ -1,0 +1,308 @@
+//! Sandboxed WASM providers: the shipped ones work through pools and the runtime, and a
+//! hostile guest (hand-written WAT) is quarantined for each way it can misbehave, while
+//! the host keeps running and loses no buffer.
+
+use super::*;
+use memplex::pool::{Pool, PoolError};
+use memplex::provider::wasm::WasmLimits;
+use memplex::provider::Fault;
+use std::time::{Duration, Instant};
+
+fn wasm(name: &str) -> ProviderPlugin {
+    let path = build_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo xtask test` builds the WASM providers",
+        path.display()
+    );
+    ProviderPlugin::open(&path).unwrap()
+}
+
+/// A guest whose `mpx_alloc_bulk` body is `alloc` (it gets `$out` and `$max`), whose
+/// `mpx_release_bulk` returns `release`, reporting ABI `version`, with 2 pages of memory.
+fn guest(alloc: &str, release: i32, version: i32) -> ProviderPlugin {
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 2)
+  (func (export "mpx_abi_version") (result i32) i32.const {version})
+  (func (export "mpx_scratch") (param i32) (result i32) i32.const 1024)
+  (func (export "mpx_init") (param i32 i32 i32 i32 i32) (result i32) i32.const 0)
+  (func (export "mpx_info") (param $out i32) (result i32)
+    (i32.store (local.get $out) (i32.const 2048))
+    (i32.store offset=4 (local.get $out) (i32.const 64))
+    (i32.store offset=8 (local.get $out) (i32.const 16))
+    (i32.store offset=12 (local.get $out) (i32.const 0))
+    i32.const 0)
+  (func (export "mpx_alloc_bulk") (param $out i32) (param $max i32) (result i32) {alloc})
+  (func (export "mpx_release_bulk") (param i32 i32) (result i32) i32.const {release}))"#
+    );
+    let dir = std::env::temp_dir().join(format!("memplex-wat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let path = dir.join(format!(
+        "hostile{}.wat",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&path, wat).unwrap();
+    let plugin = ProviderPlugin::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    plugin.with_wasm_limits(WasmLimits {
+        memory: 1 << 20,
+        deadline: Duration::from_millis(50),
+    })
+}
+
+/// Writes descriptor `i` = (offset, id) at $out.
+fn desc(i: u32, offset: u32, id: u32) -> String {
+    let at = i * 16;
+    format!(
+        "(i32.store offset={at} (local.get $out) (i32.const {offset})) (i32.store offset={} (local.get $out) (i32.const 2048)) (i32.store offset={} (local.get $out) (i32.const {id}))",
+        at + 4,
+        at + 8
+    )
+}
+
+fn good_alloc() -> String {
+    format!(
+        "{} {} i32.const 2",
+        desc(0, 65536, 0),
+        desc(1, 65536 + 2048, 1)
+    )
+}
+
+fn quarantined(plugin: &ProviderPlugin) -> (Fault, Pool) {
+    let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
+    let mut held = Vec::new();
+    let err = loop {
+        match pool.alloc() {
+            Ok(b) => held.push(b),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 100, "the hostile guest was never caught");
+    };
+    for b in held {
+        pool.recycle(b).unwrap();
+    }
+    match err {
+        PoolError::Quarantined { fault, .. } => (fault, pool),
+        other => panic!("expected quarantine, got {other:?}"),
+    }
+}
+
+#[test]
+fn shipped_wasm_providers_place_bytes_into_guest_memory() {
+    for name in ["slab", "ring"] {
+        let plugin = wasm(name);
+        assert!(plugin.is_wasm());
+        let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
+        let mut bufs: Vec<_> = (0..200).map(|_| pool.alloc().unwrap()).collect();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            pool.place(b, 100, &[i as u8; 1000]).unwrap();
+            assert!(
+                b.as_slice().is_none(),
+                "guest memory is not host-readable through an address"
+            );
+        }
+        let err = pool.place(&mut bufs[0], 2000, &[0; 100]).unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+        for b in bufs {
+            pool.recycle(b).unwrap();
+        }
+        let report = pool.shutdown(Duration::from_millis(10));
+        assert_eq!((report.leaked, report.fault), (0, None));
+    }
+}
+
+#[test]
+fn ring_wasm_hands_out_in_fifo_order() {
+    let mut p = wasm("ring")
+        .instantiate(&params(&[("buffers", "4")]))
+        .unwrap();
+    let mut out = [memplex::provider::Netmem::EMPTY; 2];
+    assert_eq!(p.alloc_bulk(&mut out).unwrap(), 2);
+    assert_eq!([out[0].id, out[1].id], [0, 1]);
+    p.release_bulk(&out[..1]);
+    assert_eq!(p.alloc_bulk(&mut out).unwrap(), 2);
+    assert_eq!(
+        [out[0].id, out[1].id],
+        [2, 3],
+        "a released buffer waits its turn"
+    );
+}
+
+#[test]
+fn a_good_hand_written_guest_works() {
+    let p = guest(&good_alloc(), 0, 1)
+        .instantiate(&params(&[]))
+        .unwrap();
+    assert_eq!(p.info().capacity, 16);
+    let mut pool = Pool::new(p, 64);
+    let mut b = pool.alloc().unwrap();
+    pool.place(&mut b, 0, b"into the sandbox").unwrap();
+    pool.recycle(b).unwrap();
+}
+
+#[test]
+fn a_trapping_guest_is_quarantined() {
+    let (fault, _) = quarantined(&guest("unreachable", 0, 1));
+    assert!(fault.is_poisoning());
+    assert!(fault.to_string().contains("trapped"), "{fault}");
+}
+
+#[test]
+fn a_looping_guest_hits_its_deadline() {
+    let start = Instant::now();
+    let (fault, _) = quarantined(&guest("(loop $l (br $l)) i32.const 0", 0, 1));
+    assert!(
+        fault.to_string().contains("ran past its deadline"),
+        "{fault}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "the deadline stopped it: {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_guest_growing_past_its_memory_cap_is_quarantined() {
+    // 1 MiB cap = 16 pages; the guest asks for 100 more.
+    let (fault, _) = quarantined(&guest(
+        "(drop (memory.grow (i32.const 100))) i32.const 0",
+        0,
+        1,
+    ));
+    assert!(
+        fault.to_string().contains("trapped") || fault.to_string().contains("failed"),
+        "{fault}"
+    );
+}
+
+#[test]
+fn out_of_bounds_descriptors_are_refused() {
+    let (fault, _) = quarantined(&guest(
+        &format!("{} i32.const 1", desc(0, 10_000_000, 0)),
+        0,
+        1,
+    ));
+    assert!(fault.to_string().contains("outside its memory"), "{fault}");
+}
+
+#[test]
+fn duplicate_descriptors_are_refused() {
+    let (fault, _) = quarantined(&guest(
+        &format!("{} {} i32.const 2", desc(0, 65536, 0), desc(1, 65536, 0)),
+        0,
+        1,
+    ));
+    assert!(matches!(fault, Fault::Duplicate { id: 0 }), "{fault:?}");
+}
+
+#[test]
+fn a_guest_refusing_its_own_buffers_is_quarantined() {
+    // -3 is the ABI's ERR_BAD_BUFFER: "not one of mine", for buffers it did hand out.
+    let plugin = guest(&good_alloc(), -3, 1);
+    let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
+    let (a, b) = (pool.alloc().unwrap(), pool.alloc().unwrap());
+    pool.recycle(a).unwrap();
+    pool.recycle(b).unwrap();
+    let report = pool.shutdown(Duration::from_millis(10));
+    assert!(report.fault.is_some(), "refusing a release quarantines");
+    assert_eq!(report.leaked, 0);
+    assert_eq!(
+        report.provider_counters.stranded, 2,
+        "the buffers it refused are counted, not lost"
+    );
+}
+
+#[test]
+fn a_guest_of_another_abi_version_is_refused() {
+    let err = guest(&good_alloc(), 0, 2)
+        .instantiate(&params(&[]))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("WASM ABI 2") && err.to_string().contains("speaks 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_module_that_is_not_a_provider_is_refused() {
+    let dir = std::env::temp_dir().join(format!("memplex-wat-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("imports.wat");
+    std::fs::write(
+        &path,
+        r#"(module (import "env" "f" (func)) (memory (export "memory") 1))"#,
+    )
+    .unwrap();
+    let err = ProviderPlugin::open(&path).unwrap_err().to_string();
+    assert!(err.contains("imports `env::f`"), "{err}");
+    std::fs::write(&path, r#"(module (memory (export "memory") 1))"#).unwrap();
+    let err = ProviderPlugin::open(&path).unwrap_err().to_string();
+    assert!(err.contains("does not export `mpx_abi_version`"), "{err}");
+    std::fs::write(&path, "not wasm").unwrap();
+    let err = ProviderPlugin::open(&path).unwrap_err().to_string();
+    assert!(err.contains("not a valid WASM module"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_provider_runs_on_wasm_providers() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["check-provider", "slab.wasm"])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("all 10 checks passed"), "{text}");
+}
+
+#[test]
+fn frames_of_a_faulting_guest_go_to_its_fallback_not_the_floor() {
+    let dir = std::env::temp_dir().join(format!("memplex-wat-fb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wat = dir.join("trap.wat");
+    // A guest that traps on every allocation.
+    std::fs::write(
+        &wat,
+        r#"(module (memory (export "memory") 2)
+  (func (export "mpx_abi_version") (result i32) i32.const 1)
+  (func (export "mpx_scratch") (param i32) (result i32) i32.const 1024)
+  (func (export "mpx_init") (param i32 i32 i32 i32 i32) (result i32) i32.const 0)
+  (func (export "mpx_info") (param $o i32) (result i32)
+    (i32.store (local.get $o) (i32.const 2048)) (i32.store offset=4 (local.get $o) (i32.const 64))
+    (i32.store offset=8 (local.get $o) (i32.const 16)) i32.const 0)
+  (func (export "mpx_alloc_bulk") (param i32 i32) (result i32) unreachable)
+  (func (export "mpx_release_bulk") (param i32 i32) (result i32) i32.const 0))"#,
+    )
+    .unwrap();
+    let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let text = std::fs::read_to_string(configs.join("wasm.toml"))
+        .unwrap()
+        .replace("\"slab.wasm\"", &format!("{:?}", wat.display().to_string()));
+    let config =
+        memplex::config::Config::from_toml(&text, "wasm.toml", Default::default(), Some(&configs))
+            .unwrap();
+    let engine = memplex::runtime::Engine::new(config, &plugin_path()).unwrap();
+    let report = engine
+        .run(
+            engine.open_device().unwrap(),
+            &memplex::runtime::RunControl::default(),
+        )
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    let t = report.total();
+    assert!(t.dropped.is_empty(), "nothing dropped: {:?}", t.dropped);
+    assert!(t.fallback > 0, "TCP payload went to the fallback provider");
+    let sandboxed = t.providers.iter().find(|p| p.name == "sandboxed").unwrap();
+    assert!(
+        sandboxed
+            .fault
+            .as_deref()
+            .is_some_and(|f| f.contains("trapped")),
+        "{sandboxed:?}"
+    );
+    assert_eq!(report.leaked(), 0);
+}
