@@ -38,4 +38,53 @@ fn bulk64(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bulk64);
-criterion_main!(benches);
+criterion_main!(benches, wasm);
+
+/// alloc_bulk + release_bulk of 64 through `slab.wasm` against the native `slab.so` (the
+/// same LIFO strategy), with two bare wasmtime typed calls, the floor a bulk round
+/// cannot go under, in the same run. Target: WASM <= 2x the native `.so` per buffer.
+fn wasm_vs_native(c: &mut Criterion) {
+    let path = memplex::provider::PluginPath::from_env();
+    let native = memplex::provider::ProviderPlugin::load("slab", &path)
+        .expect("slab.so (run `cargo xtask bench`)");
+    let wasm = memplex::provider::ProviderPlugin::load("slab.wasm", &path)
+        .expect("slab.wasm (run `cargo xtask bench`)");
+    let mut g = c.benchmark_group("wasm_vs_native");
+    g.throughput(Throughput::Elements(64));
+    for (label, plugin) in [("so", &native), ("wasm", &wasm)] {
+        let mut p = plugin
+            .instantiate_unchecked(&memplex_benches::params())
+            .unwrap();
+        let mut out = [Netmem::EMPTY; 64];
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let n = p.alloc_bulk(black_box(&mut out)).unwrap();
+                p.release_bulk(black_box(&out[..n])).unwrap();
+            })
+        });
+    }
+    // The floor: two calls into a guest that returns at once (alloc and release).
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let module = wasmtime::Module::new(
+        &engine,
+        r#"(module (func (export "f") (param i32 i32) (result i32) local.get 1))"#,
+    )
+    .unwrap();
+    let mut store = wasmtime::Store::new(&engine, ());
+    store.set_epoch_deadline(u64::MAX / 2);
+    let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+    let f = instance
+        .get_typed_func::<(i32, i32), i32>(&mut store, "f")
+        .unwrap();
+    g.bench_function("bare_typed_call_x2", |b| {
+        b.iter(|| {
+            black_box(f.call(&mut store, (1024, 64)).unwrap());
+            black_box(f.call(&mut store, (1024, 64)).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(wasm, wasm_vs_native);

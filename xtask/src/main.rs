@@ -328,6 +328,17 @@ fn summary(root: &Path) -> Result<(), String> {
             }
         }
     }
+    let per = |v: &str| median(root, &format!("wasm_vs_native/{v}")).map(|m| m / 64.0);
+    if let (Some(so), Some(w)) = (per("so"), per("wasm")) {
+        lines.push(format!("| slab alloc_bulk+release_bulk(64), per buffer, native .so | {so:.2} ns | 1.00x | baseline |"));
+        lines.push(format!(
+            "| slab.wasm, same strategy, sandboxed | {w:.2} ns | {:.2}x .so | <= 2x |",
+            w / so
+        ));
+        if let Some(floor) = median(root, "wasm_vs_native/bare_typed_call_x2") {
+            lines.push(format!("| floor: two bare wasmtime typed calls, per 64 buffers | {:.2} ns | {:.2}x .so | (floor) |", floor / 64.0, floor / 64.0 / so));
+        }
+    }
     let table = lines.join("\n");
     println!("\nmemplex benchmark summary (medians from this run):\n{table}");
     let out = root.join("target/criterion/memplex-summary.md");

@@ -383,8 +383,18 @@ impl MemoryProvider for WasmProvider {
             return Err(code_error(n, "mpx_alloc_bulk"));
         }
         let n = (n as usize).min(want);
-        let raw = self.read(self.scratch, n * WasmNetmem::SIZE)?;
-        let size = self.memory.data_size(&self.store) as u64;
+        // Decode in place from guest memory: no copy, no allocation.
+        let mem = self.memory.data(&self.store);
+        let size = mem.len() as u64;
+        let raw = mem
+            .get(self.scratch as usize..)
+            .and_then(|s| s.get(..n * WasmNetmem::SIZE))
+            .ok_or_else(|| {
+                fault(format!(
+                    "the descriptor area at {:#x} lies outside guest memory",
+                    self.scratch
+                ))
+            })?;
         for (slot, chunk) in out.iter_mut().zip(raw.chunks_exact(WasmNetmem::SIZE)) {
             let d = WasmNetmem::from_bytes(chunk.try_into().expect("16 bytes"));
             if u64::from(d.offset) + u64::from(d.len) > size {
@@ -400,18 +410,28 @@ impl MemoryProvider for WasmProvider {
 
     fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
         for batch in bufs.chunks(BATCH) {
-            let bytes: Vec<u8> = batch
-                .iter()
-                .flat_map(|b| {
-                    WasmNetmem {
+            // Encode in place into the descriptor area: no allocation.
+            let scratch = self.scratch as usize;
+            let area = self
+                .memory
+                .data_mut(&mut self.store)
+                .get_mut(scratch..)
+                .and_then(|s| s.get_mut(..batch.len() * WasmNetmem::SIZE))
+                .ok_or_else(|| {
+                    fault(format!(
+                        "the descriptor area at {scratch:#x} lies outside guest memory"
+                    ))
+                })?;
+            for (chunk, b) in area.chunks_exact_mut(WasmNetmem::SIZE).zip(batch) {
+                chunk.copy_from_slice(
+                    &WasmNetmem {
                         offset: b.addr as u32,
                         len: b.len,
                         id: b.id,
                     }
-                    .to_bytes()
-                })
-                .collect();
-            self.write(self.scratch, &bytes)?;
+                    .to_bytes(),
+                );
+            }
             let (f, scratch) = (self.f_release.clone(), self.scratch as i32);
             let code = self.call(|s| f.call(s, (scratch, batch.len() as i32)))?;
             if code < 0 {
