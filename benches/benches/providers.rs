@@ -8,6 +8,21 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memplex::provider::Netmem;
 use std::hint::black_box;
 
+/// Times alloc_bulk + release_bulk of 64 through `p` as benchmark `label` in `g`.
+fn bench_bulk(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    p: &mut dyn memplex::provider::MemoryProvider,
+) {
+    let mut out = [Netmem::EMPTY; 64];
+    g.bench_function(label, |b| {
+        b.iter(|| {
+            let n = p.alloc_bulk(black_box(&mut out)).unwrap();
+            p.release_bulk(black_box(&out[..n])).unwrap();
+        })
+    });
+}
+
 fn bulk64(c: &mut Criterion) {
     for name in memplex_benches::PROVIDERS {
         let (builtin, native) = memplex_benches::both(name);
@@ -17,13 +32,7 @@ fn bulk64(c: &mut Criterion) {
             let mut p = plugin
                 .instantiate_unchecked(&memplex_benches::params())
                 .unwrap();
-            let mut out = [Netmem::EMPTY; 64];
-            g.bench_function(label, |b| {
-                b.iter(|| {
-                    let n = p.alloc_bulk(black_box(&mut out)).unwrap();
-                    p.release_bulk(black_box(&out[..n])).unwrap();
-                })
-            });
+            bench_bulk(&mut g, label, &mut *p);
         }
         let mut checked = native.instantiate(&memplex_benches::params()).unwrap();
         let mut out = [Netmem::EMPTY; 64];
@@ -55,13 +64,7 @@ fn wasm_vs_native(c: &mut Criterion) {
         let mut p = plugin
             .instantiate_unchecked(&memplex_benches::params())
             .unwrap();
-        let mut out = [Netmem::EMPTY; 64];
-        g.bench_function(label, |b| {
-            b.iter(|| {
-                let n = p.alloc_bulk(black_box(&mut out)).unwrap();
-                p.release_bulk(black_box(&out[..n])).unwrap();
-            })
-        });
+        bench_bulk(&mut g, label, &mut *p);
     }
     // The floor: two calls into a guest that returns at once (alloc and release).
     let mut config = wasmtime::Config::new();

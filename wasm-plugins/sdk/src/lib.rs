@@ -109,6 +109,74 @@ pub fn region(len: usize, align: usize) -> Result<u32, GuestError> {
     Ok(aligned as u32)
 }
 
+/// Fixed buffers cut from one region of guest memory, with the ownership checks every
+/// such provider needs; the provider keeps its own free-list policy on top.
+#[derive(Debug)]
+pub struct Carved {
+    base: u32,
+    stride: u32,
+    capacity: u32,
+    out: Vec<bool>,
+}
+
+impl Carved {
+    /// `capacity` buffers (setting `buffers`, default twice the pool size) of at least
+    /// `buf_size` bytes, 64-byte aligned. Refuses settings other than `buffers`.
+    pub fn from_params(p: &Params<'_>) -> Result<Self, GuestError> {
+        p.deny_unknown(&["buffers"])?;
+        let capacity = p
+            .number("buffers")?
+            .unwrap_or(p.pool_size.saturating_mul(2).max(64));
+        if capacity == 0 || capacity > 1 << 20 || p.buf_size == 0 {
+            return Err(GuestError::InvalidConfig);
+        }
+        let stride = p.buf_size.next_multiple_of(64);
+        let base = region(capacity as usize * stride as usize, 64)?;
+        Ok(Carved {
+            base,
+            stride,
+            capacity,
+            out: alloc::vec![false; capacity as usize],
+        })
+    }
+
+    /// How many buffers there are; ids are `0..capacity`.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// What the provider offers.
+    pub fn info(&self) -> WasmInfo {
+        WasmInfo {
+            buf_size: self.stride,
+            align: 64,
+            capacity: self.capacity,
+            flags: 0,
+        }
+    }
+
+    /// Marks buffer `id` as handed out and describes it.
+    pub fn hand_out(&mut self, id: u32) -> WasmNetmem {
+        self.out[id as usize] = true;
+        WasmNetmem {
+            offset: self.base + id * self.stride,
+            len: self.stride,
+            id,
+        }
+    }
+
+    /// Takes `buf` back if it is one of ours and out; returns its id.
+    pub fn take_back(&mut self, buf: WasmNetmem) -> Result<u32, GuestError> {
+        match self.out.get_mut(buf.id as usize) {
+            Some(out) if *out && buf.offset == self.base + buf.id * self.stride => {
+                *out = false;
+                Ok(buf.id)
+            }
+            _ => Err(GuestError::BadBuffer),
+        }
+    }
+}
+
 #[doc(hidden)]
 pub mod __private {
     use super::*;

@@ -1,4 +1,5 @@
-//! `slab.wasm`: fixed buffers cut from one region of guest memory, LIFO free list.
+//! `slab.wasm`: fixed buffers cut from one region of guest memory, LIFO free list (the
+//! most recently released buffer is handed out first, while it is cache-warm).
 //! Settings: `buffers` (default twice the pool size).
 #![no_std]
 
@@ -9,61 +10,30 @@ use memplex_guest::*;
 
 /// The provider.
 pub struct Slab {
-    base: u32,
-    stride: u32,
-    capacity: u32,
+    bufs: Carved,
     free: Vec<u32>,
-    out: Vec<bool>,
 }
 
 impl GuestProvider for Slab {
     fn init(p: &Params<'_>) -> Result<Self, GuestError> {
-        p.deny_unknown(&["buffers"])?;
-        let capacity = p
-            .number("buffers")?
-            .unwrap_or(p.pool_size.saturating_mul(2).max(64));
-        if capacity == 0 || capacity > 1 << 20 || p.buf_size == 0 {
-            return Err(GuestError::InvalidConfig);
-        }
-        let stride = p.buf_size.next_multiple_of(64);
-        let base = region(capacity as usize * stride as usize, 64)?;
-        Ok(Slab {
-            base,
-            stride,
-            capacity,
-            free: (0..capacity).rev().collect(),
-            out: alloc::vec![false; capacity as usize],
-        })
+        let bufs = Carved::from_params(p)?;
+        let free = (0..bufs.capacity()).rev().collect();
+        Ok(Slab { bufs, free })
     }
 
     fn info(&self) -> WasmInfo {
-        WasmInfo {
-            buf_size: self.stride,
-            align: 64,
-            capacity: self.capacity,
-            flags: 0,
-        }
+        self.bufs.info()
     }
 
     fn alloc(&mut self) -> Option<WasmNetmem> {
         let id = self.free.pop()?;
-        self.out[id as usize] = true;
-        Some(WasmNetmem {
-            offset: self.base + id * self.stride,
-            len: self.stride,
-            id,
-        })
+        Some(self.bufs.hand_out(id))
     }
 
     fn release(&mut self, buf: WasmNetmem) -> Result<(), GuestError> {
-        match self.out.get_mut(buf.id as usize) {
-            Some(out) if *out && buf.offset == self.base + buf.id * self.stride => {
-                *out = false;
-                self.free.push(buf.id);
-                Ok(())
-            }
-            _ => Err(GuestError::BadBuffer),
-        }
+        let id = self.bufs.take_back(buf)?;
+        self.free.push(id);
+        Ok(())
     }
 }
 
