@@ -26,9 +26,9 @@ pub enum PluginSpec {
 /// The directories searched for plugins.
 #[derive(Debug, Clone, Default)]
 pub struct PluginPath {
-    /// From `MEMPLEX_PLUGIN_PATH`: every `.so` in them is listed.
+    /// From `MEMPLEX_PLUGIN_PATH`: every `.so` and `.wasm` in them is listed.
     user: Vec<PathBuf>,
-    /// The build's output directories: only `libmemplex_plugin_*.so` is listed, so test
+    /// The build's output directories: `libmemplex_plugin_*.so` and `*.wasm` are listed, so test
     /// fixtures built beside the plugins stay out of listings.
     build: Vec<PathBuf>,
 }
@@ -121,7 +121,8 @@ impl PluginPath {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.ends_with(".so") && (all || name.starts_with("libmemplex_plugin_"))
+                    (name.ends_with(".so") && (all || name.starts_with("libmemplex_plugin_")))
+                        || name.ends_with(".wasm")
                 })
                 .collect();
             files.sort();
