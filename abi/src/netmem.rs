@@ -11,8 +11,24 @@ use abi_stable::StableAbi;
 ///
 /// The host checks every descriptor it is handed (see `memplex::provider::checked`), so a
 /// provider bug shows up as a named contract breach rather than as memory corruption.
+///
+/// Plain bytes with no padding (`zerocopy` checks that at compile time), so a batch can
+/// be copied to and from a WASM guest's memory in one move.
 #[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    StableAbi,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    zerocopy::IntoBytes,
+    zerocopy::FromBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
 pub struct Netmem {
     /// Address of the first byte (native) or offset into guest memory (WASM).
     pub addr: u64,

@@ -56,9 +56,9 @@ fn guest(alloc: &str, release: i32, version: i32) -> ProviderPlugin {
 fn desc(i: u32, offset: u32, id: u32) -> String {
     let at = i * 16;
     format!(
-        "(i32.store offset={at} (local.get $out) (i32.const {offset})) (i32.store offset={} (local.get $out) (i32.const 2048)) (i32.store offset={} (local.get $out) (i32.const {id}))",
-        at + 4,
-        at + 8
+        "(i64.store offset={at} (local.get $out) (i64.const {offset})) (i32.store offset={} (local.get $out) (i32.const 2048)) (i32.store offset={} (local.get $out) (i32.const {id}))",
+        at + 8,
+        at + 12
     )
 }
 

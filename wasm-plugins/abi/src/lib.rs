@@ -8,10 +8,10 @@
 //! | export | signature | does |
 //! |---|---|---|
 //! | `mpx_abi_version` | `() -> i32` | [`ABI_VERSION`] |
-//! | `mpx_scratch` | `(len: i32) -> i32` | offset of a guest buffer of at least `len` bytes the host may use to pass data |
+//! | `mpx_scratch` | `(len: i32) -> i32` | offset of a 16-byte-aligned guest buffer of at least `len` bytes the host passes data in (descriptors, config) |
 //! | `mpx_init` | `(queue, buf_size, pool_size, cfg_off, cfg_len: i32) -> i32` | make the provider; the config is `key=value` lines |
 //! | `mpx_info` | `(out: i32) -> i32` | write a [`WasmInfo`] at `out` |
-//! | `mpx_alloc_bulk` | `(out: i32, max: i32) -> i32` | write up to `max` [`WasmNetmem`]s at `out`; return the count |
+//! | `mpx_alloc_bulk` | `(out: i32, max: i32) -> i32` | write up to `max` [`WasmNetmem`]s at `out` (the scratch offset); return the count |
 //! | `mpx_release_bulk` | `(at: i32, n: i32) -> i32` | take back `n` [`WasmNetmem`]s read from `at` |
 //!
 //! Functions returning `i32` use negative values for errors: [`ERR_INVALID_CONFIG`] and
@@ -51,27 +51,36 @@ pub const ERR_NOT_INITIALISED: i32 = -4;
 /// Any other failure.
 pub const ERR_INTERNAL: i32 = -5;
 
-/// One buffer in guest memory (16 bytes: offset, len, id, reserved).
+/// One buffer in guest memory (16 bytes: a 64-bit offset, len, id).
+///
+/// The layout is the host's own descriptor's (`memplex_abi::Netmem`: address, length,
+/// id), so the host moves a batch across the boundary as plain bytes and only checks
+/// bounds; and a 64-bit offset leaves room for memory64 guests. `repr(C)`, so a guest
+/// views the host's descriptor area as a `[WasmNetmem]` in place (wasm is
+/// little-endian, as the encoding is).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C)]
 pub struct WasmNetmem {
     /// Offset of the first byte in the guest's linear memory.
-    pub offset: u32,
+    pub offset: u64,
     /// Usable length.
     pub len: u32,
     /// The guest's name for the buffer, below `WasmInfo::capacity`.
     pub id: u32,
 }
 
+const _: () = assert!(core::mem::size_of::<WasmNetmem>() == WasmNetmem::SIZE);
+
 impl WasmNetmem {
     /// Encoded size.
     pub const SIZE: usize = 16;
 
-    /// Little-endian bytes: offset, len, id, 0.
+    /// Little-endian bytes: offset (8), len (4), id (4); the layout in memory, too.
     pub fn to_bytes(self) -> [u8; Self::SIZE] {
         let mut b = [0; Self::SIZE];
-        b[0..4].copy_from_slice(&self.offset.to_le_bytes());
-        b[4..8].copy_from_slice(&self.len.to_le_bytes());
-        b[8..12].copy_from_slice(&self.id.to_le_bytes());
+        b[0..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.len.to_le_bytes());
+        b[12..16].copy_from_slice(&self.id.to_le_bytes());
         b
     }
 
@@ -79,9 +88,9 @@ impl WasmNetmem {
     pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
         let u = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
         WasmNetmem {
-            offset: u(0),
-            len: u(4),
-            id: u(8),
+            offset: u64::from(u(0)) | u64::from(u(4)) << 32,
+            len: u(8),
+            id: u(12),
         }
     }
 }

@@ -11,13 +11,13 @@ use memplex_guest::*;
 /// The provider.
 pub struct Ring {
     bufs: Carved,
-    free: VecDeque<u32>,
+    free: VecDeque<WasmNetmem>,
 }
 
 impl GuestProvider for Ring {
     fn init(p: &Params<'_>) -> Result<Self, GuestError> {
         let bufs = Carved::from_params(p)?;
-        let free = (0..bufs.capacity()).collect();
+        let free = (0..bufs.capacity()).map(|id| bufs.describe(id)).collect();
         Ok(Ring { bufs, free })
     }
 
@@ -25,14 +25,17 @@ impl GuestProvider for Ring {
         self.bufs.info()
     }
 
-    fn alloc(&mut self) -> Option<WasmNetmem> {
-        let id = self.free.pop_front()?;
-        Some(self.bufs.hand_out(id))
+    fn alloc_bulk(&mut self, out: &mut [WasmNetmem]) -> usize {
+        let n = out.len().min(self.free.len());
+        for (slot, d) in out.iter_mut().zip(self.free.drain(..n)) {
+            *slot = d;
+        }
+        n
     }
 
-    fn release(&mut self, buf: WasmNetmem) -> Result<(), GuestError> {
-        let id = self.bufs.take_back(buf)?;
-        self.free.push_back(id);
+    fn release_bulk(&mut self, bufs: &[WasmNetmem]) -> Result<(), GuestError> {
+        self.bufs.check(bufs)?;
+        self.free.extend(bufs);
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! `slab.wasm`: fixed buffers cut from one region of guest memory, LIFO free list (the
-//! most recently released buffer is handed out first, while it is cache-warm).
+//! most recently released buffer is handed out first, while it is cache-warm). The free
+//! list holds whole descriptors, so a bulk call is one copy each way.
 //! Settings: `buffers` (default twice the pool size).
 #![no_std]
 
@@ -11,13 +12,16 @@ use memplex_guest::*;
 /// The provider.
 pub struct Slab {
     bufs: Carved,
-    free: Vec<u32>,
+    free: Vec<WasmNetmem>,
 }
 
 impl GuestProvider for Slab {
     fn init(p: &Params<'_>) -> Result<Self, GuestError> {
         let bufs = Carved::from_params(p)?;
-        let free = (0..bufs.capacity()).rev().collect();
+        let free = (0..bufs.capacity())
+            .rev()
+            .map(|id| bufs.describe(id))
+            .collect();
         Ok(Slab { bufs, free })
     }
 
@@ -25,14 +29,17 @@ impl GuestProvider for Slab {
         self.bufs.info()
     }
 
-    fn alloc(&mut self) -> Option<WasmNetmem> {
-        let id = self.free.pop()?;
-        Some(self.bufs.hand_out(id))
+    fn alloc_bulk(&mut self, out: &mut [WasmNetmem]) -> usize {
+        let n = out.len().min(self.free.len());
+        let from = self.free.len() - n;
+        out[..n].copy_from_slice(&self.free[from..]);
+        self.free.truncate(from);
+        n
     }
 
-    fn release(&mut self, buf: WasmNetmem) -> Result<(), GuestError> {
-        let id = self.bufs.take_back(buf)?;
-        self.free.push(id);
+    fn release_bulk(&mut self, bufs: &[WasmNetmem]) -> Result<(), GuestError> {
+        self.bufs.check(bufs)?;
+        self.free.extend_from_slice(bufs);
         Ok(())
     }
 }
