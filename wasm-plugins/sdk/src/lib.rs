@@ -221,6 +221,12 @@ pub mod __private {
     // `static`.
     unsafe impl<P> Sync for Slot<P> {}
 
+    impl<P> Default for Slot<P> {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
     impl<P> Slot<P> {
         /// An empty slot, for the `static` the export macro makes.
         pub const fn new() -> Self {
