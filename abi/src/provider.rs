@@ -42,6 +42,18 @@ pub trait MemoryProvider: Send {
         Err(ProviderError::unsupported("fill"))
     }
 
+    /// Copies `out.len()` bytes at `offset` in `buf` into `out`, for memory the CPU may not
+    /// read by address (no [`Capabilities::CPU_READABLE`](crate::Capabilities::CPU_READABLE)):
+    /// how consumers such as `memplex`'s verify and pcap sinks see a sandboxed provider's
+    /// bytes. The default says the memory cannot be read.
+    ///
+    /// Host-side only: it is not part of the `.so` ABI, whose providers either are
+    /// CPU-readable or are not readable at all.
+    fn read(&self, buf: Netmem, offset: u32, out: &mut [u8]) -> Result<(), ProviderError> {
+        let _ = (buf, offset, out);
+        Err(ProviderError::unsupported("read"))
+    }
+
     /// Offers a placed frame to an exporting provider. The default declines it.
     fn deliver(&mut self, segments: &[Segment]) -> Result<Delivery, ProviderError> {
         let _ = segments;

@@ -194,6 +194,9 @@ pub struct ProviderConfig {
     pub max_memory_mib: Option<u32>,
     /// WASM providers: the longest one call into the guest may run (default 100 ms).
     pub call_deadline_ms: Option<u64>,
+    /// WASM providers: the most guest instances at once, one per receive queue
+    /// (default 64). More queues than this is an error at start, naming the provider.
+    pub max_instances: Option<u32>,
 }
 
 fn pool_size() -> u32 {
@@ -482,6 +485,20 @@ impl Config {
                     format!("is {}", p.pool_size),
                     "64 to 1048576".into(),
                 ));
+            }
+            let limits = [
+                ("max_memory_mib", p.max_memory_mib.map(u64::from), 1 << 12),
+                ("call_deadline_ms", p.call_deadline_ms, 60_000),
+                ("max_instances", p.max_instances.map(u64::from), 1 << 10),
+            ];
+            for (key, value, most) in limits {
+                if let Some(v) = value.filter(|&v| v == 0 || v > most) {
+                    return Err(invalid(
+                        format!("providers.{name}.{key}"),
+                        format!("is {v}"),
+                        format!("1 to {most}"),
+                    ));
+                }
             }
             if let Some(f) = &p.fallback {
                 if !self.providers.contains_key(f) || f == name {

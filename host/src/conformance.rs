@@ -257,15 +257,22 @@ fn check_exhaustion(s: &mut Suite<'_>, capacity: u32) {
     }
 }
 
+/// Writes a different pattern into every buffer, then reads them all back: buffers that
+/// share memory show up. Memory the host may not write by address is written with the
+/// provider's `fill` and read with its `read` (a WASM provider's guest memory).
 fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
     let rw = Capabilities::HOST_WRITABLE | Capabilities::CPU_READABLE;
-    if !caps.contains(rw) {
+    let via = if caps.contains(rw) {
+        "by address"
+    } else if caps.contains(Capabilities::NEEDS_FILL) {
+        "through the provider's fill and read ops"
+    } else {
         return s.record(
             "memory",
             Outcome::Pass,
-            format!("skipped: memory is not host-writable and CPU-readable ({caps})"),
+            format!("skipped: memory is neither host-writable and CPU-readable nor filled by the provider ({caps})"),
         );
-    }
+    };
     let Some(p) = s.checked("memory") else { return };
     let mut pool = Pool::new(p, 64);
     let mut bufs = Vec::new();
@@ -275,19 +282,36 @@ fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
             Err(_) => break,
         }
     }
+    let pattern = |i: usize, len: usize| vec![i as u8 ^ 0x5a; len];
+    let mut detail = Ok(format!(
+        "wrote and read back a pattern in {} buffers, {via}",
+        bufs.len()
+    ));
     for (i, b) in bufs.iter_mut().enumerate() {
-        if let Some(m) = b.as_mut_slice() {
-            m.fill(i as u8 ^ 0x5a);
+        let len = b.len();
+        if let Err(e) = pool.place(b, 0, &pattern(i, len)) {
+            detail = Err(format!(
+                "writing buffer {i} (id {}) failed: {e}",
+                b.netmem().id
+            ));
+            break;
         }
     }
-    let bad = bufs.iter().enumerate().find(|(i, b)| {
-        b.as_slice()
-            .is_some_and(|m| m.iter().any(|&x| x != *i as u8 ^ 0x5a))
-    });
-    let detail = match bad {
-        Some((i, b)) => Err(format!("buffer {i} (id {}) did not keep the bytes written to it: memory is shared with another buffer", b.netmem().id)),
-        None => Ok(format!("wrote and read back a pattern in {} buffers", bufs.len())),
-    };
+    let mut back = Vec::new();
+    for (i, b) in bufs.iter().enumerate().filter(|_| detail.is_ok()) {
+        back.clear();
+        if !pool.read(b, b.len(), &mut back) {
+            detail = Ok(format!(
+                "wrote {} buffers; skipped reading back: the provider has no read op",
+                bufs.len()
+            ));
+            break;
+        }
+        if back != pattern(i, b.len()) {
+            detail = Err(format!("buffer {i} (id {}) did not keep the bytes written to it: memory is shared with another buffer", b.netmem().id));
+            break;
+        }
+    }
     for b in bufs {
         let _ = pool.recycle(b);
     }

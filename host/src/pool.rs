@@ -451,6 +451,28 @@ impl Pool {
         }
     }
 
+    /// Appends the first `len` bytes of `buf` to `out`: by address when the memory is
+    /// CPU-readable, else through the provider's `read` op. `false` (and `out` as it was)
+    /// when the memory cannot be read at all, or `buf` is not this pool's.
+    pub fn read(&self, buf: &PoolBuf, len: usize, out: &mut Vec<u8>) -> bool {
+        if buf.pool != self.id || len > buf.len() {
+            return false;
+        }
+        if let Some(mem) = buf.as_slice() {
+            out.extend_from_slice(&mem[..len]);
+            return true;
+        }
+        let start = out.len();
+        out.resize(start + len, 0);
+        match self.provider.read(buf.netmem, 0, &mut out[start..]) {
+            Ok(()) => true,
+            Err(_) => {
+                out.truncate(start);
+                false
+            }
+        }
+    }
+
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
         let mut s = self.slow;

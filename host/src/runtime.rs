@@ -76,6 +76,19 @@ pub struct PlacedFrame<'a> {
     pub rule: usize,
     /// Which queue received it.
     pub queue: u16,
+    /// The worker's pools, indexed by `Part::provider`, for reading parts.
+    pools: &'a [Pool],
+}
+
+impl PlacedFrame<'_> {
+    /// Appends `part`'s bytes to `out`: by address where the CPU may read the memory,
+    /// else through the provider's `read` op (how a WASM provider's guest memory is
+    /// seen). `false`, and `out` as it was, when the memory cannot be read at all.
+    pub fn read_part(&self, part: &Part, out: &mut Vec<u8>) -> bool {
+        self.pools
+            .get(part.provider)
+            .is_some_and(|pool| pool.read(&part.buf, part.len, out))
+    }
 }
 
 /// A consumer of placed frames, run inline on the worker.
@@ -208,30 +221,41 @@ impl Sink for CountSink {
 
 /// Checks that head + frags reassemble to the frame as received.
 #[derive(Debug, Default)]
-pub struct VerifySink(SinkCounters);
+pub struct VerifySink {
+    counters: SinkCounters,
+    /// Bytes read through a provider's `read` op (reused: no allocation per frame).
+    scratch: Vec<u8>,
+}
 
 impl Sink for VerifySink {
     fn consume(&mut self, f: &PlacedFrame<'_>) {
         let mut at = 0;
         for p in f.parts {
-            let Some(bytes) = p.buf.as_slice() else {
-                self.0.unreadable += 1;
-                return;
+            let bytes = match p.buf.as_slice() {
+                Some(mem) => &mem[..p.len],
+                None => {
+                    self.scratch.clear();
+                    if !f.read_part(p, &mut self.scratch) {
+                        self.counters.unreadable += 1;
+                        return;
+                    }
+                    &self.scratch[..]
+                }
             };
-            if f.original.get(at..at + p.len) != Some(&bytes[..p.len]) {
-                self.0.mismatched += 1;
+            if f.original.get(at..at + p.len) != Some(bytes) {
+                self.counters.mismatched += 1;
                 return;
             }
             at += p.len;
         }
         if at == f.original.len() {
-            self.0.verified += 1;
+            self.counters.verified += 1;
         } else {
-            self.0.mismatched += 1;
+            self.counters.mismatched += 1;
         }
     }
     fn counters(&self) -> SinkCounters {
-        self.0
+        self.counters
     }
 }
 
@@ -279,13 +303,10 @@ impl Sink for PcapSink {
     fn consume(&mut self, f: &PlacedFrame<'_>) {
         let start = self.batch.len();
         for p in f.parts {
-            match p.buf.as_slice() {
-                Some(bytes) => self.batch.extend_from_slice(&bytes[..p.len]),
-                None => {
-                    self.batch.truncate(start);
-                    self.counters.unreadable += 1;
-                    return;
-                }
+            if !f.read_part(p, &mut self.batch) {
+                self.batch.truncate(start);
+                self.counters.unreadable += 1;
+                return;
             }
         }
         self.lens
@@ -555,6 +576,7 @@ impl Worker {
             parts: &self.parts,
             rule,
             queue: self.queue,
+            pools: &self.pools,
         });
         self.recycle_parts();
     }
@@ -781,6 +803,7 @@ impl Engine {
                         deadline: p
                             .call_deadline_ms
                             .map_or(defaults.deadline, Duration::from_millis),
+                        instances: p.max_instances.map_or(defaults.instances, |n| n as usize),
                     }),
                 )
             })

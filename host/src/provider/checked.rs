@@ -504,6 +504,16 @@ impl CheckedProvider {
         })
     }
 
+    /// Reads `out.len()` bytes at `offset` in `buf` through the provider's `read` op, for
+    /// memory the CPU may not read by address. A failure here never quarantines: reading
+    /// is optional.
+    pub fn read(&self, buf: Netmem, offset: u32, out: &mut [u8]) -> Result<(), Fault> {
+        if let Some(fault) = self.fault.as_ref().filter(|f| f.is_poisoning()) {
+            return Err(fault.clone());
+        }
+        guarded("read", || self.inner.read(buf, offset, out))
+    }
+
     /// Calls the provider's `destroy` (once) unless it is poisoned. The instance itself is
     /// dropped only when the host holds none of its buffers; see `Pool::shutdown`.
     pub fn destroy(&mut self) {

@@ -25,7 +25,8 @@ use memplex_abi::{
 };
 use memplex_wasm_abi::{exports, WasmInfo, WasmNetmem, ABI_VERSION};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime::{
     Config, Engine, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
@@ -65,6 +66,9 @@ pub struct WasmLimits {
     pub memory: usize,
     /// The longest one guest call may run.
     pub deadline: Duration,
+    /// The most instances of the module alive at once (one per receive queue that uses
+    /// it, plus any a tool such as `check-provider` makes).
+    pub instances: usize,
 }
 
 impl Default for WasmLimits {
@@ -72,7 +76,31 @@ impl Default for WasmLimits {
         WasmLimits {
             memory: 256 << 20,
             deadline: Duration::from_millis(100),
+            instances: 64,
         }
+    }
+}
+
+/// One live instance of a module, counted against [`WasmLimits::instances`]; dropping
+/// it frees the slot.
+struct InstanceSlot(Arc<AtomicUsize>);
+
+impl InstanceSlot {
+    fn take(live: &Arc<AtomicUsize>, limit: usize, name: &str) -> Result<Self, ProviderError> {
+        let was = live.fetch_add(1, Ordering::AcqRel);
+        let slot = InstanceSlot(Arc::clone(live));
+        match was < limit {
+            true => Ok(slot),
+            false => Err(ProviderError::resource(format!(
+                "WASM provider `{name}` is limited to {limit} instance(s) (max_instances) and {was} are running; raise max_instances or use fewer queues"
+            ))),
+        }
+    }
+}
+
+impl Drop for InstanceSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -120,6 +148,8 @@ fn engine() -> Result<&'static Engine, String> {
 pub(super) struct WasmModule {
     module: Module,
     path: PathBuf,
+    /// Instances alive now, shared by the module's clones.
+    live: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for WasmModule {
@@ -184,6 +214,7 @@ pub(super) fn load(path: &Path) -> Result<WasmModule, LoadError> {
     Ok(WasmModule {
         module,
         path: path.to_path_buf(),
+        live: Arc::default(),
     })
 }
 
@@ -201,6 +232,7 @@ impl WasmModule {
         params: &memplex_abi::InitParams,
         limits: WasmLimits,
     ) -> Result<Box<dyn MemoryProvider>, ProviderError> {
+        let slot = InstanceSlot::take(&self.live, limits.instances, &self.name())?;
         let engine = self.module.engine();
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory)
@@ -214,7 +246,7 @@ impl WasmModule {
         let instance = Linker::new(engine)
             .instantiate(&mut store, &self.module)
             .map_err(|e| fault(format!("instantiating: {e:#}")))?;
-        let mut p = WasmProvider::bind(store, &instance, self.name(), ticks)?;
+        let mut p = WasmProvider::bind(store, &instance, self.name(), ticks, slot)?;
         let version = p.call_version()?;
         if version != ABI_VERSION {
             return Err(ProviderError::invalid_config(format!(
@@ -249,7 +281,7 @@ impl WasmModule {
             return Err(code_error(code, "mpx_info"));
         }
         let raw: [u8; WasmInfo::SIZE] = p
-            .read(p.scratch, WasmInfo::SIZE)?
+            .read_vec(p.scratch, WasmInfo::SIZE)?
             .try_into()
             .expect("16 bytes");
         p.info = WasmInfo::from_bytes(&raw);
@@ -286,6 +318,8 @@ struct WasmProvider {
     f_info: TypedFunc<i32, i32>,
     f_alloc: TypedFunc<(i32, i32), i32>,
     f_release: TypedFunc<(i32, i32), i32>,
+    /// Counts this instance against the module's limit until dropped.
+    _slot: InstanceSlot,
 }
 
 impl WasmProvider {
@@ -294,6 +328,7 @@ impl WasmProvider {
         instance: &Instance,
         name: String,
         ticks: u64,
+        slot: InstanceSlot,
     ) -> Result<Self, ProviderError> {
         let memory = instance
             .get_memory(&mut store, exports::MEMORY)
@@ -319,6 +354,7 @@ impl WasmProvider {
             scratch: 0,
             info: WasmInfo::default(),
             calls: 0,
+            _slot: slot,
         })
     }
 
@@ -356,12 +392,12 @@ impl WasmProvider {
         let off = call!(self, f_scratch, len as i32)?;
         let off = u32::try_from(off).map_err(|_| fault(format!("mpx_scratch returned {off}")))?;
         // The scratch area must lie inside memory now; it is checked again on every use.
-        self.read(off, len)?;
+        self.read_vec(off, len)?;
         Ok(off)
     }
 
     /// `len` bytes of guest memory at `off`, bounds-checked.
-    fn read(&self, off: u32, len: usize) -> Result<Vec<u8>, ProviderError> {
+    fn read_vec(&self, off: u32, len: usize) -> Result<Vec<u8>, ProviderError> {
         self.memory
             .data(&self.store)
             .get(off as usize..)
@@ -474,6 +510,28 @@ impl MemoryProvider for WasmProvider {
                 buf.addr
             ))),
         }
+    }
+
+    fn read(&self, buf: Netmem, offset: u32, out: &mut [u8]) -> Result<(), ProviderError> {
+        let src = buf
+            .addr
+            .checked_add(u64::from(offset))
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| {
+                self.memory
+                    .data(&self.store)
+                    .get(at..)
+                    .and_then(|m| m.get(..out.len()))
+            })
+            .ok_or_else(|| {
+                ProviderError::bad_buffer(format!(
+                    "{} bytes at guest offset {:#x}+{offset} lie outside its memory",
+                    out.len(),
+                    buf.addr
+                ))
+            })?;
+        out.copy_from_slice(src);
+        Ok(())
     }
 
     fn stats(&self) -> Vec<Stat> {

@@ -266,4 +266,39 @@ fn wasm_config_places_payload_in_the_sandbox() {
     );
     assert_eq!(t.fallback, 0, "a healthy guest needs no fallback");
     assert_eq!(r.leaked(), 0);
+    // The verify sink reads guest memory through the provider's `read` op: every frame
+    // reassembles byte for byte, none is reported unreadable.
+    assert_eq!(
+        (t.sink.verified, t.sink.mismatched, t.sink.unreadable),
+        (t.received.frames, 0, 0),
+        "{:?}",
+        t.sink
+    );
+}
+
+#[test]
+fn wasm_instance_limit_is_enforced_per_provider() {
+    let env = [
+        ("MEMPLEX_DEVICE__QUEUES", "2"),
+        ("MEMPLEX_PROVIDERS__SANDBOXED__MAX_INSTANCES", "1"),
+    ];
+    let engine = engine_for("wasm.toml", &env);
+    let queues = engine.open_device().unwrap();
+    let err = engine
+        .run(queues, &RunControl::default())
+        .expect_err("two queues, one instance allowed");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("sandboxed") && text.contains("limited to 1 instance"),
+        "{text}"
+    );
+    // Within the limit the same config runs, and the slots are freed afterwards.
+    let env = [
+        ("MEMPLEX_DEVICE__QUEUES", "2"),
+        ("MEMPLEX_PROVIDERS__SANDBOXED__MAX_INSTANCES", "2"),
+    ];
+    for _ in 0..2 {
+        let r = run_config("wasm.toml", &env);
+        assert!(r.total().received.frames > 0);
+    }
 }

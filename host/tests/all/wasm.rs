@@ -49,6 +49,7 @@ fn guest(alloc: &str, release: i32, version: i32) -> ProviderPlugin {
     plugin.with_wasm_limits(WasmLimits {
         memory: 1 << 20,
         deadline: Duration::from_millis(50),
+        ..WasmLimits::default()
     })
 }
 
@@ -249,14 +250,45 @@ fn a_module_that_is_not_a_provider_is_refused() {
 
 #[test]
 fn check_provider_runs_on_wasm_providers() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
-        .args(["check-provider", "slab.wasm"])
-        .env("MEMPLEX_PLUGIN_PATH", build_dir())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("all 10 checks passed"), "{text}");
+    for provider in ["slab.wasm", "ring.wasm"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args(["check-provider", provider])
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("all 10 checks passed"), "{text}");
+        // Guest memory is written with fill and read back with read, not skipped.
+        assert!(
+            text.contains("read back a pattern in") && text.contains("fill and read ops"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn guest_memory_reads_back_through_the_provider() {
+    let plugin = ProviderPlugin::load("slab.wasm", &plugin_path()).unwrap();
+    let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
+    let mut a = pool.alloc().unwrap();
+    let b = pool.alloc().unwrap();
+    assert!(
+        a.as_slice().is_none(),
+        "guest memory is not readable by address"
+    );
+    pool.place(&mut a, 100, b"sandboxed bytes").unwrap();
+    let mut out = b"prefix:".to_vec();
+    assert!(pool.read(&a, 115, &mut out));
+    assert_eq!(&out[..7], b"prefix:");
+    assert_eq!(&out[107..], b"sandboxed bytes");
+    // More than the buffer holds is refused, and `out` is left as it was.
+    let before = out.len();
+    assert!(!pool.read(&b, b.len() + 1, &mut out));
+    assert_eq!(out.len(), before);
+    pool.recycle(a).unwrap();
+    pool.recycle(b).unwrap();
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
 #[test]
