@@ -95,6 +95,9 @@ pub struct DeviceConfig {
     /// How many times a pcap file is replayed (pcap).
     #[serde(default = "one_u32")]
     pub repeat: u32,
+    /// Replay at most this many frames per second, over all queues (pcap; default: as
+    /// fast as the workers take them).
+    pub rate: Option<u64>,
     /// TPACKET_V3 block size in bytes (af_packet).
     #[serde(default = "block_size")]
     pub block_size: u32,

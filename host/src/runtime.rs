@@ -839,7 +839,7 @@ impl Engine {
         Ok(match d.kind {
             crate::config::DeviceKind::Pcap => {
                 let path = d.path.as_deref().expect("validated: pcap has a path");
-                device::pcap::open(path, d.queues, d.repeat)?
+                device::pcap::open(path, d.queues, d.repeat, d.rate)?
                     .into_iter()
                     .map(|q| Box::new(q) as Box<dyn RxQueue>)
                     .collect()

@@ -88,6 +88,142 @@ fn sizes(rng: &mut Rng) -> usize {
     [18, 64, 200, 512, 1000, 1400, 1458][(rng.next() % 7) as usize]
 }
 
+/// What [`generate`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Every frame's length in bytes, Ethernet header included (no FCS).
+    pub frame_size: usize,
+    /// Distinct flows (source ports), spread over receive queues by their hash.
+    pub flows: u16,
+    /// `udp`, `tcp` (with a timestamp option), or `mix` (alternating, every third IPv6).
+    pub proto: Proto,
+    /// An 802.1Q tag on every frame.
+    pub vlan: Option<u16>,
+}
+
+/// The protocols [`generate`] can build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// UDP over IPv4.
+    Udp,
+    /// TCP over IPv4, with options.
+    Tcp,
+    /// UDP and TCP over IPv4 and UDP over IPv6, in turn.
+    Mix,
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "udp" => Ok(Proto::Udp),
+            "tcp" => Ok(Proto::Tcp),
+            "mix" => Ok(Proto::Mix),
+            _ => Err(format!("`{s}` is not a protocol: udp, tcp or mix")),
+        }
+    }
+}
+
+/// The smallest frame [`generate`] can build for `proto` (headers of the largest kind
+/// in the mix, VLAN tag included, one payload byte).
+pub fn min_frame(proto: Proto, vlan: bool) -> usize {
+    let l2 = 14 + if vlan { 4 } else { 0 };
+    l2 + 1
+        + match proto {
+            Proto::Udp => 20 + 8,
+            Proto::Tcp => 20 + 32,
+            Proto::Mix => 40 + 32,
+        }
+}
+
+/// `shape.flows` frames (one per flow) of exactly `shape.frame_size` bytes, for the
+/// benchmark's traffic sources: replayed in memory, from a capture, or sent over a veth.
+/// `Err` names what is out of range.
+pub fn generate(shape: Shape) -> Result<Vec<Vec<u8>>, String> {
+    let min = min_frame(shape.proto, shape.vlan.is_some());
+    if shape.frame_size < min || shape.frame_size > 65_535 {
+        return Err(format!(
+            "frame size {} is out of range: {min} to 65535 bytes for {:?}{}",
+            shape.frame_size,
+            shape.proto,
+            if shape.vlan.is_some() {
+                " with a VLAN tag"
+            } else {
+                ""
+            }
+        ));
+    }
+    if shape.flows == 0 {
+        return Err("flows must be at least 1".into());
+    }
+    if let Some(v) = shape
+        .vlan
+        .filter(|&v| VlanId::try_new(v).is_err() || v == 0)
+    {
+        return Err(format!("VLAN id {v} is out of range: 1 to 4095"));
+    }
+    let mut rng = Rng(0x6d70_7862_656e_6368);
+    let frames = (0..shape.flows)
+        .map(|i| {
+            let sport = 10_000 + i;
+            let kind = match shape.proto {
+                Proto::Mix => [Proto::Udp, Proto::Tcp, Proto::Mix][usize::from(i) % 3],
+                p => p,
+            };
+            let build = |payload: &[u8]| -> Vec<u8> {
+                let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+                let vlan = shape
+                    .vlan
+                    .map(|v| VlanId::try_new(v).expect("checked above"));
+                let mut f = Vec::with_capacity(shape.frame_size);
+                let opts = [
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Timestamp(u32::from(i), 7),
+                ];
+                match (kind, vlan) {
+                    (Proto::Udp, None) => b
+                        .ipv4(V4_A, V4_B, 64)
+                        .udp(sport, 9000)
+                        .write(&mut f, payload),
+                    (Proto::Udp, Some(v)) => b
+                        .single_vlan(v)
+                        .ipv4(V4_A, V4_B, 64)
+                        .udp(sport, 9000)
+                        .write(&mut f, payload),
+                    (Proto::Tcp, None) => b
+                        .ipv4(V4_A, V4_B, 64)
+                        .tcp(sport, 9000, 1, 65535)
+                        .options(&opts)
+                        .expect("options fit")
+                        .write(&mut f, payload),
+                    (Proto::Tcp, Some(v)) => b
+                        .single_vlan(v)
+                        .ipv4(V4_A, V4_B, 64)
+                        .tcp(sport, 9000, 1, 65535)
+                        .options(&opts)
+                        .expect("options fit")
+                        .write(&mut f, payload),
+                    (Proto::Mix, None) => b
+                        .ipv6(V6_A, V6_B, 64)
+                        .udp(sport, 9000)
+                        .write(&mut f, payload),
+                    (Proto::Mix, Some(v)) => b
+                        .single_vlan(v)
+                        .ipv6(V6_A, V6_B, 64)
+                        .udp(sport, 9000)
+                        .write(&mut f, payload),
+                }
+                .expect("valid frame");
+                f
+            };
+            let headers = build(&[]).len();
+            build(&rng.bytes(shape.frame_size - headers))
+        })
+        .collect();
+    Ok(frames)
+}
+
 /// Frames of mix `name` (one of [`MIXES`]), `count` of them.
 pub fn mix(name: &str, count: usize) -> Option<Vec<Vec<u8>>> {
     let mut rng = Rng(0x6d70_7800_0000_0001 ^ name.len() as u64);
@@ -176,4 +312,83 @@ pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
     }
     w.into_writer().into_inner().map_err(|e| e.into_error())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_frames_have_the_asked_size_and_parse() {
+        for proto in [Proto::Udp, Proto::Tcp, Proto::Mix] {
+            for vlan in [None, Some(100)] {
+                for size in [
+                    min_frame(proto, vlan.is_some()),
+                    64.max(min_frame(proto, vlan.is_some())),
+                    1500,
+                    9000,
+                ] {
+                    let shape = Shape {
+                        frame_size: size,
+                        flows: 6,
+                        proto,
+                        vlan,
+                    };
+                    let frames = generate(shape).unwrap();
+                    assert_eq!(frames.len(), 6);
+                    for f in &frames {
+                        assert_eq!(f.len(), size, "{shape:?}");
+                        let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+                        assert!(p.transport.is_some(), "{shape:?}");
+                        assert_eq!(p.link_exts.is_empty(), vlan.is_none(), "{shape:?}");
+                    }
+                    let flows: std::collections::BTreeSet<_> = frames
+                        .iter()
+                        .map(|f| {
+                            match etherparse::SlicedPacket::from_ethernet(f)
+                                .unwrap()
+                                .transport
+                            {
+                                Some(etherparse::TransportSlice::Udp(u)) => u.source_port(),
+                                Some(etherparse::TransportSlice::Tcp(t)) => t.source_port(),
+                                other => panic!("{other:?}"),
+                            }
+                        })
+                        .collect();
+                    assert_eq!(flows.len(), 6, "one flow per frame");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn generate_names_what_is_out_of_range() {
+        let shape = Shape {
+            frame_size: 40,
+            flows: 1,
+            proto: Proto::Tcp,
+            vlan: None,
+        };
+        assert!(generate(shape)
+            .unwrap_err()
+            .contains("frame size 40 is out of range: 67 to 65535"));
+        let shape = Shape {
+            frame_size: 64,
+            flows: 0,
+            proto: Proto::Udp,
+            vlan: None,
+        };
+        assert!(generate(shape).unwrap_err().contains("flows"));
+        let shape = Shape {
+            frame_size: 64,
+            flows: 1,
+            proto: Proto::Udp,
+            vlan: Some(5000),
+        };
+        assert!(generate(shape).unwrap_err().contains("VLAN id 5000"));
+        assert!("sctp"
+            .parse::<Proto>()
+            .unwrap_err()
+            .contains("udp, tcp or mix"));
+    }
 }

@@ -11,7 +11,7 @@ use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::DataLink;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Reads every Ethernet frame of a pcap or pcapng file.
 pub fn read_frames(path: &Path) -> Result<Vec<Box<[u8]>>, DeviceError> {
@@ -83,10 +83,36 @@ pub struct PcapQueue {
     next: usize,
     round: u32,
     repeat: u32,
+    pace: Option<Pace>,
 }
 
-/// Opens `queues` queues over the frames of `path`, each replaying its flows `repeat` times.
-pub fn open(path: &Path, queues: u16, repeat: u32) -> Result<Vec<PcapQueue>, DeviceError> {
+/// Replay at a fixed rate: frames due by now, counted from the first poll.
+struct Pace {
+    per_sec: f64,
+    start: Option<Instant>,
+    sent: u64,
+}
+
+impl Pace {
+    /// How many frames may go now (at most `budget`), and how long to wait when none may.
+    fn allowance(&mut self, budget: usize) -> (usize, Duration) {
+        let start = *self.start.get_or_insert_with(Instant::now);
+        let due = (start.elapsed().as_secs_f64() * self.per_sec) as u64 + 1;
+        let n = due.saturating_sub(self.sent).min(budget as u64) as usize;
+        let wait = Duration::from_secs_f64((self.sent + 1) as f64 / self.per_sec)
+            .saturating_sub(start.elapsed());
+        (n, wait)
+    }
+}
+
+/// Opens `queues` queues over the frames of `path`, each replaying its flows `repeat`
+/// times, at `rate` frames per second over all queues when given.
+pub fn open(
+    path: &Path,
+    queues: u16,
+    repeat: u32,
+    rate: Option<u64>,
+) -> Result<Vec<PcapQueue>, DeviceError> {
     let frames: Arc<[Box<[u8]>]> = read_frames(path)?.into();
     if frames.is_empty() {
         return Err(DeviceError::Capture {
@@ -112,6 +138,11 @@ pub fn open(path: &Path, queues: u16, repeat: u32) -> Result<Vec<PcapQueue>, Dev
             next: 0,
             round: 0,
             repeat,
+            pace: rate.filter(|&r| r > 0).map(|r| Pace {
+                per_sec: r as f64 / f64::from(queues),
+                start: None,
+                sent: 0,
+            }),
         })
         .collect())
 }
@@ -120,9 +151,22 @@ impl RxQueue for PcapQueue {
     fn poll(
         &mut self,
         budget: usize,
-        _timeout: Duration,
+        timeout: Duration,
         on_frame: &mut dyn FnMut(&[u8]),
     ) -> Result<Poll, DeviceError> {
+        let budget = match self.pace.as_mut() {
+            None => budget,
+            Some(pace) => match pace.allowance(budget) {
+                (0, wait) => {
+                    std::thread::sleep(wait.min(timeout));
+                    return Ok(Poll::Idle);
+                }
+                (n, _) => {
+                    pace.sent += n as u64;
+                    n
+                }
+            },
+        };
         let mut n = 0;
         while n < budget {
             if self.next == self.mine.len() {

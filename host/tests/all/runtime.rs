@@ -302,3 +302,20 @@ fn wasm_instance_limit_is_enforced_per_provider() {
         assert!(r.total().received.frames > 0);
     }
 }
+
+#[test]
+fn pcap_replay_keeps_to_the_given_rate() {
+    // default.pcap replayed 3 times at 4000 frames/s: never faster than the rate allows
+    // (a lower bound only, so a slow machine cannot fail it).
+    let frames = 3 * frames_in("default.pcap");
+    let r = run_config(
+        "tcp-split.toml",
+        &[
+            ("MEMPLEX_DEVICE__REPEAT", "3"),
+            ("MEMPLEX_DEVICE__RATE", "4000"),
+        ],
+    );
+    assert_eq!(r.total().received.frames, frames);
+    let least = std::time::Duration::from_secs_f64((frames - 2) as f64 / 4000.0);
+    assert!(r.elapsed >= least, "{:?} < {least:?}", r.elapsed);
+}
