@@ -316,7 +316,80 @@ fn enter(ns: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
+/// Sends `frames` round and round out of `dev` (this namespace) until `until`, in
+/// batches of 64 with one `sendmmsg(2)` each, on a packet socket that bypasses the
+/// qdisc; at most `rate` frames per second when given. Returns the frames sent. A full
+/// device queue (ENOBUFS) is part of a flood, not an error: the batch is retried.
+pub fn blast(
+    dev: &str,
+    frames: &[Vec<u8>],
+    until: std::time::Instant,
+    rate: Option<u64>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64, NetError> {
+    const BATCH: usize = 64;
+    if frames.is_empty() {
+        return Ok(0);
+    }
+    let sys = |what: &str| NetError::Sys {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    let (fd, sll) = packet_socket(dev)?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a live local; the fd is open.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let mut iov: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        if let Some(r) = rate.filter(|&r| r > 0) {
+            let due = (start.elapsed().as_secs_f64() * r as f64) as u64;
+            if due < sent + BATCH as u64 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            }
+        }
+        // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for m in msgs.iter_mut() {
+            m.msg_hdr.msg_name = std::ptr::from_ref(&sll) as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_hdr.msg_iov = &mut iov[next];
+            m.msg_hdr.msg_iovlen = 1;
+            next = (next + 1) % frames.len();
+        }
+        // SAFETY: every header points at a live iovec over a live frame and at `sll`,
+        // all of which outlive the call; the fd is open.
+        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
+        match n {
+            n if n >= 0 => sent += n as u64,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) => {
+                std::thread::yield_now()
+            }
+            _ => return Err(sys(&format!("sendmmsg on {dev}"))),
+        }
+    }
+    Ok(sent)
+}
+
+/// A raw packet socket and the address to send out of `dev` with.
+fn packet_socket(dev: &str) -> Result<(OwnedFd, libc::sockaddr_ll), NetError> {
     let sys = |what: &str| NetError::Sys {
         what: what.to_string(),
         source: std::io::Error::last_os_error(),
@@ -342,6 +415,15 @@ fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_ifindex = index as i32;
     sll.sll_halen = 6;
+    Ok((fd, sll))
+}
+
+fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
+    let sys = |what: &str| NetError::Sys {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    let (fd, sll) = packet_socket(dev)?;
     for f in frames {
         // SAFETY: `f` is a live byte slice of the given length, and `sll` a valid
         // sockaddr_ll whose size is passed; the fd is open.

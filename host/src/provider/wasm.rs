@@ -411,20 +411,21 @@ impl WasmProvider {
     }
 
     /// Writes `bytes` into guest memory at `off`, bounds-checked.
+    /// The per-frame path (`fill`): one lookup of the memory, one bounds check, one copy.
+    #[inline]
     fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), ProviderError> {
-        let len = bytes.len();
-        let size = self.memory.data_size(&self.store);
-        self.memory
-            .data_mut(&mut self.store)
-            .get_mut(off as usize..)
-            .and_then(|s| s.get_mut(..len))
-            .ok_or_else(|| {
-                fault(format!(
-                    "{len} bytes at guest offset {off:#x} lie outside its memory of {size} bytes"
-                ))
-            })?
-            .copy_from_slice(bytes);
-        Ok(())
+        let mem = self.memory.data_mut(&mut self.store);
+        let size = mem.len();
+        match mem.get_mut(off as usize..off as usize + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(fault(format!(
+                "{} bytes at guest offset {off:#x} lie outside its memory of {size} bytes",
+                bytes.len()
+            ))),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use memplex::pool::PoolReport;
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 use std::path::PathBuf;
 
+mod bench;
 mod netdemo;
 mod run;
 
@@ -64,6 +65,9 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         frames: usize,
     },
+    /// Compare configs or providers on the same traffic: interleaved rounds, medians,
+    /// ratios against a baseline and a bare read loop; a table, Markdown, JSON, SVG.
+    Bench(bench::BenchArgs),
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -220,6 +224,7 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Config {
             cmd: ConfigCmd::Check { file },
         } => run::check(&path, &file),
+        Command::Bench(args) => bench::bench(&path, &args),
     }
 }
 

@@ -28,7 +28,7 @@ fn load(config: &Option<PathBuf>, env: &[(&str, String)]) -> Result<Config> {
 }
 
 /// Sets `stop` on Ctrl-C or SIGTERM, so the demo cleans up instead of dying.
-fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
+pub(crate) fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
