@@ -283,3 +283,154 @@ fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
     );
     assert!(text.contains("verified 300000, mismatched 0"), "{text}");
 }
+
+/// `memplex bench` with the plugin path set, from the configs directory.
+fn bench(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .arg("bench")
+        .args(args)
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .current_dir(configs(""))
+        .output()
+        .expect("run memplex bench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn bench_compares_providers_in_memory_and_writes_every_output() {
+    let dir = std::env::temp_dir().join(format!("memplex-bench-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (md, json, svg) = (dir.join("b.md"), dir.join("b.json"), dir.join("b.svg"));
+    let (code, out) = bench(&[
+        "tcp-split.toml",
+        "--vary",
+        "providers.payload.plugin=slab,heap",
+        "--frame-size",
+        "512,1500",
+        "--proto",
+        "tcp",
+        "--repeats",
+        "2",
+        "--seconds",
+        "0.2",
+        "--baseline",
+        "heap",
+        "--markdown",
+        md.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ratios against `heap`"), "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // 2 traffics x 3 variants (slab, heap, bare) x 2 repeats, interleaved.
+    let rounds = doc["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 12);
+    let order: Vec<&str> = rounds[..6]
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["slab", "heap", "bare", "slab", "heap", "bare"]);
+    for r in rounds {
+        assert!(r["frames"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["drops"].as_u64(), Some(0), "{r}");
+    }
+    let summary = doc["summary"].as_array().unwrap();
+    assert_eq!(summary.len(), 6);
+    for s in summary {
+        let variant = s["variant"].as_str().unwrap();
+        let vs = s["vs_baseline"].as_f64().unwrap();
+        let of_bare = s["of_bare"].as_f64().unwrap();
+        match variant {
+            "heap" => assert_eq!(vs, 1.0),
+            "bare" => assert_eq!(of_bare, 1.0),
+            _ => assert!(vs > 0.0 && of_bare > 0.0 && of_bare < 1.0, "{s}"),
+        }
+        if variant != "bare" {
+            // Payload of TCP frames goes to the provider under test.
+            assert!(s["providers"]["payload"].as_u64().unwrap() > 0, "{s}");
+            assert!(s["hit_rate"].as_f64().unwrap() > 0.9, "{s}");
+        }
+    }
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.contains("| 1500 B tcp | slab |"), "{md}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("slab") && svg.contains("512 B tcp"),
+        "{svg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_refuses_bad_input_with_the_reason() {
+    for (args, want) in [
+        (
+            &["--vary", "providers.payload.plugin"][..],
+            "is not KEY=V1,V2",
+        ),
+        (
+            &["--baseline", "nope"][..],
+            "--baseline `nope` is not one of the variants",
+        ),
+        (
+            &["--source", "pcap"][..],
+            "--source pcap needs --capture FILE",
+        ),
+        (&["--frame-size", "10"][..], "frame size 10 is out of range"),
+        (&["--repeats", "0"][..], "--repeats must be at least 1"),
+        (&["no-such.toml"][..], "reading no-such.toml"),
+        (&["--set", "device.queues"][..], "is not KEY=VALUE"),
+    ] {
+        let (code, out) = bench(args);
+        assert_ne!(code, 0, "{args:?}: {out}");
+        assert!(out.contains(want), "{args:?}: {out}");
+    }
+}
+
+#[test]
+fn bench_replays_a_capture_at_a_rate_and_over_a_veth() {
+    let (code, out) = bench(&[
+        "tcp-split.toml",
+        "--source",
+        "pcap",
+        "--capture",
+        "captures/default.pcap",
+        "--rate",
+        "20000",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0.3",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("default.pcap at 20000 fps"), "{out}");
+    if !memplex::testnet::privileged() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but not root: the veth benchmark must run in CI"
+        );
+        eprintln!("skipping the veth half: it needs root (it creates network namespaces)");
+        return;
+    }
+    let (code, out) = bench(&[
+        "tcp-split.toml",
+        "--source",
+        "veth",
+        "--frame-size",
+        "256",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0.5",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("256 B udp") && out.contains("bare"), "{out}");
+}

@@ -437,11 +437,10 @@ fn traffics(args: &BenchArgs) -> Result<Vec<Traffic>> {
                 };
                 out.push(Traffic {
                     label: format!(
-                        "{size} B {:?}{}",
-                        args.proto,
+                        "{size} B {}{}",
+                        format!("{:?}", args.proto).to_lowercase(),
                         args.vlan.map_or(String::new(), |v| format!(" vlan {v}"))
-                    )
-                    .to_lowercase(),
+                    ),
                     frames,
                     capture,
                     frame_size: Some(size),
