@@ -58,9 +58,11 @@ fn wasm_vs_native(c: &mut Criterion) {
         .expect("slab.so (run `cargo xtask bench`)");
     let wasm = memplex::provider::ProviderPlugin::load("slab.wasm", &path)
         .expect("slab.wasm (run `cargo xtask bench`)");
+    let ring = memplex::provider::ProviderPlugin::load("ring.wasm", &path)
+        .expect("ring.wasm (run `cargo xtask bench`)");
     let mut g = c.benchmark_group("wasm_vs_native");
     g.throughput(Throughput::Elements(64));
-    for (label, plugin) in [("so", &native), ("wasm", &wasm)] {
+    for (label, plugin) in [("so", &native), ("wasm", &wasm), ("ring_wasm", &ring)] {
         let mut p = plugin
             .instantiate_unchecked(&memplex_benches::params())
             .unwrap();

@@ -55,6 +55,10 @@ fn main() {
                         "pool",
                         "--bench",
                         "providers",
+                        "--bench",
+                        "split",
+                        "--bench",
+                        "place",
                         "--",
                     ],
                     &rest,
@@ -337,6 +341,37 @@ fn summary(root: &Path) -> Result<(), String> {
         ));
         if let Some(floor) = median(root, "wasm_vs_native/bare_typed_call_x2") {
             lines.push(format!("| floor: two bare wasmtime typed calls, per 64 buffers | {:.2} ns | {:.2}x .so | (floor) |", floor / 64.0, floor / 64.0 / so));
+        }
+    }
+    if let Some(r) = per("ring_wasm") {
+        lines.push(format!(
+            "| ring.wasm (FIFO), same bulk round, sandboxed | {r:.2} ns | - | (no native ring to compare) |"
+        ));
+    }
+    for kind in [
+        "udp_64",
+        "tcp_opts_1500",
+        "ipv6_ext",
+        "vlan_tcp_1500",
+        "vxlan",
+    ] {
+        let m = median(root, &format!("split_{kind}/memplex"));
+        let e = median(root, &format!("split_{kind}/etherparse"));
+        if let (Some(m), Some(e)) = (m, e) {
+            lines.push(format!(
+                "| header-split decision, {kind}: memplex / etherparse slicing | {m:.2} / {e:.2} ns | {:.2}x etherparse | <= 1.0x |",
+                m / e
+            ));
+        }
+    }
+    for size in ["1500", "65535"] {
+        let m = median(root, &format!("place_{size}/memplex"));
+        let c = median(root, &format!("place_{size}/memcpy"));
+        if let (Some(m), Some(c)) = (m, c) {
+            lines.push(format!(
+                "| placing {size} B frames (split + pools + copy) / plain memcpy, per frame | {m:.1} / {c:.1} ns | {:.2}x memcpy throughput | >= 0.8x (1500 B) |",
+                c / m
+            ));
         }
     }
     let table = lines.join("\n");

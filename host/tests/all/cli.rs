@@ -4,11 +4,17 @@ use super::*;
 use std::process::Command;
 
 fn memplex(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
-        .args(args)
-        .env("MEMPLEX_PLUGIN_PATH", "")
-        .output()
-        .expect("run memplex");
+    memplex_in(args, "".as_ref(), None)
+}
+
+/// Runs memplex with `plugin_path` as MEMPLEX_PLUGIN_PATH, in `dir` when given.
+fn memplex_in(args: &[&str], plugin_path: &std::path::Path, dir: Option<&str>) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memplex"));
+    cmd.args(args).env("MEMPLEX_PLUGIN_PATH", plugin_path);
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().expect("run memplex");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -286,19 +292,10 @@ fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
 
 /// `memplex bench` with the plugin path set, from the configs directory.
 fn bench(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
-        .arg("bench")
-        .args(args)
-        .env("MEMPLEX_PLUGIN_PATH", build_dir())
-        .current_dir(configs(""))
-        .output()
-        .expect("run memplex bench");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let args: Vec<&str> = std::iter::once("bench")
+        .chain(args.iter().copied())
+        .collect();
+    memplex_in(&args, &build_dir(), Some(&configs("")))
 }
 
 #[test]

@@ -563,8 +563,8 @@ fn round(
         let reader = s.spawn(
             || -> Result<(u64, u64, u64, Option<memplex::runtime::QueueStats>)> {
                 if bare {
-                    let (f, b, d) = bare_read(rx, &control.stop);
-                    Ok((f, b, d, None))
+                    let c = bare_read(rx, &control.stop);
+                    Ok((c.frames, c.bytes, c.kernel_drops, None))
                 } else {
                     let report = engine.run(rx, &control)?;
                     let t = report.total();
@@ -645,19 +645,27 @@ fn round(
     })
 }
 
-/// Reads every queue on its own thread, counting only, until `stop`: frames, bytes and
-/// kernel drops.
-fn bare_read(rx: Vec<Box<dyn RxQueue>>, stop: &AtomicBool) -> (u64, u64, u64) {
+/// What the bare read loop counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BareCounts {
+    pub frames: u64,
+    pub bytes: u64,
+    pub gso_frames: u64,
+    pub kernel_drops: u64,
+}
+
+/// Reads every queue on its own thread, counting only, until `stop` (or the source ends).
+pub fn bare_read(rx: Vec<Box<dyn RxQueue>>, stop: &AtomicBool) -> BareCounts {
     std::thread::scope(|s| {
         let hs: Vec<_> = rx
             .into_iter()
             .map(|mut q| {
                 s.spawn(move || {
-                    let (mut frames, mut bytes) = (0u64, 0u64);
+                    let mut c = BareCounts::default();
                     while !stop.load(Relaxed) {
                         let r = q.poll(64, Duration::from_millis(50), &mut |f| {
-                            frames += 1;
-                            bytes += f.len() as u64;
+                            c.frames += 1;
+                            c.bytes += f.len() as u64;
                         });
                         if !matches!(
                             r,
@@ -666,13 +674,20 @@ fn bare_read(rx: Vec<Box<dyn RxQueue>>, stop: &AtomicBool) -> (u64, u64, u64) {
                             break;
                         }
                     }
-                    (frames, bytes, q.kernel_drops())
+                    c.gso_frames = q.stats().gso_frames;
+                    c.kernel_drops = q.kernel_drops();
+                    c
                 })
             })
             .collect();
         hs.into_iter()
             .filter_map(|h| h.join().ok())
-            .fold((0, 0, 0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+            .fold(BareCounts::default(), |a, b| BareCounts {
+                frames: a.frames + b.frames,
+                bytes: a.bytes + b.bytes,
+                gso_frames: a.gso_frames + b.gso_frames,
+                kernel_drops: a.kernel_drops + b.kernel_drops,
+            })
     })
 }
 

@@ -312,38 +312,14 @@ pub fn compare(
             let rx = TestNet::in_ns(&ns, open_bare)??;
             let stop = &control.stop;
             let (counts, secs) = timed(&net, load_kind, seconds, stop, || {
-                std::thread::scope(|s| {
-                    let hs: Vec<_> = rx
-                        .into_iter()
-                        .map(|mut q| {
-                            s.spawn(move || {
-                                let (mut frames, mut bytes) = (0u64, 0u64);
-                                while !stop.load(Relaxed) {
-                                    let r = q.poll(64, Duration::from_millis(100), &mut |f| {
-                                        frames += 1;
-                                        bytes += f.len() as u64;
-                                    });
-                                    if r.is_err() {
-                                        break;
-                                    }
-                                }
-                                (frames, bytes, q.stats().gso_frames, q.kernel_drops())
-                            })
-                        })
-                        .collect();
-                    hs.into_iter()
-                        .filter_map(|h| h.join().ok())
-                        .fold((0, 0, 0, 0), |a, b| {
-                            (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3)
-                        })
-                })
+                crate::bench::bare_read(rx, stop)
             })?;
             Round {
                 engine: false,
-                dropped: counts.3,
-                frames: counts.0,
-                bytes: counts.1,
-                gso: counts.2,
+                dropped: counts.kernel_drops,
+                frames: counts.frames,
+                bytes: counts.bytes,
+                gso: counts.gso_frames,
                 secs,
             }
         };
