@@ -181,7 +181,8 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
                 args.source
             );
             TestNet::sweep_stale();
-            Some(TestNet::create(queues(args)).context("building the benchmark network")?)
+            let queues = queues(&variants)?;
+            Some(TestNet::create(queues).context("building the benchmark network")?)
         }
         _ => None,
     };
@@ -277,12 +278,16 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
     Ok(if interrupted.load(Relaxed) { 130 } else { 0 })
 }
 
-fn queues(args: &BenchArgs) -> u16 {
-    args.set
-        .iter()
-        .filter_map(|s| s.strip_prefix("device.queues="))
-        .find_map(|v| v.parse().ok())
-        .unwrap_or(1)
+/// The most receive queues any variant asks for (the network is built for that many).
+fn queues(variants: &[Variant]) -> Result<u16> {
+    let mut most = 1;
+    for v in variants {
+        let env = v.overrides.iter().cloned().collect();
+        let c = Config::from_toml(&v.text, &v.origin, env, v.base.as_deref())
+            .with_context(|| format!("config of `{}`", v.label))?;
+        most = most.max(c.device.queues);
+    }
+    Ok(most)
 }
 
 /// `KEY=VALUE` as a `MEMPLEX_A__B` override.
