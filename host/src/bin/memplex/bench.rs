@@ -409,7 +409,10 @@ fn traffics(args: &BenchArgs) -> Result<Vec<Traffic>> {
                     None => name,
                 },
                 frames: vec![],
-                capture: Some(c.clone()),
+                // Absolute: a config's relative paths are taken from its own directory.
+                capture: Some(
+                    std::path::absolute(c).with_context(|| format!("resolving {}", c.display()))?,
+                ),
                 frame_size: None,
             }])
         }
