@@ -46,9 +46,10 @@ fn place(c: &mut Criterion) {
             pool(256, depth as u32),
             pool(FRAG as u32, (depth * per_frame) as u32),
         );
-        let mut in_flight: VecDeque<(PoolBuf, Vec<PoolBuf>)> = VecDeque::with_capacity(depth);
-        let mut spare: Vec<Vec<PoolBuf>> =
-            (0..=depth).map(|_| Vec::with_capacity(per_frame)).collect();
+        // Buffers in flight, oldest first, flat (as a receive ring holds them), and how
+        // many belong to each frame.
+        let mut in_flight: VecDeque<(usize, PoolBuf)> = VecDeque::with_capacity(depth * per_frame);
+        let mut counts: VecDeque<usize> = VecDeque::with_capacity(depth);
         let mut g = c.benchmark_group(format!("place/{size}"));
         g.throughput(Throughput::Bytes(size as u64));
         let mut next = 0;
@@ -56,24 +57,24 @@ fn place(c: &mut Criterion) {
             b.iter(|| {
                 let frame = black_box(&frames[next][..]);
                 next = (next + 1) % frames.len();
-                if in_flight.len() == depth {
-                    let (head, mut parts) = in_flight.pop_front().unwrap();
-                    heads.recycle(head).unwrap();
-                    for buf in parts.drain(..) {
-                        frags.recycle(buf).unwrap();
+                if counts.len() == depth {
+                    for _ in 0..counts.pop_front().unwrap() {
+                        let (p, buf) = in_flight.pop_front().unwrap();
+                        [&mut heads, &mut frags][p].recycle(buf).unwrap();
                     }
-                    spare.push(parts);
                 }
                 let s = splitter.split(frame);
                 let mut head = heads.alloc().unwrap();
                 heads.place(&mut head, 0, &frame[..s.head_len]).unwrap();
-                let mut parts = spare.pop().unwrap();
+                in_flight.push_back((0, head));
+                let mut n = 1;
                 for chunk in frame[s.head_len..].chunks(FRAG) {
                     let mut buf = frags.alloc().unwrap();
                     frags.place(&mut buf, 0, chunk).unwrap();
-                    parts.push(buf);
+                    in_flight.push_back((1, buf));
+                    n += 1;
                 }
-                in_flight.push_back((head, parts));
+                counts.push_back(n);
             })
         });
         let mut ring = vec![vec![0u8; size]; depth];
