@@ -327,30 +327,36 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ratios against `heap`"), "{out}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    // 2 traffics x 3 variants (slab, heap, bare) x 2 repeats, interleaved.
+    // 2 traffics x 4 variants (slab, heap, and the memcpy and bare loops) x 2 repeats,
+    // interleaved.
     let rounds = doc["rounds"].as_array().unwrap();
-    assert_eq!(rounds.len(), 12);
-    let order: Vec<&str> = rounds[..6]
+    assert_eq!(rounds.len(), 16);
+    let order: Vec<&str> = rounds[..8]
         .iter()
         .map(|r| r["variant"].as_str().unwrap())
         .collect();
-    assert_eq!(order, ["slab", "heap", "bare", "slab", "heap", "bare"]);
+    assert_eq!(
+        order,
+        ["slab", "heap", "memcpy", "bare", "slab", "heap", "memcpy", "bare"]
+    );
     for r in rounds {
         assert!(r["frames"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(r["drops"].as_u64(), Some(0), "{r}");
     }
     let summary = doc["summary"].as_array().unwrap();
-    assert_eq!(summary.len(), 6);
+    assert_eq!(summary.len(), 8);
     for s in summary {
         let variant = s["variant"].as_str().unwrap();
         let vs = s["vs_baseline"].as_f64().unwrap();
         let of_bare = s["of_bare"].as_f64().unwrap();
+        let of_memcpy = s["of_memcpy"].as_f64().unwrap();
         match variant {
             "heap" => assert_eq!(vs, 1.0),
             "bare" => assert_eq!(of_bare, 1.0),
+            "memcpy" => assert_eq!(of_memcpy, 1.0),
             _ => assert!(vs > 0.0 && of_bare > 0.0 && of_bare < 1.0, "{s}"),
         }
-        if variant != "bare" {
+        if variant != "bare" && variant != "memcpy" {
             // Payload of TCP frames goes to the provider under test.
             assert!(s["providers"]["payload"].as_u64().unwrap() > 0, "{s}");
             assert!(s["hit_rate"].as_f64().unwrap() > 0.9, "{s}");

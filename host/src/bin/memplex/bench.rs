@@ -102,6 +102,9 @@ pub struct BenchArgs {
 const DEFAULT: &str = include_str!("../../../../configs/default.toml");
 /// The bare read loop's label.
 const BARE: &str = "bare";
+/// The read loop that also copies every frame into a ring of plain memory: what one
+/// copy per byte costs with no split, pools or providers.
+const MEMCPY: &str = "memcpy";
 
 /// One config variant: where it came from and the overrides that make it.
 struct Variant {
@@ -159,6 +162,8 @@ struct Summary {
     vs_baseline: Option<f64>,
     /// pps / the bare read loop's pps, same traffic.
     of_bare: Option<f64>,
+    /// pps / the read-and-copy loop's pps, same traffic.
+    of_memcpy: Option<f64>,
 }
 
 /// Runs the benchmark; the exit code.
@@ -188,7 +193,7 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
     };
     let mut labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
     if !args.no_bare {
-        labels.push(BARE);
+        labels.extend([MEMCPY, BARE]);
     }
     if let Some(b) = &args.baseline {
         ensure!(
@@ -222,7 +227,11 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
                 }
                 bar.set_message(format!("{} {label}", t.label));
                 let engine = engines.get(i).unwrap_or(&engines[0]);
-                let bare = *label == BARE;
+                let bare = match *label {
+                    BARE => Some(false),
+                    MEMCPY => Some(true),
+                    _ => None,
+                };
                 let r = round(engine, bare, t, args, net.as_ref(), &interrupted)
                     .with_context(|| format!("round {} of `{label}` on {}", repeat + 1, t.label))?;
                 rounds.push(Round {
@@ -376,8 +385,9 @@ fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
     let mut seen = std::collections::BTreeSet::new();
     for v in &out {
         ensure!(
-            v.label != BARE,
-            "a variant may not be called `{BARE}`: that is the bare read loop"
+            v.label != BARE && v.label != MEMCPY,
+            "a variant may not be called `{}`: that name is the baseline loop's",
+            v.label
         );
         ensure!(
             seen.insert(v.label.clone()),
@@ -538,10 +548,11 @@ fn peak_rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// One timed round of `engine` (or the bare loop on its device).
+/// One timed round of `engine`, or with `bare` of the bare loop on its device (copying
+/// each frame when `Some(true)`).
 fn round(
     engine: &Engine,
-    bare: bool,
+    bare: Option<bool>,
     t: &Traffic,
     args: &BenchArgs,
     net: Option<&TestNet>,
@@ -570,8 +581,8 @@ fn round(
     let (outcome, sender_cpu) = std::thread::scope(|s| -> Result<_> {
         let reader = s.spawn(
             || -> Result<(u64, u64, u64, Option<memplex::runtime::QueueStats>)> {
-                if bare {
-                    let c = bare_read(rx, &control.stop);
+                if let Some(copy) = bare {
+                    let c = bare_read(rx, &control.stop, copy);
                     Ok((c.frames, c.bytes, c.kernel_drops, None))
                 } else {
                     let report = engine.run(rx, &control)?;
@@ -663,18 +674,32 @@ pub struct BareCounts {
 }
 
 /// Reads every queue on its own thread, counting only, until `stop` (or the source ends).
-pub fn bare_read(rx: Vec<Box<dyn RxQueue>>, stop: &AtomicBool) -> BareCounts {
+/// With `copy`, each frame is also copied into a 2 MiB ring of plain memory per queue
+/// (about what the pools hold), 64-byte aligned: the memcpy baseline.
+pub fn bare_read(rx: Vec<Box<dyn RxQueue>>, stop: &AtomicBool, copy: bool) -> BareCounts {
     std::thread::scope(|s| {
         let hs: Vec<_> = rx
             .into_iter()
             .map(|mut q| {
                 s.spawn(move || {
                     let mut c = BareCounts::default();
+                    let mut ring = if copy { vec![0u8; 2 << 20] } else { Vec::new() };
+                    let mut at = 0;
                     while !stop.load(Relaxed) {
                         let r = q.poll(64, Duration::from_millis(50), &mut |f| {
                             c.frames += 1;
                             c.bytes += f.len() as u64;
+                            if copy {
+                                if at + f.len() > ring.len() {
+                                    at = 0;
+                                }
+                                if let Some(dst) = ring.get_mut(at..at + f.len()) {
+                                    dst.copy_from_slice(f);
+                                }
+                                at += f.len().next_multiple_of(64);
+                            }
                         });
+                        std::hint::black_box(&mut ring);
                         if !matches!(
                             r,
                             Ok(memplex::device::Poll::Frames(_) | memplex::device::Poll::Idle)
@@ -726,7 +751,7 @@ fn summarise(
             let rs = of(label);
             (!rs.is_empty()).then(|| median(rs.iter().map(|r| r.frames as f64 / r.secs).collect()))
         };
-        let (base, bare) = (pps_of(baseline), pps_of(BARE));
+        let (base, bare, memcpy) = (pps_of(baseline), pps_of(BARE), pps_of(MEMCPY));
         for label in labels {
             let rs = of(label);
             if rs.is_empty() {
@@ -770,6 +795,7 @@ fn summarise(
                     .collect(),
                 vs_baseline: base.map(|b| m / b),
                 of_bare: bare.map(|b| m / b),
+                of_memcpy: memcpy.map(|b| m / b),
             });
         }
     }
@@ -785,6 +811,7 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "Gbit/s",
         "x baseline",
         "of bare",
+        "of memcpy",
         "drops",
         "CPU ns/frame",
         "peak RSS MiB",
@@ -802,6 +829,7 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 format!("{:.2}", s.gbps),
                 s.vs_baseline.map_or("-".into(), |r| format!("{r:.3}")),
                 s.of_bare.map_or("-".into(), |r| format!("{r:.3}")),
+                s.of_memcpy.map_or("-".into(), |r| format!("{r:.3}")),
                 s.drops.to_string(),
                 s.cpu_ns_per_frame.map_or("-".into(), |c| format!("{c:.0}")),
                 format!("{:.1}", s.peak_rss_mib),

@@ -312,7 +312,7 @@ pub fn compare(
             let rx = TestNet::in_ns(&ns, open_bare)??;
             let stop = &control.stop;
             let (counts, secs) = timed(&net, load_kind, seconds, stop, || {
-                crate::bench::bare_read(rx, stop)
+                crate::bench::bare_read(rx, stop, false)
             })?;
             Round {
                 engine: false,
