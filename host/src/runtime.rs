@@ -499,6 +499,8 @@ struct Worker {
     queue: u16,
     name: String,
     splitter: Splitter,
+    /// This frame's split decision, reused frame to frame (see `Splitter::split_into`).
+    decision: crate::wire::Split,
     routes: RouteTable,
     pools: Vec<Pool>,
     names: Arc<[String]>,
@@ -514,7 +516,9 @@ struct Worker {
 impl Worker {
     fn handle(&mut self, frame: &[u8]) {
         self.c.received.add(frame.len());
-        let split = self.splitter.split(frame);
+        self.splitter.split_into(frame, &mut self.decision);
+        let split = &self.decision;
+        let head_len = split.head_len;
         match split.outcome {
             Ok(layer) => self.c.split[layer as usize] += 1,
             Err(reason) => self.c.unsplit[unsplit_index(reason)] += 1,
@@ -540,7 +544,7 @@ impl Worker {
                     return self.recycle_parts();
                 }
             };
-            let want = if head { split.head_len } else { frame.len() };
+            let want = if head { head_len } else { frame.len() };
             let n = (want - at).min(buf.len());
             if self.pools[p]
                 .place(&mut buf, 0, &frame[at..at + n])
@@ -898,6 +902,7 @@ impl Engine {
         Ok(Worker {
             queue,
             name,
+            decision: crate::wire::Split::default(),
             splitter: Splitter {
                 mode: s.mode,
                 fixed_offset: s.fixed_offset,
