@@ -53,6 +53,7 @@ fn place(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("place/{size}"));
         g.throughput(Throughput::Bytes(size as u64));
         let mut next = 0;
+        let mut s = memplex::wire::Split::default();
         g.bench_function("memplex", |b| {
             b.iter(|| {
                 let frame = black_box(&frames[next][..]);
@@ -63,7 +64,7 @@ fn place(c: &mut Criterion) {
                         [&mut heads, &mut frags][p].recycle(buf).unwrap();
                     }
                 }
-                let s = splitter.split(frame);
+                splitter.split_into(frame, &mut s);
                 let mut head = heads.alloc().unwrap();
                 heads.place(&mut head, 0, &frame[..s.head_len]).unwrap();
                 in_flight.push_back((0, head));
