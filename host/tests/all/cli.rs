@@ -437,3 +437,50 @@ fn bench_replays_a_capture_at_a_rate_and_over_a_veth() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("256 B udp") && out.contains("bare"), "{out}");
 }
+
+#[test]
+fn bench_stops_cleanly_on_ctrl_c_and_reports_what_it_measured() {
+    let json = std::env::temp_dir().join(format!("memplex-bench-int-{}.json", std::process::id()));
+    let child = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "bench",
+            "tcp-split.toml",
+            "--repeats",
+            "100",
+            "--seconds",
+            "0.2",
+            "--json",
+        ])
+        .arg(&json)
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .current_dir(configs(""))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for some rounds to finish; far less than the 100 x 2 x 3 asked for.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(130), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("interrupted:") && stderr.contains("rounds measured"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("tcp-split") && stdout.contains("Mpps"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rounds = doc["rounds"].as_array().unwrap().len();
+    assert!(rounds > 0 && rounds < 600, "{rounds} rounds");
+    std::fs::remove_file(&json).unwrap();
+}
