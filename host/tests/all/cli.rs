@@ -350,6 +350,8 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
         let vs = s["vs_baseline"].as_f64().unwrap();
         let of_bare = s["of_bare"].as_f64().unwrap();
         let of_memcpy = s["of_memcpy"].as_f64().unwrap();
+        // The peak is reset before each round, so it is measured, never left blank.
+        assert!(s["peak_rss_mib"].as_f64().unwrap() > 0.0, "{s}");
         match variant {
             "heap" => assert_eq!(vs, 1.0),
             "bare" => assert_eq!(of_bare, 1.0),

@@ -121,7 +121,6 @@ struct Traffic {
     /// Frames to send (veth) or the capture to replay (memory, pcap).
     frames: Vec<Vec<u8>>,
     capture: Option<PathBuf>,
-    frame_size: Option<usize>,
 }
 
 /// One timed round.
@@ -136,7 +135,8 @@ struct Round {
     /// Frames lost: dropped by memplex (no buffer, fault, no route) or by the kernel.
     drops: u64,
     cpu_secs: f64,
-    peak_rss_bytes: u64,
+    /// None where the peak could not be reset for the round (it would be the process's).
+    peak_rss_bytes: Option<u64>,
     /// Pool allocations served from the cache, as a fraction of all allocations.
     hit_rate: Option<f64>,
     /// Buffers each provider supplied.
@@ -155,7 +155,7 @@ struct Summary {
     gbps: f64,
     drops: u64,
     cpu_ns_per_frame: Option<f64>,
-    peak_rss_mib: f64,
+    peak_rss_mib: Option<f64>,
     hit_rate: Option<f64>,
     providers: BTreeMap<String, u64>,
     /// pps / the baseline's pps, same traffic.
@@ -423,14 +423,12 @@ fn traffics(args: &BenchArgs) -> Result<Vec<Traffic>> {
                 capture: Some(
                     std::path::absolute(c).with_context(|| format!("resolving {}", c.display()))?,
                 ),
-                frame_size: None,
             }])
         }
         Source::Tap => Ok(vec![Traffic {
             label: "TAP GSO mix".into(),
             frames: vec![],
             capture: None,
-            frame_size: None,
         }]),
         Source::Memory | Source::Veth => {
             ensure!(args.capture.is_none(), "--capture goes with --source pcap");
@@ -461,7 +459,6 @@ fn traffics(args: &BenchArgs) -> Result<Vec<Traffic>> {
                     ),
                     frames,
                     capture,
-                    frame_size: Some(size),
                 });
             }
             Ok(out)
@@ -537,7 +534,7 @@ fn reset_peak_rss() -> bool {
 }
 
 /// The peak RSS since the last reset, from /proc/self/status (VmHWM).
-fn peak_rss() -> u64 {
+fn peak_rss() -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -545,7 +542,7 @@ fn peak_rss() -> u64 {
                 .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(0, |kib| kib * 1024)
+        .map(|kib| kib * 1024)
 }
 
 /// One timed round of `engine`, or with `bare` of the bare loop on its device (copying
@@ -574,7 +571,7 @@ fn round(
     let tap_dropped = net
         .filter(|_| args.source == Source::Tap)
         .map(TestNet::tap_dropped);
-    reset_peak_rss();
+    let peak_reset = reset_peak_rss();
     let cpu0 = cpu_secs();
     let start = Instant::now();
     let stop = control.stop.clone();
@@ -658,7 +655,7 @@ fn round(
         secs,
         drops,
         cpu_secs: cpu,
-        peak_rss_bytes: peak_rss(),
+        peak_rss_bytes: peak_rss().filter(|_| peak_reset),
         hit_rate,
         providers,
     })
@@ -777,8 +774,11 @@ fn summarise(
                 ),
                 drops: median(rs.iter().map(|r| r.drops as f64).collect()) as u64,
                 cpu_ns_per_frame: (frames > 0 && cpu > 0.0).then(|| cpu * 1e9 / frames as f64),
-                peak_rss_mib: median(rs.iter().map(|r| r.peak_rss_bytes as f64).collect())
-                    / f64::from(1 << 20),
+                peak_rss_mib: rs
+                    .iter()
+                    .map(|r| r.peak_rss_bytes.map(|b| b as f64 / f64::from(1 << 20)))
+                    .collect::<Option<Vec<f64>>>()
+                    .map(median),
                 hit_rate: rs.iter().filter_map(|r| r.hit_rate).reduce(f64::min),
                 providers: names
                     .into_iter()
@@ -832,7 +832,7 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 s.of_memcpy.map_or("-".into(), |r| format!("{r:.3}")),
                 s.drops.to_string(),
                 s.cpu_ns_per_frame.map_or("-".into(), |c| format!("{c:.0}")),
-                format!("{:.1}", s.peak_rss_mib),
+                s.peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
                 s.hit_rate
                     .map_or("-".into(), |h| format!("{:.2}%", h * 100.0)),
                 s.providers
@@ -890,11 +890,7 @@ fn plot(path: &Path, s: &[Summary], traffics: &[Traffic], labels: &[&str]) -> Re
         .x_labels(groups)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            traffics
-                .get(i)
-                .map_or(String::new(), |t| match t.frame_size {
-                    Some(_) | None => t.label.clone(),
-                })
+            traffics.get(i).map_or(String::new(), |t| t.label.clone())
         })
         .y_desc("Mpps")
         .draw()?;
