@@ -34,8 +34,8 @@
 //! frags = "bulk"
 //! ```
 
+pub use crate::route::RouteConfig;
 use crate::wire::SplitMode;
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -206,83 +206,6 @@ fn pool_size() -> u32 {
     1024
 }
 
-/// A port or an inclusive range `"1000-2000"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PortRange(pub u16, pub u16);
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            One(u16),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::One(p) => Ok(PortRange(p, p)),
-            Raw::Text(t) => {
-                let bad = || {
-                    serde::de::Error::custom(format!(
-                        "`{t}` is not a port or a range like \"1000-2000\""
-                    ))
-                };
-                let (a, b) = t.split_once('-').unwrap_or((&t, &t));
-                let (a, b) = (
-                    a.trim().parse().map_err(|_| bad())?,
-                    b.trim().parse().map_err(|_| bad())?,
-                );
-                if a > b {
-                    return Err(bad());
-                }
-                Ok(PortRange(a, b))
-            }
-        }
-    }
-}
-
-/// `match = { ... }` of a route: every given field must match.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatchConfig {
-    /// Ethertype after VLAN tags, as a number or `ipv4` / `ipv6` / `arp`.
-    pub ethertype: Option<Scalar>,
-    /// Outer VLAN id.
-    pub vlan: Option<u16>,
-    /// `ipv4` or `ipv6`.
-    pub l3: Option<String>,
-    /// `tcp`, `udp`, `icmp`, `icmpv6`, or an IP protocol number.
-    pub l4: Option<Scalar>,
-    /// Source address prefix (`10.0.0.0/8`, `fd00::/8`).
-    pub src: Option<IpNet>,
-    /// Destination address prefix.
-    pub dst: Option<IpNet>,
-    /// Source port or range.
-    pub src_port: Option<PortRange>,
-    /// Destination port or range.
-    pub dst_port: Option<PortRange>,
-    /// Either port.
-    pub port: Option<PortRange>,
-    /// VXLAN / GENEVE virtual network id.
-    pub vni: Option<u32>,
-    /// `nvme-tcp` or `iscsi`.
-    pub app: Option<String>,
-}
-
-/// `[[route]]`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Which frames; absent matches every frame.
-    #[serde(default, rename = "match")]
-    pub matches: MatchConfig,
-    /// The provider of head buffers.
-    pub head: String,
-    /// The provider of the first frag buffer.
-    pub frags: String,
-    /// The provider of frag buffers after the first (default: `frags`).
-    pub frags_rest: Option<String>,
-}
-
 /// What a worker does when a provider has no free buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -397,11 +320,33 @@ impl Config {
         env: config::Map<String, String>,
         base: Option<&Path>,
     ) -> Result<Config, ConfigError> {
+        Self::parse(text, origin, base, env, &[])
+    }
+
+    /// As [`from_toml`](Self::from_toml), with `settings` on top: `(key, value)` pairs
+    /// with dotted keys (`providers.payload.plugin`, `device.queues`), the way
+    /// `memplex bench --set` and `--vary` change a config.
+    pub fn with_settings(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+        settings: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        Self::parse(text, origin, base, config::Map::new(), settings)
+    }
+
+    fn parse(
+        text: &str,
+        origin: &str,
+        base: Option<&Path>,
+        env: config::Map<String, String>,
+        settings: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let parse = |e: config::ConfigError| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),
         };
-        let mut cfg: Config = config::Config::builder()
+        let mut builder = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("MEMPLEX")
@@ -409,7 +354,11 @@ impl Config {
                     .separator("__")
                     .try_parsing(true)
                     .source(Some(env)),
-            )
+            );
+        for (key, value) in settings {
+            builder = builder.set_override(key, value.as_str()).map_err(parse)?;
+        }
+        let mut cfg: Config = builder
             .build()
             .map_err(parse)?
             .try_deserialize()
@@ -520,26 +469,14 @@ impl Config {
                 "at least one [[route]] naming head and frags providers".into(),
             ));
         }
-        for (i, r) in self.routes.iter().enumerate() {
-            for (field, value) in [
-                ("head", Some(&r.head)),
-                ("frags", Some(&r.frags)),
-                ("frags_rest", r.frags_rest.as_ref()),
-            ] {
-                if let Some(v) = value {
-                    if !self.providers.contains_key(v) {
-                        return Err(invalid(
-                            format!("route[{i}].{field}"),
-                            format!("names provider `{v}`, which is not defined"),
-                            names(),
-                        ));
-                    }
-                }
-            }
-            crate::route::Matcher::compile(&r.matches).map_err(|(field, problem, allowed)| {
-                invalid(format!("route[{i}].match.{field}"), problem, allowed.into())
-            })?;
-        }
+        let names: Vec<String> = self.providers.keys().cloned().collect();
+        crate::route::RouteTable::new(&self.routes, &names).map_err(|e| {
+            invalid(
+                format!("route[{}].{}", e.route, e.field),
+                format!("names provider `{}`, which is not defined", e.name),
+                e.known.join(", "),
+            )
+        })?;
         if self.split.mode == SplitMode::Fixed && self.split.fixed_offset == 0 {
             return Err(invalid(
                 "split.fixed_offset".into(),
@@ -616,11 +553,32 @@ frags = "bulk"
         assert_eq!(c.split.mode, SplitMode::App);
         assert_eq!(c.device.path.as_deref(), Some(Path::new("/base/t.pcap")));
         assert_eq!(c.providers["bulk"].settings["buffers"], Scalar::Int(8192));
-        assert_eq!(c.routes[0].matches.dst_port, Some(PortRange(4420, 4421)));
+        assert_eq!(
+            c.routes[0].matches.to_string(),
+            "dst=10.0.0.0/8 dst_port=4420-4421 l4=tcp"
+        );
         assert!(
             c.providers.contains_key("Hot"),
             "provider names keep their case"
         );
+    }
+
+    #[test]
+    fn settings_override_any_key() {
+        let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let c = Config::with_settings(
+            GOOD,
+            "test.toml",
+            None,
+            &[set("device.queues", "3"), set("providers.bulk.plugin", "slab.wasm")],
+        )
+        .unwrap();
+        assert_eq!(c.device.queues, 3);
+        assert_eq!(c.providers["bulk"].plugin, "slab.wasm");
+        let e = Config::with_settings(GOOD, "test.toml", None, &[set("device.queues", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queues"), "{e}");
     }
 
     #[test]

@@ -5,21 +5,37 @@
 //! devmem TCP, io_uring zero-copy receive). memplex does this in userspace: providers are
 //! plugins, and buffers recycle through page_pool-like pools.
 //!
+//! One frame's walk visits each module once:
+//!
 //! ```text
-//!   ProviderPlugin (built-in | .so)        provider: loading, discovery, descriptor checks
-//!        | instantiate(queue, buf_size)
-//!        v
-//!   CheckedProvider --alloc_bulk(64)--> Pool (cache 128 -> ring -> provider)
-//!                                          | alloc() / place() / recycle()
-//!                                          v
-//!                                     PoolBuf --> consumer --Recycler--> Pool
+//!  device      RxQueue::poll ──> &[RxFrame]: bytes in the device's memory + RxMeta
+//!    │                           (queue, seq, timestamps, lengths, VLAN, virtio_net_hdr)
+//!  wire        Splitter::split_into ──> Split: head length, layer or reason, offsets,
+//!    │                                         routing fields (FrameMeta)
+//!  route       RouteTable::route(&FrameMeta) ──> (rule, Route { head, frags, frags_rest })
+//!    │
+//!  pool        Pool::alloc ──(slow path, 64 at a time)──> CheckedProvider ──> provider
+//!  provider    Pool::place: one copy of each byte range into its buffer
+//!    │
+//!  runtime     worker: a burst of PlacedFrames ──> Sink (count, verify, pcap, stream)
+//!    │         then every buffer back to its pool's per-queue cache
+//!  stats       counters per queue, route and provider: JSON, totals, Prometheus families
 //! ```
 //!
-//! - [`provider`]: the [`MemoryProvider`](provider::MemoryProvider) abstraction, built-in
-//!   and native loaders, plugin discovery, the contract checker;
+//! - [`config`]: the TOML config (with `MEMPLEX_*` environment overrides), validated;
+//! - [`device`]: receive queues (TAP, AF_PACKET, in-memory replay and pcap) handing
+//!   bursts of frames with metadata;
+//! - [`wire`]: zero-copy header views and the split decision;
+//! - [`route`]: the match grammar and the compiled route table;
+//! - [`provider`]: the [`MemoryProvider`](provider::MemoryProvider) abstraction, built-in,
+//!   native (`.so`) and WASM loaders, plugin discovery, the contract checker;
 //! - [`pool`]: the page_pool equivalent and its counters;
-//! - [`conformance`]: the suite behind `memplex check-provider`;
-//! - [`demo`]: the synthetic split-and-place workload behind `memplex demo`.
+//! - [`runtime`]: the engine, one worker per queue, placed frames and sinks;
+//! - [`stats`]: every counter, defined once;
+//! - [`conformance`]: the suite behind `memplex check-provider`.
+//!
+//! The `memplex` command-line program is a separate crate (`host/cli`), so a program that
+//! embeds this library compiles none of its terminal, plotting or HTTP dependencies.
 //!
 //! ```
 //! use memplex::pool::Pool;
@@ -39,13 +55,11 @@
 
 pub mod config;
 pub mod conformance;
-pub mod demo;
 pub mod device;
 mod mem;
 pub mod pool;
 pub mod provider;
 pub mod route;
 pub mod runtime;
-pub mod testnet;
-pub mod traffic;
+pub mod stats;
 pub mod wire;

@@ -126,32 +126,32 @@ pub enum PlaceError {
     Fill(Fault),
 }
 
-/// page_pool-style counters of one pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Allocations served from the cache.
-    pub alloc_fast: u64,
-    /// Allocations served after a bulk provider call.
-    pub alloc_slow: u64,
-    /// Refill attempts that found the ring empty.
-    pub alloc_empty: u64,
-    /// Allocations served after refilling the cache from the ring.
-    pub alloc_refill: u64,
-    /// Allocations that failed: provider dry, failing or quarantined.
-    pub alloc_fail: u64,
-    /// Recycles into the cache.
-    pub recycle_cached: u64,
-    /// Recycles that found the cache full.
-    pub recycle_cache_full: u64,
-    /// Recycles into the ring.
-    pub recycle_ring: u64,
-    /// Recycles that found the ring full (to the provider from the owner; to the overflow
-    /// queue from other threads).
-    pub recycle_ring_full: u64,
-    /// Buffers given back to the provider.
-    pub recycle_released: u64,
-    /// Buffers out with consumers now.
-    pub inflight: u64,
+crate::counters! {
+    /// page_pool-style counters of one pool.
+    pub struct PoolStats {
+        /// Allocations served from the cache.
+        alloc_fast,
+        /// Allocations served after a bulk provider call.
+        alloc_slow,
+        /// Refill attempts that found the ring empty.
+        alloc_empty,
+        /// Allocations served after refilling the cache from the ring.
+        alloc_refill,
+        /// Allocations that failed: provider dry, failing or quarantined.
+        alloc_fail,
+        /// Recycles into the cache.
+        recycle_cached,
+        /// Recycles that found the cache full.
+        recycle_cache_full,
+        /// Recycles into the ring.
+        recycle_ring,
+        /// queue from other threads).
+        recycle_ring_full,
+        /// Buffers given back to the provider.
+        recycle_released,
+        /// Buffers out with consumers now.
+        inflight: gauge,
+    }
 }
 
 impl PoolStats {

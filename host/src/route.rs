@@ -1,16 +1,147 @@
-//! Routing: config rules to (head provider, frags provider) per frame, first match wins.
+//! Routing: which providers a frame's head and frags go to, by rules over its fields,
+//! first match wins.
 //!
-//! Rules are compiled once into [`Matcher`]s that compare plain integers and prefixes,
-//! so matching a frame allocates nothing and calls nothing.
+//! The grammar lives here. A `match = { ... }` table is parsed once, while the config is
+//! deserialised, straight into a [`Matcher`] of plain integers and prefixes (protocol
+//! names become the `wire` enums' numbers), so a bad field is an error naming it, and
+//! matching a frame allocates nothing and calls nothing. [`RouteTable::new`] then only
+//! resolves provider names to indexes.
+//!
+//! ```toml
+//! [[route]]
+//! match = { l4 = "tcp", dst_port = "4420-4421", dst = "10.0.0.0/8" }
+//! head = "hdr"
+//! frags = "payload"
+//! frags_rest = "spill"      # frags after the first (default: frags)
+//! ```
 
-use crate::config::{MatchConfig, PortRange, RouteConfig, Scalar};
 use crate::wire::app::App;
+use crate::wire::ethernet::EtherType;
+use crate::wire::transport::IpProtocol;
 use crate::wire::FrameMeta;
 use ipnet::IpNet;
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::fmt;
 
-/// A compiled `match = { ... }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A port or an inclusive range `"1000-2000"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl PortRange {
+    #[inline]
+    fn contains(self, port: Option<u16>) -> bool {
+        port.is_some_and(|p| (self.0..=self.1).contains(&p))
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRange(a, b) if a == b => write!(f, "{a}"),
+            PortRange(a, b) => write!(f, "{a}-{b}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(p) => Ok(PortRange(p, p)),
+            Raw::Text(t) => {
+                let bad = || {
+                    serde::de::Error::custom(format!(
+                        "`{t}` is not a port or a range like \"1000-2000\""
+                    ))
+                };
+                let (a, b) = t.split_once('-').unwrap_or((&t, &t));
+                let (a, b) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if a > b {
+                    return Err(bad());
+                }
+                Ok(PortRange(a, b))
+            }
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A protocol given by name or number.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+enum NameOrNumber {
+    Number(i64),
+    Name(String),
+}
+
+/// `match = { ... }` as written; compiled into a [`Matcher`] when deserialised.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct MatchSpec {
+    ethertype: Option<NameOrNumber>,
+    vlan: Option<u16>,
+    l3: Option<String>,
+    l4: Option<NameOrNumber>,
+    src: Option<IpNet>,
+    dst: Option<IpNet>,
+    src_port: Option<PortRange>,
+    dst_port: Option<PortRange>,
+    port: Option<PortRange>,
+    vni: Option<u32>,
+    app: Option<String>,
+}
+
+/// Names of the ethertypes and protocols a match may use, with their wire numbers.
+const ETHERTYPES: [(&str, EtherType); 3] = [
+    ("ipv4", EtherType::Ipv4),
+    ("ipv6", EtherType::Ipv6),
+    ("arp", EtherType::Arp),
+];
+const PROTOCOLS: [(&str, IpProtocol); 4] = [
+    ("tcp", IpProtocol::Tcp),
+    ("udp", IpProtocol::Udp),
+    ("icmp", IpProtocol::Icmp),
+    ("icmpv6", IpProtocol::Icmpv6),
+];
+const APPS: [(&str, App); 2] = [("nvme-tcp", App::NvmeTcp), ("iscsi", App::Iscsi)];
+
+/// A bad `match` field: the field, what is wrong, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`match.{field}`: {problem}; allowed: {allowed}")]
+pub struct MatchError {
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+    /// What would be accepted.
+    pub allowed: &'static str,
+}
+
+fn bad(field: &'static str, problem: String, allowed: &'static str) -> MatchError {
+    MatchError {
+        field,
+        problem,
+        allowed,
+    }
+}
+
+/// A compiled `match = { ... }`: every given field must match. The default matches
+/// every frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "MatchSpec", into = "MatchSpec")]
 pub struct Matcher {
     ethertype: Option<u16>,
     vlan: Option<u16>,
@@ -24,90 +155,63 @@ pub struct Matcher {
     app: Option<App>,
 }
 
-type CompileError = (&'static str, String, &'static str);
+impl TryFrom<MatchSpec> for Matcher {
+    type Error = MatchError;
 
-impl Matcher {
-    /// Compiles a match table; an error gives the field, the problem and what is allowed.
-    pub fn compile(m: &MatchConfig) -> Result<Matcher, CompileError> {
+    fn try_from(m: MatchSpec) -> Result<Matcher, MatchError> {
+        const ETHER_ALLOWED: &str = "ipv4, ipv6, arp or a number 0-65535";
+        const L4_ALLOWED: &str = "tcp, udp, icmp, icmpv6 or a number 0-255";
         let ethertype = match (&m.ethertype, m.l3.as_ref()) {
             (Some(_), Some(_)) => {
-                return Err((
+                return Err(bad(
                     "l3",
                     "is given together with `ethertype`".into(),
                     "one of the two",
                 ))
             }
-            (Some(Scalar::Int(n)), None) if (0..=0xffff).contains(n) => Some(*n as u16),
-            (Some(Scalar::Str(s)), None) | (None, Some(s)) => Some(match s.as_str() {
-                "ipv4" => 0x0800,
-                "ipv6" => 0x86dd,
-                "arp" => 0x0806,
-                other => {
-                    return Err((
-                        "ethertype",
-                        format!("`{other}` is not a known ethertype"),
-                        "ipv4, ipv6, arp or a number 0-65535",
-                    ))
-                }
-            }),
-            (Some(other), None) => {
-                return Err((
-                    "ethertype",
-                    format!("`{other}` is not an ethertype"),
-                    "ipv4, ipv6, arp or a number 0-65535",
-                ))
+            (Some(NameOrNumber::Number(n)), None) => Some(
+                u16::try_from(*n)
+                    .map_err(|_| bad("ethertype", format!("{n} is out of range"), ETHER_ALLOWED))?,
+            ),
+            (Some(NameOrNumber::Name(s)), None) | (None, Some(s)) => {
+                let field = if m.l3.is_some() { "l3" } else { "ethertype" };
+                let e = ETHERTYPES.iter().find(|(n, _)| n == s).ok_or_else(|| {
+                    bad(field, format!("`{s}` is not a known ethertype"), ETHER_ALLOWED)
+                })?;
+                Some(u16::from(e.1))
             }
             (None, None) => None,
         };
         let protocol = match &m.l4 {
             None => None,
-            Some(Scalar::Int(n)) if (0..=255).contains(n) => Some(*n as u8),
-            Some(Scalar::Str(s)) => Some(match s.as_str() {
-                "tcp" => 6,
-                "udp" => 17,
-                "icmp" => 1,
-                "icmpv6" => 58,
-                other => {
-                    return Err((
-                        "l4",
-                        format!("`{other}` is not a known protocol"),
-                        "tcp, udp, icmp, icmpv6 or a number 0-255",
-                    ))
-                }
-            }),
-            Some(other) => {
-                return Err((
-                    "l4",
-                    format!("`{other}` is not a protocol"),
-                    "tcp, udp, icmp, icmpv6 or a number 0-255",
-                ))
+            Some(NameOrNumber::Number(n)) => Some(
+                u8::try_from(*n)
+                    .map_err(|_| bad("l4", format!("{n} is out of range"), L4_ALLOWED))?,
+            ),
+            Some(NameOrNumber::Name(s)) => {
+                let p = PROTOCOLS.iter().find(|(n, _)| n == s).ok_or_else(|| {
+                    bad("l4", format!("`{s}` is not a known protocol"), L4_ALLOWED)
+                })?;
+                Some(u8::from(p.1))
             }
         };
         let app = match m.app.as_deref() {
             None => None,
-            Some("nvme-tcp") => Some(App::NvmeTcp),
-            Some("iscsi") => Some(App::Iscsi),
-            Some(other) => {
-                return Err((
-                    "app",
-                    format!("`{other}` is not a known application protocol"),
-                    "nvme-tcp, iscsi",
-                ))
-            }
+            Some(s) => Some(APPS.iter().find(|(n, _)| *n == s).map(|a| a.1).ok_or_else(
+                || {
+                    bad(
+                        "app",
+                        format!("`{s}` is not a known application protocol"),
+                        "nvme-tcp, iscsi",
+                    )
+                },
+            )?),
         };
-        if m.vlan.is_some_and(|v| v > 4095) {
-            return Err((
-                "vlan",
-                format!("{} is not a VLAN id", m.vlan.unwrap_or_default()),
-                "0 to 4095",
-            ));
+        if let Some(v) = m.vlan.filter(|&v| v > 4095) {
+            return Err(bad("vlan", format!("{v} is not a VLAN id"), "0 to 4095"));
         }
-        if m.vni.is_some_and(|v| v > 0xff_ffff) {
-            return Err((
-                "vni",
-                format!("{} does not fit 24 bits", m.vni.unwrap_or_default()),
-                "0 to 16777215",
-            ));
+        if let Some(v) = m.vni.filter(|&v| v > 0xff_ffff) {
+            return Err(bad("vni", format!("{v} does not fit 24 bits"), "0 to 16777215"));
         }
         Ok(Matcher {
             ethertype,
@@ -122,19 +226,72 @@ impl Matcher {
             app,
         })
     }
+}
+
+impl From<Matcher> for MatchSpec {
+    fn from(m: Matcher) -> MatchSpec {
+        let name_or_number = |n: i64, name: Option<&'static str>| match name {
+            Some(s) => NameOrNumber::Name(s.into()),
+            None => NameOrNumber::Number(n),
+        };
+        MatchSpec {
+            ethertype: m.ethertype.map(|e| {
+                let name = ETHERTYPES.iter().find(|(_, t)| u16::from(*t) == e);
+                name_or_number(i64::from(e), name.map(|n| n.0))
+            }),
+            vlan: m.vlan,
+            l3: None,
+            l4: m.protocol.map(|p| {
+                let name = PROTOCOLS.iter().find(|(_, t)| u8::from(*t) == p);
+                name_or_number(i64::from(p), name.map(|n| n.0))
+            }),
+            src: m.src,
+            dst: m.dst,
+            src_port: m.src_port,
+            dst_port: m.dst_port,
+            port: m.port,
+            vni: m.vni,
+            app: m
+                .app
+                .and_then(|a| APPS.iter().find(|(_, x)| *x == a))
+                .map(|a| a.0.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Matcher {
+    /// `l4=tcp dst_port=4420-4421`, or `(every frame)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = serde_json::to_value(MatchSpec::from(self.clone())).unwrap_or_default();
+        let fields: Vec<String> = spec
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        if fields.is_empty() {
+            f.write_str("(every frame)")
+        } else {
+            f.write_str(&fields.join(" "))
+        }
+    }
+}
+
+impl Matcher {
+    /// True when it matches every frame.
+    pub fn is_catch_all(&self) -> bool {
+        *self == Matcher::default()
+    }
 
     /// True when every given field matches `meta`.
     #[inline]
     pub fn matches(&self, meta: &FrameMeta) -> bool {
         fn opt<T: PartialEq + Copy>(want: Option<T>, got: Option<T>) -> bool {
             want.is_none() || want == got
-        }
-        fn range(want: Option<PortRange>, got: Option<u16>) -> bool {
-            match (want, got) {
-                (None, _) => true,
-                (Some(PortRange(a, b)), Some(p)) => (a..=b).contains(&p),
-                (Some(_), None) => false,
-            }
         }
         fn net(want: &Option<IpNet>, got: Option<std::net::IpAddr>) -> bool {
             match (want, got) {
@@ -148,14 +305,29 @@ impl Matcher {
             && opt(self.protocol, meta.protocol)
             && net(&self.src, meta.src)
             && net(&self.dst, meta.dst)
-            && range(self.src_port, meta.src_port)
-            && range(self.dst_port, meta.dst_port)
-            && (self.port.is_none()
-                || range(self.port, meta.src_port)
-                || range(self.port, meta.dst_port))
+            && self.src_port.is_none_or(|r| r.contains(meta.src_port))
+            && self.dst_port.is_none_or(|r| r.contains(meta.dst_port))
+            && self
+                .port
+                .is_none_or(|r| r.contains(meta.src_port) || r.contains(meta.dst_port))
             && opt(self.vni, meta.vni)
             && opt(self.app, meta.app)
     }
+}
+
+/// `[[route]]`: which frames, and the providers of their head and frags.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Which frames; absent matches every frame.
+    #[serde(default, rename = "match")]
+    pub matches: Matcher,
+    /// The provider of head buffers.
+    pub head: String,
+    /// The provider of the first frag buffer.
+    pub frags: String,
+    /// The provider of frag buffers after the first (default: `frags`).
+    pub frags_rest: Option<String>,
 }
 
 /// Where one route sends a frame's buffers, as indices into the provider list.
@@ -169,6 +341,20 @@ pub struct Route {
     pub frags_rest: usize,
 }
 
+/// A route naming a provider that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`route[{route}].{field}` names provider `{name}`, which is not defined; allowed: {}", known.join(", "))]
+pub struct UnknownProvider {
+    /// The rule's index.
+    pub route: usize,
+    /// `head`, `frags` or `frags_rest`.
+    pub field: &'static str,
+    /// The name given.
+    pub name: String,
+    /// The providers that exist.
+    pub known: Vec<String>,
+}
+
 /// The compiled rule list.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -176,23 +362,37 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles validated routes; `index` maps provider names to positions.
-    pub fn new(routes: &[RouteConfig], index: &BTreeMap<String, usize>) -> Self {
-        let id = |name: &str| index[name];
+    /// The rules of `routes`, with provider names resolved against `providers` (whose
+    /// order gives the indexes).
+    pub fn new(routes: &[RouteConfig], providers: &[String]) -> Result<Self, UnknownProvider> {
         let rules = routes
             .iter()
-            .map(|r| {
-                let matcher = Matcher::compile(&r.matches).expect("validated with the config");
-                let frags = id(&r.frags);
-                let route = Route {
-                    head: id(&r.head),
-                    frags,
-                    frags_rest: r.frags_rest.as_deref().map_or(frags, id),
+            .enumerate()
+            .map(|(i, r)| {
+                let id = |field: &'static str, name: &str| {
+                    providers
+                        .iter()
+                        .position(|p| p == name)
+                        .ok_or_else(|| UnknownProvider {
+                            route: i,
+                            field,
+                            name: name.to_string(),
+                            known: providers.to_vec(),
+                        })
                 };
-                (matcher, route)
+                let frags = id("frags", &r.frags)?;
+                let route = Route {
+                    head: id("head", &r.head)?,
+                    frags,
+                    frags_rest: match &r.frags_rest {
+                        Some(n) => id("frags_rest", n)?,
+                        None => frags,
+                    },
+                };
+                Ok((r.matches.clone(), route))
             })
-            .collect();
-        RouteTable { rules }
+            .collect::<Result<_, _>>()?;
+        Ok(RouteTable { rules })
     }
 
     /// The first rule matching `meta`: its index and route.
@@ -213,5 +413,66 @@ impl RouteTable {
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matcher(toml_table: &str) -> Result<Matcher, String> {
+        #[derive(Deserialize)]
+        struct W {
+            m: Matcher,
+        }
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                &format!("m = {toml_table}"),
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.try_deserialize::<W>())
+            .map(|w| w.m)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn names_become_wire_numbers_and_print_back() {
+        let m = matcher(r#"{ l4 = "tcp", l3 = "ipv6", dst_port = "4420-4421" }"#).unwrap();
+        let meta = FrameMeta {
+            ethertype: 0x86dd,
+            protocol: Some(6),
+            dst_port: Some(4421),
+            ..FrameMeta::default()
+        };
+        assert!(m.matches(&meta));
+        assert!(!m.matches(&FrameMeta {
+            dst_port: Some(4422),
+            ..meta
+        }));
+        assert_eq!(m.to_string(), "dst_port=4420-4421 ethertype=ipv6 l4=tcp");
+        assert_eq!(Matcher::default().to_string(), "(every frame)");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = matcher(r#"{ l4 = "sctpx" }"#).unwrap_err();
+        assert!(e.contains("match.l4") && e.contains("tcp, udp"), "{e}");
+        let e = matcher(r#"{ l4 = 300 }"#).unwrap_err();
+        assert!(e.contains("match.l4") && e.contains("300"), "{e}");
+        let e = matcher(r#"{ vlan = 5000 }"#).unwrap_err();
+        assert!(e.contains("match.vlan"), "{e}");
+    }
+
+    #[test]
+    fn unknown_providers_are_named() {
+        let route = RouteConfig {
+            matches: Matcher::default(),
+            head: "hot".into(),
+            frags: "cold".into(),
+            frags_rest: None,
+        };
+        let e = RouteTable::new(&[route], &["hot".into()]).unwrap_err();
+        assert_eq!(e.to_string(), "`route[0].frags` names provider `cold`, which is not defined; allowed: hot");
     }
 }

@@ -22,7 +22,10 @@
     reason = "packet socket options and the shared TPACKET_V3 ring"
 )]
 
-use super::{DeviceError, DeviceStats, Poll, RxQueue};
+use super::{
+    monotonic_ns, DeviceError, DeviceStats, Poll, RxFrame, RxQueue, Stamp, Vlan, VnetHdr, BURST,
+};
+use arrayvec::ArrayVec;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU16, Ordering};
 use std::time::Duration;
@@ -36,7 +39,9 @@ const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
 const TP_STATUS_KERNEL: u32 = 0;
 const TP_STATUS_USER: u32 = 1;
+const TP_STATUS_CSUMNOTREADY: u32 = 1 << 3;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_CSUM_VALID: u32 = 1 << 7;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 
 /// `struct tpacket_req3`.
@@ -96,7 +101,10 @@ pub struct AfPacketQueue {
     block_size: usize,
     blocks: usize,
     next: usize,
+    /// Frames whose VLAN tag is put back, rebuilt here (grown to the largest burst's
+    /// need, then reused).
     scratch: Vec<u8>,
+    stamp: Stamp,
     stats: DeviceStats,
 }
 
@@ -225,10 +233,27 @@ pub fn open(
             blocks: block_count as usize,
             next: 0,
             scratch: Vec::with_capacity(1 << 16),
+            stamp: Stamp {
+                queue: q,
+                next_seq: 0,
+            },
             stats: DeviceStats::default(),
         });
     }
     Ok(out)
+}
+
+/// The packet header at `at` in a block, when one fits there.
+fn header(block: &[u8], at: usize) -> Option<&Tpacket3Hdr> {
+    let bytes = block.get(at..at.checked_add(std::mem::size_of::<Tpacket3Hdr>())?)?;
+    let ptr = bytes.as_ptr().cast::<Tpacket3Hdr>();
+    if !ptr.is_aligned() {
+        return None;
+    }
+    // SAFETY: `bytes` holds a whole, aligned Tpacket3Hdr (checked above), a plain struct
+    // of integers for which any bytes are valid; it borrows from `block`, which the kernel
+    // leaves alone until the block is handed back.
+    Some(unsafe { &*ptr })
 }
 
 impl AfPacketQueue {
@@ -277,12 +302,20 @@ impl AfPacketQueue {
     }
 }
 
+/// Where a frame of a block is, for one burst.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// In the ring: offset and length within the block.
+    Ring(usize, usize),
+    /// Rebuilt with its VLAN tag in the scratch buffer: offset and length there.
+    Scratch(usize, usize),
+}
+
 impl RxQueue for AfPacketQueue {
     fn poll(
         &mut self,
-        budget: usize,
         timeout: Duration,
-        on_frame: &mut dyn FnMut(&[u8]),
+        on_burst: &mut dyn FnMut(&[RxFrame<'_>]),
     ) -> Result<Poll, DeviceError> {
         if self.status(self.next) & TP_STATUS_USER == 0 {
             self.wait(timeout)?;
@@ -290,9 +323,8 @@ impl RxQueue for AfPacketQueue {
                 return Ok(Poll::Idle);
             }
         }
-        // A whole block at a time (the budget is a hint here: a block is handed back only
-        // when all of its frames are placed).
-        let _ = budget;
+        // A whole block per poll, in bursts of up to BURST frames; the block is handed
+        // back only when all of its frames are placed.
         let base = self.block(self.next);
         let desc = base.cast::<BlockDesc>();
         // SAFETY: the block is ours (TP_STATUS_USER) until we hand it back below, so the
@@ -303,49 +335,81 @@ impl RxQueue for AfPacketQueue {
                 (*desc).offset_to_first_pkt as usize,
             )
         };
+        // SAFETY: the whole block, ours until handed back (see above), lies inside the
+        // mapping (`block` keeps i < blocks).
+        let block = unsafe { std::slice::from_raw_parts(base.cast_const(), self.block_size) };
         let mut at = first;
-        for _ in 0..count {
-            if at + std::mem::size_of::<Tpacket3Hdr>() > self.block_size {
-                break;
-            }
-            // SAFETY: `at` was checked to leave room for a header inside this block; the
-            // kernel aligns packet headers to 16 bytes (TPACKET_ALIGNMENT).
-            let hdr = unsafe { &*base.add(at).cast::<Tpacket3Hdr>() };
-            let (mac, snap) = (usize::from(hdr.mac), hdr.snaplen as usize);
-            if at + mac + snap > self.block_size {
-                break;
-            }
-            // SAFETY: the frame's bytes lie inside this block (checked above), which the
-            // kernel leaves alone until the block is handed back.
-            let frame = unsafe { std::slice::from_raw_parts(base.add(at + mac), snap) };
-            self.stats.largest = self.stats.largest.max(hdr.len as usize);
-            if hdr.status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
-                let tpid = if hdr.status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                    hdr.vlan_tpid
-                } else {
-                    0x8100
+        let mut done = 0;
+        let mut more = true;
+        while more && done < count {
+            let now = monotonic_ns();
+            let mut slots = ArrayVec::<(Slot, super::RxMeta), BURST>::new();
+            self.scratch.clear();
+            while !slots.is_full() && done < count {
+                let Some(hdr) = header(block, at) else {
+                    more = false;
+                    break;
                 };
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&frame[..12]);
-                self.scratch.extend_from_slice(&tpid.to_be_bytes());
-                self.scratch
-                    .extend_from_slice(&(hdr.vlan_tci as u16).to_be_bytes());
-                self.scratch.extend_from_slice(&frame[12..]);
-                on_frame(&self.scratch);
-            } else {
-                on_frame(frame);
+                let (mac, snap) = (usize::from(hdr.mac), hdr.snaplen as usize);
+                let Some(frame) = block.get(at + mac..at + mac + snap) else {
+                    more = false;
+                    break;
+                };
+                let ts = u64::from(hdr.sec) * 1_000_000_000 + u64::from(hdr.nsec);
+                let mut meta = self.stamp.next(frame, hdr.len, ts, now);
+                meta.vnet = VnetHdr {
+                    flags: u8::from(hdr.status & TP_STATUS_CSUMNOTREADY != 0)
+                        | (u8::from(hdr.status & TP_STATUS_CSUM_VALID != 0) << 1),
+                    ..VnetHdr::default()
+                };
+                self.stats.largest = self.stats.largest.max(u64::from(hdr.len));
+                let slot = if hdr.status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                    let tpid = if hdr.status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        hdr.vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    let tci = hdr.vlan_tci as u16;
+                    meta.vlan = Vlan::Restored { tpid, tci };
+                    meta.cap_len += 4;
+                    meta.orig_len += 4;
+                    let start = self.scratch.len();
+                    self.scratch.extend_from_slice(&frame[..12]);
+                    self.scratch.extend_from_slice(&tpid.to_be_bytes());
+                    self.scratch.extend_from_slice(&tci.to_be_bytes());
+                    self.scratch.extend_from_slice(&frame[12..]);
+                    Slot::Scratch(start, self.scratch.len() - start)
+                } else {
+                    Slot::Ring(at + mac, snap)
+                };
+                slots.push((slot, meta));
+                done += 1;
+                if hdr.next_offset == 0 {
+                    more = false;
+                    break;
+                }
+                at += hdr.next_offset as usize;
             }
-            if hdr.next_offset == 0 {
-                break;
+            let burst: ArrayVec<RxFrame<'_>, BURST> = slots
+                .iter()
+                .map(|&(slot, meta)| RxFrame {
+                    data: match slot {
+                        Slot::Ring(o, n) => &block[o..o + n],
+                        Slot::Scratch(o, n) => &self.scratch[o..o + n],
+                    },
+                    meta,
+                })
+                .collect();
+            if !burst.is_empty() {
+                on_burst(&burst);
             }
-            at += hdr.next_offset as usize;
         }
         fence(Ordering::Release);
         // SAFETY: hands the block back: a volatile aligned store to its status word, after
         // the release fence so our reads of it are done first.
         unsafe { std::ptr::addr_of_mut!((*desc).block_status).write_volatile(TP_STATUS_KERNEL) };
         self.next = (self.next + 1) % self.blocks;
-        Ok(Poll::Frames(count))
+        Ok(Poll::Frames(done))
     }
 
     fn name(&self) -> &str {

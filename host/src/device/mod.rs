@@ -1,20 +1,35 @@
-//! Where frames come from: receive queues of a device.
+//! Where frames come from: receive queues of a device, handing over bursts with metadata.
 //!
-//! Every source offers [`RxQueue`]s, one per worker. A queue hands frames to a callback
-//! as borrowed slices of its own memory (the pcap replay buffer, a TAP read buffer, an
-//! AF_PACKET ring block), so the worker reads each byte in place and copies it once,
-//! into provider memory.
+//! Every source offers [`RxQueue`]s, one per worker. A queue hands its worker a burst of
+//! up to [`BURST`] frames at a time, each an [`RxFrame`]: the bytes, borrowed from the
+//! queue's own memory (the replay set, a TAP read arena, an AF_PACKET ring block), and
+//! an [`RxMeta`] saying when and how it arrived. The worker reads each byte in place and
+//! copies it once, into provider memory.
+//!
+//! ```text
+//!  tap (read arena, virtio_net_hdr) ─┐
+//!  af_packet (TPACKET_V3 block)     ─┼─> &[RxFrame] (data + RxMeta) ──> runtime worker
+//!  replay / pcap (in memory)        ─┘
+//! ```
+//!
+//! [`open`] opens the queues a [`DeviceConfig`] describes.
 
 pub mod af_packet;
 pub mod pcap;
+pub mod replay;
 pub mod tap;
 
+use crate::config::{DeviceConfig, DeviceKind};
+pub use crate::stats::DeviceStats;
 use std::time::Duration;
+
+/// The most frames one burst holds.
+pub const BURST: usize = 64;
 
 /// What one poll of a queue found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Poll {
-    /// This many frames were handed to the callback.
+    /// This many frames were handed over, in one or more bursts.
     Frames(usize),
     /// Nothing arrived within the timeout.
     Idle,
@@ -70,14 +85,161 @@ impl DeviceError {
     }
 }
 
+/// GSO type of a frame, from its `virtio_net_hdr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gso {
+    /// An ordinary frame.
+    None,
+    /// A TCP/IPv4 super-frame.
+    Tcpv4,
+    /// A TCP/IPv6 super-frame.
+    Tcpv6,
+    /// A UDP super-frame (USO or UFO).
+    Udp,
+    /// Another value.
+    Other(u8),
+}
+
+/// The checksum state of a frame, from its `virtio_net_hdr` (TAP) or the packet
+/// socket's status (AF_PACKET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// Nothing said: the frame's checksums are as on the wire.
+    AsIs,
+    /// The L4 checksum still has to be completed (a locally sent frame whose checksum
+    /// the NIC would fill in): from `start`, stored at `start + offset`. Both are 0 where
+    /// the device does not say (AF_PACKET).
+    Partial {
+        /// Where checksumming starts.
+        start: u16,
+        /// Where the checksum goes, from `start`.
+        offset: u16,
+    },
+    /// The device has already validated the checksums.
+    Valid,
+}
+
+/// A `virtio_net_hdr` (the 10-byte header of `IFF_VNET_HDR` TAP devices), kept whole so
+/// a frame can go back out with it. All zero for a plain frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    /// `VIRTIO_NET_HDR_F_*` flags: 1 needs checksum, 2 data valid.
+    pub flags: u8,
+    /// `VIRTIO_NET_HDR_GSO_*` (with the ECN bit, 0x80).
+    pub gso_type: u8,
+    /// Length of the headers to copy into each segment.
+    pub hdr_len: u16,
+    /// Bytes of payload per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// Its length on the wire.
+    pub const LEN: usize = 10;
+    const NEEDS_CSUM: u8 = 1;
+    const DATA_VALID: u8 = 2;
+
+    /// Parses the little-endian header at the front of a TAP read.
+    pub fn parse(b: &[u8; Self::LEN]) -> VnetHdr {
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        }
+    }
+
+    /// The GSO type.
+    pub fn gso(&self) -> Gso {
+        match self.gso_type & 0x7f {
+            0 => Gso::None,
+            1 => Gso::Tcpv4,
+            4 => Gso::Tcpv6,
+            3 | 5 => Gso::Udp,
+            other => Gso::Other(other),
+        }
+    }
+
+    /// The checksum state.
+    pub fn checksum(&self) -> Checksum {
+        if self.flags & Self::NEEDS_CSUM != 0 {
+            Checksum::Partial {
+                start: self.csum_start,
+                offset: self.csum_offset,
+            }
+        } else if self.flags & Self::DATA_VALID != 0 {
+            Checksum::Valid
+        } else {
+            Checksum::AsIs
+        }
+    }
+}
+
+/// Whether a frame's VLAN tag is where it was on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Vlan {
+    /// The frame is as received: any tags are in it.
+    #[default]
+    AsReceived,
+    /// The device stripped the outer tag (AF_PACKET's VLAN offload) and memplex put it
+    /// back after the MAC addresses, so the frame is split as it was on the wire.
+    Restored {
+        /// The tag's protocol id (0x8100 or 0x88a8).
+        tpid: u16,
+        /// The tag control information (priority, DEI, VLAN id).
+        tci: u16,
+    },
+}
+
+/// How and when one frame arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RxMeta {
+    /// The capture or device timestamp, wall clock, in ns since the Unix epoch: the
+    /// record's time for a replayed capture, the kernel's for AF_PACKET, the read's for
+    /// TAP.
+    pub timestamp_ns: u64,
+    /// `CLOCK_MONOTONIC` when memplex received the frame's burst, in ns.
+    pub rx_mono_ns: u64,
+    /// The queue's sequence number: 0, 1, 2 ... in receive order, so a consumer that
+    /// misses frames sees the gap.
+    pub seq: u64,
+    /// The frame's length on the wire.
+    pub orig_len: u32,
+    /// The bytes captured (the frame's `data`); below `orig_len` when a capture or ring
+    /// cut the frame short.
+    pub cap_len: u32,
+    /// The receive queue.
+    pub queue: u16,
+    /// VLAN tag status.
+    pub vlan: Vlan,
+    /// The `virtio_net_hdr` (GSO type and size, checksum state).
+    pub vnet: VnetHdr,
+}
+
+/// One received frame: its bytes, in the queue's memory, and its metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct RxFrame<'a> {
+    /// The frame, from the Ethernet header on.
+    pub data: &'a [u8],
+    /// How and when it arrived.
+    pub meta: RxMeta,
+}
+
 /// One receive queue.
 pub trait RxQueue: Send {
-    /// Hands up to `budget` frames to `on_frame`, waiting up to `timeout` for the first.
+    /// Hands what has arrived to `on_burst`, in bursts of at most [`BURST`] frames,
+    /// waiting up to `timeout` for the first. The frames are valid only during the call.
     fn poll(
         &mut self,
-        budget: usize,
         timeout: Duration,
-        on_frame: &mut dyn FnMut(&[u8]),
+        on_burst: &mut dyn FnMut(&[RxFrame<'_>]),
     ) -> Result<Poll, DeviceError>;
 
     /// A name for messages and stats (`mpx0 q1`, `traffic.pcap q0`).
@@ -95,15 +257,76 @@ pub trait RxQueue: Send {
     }
 }
 
-/// Device-level counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DeviceStats {
-    /// GSO super-frames received (TAP with `gso = true`).
-    pub gso_frames: u64,
-    /// The largest frame received, in bytes.
-    pub largest: usize,
-    /// Frames the kernel dropped because the reader fell behind (AF_PACKET).
-    pub kernel_drops: u64,
+/// Opens the queues of the device `d` describes.
+pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
+    fn boxed<Q: RxQueue + 'static>(qs: Vec<Q>) -> Vec<Box<dyn RxQueue>> {
+        qs.into_iter().map(|q| Box::new(q) as Box<dyn RxQueue>).collect()
+    }
+    let missing = |key: &str| {
+        DeviceError::open(
+            format!("{:?} device", d.kind),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("device.{key} is not set"),
+            ),
+        )
+    };
+    Ok(match d.kind {
+        DeviceKind::Pcap => {
+            let path = d.path.as_deref().ok_or_else(|| missing("path"))?;
+            boxed(pcap::open(path, d.queues, d.repeat, d.rate)?)
+        }
+        DeviceKind::Tap => {
+            let name = d.interface.as_deref().ok_or_else(|| missing("interface"))?;
+            boxed(tap::open(name, d.queues, d.gso)?)
+        }
+        DeviceKind::AfPacket => {
+            let name = d.interface.as_deref().ok_or_else(|| missing("interface"))?;
+            boxed(af_packet::open(name, d.queues, d.block_size, d.block_count)?)
+        }
+    })
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: the receive time a burst's frames carry.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The wall clock now, in ns since the Unix epoch.
+pub fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Numbers a queue's frames in receive order and stamps its bursts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamp {
+    /// The queue's index.
+    pub queue: u16,
+    /// The next frame's sequence number.
+    pub next_seq: u64,
+}
+
+impl Stamp {
+    /// Metadata for the next frame of `data` bytes (`orig_len` on the wire), received
+    /// at `rx_mono_ns`.
+    #[inline]
+    pub fn next(&mut self, data: &[u8], orig_len: u32, timestamp_ns: u64, rx_mono_ns: u64) -> RxMeta {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        RxMeta {
+            timestamp_ns,
+            rx_mono_ns,
+            seq,
+            orig_len,
+            cap_len: data.len() as u32,
+            queue: self.queue,
+            vlan: Vlan::AsReceived,
+            vnet: VnetHdr::default(),
+        }
+    }
 }
 
 /// A flow hash over the 5-tuple, for spreading flows over queues like PACKET_FANOUT_HASH.
@@ -129,4 +352,21 @@ pub fn flow_hash(frame: &[u8]) -> u64 {
     mix(&[m.protocol.unwrap_or(0)]);
     mix(&m.ethertype.to_le_bytes());
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vnet_header_fields() {
+        // NEEDS_CSUM, TCPv4 GSO, hdr_len 66, gso_size 1448, csum at 34+16.
+        let b = [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0];
+        let h = VnetHdr::parse(&b);
+        assert_eq!(h.gso(), Gso::Tcpv4);
+        assert_eq!(h.gso_size, 1448);
+        assert_eq!(h.checksum(), Checksum::Partial { start: 34, offset: 16 });
+        assert_eq!(VnetHdr::parse(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]).checksum(), Checksum::Valid);
+        assert_eq!(VnetHdr::default().gso(), Gso::None);
+    }
 }

@@ -16,56 +16,31 @@
     reason = "TUNSETIFF/TUNSETOFFLOAD ioctls and poll(2) on the TAP fds"
 )]
 
-use super::{DeviceError, Poll, RxQueue};
+use super::{
+    monotonic_ns, wall_ns, DeviceError, DeviceStats, Gso, Poll, RxFrame, RxQueue, Stamp, VnetHdr,
+    BURST,
+};
+use arrayvec::ArrayVec;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
-/// The `virtio_net_hdr` in front of every frame with IFF_VNET_HDR.
-pub const VNET_HDR_LEN: usize = 10;
-/// The read buffer: a 64 KiB GSO frame, its vnet header, and room for BIG TCP.
-const BUF_LEN: usize = 256 * 1024;
-
-/// GSO type of a frame, from its `virtio_net_hdr`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gso {
-    /// An ordinary frame.
-    None,
-    /// A TCP/IPv4 super-frame.
-    Tcpv4,
-    /// A TCP/IPv6 super-frame.
-    Tcpv6,
-    /// A UDP super-frame (USO or UFO).
-    Udp,
-    /// Another value.
-    Other(u8),
-}
-
-impl Gso {
-    fn from_hdr(hdr: &[u8]) -> (Gso, u16) {
-        let kind = match hdr[1] & 0x7f {
-            0 => Gso::None,
-            1 => Gso::Tcpv4,
-            4 => Gso::Tcpv6,
-            3 | 5 => Gso::Udp,
-            other => Gso::Other(other),
-        };
-        (kind, u16::from_le_bytes([hdr[4], hdr[5]]))
-    }
-}
+/// The most one read returns: a 64 KiB GSO frame, its vnet header, and room for BIG TCP.
+const MAX_READ: usize = 256 * 1024;
+/// The read arena: room for a burst of ordinary frames (64 of up to 2 KiB) with a
+/// largest read still to come. A burst ends when less than [`MAX_READ`] is left.
+const ARENA: usize = MAX_READ + BURST * 2048;
 
 /// One TAP queue.
 pub struct TapQueue {
     name: String,
     file: File,
     vnet: bool,
-    buf: Box<[u8]>,
-    /// GSO super-frames received.
-    pub gso_frames: u64,
-    /// The largest frame received.
-    pub largest: usize,
+    arena: Box<[u8]>,
+    stamp: Stamp,
+    stats: DeviceStats,
 }
 
 fn ifreq(name: &str, flags: libc::c_int) -> Result<libc::ifreq, DeviceError> {
@@ -154,9 +129,12 @@ pub fn open(name: &str, queues: u16, gso: bool) -> Result<Vec<TapQueue>, DeviceE
             name: format!("{name} q{q}"),
             file,
             vnet: gso,
-            buf: vec![0; BUF_LEN].into_boxed_slice(),
-            gso_frames: 0,
-            largest: 0,
+            arena: vec![0; ARENA].into_boxed_slice(),
+            stamp: Stamp {
+                queue: q,
+                next_seq: 0,
+            },
+            stats: DeviceStats::default(),
         });
     }
     Ok(out)
@@ -200,16 +178,18 @@ pub(super) fn wait_readable(
 impl RxQueue for TapQueue {
     fn poll(
         &mut self,
-        budget: usize,
         timeout: Duration,
-        on_frame: &mut dyn FnMut(&[u8]),
+        on_burst: &mut dyn FnMut(&[RxFrame<'_>]),
     ) -> Result<Poll, DeviceError> {
         if !self.wait(timeout)? {
             return Ok(Poll::Idle);
         }
-        let mut n = 0;
-        while n < budget {
-            let len = match self.file.read(&mut self.buf) {
+        // Read frames one after another into the arena (each 64-byte aligned), then hand
+        // them over as one burst: (start, len, vnet) of each.
+        let mut reads = ArrayVec::<(usize, usize, VnetHdr), BURST>::new();
+        let mut at = 0;
+        while !reads.is_full() && self.arena.len() - at >= MAX_READ {
+            let len = match self.file.read(&mut self.arena[at..at + MAX_READ]) {
                 Ok(len) => len,
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
@@ -223,34 +203,41 @@ impl RxQueue for TapQueue {
                     })
                 }
             };
-            let frame = if self.vnet {
-                if len < VNET_HDR_LEN {
+            let (start, vnet) = if self.vnet {
+                let Some(hdr) = self.arena[at..at + len].first_chunk::<{ VnetHdr::LEN }>() else {
                     continue;
-                }
-                let (gso, _size) = Gso::from_hdr(&self.buf[..VNET_HDR_LEN]);
-                if gso != Gso::None {
-                    self.gso_frames += 1;
-                }
-                &self.buf[VNET_HDR_LEN..len]
+                };
+                (at + VnetHdr::LEN, VnetHdr::parse(hdr))
             } else {
-                &self.buf[..len]
+                (at, VnetHdr::default())
             };
-            self.largest = self.largest.max(frame.len());
-            on_frame(frame);
-            n += 1;
+            reads.push((start, at + len - start, vnet));
+            at = (at + len).next_multiple_of(64);
         }
-        Ok(if n == 0 { Poll::Idle } else { Poll::Frames(n) })
+        if reads.is_empty() {
+            return Ok(Poll::Idle);
+        }
+        let (now, wall) = (monotonic_ns(), wall_ns());
+        let mut burst = ArrayVec::<RxFrame<'_>, BURST>::new();
+        for &(start, len, vnet) in &reads {
+            let data = &self.arena[start..start + len];
+            let mut meta = self.stamp.next(data, len as u32, wall, now);
+            meta.vnet = vnet;
+            if vnet.gso() != Gso::None {
+                self.stats.gso_frames += 1;
+            }
+            self.stats.largest = self.stats.largest.max(len as u64);
+            burst.push(RxFrame { data, meta });
+        }
+        on_burst(&burst);
+        Ok(Poll::Frames(burst.len()))
     }
 
     fn name(&self) -> &str {
         &self.name
     }
 
-    fn stats(&self) -> super::DeviceStats {
-        super::DeviceStats {
-            gso_frames: self.gso_frames,
-            largest: self.largest,
-            ..Default::default()
-        }
+    fn stats(&self) -> DeviceStats {
+        self.stats
     }
 }

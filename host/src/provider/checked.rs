@@ -167,23 +167,24 @@ struct Slot {
     state: State,
 }
 
-/// Counts kept by the checker for one provider instance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProviderCounters {
-    /// `alloc_bulk` calls made.
-    pub alloc_calls: u64,
-    /// `release_bulk` calls made.
-    pub release_calls: u64,
-    /// Buffers accepted from the provider.
-    pub handed_out: u64,
-    /// Buffers given back to the provider.
-    pub released: u64,
-    /// Descriptors refused by the checks.
-    pub rejected: u64,
-    /// Buffers the host could not give back because the provider is poisoned.
-    pub stranded: u64,
-    /// Non-fatal errors returned by the provider.
-    pub errors: u64,
+crate::counters! {
+    /// Counts kept by the checker for one provider instance.
+    pub struct ProviderCounters {
+        /// `alloc_bulk` calls made.
+        alloc_calls,
+        /// `release_bulk` calls made.
+        release_calls,
+        /// Buffers accepted from the provider.
+        handed_out,
+        /// Buffers given back to the provider.
+        released,
+        /// Descriptors refused by the checks.
+        rejected,
+        /// Buffers the host could not give back because the provider is poisoned.
+        stranded,
+        /// Non-fatal errors returned by the provider.
+        errors,
+    }
 }
 
 /// A provider instance behind the host's checks. See the module docs.

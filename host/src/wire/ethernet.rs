@@ -1,6 +1,6 @@
 //! Ethernet II and 802.1Q / 802.1ad (QinQ) VLAN tags.
 
-use super::Field;
+use super::{Error, Field};
 
 mod field {
     use super::Field;
@@ -41,21 +41,37 @@ impl From<u16> for EtherType {
     }
 }
 
+impl From<EtherType> for u16 {
+    /// The number on the wire (0x8100 for [`EtherType::Vlan`]).
+    fn from(e: EtherType) -> u16 {
+        match e {
+            EtherType::Ipv4 => 0x0800,
+            EtherType::Ipv6 => 0x86dd,
+            EtherType::Arp => 0x0806,
+            EtherType::Vlan => 0x8100,
+            EtherType::Unknown(v) => v,
+        }
+    }
+}
+
 /// A view of an Ethernet header at the front of a buffer.
 #[derive(Debug, Clone, Copy)]
-pub struct Frame<T: AsRef<[u8]>> {
+pub struct EthernetFrame<T: AsRef<[u8]>> {
     buffer: T,
 }
 
-impl<T: AsRef<[u8]>> Frame<T> {
+impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Wraps without checking the length; accessors may panic on a short buffer.
     pub const fn new_unchecked(buffer: T) -> Self {
-        Frame { buffer }
+        EthernetFrame { buffer }
     }
 
     /// Wraps after checking the buffer holds the untagged header.
-    pub fn new_checked(buffer: T) -> Option<Self> {
-        (buffer.as_ref().len() >= HEADER_LEN).then_some(Frame { buffer })
+    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+        if buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        Ok(EthernetFrame { buffer })
     }
 
     /// Destination MAC.
@@ -86,8 +102,11 @@ pub struct Tag<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Tag<T> {
     /// Wraps after checking the buffer holds a tag.
-    pub fn new_checked(buffer: T) -> Option<Self> {
-        (buffer.as_ref().len() >= TAG_LEN).then_some(Tag { buffer })
+    pub fn new_checked(buffer: T) -> Result<Self, Error> {
+        if buffer.as_ref().len() < TAG_LEN {
+            return Err(Error::Truncated);
+        }
+        Ok(Tag { buffer })
     }
 
     /// VLAN id, the low 12 bits of the TCI.
@@ -116,14 +135,14 @@ mod tests {
 
     #[test]
     fn parses_mac_and_tag() {
-        let f = Frame::new_checked(&FRAME[..]).unwrap();
+        let f = EthernetFrame::new_checked(&FRAME[..]).unwrap();
         assert_eq!(f.dst(), [2, 0, 0, 0, 0, 1]);
         assert_eq!(f.src(), [2, 0, 0, 0, 0, 2]);
         assert_eq!(EtherType::from(f.ethertype()), EtherType::Vlan);
         let t = Tag::new_checked(&FRAME[14..]).unwrap();
         assert_eq!((t.vid(), t.pcp()), (100, 1));
         assert_eq!(EtherType::from(t.ethertype()), EtherType::Ipv4);
-        assert!(Frame::new_checked(&FRAME[..13]).is_none());
-        assert!(Tag::new_checked(&FRAME[15..]).is_none());
+        assert_eq!(EthernetFrame::new_checked(&FRAME[..13]).err(), Some(Error::Truncated));
+        assert_eq!(Tag::new_checked(&FRAME[15..]).err(), Some(Error::Truncated));
     }
 }

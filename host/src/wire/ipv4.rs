@@ -1,6 +1,6 @@
 //! IPv4, with options.
 
-use super::Field;
+use super::{Error, Field};
 
 mod field {
     use super::Field;
@@ -15,14 +15,6 @@ mod field {
 /// The smallest header (no options).
 pub const MIN_HEADER_LEN: usize = 20;
 
-/// Why a buffer is not a usable IPv4 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// Shorter than the header or the total length says.
-    Truncated,
-    /// Version is not 4, IHL below 5, or total length below the header.
-    Malformed,
-}
 
 /// A checked view of an IPv4 packet.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +24,9 @@ pub struct Packet<T: AsRef<[u8]>> {
 
 impl<T: AsRef<[u8]>> Packet<T> {
     /// Wraps after checking version, header length and total length; after this no
-    /// accessor can panic.
+    /// accessor can panic. [`Error::Truncated`] when shorter than the header or the total
+    /// length says, [`Error::Malformed`] when the version is not 4, IHL is below 5 or the
+    /// total length is below the header.
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < MIN_HEADER_LEN {

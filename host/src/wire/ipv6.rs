@@ -1,6 +1,6 @@
 //! IPv6 and a bounded walk over its extension headers.
 
-use super::Field;
+use super::{Error, Field};
 
 mod field {
     use super::Field;
@@ -15,16 +15,6 @@ pub const HEADER_LEN: usize = 40;
 /// The most extension headers walked before the packet is called malformed.
 pub const MAX_EXT_HEADERS: usize = 8;
 
-/// Why a buffer is not a usable IPv6 packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// Shorter than a header says.
-    Truncated,
-    /// Not version 6.
-    Malformed,
-    /// More than [`MAX_EXT_HEADERS`] extension headers.
-    TooManyExtHeaders,
-}
 
 /// A checked view of an IPv6 packet.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +78,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Walks the extension headers: returns the upper-layer protocol, the offset of its
     /// header from the start of this packet, and whether the packet is a non-first
-    /// fragment (which carries no upper-layer header).
+    /// fragment (which carries no upper-layer header). [`Error::TooDeep`] past
+    /// [`MAX_EXT_HEADERS`] extension headers.
     pub fn upper_layer(&self) -> Result<(u8, usize, bool), Error> {
         let b = &self.buffer.as_ref()[..self.end()];
         let mut next = self.next_header();
@@ -121,7 +112,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
                 return Err(Error::Truncated);
             }
         }
-        Err(Error::TooManyExtHeaders)
+        Err(Error::TooDeep)
     }
 }
 
@@ -168,7 +159,7 @@ mod tests {
         let p = packet(60, &exts, &[]);
         assert_eq!(
             Packet::new_checked(&p[..]).unwrap().upper_layer(),
-            Err(Error::TooManyExtHeaders)
+            Err(Error::TooDeep)
         );
         let p = packet(0, &[17, 5, 0, 0], &[]); // says 48 bytes, has 4
         assert_eq!(

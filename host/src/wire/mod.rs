@@ -58,6 +58,36 @@ impl SplitMode {
     pub const NAMES: &'static str = "none, fixed, l2, l3, l4, app";
 }
 
+/// Why a header is unusable: the one error type of every view in `wire`.
+///
+/// The walk turns it into an [`Unsplit`] reason with [`Error::at`], naming the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// Shorter than the header (or a length field in it) says.
+    Truncated,
+    /// A field that makes no sense: a wrong version, a length below the minimum, a flag
+    /// that says this is not the protocol expected.
+    Malformed,
+    /// More nested headers than are walked (IPv6 extension headers past
+    /// [`ipv6::MAX_EXT_HEADERS`]).
+    TooDeep,
+    /// A well-formed header carrying a protocol memplex does not split (a GENEVE payload
+    /// type, by its ethertype).
+    Unsupported(u16),
+}
+
+impl Error {
+    /// The reason a frame stopping with this error at `layer` is placed whole.
+    #[inline]
+    pub fn at(self, layer: Layer) -> Unsplit {
+        match self {
+            Error::Truncated => Unsplit::Truncated(layer),
+            Error::TooDeep => Unsplit::TooDeep(layer),
+            Error::Malformed | Error::Unsupported(_) => Unsplit::Malformed(layer),
+        }
+    }
+}
+
 /// A protocol layer, for reasons and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Layer {
@@ -71,6 +101,24 @@ pub enum Layer {
     Tunnel,
     /// An application header.
     App,
+}
+
+impl Layer {
+    /// Every layer, in [`index`](Self::index) order.
+    pub const ALL: [Layer; 5] = [Layer::L2, Layer::L3, Layer::L4, Layer::Tunnel, Layer::App];
+    /// Counter names, in [`index`](Self::index) order.
+    pub const NAMES: [&'static str; 5] = ["l2", "l3", "l4", "tunnel", "app"];
+
+    /// A dense index, 0 to 4, for counters.
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short name for counters.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
 }
 
 /// Why a frame was placed whole rather than split.
@@ -95,26 +143,45 @@ pub enum Unsplit {
 }
 
 impl Unsplit {
+    /// Counter names, in [`index`](Self::index) order (`TooDeep` is counted as one
+    /// reason whatever its layer).
+    pub const NAMES: [&'static str; 16] = [
+        "disabled",
+        "below_threshold",
+        "not_ip",
+        "not_transport",
+        "fragment",
+        "too_many_headers",
+        "truncated_l2",
+        "truncated_l3",
+        "truncated_l4",
+        "truncated_tunnel",
+        "truncated_app",
+        "malformed_l2",
+        "malformed_l3",
+        "malformed_l4",
+        "malformed_tunnel",
+        "malformed_app",
+    ];
+
+    /// A dense index below `NAMES.len()`, for counters.
+    #[inline]
+    pub fn index(self) -> usize {
+        match self {
+            Unsplit::Disabled => 0,
+            Unsplit::BelowThreshold => 1,
+            Unsplit::NotIp => 2,
+            Unsplit::NotTransport => 3,
+            Unsplit::Fragment => 4,
+            Unsplit::TooDeep(_) => 5,
+            Unsplit::Truncated(l) => 6 + l.index(),
+            Unsplit::Malformed(l) => 11 + l.index(),
+        }
+    }
+
     /// A short `snake_case` name for counters.
     pub fn name(self) -> &'static str {
-        match self {
-            Unsplit::Disabled => "disabled",
-            Unsplit::BelowThreshold => "below_threshold",
-            Unsplit::Truncated(Layer::L2) => "truncated_l2",
-            Unsplit::Truncated(Layer::L3) => "truncated_l3",
-            Unsplit::Truncated(Layer::L4) => "truncated_l4",
-            Unsplit::Truncated(Layer::Tunnel) => "truncated_tunnel",
-            Unsplit::Truncated(Layer::App) => "truncated_app",
-            Unsplit::Malformed(Layer::L2) => "malformed_l2",
-            Unsplit::Malformed(Layer::L3) => "malformed_l3",
-            Unsplit::Malformed(Layer::L4) => "malformed_l4",
-            Unsplit::Malformed(Layer::Tunnel) => "malformed_tunnel",
-            Unsplit::Malformed(Layer::App) => "malformed_app",
-            Unsplit::TooDeep(_) => "too_many_headers",
-            Unsplit::NotIp => "not_ip",
-            Unsplit::NotTransport => "not_transport",
-            Unsplit::Fragment => "fragment",
-        }
+        Self::NAMES[self.index()]
     }
 
     /// True for the reasons that mean the frame itself is bad, not just unsplittable.
@@ -233,7 +300,7 @@ fn walk_into(frame: &[u8], meta: &mut FrameMeta) -> Ends {
 
 fn walk_l2(frame: &[u8], base: usize, w: &mut Walker<'_>, outer: bool) -> Result<(), Unsplit> {
     let layer = if outer { Layer::L2 } else { Layer::Tunnel };
-    let eth = ethernet::Frame::new_checked(&frame[base..]).ok_or(Unsplit::Truncated(layer))?;
+    let eth = ethernet::EthernetFrame::new_checked(&frame[base..]).map_err(|e| e.at(layer))?;
     let mut ethertype = eth.ethertype();
     let mut at = base + ethernet::HEADER_LEN;
     let mut tags = 0;
@@ -241,7 +308,7 @@ fn walk_l2(frame: &[u8], base: usize, w: &mut Walker<'_>, outer: bool) -> Result
         if tags == 2 {
             return Err(Unsplit::TooDeep(layer));
         }
-        let tag = ethernet::Tag::new_checked(&frame[at..]).ok_or(Unsplit::Truncated(layer))?;
+        let tag = ethernet::Tag::new_checked(&frame[at..]).map_err(|e| e.at(layer))?;
         if outer {
             match tags {
                 0 => w.meta.vlan = Some(tag.vid()),
@@ -266,13 +333,10 @@ fn walk_l3(
     w: &mut Walker<'_>,
     outer: bool,
 ) -> Result<(), Unsplit> {
-    let layer = |l| if outer { l } else { Layer::Tunnel };
+    let l3 = if outer { Layer::L3 } else { Layer::Tunnel };
     let (protocol, l3_end, end, fragment) = match EtherType::from(ethertype) {
         EtherType::Ipv4 => {
-            let ip = ipv4::Packet::new_checked(&frame[at..]).map_err(|e| match e {
-                ipv4::Error::Truncated => Unsplit::Truncated(layer(Layer::L3)),
-                ipv4::Error::Malformed => Unsplit::Malformed(layer(Layer::L3)),
-            })?;
+            let ip = ipv4::Packet::new_checked(&frame[at..]).map_err(|e| e.at(l3))?;
             if outer {
                 w.meta.src = Some(IpAddr::V4(Ipv4Addr::from(ip.src())));
                 w.meta.dst = Some(IpAddr::V4(Ipv4Addr::from(ip.dst())));
@@ -285,19 +349,12 @@ fn walk_l3(
             )
         }
         EtherType::Ipv6 => {
-            let ip = ipv6::Packet::new_checked(&frame[at..]).map_err(|e| match e {
-                ipv6::Error::Truncated => Unsplit::Truncated(layer(Layer::L3)),
-                _ => Unsplit::Malformed(layer(Layer::L3)),
-            })?;
+            let ip = ipv6::Packet::new_checked(&frame[at..]).map_err(|e| e.at(l3))?;
             if outer {
                 w.meta.src = Some(IpAddr::V6(Ipv6Addr::from(ip.src())));
                 w.meta.dst = Some(IpAddr::V6(Ipv6Addr::from(ip.dst())));
             }
-            let (protocol, upper, fragment) = ip.upper_layer().map_err(|e| match e {
-                ipv6::Error::TooManyExtHeaders => Unsplit::TooDeep(layer(Layer::L3)),
-                ipv6::Error::Truncated => Unsplit::Truncated(layer(Layer::L3)),
-                ipv6::Error::Malformed => Unsplit::Malformed(layer(Layer::L3)),
-            })?;
+            let (protocol, upper, fragment) = ip.upper_layer().map_err(|e| e.at(l3))?;
             (protocol, at + upper, at + ip.end(), fragment)
         }
         // Not IP, outside or inside a tunnel (ARP inside VXLAN is not malformed).
@@ -322,10 +379,7 @@ fn walk_l4(
     outer: bool,
 ) -> Result<(), Unsplit> {
     let layer = if outer { Layer::L4 } else { Layer::Tunnel };
-    let map = |e| match e {
-        transport::Error::Truncated => Unsplit::Truncated(layer),
-        transport::Error::Malformed => Unsplit::Malformed(layer),
-    };
+    let map = |e: Error| e.at(layer);
     let rest = &datagram[at..];
     match IpProtocol::from(protocol) {
         IpProtocol::Tcp => {
@@ -358,10 +412,7 @@ fn walk_l4(
                 tunnel::GENEVE_PORT => tunnel::geneve(&datagram[l4_end..]),
                 _ => return Ok(()),
             };
-            let t = tunnel.map_err(|e| match e {
-                tunnel::Error::Truncated => Unsplit::Truncated(Layer::Tunnel),
-                _ => Unsplit::Malformed(Layer::Tunnel),
-            })?;
+            let t = tunnel.map_err(|e| e.at(Layer::Tunnel))?;
             w.meta.vni = Some(t.vni);
             // From here the split point is the inner transport header's end.
             w.l4_end = None;
@@ -387,6 +438,12 @@ fn walk_l4(
 pub struct Split {
     /// Bytes that go to the head buffer; the rest of the frame is payload.
     pub head_len: usize,
+    /// Where the outer IP header starts (after Ethernet and VLAN tags), when the walk got
+    /// that far.
+    pub l3_offset: Option<u16>,
+    /// Where the outer transport header starts (after IP options and extension headers),
+    /// when the walk got that far.
+    pub l4_offset: Option<u16>,
     /// Routing fields.
     pub meta: FrameMeta,
     /// `Ok(layer)` when split after `layer` (`L4` for an `app` frame whose application
@@ -411,6 +468,8 @@ impl Default for Split {
     fn default() -> Self {
         Split {
             head_len: 0,
+            l3_offset: None,
+            l4_offset: None,
             meta: FrameMeta::default(),
             outcome: Err(Unsplit::Disabled),
         }
@@ -434,6 +493,9 @@ impl Splitter {
         split.meta = FrameMeta::default();
         split.head_len = frame.len();
         let w = walk_into(frame, &mut split.meta);
+        // Offsets of at most 64 KiB fit; a BIG TCP frame's offsets are still header offsets.
+        split.l3_offset = w.l2_end.map(|o| o as u16);
+        split.l4_offset = w.l3_end.map(|o| o as u16);
         let whole = |split: &mut Split, reason| split.outcome = Err(reason);
         let (at, layer) = match self.mode {
             SplitMode::None => return whole(split, Unsplit::Disabled),

@@ -1,5 +1,7 @@
 //! TCP (with options), UDP, and ICMP / ICMPv6 header lengths and ports.
 
+use super::Error;
+
 /// IP protocol numbers memplex knows, with unknown values carried through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpProtocol {
@@ -27,13 +29,17 @@ impl From<u8> for IpProtocol {
     }
 }
 
-/// Why a transport header is unusable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// Shorter than the header says.
-    Truncated,
-    /// A length field below the minimum.
-    Malformed,
+impl From<IpProtocol> for u8 {
+    /// The number on the wire.
+    fn from(p: IpProtocol) -> u8 {
+        match p {
+            IpProtocol::Tcp => 6,
+            IpProtocol::Udp => 17,
+            IpProtocol::Icmp => 1,
+            IpProtocol::Icmpv6 => 58,
+            IpProtocol::Unknown(v) => v,
+        }
+    }
 }
 
 /// A TCP header view.

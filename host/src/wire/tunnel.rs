@@ -1,5 +1,7 @@
 //! VXLAN (RFC 7348) and GENEVE (RFC 8926) encapsulation headers.
 
+use super::Error;
+
 /// The IANA UDP port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;
 /// The IANA UDP port of GENEVE.
@@ -23,17 +25,6 @@ pub struct Header {
     pub len: usize,
     /// What follows.
     pub inner: Inner,
-}
-
-/// Why a tunnel header is unusable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// Shorter than the header says.
-    Truncated,
-    /// A flag or version that says this is not VXLAN/GENEVE as expected.
-    Malformed,
-    /// GENEVE carrying a protocol memplex does not split.
-    UnknownInner(u16),
 }
 
 fn vni(b: &[u8]) -> u32 {
@@ -66,7 +57,7 @@ pub fn geneve(b: &[u8]) -> Result<Header, Error> {
     let inner = match u16::from_be_bytes([h[2], h[3]]) {
         0x6558 => Inner::Ethernet,
         t @ (0x0800 | 0x86dd) => Inner::Ip(t),
-        other => return Err(Error::UnknownInner(other)),
+        other => return Err(Error::Unsupported(other)),
     };
     Ok(Header {
         vni: vni(h),
@@ -107,6 +98,6 @@ mod tests {
         );
         assert_eq!(geneve(&h[..12]), Err(Error::Truncated));
         h[2..4].copy_from_slice(&[0x88, 0x47]);
-        assert_eq!(geneve(&h), Err(Error::UnknownInner(0x8847)));
+        assert_eq!(geneve(&h), Err(Error::Unsupported(0x8847)));
     }
 }

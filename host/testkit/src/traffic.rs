@@ -250,13 +250,13 @@ pub fn mix(name: &str, count: usize) -> Option<Vec<Vec<u8>>> {
                 0 | 1 => tcp4(
                     None,
                     50010,
-                    crate::wire::app::NVME_TCP_PORT,
+                    memplex::wire::app::NVME_TCP_PORT,
                     i as u32,
                     &nvme_pdu(&mut rng, n.min(1400)),
                 ),
                 2 => tcp4(
                     None,
-                    crate::wire::app::NVME_TCP_PORT,
+                    memplex::wire::app::NVME_TCP_PORT,
                     50010,
                     i as u32,
                     &rng.bytes(n),
@@ -271,12 +271,12 @@ pub fn mix(name: &str, count: usize) -> Option<Vec<Vec<u8>>> {
                 };
                 let (port, mut header) = if i % 3 == 0 {
                     (
-                        crate::wire::tunnel::GENEVE_PORT,
+                        memplex::wire::tunnel::GENEVE_PORT,
                         vec![0x00, 0, 0x65, 0x58, 0, 0, 0x2a, 0],
                     )
                 } else {
                     (
-                        crate::wire::tunnel::VXLAN_PORT,
+                        memplex::wire::tunnel::VXLAN_PORT,
                         vec![0x08, 0, 0, 0, 0, 0, if i % 2 == 0 { 10 } else { 20 }, 0],
                     )
                 };

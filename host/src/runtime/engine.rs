@@ -1,0 +1,258 @@
+//! The engine: a config made ready to run (providers loaded, routes compiled), which
+//! runs a device's queues on one worker thread each.
+
+use super::sink::{ChannelSink, CountSink, PcapOut, PcapSink, Sink, VerifySink};
+use super::worker::{run_queue, Worker};
+use super::{FrameStream, RunControl, RunError, RunReport, StreamRun};
+use crate::config::{Config, SinkKind};
+use crate::device::{self, RxQueue};
+use crate::pool::Pool;
+use crate::provider::{InitParams, PluginPath, ProviderPlugin};
+use crate::route::RouteTable;
+use crate::stats::QueueStats;
+use crate::wire::Splitter;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A config made ready to run: plugins loaded, routes compiled.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    plugins: Vec<ProviderPlugin>,
+    names: Arc<[String]>,
+    fallback: Arc<[Option<usize>]>,
+    routes: RouteTable,
+}
+
+impl Engine {
+    /// Loads every provider the config names.
+    pub fn new(config: Config, path: &PluginPath) -> Result<Self, RunError> {
+        let names: Vec<String> = config.providers.keys().cloned().collect();
+        let index: BTreeMap<String, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let plugins = config
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                let plugin =
+                    ProviderPlugin::load(&p.plugin, path).map_err(|source| RunError::Provider {
+                        name: name.clone(),
+                        source,
+                    })?;
+                let defaults = crate::provider::wasm::WasmLimits::default();
+                Ok::<_, RunError>(
+                    plugin.with_wasm_limits(crate::provider::wasm::WasmLimits {
+                        memory: p
+                            .max_memory_mib
+                            .map_or(defaults.memory, |m| m as usize * (1 << 20)),
+                        deadline: p
+                            .call_deadline_ms
+                            .map_or(defaults.deadline, Duration::from_millis),
+                        instances: p.max_instances.map_or(defaults.instances, |n| n as usize),
+                    }),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let fallback = config
+            .providers
+            .values()
+            .map(|p| p.fallback.as_ref().and_then(|f| index.get(f).copied()))
+            .collect();
+        let routes = RouteTable::new(&config.routes, &names)?;
+        Ok(Engine {
+            config,
+            plugins,
+            names: names.into(),
+            fallback,
+            routes,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The loaded plugins, in provider order.
+    pub fn plugins(&self) -> impl Iterator<Item = (&str, &ProviderPlugin)> {
+        self.names.iter().map(String::as_str).zip(&self.plugins)
+    }
+
+    /// Opens the configured device's queues (see [`device::open`]).
+    pub fn open_device(&self) -> Result<Vec<Box<dyn RxQueue>>, RunError> {
+        Ok(device::open(&self.config.device)?)
+    }
+
+    fn sink(&self, shared: &Option<PcapOut>) -> Box<dyn Sink> {
+        match (self.config.runtime.sink, shared) {
+            (SinkKind::Verify, _) => Box::new(VerifySink::default()),
+            (SinkKind::Pcap, Some(w)) => Box::new(PcapSink::new(Arc::clone(w))),
+            _ => Box::new(CountSink),
+        }
+    }
+
+    fn worker(&self, queue: u16, name: String, sink: Box<dyn Sink>) -> Result<Worker, RunError> {
+        let mut pools = Vec::new();
+        for ((name, plugin), cfg) in self.plugins().zip(self.config.providers.values()) {
+            let params = cfg.settings.iter().fold(
+                InitParams::new(u32::from(queue), cfg.buf_size, cfg.pool_size),
+                |p, (k, v)| p.set(k, &v.to_string()),
+            );
+            let provider = plugin
+                .instantiate(&params)
+                .map_err(|source| RunError::Provider {
+                    name: name.to_string(),
+                    source,
+                })?;
+            pools.push(Pool::new(provider, cfg.pool_size as usize));
+        }
+        let s = &self.config.split;
+        Ok(Worker::new(
+            name,
+            Splitter {
+                mode: s.mode,
+                fixed_offset: s.fixed_offset,
+                hds_threshold: s.hds_threshold,
+            },
+            self.routes.clone(),
+            pools,
+            &self.names,
+            Arc::clone(&self.fallback),
+            self.config.runtime.on_dry,
+            Duration::from_millis(self.config.runtime.wait_ms),
+            sink,
+        ))
+    }
+
+    /// Runs every queue on its own worker thread until the device ends or `control.stop`
+    /// is set, then shuts the pools down and reports. The consumer is the config's sink.
+    pub fn run(
+        &self,
+        queues: Vec<Box<dyn RxQueue>>,
+        control: &RunControl,
+    ) -> Result<RunReport, RunError> {
+        let shared = match (self.config.runtime.sink, &self.config.runtime.sink_path) {
+            (SinkKind::Pcap, Some(path)) => Some(PcapSink::create(path)?),
+            _ => None,
+        };
+        let report = self.run_with(queues, control, |_| self.sink(&shared))?;
+        if let (Some(out), Some(path)) = (shared, &self.config.runtime.sink_path) {
+            // Every sink is gone with its worker, so this is the last handle: flush and
+            // report a failed write rather than lose it in a drop.
+            PcapSink::finish(out, path)?;
+        }
+        Ok(report)
+    }
+
+    /// Runs on a background thread and returns a tokio `Stream` of frames, for embedding
+    /// memplex in an async program. At most `capacity` frames wait in the stream; past
+    /// that the workers wait for the consumer (backpressure). Dropping a frame returns
+    /// its buffers to their pools; the run ends when the device does, when
+    /// `StreamRun::control.stop` is set, or when the stream is dropped and the workers
+    /// next find it closed.
+    ///
+    /// ```no_run
+    /// # async fn f(engine: std::sync::Arc<memplex::runtime::Engine>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio_stream::StreamExt;
+    /// let queues = engine.open_device()?;
+    /// let (mut frames, run) = memplex::runtime::Engine::stream(engine, queues, 1024);
+    /// while let Some(frame) = frames.next().await {
+    ///     println!("{} bytes in {} buffers", frame.len, frame.parts().len());
+    /// }
+    /// let report = run.thread.join().expect("run thread")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(
+        engine: Arc<Engine>,
+        queues: Vec<Box<dyn RxQueue>>,
+        capacity: usize,
+    ) -> (FrameStream, StreamRun) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        let control = RunControl::default();
+        let run_control = control.clone();
+        let thread = std::thread::spawn(move || {
+            let stop = Arc::clone(&run_control.stop);
+            engine.run_with(queues, &run_control, move |_| {
+                Box::new(ChannelSink {
+                    tx: tx.clone(),
+                    sent: 0,
+                    stop: Arc::clone(&stop),
+                })
+            })
+        });
+        (
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            StreamRun { control, thread },
+        )
+    }
+
+    /// Like [`run`](Self::run), with a consumer made per queue by `sink`: for embedding
+    /// memplex with a consumer of one's own.
+    pub fn run_with(
+        &self,
+        queues: Vec<Box<dyn RxQueue>>,
+        control: &RunControl,
+        sink: impl Fn(u16) -> Box<dyn Sink>,
+    ) -> Result<RunReport, RunError> {
+        let mut workers = Vec::new();
+        for (q, rx) in queues.into_iter().enumerate() {
+            let w = self.worker(q as u16, rx.name().to_string(), sink(q as u16))?;
+            workers.push((rx, w));
+        }
+        // The factory may hold resources the sinks share (a stream's sender): drop it so
+        // they are released when the workers' sinks are.
+        drop(sink);
+        *control
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            workers.iter().map(|(_, w)| w.snapshot()).collect();
+        let start = Instant::now();
+        let results: Vec<Result<(QueueStats, Vec<Pool>), RunError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .into_iter()
+                .enumerate()
+                .map(|(i, (rx, w))| {
+                    let name = w.name.clone();
+                    (name, s.spawn(move || run_queue(i, rx, w, control)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(name, h)| h.join().unwrap_or(Err(RunError::Worker(name))))
+                .collect()
+        });
+        let elapsed = start.elapsed();
+        // Every consumer is gone now; wait (bounded) for the buffers they still return.
+        let mut queues = Vec::new();
+        let mut pools = Vec::new();
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok((q, p)) => {
+                    queues.push(q);
+                    pools.push(
+                        p.into_iter()
+                            .map(|p| p.shutdown(Duration::from_secs(1)))
+                            .collect(),
+                    );
+                }
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(RunReport {
+            queues,
+            pools,
+            elapsed,
+            providers: self.names.to_vec(),
+        })
+    }
+}
+

@@ -1,0 +1,116 @@
+//! The runtime: one worker per receive queue, each owning its pools, so nothing on the
+//! frame path locks.
+//!
+//! ```text
+//!  device::RxQueue --&[RxFrame]--> worker: split --> route --> head pool ─┐ place (one copy)
+//!  (burst + RxMeta)                                          frag pools ─┘        |
+//!                                       Sink::consume(&PlacedBurst) <─────────────┘
+//!                                               | then recycle (per-queue cache)
+//! ```
+//!
+//! - [`Engine`] (`engine.rs`): a config made ready (providers loaded, routes compiled);
+//!   `run` with the config's sink, `run_with` your own, `stream` as a tokio `Stream`;
+//! - the worker (`worker.rs`): one queue's loop, a burst at a time;
+//! - frames (`frame.rs`): [`PlacedBurst`] and [`PlacedFrame`] for sinks that look in
+//!   place, [`OwnedFrame`] for consumers on other threads;
+//! - sinks (`sink.rs`): [`CountSink`], [`VerifySink`], [`PcapSink`], and the channel
+//!   behind `stream`.
+//!
+//! Workers are dedicated threads: a queue is a busy loop over a device, and a thread per
+//! queue with the pools on its stack is the shape page_pool has under NAPI. A program
+//! embedding memplex (the CLI included) drives signals, stats and metrics around them.
+
+mod engine;
+mod frame;
+mod sink;
+mod worker;
+
+pub use engine::Engine;
+pub use frame::{OwnedFrame, Part, PlacedBurst, PlacedFrame};
+pub use sink::{CountSink, PcapOut, PcapSink, Sink, VerifySink};
+
+use crate::device::DeviceError;
+use crate::pool::PoolReport;
+use crate::provider::LoadError;
+use crate::stats::QueueStats;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Why a run could not start or finish.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A provider could not be loaded or started.
+    #[error("provider `{name}`: {source}")]
+    Provider {
+        /// The provider's name in the config.
+        name: String,
+        /// Why.
+        source: LoadError,
+    },
+    /// The device failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The sink could not write.
+    #[error("sink {path}: {source}")]
+    Sink {
+        /// The output.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A route names a provider the config does not define.
+    #[error(transparent)]
+    Route(#[from] crate::route::UnknownProvider),
+    /// A worker thread panicked.
+    #[error("worker for {0} panicked")]
+    Worker(String),
+}
+
+/// A run in the background behind a [`FrameStream`].
+#[derive(Debug)]
+pub struct StreamRun {
+    /// Set `control.stop` to end the run.
+    pub control: RunControl,
+    /// The run's thread; its result is the run's report.
+    pub thread: std::thread::JoinHandle<Result<RunReport, RunError>>,
+}
+
+/// A tokio `Stream` of placed frames (see [`Engine::stream`]).
+pub type FrameStream = tokio_stream::wrappers::ReceiverStream<OwnedFrame>;
+
+/// Shared between a run and whoever watches it.
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// Set to stop every worker after its current batch.
+    pub stop: Arc<AtomicBool>,
+    /// The latest published stats of each queue (updated a few times a second).
+    pub live: Arc<Mutex<Vec<QueueStats>>>,
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Final stats per queue.
+    pub queues: Vec<QueueStats>,
+    /// Each pool's shutdown report, per queue, in provider order.
+    pub pools: Vec<Vec<PoolReport>>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Provider names, in index order.
+    pub providers: Vec<String>,
+}
+
+impl RunReport {
+    /// Buffers that never came back, over all pools.
+    pub fn leaked(&self) -> u64 {
+        self.pools.iter().flatten().map(|p| p.leaked).sum()
+    }
+
+    /// The queues' stats added up.
+    pub fn total(&self) -> QueueStats {
+        crate::stats::total(&self.queues)
+    }
+}
+

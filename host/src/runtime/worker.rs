@@ -1,0 +1,324 @@
+//! One receive queue's worker: a burst at a time, split every frame, route it, place it
+//! in its providers' buffers, hand the burst to the sink, take the buffers back.
+//!
+//! ```text
+//!  &[RxFrame] --split_into--> splits[i] --route--> (rule, Route)
+//!      |                                               |
+//!      '------ place: head pool, frag pools (one copy each byte) -> parts
+//!                                                      |
+//!                         Sink::consume(&PlacedBurst) <' --> recycle (cache)
+//! ```
+//!
+//! The worker owns its pools, so nothing here locks; the per-frame path allocates nothing
+//! (the split, part and staging arrays are reused burst to burst) and calls a provider
+//! only on a pool's slow path. A provider that runs dry makes the worker drop the frame
+//! or wait, bounded, as configured, then try the provider's fallback.
+
+use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
+use super::{RunControl, RunError, Sink};
+use crate::config::OnDry;
+use crate::device::{Poll, RxFrame, RxQueue, BURST};
+use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
+use crate::route::RouteTable;
+use crate::stats::{DropReason, ProviderStats, QueueStats};
+use crate::wire::{Split, Splitter};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a buffer could not be had, after the fallback too.
+enum NoBuffer {
+    Dry,
+    Fault,
+}
+
+impl From<NoBuffer> for DropReason {
+    fn from(n: NoBuffer) -> DropReason {
+        match n {
+            NoBuffer::Dry => DropReason::Dry,
+            NoBuffer::Fault => DropReason::Fault,
+        }
+    }
+}
+
+/// One queue's worker.
+pub(super) struct Worker {
+    pub name: String,
+    pub splitter: Splitter,
+    pub routes: RouteTable,
+    pub pools: Vec<Pool>,
+    pub fallback: Arc<[Option<usize>]>,
+    pub on_dry: OnDry,
+    pub wait: Duration,
+    pub sink: Box<dyn Sink>,
+    pub recyclers: Arc<[Recycler]>,
+    /// This burst's split decisions, reused burst to burst (see `Splitter::split_into`).
+    pub splits: Box<[Split]>,
+    /// This burst's placed frames.
+    pub staged: Vec<Staged>,
+    /// This burst's buffers, frame after frame.
+    pub parts: Vec<Part>,
+    /// Counters; `providers[i].placed` is kept live, the rest filled in by `snapshot`.
+    pub stats: QueueStats,
+}
+
+impl Worker {
+    /// A worker over `pools`, counting into stats named `name`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        splitter: Splitter,
+        routes: RouteTable,
+        pools: Vec<Pool>,
+        provider_names: &[String],
+        fallback: Arc<[Option<usize>]>,
+        on_dry: OnDry,
+        wait: Duration,
+        sink: Box<dyn Sink>,
+    ) -> Worker {
+        let recyclers = pools.iter().map(Pool::recycler).collect();
+        let stats = QueueStats {
+            queue: name.clone(),
+            routes: vec![Default::default(); routes.len()],
+            providers: provider_names
+                .iter()
+                .zip(&pools)
+                .map(|(n, pool)| ProviderStats {
+                    name: n.clone(),
+                    placed: Default::default(),
+                    pool: pool.stats(),
+                    checks: pool.provider().counters(),
+                    fault: None,
+                })
+                .collect(),
+            ..QueueStats::default()
+        };
+        Worker {
+            name,
+            splitter,
+            routes,
+            pools,
+            fallback,
+            on_dry,
+            wait,
+            sink,
+            recyclers,
+            splits: vec![Split::default(); BURST].into_boxed_slice(),
+            staged: Vec::with_capacity(BURST),
+            parts: Vec::with_capacity(BURST * 4),
+            stats,
+        }
+    }
+
+    /// Handles one burst: split and route every frame, place them, hand the placed ones
+    /// to the sink, recycle their buffers.
+    pub fn handle(&mut self, burst: &[RxFrame<'_>]) {
+        debug_assert!(burst.len() <= BURST);
+        for (i, frame) in burst.iter().enumerate() {
+            self.stats.received.add(frame.data.len());
+            let split = &mut self.splits[i];
+            self.splitter.split_into(frame.data, split);
+            match split.outcome {
+                Ok(layer) => self.stats.split.add(layer),
+                Err(reason) => self.stats.unsplit.add(reason),
+            }
+        }
+        for (i, frame) in burst.iter().enumerate() {
+            let Some((rule, route)) = self.routes.route(&self.splits[i].meta) else {
+                self.stats.dropped.add(DropReason::NoRoute);
+                continue;
+            };
+            let first = self.parts.len();
+            match self.place(frame.data, self.splits[i].head_len, route) {
+                Ok(()) => {
+                    self.stats.routes[rule].add(frame.data.len());
+                    self.staged.push(Staged {
+                        rx: i,
+                        rule,
+                        parts: first..self.parts.len(),
+                    });
+                }
+                Err(short) => {
+                    self.stats.dropped.add(short.into());
+                    self.recycle_from(first);
+                }
+            }
+        }
+        if self.staged.is_empty() {
+            return;
+        }
+        if self.sink.takes_frames() {
+            self.hand_over(burst);
+        } else {
+            self.sink.consume(&PlacedBurst {
+                rx: burst,
+                splits: &self.splits,
+                staged: &self.staged,
+                parts: &self.parts,
+                pools: &self.pools,
+            });
+            self.recycle_from(0);
+        }
+        self.staged.clear();
+    }
+
+    /// Places one frame: the head buffer takes the headers (as much of them as fits);
+    /// the frags take the rest, from `frags` then `frags_rest`. One copy per byte.
+    #[inline]
+    fn place(
+        &mut self,
+        frame: &[u8],
+        head_len: usize,
+        route: crate::route::Route,
+    ) -> Result<(), NoBuffer> {
+        let mut at = 0;
+        let mut provider = route.head;
+        let mut head = true;
+        while head || at < frame.len() {
+            let (p, mut buf) = self.take(provider)?;
+            let want = if head { head_len } else { frame.len() };
+            let n = (want - at).min(buf.len());
+            if self.pools[p]
+                .place(&mut buf, 0, &frame[at..at + n])
+                .is_err()
+            {
+                let _ = self.pools[p].recycle(buf);
+                return Err(NoBuffer::Fault);
+            }
+            self.stats.providers[p].placed.add(n);
+            self.parts.push(Part {
+                provider: p,
+                buf,
+                len: n,
+            });
+            at += n;
+            provider = if head { route.frags } else { route.frags_rest };
+            head = false;
+        }
+        Ok(())
+    }
+
+    /// Gives the staged frames to a sink that takes them, as owned frames.
+    fn hand_over(&mut self, burst: &[RxFrame<'_>]) {
+        let mut parts = self.parts.drain(..);
+        let (splits, recyclers) = (&self.splits, &self.recyclers);
+        let mut frames = self.staged.iter().map(|s| OwnedFrame {
+            rx: burst[s.rx].meta,
+            split: splits[s.rx],
+            rule: s.rule,
+            len: burst[s.rx].data.len(),
+            parts: parts.by_ref().take(s.parts.len()).collect(),
+            recyclers: Arc::clone(recyclers),
+        });
+        self.sink.consume_owned(&mut frames);
+        // Frames the sink did not pull are dropped here, returning their buffers.
+        drop(frames);
+        for part in parts {
+            let _ = self.recyclers[part.provider].recycle(part.buf);
+        }
+    }
+
+    /// Returns the buffers of `parts[from..]` to their pools.
+    fn recycle_from(&mut self, from: usize) {
+        for part in self.parts.drain(from..) {
+            // Buffers only ever come from these pools, so the pool id always matches.
+            let _ = self.pools[part.provider].recycle(part.buf);
+        }
+    }
+
+    /// A buffer from provider `p`, waiting if configured, else from its fallback.
+    fn take(&mut self, p: usize) -> Result<(usize, PoolBuf), NoBuffer> {
+        let first = match self.pools[p].alloc() {
+            Ok(b) => return Ok((p, b)),
+            Err(PoolError::Exhausted { .. }) if self.on_dry == OnDry::Wait => {
+                let deadline = Instant::now() + self.wait;
+                loop {
+                    std::thread::yield_now();
+                    match self.pools[p].alloc() {
+                        Ok(b) => return Ok((p, b)),
+                        Err(e @ PoolError::Exhausted { .. }) if Instant::now() >= deadline => {
+                            break e
+                        }
+                        Err(PoolError::Exhausted { .. }) => {}
+                        Err(e) => break e,
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        let short = if matches!(first, PoolError::Exhausted { .. }) {
+            NoBuffer::Dry
+        } else {
+            NoBuffer::Fault
+        };
+        match self.fallback[p] {
+            Some(f) => match self.pools[f].alloc() {
+                Ok(b) => {
+                    self.stats.fallback += 1;
+                    Ok((f, b))
+                }
+                Err(_) => Err(short),
+            },
+            None => Err(short),
+        }
+    }
+
+    /// The queue's counters now.
+    pub fn snapshot(&self) -> QueueStats {
+        let mut s = self.stats.clone();
+        for (p, pool) in s.providers.iter_mut().zip(&self.pools) {
+            p.pool = pool.stats();
+            p.checks = pool.provider().counters();
+            p.fault = pool.provider().fault().map(ToString::to_string);
+        }
+        s.sink = self.sink.counters();
+        s
+    }
+}
+
+/// Runs one queue until the device ends, fails, or `control.stop` is set; returns its
+/// stats and its pools (shut down by the caller once every consumer has let go).
+pub(super) fn run_queue(
+    index: usize,
+    mut rx: Box<dyn RxQueue>,
+    mut w: Worker,
+    control: &RunControl,
+) -> Result<(QueueStats, Vec<Pool>), RunError> {
+    let mut published = Instant::now();
+    let publish = |w: &Worker| {
+        if let Ok(mut live) = control.live.try_lock() {
+            if let Some(slot) = live.get_mut(index) {
+                *slot = w.snapshot();
+            }
+        }
+    };
+    let result = loop {
+        if control.stop.load(Relaxed) {
+            break Ok(());
+        }
+        match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
+            Ok(Poll::End) => break Ok(()),
+            Ok(_) => {}
+            Err(e) => break Err(RunError::Device(e)),
+        }
+        if let Err(e) = w.sink.flush() {
+            break Err(RunError::Sink {
+                path: "sink".into(),
+                source: e,
+            });
+        }
+        if published.elapsed() >= Duration::from_millis(100) {
+            publish(&w);
+            published = Instant::now();
+        }
+    };
+    let _ = w.sink.flush();
+    let mut stats = w.snapshot();
+    stats.device = rx.stats();
+    stats.device.kernel_drops += rx.kernel_drops();
+    publish(&w);
+    // The pools are shut down by `run_with` once every worker has let go of its consumer
+    // (a stream stays open until all have), so a consumer can return what it holds.
+    drop(w.sink);
+    result.map(|()| (stats, w.pools))
+}

@@ -1,0 +1,13 @@
+//! Fixtures for testing and benchmarking memplex, kept out of the library's public API:
+//!
+//! - [`traffic`]: deterministic traffic (generated frames of a shape, named mixes) and
+//!   a pcap writer for them;
+//! - [`net`]: test hosts in network namespaces (veth pairs, a mirrored TAP device, raw
+//!   packet sockets), for the TAP tests, `memplex demo` and `memplex bench`.
+//!
+//! The integration tests, the criterion benchmarks and the `memplex` CLI depend on this
+//! crate; a program embedding the `memplex` library does not.
+#![deny(missing_docs)]
+
+pub mod net;
+pub mod traffic;
