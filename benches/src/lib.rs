@@ -29,7 +29,7 @@ pub fn both(name: &str) -> (ProviderPlugin, ProviderPlugin) {
 /// One frame of each kind the header-split benchmarks cover, named: 64 B UDP, 1500 B TCP
 /// with options, IPv6 with a hop-by-hop extension header, 802.1Q VLAN, VXLAN.
 pub fn frame_kinds() -> Vec<(&'static str, Vec<u8>)> {
-    use memplex::traffic::{generate, Proto, Shape};
+    use memplex_testkit::traffic::{generate, Proto, Shape};
     let one = |frame_size, proto, vlan| {
         generate(Shape {
             frame_size,
@@ -54,7 +54,7 @@ pub fn frame_kinds() -> Vec<(&'static str, Vec<u8>)> {
     let plen = u16::from_be_bytes([v6[18], v6[19]]) + 8;
     v6[18..20].copy_from_slice(&plen.to_be_bytes());
     v6.splice(54..54, [17, 0, 1, 4, 0, 0, 0, 0]);
-    let vxlan = memplex::traffic::mix("tunnel", 64)
+    let vxlan = memplex_testkit::traffic::mix("tunnel", 64)
         .expect("the tunnel mix")
         .into_iter()
         .find(|f| f.len() > 50 && f[12..14] == [8, 0] && f[23] == 17 && f[36..38] == [0x12, 0xb5])

@@ -280,6 +280,20 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The config crate writes a key below an array element as `route[0]match`; this puts
+/// the dot back (`route[0].match`), so the key reads as it is written in TOML.
+fn dotted_keys(message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 4);
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == ']' && chars.peek().is_some_and(|n| n.is_ascii_alphabetic()) {
+            out.push('.');
+        }
+    }
+    out
+}
+
 /// A whole config.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -344,7 +358,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let parse = |e: config::ConfigError| ConfigError::Parse {
             path: origin.to_string(),
-            message: e.to_string(),
+            message: dotted_keys(&e.to_string()),
         };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -570,7 +584,10 @@ frags = "bulk"
             GOOD,
             "test.toml",
             None,
-            &[set("device.queues", "3"), set("providers.bulk.plugin", "slab.wasm")],
+            &[
+                set("device.queues", "3"),
+                set("providers.bulk.plugin", "slab.wasm"),
+            ],
         )
         .unwrap();
         assert_eq!(c.device.queues, 3);
@@ -612,7 +629,7 @@ frags = "bulk"
         );
         let e = err(&GOOD.replace("l4 = \"tcp\"", "l4 = \"sctpx\""));
         assert!(
-            e.contains("route[0].match.l4") && e.contains("tcp, udp"),
+            e.contains("route[0].match") && e.contains("`match.l4`") && e.contains("tcp, udp"),
             "{e}"
         );
         let e = err(&GOOD.replace("dst_port = \"4420-4421\"", "dst_port = \"9-1\""));

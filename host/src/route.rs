@@ -176,7 +176,11 @@ impl TryFrom<MatchSpec> for Matcher {
             (Some(NameOrNumber::Name(s)), None) | (None, Some(s)) => {
                 let field = if m.l3.is_some() { "l3" } else { "ethertype" };
                 let e = ETHERTYPES.iter().find(|(n, _)| n == s).ok_or_else(|| {
-                    bad(field, format!("`{s}` is not a known ethertype"), ETHER_ALLOWED)
+                    bad(
+                        field,
+                        format!("`{s}` is not a known ethertype"),
+                        ETHER_ALLOWED,
+                    )
                 })?;
                 Some(u16::from(e.1))
             }
@@ -195,23 +199,28 @@ impl TryFrom<MatchSpec> for Matcher {
                 Some(u8::from(p.1))
             }
         };
-        let app = match m.app.as_deref() {
-            None => None,
-            Some(s) => Some(APPS.iter().find(|(n, _)| *n == s).map(|a| a.1).ok_or_else(
-                || {
-                    bad(
-                        "app",
-                        format!("`{s}` is not a known application protocol"),
-                        "nvme-tcp, iscsi",
-                    )
-                },
-            )?),
-        };
+        let app =
+            match m.app.as_deref() {
+                None => None,
+                Some(s) => Some(APPS.iter().find(|(n, _)| *n == s).map(|a| a.1).ok_or_else(
+                    || {
+                        bad(
+                            "app",
+                            format!("`{s}` is not a known application protocol"),
+                            "nvme-tcp, iscsi",
+                        )
+                    },
+                )?),
+            };
         if let Some(v) = m.vlan.filter(|&v| v > 4095) {
             return Err(bad("vlan", format!("{v} is not a VLAN id"), "0 to 4095"));
         }
         if let Some(v) = m.vni.filter(|&v| v > 0xff_ffff) {
-            return Err(bad("vni", format!("{v} does not fit 24 bits"), "0 to 16777215"));
+            return Err(bad(
+                "vni",
+                format!("{v} does not fit 24 bits"),
+                "0 to 16777215",
+            ));
         }
         Ok(Matcher {
             ethertype,
@@ -473,6 +482,9 @@ mod tests {
             frags_rest: None,
         };
         let e = RouteTable::new(&[route], &["hot".into()]).unwrap_err();
-        assert_eq!(e.to_string(), "`route[0].frags` names provider `cold`, which is not defined; allowed: hot");
+        assert_eq!(
+            e.to_string(),
+            "`route[0].frags` names provider `cold`, which is not defined; allowed: hot"
+        );
     }
 }

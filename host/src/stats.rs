@@ -369,7 +369,12 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
         out.counter("fallback", help, queue(), q.fallback);
         for (i, r) in q.routes.iter().enumerate() {
             let l = with("route", i.to_string());
-            out.counter("route_frames", "Frames a route placed.", l.clone(), r.frames);
+            out.counter(
+                "route_frames",
+                "Frames a route placed.",
+                l.clone(),
+                r.frames,
+            );
             out.counter("route_bytes", "Bytes a route placed.", l, r.bytes);
         }
         for p in &q.providers {
@@ -455,21 +460,34 @@ mod tests {
         t.add(Unsplit::Truncated(Layer::L3));
         t.add(Unsplit::TooDeep(Layer::L3));
         assert_eq!(t.by_name("truncated_l3"), 2);
-        assert_eq!(t.get(Unsplit::TooDeep(Layer::L2)), 1, "one reason whatever the layer");
+        assert_eq!(
+            t.get(Unsplit::TooDeep(Layer::L2)),
+            1,
+            "one reason whatever the layer"
+        );
         let json = serde_json::to_value(t).unwrap();
-        assert_eq!(json, serde_json::json!({"too_many_headers": 1, "truncated_l3": 2}));
+        assert_eq!(
+            json,
+            serde_json::json!({"too_many_headers": 1, "truncated_l3": 2})
+        );
     }
 
     #[test]
     fn totals_add_every_queue_and_families_label_each() {
         let q = |name: &str, frames| QueueStats {
             queue: name.into(),
-            received: Volume { frames, bytes: frames * 100 },
+            received: Volume {
+                frames,
+                bytes: frames * 100,
+            },
             routes: vec![Volume { frames, bytes: 1 }],
             ..QueueStats::default()
         };
         let t = total(&[q("q0", 3), q("q1", 4)]);
-        assert_eq!((t.queue.as_str(), t.received.frames, t.routes[0].frames), ("all", 7, 7));
+        assert_eq!(
+            (t.queue.as_str(), t.received.frames, t.routes[0].frames),
+            ("all", 7, 7)
+        );
         let fams = families(&[q("q0", 3), q("q1", 4)]);
         let frames = fams.iter().find(|f| f.name == "frames").unwrap();
         assert_eq!(frames.samples.len(), 2);

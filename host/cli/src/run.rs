@@ -4,33 +4,14 @@ use anyhow::{Context, Result};
 use comfy_table::{Cell, Color};
 use memplex::config::Config;
 use memplex::provider::PluginPath;
-use memplex::runtime::{self, Engine, QueueStats, RunControl, RunReport};
+use memplex::runtime::{Engine, RunControl, RunReport};
+use memplex::stats::{self, QueueStats};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use crate::table;
-
-/// Sets `stop` on Ctrl-C or SIGTERM (once), so runs end cleanly: workers finish their
-/// batch, pools report, and the demo removes its network.
-pub async fn stop_on_signal(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let sigterm = async {
-        match term.as_mut() {
-            Some(t) => {
-                t.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm => {}
-    }
-    eprintln!("\nstopping ...");
-    stop.store(true, Relaxed);
-}
 
 /// `memplex config check FILE`.
 pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
@@ -73,23 +54,9 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
     println!("{t}");
     let mut r = table(&["route", "match", "head", "frags", "frags_rest"]);
     for (i, route) in c.routes.iter().enumerate() {
-        let m = serde_json::to_value(&route.matches)?;
-        let fields: Vec<String> = m
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect()
-            })
-            .unwrap_or_default();
         r.add_row(vec![
             i.to_string(),
-            if fields.is_empty() {
-                "(every frame)".into()
-            } else {
-                fields.join(" ")
-            },
+            route.matches.to_string(),
             route.head.clone(),
             route.frags.clone(),
             route
@@ -99,12 +66,7 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
         ]);
     }
     println!("{r}");
-    if c.routes.last().is_some_and(|r| {
-        serde_json::to_value(&r.matches)
-            .ok()
-            .and_then(|v| v.as_object().map(|o| o.values().any(|v| !v.is_null())))
-            .unwrap_or(false)
-    }) {
+    if c.routes.last().is_some_and(|r| !r.matches.is_catch_all()) {
         println!("note: the last route matches only some frames; frames no route matches are dropped and counted as no_route");
     }
     Ok(0)
@@ -125,7 +87,7 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
         .build()?;
     let pretty = !json && std::io::stdout().is_terminal();
     let report = rt.block_on(async {
-        tokio::spawn(stop_on_signal(control.stop.clone()));
+        tokio::spawn(crate::signal::stop_on_signal(control.stop.clone()));
         if duration > 0.0 {
             let stop = control.stop.clone();
             tokio::spawn(async move {
@@ -134,25 +96,7 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
             });
         }
         if let Some(addr) = metrics {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("serving metrics on {addr}"))?;
-            eprintln!("metrics: http://{addr}/metrics");
-            let live = control.live.clone();
-            tokio::spawn(async move {
-                while let Ok((mut sock, _)) = listener.accept().await {
-                    let body = runtime::prometheus(&live.lock().map(|l| l.clone()).unwrap_or_default());
-                    tokio::spawn(async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut req = [0u8; 1024];
-                        let _ = sock.read(&mut req).await;
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = sock.write_all(head.as_bytes()).await;
-                        let _ = sock.write_all(body.as_bytes()).await;
-                    });
-                }
-            });
+            crate::metrics::serve(addr, control.live.clone()).await?;
         }
         if interval > 0.0 {
             let live = control.live.clone();
@@ -168,7 +112,7 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
                         break;
                     }
                     let snapshot = live.lock().map(|l| l.clone()).unwrap_or_default();
-                    let total = runtime::total(&snapshot);
+                    let total = stats::total(&snapshot);
                     let rate = (total.received.frames - last.0) as f64 / last.1.elapsed().as_secs_f64();
                     last = (total.received.frames, Instant::now());
                     if pretty {
@@ -202,17 +146,14 @@ fn live_table(queues: &[QueueStats], pps: f64, elapsed: Duration) -> String {
     let mut t = table(&[
         "queue", "frames", "MB", "split", "unsplit", "dropped", "verified",
     ]);
-    for q in queues
-        .iter()
-        .chain(std::iter::once(&runtime::total(queues)))
-    {
+    for q in queues.iter().chain(std::iter::once(&stats::total(queues))) {
         t.add_row(vec![
             q.queue.clone(),
             q.received.frames.to_string(),
             format!("{:.1}", q.received.bytes as f64 / 1e6),
-            q.split.values().sum::<u64>().to_string(),
-            q.unsplit.values().sum::<u64>().to_string(),
-            q.dropped.values().sum::<u64>().to_string(),
+            q.split.sum().to_string(),
+            q.unsplit.sum().to_string(),
+            q.dropped.sum().to_string(),
             q.sink.verified.to_string(),
         ]);
     }
@@ -251,16 +192,14 @@ pub fn print_report(r: &RunReport, json: bool) {
         t.received.frames as f64 / secs / 1e6,
         t.received.bytes as f64 * 8.0 / secs / 1e9
     );
-    let fmt = |m: &std::collections::BTreeMap<&str, u64>| {
-        if m.is_empty() {
+    fn fmt<K: memplex::stats::Reason>(t: &memplex::stats::Tally<K>) -> String {
+        let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        if parts.is_empty() {
             "-".to_string()
         } else {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            parts.join(", ")
         }
-    };
+    }
     println!(
         "split: {}\nunsplit: {}\ndropped: {}",
         fmt(&t.split),
@@ -302,8 +241,8 @@ pub fn print_report(r: &RunReport, json: bool) {
             .sum();
         p.add_row(vec![
             Cell::new(&ps.name),
-            Cell::new(ps.buffers),
-            Cell::new(ps.bytes),
+            Cell::new(ps.placed.frames),
+            Cell::new(ps.placed.bytes),
             Cell::new(ps.pool.alloc_fast),
             Cell::new(ps.pool.alloc_slow),
             Cell::new(ps.pool.recycle_cached),

@@ -260,7 +260,9 @@ pub trait RxQueue: Send {
 /// Opens the queues of the device `d` describes.
 pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
     fn boxed<Q: RxQueue + 'static>(qs: Vec<Q>) -> Vec<Box<dyn RxQueue>> {
-        qs.into_iter().map(|q| Box::new(q) as Box<dyn RxQueue>).collect()
+        qs.into_iter()
+            .map(|q| Box::new(q) as Box<dyn RxQueue>)
+            .collect()
     }
     let missing = |key: &str| {
         DeviceError::open(
@@ -282,7 +284,12 @@ pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
         }
         DeviceKind::AfPacket => {
             let name = d.interface.as_deref().ok_or_else(|| missing("interface"))?;
-            boxed(af_packet::open(name, d.queues, d.block_size, d.block_count)?)
+            boxed(af_packet::open(
+                name,
+                d.queues,
+                d.block_size,
+                d.block_count,
+            )?)
         }
     })
 }
@@ -313,7 +320,13 @@ impl Stamp {
     /// Metadata for the next frame of `data` bytes (`orig_len` on the wire), received
     /// at `rx_mono_ns`.
     #[inline]
-    pub fn next(&mut self, data: &[u8], orig_len: u32, timestamp_ns: u64, rx_mono_ns: u64) -> RxMeta {
+    pub fn next(
+        &mut self,
+        data: &[u8],
+        orig_len: u32,
+        timestamp_ns: u64,
+        rx_mono_ns: u64,
+    ) -> RxMeta {
         let seq = self.next_seq;
         self.next_seq += 1;
         RxMeta {
@@ -365,8 +378,17 @@ mod tests {
         let h = VnetHdr::parse(&b);
         assert_eq!(h.gso(), Gso::Tcpv4);
         assert_eq!(h.gso_size, 1448);
-        assert_eq!(h.checksum(), Checksum::Partial { start: 34, offset: 16 });
-        assert_eq!(VnetHdr::parse(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]).checksum(), Checksum::Valid);
+        assert_eq!(
+            h.checksum(),
+            Checksum::Partial {
+                start: 34,
+                offset: 16
+            }
+        );
+        assert_eq!(
+            VnetHdr::parse(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]).checksum(),
+            Checksum::Valid
+        );
         assert_eq!(VnetHdr::default().gso(), Gso::None);
     }
 }

@@ -38,6 +38,12 @@ impl Recorded {
     }
 }
 
+impl AsRef<[u8]> for Recorded {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// One queue's share of a replay.
 pub struct ReplayQueue {
     name: String,
@@ -192,7 +198,10 @@ mod tests {
                 orig_len: 1500,
             })
             .collect();
-        let mut q = queues("t", frames, 1, 2, None).unwrap().remove(0).limit(150);
+        let mut q = queues("t", frames, 1, 2, None)
+            .unwrap()
+            .remove(0)
+            .limit(150);
         let mut seen = Vec::new();
         while let Ok(Poll::Frames(_)) = q.poll(Duration::ZERO, &mut |b| {
             assert!(b.len() <= BURST);
@@ -200,7 +209,10 @@ mod tests {
         }) {}
         assert_eq!(seen.len(), 150, "the limit ends the replay");
         assert!(seen.iter().enumerate().all(|(i, m)| m.seq == i as u64));
-        assert_eq!(seen[101].timestamp_ns, 1_000_001, "a repeat keeps recorded times");
+        assert_eq!(
+            seen[101].timestamp_ns, 1_000_001,
+            "a repeat keeps recorded times"
+        );
         assert_eq!((seen[0].orig_len, seen[0].cap_len), (1500, 60));
         assert!(seen[0].rx_mono_ns > 0);
     }

@@ -113,4 +113,3 @@ impl RunReport {
         crate::stats::total(&self.queues)
     }
 }
-

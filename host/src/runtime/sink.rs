@@ -139,7 +139,9 @@ impl PcapSink {
         let Ok(w) = Arc::try_unwrap(out) else {
             return Ok(());
         };
-        let w = w.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = w
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.into_writer()
             .into_inner()
             .map(drop)

@@ -142,7 +142,10 @@ mod tests {
         let t = Tag::new_checked(&FRAME[14..]).unwrap();
         assert_eq!((t.vid(), t.pcp()), (100, 1));
         assert_eq!(EtherType::from(t.ethertype()), EtherType::Ipv4);
-        assert_eq!(EthernetFrame::new_checked(&FRAME[..13]).err(), Some(Error::Truncated));
+        assert_eq!(
+            EthernetFrame::new_checked(&FRAME[..13]).err(),
+            Some(Error::Truncated)
+        );
         assert_eq!(Tag::new_checked(&FRAME[15..]).err(), Some(Error::Truncated));
     }
 }

@@ -15,7 +15,6 @@ mod field {
 /// The smallest header (no options).
 pub const MIN_HEADER_LEN: usize = 20;
 
-
 /// A checked view of an IPv4 packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<T: AsRef<[u8]>> {

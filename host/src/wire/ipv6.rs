@@ -15,7 +15,6 @@ pub const HEADER_LEN: usize = 40;
 /// The most extension headers walked before the packet is called malformed.
 pub const MAX_EXT_HEADERS: usize = 8;
 
-
 /// A checked view of an IPv6 packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<T: AsRef<[u8]>> {

@@ -2,6 +2,7 @@
 //!
 //! - [`traffic`]: deterministic traffic (generated frames of a shape, named mixes) and
 //!   a pcap writer for them;
+//! - [`fixtures`]: where the build put the plugins and fixtures tests load;
 //! - [`net`]: test hosts in network namespaces (veth pairs, a mirrored TAP device, raw
 //!   packet sockets), for the TAP tests, `memplex demo` and `memplex bench`.
 //!
@@ -9,5 +10,6 @@
 //! crate; a program embedding the `memplex` library does not.
 #![deny(missing_docs)]
 
+pub mod fixtures;
 pub mod net;
 pub mod traffic;

@@ -91,8 +91,10 @@ pub struct TestNet {
     pub ns_b: String,
     /// The TAP device's name (in `ns_a`).
     pub tap: String,
-    /// Host A's veth end.
+    /// Host A's veth end (in `ns_a`).
     pub veth_a: String,
+    /// Host B's veth end (in `ns_b`).
+    pub veth_b: String,
     /// Whether the VLAN 100 devices exist (the kernel has 802.1Q).
     pub vlan_device: bool,
 }
@@ -138,6 +140,7 @@ impl TestNet {
             ns_b: format!("{id}-b"),
             tap: "mpx0".into(),
             veth_a: "va".into(),
+            veth_b: "vb".into(),
             vlan_device: false,
         };
         // If any step fails, dropping `net` removes what was made so far.
@@ -320,9 +323,9 @@ fn enter(ns: &str) -> Result<(), NetError> {
 /// batches of 64 with one `sendmmsg(2)` each, on a packet socket that bypasses the
 /// qdisc; at most `rate` frames per second when given. Returns the frames sent. A full
 /// device queue (ENOBUFS) is part of a flood, not an error: the batch is retried.
-pub fn blast(
+pub fn blast<F: AsRef<[u8]>>(
     dev: &str,
-    frames: &[Vec<u8>],
+    frames: &[F],
     until: std::time::Instant,
     rate: Option<u64>,
     stop: &std::sync::atomic::AtomicBool,
@@ -350,8 +353,8 @@ pub fn blast(
     let mut iov: Vec<libc::iovec> = frames
         .iter()
         .map(|f| libc::iovec {
-            iov_base: f.as_ptr() as *mut libc::c_void,
-            iov_len: f.len(),
+            iov_base: f.as_ref().as_ptr() as *mut libc::c_void,
+            iov_len: f.as_ref().len(),
         })
         .collect();
     let start = std::time::Instant::now();

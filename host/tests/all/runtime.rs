@@ -3,8 +3,10 @@
 
 use super::*;
 use memplex::config::Config;
-use memplex::runtime::{Engine, RunControl, RunReport};
-use std::path::Path;
+use memplex::runtime::{Engine, PlacedBurst, RunControl, RunReport, Sink};
+use memplex::stats::SinkCounters;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
@@ -32,13 +34,16 @@ fn tcp_split_places_tcp_payload_in_the_slab() {
     let by_name = |n: &str| t.providers.iter().find(|p| p.name == n).unwrap().clone();
     // Route 0 (TCP) is half of the default mix; its payload is in the slab.
     assert_eq!(t.routes[0].frames, t.received.frames / 2);
-    assert!(by_name("payload").buffers > 0 && by_name("payload").buffers <= t.routes[0].frames);
+    assert!(
+        by_name("payload").placed.frames > 0
+            && by_name("payload").placed.frames <= t.routes[0].frames
+    );
     assert_eq!(
-        by_name("payload").bytes + by_name("hdr").bytes,
+        by_name("payload").placed.bytes + by_name("hdr").placed.bytes,
         t.received.bytes
     );
     assert!(
-        t.unsplit.get("below_threshold").copied().unwrap_or(0) > 0,
+        t.unsplit.by_name("below_threshold") > 0,
         "hds_threshold = 64 leaves small frames whole"
     );
 }
@@ -49,16 +54,16 @@ fn nvme_tcp_data_lands_alone_in_huge_pages() {
     let t = r.total();
     assert_eq!(t.sink.verified, t.received.frames);
     assert_eq!(
-        t.split.get("app").copied(),
-        Some(t.received.frames / 2),
+        t.split.by_name("app"),
+        t.received.frames / 2,
         "{:?}",
         t.split
     );
     let data = t.providers.iter().find(|p| p.name == "data").unwrap();
     let hdr = t.providers.iter().find(|p| p.name == "hdr").unwrap();
-    assert!(data.buffers > 0);
+    assert!(data.placed.frames > 0);
     // Every NVMe/TCP head buffer holds Ethernet + IPv4 + TCP (32 with options) + the PDU header.
-    assert_eq!(hdr.buffers, t.received.frames);
+    assert_eq!(hdr.placed.frames, t.received.frames);
     assert_eq!(r.leaked(), 0);
 }
 
@@ -75,7 +80,7 @@ fn tunnel_routes_by_vni_over_two_queues() {
     // One in three tunnel frames is GENEVE (VNI 42); VXLAN alternates VNI 10 and 20.
     let vxlan10 = (0..300).filter(|i| i % 3 != 0 && i % 2 == 0).count() as u64;
     assert_eq!(t.routes[0].frames, 2 * vxlan10);
-    assert_eq!(t.split.get("l4").copied(), Some(t.received.frames));
+    assert_eq!(t.split.by_name("l4"), t.received.frames);
 }
 
 #[test]
@@ -101,9 +106,9 @@ fn malformed_frames_are_placed_whole_and_counted() {
         t.sink.verified, 300,
         "malformed frames still reassemble: they are placed whole"
     );
-    assert_eq!(t.unsplit.get("truncated_l3"), Some(&75), "{:?}", t.unsplit);
-    assert_eq!(t.unsplit.get("malformed_l3"), Some(&75));
-    assert_eq!(t.unsplit.get("malformed_l4"), Some(&75));
+    assert_eq!(t.unsplit.by_name("truncated_l3"), 75, "{:?}", t.unsplit);
+    assert_eq!(t.unsplit.by_name("malformed_l3"), 75);
+    assert_eq!(t.unsplit.by_name("malformed_l4"), 75);
     assert_eq!(r.leaked(), 0);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -130,7 +135,12 @@ fn pcap_sink_writes_the_original_traffic() {
     assert_eq!(
         &written[..300],
         &original[..],
-        "reassembled frames are the captured frames, in order"
+        "reassembled frames are the captured frames, in order, with their capture times and lengths"
+    );
+    assert_eq!(
+        &written[300..],
+        &original[..],
+        "a repeat keeps the capture's times"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -146,15 +156,8 @@ fn a_dry_provider_drops_and_counts_or_falls_back() {
         ],
     );
     let t = r.total();
-    assert!(
-        t.dropped.get("dry").copied().unwrap_or(0) > 0,
-        "{:?}",
-        t.dropped
-    );
-    assert_eq!(
-        t.sink.verified + t.dropped.values().sum::<u64>(),
-        t.received.frames
-    );
+    assert!(t.dropped.by_name("dry") > 0, "{:?}", t.dropped);
+    assert_eq!(t.sink.verified + t.dropped.sum(), t.received.frames);
     assert_eq!(r.leaked(), 0);
 }
 
@@ -199,7 +202,7 @@ fn a_tokio_stream_of_frames_returns_buffers_across_threads() {
         memplex::device::pcap::read_frames(&configs().join("captures/tunnel.pcap"))
             .unwrap()
             .into_iter()
-            .flat_map(|f| std::iter::repeat_n(f.to_vec(), 3))
+            .flat_map(|f| std::iter::repeat_n(f.data.to_vec(), 3))
             .collect();
     got.sort();
     want.sort();
@@ -258,10 +261,10 @@ fn wasm_config_places_payload_in_the_sandbox() {
     let r = run_config("wasm.toml", &[("MEMPLEX_DEVICE__REPEAT", "3")]);
     let t = r.total();
     assert_eq!(t.received.frames, 3 * frames_in("default.pcap"));
-    assert!(t.dropped.is_empty(), "{:?}", t.dropped);
+    assert_eq!(t.dropped.sum(), 0, "{:?}", t.dropped);
     let sandboxed = t.providers.iter().find(|p| p.name == "sandboxed").unwrap();
     assert!(
-        sandboxed.buffers > 0 && sandboxed.fault.is_none(),
+        sandboxed.placed.frames > 0 && sandboxed.fault.is_none(),
         "{sandboxed:?}"
     );
     assert_eq!(t.fallback, 0, "a healthy guest needs no fallback");
@@ -318,4 +321,75 @@ fn pcap_replay_keeps_to_the_given_rate() {
     assert_eq!(r.total().received.frames, frames);
     let least = std::time::Duration::from_secs_f64((frames - 2) as f64 / 4000.0);
     assert!(r.elapsed >= least, "{:?} < {least:?}", r.elapsed);
+}
+
+/// A frame's receive metadata, head length and L4 offset.
+type Logged = (memplex::device::RxMeta, usize, Option<u16>);
+
+/// Records every frame's receive metadata, per queue.
+struct MetaLog(Arc<Mutex<Vec<Logged>>>);
+
+impl Sink for MetaLog {
+    fn consume(&mut self, burst: &PlacedBurst<'_>) {
+        assert!(burst.len() <= memplex::device::BURST);
+        let mut log = self.0.lock().unwrap();
+        for f in burst.frames() {
+            log.push((*f.rx, f.split.head_len, f.split.l4_offset));
+        }
+    }
+    fn counters(&self) -> SinkCounters {
+        SinkCounters::default()
+    }
+}
+
+#[test]
+fn bursts_carry_capture_times_lengths_and_sequence_numbers_to_the_sink() {
+    let engine = engine_for(
+        "tunnel.toml",
+        &[
+            ("MEMPLEX_DEVICE__QUEUES", "2"),
+            ("MEMPLEX_DEVICE__REPEAT", "2"),
+        ],
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let queues = engine.open_device().unwrap();
+    let report = engine
+        .run_with(queues, &RunControl::default(), |_| {
+            Box::new(MetaLog(Arc::clone(&log)))
+        })
+        .unwrap();
+    let log = log.lock().unwrap();
+    assert_eq!(log.len() as u64, report.total().received.frames);
+    assert_eq!(log.len(), 600);
+    let captured =
+        memplex::device::pcap::read_frames(&configs().join("captures/tunnel.pcap")).unwrap();
+    for q in 0..2u16 {
+        let mine: Vec<_> = log.iter().filter(|(m, ..)| m.queue == q).collect();
+        assert!(!mine.is_empty(), "queue {q} got flows");
+        assert!(
+            mine.iter()
+                .enumerate()
+                .all(|(i, (m, ..))| m.seq == i as u64),
+            "queue {q} numbers its frames 0, 1, 2 ... in order"
+        );
+        assert!(mine
+            .windows(2)
+            .all(|w| w[0].0.rx_mono_ns <= w[1].0.rx_mono_ns));
+    }
+    for (m, head_len, l4) in log.iter() {
+        assert!(
+            captured.iter().any(|c| c.timestamp_ns == m.timestamp_ns
+                && c.orig_len == m.orig_len
+                && c.data.len() == m.cap_len as usize),
+            "every frame carries a captured record's time and lengths: {m:?}"
+        );
+        assert!(l4.is_some_and(|o| usize::from(o) < *head_len), "{m:?}");
+    }
+    let distinct: std::collections::BTreeSet<u64> =
+        log.iter().map(|(m, ..)| m.timestamp_ns).collect();
+    assert_eq!(
+        distinct.len(),
+        300,
+        "each record's own timestamp, repeated once"
+    );
 }

@@ -6,8 +6,10 @@
 
 use super::*;
 use memplex::config::Config;
-use memplex::runtime::{Engine, PlacedFrame, RunControl, Sink, SinkCounters};
-use memplex::testnet::{privileged, TestNet};
+use memplex::device::Gso;
+use memplex::runtime::{Engine, PlacedBurst, RunControl, Sink};
+use memplex::stats::SinkCounters;
+use memplex_testkit::net::{privileged, MixSent, TestNet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -26,48 +28,80 @@ fn net_or_skip(queues: u16) -> Option<TestNet> {
     Some(TestNet::create(queues).expect("build the test network"))
 }
 
-/// Checks every frame: reassembly, and that each part came from the provider its route
-/// names (head, frags, frags_rest).
+/// Checks every frame: reassembly, that each part came from the provider its route
+/// names (head, frags, frags_rest), and its receive metadata (sequence numbers without
+/// gaps on each queue, the vnet header's GSO type and size on super-frames).
 struct RouteCheck {
     expected: Arc<Vec<(usize, usize, usize)>>,
     counters: SinkCounters,
-    wrong_provider: Arc<AtomicU64>,
-    vlan: Arc<AtomicU64>,
-    ipv6: Arc<AtomicU64>,
-    multi_frag: Arc<AtomicU64>,
+    seen: Arc<Counts>,
+    /// The next sequence number expected on this sink's queue.
+    next_seq: Option<u64>,
+}
+
+/// What the route-checking sinks count, shared between queues.
+#[derive(Default)]
+struct Counts {
+    wrong_provider: AtomicU64,
+    vlan: AtomicU64,
+    ipv6: AtomicU64,
+    multi_frag: AtomicU64,
+    /// TCP super-frames whose vnet header gave a GSO size (segment payload) in range.
+    gso_sized: AtomicU64,
+    /// Super-frames without a plausible GSO type and size.
+    gso_bad: AtomicU64,
+    /// Frames whose sequence number was not the one after the previous frame's.
+    seq_gaps: AtomicU64,
 }
 
 impl Sink for RouteCheck {
-    fn consume(&mut self, f: &PlacedFrame<'_>) {
-        let (head, frags, rest) = self.expected[f.rule];
-        for (i, p) in f.parts.iter().enumerate() {
-            let want = match i {
-                0 => head,
-                1 => frags,
-                _ => rest,
-            };
-            if p.provider != want {
-                self.wrong_provider.fetch_add(1, Relaxed);
+    fn consume(&mut self, burst: &PlacedBurst<'_>) {
+        for f in burst.frames() {
+            let (head, frags, rest) = self.expected[f.rule];
+            for (i, p) in f.parts.iter().enumerate() {
+                let want = match i {
+                    0 => head,
+                    1 => frags,
+                    _ => rest,
+                };
+                if p.provider != want {
+                    self.seen.wrong_provider.fetch_add(1, Relaxed);
+                }
             }
-        }
-        let mut at = 0;
-        let mut ok = true;
-        for p in f.parts {
-            ok &= p.buf.as_slice().map(|b| &b[..p.len]) == f.original.get(at..at + p.len);
-            at += p.len;
-        }
-        if ok && at == f.original.len() {
-            self.counters.verified += 1;
-        } else {
-            self.counters.mismatched += 1;
-        }
-        match u16::from_be_bytes([f.original[12], f.original[13]]) {
-            0x8100 => self.vlan.fetch_add(1, Relaxed),
-            0x86dd => self.ipv6.fetch_add(1, Relaxed),
-            _ => 0,
-        };
-        if f.parts.len() > 2 {
-            self.multi_frag.fetch_add(1, Relaxed);
+            let mut at = 0;
+            let mut ok = true;
+            for p in f.parts {
+                ok &= p.buf.as_slice().map(|b| &b[..p.len]) == f.original.get(at..at + p.len);
+                at += p.len;
+            }
+            if ok && at == f.original.len() {
+                self.counters.verified += 1;
+            } else {
+                self.counters.mismatched += 1;
+            }
+            match u16::from_be_bytes([f.original[12], f.original[13]]) {
+                0x8100 => self.seen.vlan.fetch_add(1, Relaxed),
+                0x86dd => self.seen.ipv6.fetch_add(1, Relaxed),
+                _ => 0,
+            };
+            if f.parts.len() > 2 {
+                self.seen.multi_frag.fetch_add(1, Relaxed);
+            }
+            // Super-frames longer than one MTU carry their GSO type and segment size.
+            if f.original.len() > 1514 {
+                let v = f.rx.vnet;
+                let tcp = matches!(v.gso(), Gso::Tcpv4 | Gso::Tcpv6);
+                if tcp && (500..=9000).contains(&v.gso_size) {
+                    self.seen.gso_sized.fetch_add(1, Relaxed);
+                } else if tcp || v.gso() == Gso::None {
+                    self.seen.gso_bad.fetch_add(1, Relaxed);
+                }
+            }
+            if self.next_seq.is_some_and(|n| n != f.rx.seq) {
+                self.seen.seq_gaps.fetch_add(1, Relaxed);
+            }
+            self.next_seq = Some(f.rx.seq + 1);
+            assert_eq!(f.rx.cap_len as usize, f.original.len());
         }
     }
 
@@ -82,6 +116,9 @@ struct Seen {
     vlan: u64,
     ipv6: u64,
     multi_frag: u64,
+    gso_sized: u64,
+    gso_bad: u64,
+    seq_gaps: u64,
 }
 
 /// Runs configs/default.toml with `env` overrides, reading its device in namespace `ns`,
@@ -92,7 +129,7 @@ fn run_default(
     ns: &str,
     env: &[(&str, &str)],
     after_mix: impl FnOnce(),
-) -> (memplex::runtime::RunReport, memplex::testnet::MixSent, Seen) {
+) -> (memplex::runtime::RunReport, MixSent, Seen) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/default.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let env = env
@@ -121,12 +158,7 @@ fn run_default(
         .unwrap();
     assert_eq!(queues.len(), 2);
     let control = RunControl::default();
-    let (wrong, vlan, ipv6, multi): (
-        Arc<AtomicU64>,
-        Arc<AtomicU64>,
-        Arc<AtomicU64>,
-        Arc<AtomicU64>,
-    ) = Default::default();
+    let counts = Arc::new(Counts::default());
     /// Stops the run when dropped, so a panicking test fails instead of hanging.
     struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
     impl Drop for StopOnDrop<'_> {
@@ -141,10 +173,8 @@ fn run_default(
                 Box::new(RouteCheck {
                     expected: Arc::clone(&expected),
                     counters: SinkCounters::default(),
-                    wrong_provider: Arc::clone(&wrong),
-                    vlan: Arc::clone(&vlan),
-                    ipv6: Arc::clone(&ipv6),
-                    multi_frag: Arc::clone(&multi),
+                    seen: Arc::clone(&counts),
+                    next_seq: None,
                 })
             })
         });
@@ -157,10 +187,13 @@ fn run_default(
         (run.join().unwrap().unwrap(), sent)
     });
     let seen = Seen {
-        wrong_provider: wrong.load(Relaxed),
-        vlan: vlan.load(Relaxed),
-        ipv6: ipv6.load(Relaxed),
-        multi_frag: multi.load(Relaxed),
+        wrong_provider: counts.wrong_provider.load(Relaxed),
+        vlan: counts.vlan.load(Relaxed),
+        ipv6: counts.ipv6.load(Relaxed),
+        multi_frag: counts.multi_frag.load(Relaxed),
+        gso_sized: counts.gso_sized.load(Relaxed),
+        gso_bad: counts.gso_bad.load(Relaxed),
+        seq_gaps: counts.seq_gaps.load(Relaxed),
     };
     (report, sent, seen)
 }
@@ -168,7 +201,7 @@ fn run_default(
 #[test]
 fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
     let Some(net) = net_or_skip(2) else { return };
-    let malformed: Vec<Vec<u8>> = memplex::traffic::mix("malformed", 80)
+    let malformed: Vec<Vec<u8>> = memplex_testkit::traffic::mix("malformed", 80)
         .unwrap()
         .into_iter()
         .filter(|f| f.len() <= 1514)
@@ -188,7 +221,7 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         t.sink.mismatched, 0,
         "every frame reassembles byte for byte"
     );
-    assert_eq!(t.dropped.values().sum::<u64>(), 0, "{:?}", t.dropped);
+    assert_eq!(t.dropped.sum(), 0, "{:?}", t.dropped);
     assert_eq!(t.sink.verified, t.received.frames);
     assert_eq!(
         seen.wrong_provider, 0,
@@ -200,8 +233,21 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         t.device
     );
     assert!(seen.multi_frag > 0, "GSO frames span several frags");
+    assert!(
+        seen.gso_sized > 0 && seen.gso_bad == 0,
+        "super-frames carry the vnet header's GSO type and size: {} sized, {} not",
+        seen.gso_sized,
+        seen.gso_bad
+    );
+    assert_eq!(
+        seen.seq_gaps, 0,
+        "each queue numbers its frames without gaps"
+    );
     let spill = t.providers.iter().find(|p| p.name == "spill").unwrap();
-    assert!(spill.buffers > 0, "frags past the first went to frags_rest");
+    assert!(
+        spill.placed.frames > 0,
+        "frags past the first went to frags_rest"
+    );
     // A frame the kernel could not queue for a slow reader is counted, not lost.
     let dropped = net.tap_dropped();
     assert!(
@@ -227,7 +273,7 @@ fn real_traffic_through_tap_reassembles_and_lands_where_routes_say() {
         .iter()
         .filter(|(k, _)| k.starts_with("truncated") || k.starts_with("malformed"))
         .map(|(_, v)| v)
-        .sum();
+        .sum::<u64>();
     assert!(
         malformed_seen >= 30,
         "the injected malformed frames were counted: {:?}",

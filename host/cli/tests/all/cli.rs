@@ -149,7 +149,7 @@ fn out_of_tree_provider_passes_check_provider() {
 
 fn configs(name: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../configs")
+        .join("../../configs")
         .join(name)
         .display()
         .to_string()
@@ -179,7 +179,7 @@ fn run_reports_json_lines_and_serves_metrics_on_loopback() {
     {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         s.read_to_string(&mut metrics).unwrap();
     }
@@ -201,6 +201,15 @@ fn run_reports_json_lines_and_serves_metrics_on_loopback() {
         ),
         "{metrics}"
     );
+    // What a scraper expects: HELP and TYPE per family, gauges as gauges, an EOF line.
+    for want in [
+        "# HELP memplex_frames Frames received.",
+        "# TYPE memplex_frames counter",
+        "# TYPE memplex_pool_inflight gauge",
+        "# EOF",
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -262,7 +271,7 @@ fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
         let lib = format!("libmemplex_plugin_{name}.so");
         std::fs::copy(build_dir().join(&lib), dir.join(&lib)).unwrap();
     }
-    let mut cmd = if memplex::testnet::privileged() {
+    let mut cmd = if memplex_testkit::net::privileged() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&exe);
@@ -417,7 +426,7 @@ fn bench_replays_a_capture_at_a_rate_and_over_a_veth() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("default.pcap at 20000 fps"), "{out}");
-    if !memplex::testnet::privileged() {
+    if !memplex_testkit::net::privileged() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true but not root: the veth benchmark must run in CI"
@@ -485,4 +494,23 @@ fn bench_stops_cleanly_on_ctrl_c_and_reports_what_it_measured() {
     let rounds = doc["rounds"].as_array().unwrap().len();
     assert!(rounds > 0 && rounds < 600, "{rounds} rounds");
     std::fs::remove_file(&json).unwrap();
+}
+
+#[test]
+fn check_provider_runs_on_wasm_providers() {
+    for provider in ["slab.wasm", "ring.wasm"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args(["check-provider", provider])
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("all 10 checks passed"), "{text}");
+        // Guest memory is written with fill and read back with read, not skipped.
+        assert!(
+            text.contains("read back a pattern in") && text.contains("fill and read ops"),
+            "{text}"
+        );
+    }
 }

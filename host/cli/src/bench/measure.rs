@@ -1,0 +1,162 @@
+//! One timed round of `memplex bench`: the engine (or the bare or memcpy loop) on a
+//! workload, with CPU time (less the traffic generator's) and peak RSS.
+
+use super::variant::Variant;
+use super::{BenchArgs, Round, Source, Workload};
+use anyhow::Result;
+use memplex::runtime::Engine;
+use memplex::runtime::RunControl;
+use memplex_testkit::net::{self as testnet, TestNet};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// CPU seconds (user + system) from a `/proc/.../stat` file.
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces and parentheses); the state
+    // letter comes first, so utime and stime (fields 14 and 15) are at 11 and 12 here.
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // In clock ticks: USER_HZ, which is 100 on Linux.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// CPU seconds this process has used.
+fn cpu_secs() -> f64 {
+    stat_cpu_secs("/proc/self/stat")
+}
+
+/// CPU seconds this thread has used.
+fn thread_cpu_secs() -> f64 {
+    stat_cpu_secs("/proc/thread-self/stat")
+}
+
+/// Resets the peak RSS (`echo 5 > /proc/self/clear_refs`); false where not allowed.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The peak RSS since the last reset, from /proc/self/status (VmHWM).
+fn peak_rss() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+}
+
+/// One timed round of `engine`, or with `bare` of the bare loop on its device (copying
+/// each frame when `Some(true)`).
+pub fn round(
+    engine: &Engine,
+    bare: Option<bool>,
+    variant: &Variant,
+    t: &Workload,
+    args: &BenchArgs,
+    net: Option<&TestNet>,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<Round> {
+    let control = RunControl::default();
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let rx = super::variant::open_queues(&variant.config, t, args, net)?;
+    let tap_dropped = net
+        .filter(|_| args.source == Source::Tap)
+        .map(TestNet::tap_dropped);
+    let peak_reset = reset_peak_rss();
+    let cpu0 = cpu_secs();
+    let start = Instant::now();
+    let stop = control.stop.clone();
+    let (outcome, sender_cpu) = std::thread::scope(|s| -> Result<_> {
+        let reader = s.spawn(
+            || -> Result<(u64, u64, u64, Option<memplex::stats::QueueStats>)> {
+                if let Some(copy) = bare {
+                    let c = crate::bare::bare_read(rx, &control.stop, copy);
+                    Ok((c.frames, c.bytes, c.kernel_drops, None))
+                } else {
+                    let report = engine.run(rx, &control)?;
+                    let t = report.total();
+                    Ok((t.received.frames, t.received.bytes, 0, Some(t)))
+                }
+            },
+        );
+        let deadline = start + seconds;
+        let sender_cpu = match (args.source, net) {
+            (Source::Veth, Some(n)) => {
+                let frames = &t.frames;
+                let rate = args.rate;
+                let stop = &*interrupted;
+                TestNet::in_ns(&n.ns_a, move || -> Result<f64> {
+                    let c0 = thread_cpu_secs();
+                    testnet::blast(&n.veth_a, frames, deadline, rate, stop)?;
+                    Ok(thread_cpu_secs() - c0)
+                })??
+            }
+            (Source::Tap, Some(n)) => {
+                let mut cpu = 0.0;
+                while Instant::now() < deadline && !interrupted.load(Relaxed) {
+                    let c0 = thread_cpu_secs();
+                    n.send_mix(16 << 20, interrupted)?;
+                    cpu += thread_cpu_secs() - c0;
+                }
+                cpu
+            }
+            _ => {
+                while Instant::now() < deadline && !interrupted.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                0.0
+            }
+        };
+        if net.is_some() {
+            // Let the reader drain what is in flight.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Relaxed);
+        let out = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+        Ok((out, sender_cpu))
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = (cpu_secs() - cpu0 - sender_cpu).max(0.0);
+    let (frames, bytes, bare_drops, stats) = outcome;
+    let mut drops = bare_drops
+        + tap_dropped.map_or(0, |before| {
+            net.map_or(0, TestNet::tap_dropped).saturating_sub(before)
+        });
+    let (mut hit_rate, mut providers) = (None, BTreeMap::new());
+    if let Some(q) = stats {
+        drops += q.device.kernel_drops + q.dropped.sum();
+        let (fast, slow) = q.providers.iter().fold((0, 0), |(f, s), p| {
+            (f + p.pool.alloc_fast, s + p.pool.alloc_slow)
+        });
+        hit_rate = (fast + slow > 0).then(|| fast as f64 / (fast + slow) as f64);
+        providers = q
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), p.placed.frames))
+            .collect();
+    }
+    Ok(Round {
+        traffic: String::new(),
+        variant: String::new(),
+        repeat: 0,
+        frames,
+        bytes,
+        secs,
+        drops,
+        cpu_secs: cpu,
+        peak_rss_bytes: peak_rss().filter(|_| peak_reset),
+        hit_rate,
+        providers,
+    })
+}

@@ -1,0 +1,267 @@
+//! `memplex bench`: several configs (or one config with a setting varied) against the
+//! same traffic, interleaved over repeats (A B A B ...), with a bare read loop on the same
+//! device as the baseline of what the device delivers.
+//!
+//! Sources: generated frames replayed in memory (no system call per frame: the host's
+//! own cost), a capture replayed at full speed or a given rate, generated frames sent
+//! over a veth pair from another namespace with `sendmmsg` and read with AF_PACKET, or
+//! the demo's TCP/UDP mix through a TAP with GSO super-frames.
+//!
+//! Per config and traffic it reports the median over repeats (and the spread) of frames
+//! and bits per second, drops, CPU time per frame, peak RSS, pool hit rate and buffers
+//! per provider, as ratios against a named baseline and as a fraction of the bare read.
+
+//!
+//! - `variant.rs`: the variants (typed configs) and workloads, and each round's queues;
+//! - `measure.rs`: one timed round, CPU time and peak RSS;
+//! - `report.rs`: medians and ratios as a table, Markdown, JSON and SVG.
+
+mod measure;
+mod report;
+mod variant;
+
+use anyhow::{ensure, Context, Result};
+use memplex::device::replay::Recorded;
+use memplex::provider::PluginPath;
+use memplex::runtime::Engine;
+use memplex_testkit::net::{self as testnet, TestNet};
+use memplex_testkit::traffic::Proto;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Where the frames come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Generated frames replayed from memory, no system call per frame.
+    Memory,
+    /// A capture file (--capture) replayed from memory, at full speed or --rate.
+    Pcap,
+    /// Generated frames sent over a veth pair from another namespace (sendmmsg) and read
+    /// with an AF_PACKET TPACKET_V3 ring (root).
+    Veth,
+    /// The demo's mix (a TCP stream with 64 KiB GSO super-frames, UDP, IPv6, VXLAN)
+    /// through a TAP device (root).
+    Tap,
+}
+
+/// `memplex bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Configs to compare (default: configs/default.toml's providers and routes).
+    #[arg(value_name = "CONFIG")]
+    pub configs: Vec<PathBuf>,
+    /// Vary one setting: KEY=V1,V2,... makes one variant per value of each config, e.g.
+    /// providers.payload.plugin=slab,slab.wasm.
+    #[arg(long = "vary", value_name = "KEY=V1,V2,...")]
+    pub vary: Option<String>,
+    /// A fixed setting for every variant, KEY=VALUE; repeatable (e.g. device.queues=2).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The traffic source.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub source: Source,
+    /// The capture for --source pcap.
+    #[arg(long)]
+    pub capture: Option<PathBuf>,
+    /// Frames per second for --source pcap and veth (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Frame sizes in bytes for generated traffic (memory, veth), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+    pub frame_size: Vec<usize>,
+    /// Flows in generated traffic (distinct source ports).
+    #[arg(long, default_value_t = 64)]
+    pub flows: u16,
+    /// Protocols in generated traffic: udp, tcp or mix.
+    #[arg(long, default_value = "udp")]
+    pub proto: Proto,
+    /// Tag generated frames with this VLAN id.
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// Rounds of every variant, interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// Seconds per round.
+    #[arg(long, default_value_t = 1.0)]
+    pub seconds: f64,
+    /// The variant ratios are taken against (a label as shown; default: the first).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Leave out the bare read loop.
+    #[arg(long)]
+    pub no_bare: bool,
+    /// Also write the table as Markdown to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Also write every round and the summary as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Also plot frames per second per config and traffic to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+const DEFAULT: &str = include_str!("../../../../configs/default.toml");
+/// The bare read loop's label.
+const BARE: &str = "bare";
+/// The read loop that also copies every frame into a ring of plain memory: what one
+/// copy per byte costs with no split, pools or providers.
+const MEMCPY: &str = "memcpy";
+
+/// One traffic workload.
+pub struct Workload {
+    label: String,
+    /// Frames to replay from memory (memory, pcap) or to send (veth).
+    frames: Arc<[Recorded]>,
+}
+
+/// One timed round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Round {
+    traffic: String,
+    variant: String,
+    repeat: usize,
+    frames: u64,
+    bytes: u64,
+    secs: f64,
+    /// Frames lost: dropped by memplex (no buffer, fault, no route) or by the kernel.
+    drops: u64,
+    cpu_secs: f64,
+    /// None where the peak could not be reset for the round (it would be the process's).
+    peak_rss_bytes: Option<u64>,
+    /// Pool allocations served from the cache, as a fraction of all allocations.
+    hit_rate: Option<f64>,
+    /// Buffers each provider supplied.
+    providers: BTreeMap<String, u64>,
+}
+
+/// Runs the benchmark; the exit code.
+pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(
+        args.seconds > 0.0 && args.seconds <= 3600.0,
+        "--seconds must be above 0 and at most 3600, not {}",
+        args.seconds
+    );
+    let variants = variant::variants(args)?;
+    let workloads = variant::workloads(args)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    crate::signal::stop_on_signal_thread(interrupted.clone())?;
+    let net = match args.source {
+        Source::Veth | Source::Tap => {
+            ensure!(
+                testnet::privileged(),
+                "--source {:?} needs root: it builds two network namespaces (use --source memory or pcap without root)",
+                args.source
+            );
+            TestNet::sweep_stale();
+            let queues = variants
+                .iter()
+                .map(|v| v.config.device.queues)
+                .max()
+                .unwrap_or(1);
+            Some(TestNet::create(queues).context("building the benchmark network")?)
+        }
+        _ => None,
+    };
+    let mut labels: Vec<&str> = variants.iter().map(|v| v.label.as_str()).collect();
+    if !args.no_bare {
+        labels.extend([MEMCPY, BARE]);
+    }
+    if let Some(b) = &args.baseline {
+        ensure!(
+            labels.contains(&b.as_str()),
+            "--baseline `{b}` is not one of the variants: {}",
+            labels.join(", ")
+        );
+    }
+    let total = (workloads.len() * labels.len() * args.repeats) as u64;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} rounds, {elapsed} of ~{duration} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut rounds = Vec::new();
+    let engines = variants
+        .iter()
+        .map(|v| {
+            Engine::new(v.config.clone(), path)
+                .with_context(|| format!("loading the providers of `{}`", v.label))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    'all: for t in &workloads {
+        for repeat in 0..args.repeats {
+            for (i, label) in labels.iter().enumerate() {
+                if interrupted.load(Relaxed) {
+                    break 'all;
+                }
+                bar.set_message(format!("{} {label}", t.label));
+                // The bare and memcpy loops read the first variant's device.
+                let (engine, variant) = match engines.get(i) {
+                    Some(e) => (e, &variants[i]),
+                    None => (&engines[0], &variants[0]),
+                };
+                let bare = match *label {
+                    BARE => Some(false),
+                    MEMCPY => Some(true),
+                    _ => None,
+                };
+                let r = measure::round(engine, bare, variant, t, args, net.as_ref(), &interrupted)
+                    .with_context(|| format!("round {} of `{label}` on {}", repeat + 1, t.label))?;
+                rounds.push(Round {
+                    traffic: t.label.clone(),
+                    variant: label.to_string(),
+                    repeat,
+                    ..r
+                });
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    drop(net);
+    if interrupted.load(Relaxed) {
+        eprintln!("interrupted: {} of {total} rounds measured", rounds.len());
+    }
+    ensure!(!rounds.is_empty(), "no round finished");
+    let baseline = args
+        .baseline
+        .clone()
+        .unwrap_or_else(|| labels[0].to_string());
+    let summaries = report::summarise(&rounds, &workloads, &labels, &baseline);
+    let header = format!(
+        "{} source, {} round{} of {} s per variant, interleaved; medians (spread = (max - min) / median); ratios against `{baseline}`",
+        format!("{:?}", args.source).to_lowercase(),
+        args.repeats,
+        if args.repeats == 1 { "" } else { "s" },
+        args.seconds,
+    );
+    println!("{header}");
+    println!("{}", report::table(&summaries));
+    if let Some(p) = &args.markdown {
+        std::fs::write(p, format!("{header}\n\n{}", report::markdown(&summaries)))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.json {
+        let doc = serde_json::json!({
+            "source": args.source,
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "baseline": baseline,
+            "summary": summaries,
+            "rounds": rounds,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &args.plot {
+        report::plot(p, &summaries, &workloads, &labels)
+            .with_context(|| format!("plotting to {}", p.display()))?;
+    }
+    Ok(if interrupted.load(Relaxed) { 130 } else { 0 })
+}

@@ -1,0 +1,206 @@
+//! The variants `memplex bench` compares (configs, or one config with a setting varied,
+//! each loaded into a typed `Config`), the workloads it runs them on (frames in memory,
+//! a capture, or live traffic), and the receive queues of one round.
+
+use super::{BenchArgs, Source, Workload, BARE, DEFAULT, MEMCPY};
+use anyhow::{bail, ensure, Context, Result};
+use memplex::config::{Config, DeviceConfig, DeviceKind, SinkKind};
+use memplex::device::replay::{self, Recorded};
+use memplex::device::{self, RxQueue};
+use memplex_testkit::net::TestNet;
+use memplex_testkit::traffic::{self, Shape};
+use std::path::Path;
+
+/// One config variant: its label and the config, loaded with its settings applied.
+pub struct Variant {
+    pub label: String,
+    pub config: Config,
+}
+
+/// `--set KEY=VALUE` or one value of `--vary`, as a setting for the config loader.
+fn setting(kv: &str, flag: &str) -> Result<(String, String)> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => bail!("{flag} `{kv}` is not KEY=VALUE"),
+    }
+}
+
+/// Every variant: each config (the built-in default when none is given), times each
+/// value of `--vary`, with `--set` on all; the sink is always `count`.
+pub fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
+    let mut bases = Vec::new();
+    if args.configs.is_empty() {
+        bases.push((
+            "default".to_string(),
+            DEFAULT.to_string(),
+            "configs/default.toml (built in)".to_string(),
+            None,
+        ));
+    }
+    for c in &args.configs {
+        let text =
+            std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?;
+        let stem = c.file_stem().map_or_else(
+            || c.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        bases.push((
+            stem,
+            text,
+            c.display().to_string(),
+            c.parent().map(Path::to_path_buf),
+        ));
+    }
+    let fixed = args
+        .set
+        .iter()
+        .map(|s| setting(s, "--set"))
+        .collect::<Result<Vec<_>>>()?;
+    let vary: Vec<(String, String)> = match &args.vary {
+        None => vec![],
+        Some(s) => {
+            let Some((k, vs)) = s.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+                bail!("--vary `{s}` is not KEY=V1,V2,...");
+            };
+            let k = k.trim().to_string();
+            let values: Vec<&str> = vs
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect();
+            ensure!(!values.is_empty(), "--vary `{s}` names no values");
+            values
+                .into_iter()
+                .map(|v| (k.clone(), v.to_string()))
+                .collect()
+        }
+    };
+    let one = args.configs.len() <= 1;
+    let mut out = Vec::new();
+    for (stem, text, origin, base) in bases {
+        let mut each = vec![(stem.clone(), fixed.clone())];
+        if !vary.is_empty() {
+            each = vary
+                .iter()
+                .map(|(k, v)| {
+                    let label = if one {
+                        v.clone()
+                    } else {
+                        format!("{stem} {v}")
+                    };
+                    let mut settings = fixed.clone();
+                    settings.push((k.clone(), v.clone()));
+                    (label, settings)
+                })
+                .collect();
+        }
+        for (label, settings) in each {
+            let mut config = Config::with_settings(&text, &origin, base.as_deref(), &settings)
+                .with_context(|| format!("config of `{label}`"))?;
+            config.runtime.sink = SinkKind::Count;
+            out.push(Variant { label, config });
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for v in &out {
+        ensure!(
+            v.label != BARE && v.label != MEMCPY,
+            "a variant may not be called `{}`: that name is the baseline loop's",
+            v.label
+        );
+        ensure!(
+            seen.insert(v.label.clone()),
+            "two variants are both called `{}`; give the configs different file names",
+            v.label
+        );
+    }
+    Ok(out)
+}
+
+/// The workloads of `args.source`: a capture, the TAP mix, or generated frames of each
+/// `--frame-size`.
+pub fn workloads(args: &BenchArgs) -> Result<Vec<Workload>> {
+    match args.source {
+        Source::Pcap => {
+            let Some(c) = &args.capture else {
+                bail!("--source pcap needs --capture FILE");
+            };
+            let frames =
+                device::pcap::read_frames(c).with_context(|| format!("reading {}", c.display()))?;
+            ensure!(!frames.is_empty(), "{} holds no frames", c.display());
+            let name = c.file_name().map_or_else(
+                || c.display().to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            );
+            Ok(vec![Workload {
+                label: match args.rate {
+                    Some(r) => format!("{name} at {r} fps"),
+                    None => name,
+                },
+                frames: frames.into(),
+            }])
+        }
+        Source::Tap => Ok(vec![Workload {
+            label: "TAP GSO mix".into(),
+            frames: Vec::new().into(),
+        }]),
+        Source::Memory | Source::Veth => {
+            ensure!(args.capture.is_none(), "--capture goes with --source pcap");
+            let mut out = Vec::new();
+            for &size in &args.frame_size {
+                let frames = traffic::generate(Shape {
+                    frame_size: size,
+                    flows: args.flows,
+                    proto: args.proto,
+                    vlan: args.vlan,
+                })
+                .map_err(|e| anyhow::anyhow!("--frame-size/--flows/--vlan: {e}"))?;
+                out.push(Workload {
+                    label: format!(
+                        "{size} B {}{}",
+                        format!("{:?}", args.proto).to_lowercase(),
+                        args.vlan.map_or(String::new(), |v| format!(" vlan {v}"))
+                    ),
+                    frames: Recorded::synthetic(frames).into(),
+                });
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The receive queues of one round of `config` on workload `w`: its frames replayed
+/// from memory (memory, pcap at `--rate`), or the source's device in place of the
+/// config's own (veth: AF_PACKET on host B's end; tap: the mirrored TAP with GSO).
+pub fn open_queues(
+    config: &Config,
+    w: &Workload,
+    args: &BenchArgs,
+    net: Option<&TestNet>,
+) -> Result<Vec<Box<dyn RxQueue>>> {
+    let queues = config.device.queues;
+    let device = |kind, interface: String, gso| DeviceConfig {
+        kind,
+        interface: Some(interface),
+        gso,
+        ..config.device.clone()
+    };
+    Ok(match (args.source, net) {
+        (Source::Memory | Source::Pcap, _) => {
+            let rate = args.rate.filter(|_| args.source == Source::Pcap);
+            replay::queues(&w.label, w.frames.clone(), queues, u32::MAX, rate)?
+                .into_iter()
+                .map(|q| Box::new(q) as Box<dyn RxQueue>)
+                .collect()
+        }
+        (Source::Veth, Some(n)) => {
+            let d = device(DeviceKind::AfPacket, n.veth_b.clone(), false);
+            TestNet::in_ns(&n.ns_b, || device::open(&d))??
+        }
+        (Source::Tap, Some(n)) => {
+            let d = device(DeviceKind::Tap, n.tap.clone(), true);
+            TestNet::in_ns(&n.ns_a, || device::open(&d))??
+        }
+        (_, None) => bail!("--source {:?} needs its network", args.source),
+    })
+}

@@ -1,0 +1,279 @@
+//! `memplex demo`: the default config on real kernel traffic, in a network it makes;
+//! without privileges, on a replayed capture; with `--synthetic`, each provider alone
+//! on the default mix replayed from memory, through the same engine.
+
+use anyhow::{Context, Result};
+use memplex::config::Config;
+use memplex::device::replay::{self, Recorded};
+use memplex::device::RxQueue;
+use memplex::provider::PluginPath;
+use memplex::runtime::{Engine, RunControl};
+use memplex_testkit::net::{self as testnet, TestNet};
+use memplex_testkit::traffic;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+/// The config the demo runs when none is given: `configs/default.toml`, built in.
+const DEFAULT: &str = include_str!("../../../configs/default.toml");
+
+pub(crate) fn load(config: &Option<PathBuf>, env: &[(&str, String)]) -> Result<Config> {
+    let env = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Ok(match config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Config::from_toml(&text, &p.display().to_string(), env, p.parent())?
+        }
+        None => Config::from_toml(DEFAULT, "configs/default.toml (built in)", env, None)?,
+    })
+}
+
+/// Runs the demo for `seconds`.
+pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
+    if !testnet::privileged() {
+        return unprivileged(path, config, json);
+    }
+    TestNet::sweep_stale();
+    let net = TestNet::create(2)
+        .context("building the demo network (two namespaces, a veth pair, a TAP device)")?;
+    let config = load(&config, &[("MEMPLEX_DEVICE__INTERFACE", net.tap.clone())])?;
+    println!(
+        "memplex demo: namespaces {} and {} joined by a veth pair; everything host A sends is mirrored into TAP {} ({} queues, GSO on).\n\
+         Host A sends a TCP stream, UDP over IPv4, IPv6 and VXLAN, and UDP on VLAN 100 to host B for {seconds} s;\n\
+         memplex splits what arrives on the TAP with `split.mode = {:?}` and places it as configs/default.toml routes it.\n",
+        net.ns_a, net.ns_b, net.tap, config.device.queues, config.split.mode
+    );
+    let engine = Engine::new(config, path)?;
+    let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())??;
+    let control = RunControl::default();
+    crate::signal::stop_on_signal_thread(control.stop.clone())?;
+    let (report, sent) = std::thread::scope(|s| -> Result<_> {
+        let run = s.spawn(|| engine.run(queues, &control));
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(seconds);
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last_line = start;
+        let mut sent = testnet::MixSent::default();
+        let mut rounds = 0;
+        let result = (|| -> Result<()> {
+            while Instant::now() < deadline && !control.stop.load(Relaxed) {
+                let m = net.send_mix(32 << 20, &control.stop)?;
+                sent.tcp_bytes += m.tcp_bytes;
+                sent.udp += m.udp;
+                sent.vlan += m.vlan;
+                rounds += 1;
+                let line = format!(
+                    "  {:.1} s: sent {} MB of TCP, {} UDP datagrams, {} VLAN frames",
+                    start.elapsed().as_secs_f64(),
+                    sent.tcp_bytes >> 20,
+                    sent.udp,
+                    sent.vlan
+                );
+                if tty {
+                    eprint!("\r{line}");
+                } else if last_line.elapsed() >= Duration::from_secs(1) {
+                    eprintln!("{line}");
+                    last_line = Instant::now();
+                }
+            }
+            Ok(())
+        })();
+        if tty {
+            eprintln!();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        control.stop.store(true, Relaxed);
+        let report = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("the run panicked"))??;
+        result?;
+        Ok((report, (sent, rounds)))
+    })?;
+    crate::run::print_report(&report, json);
+    let t = report.total();
+    println!(
+        "host A sent {} MB of TCP in {} connections, {} UDP datagrams and {} VLAN frames;\n\
+         the TAP delivered {} GSO super-frames (largest {} bytes), each placed across several frags.",
+        sent.0.tcp_bytes >> 20,
+        sent.1,
+        sent.0.udp,
+        sent.0.vlan,
+        t.device.gso_frames,
+        t.device.largest
+    );
+    drop(net);
+    println!("removed the demo's namespaces, veth pair and TAP device.");
+    if report.leaked() > 0 || t.sink.mismatched > 0 {
+        eprintln!(
+            "FAILED: {} buffers leaked, {} frames did not reassemble",
+            report.leaked(),
+            t.sink.mismatched
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Result<i32> {
+    eprintln!(
+        "memplex demo needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN): it creates two network namespaces,\n\
+         a veth pair and a TAP device, and sends real traffic between them. Run it with sudo for that.\n\
+         Without privileges, memplex replays the same traffic mix from memory instead (as `kind = \"pcap\"` replays\n\
+         a capture), which is what follows:\n\
+         the same config, the same engine. See also `memplex run -c configs/tcp-split.toml`.\n"
+    );
+    let config = load(&config, &[])?;
+    let queues = config.device.queues;
+    let engine = Engine::new(config, path)?;
+    let frames = Recorded::synthetic(traffic::mix("default", 3000).expect("built-in mix"));
+    let rx = replay::queues("default mix", frames.into(), queues, 100, None)?;
+    let report = engine.run(boxed(rx), &RunControl::default())?;
+    crate::run::print_report(&report, json);
+    Ok(
+        if report.leaked() > 0 || report.total().sink.mismatched > 0 {
+            1
+        } else {
+            0
+        },
+    )
+}
+
+fn boxed(rx: Vec<replay::ReplayQueue>) -> Vec<Box<dyn RxQueue>> {
+    rx.into_iter()
+        .map(|q| Box::new(q) as Box<dyn RxQueue>)
+        .collect()
+}
+
+/// The config `demo --synthetic` runs each provider in: the default mix replayed from
+/// memory, split after L4, heads in 128 B buffers and payload in 1 KiB frags from two
+/// instances of the provider under test, every frame verified.
+const SYNTHETIC: &str = r#"
+[device]
+kind = "pcap"
+path = "(the default mix, in memory)"
+
+[split]
+mode = "l4"
+
+[providers.head]
+plugin = "heap"
+buf_size = 128
+
+[providers.frags]
+plugin = "heap"
+buf_size = 1024
+
+[[route]]
+head = "head"
+frags = "frags"
+
+[runtime]
+sink = "verify"
+"#;
+
+/// `memplex demo --synthetic`: every provider through the real engine on the default
+/// mix, replayed from memory (no device, no privileges).
+pub fn synthetic(path: &PluginPath, frames: u64, providers: Vec<String>) -> Result<i32> {
+    anyhow::ensure!(frames > 0, "--frames must be at least 1");
+    let providers = if providers.is_empty() {
+        vec!["heap".into(), "slab".into(), "hugepage".into()]
+    } else {
+        providers
+    };
+    let mix: std::sync::Arc<[Recorded]> =
+        Recorded::synthetic(traffic::mix("default", 1024).expect("built-in mix")).into();
+    println!(
+        "memplex demo --synthetic: {frames} frames of the default mix (TCP, VLAN, UDP, IPv6, ICMP; 60-1514 B) per provider,\n\
+         replayed from memory through the engine: split after the L4 header, heads in 128 B buffers, payload in 1 KiB frags,\n\
+         every frame verified byte for byte.\n"
+    );
+    let mut t = crate::table(&[
+        "provider",
+        "frames",
+        "Mpps",
+        "Gbit/s",
+        "split",
+        "frag bufs",
+        "verified",
+        "dropped",
+        "leaked",
+    ]);
+    let mut p = crate::table(&[
+        "pool",
+        "alloc_fast",
+        "alloc_refill",
+        "alloc_slow",
+        "recycle_cached",
+        "hit rate",
+        "provider calls",
+    ]);
+    let mut bad = false;
+    for (i, spec) in providers.iter().enumerate() {
+        let mut config =
+            Config::from_toml(SYNTHETIC, "demo --synthetic", Default::default(), None)?;
+        for p in config.providers.values_mut() {
+            p.plugin.clone_from(spec);
+        }
+        let engine =
+            Engine::new(config, path).with_context(|| format!("loading provider `{spec}`"))?;
+        let label = engine
+            .plugins()
+            .next()
+            .map_or_else(|| spec.clone(), |(_, p)| p.label());
+        eprintln!("[{}/{}] {label} ...", i + 1, providers.len());
+        let rx = replay::queues("default mix", mix.clone(), 1, u32::MAX, None)?
+            .into_iter()
+            .map(|q| q.limit(frames))
+            .collect();
+        let report = engine
+            .run(boxed(rx), &RunControl::default())
+            .with_context(|| format!("running the demo on `{spec}`"))?;
+        let tot = report.total();
+        let secs = report.elapsed.as_secs_f64().max(1e-9);
+        let verified = tot.sink.verified == tot.received.frames;
+        bad |= !verified || report.leaked() > 0;
+        t.add_row(vec![
+            label,
+            tot.received.frames.to_string(),
+            format!("{:.2}", tot.received.frames as f64 / secs / 1e6),
+            format!("{:.2}", tot.received.bytes as f64 * 8.0 / secs / 1e9),
+            tot.split.sum().to_string(),
+            tot.providers
+                .iter()
+                .find(|p| p.name == "frags")
+                .map_or(0, |p| p.placed.frames)
+                .to_string(),
+            if verified {
+                "all".into()
+            } else {
+                format!("{} of {}", tot.sink.verified, tot.received.frames)
+            },
+            tot.dropped.sum().to_string(),
+            report.leaked().to_string(),
+        ]);
+        for ps in &tot.providers {
+            let s = ps.pool;
+            let c = ps.checks;
+            p.add_row(vec![
+                format!("{spec} {}", ps.name),
+                s.alloc_fast.to_string(),
+                s.alloc_refill.to_string(),
+                s.alloc_slow.to_string(),
+                s.recycle_cached.to_string(),
+                format!("{:.2}%", s.hit_rate() * 100.0),
+                (c.alloc_calls + c.release_calls).to_string(),
+            ]);
+        }
+    }
+    println!("{t}\n\n{p}");
+    if bad {
+        println!("FAILED: some frames did not reassemble or some buffers did not come back");
+        return Ok(1);
+    }
+    println!("every frame reassembled byte for byte; every buffer returned to its provider.");
+    Ok(0)
+}

@@ -1,0 +1,179 @@
+//! `memplex providers`, `providers inspect` and `check-provider`.
+
+use crate::{table, ParamArgs};
+use anyhow::{Context, Result};
+use comfy_table::{Cell, Color};
+use memplex::conformance::{self, CheckOptions, Outcome};
+use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
+
+pub fn list(path: &PluginPath) -> Result<i32> {
+    let mut t = table(&[
+        "provider",
+        "version",
+        "buf",
+        "align",
+        "capacity",
+        "caps",
+        "file / status",
+    ]);
+    let mut rows = 0;
+    let builtins =
+        ["heap", "slab", "hugepage"].map(|n| ProviderPlugin::builtin(n).expect("built-in"));
+    let files = path.list();
+    let loaded = files
+        .iter()
+        .map(|f| (f.display().to_string(), ProviderPlugin::open(f)));
+    for (origin, plugin) in builtins
+        .into_iter()
+        .map(|p| ("built-in".to_string(), Ok(p)))
+        .chain(loaded)
+    {
+        rows += 1;
+        match plugin {
+            Ok(p) => {
+                let d = p.description().clone();
+                let name = if origin == "built-in" {
+                    format!("builtin:{}", d.name)
+                } else {
+                    d.name.to_string()
+                };
+                match p.instantiate(&InitParams::new(0, 2048, 256)) {
+                    Ok(inst) => {
+                        let i = inst.info();
+                        t.add_row(vec![
+                            name,
+                            d.version.to_string(),
+                            i.buf_size.to_string(),
+                            i.align.to_string(),
+                            i.capacity.to_string(),
+                            i.caps.to_string(),
+                            origin,
+                        ]);
+                    }
+                    Err(e) => {
+                        t.add_row(vec![
+                            Cell::new(name),
+                            Cell::new(d.version),
+                            Cell::new(""),
+                            Cell::new(""),
+                            Cell::new(""),
+                            Cell::new(""),
+                            Cell::new(format!("{origin}\ninit failed: {e}")).fg(Color::Red),
+                        ]);
+                    }
+                }
+            }
+            Err(e) => {
+                t.add_row(vec![
+                    Cell::new("?"),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(""),
+                    Cell::new(e.to_string()).fg(Color::Red),
+                ]);
+            }
+        }
+    }
+    println!("{t}");
+    let dirs: Vec<String> = path.dirs().map(|d| d.display().to_string()).collect();
+    println!("{rows} providers; plugin path: {}", dirs.join(":"));
+    Ok(0)
+}
+
+fn params_of(args: &ParamArgs) -> InitParams {
+    args.settings.iter().fold(
+        InitParams::new(0, args.buf_size, args.pool_size),
+        |p, (k, v)| p.set(k, v),
+    )
+}
+
+pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
+    let plugin = ProviderPlugin::load(spec, path)?;
+    let d = plugin.description();
+    let inst = plugin
+        .instantiate(&params_of(args))
+        .with_context(|| format!("starting provider `{spec}`"))?;
+    let i = inst.info();
+    let mut t = table(&["field", "value"]);
+    let regions: Vec<String> = i
+        .regions
+        .iter()
+        .map(|r| format!("{:#x}+{}", r.base, r.len))
+        .collect();
+    for (k, v) in [
+        ("name", d.name.to_string()),
+        ("version", d.version.to_string()),
+        ("summary", d.summary.to_string()),
+        ("origin", plugin.origin().to_string()),
+        ("abi", memplex_abi::ABI_VERSION.to_string()),
+        (
+            "buf_size",
+            format!("{} (asked {})", i.buf_size, args.buf_size),
+        ),
+        ("align", i.align.to_string()),
+        ("capacity", i.capacity.to_string()),
+        ("caps", i.caps.to_string()),
+        ("backing", i.backing.to_string()),
+        (
+            "regions",
+            if regions.is_empty() {
+                "(none declared)".into()
+            } else {
+                regions.join(", ")
+            },
+        ),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    for s in inst.provider_stats() {
+        t.add_row(vec![format!("stat {}", s.name), s.value.to_string()]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+pub fn check(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
+    let plugin = ProviderPlugin::load(spec, path)?;
+    let opts = CheckOptions {
+        buf_size: args.buf_size,
+        pool_size: args.pool_size,
+        settings: args.settings.clone(),
+        ..Default::default()
+    };
+    let report = conformance::run(&plugin, &opts);
+    let mut t = table(&["check", "result", "detail"]);
+    for r in &report.results {
+        let (label, color) = match r.outcome {
+            Outcome::Pass => ("PASS", Color::Green),
+            Outcome::Warn => ("WARN", Color::Yellow),
+            Outcome::Fail => ("FAIL", Color::Red),
+        };
+        t.add_row(vec![
+            Cell::new(r.name),
+            Cell::new(label).fg(color),
+            Cell::new(&r.detail),
+        ]);
+    }
+    println!("check-provider {}\n{t}", report.plugin);
+    let failed = report
+        .results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Fail)
+        .count();
+    let warned = report
+        .results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Warn)
+        .count();
+    if failed > 0 {
+        println!("{failed} failed, {warned} warned: `{spec}` does not keep the provider contract");
+        return Ok(1);
+    }
+    println!(
+        "all {} checks passed ({warned} warnings)",
+        report.results.len()
+    );
+    Ok(0)
+}
