@@ -41,6 +41,16 @@ impl From<NoBuffer> for DropReason {
     }
 }
 
+/// Frames processed together: a device's burst (up to [`BURST`]) is split, routed,
+/// placed, handed to the sink and recycled in vectors of this many.
+///
+/// Measured (in-memory replay, l4 split, 1500 B TCP, against the frame-at-a-time loop
+/// this replaced): whole 64-frame vectors were 6% slower, because 64 frames' destination
+/// buffers (150 KB with their sources) do not stay in L1 while the copy runs; vectors of
+/// 4 to 8 matched it at 1500 B and at 128 B. Devices still hand over 64 at a time, so
+/// their per-poll costs (a clock read, a system call) stay spread over the whole burst.
+pub(super) const VECTOR: usize = 8;
+
 /// One queue's worker.
 pub(super) struct Worker {
     pub name: String,
@@ -110,9 +120,16 @@ impl Worker {
         }
     }
 
-    /// Handles one burst: split and route every frame, place them, hand the placed ones
-    /// to the sink, recycle their buffers.
+    /// Handles a device's burst in vectors of [`VECTOR`] frames.
     pub fn handle(&mut self, burst: &[RxFrame<'_>]) {
+        for vector in burst.chunks(VECTOR) {
+            self.handle_vector(vector);
+        }
+    }
+
+    /// Handles one vector: split and route every frame, place them, hand the placed ones
+    /// to the sink, recycle their buffers.
+    fn handle_vector(&mut self, burst: &[RxFrame<'_>]) {
         debug_assert!(burst.len() <= BURST);
         for (i, frame) in burst.iter().enumerate() {
             self.stats.received.add(frame.data.len());
@@ -292,10 +309,12 @@ pub(super) fn run_queue(
             }
         }
     };
+    let mut polls = 0u32;
     let result = loop {
         if control.stop.load(Relaxed) {
             break Ok(());
         }
+        polls = polls.wrapping_add(1);
         match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
             Ok(Poll::End) => break Ok(()),
             Ok(_) => {}
@@ -307,7 +326,9 @@ pub(super) fn run_queue(
                 source: e,
             });
         }
-        if published.elapsed() >= Duration::from_millis(100) {
+        // A clock read costs as much as placing a small frame here (a VM's clock), so
+        // the publishing interval is checked every 64th poll only.
+        if polls % 64 == 0 && published.elapsed() >= Duration::from_millis(100) {
             publish(&w);
             published = Instant::now();
         }
