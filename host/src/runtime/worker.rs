@@ -328,7 +328,7 @@ pub(super) fn run_queue(
         }
         // A clock read costs as much as placing a small frame here (a VM's clock), so
         // the publishing interval is checked every 64th poll only.
-        if polls % 64 == 0 && published.elapsed() >= Duration::from_millis(100) {
+        if polls.is_multiple_of(64) && published.elapsed() >= Duration::from_millis(100) {
             publish(&w);
             published = Instant::now();
         }
