@@ -6,7 +6,7 @@ use crate::{
 
 /// A memory provider: the userspace `memory_provider_ops`.
 ///
-/// Built-in providers, native `.so` plugins and (later) WASM modules all appear to the host
+/// Built-in providers, native `.so` plugins and sandboxed WASM modules all appear to the host
 /// as a `Box<dyn MemoryProvider>`, so nothing above this trait knows which kind it talks to.
 ///
 /// The host calls these ops only on its slow path: a page_pool-like cache in front of every

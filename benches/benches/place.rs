@@ -11,7 +11,6 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memplex::config::Config;
 use memplex::device::replay::{self, Recorded};
-use memplex::device::RxQueue;
 use memplex::provider::PluginPath;
 use memplex::runtime::{Engine, RunControl};
 use memplex_testkit::traffic::{generate, Proto, Shape};
@@ -58,12 +57,8 @@ fn place(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function("memplex", |b| {
             b.iter_custom(|iters| {
-                let rx: Vec<Box<dyn RxQueue>> =
-                    replay::queues("bench", replayed.clone(), 1, u32::MAX, None)
-                        .unwrap()
-                        .into_iter()
-                        .map(|q| Box::new(q.limit(iters)) as Box<dyn RxQueue>)
-                        .collect();
+                let rx = replay::queues("bench", replayed.clone(), 1, u32::MAX, None).unwrap();
+                let rx = memplex::device::boxed(rx.into_iter().map(|q| q.limit(iters)));
                 let report = engine.run(rx, &RunControl::default()).unwrap();
                 assert_eq!(report.total().received.frames, iters);
                 assert_eq!(report.total().dropped.sum(), 0);

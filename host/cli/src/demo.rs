@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result};
 use memplex::config::Config;
+use memplex::device;
 use memplex::device::replay::{self, Recorded};
-use memplex::device::RxQueue;
 use memplex::provider::PluginPath;
 use memplex::runtime::{Engine, RunControl};
 use memplex_testkit::net::{self as testnet, TestNet};
@@ -131,7 +131,7 @@ fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Resul
     let engine = Engine::new(config, path)?;
     let frames = Recorded::synthetic(traffic::mix("default", 3000).expect("built-in mix"));
     let rx = replay::queues("default mix", frames.into(), queues, 100, None)?;
-    let report = engine.run(boxed(rx), &RunControl::default())?;
+    let report = engine.run(device::boxed(rx), &RunControl::default())?;
     crate::run::print_report(&report, json);
     Ok(
         if report.leaked() > 0 || report.total().sink.mismatched > 0 {
@@ -140,12 +140,6 @@ fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Resul
             0
         },
     )
-}
-
-fn boxed(rx: Vec<replay::ReplayQueue>) -> Vec<Box<dyn RxQueue>> {
-    rx.into_iter()
-        .map(|q| Box::new(q) as Box<dyn RxQueue>)
-        .collect()
 }
 
 /// The config `demo --synthetic` runs each provider in: the default mix replayed from
@@ -227,10 +221,9 @@ pub fn synthetic(path: &PluginPath, frames: u64, providers: Vec<String>) -> Resu
         eprintln!("[{}/{}] {label} ...", i + 1, providers.len());
         let rx = replay::queues("default mix", mix.clone(), 1, u32::MAX, None)?
             .into_iter()
-            .map(|q| q.limit(frames))
-            .collect();
+            .map(|q| q.limit(frames));
         let report = engine
-            .run(boxed(rx), &RunControl::default())
+            .run(device::boxed(rx), &RunControl::default())
             .with_context(|| format!("running the demo on `{spec}`"))?;
         let tot = report.total();
         let secs = report.elapsed.as_secs_f64().max(1e-9);

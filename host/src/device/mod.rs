@@ -257,13 +257,16 @@ pub trait RxQueue: Send {
     }
 }
 
+/// Queues of one kind as the engine takes them.
+pub fn boxed<Q: RxQueue + 'static>(queues: impl IntoIterator<Item = Q>) -> Vec<Box<dyn RxQueue>> {
+    queues
+        .into_iter()
+        .map(|q| Box::new(q) as Box<dyn RxQueue>)
+        .collect()
+}
+
 /// Opens the queues of the device `d` describes.
 pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
-    fn boxed<Q: RxQueue + 'static>(qs: Vec<Q>) -> Vec<Box<dyn RxQueue>> {
-        qs.into_iter()
-            .map(|q| Box::new(q) as Box<dyn RxQueue>)
-            .collect()
-    }
     let missing = |key: &str| {
         DeviceError::open(
             format!("{:?} device", d.kind),

@@ -16,6 +16,49 @@
 //! - sinks (`sink.rs`): [`CountSink`], [`VerifySink`], [`PcapSink`], and the channel
 //!   behind `stream`.
 //!
+//! A sink of one's own sees every frame's receive metadata and split decision:
+//!
+//! ```
+//! use memplex::config::Config;
+//! use memplex::device::{self, replay::{self, Recorded}};
+//! use memplex::provider::PluginPath;
+//! use memplex::runtime::{Engine, PlacedBurst, RunControl, Sink};
+//! use memplex::stats::SinkCounters;
+//!
+//! /// Remembers each frame's sequence number and how many buffers it took.
+//! struct Log(Vec<(u64, usize)>);
+//! impl Sink for Log {
+//!     fn consume(&mut self, burst: &PlacedBurst<'_>) {
+//!         self.0.extend(burst.frames().map(|f| (f.rx.seq, f.parts.len())));
+//!     }
+//!     fn counters(&self) -> SinkCounters {
+//!         SinkCounters { written: self.0.len() as u64, ..Default::default() }
+//!     }
+//! }
+//!
+//! let toml = r#"
+//!     [device]
+//!     kind = "pcap"
+//!     path = "unused: the frames below are replayed from memory"
+//!     [providers.hot]
+//!     plugin = "builtin:slab"
+//!     buf_size = 256
+//!     [[route]]
+//!     head = "hot"
+//!     frags = "hot"
+//! "#;
+//! let config = Config::from_toml(toml, "example", Default::default(), None)?;
+//! let engine = Engine::new(config, &PluginPath::from_env())?;
+//! let frames = Recorded::synthetic(vec![vec![0u8; 600]; 100]);
+//! let queues = device::boxed(replay::queues("example", frames.into(), 1, 1, None)?);
+//! let report = engine.run_with(queues, &RunControl::default(), |_| Box::new(Log(Vec::new())))?;
+//! let total = report.total();
+//! assert_eq!(total.sink.written, 100);
+//! assert_eq!(total.providers[0].placed.frames, 300, "600 bytes in 256-byte buffers: 3 each");
+//! assert_eq!(report.leaked(), 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Workers are dedicated threads: a queue is a busy loop over a device, and a thread per
 //! queue with the pools on its stack is the shape page_pool has under NAPI. A program
 //! embedding memplex (the CLI included) drives signals, stats and metrics around them.

@@ -188,10 +188,13 @@ pub fn open_queues(
     Ok(match (args.source, net) {
         (Source::Memory | Source::Pcap, _) => {
             let rate = args.rate.filter(|_| args.source == Source::Pcap);
-            replay::queues(&w.label, w.frames.clone(), queues, u32::MAX, rate)?
-                .into_iter()
-                .map(|q| Box::new(q) as Box<dyn RxQueue>)
-                .collect()
+            device::boxed(replay::queues(
+                &w.label,
+                w.frames.clone(),
+                queues,
+                u32::MAX,
+                rate,
+            )?)
         }
         (Source::Veth, Some(n)) => {
             let d = device(DeviceKind::AfPacket, n.veth_b.clone(), false);
