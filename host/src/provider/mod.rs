@@ -153,13 +153,15 @@ pub enum Origin {
     Builtin,
     /// A native shared library.
     Native(PathBuf),
+    /// A sandboxed WASM module.
+    Wasm(PathBuf),
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::Builtin => f.write_str("built-in"),
-            Origin::Native(p) => write!(f, "{}", p.display()),
+            Origin::Native(p) | Origin::Wasm(p) => write!(f, "{}", p.display()),
         }
     }
 }
@@ -211,7 +213,7 @@ impl ProviderPlugin {
             );
             return Ok(ProviderPlugin {
                 description,
-                origin: Origin::Native(file.to_path_buf()),
+                origin: Origin::Wasm(file.to_path_buf()),
                 kind: Kind::Wasm(module, wasm::WasmLimits::default()),
             });
         }

@@ -251,6 +251,11 @@ fn a_module_that_is_not_a_provider_is_refused() {
 #[test]
 fn guest_memory_reads_back_through_the_provider() {
     let plugin = ProviderPlugin::load("slab.wasm", &plugin_path()).unwrap();
+    assert!(
+        matches!(plugin.origin(), memplex::provider::Origin::Wasm(p) if p.ends_with("slab.wasm")),
+        "a WASM plugin says so: {:?}",
+        plugin.origin()
+    );
     let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
     let mut a = pool.alloc().unwrap();
     let b = pool.alloc().unwrap();
