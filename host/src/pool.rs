@@ -228,6 +228,9 @@ pub struct Pool {
     id: u32,
     cache: [Netmem; CACHE_SIZE],
     count: usize,
+    /// How many buffers the cache may hold: [`CACHE_SIZE`], or 0 once the provider is
+    /// quarantined, so nothing of it is cached (and so handed out) again.
+    cache_limit: usize,
     alloc_fast: u64,
     recycle_cached: u64,
     slow: PoolStats,
@@ -254,6 +257,7 @@ impl Pool {
             id,
             cache: [Netmem::EMPTY; CACHE_SIZE],
             count: 0,
+            cache_limit: CACHE_SIZE,
             alloc_fast: 0,
             recycle_cached: 0,
             slow: PoolStats::default(),
@@ -306,6 +310,15 @@ impl Pool {
 
     #[cold]
     fn alloc_slow(&mut self) -> Result<PoolBuf, PoolError> {
+        if let Some(fault) = self.provider.fault() {
+            let fault = fault.clone();
+            self.slow.alloc_fail += 1;
+            self.retire();
+            return Err(PoolError::Quarantined {
+                provider: self.label(),
+                fault,
+            });
+        }
         self.drain_overflow();
         // Refill from the ring first, as page_pool_refill_alloc_cache does.
         while self.count < REFILL {
@@ -337,6 +350,13 @@ impl Pool {
                         held: self.provider.held(),
                     },
                 })
+            }
+            Ok(n) if self.provider.fault().is_some() => {
+                // Good buffers from the call that quarantined it: nothing of a quarantined
+                // provider is handed out, so they go straight back.
+                self.provider.release_bulk(&batch[..n]);
+                self.slow.recycle_released += n as u64;
+                self.alloc_slow()
             }
             Ok(n) => {
                 self.slow.alloc_slow += 1;
@@ -372,7 +392,7 @@ impl Pool {
         if buf.pool != self.id {
             return Err(buf);
         }
-        if self.count < CACHE_SIZE {
+        if self.count < self.cache_limit {
             self.cache[self.count] = buf.netmem;
             self.count += 1;
             self.recycle_cached += 1;
@@ -384,6 +404,12 @@ impl Pool {
 
     #[cold]
     fn recycle_slow(&mut self, netmem: Netmem) {
+        if self.provider.fault().is_some() {
+            self.retire();
+            self.provider.release_bulk(&[netmem]);
+            self.slow.recycle_released += 1;
+            return;
+        }
         self.slow.recycle_cache_full += 1;
         match self.shared.ring.push(netmem) {
             Ok(()) => self.slow.recycle_ring += 1,
@@ -447,8 +473,26 @@ impl Pool {
             None => self
                 .provider
                 .fill(buf.netmem, offset as u32, bytes)
-                .map_err(PlaceError::Fill),
+                .map_err(|fault| {
+                    if self.provider.fault().is_some() {
+                        self.retire();
+                    }
+                    PlaceError::Fill(fault)
+                }),
         }
+    }
+
+    /// True once the provider is quarantined: the pool hands out nothing more.
+    pub fn is_quarantined(&self) -> bool {
+        self.provider.fault().is_some()
+    }
+
+    /// Stops caching a quarantined provider's buffers and gives back everything parked:
+    /// the provider takes them, or (when it is poisoned) they are counted stranded.
+    #[cold]
+    fn retire(&mut self) {
+        self.cache_limit = 0;
+        self.release_parked();
     }
 
     /// Appends the first `len` bytes of `buf` to `out`: by address when the memory is

@@ -47,6 +47,7 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
          memplex splits what arrives on the TAP with `split.mode = {:?}` and places it as configs/default.toml routes it.\n",
         net.ns_a, net.ns_b, net.tap, config.device.queues, config.split.mode
     );
+    let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
     let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())??;
     let control = RunControl::default();
@@ -107,15 +108,7 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
     );
     drop(net);
     println!("removed the demo's namespaces, veth pair and TAP device.");
-    if report.leaked() > 0 || t.sink.mismatched > 0 {
-        eprintln!(
-            "FAILED: {} buffers leaked, {} frames did not reassemble",
-            report.leaked(),
-            t.sink.mismatched
-        );
-        return Ok(1);
-    }
-    Ok(0)
+    Ok(crate::run::verdict(&report, allow_fault_drops))
 }
 
 fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Result<i32> {
@@ -128,18 +121,13 @@ fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Resul
     );
     let config = load(&config, &[])?;
     let queues = config.device.queues;
+    let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
     let frames = Recorded::synthetic(traffic::mix("default", 3000).expect("built-in mix"));
     let rx = replay::queues("default mix", frames.into(), queues, 100, None)?;
     let report = engine.run(device::boxed(rx), &RunControl::default())?;
     crate::run::print_report(&report, json);
-    Ok(
-        if report.leaked() > 0 || report.total().sink.mismatched > 0 {
-            1
-        } else {
-            0
-        },
-    )
+    Ok(crate::run::verdict(&report, allow_fault_drops))
 }
 
 /// The config `demo --synthetic` runs each provider in: the default mix replayed from

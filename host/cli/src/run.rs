@@ -5,7 +5,7 @@ use comfy_table::{Cell, Color};
 use memplex::config::Config;
 use memplex::provider::PluginPath;
 use memplex::runtime::{Engine, RunControl, RunReport};
-use memplex::stats::{self, QueueStats};
+use memplex::stats::{self, DropReason, QueueStats};
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
@@ -78,6 +78,7 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
     let duration = duration.unwrap_or(config.runtime.duration);
     let interval = config.runtime.stats_interval;
     let metrics = config.runtime.metrics;
+    let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
     let queues = engine.open_device()?;
     let control = RunControl::default();
@@ -130,16 +131,46 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
     })?;
     control.stop.store(true, Relaxed);
     print_report(&report, json);
+    Ok(verdict(&report, allow_fault_drops))
+}
+
+/// The exit code of a finished run: 1, saying why, when buffers leaked, frames did not
+/// reassemble, or frames were dropped because a provider faulted (unless
+/// `runtime.allow_fault_drops`); else 0.
+pub fn verdict(report: &RunReport, allow_fault_drops: bool) -> i32 {
     let total = report.total();
-    if report.leaked() > 0 || total.sink.mismatched > 0 {
-        eprintln!(
-            "FAILED: {} buffers leaked, {} frames did not reassemble",
-            report.leaked(),
-            total.sink.mismatched
-        );
-        return Ok(1);
+    let fault_drops = total.dropped.get(DropReason::Fault);
+    let mut why = Vec::new();
+    if report.leaked() > 0 {
+        why.push(format!("{} buffers leaked", report.leaked()));
     }
-    Ok(0)
+    if total.sink.mismatched > 0 {
+        why.push(format!(
+            "{} frames did not reassemble",
+            total.sink.mismatched
+        ));
+    }
+    if fault_drops > 0 && !allow_fault_drops {
+        let faulted: Vec<String> = total
+            .providers
+            .iter()
+            .filter_map(|p| p.fault.as_ref().map(|f| format!("`{}`: {f}", p.name)))
+            .collect();
+        why.push(format!(
+            "{fault_drops} frames dropped because a provider faulted ({}); give it a `fallback`, \
+             or set runtime.allow_fault_drops = true to accept such drops",
+            if faulted.is_empty() {
+                "a fill failed".to_string()
+            } else {
+                faulted.join("; ")
+            }
+        ));
+    }
+    if why.is_empty() {
+        return 0;
+    }
+    eprintln!("FAILED: {}", why.join("; "));
+    1
 }
 
 fn live_table(queues: &[QueueStats], pps: f64, elapsed: Duration) -> String {

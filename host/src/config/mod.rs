@@ -251,6 +251,10 @@ pub struct RuntimeConfig {
     /// Stop after this many seconds (live devices); 0 runs until Ctrl-C.
     #[serde(default)]
     pub duration: f64,
+    /// A run that dropped frames because a provider faulted (and had no fallback, or
+    /// its fallback faulted too) ends with a failure exit, unless this is true.
+    #[serde(default)]
+    pub allow_fault_drops: bool,
 }
 
 fn on_dry() -> OnDry {
@@ -276,6 +280,7 @@ impl Default for RuntimeConfig {
             stats_interval: 1.0,
             metrics: None,
             duration: 0.0,
+            allow_fault_drops: false,
         }
     }
 }

@@ -68,7 +68,9 @@ pub(super) struct Worker {
     pub staged: Vec<Staged>,
     /// This burst's buffers, frame after frame.
     pub parts: Vec<Part>,
-    /// Counters; `providers[i].placed` is kept live, the rest filled in by `snapshot`.
+    /// Why this vector's unplaced frames were dropped.
+    pub drops: arrayvec::ArrayVec<DropReason, VECTOR>,
+    /// Counters; the pools' and checkers' own are filled in by `snapshot`.
     pub stats: QueueStats,
 }
 
@@ -116,6 +118,7 @@ impl Worker {
             splits: vec![Split::default(); BURST].into_boxed_slice(),
             staged: Vec::with_capacity(BURST),
             parts: Vec::with_capacity(BURST * 4),
+            drops: arrayvec::ArrayVec::new(),
             stats,
         }
     }
@@ -140,26 +143,32 @@ impl Worker {
                 Err(reason) => self.stats.unsplit.add(reason),
             }
         }
-        for (i, frame) in burst.iter().enumerate() {
-            let Some((rule, route)) = self.routes.route(&self.splits[i].meta) else {
-                self.stats.dropped.add(DropReason::NoRoute);
-                continue;
-            };
-            let first = self.parts.len();
-            match self.place(frame.data, self.splits[i].head_len, route) {
-                Ok(()) => {
-                    self.stats.routes[rule].add(frame.data.len());
-                    self.staged.push(Staged {
-                        rx: i,
-                        rule,
-                        parts: first..self.parts.len(),
-                    });
-                }
-                Err(short) => {
-                    self.stats.dropped.add(short.into());
-                    self.recycle_from(first);
-                }
+        // A provider quarantined while the vector was placed may hold parts of frames
+        // placed before it faulted: place the whole vector again, so they complete on the
+        // fallback. Each round needs a new provider to fault, so this ends.
+        let fallback = self.stats.fallback;
+        let mut quarantined = self.quarantined();
+        for _ in 0..=self.pools.len() {
+            self.place_vector(burst);
+            let now = self.quarantined();
+            if now == quarantined {
+                break;
             }
+            quarantined = now;
+            self.recycle_from(0);
+            self.staged.clear();
+            self.drops.clear();
+            self.stats.fallback = fallback;
+        }
+        for &reason in &self.drops {
+            self.stats.dropped.add(reason);
+        }
+        self.drops.clear();
+        for s in &self.staged {
+            self.stats.routes[s.rule].add(burst[s.rx].data.len());
+        }
+        for part in &self.parts {
+            self.stats.providers[part.provider].placed.add(part.len);
         }
         if self.staged.is_empty() {
             return;
@@ -177,6 +186,43 @@ impl Worker {
             self.recycle_from(0);
         }
         self.staged.clear();
+    }
+
+    /// Routes and places every frame of a vector: placed ones are staged, the others'
+    /// reasons noted in `drops`. Stops early when a provider gets quarantined.
+    fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
+        let quarantined = self.quarantined();
+        for (i, frame) in burst.iter().enumerate() {
+            let Some((rule, route)) = self.routes.route(&self.splits[i].meta) else {
+                self.drops.push(DropReason::NoRoute);
+                continue;
+            };
+            let first = self.parts.len();
+            match self.place(frame.data, self.splits[i].head_len, route) {
+                Ok(()) => self.staged.push(Staged {
+                    rx: i,
+                    rule,
+                    parts: first..self.parts.len(),
+                }),
+                Err(short) => {
+                    self.drops.push(short.into());
+                    self.recycle_from(first);
+                    if self.quarantined() != quarantined {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Which pools' providers are quarantined, one bit each (the first 64).
+    #[inline]
+    fn quarantined(&self) -> u64 {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_quarantined())
+            .fold(0, |m, (i, _)| m | 1u64.checked_shl(i as u32).unwrap_or(0))
     }
 
     /// Places one frame: the head buffer takes the headers (as much of them as fits);
@@ -202,7 +248,6 @@ impl Worker {
                 let _ = self.pools[p].recycle(buf);
                 return Err(NoBuffer::Fault);
             }
-            self.stats.providers[p].placed.add(n);
             self.parts.push(Part {
                 provider: p,
                 buf,

@@ -4,13 +4,21 @@ use super::*;
 use std::process::Command;
 
 fn memplex(args: &[&str]) -> (i32, String) {
-    memplex_in(args, "".as_ref(), None)
+    memplex_in(args, "".as_ref(), None, &[])
 }
 
-/// Runs memplex with `plugin_path` as MEMPLEX_PLUGIN_PATH, in `dir` when given.
-fn memplex_in(args: &[&str], plugin_path: &std::path::Path, dir: Option<&str>) -> (i32, String) {
+/// Runs memplex with `plugin_path` as MEMPLEX_PLUGIN_PATH, in `dir` when given, with
+/// `env` set.
+fn memplex_in(
+    args: &[&str],
+    plugin_path: &std::path::Path,
+    dir: Option<&str>,
+    env: &[(&str, &str)],
+) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_memplex"));
-    cmd.args(args).env("MEMPLEX_PLUGIN_PATH", plugin_path);
+    cmd.args(args)
+        .env("MEMPLEX_PLUGIN_PATH", plugin_path)
+        .envs(env.iter().copied());
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
@@ -304,7 +312,7 @@ fn bench(args: &[&str]) -> (i32, String) {
     let args: Vec<&str> = std::iter::once("bench")
         .chain(args.iter().copied())
         .collect();
-    memplex_in(&args, &build_dir(), Some(&configs("")))
+    memplex_in(&args, &build_dir(), Some(&configs("")), &[])
 }
 
 #[test]
@@ -513,4 +521,54 @@ fn check_provider_runs_on_wasm_providers() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn run_fails_when_frames_are_dropped_for_a_fault_unless_allowed() {
+    let dir = std::env::temp_dir().join(format!("memplex-faultrun-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("faulting.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[device]
+kind = "pcap"
+path = "{}"
+
+[providers.hdr]
+plugin = "builtin:slab"
+buf_size = 256
+
+[providers.payload]
+plugin = "{}"
+buf_size = 64
+settings = {{ fault = "panic-alloc", after = 2 }}
+
+[[route]]
+head = "hdr"
+frags = "payload"
+"#,
+            configs("captures/default.pcap"),
+            so("memplex_fixture_faulty").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (code, out) = memplex(&["run", "-c", &config, "--json"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("frames dropped because a provider faulted")
+            && out.contains("`payload`")
+            && out.contains("allow_fault_drops"),
+        "{out}"
+    );
+    let (code, out) = memplex_in(
+        &["run", "-c", &config, "--json"],
+        "".as_ref(),
+        None,
+        &[("MEMPLEX_RUNTIME__ALLOW_FAULT_DROPS", "true")],
+    );
+    assert_eq!(code, 0, "{out}");
+    std::fs::remove_dir_all(dir).unwrap();
 }
