@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
         /// Stop after this many seconds (overrides runtime.duration).
-        #[arg(long)]
+        #[arg(long, value_parser = seconds_or_zero, allow_negative_numbers = true)]
         duration: Option<f64>,
         /// Print stats as JSON lines even on a terminal.
         #[arg(long)]
@@ -77,8 +77,8 @@ enum Command {
         #[arg(long, default_value = "default")]
         mix: String,
         /// How many frames.
-        #[arg(long, default_value_t = 1000)]
-        frames: usize,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        frames: u32,
     },
     /// Compare configs or providers on the same traffic: interleaved rounds, medians,
     /// ratios against a baseline and a bare read loop; a table, Markdown, JSON, SVG.
@@ -95,26 +95,26 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// How long to send traffic.
-        #[arg(long, default_value_t = 3.0)]
+        #[arg(long, default_value_t = 3.0, value_parser = seconds, allow_negative_numbers = true)]
         seconds: f64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
         /// Instead: compare memplex against a bare TAP read loop, N alternating pairs of
         /// rounds on the same traffic (root only).
-        #[arg(long, value_name = "N")]
-        compare: Option<usize>,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        compare: Option<u32>,
         /// With --compare: `tap` (the mix, GSO on) or `af_packet` (a UDP flood on a veth).
         #[arg(long, default_value = "tap")]
         device: String,
         /// With --compare --device af_packet: the flood's frame size in bytes.
-        #[arg(long, default_value_t = 64)]
-        frame_size: usize,
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(60..=9000))]
+        frame_size: u32,
         /// Instead: push synthetic frames through each provider's pools, no device.
         #[arg(long)]
         synthetic: bool,
         /// Frames per provider, with --synthetic.
-        #[arg(long, default_value_t = 400_000)]
+        #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
         frames: u64,
         /// Providers to compare, with --synthetic (default: heap, slab, hugepage).
         #[arg(long = "provider", value_name = "PLUGIN")]
@@ -145,14 +145,34 @@ enum ProvidersCmd {
 #[derive(Args)]
 pub(crate) struct ParamArgs {
     /// Buffer size to ask for.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     pub buf_size: u32,
     /// Pool size to pass in the init params.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(64..=1 << 20))]
     pub pool_size: u32,
     /// A provider setting, KEY=VALUE; repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_kv)]
     pub settings: Vec<(String, String)>,
+}
+
+/// A number of seconds for `--seconds`: finite, above 0, at most a year.
+pub(crate) fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    match memplex::config::check_seconds(v, false, 0.001, memplex::config::MAX_DURATION) {
+        None => Ok(v),
+        Some(problem) => Err(format!("{problem}; 0.001 to 31536000 seconds (a year)")),
+    }
+}
+
+/// As [`seconds`], where 0 means "until Ctrl-C".
+fn seconds_or_zero(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v == 0.0 => Ok(0.0),
+        _ => seconds(s),
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -211,7 +231,14 @@ fn run(cli: Cli) -> Result<i32> {
             device,
             frame_size,
             ..
-        } => compare::compare(&path, config, seconds, pairs.max(1), &device, frame_size),
+        } => compare::compare(
+            &path,
+            config,
+            seconds,
+            pairs as usize,
+            &device,
+            frame_size as usize,
+        ),
         Command::Demo {
             config,
             seconds,
@@ -219,7 +246,7 @@ fn run(cli: Cli) -> Result<i32> {
             ..
         } => demo::run(&path, config, seconds, json),
         Command::GenPcap { out, mix, frames } => {
-            let Some(f) = traffic::mix(&mix, frames) else {
+            let Some(f) = traffic::mix(&mix, frames as usize) else {
                 bail!("unknown mix `{mix}`; known: {}", traffic::MIXES);
             };
             traffic::write_pcap(&out, &f).with_context(|| format!("writing {}", out.display()))?;

@@ -34,8 +34,12 @@
 //! frags = "bulk"
 //! ```
 
+mod number;
+
 pub use crate::route::RouteConfig;
 use crate::wire::SplitMode;
+pub use number::check_seconds;
+use number::{whole, whole_opt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,19 +94,20 @@ pub struct DeviceConfig {
     /// The capture file (pcap).
     pub path: Option<PathBuf>,
     /// Receive queues, each with its own worker and pools.
-    #[serde(default = "one")]
+    #[serde(default = "one", deserialize_with = "whole")]
     pub queues: u16,
     /// How many times a pcap file is replayed (pcap).
-    #[serde(default = "one_u32")]
+    #[serde(default = "one_u32", deserialize_with = "whole")]
     pub repeat: u32,
     /// Replay at most this many frames per second, over all queues (pcap; default: as
     /// fast as the workers take them).
+    #[serde(default, deserialize_with = "whole_opt")]
     pub rate: Option<u64>,
     /// TPACKET_V3 block size in bytes (af_packet).
-    #[serde(default = "block_size")]
+    #[serde(default = "block_size", deserialize_with = "whole")]
     pub block_size: u32,
     /// TPACKET_V3 blocks in the ring (af_packet).
-    #[serde(default = "block_count")]
+    #[serde(default = "block_count", deserialize_with = "whole")]
     pub block_count: u32,
     /// Ask the kernel for GSO super-frames (tap: IFF_VNET_HDR + TUNSETOFFLOAD).
     #[serde(default)]
@@ -130,10 +135,10 @@ pub struct SplitConfig {
     #[serde(default = "l4")]
     pub mode: SplitMode,
     /// The offset for `mode = "fixed"`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub fixed_offset: usize,
     /// Frames with no more payload than this are not split.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole")]
     pub hds_threshold: usize,
 }
 
@@ -183,10 +188,11 @@ pub struct ProviderConfig {
     /// `builtin:NAME`, a path, or a name on the plugin path.
     pub plugin: String,
     /// The smallest buffer this provider must hand out.
+    #[serde(deserialize_with = "whole")]
     pub buf_size: u32,
     /// Buffers the pool in front of each instance may hold; the provider's capacity
     /// defaults to twice this.
-    #[serde(default = "pool_size")]
+    #[serde(default = "pool_size", deserialize_with = "whole")]
     pub pool_size: u32,
     /// Where frames go when this provider faults or runs dry.
     pub fallback: Option<String>,
@@ -194,11 +200,14 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub settings: BTreeMap<String, Scalar>,
     /// WASM providers: the most linear memory one instance may use, in MiB (default 256).
+    #[serde(default, deserialize_with = "whole_opt")]
     pub max_memory_mib: Option<u32>,
     /// WASM providers: the longest one call into the guest may run (default 100 ms).
+    #[serde(default, deserialize_with = "whole_opt")]
     pub call_deadline_ms: Option<u64>,
     /// WASM providers: the most guest instances at once, one per receive queue
     /// (default 64). More queues than this is an error at start, naming the provider.
+    #[serde(default, deserialize_with = "whole_opt")]
     pub max_instances: Option<u32>,
 }
 
@@ -236,7 +245,7 @@ pub struct RuntimeConfig {
     #[serde(default = "on_dry")]
     pub on_dry: OnDry,
     /// The longest wait for a buffer with `on_dry = "wait"`.
-    #[serde(default = "wait_ms")]
+    #[serde(default = "wait_ms", deserialize_with = "whole")]
     pub wait_ms: u64,
     /// The consumer.
     #[serde(default = "sink")]
@@ -298,6 +307,12 @@ fn dotted_keys(message: &str) -> String {
     }
     out
 }
+
+/// The largest AF_PACKET ring per queue (block_size * block_count).
+const MAX_RING: u64 = 1 << 30;
+
+/// The longest `runtime.duration`: a year, in seconds.
+pub const MAX_DURATION: f64 = 31_536_000.0;
 
 /// A whole config.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -365,6 +380,15 @@ impl Config {
             path: origin.to_string(),
             message: dotted_keys(&e.to_string()),
         };
+        // Parsed once here first for its errors alone: they give the line, the column and
+        // the text around a mistake (a number too large, a missing quote), which the
+        // config crate's own parse error leaves out.
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            return Err(ConfigError::Parse {
+                path: origin.to_string(),
+                message: e.to_string().trim_end().to_string(),
+            });
+        }
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
@@ -426,6 +450,74 @@ impl Config {
                 "device.queues".into(),
                 format!("is {}", d.queues),
                 "1 to 64".into(),
+            ));
+        }
+        if d.repeat == 0 {
+            return Err(invalid(
+                "device.repeat".into(),
+                "is 0".into(),
+                "1 or more (how many times the capture is replayed)".into(),
+            ));
+        }
+        if let Some(r) = d.rate.filter(|&r| r == 0 || r > 1_000_000_000) {
+            return Err(invalid(
+                "device.rate".into(),
+                format!("is {r}"),
+                "1 to 1000000000 frames per second (leave it out for full speed)".into(),
+            ));
+        }
+        if d.kind == DeviceKind::AfPacket {
+            if !(4096..=1 << 30).contains(&d.block_size) || !d.block_size.is_power_of_two() {
+                return Err(invalid(
+                    "device.block_size".into(),
+                    format!("is {}", d.block_size),
+                    "a power of two from 4096 to 1073741824".into(),
+                ));
+            }
+            let ring = u64::from(d.block_size) * u64::from(d.block_count);
+            if d.block_count == 0 || ring > MAX_RING {
+                return Err(invalid(
+                    "device.block_count".into(),
+                    format!(
+                        "is {}: a ring of {} MiB per queue",
+                        d.block_count,
+                        ring >> 20
+                    ),
+                    format!(
+                        "1 or more, with block_size * block_count at most {} MiB per queue",
+                        MAX_RING >> 20
+                    ),
+                ));
+            }
+        }
+        let r = &self.runtime;
+        for (key, value, zero_ok, min, max, what) in [
+            (
+                "runtime.stats_interval",
+                r.stats_interval,
+                true,
+                0.01,
+                86_400.0,
+                "0 (only at the end) or 0.01 to 86400 seconds",
+            ),
+            (
+                "runtime.duration",
+                r.duration,
+                true,
+                0.001,
+                MAX_DURATION,
+                "0 (until Ctrl-C) or 0.001 to 31536000 seconds (a year)",
+            ),
+        ] {
+            if let Some(problem) = check_seconds(value, zero_ok, min, max) {
+                return Err(invalid(key.into(), problem, what.into()));
+            }
+        }
+        if r.wait_ms > 60_000 {
+            return Err(invalid(
+                "runtime.wait_ms".into(),
+                format!("is {}", r.wait_ms),
+                "0 to 60000 milliseconds".into(),
             ));
         }
         if self.providers.is_empty() {

@@ -124,3 +124,91 @@ fn errors_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn every_number_is_checked_and_its_key_named() {
+    for (edit, key, want) in [
+        (
+            "buf_size = 256",
+            "buf_size = 2048.5",
+            "providers.Hot.buf_size",
+        ),
+        ("buf_size = 256", "buf_size = 1e3", "providers.Hot.buf_size"),
+        (
+            "buf_size = 256",
+            "buf_size = 99999999999",
+            "providers.Hot.buf_size",
+        ),
+        (
+            "[split]",
+            "[runtime]\nstats_interval = nan\n[split]",
+            "runtime.stats_interval",
+        ),
+        (
+            "[split]",
+            "[runtime]\nstats_interval = 1e-310\n[split]",
+            "runtime.stats_interval",
+        ),
+        (
+            "[split]",
+            "[runtime]\nstats_interval = -1.0\n[split]",
+            "runtime.stats_interval",
+        ),
+        (
+            "[split]",
+            "[runtime]\nduration = inf\n[split]",
+            "runtime.duration",
+        ),
+        (
+            "[split]",
+            "[runtime]\nduration = 1e300\n[split]",
+            "runtime.duration",
+        ),
+        (
+            "[split]",
+            "[runtime]\nwait_ms = 1e3\n[split]",
+            "runtime.wait_ms",
+        ),
+        (
+            "[split]",
+            "[runtime]\nwait_ms = 3600000\n[split]",
+            "runtime.wait_ms",
+        ),
+        (
+            "path = \"t.pcap\"",
+            "path = \"t.pcap\"\nrate = 0",
+            "device.rate",
+        ),
+        (
+            "path = \"t.pcap\"",
+            "path = \"t.pcap\"\nrepeat = 0",
+            "device.repeat",
+        ),
+        (
+            "path = \"t.pcap\"",
+            "path = \"t.pcap\"\nqueues = 2.0",
+            "device.queues",
+        ),
+        (
+            "kind = \"pcap\"\npath = \"t.pcap\"",
+            "kind = \"af_packet\"\ninterface = \"x\"\nblock_size = 1073741824\nblock_count = 64",
+            "device.block_count",
+        ),
+        (
+            "kind = \"pcap\"\npath = \"t.pcap\"",
+            "kind = \"af_packet\"\ninterface = \"x\"\nblock_size = 5000",
+            "device.block_size",
+        ),
+    ] {
+        let e = err(&GOOD.replacen(edit, key, 1));
+        assert!(e.contains(want), "{key}: {e}");
+    }
+    // A number too large for TOML itself: the line and column are given.
+    let e = err(&GOOD.replace("buf_size = 256", "buf_size = 99999999999999999999"));
+    assert!(e.contains("line") && e.contains("buf_size"), "{e}");
+    // Environment overrides arrive as text and are held to the same rules.
+    let e = load(GOOD, &[("MEMPLEX_PROVIDERS__BULK__POOL_SIZE", "2048.5")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pool_size") && e.contains("whole number"), "{e}");
+}

@@ -68,13 +68,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub capture: Option<PathBuf>,
     /// Frames per second for --source pcap and veth (default: as fast as possible).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub rate: Option<u64>,
     /// Frame sizes in bytes for generated traffic (memory, veth), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,1500")]
     pub frame_size: Vec<usize>,
     /// Flows in generated traffic (distinct source ports).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub flows: u16,
     /// Protocols in generated traffic: udp, tcp or mix.
     #[arg(long, default_value = "udp")]
@@ -83,10 +83,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub vlan: Option<u16>,
     /// Rounds of every variant, interleaved.
-    #[arg(long, default_value_t = 5)]
-    pub repeats: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeats: u32,
     /// Seconds per round.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = crate::seconds, allow_negative_numbers = true)]
     pub seconds: f64,
     /// The variant ratios are taken against (a label as shown; default: the first).
     #[arg(long)]
@@ -124,7 +124,7 @@ pub struct Workload {
 pub struct Round {
     traffic: String,
     variant: String,
-    repeat: usize,
+    repeat: u32,
     frames: u64,
     bytes: u64,
     secs: f64,
@@ -179,7 +179,7 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
             labels.join(", ")
         );
     }
-    let total = (workloads.len() * labels.len() * args.repeats) as u64;
+    let total = (workloads.len() * labels.len()) as u64 * u64::from(args.repeats);
     let bar = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template(
             "{bar:30} {pos}/{len} rounds, {elapsed} of ~{duration} {msg}",

@@ -407,7 +407,7 @@ fn bench_refuses_bad_input_with_the_reason() {
             "--source pcap needs --capture FILE",
         ),
         (&["--frame-size", "10"][..], "frame size 10 is out of range"),
-        (&["--repeats", "0"][..], "--repeats must be at least 1"),
+        (&["--repeats", "0"][..], "0 is not in 1..=1000"),
         (&["no-such.toml"][..], "reading no-such.toml"),
         (&["--set", "device.queues"][..], "is not KEY=VALUE"),
     ] {
@@ -571,4 +571,43 @@ frags = "payload"
     );
     assert_eq!(code, 0, "{out}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_numbers_on_the_command_line_are_refused_with_the_reason() {
+    let tcp = configs("tcp-split.toml");
+    for (args, want) in [
+        (
+            vec!["run", "-c", &tcp, "--duration", "nan"],
+            "not a finite number",
+        ),
+        (vec!["run", "-c", &tcp, "--duration", "-1"], "below 0"),
+        (
+            vec!["run", "-c", &tcp, "--duration", "1e300"],
+            "above the largest",
+        ),
+        (
+            vec!["run", "-c", &tcp, "--duration", "1e-310"],
+            "below the smallest",
+        ),
+        (vec!["demo", "--seconds", "inf"], "not a finite number"),
+        (vec!["bench", "--seconds", "0"], "below the smallest"),
+        (vec!["bench", "--rate", "0"], "--rate"),
+        (vec!["bench", "--repeats", "0"], "--repeats"),
+        (
+            vec!["gen-pcap", "--out", "/dev/null", "--frames", "0"],
+            "--frames",
+        ),
+        (
+            vec!["check-provider", "slab", "--buf-size", "0"],
+            "--buf-size",
+        ),
+    ] {
+        let (code, out) = memplex(&args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(
+            out.contains(want) && !out.contains("panicked"),
+            "{args:?}: {out}"
+        );
+    }
 }
