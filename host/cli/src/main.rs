@@ -169,10 +169,10 @@ pub(crate) fn seconds(s: &str) -> Result<f64, String> {
 
 /// As [`seconds`], where 0 means "until Ctrl-C".
 fn seconds_or_zero(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if v == 0.0 => Ok(0.0),
-        _ => seconds(s),
+    if s.trim().parse::<f64>() == Ok(0.0) {
+        return Ok(0.0);
     }
+    seconds(s)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
