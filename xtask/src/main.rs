@@ -161,17 +161,31 @@ fn build_wasm(target: &Path, dir: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Installs what the TAP tests and the demo need from the system when it is missing:
-/// iproute2 (`ip`, `tc`). Needs root, as those tests do; without root nothing is installed
-/// and the tests that need it say so (or skip outside CI).
+/// The system tools the tests and the demo use, by the Debian package that has them:
+/// (command, how to ask it for its version, package).
+const TOOLS: [(&str, &str, &str); 3] = [
+    ("ip", "-V", "iproute2"),
+    ("tc", "-V", "iproute2"),
+    // Reads the pcap sink's output back, as a user's capture tools would.
+    ("tcpdump", "--version", "tcpdump"),
+];
+
+/// Installs the tools of [`TOOLS`] that are missing, with apt as root. Without root
+/// nothing is installed and the tests that need a tool say so (or skip outside CI).
 fn setup() -> Result<(), String> {
-    let have = |cmd: &str| {
+    let have = |cmd: &str, arg: &str| {
         Command::new(cmd)
-            .arg("-V")
+            .arg(arg)
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if have("ip") && have("tc") {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(cmd, arg, _)| !have(cmd, arg))
+        .map(|(_, _, package)| *package)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
         return Ok(());
     }
     // `id -u` rather than geteuid(), to keep xtask free of libc and unsafe.
@@ -180,13 +194,20 @@ fn setup() -> Result<(), String> {
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0"));
     if !root {
-        eprintln!("xtask: iproute2 (ip, tc) is missing and this is not root; the TAP tests will skip or fail");
+        eprintln!(
+            "xtask: {} missing and this is not root; the tests that need them will skip or fail",
+            missing.join(", ")
+        );
         return Ok(());
     }
-    eprintln!("xtask: installing iproute2 for the TAP tests and the demo");
+    eprintln!(
+        "xtask: installing {} for the tests and the demo",
+        missing.join(", ")
+    );
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "iproute2"])
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
