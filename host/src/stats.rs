@@ -252,8 +252,16 @@ pub struct ProviderStats {
     pub pool: crate::pool::PoolStats,
     /// The host's checks' counters.
     pub checks: crate::provider::ProviderCounters,
-    /// Set when the provider is quarantined.
+    /// Buffers its fallback supplied because it was dry or faulted.
+    pub fallbacks: u64,
+    /// Frames dropped because it (and its fallback) had no buffer, or failed.
+    pub dropped: Tally<DropReason>,
+    /// 1 when this instance is quarantined (the total counts quarantined instances).
+    pub quarantined: u64,
+    /// What quarantined it.
     pub fault: Option<String>,
+    /// Buffers that never came back to it (known at the end of a run).
+    pub leaked: u64,
 }
 
 impl AddAssign<&ProviderStats> for ProviderStats {
@@ -261,6 +269,10 @@ impl AddAssign<&ProviderStats> for ProviderStats {
         self.placed += other.placed;
         self.pool += other.pool;
         self.checks += other.checks;
+        self.fallbacks += other.fallbacks;
+        self.dropped += other.dropped;
+        self.quarantined += other.quarantined;
+        self.leaked += other.leaked;
         if self.fault.is_none() {
             self.fault.clone_from(&other.fault);
         }
@@ -383,6 +395,30 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
             out.counter("provider_buffers", help, l.clone(), p.placed.frames);
             let help = "Bytes placed in a provider's buffers.";
             out.counter("provider_bytes", help, l.clone(), p.placed.bytes);
+            let help = "Buffers a provider's fallback supplied because it was dry or faulted.";
+            out.counter("provider_fallbacks", help, l.clone(), p.fallbacks);
+            for (reason, n) in p.dropped.iter() {
+                let mut l = l.clone();
+                l.push(("reason", reason.into()));
+                let help = "Frames dropped because a provider (and its fallback) failed them.";
+                out.counter("provider_dropped", help, l, n);
+            }
+            let help = "1 while a provider instance is quarantined.";
+            out.add(
+                "provider_quarantined".into(),
+                help,
+                Kind::Gauge,
+                l.clone(),
+                p.quarantined,
+            );
+            let help = "Buffers that never came back to a provider (at the end of a run).";
+            out.add(
+                "provider_leaked".into(),
+                help,
+                Kind::Gauge,
+                l.clone(),
+                p.leaked,
+            );
             out.all("pool", crate::pool::PoolStats::FIELDS, p.pool.values(), &l);
             let checks = crate::provider::ProviderCounters::FIELDS;
             out.all("provider", checks, p.checks.values(), &l);

@@ -6,7 +6,7 @@ use super::worker::{run_queue, Worker};
 use super::{FrameStream, RunControl, RunError, RunReport, StreamRun};
 use crate::config::{Config, SinkKind};
 use crate::device::{self, RxQueue};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolReport};
 use crate::provider::{InitParams, PluginPath, ProviderPlugin};
 use crate::route::RouteTable;
 use crate::stats::QueueStats;
@@ -233,13 +233,18 @@ impl Engine {
         let mut first_error = None;
         for r in results {
             match r {
-                Ok((q, p)) => {
+                Ok((mut q, p)) => {
+                    let reports: Vec<PoolReport> = p
+                        .into_iter()
+                        .map(|p| p.shutdown(Duration::from_secs(1)))
+                        .collect();
+                    for (stats, report) in q.providers.iter_mut().zip(&reports) {
+                        stats.leaked = report.leaked;
+                        stats.checks = report.provider_counters;
+                        stats.pool = report.stats;
+                    }
                     queues.push(q);
-                    pools.push(
-                        p.into_iter()
-                            .map(|p| p.shutdown(Duration::from_secs(1)))
-                            .collect(),
-                    );
+                    pools.push(reports);
                 }
                 Err(e) => first_error = first_error.or(Some(e)),
             }

@@ -26,19 +26,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why a buffer could not be had, after the fallback too.
-enum NoBuffer {
-    Dry,
-    Fault,
-}
-
-impl From<NoBuffer> for DropReason {
-    fn from(n: NoBuffer) -> DropReason {
-        match n {
-            NoBuffer::Dry => DropReason::Dry,
-            NoBuffer::Fault => DropReason::Fault,
-        }
-    }
+/// A buffer that could not be had (after the fallback too), or bytes that could not be
+/// placed: why, and the provider the route named.
+#[derive(Clone, Copy)]
+struct NoBuffer {
+    reason: DropReason,
+    provider: usize,
 }
 
 /// Frames processed together: a device's burst (up to [`BURST`]) is split, routed,
@@ -68,8 +61,10 @@ pub(super) struct Worker {
     pub staged: Vec<Staged>,
     /// This burst's buffers, frame after frame.
     pub parts: Vec<Part>,
-    /// Why this vector's unplaced frames were dropped.
-    pub drops: arrayvec::ArrayVec<DropReason, VECTOR>,
+    /// Why this vector's unplaced frames were dropped, and which provider failed them.
+    pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), VECTOR>,
+    /// Providers whose fallback supplied a buffer in this vector, once per buffer.
+    pub fell_back: Vec<usize>,
     /// Counters; the pools' and checkers' own are filled in by `snapshot`.
     pub stats: QueueStats,
 }
@@ -100,7 +95,11 @@ impl Worker {
                     placed: Default::default(),
                     pool: pool.stats(),
                     checks: pool.provider().counters(),
+                    fallbacks: 0,
+                    dropped: Default::default(),
+                    quarantined: 0,
                     fault: None,
+                    leaked: 0,
                 })
                 .collect(),
             ..QueueStats::default()
@@ -119,6 +118,7 @@ impl Worker {
             staged: Vec::with_capacity(BURST),
             parts: Vec::with_capacity(BURST * 4),
             drops: arrayvec::ArrayVec::new(),
+            fell_back: Vec::with_capacity(BURST * 4),
             stats,
         }
     }
@@ -146,7 +146,6 @@ impl Worker {
         // A provider quarantined while the vector was placed may hold parts of frames
         // placed before it faulted: place the whole vector again, so they complete on the
         // fallback. Each round needs a new provider to fault, so this ends.
-        let fallback = self.stats.fallback;
         let mut quarantined = self.quarantined();
         for _ in 0..=self.pools.len() {
             self.place_vector(burst);
@@ -158,12 +157,20 @@ impl Worker {
             self.recycle_from(0);
             self.staged.clear();
             self.drops.clear();
-            self.stats.fallback = fallback;
+            self.fell_back.clear();
         }
-        for &reason in &self.drops {
+        for &(reason, provider) in &self.drops {
             self.stats.dropped.add(reason);
+            if let Some(p) = provider {
+                self.stats.providers[p].dropped.add(reason);
+            }
         }
         self.drops.clear();
+        for &p in &self.fell_back {
+            self.stats.fallback += 1;
+            self.stats.providers[p].fallbacks += 1;
+        }
+        self.fell_back.clear();
         for s in &self.staged {
             self.stats.routes[s.rule].add(burst[s.rx].data.len());
         }
@@ -194,7 +201,7 @@ impl Worker {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
             let Some((rule, route)) = self.routes.route(&self.splits[i].meta) else {
-                self.drops.push(DropReason::NoRoute);
+                self.drops.push((DropReason::NoRoute, None));
                 continue;
             };
             let first = self.parts.len();
@@ -205,7 +212,7 @@ impl Worker {
                     parts: first..self.parts.len(),
                 }),
                 Err(short) => {
-                    self.drops.push(short.into());
+                    self.drops.push((short.reason, Some(short.provider)));
                     self.recycle_from(first);
                     if self.quarantined() != quarantined {
                         return;
@@ -246,7 +253,10 @@ impl Worker {
                 .is_err()
             {
                 let _ = self.pools[p].recycle(buf);
-                return Err(NoBuffer::Fault);
+                return Err(NoBuffer {
+                    reason: DropReason::Fault,
+                    provider: p,
+                });
             }
             self.parts.push(Part {
                 provider: p,
@@ -308,15 +318,18 @@ impl Worker {
             }
             Err(e) => e,
         };
-        let short = if matches!(first, PoolError::Exhausted { .. }) {
-            NoBuffer::Dry
-        } else {
-            NoBuffer::Fault
+        let short = NoBuffer {
+            reason: if matches!(first, PoolError::Exhausted { .. }) {
+                DropReason::Dry
+            } else {
+                DropReason::Fault
+            },
+            provider: p,
         };
         match self.fallback[p] {
             Some(f) => match self.pools[f].alloc() {
                 Ok(b) => {
-                    self.stats.fallback += 1;
+                    self.fell_back.push(p);
                     Ok((f, b))
                 }
                 Err(_) => Err(short),
@@ -332,6 +345,7 @@ impl Worker {
             p.pool = pool.stats();
             p.checks = pool.provider().counters();
             p.fault = pool.provider().fault().map(ToString::to_string);
+            p.quarantined = u64::from(p.fault.is_some());
         }
         s.sink = self.sink.counters();
         s

@@ -152,6 +152,11 @@ fn assert_nothing_lost(r: &RunReport, want: &str, at_first_call: bool) {
     let fault = faulting.fault.as_deref().unwrap_or_default();
     assert!(fault.contains(want), "quarantined for {want}: {fault:?}");
     assert!(t.fallback > 0, "the fallback took over");
+    assert_eq!(faulting.quarantined, 1, "the stats say it is quarantined");
+    assert_eq!(
+        faulting.fallbacks, t.fallback,
+        "and whose fallback took over"
+    );
     if at_first_call {
         assert_eq!(
             faulting.placed.frames, 0,
@@ -231,6 +236,12 @@ fn without_a_fallback_the_frames_are_dropped_as_fault_and_counted() {
     let r = run(guest.to_str().unwrap(), "", false);
     let t = r.total();
     assert!(t.dropped.get(DropReason::Fault) > 0, "{:?}", t.dropped);
+    let faulting = t.providers.iter().find(|p| p.name == "faulting").unwrap();
+    assert_eq!(
+        faulting.dropped.get(DropReason::Fault),
+        t.dropped.get(DropReason::Fault),
+        "the drops are the faulting provider's"
+    );
     assert_eq!(
         t.sink.verified + t.dropped.sum(),
         400,

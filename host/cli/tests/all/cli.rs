@@ -214,6 +214,9 @@ fn run_reports_json_lines_and_serves_metrics_on_loopback() {
         "# HELP memplex_frames Frames received.",
         "# TYPE memplex_frames counter",
         "# TYPE memplex_pool_inflight gauge",
+        "# TYPE memplex_provider_quarantined gauge",
+        "memplex_provider_fallbacks_total{queue=\"default.pcap q0\",provider=\"payload\"} 0",
+        "memplex_provider_stranded_total{queue=\"default.pcap q0\",provider=\"payload\"} 0",
         "# EOF",
     ] {
         assert!(metrics.contains(want), "{want} in {metrics}");
@@ -570,6 +573,30 @@ frags = "payload"
         &[("MEMPLEX_RUNTIME__ALLOW_FAULT_DROPS", "true")],
     );
     assert_eq!(code, 0, "{out}");
+    // The JSON report says which provider faulted, why, and what that cost.
+    let last: serde_json::Value = out
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("a final JSON line");
+    let payload = &last["total"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "payload")
+        .unwrap()
+        .clone();
+    assert_eq!(payload["quarantined"], 1, "{payload}");
+    assert!(
+        payload["fault"].as_str().unwrap().contains("panic"),
+        "{payload}"
+    );
+    assert!(
+        payload["dropped"]["fault"].as_u64().unwrap() > 0,
+        "{payload}"
+    );
+    assert_eq!(payload["leaked"], 0, "{payload}");
+    assert!(payload["checks"]["stranded"].is_u64(), "{payload}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
