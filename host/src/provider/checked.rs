@@ -8,8 +8,10 @@
 //! the first time overlaps no other buffer of the instance.
 //!
 //! A breach, an error of a fatal kind or a panic quarantines the instance: it is not asked
-//! for buffers again, the bad descriptors are counted and never used, the good ones in the
-//! same batch are kept, and every buffer the host holds is still accounted for.
+//! for buffers again, the bad descriptors are counted and never used, and every buffer
+//! the host holds is still accounted for. (This checker returns the good descriptors of
+//! the batch; the pool gives them straight back, so nothing of a quarantined instance is
+//! handed out.)
 
 use super::LoadError;
 use memplex_abi::{ErrorKind, MemoryProvider, Netmem, ProviderError, ProviderInfo, Stat};
@@ -167,6 +169,48 @@ struct Slot {
     state: State,
 }
 
+const UNSEEN: Slot = Slot {
+    addr: 0,
+    len: 0,
+    state: State::Unseen,
+};
+
+/// Slots per page of [`Slots`].
+const PAGE: usize = 256;
+
+/// Every buffer's state, kept in pages made on the first use of an id in them: the
+/// host's bookkeeping grows with the buffers a provider actually hands out, not with the
+/// capacity it declares (a guest declaring 16 Mi buffers under a 16 MiB memory cap costs
+/// the host one page table, not 16 Mi slots).
+struct Slots {
+    pages: Vec<Option<Box<[Slot; PAGE]>>>,
+}
+
+impl Slots {
+    fn get(&self, id: u32) -> Slot {
+        let (page, at) = (id as usize / PAGE, id as usize % PAGE);
+        match self.pages.get(page) {
+            Some(Some(p)) => p[at],
+            _ => UNSEEN,
+        }
+    }
+
+    fn get_mut(&mut self, id: u32) -> &mut Slot {
+        let (page, at) = (id as usize / PAGE, id as usize % PAGE);
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        &mut self.pages[page].get_or_insert_with(|| Box::new([UNSEEN; PAGE]))[at]
+    }
+
+    /// Bytes of memory the slots take.
+    fn bytes(&self) -> usize {
+        let pages = self.pages.iter().flatten().count();
+        self.pages.capacity() * std::mem::size_of::<Option<Box<[Slot; PAGE]>>>()
+            + pages * std::mem::size_of::<[Slot; PAGE]>()
+    }
+}
+
 crate::counters! {
     /// Counts kept by the checker for one provider instance.
     pub struct ProviderCounters {
@@ -193,7 +237,7 @@ pub struct CheckedProvider {
     label: Arc<str>,
     info: ProviderInfo,
     want_len: u32,
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Start address -> (end, id) of every buffer seen, for the overlap check.
     extents: BTreeMap<u64, (u128, u32)>,
     fault: Option<Fault>,
@@ -263,15 +307,10 @@ impl CheckedProvider {
                 "declares the `regions` capability but lists no region".into()
             ));
         }
-        let unseen = Slot {
-            addr: 0,
-            len: 0,
-            state: State::Unseen,
-        };
         Ok(CheckedProvider {
             inner,
             label,
-            slots: vec![unseen; info.capacity as usize],
+            slots: Slots { pages: Vec::new() },
             info,
             want_len,
             extents: BTreeMap::new(),
@@ -299,6 +338,12 @@ impl CheckedProvider {
     /// The checker's counts.
     pub fn counters(&self) -> ProviderCounters {
         self.counters
+    }
+
+    /// Bytes the host's checks keep for this instance: they grow with the buffers it has
+    /// handed out (its declared capacity costs nothing up front).
+    pub fn bookkeeping_bytes(&self) -> usize {
+        self.slots.bytes() + self.extents.len() * (std::mem::size_of::<(u64, (u128, u32))>() + 16)
     }
 
     /// Buffers the host holds from this instance right now.
@@ -374,16 +419,16 @@ impl CheckedProvider {
                 capacity: info.capacity,
             });
         }
-        let slot = self.slots[id as usize];
+        let slot = self.slots.get(id);
         // Steady state: a buffer coming back out exactly as it was first seen already
         // passed every other check then.
         if slot.state == State::AtProvider && slot.addr == d.addr && slot.len == d.len {
-            self.slots[id as usize].state = State::WithHost;
+            self.slots.get_mut(id).state = State::WithHost;
             return Ok(());
         }
-        let reject = |slots: &mut Vec<Slot>, fault: Fault| {
+        let reject = |slots: &mut Slots, fault: Fault| {
             if slot.state != State::WithHost {
-                slots[id as usize].state = State::Rejected;
+                slots.get_mut(id).state = State::Rejected;
             }
             Err(fault)
         };
@@ -458,7 +503,7 @@ impl CheckedProvider {
             }
             self.extents.insert(d.addr, (d.end(), id));
         }
-        self.slots[id as usize] = Slot {
+        *self.slots.get_mut(id) = Slot {
             addr: d.addr,
             len: d.len,
             state: State::WithHost,
@@ -473,8 +518,9 @@ impl CheckedProvider {
             return;
         }
         for b in bufs {
-            debug_assert_eq!(self.slots[b.id as usize].state, State::WithHost);
-            self.slots[b.id as usize].state = State::AtProvider;
+            let slot = self.slots.get_mut(b.id);
+            debug_assert_eq!(slot.state, State::WithHost);
+            slot.state = State::AtProvider;
         }
         if self.fault.as_ref().is_some_and(Fault::is_poisoning) {
             self.counters.stranded += bufs.len() as u64;

@@ -21,6 +21,11 @@ fn wasm(name: &str) -> ProviderPlugin {
 /// A guest whose `mpx_alloc_bulk` body is `alloc` (it gets `$out` and `$max`), whose
 /// `mpx_release_bulk` returns `release`, reporting ABI `version`, with 2 pages of memory.
 fn guest(alloc: &str, release: i32, version: i32) -> ProviderPlugin {
+    guest_declaring(alloc, release, version, 16)
+}
+
+/// As [`guest`], declaring a capacity of `capacity` buffers.
+fn guest_declaring(alloc: &str, release: i32, version: i32, capacity: u32) -> ProviderPlugin {
     let wat = format!(
         r#"(module
   (memory (export "memory") 2)
@@ -30,7 +35,7 @@ fn guest(alloc: &str, release: i32, version: i32) -> ProviderPlugin {
   (func (export "mpx_info") (param $out i32) (result i32)
     (i32.store (local.get $out) (i32.const 2048))
     (i32.store offset=4 (local.get $out) (i32.const 64))
-    (i32.store offset=8 (local.get $out) (i32.const 16))
+    (i32.store offset=8 (local.get $out) (i32.const {capacity}))
     (i32.store offset=12 (local.get $out) (i32.const 0))
     i32.const 0)
   (func (export "mpx_alloc_bulk") (param $out i32) (param $max i32) (result i32) {alloc})
@@ -323,4 +328,32 @@ fn frames_of_a_faulting_guest_go_to_its_fallback_not_the_floor() {
         "{sandboxed:?}"
     );
     assert_eq!(report.leaked(), 0);
+}
+
+#[test]
+fn host_bookkeeping_grows_with_buffers_handed_out_not_with_declared_capacity() {
+    // 16 Mi buffers declared, under a 1 MiB memory cap: the host used to keep a slot for
+    // each (256 MiB an instance); now it keeps pages for the ids it has seen.
+    let plugin = guest_declaring(&good_alloc(), 0, 1, 1 << 24);
+    let mut instances = Vec::new();
+    for queue in 0..8 {
+        let p = plugin
+            .instantiate(&InitParams::new(queue, 2048, 256))
+            .unwrap();
+        instances.push(Pool::new(p, 64));
+    }
+    for pool in &mut instances {
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        pool.recycle(a).unwrap();
+        pool.recycle(b).unwrap();
+        let bytes = pool.provider().bookkeeping_bytes();
+        assert!(
+            bytes < 64 << 10,
+            "{bytes} bytes of bookkeeping for 2 buffers"
+        );
+    }
+    for pool in instances {
+        assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
 }
