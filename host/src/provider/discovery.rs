@@ -106,7 +106,9 @@ impl PluginPath {
         }
         Err(LoadError::NotFound {
             name: spec.to_string(),
+            tried: candidates.to_vec(),
             searched: self.dirs().map(Path::to_path_buf).collect(),
+            available: Vec::new(),
         })
     }
 
@@ -168,6 +170,7 @@ mod tests {
         let err = path.resolve("nothing").unwrap_err().to_string();
         assert!(
             err.contains("no provider plugin named `nothing`")
+                && err.contains("libmemplex_plugin_nothing.so, libnothing.so, nothing.so")
                 && err.contains(&dir.display().to_string()),
             "{err}"
         );

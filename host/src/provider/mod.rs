@@ -38,15 +38,21 @@ use std::sync::Arc;
 pub enum LoadError {
     /// No plugin of that name on the plugin path.
     #[error(
-        "no provider plugin named `{name}`; looked in: {}{}",
+        "no provider plugin named `{name}`: tried {} in {}; {}{}",
+        if tried.is_empty() { "no file".to_string() } else { tried.join(", ") },
         fmt_dirs(searched),
+        fmt_available(available),
         builtin_hint(name)
     )]
     NotFound {
         /// The name asked for.
         name: String,
+        /// The file names tried in each directory.
+        tried: Vec<String>,
         /// The directories searched.
         searched: Vec<PathBuf>,
+        /// The providers found there instead: the name each reports, and its file.
+        available: Vec<(String, PathBuf)>,
     },
     /// The file does not exist or cannot be read.
     #[error("plugin file {}: {reason}", path.display())]
@@ -122,6 +128,23 @@ fn fmt_dirs(dirs: &[PathBuf]) -> String {
         .join(", ")
 }
 
+fn fmt_available(available: &[(String, PathBuf)]) -> String {
+    if available.is_empty() {
+        return "no provider was found there".into();
+    }
+    let names: Vec<String> = available
+        .iter()
+        .map(|(name, file)| {
+            let file = file.file_name().map_or_else(
+                || file.display().to_string(),
+                |f| f.to_string_lossy().into_owned(),
+            );
+            format!("{name} ({file})")
+        })
+        .collect();
+    format!("providers found there: {}", names.join(", "))
+}
+
 fn builtin_hint(name: &str) -> String {
     match builtin::find(name) {
         Some(_) => format!("; `builtin:{name}` is linked into memplex, or run `cargo xtask build` to build the .so"),
@@ -177,14 +200,48 @@ impl std::fmt::Debug for ProviderPlugin {
 }
 
 impl ProviderPlugin {
-    /// Finds and loads the plugin `spec` names: `builtin:NAME`, a path, or a name on `path`.
+    /// Finds and loads the plugin `spec` names: `builtin:NAME`, a path, a file name on
+    /// `path`, or a name on `path`: by its file names first, then by the name a plugin
+    /// there reports. A miss lists what was tried, where, and what was found instead.
     pub fn load(spec: &str, path: &PluginPath) -> Result<Self, LoadError> {
-        match path.resolve(spec)? {
-            PluginSpec::Builtin(name) => Self::builtin(&name).ok_or_else(|| LoadError::NotFound {
-                name: spec.to_string(),
-                searched: Vec::new(),
-            }),
-            PluginSpec::File(file) => Self::open(&file),
+        match path.resolve(spec) {
+            Ok(PluginSpec::Builtin(name)) => {
+                Self::builtin(&name).ok_or_else(|| LoadError::NotFound {
+                    name: spec.to_string(),
+                    tried: Vec::new(),
+                    searched: Vec::new(),
+                    available: builtin::names()
+                        .iter()
+                        .map(|n| (format!("builtin:{n}"), PathBuf::from("linked in")))
+                        .collect(),
+                })
+            }
+            Ok(PluginSpec::File(file)) => Self::open(&file),
+            Err(LoadError::NotFound {
+                name,
+                tried,
+                searched,
+                ..
+            }) => {
+                let mut available = Vec::new();
+                for file in path.list() {
+                    // A file that does not load is not a candidate; `memplex providers`
+                    // shows why.
+                    if let Ok(plugin) = Self::open(&file) {
+                        if plugin.description.name.as_str() == spec {
+                            return Ok(plugin);
+                        }
+                        available.push((plugin.description.name.to_string(), file));
+                    }
+                }
+                Err(LoadError::NotFound {
+                    name,
+                    tried,
+                    searched,
+                    available,
+                })
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -57,8 +57,7 @@ macro_rules! call {
             &mut $p.window,
             &$p.memory,
             &mut $p.calls,
-            $p.ticks,
-            &$p.name,
+            &$p.sandbox,
             &$p.$f,
             $args,
         )
@@ -252,7 +251,12 @@ impl WasmModule {
         let instance = Linker::new(engine)
             .instantiate(&mut store, &self.module)
             .map_err(|e| fault(format!("instantiating: {e:#}")))?;
-        let mut p = WasmProvider::bind(store, &instance, self.name(), ticks, slot)?;
+        let sandbox = Sandbox {
+            name: self.name(),
+            ticks,
+            limits,
+        };
+        let mut p = WasmProvider::bind(store, &instance, sandbox, slot)?;
         let version = p.call_version()?;
         if version != ABI_VERSION {
             return Err(ProviderError::invalid_config(format!(
@@ -280,7 +284,12 @@ impl WasmModule {
         );
         let code = call!(p, f_init, args)?;
         if code < 0 {
-            return Err(code_error(code, "mpx_init"));
+            let err = code_error(code, "mpx_init");
+            // The guest's own account of what was wrong, where it gives one.
+            return Err(match p.last_error() {
+                Some(message) => ProviderError::new(err.kind, message),
+                None => err,
+            });
         }
         let code = call!(p, f_info, scratch)?;
         if code < 0 {
@@ -309,12 +318,39 @@ fn code_error(code: i32, op: &str) -> ProviderError {
     ProviderError::new(kind, format!("{op} returned {code}"))
 }
 
+/// Who a guest is and what it may use, for calls and their errors.
+struct Sandbox {
+    name: String,
+    /// Epoch ticks per call: the deadline.
+    ticks: u64,
+    limits: WasmLimits,
+}
+
+impl Sandbox {
+    /// A failed guest call as one line: what happened, naming the limit it hit.
+    fn failure(&self, e: &wasmtime::Error) -> ProviderError {
+        let what = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "ran past its call deadline of {} ms (call_deadline_ms)",
+                self.limits.deadline.as_millis()
+            ),
+            Some(trap) => format!("trapped: {trap}"),
+            None if format!("{e:#}").contains("memory") => format!(
+                "grew its memory past the limit of {} MiB (max_memory_mib)",
+                self.limits.memory >> 20
+            ),
+            // Only the first line: the rest is the engine's backtrace.
+            None => format!("failed: {}", format!("{e:#}").lines().next().unwrap_or("")),
+        };
+        fault(format!("WASM provider `{}` {what}", self.name))
+    }
+}
+
 /// One guest instance.
 struct WasmProvider {
     store: Store<StoreLimits>,
     memory: Memory,
-    name: String,
-    ticks: u64,
+    sandbox: Sandbox,
     scratch: u32,
     info: WasmInfo,
     calls: u64,
@@ -324,6 +360,8 @@ struct WasmProvider {
     f_info: TypedFunc<i32, i32>,
     f_alloc: TypedFunc<(i32, i32), i32>,
     f_release: TypedFunc<(i32, i32), i32>,
+    /// `mpx_error`, when the guest exports it.
+    f_error: Option<TypedFunc<(i32, i32), i32>>,
     /// Counts this instance against the module's limit until dropped.
     _slot: InstanceSlot,
     /// Guest memory as of the last guest call, for `fill`.
@@ -352,8 +390,7 @@ impl WasmProvider {
     fn bind(
         mut store: Store<StoreLimits>,
         instance: &Instance,
-        name: String,
-        ticks: u64,
+        sandbox: Sandbox,
         slot: InstanceSlot,
     ) -> Result<Self, ProviderError> {
         let memory = instance
@@ -374,10 +411,10 @@ impl WasmProvider {
             f_info: func!(exports::INFO),
             f_alloc: func!(exports::ALLOC_BULK),
             f_release: func!(exports::RELEASE_BULK),
+            f_error: instance.get_typed_func(&mut store, exports::ERROR).ok(),
             memory,
             store,
-            name,
-            ticks,
+            sandbox,
             scratch: 0,
             info: WasmInfo::default(),
             calls: 0,
@@ -398,24 +435,38 @@ impl WasmProvider {
         window: &mut Window,
         memory: &Memory,
         calls: &mut u64,
-        ticks: u64,
-        name: &str,
+        sandbox: &Sandbox,
         f: &TypedFunc<P, R>,
         args: P,
     ) -> Result<R, ProviderError> {
         *calls += 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(sandbox.ticks);
         let result = f.call(&mut *store, args);
         // The guest may have grown (moved) its memory: take the window afresh.
         *window = Window::of(memory, store);
-        result.map_err(|e| {
-            let what = match e.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => "ran past its deadline".to_string(),
-                Some(trap) => format!("trapped: {trap}"),
-                None => format!("failed: {e:#}"),
-            };
-            fault(format!("WASM provider `{name}` {what}"))
-        })
+        result.map_err(|e| sandbox.failure(&e))
+    }
+
+    /// The guest's message about its last failed call, if it exports `mpx_error`.
+    fn last_error(&mut self) -> Option<String> {
+        let f = self.f_error.clone()?;
+        let room = (BATCH * WasmNetmem::SIZE) as i32;
+        let args = (self.scratch as i32, room);
+        let n = WasmProvider::call(
+            &mut self.store,
+            &mut self.window,
+            &self.memory,
+            &mut self.calls,
+            &self.sandbox,
+            &f,
+            args,
+        )
+        .ok()?;
+        let n = usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0 && n <= room as usize)?;
+        let bytes = self.read_vec(self.scratch, n).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn call_version(&mut self) -> Result<i32, ProviderError> {
@@ -471,7 +522,7 @@ impl WasmProvider {
 impl MemoryProvider for WasmProvider {
     fn info(&self) -> ProviderInfo {
         // The host may not write guest memory through an address: bytes go in by `fill`.
-        ProviderInfo::new(&self.name, self.info.buf_size, self.info.capacity)
+        ProviderInfo::new(&self.sandbox.name, self.info.buf_size, self.info.capacity)
             .align(self.info.align.max(1))
             .caps(Capabilities::NEEDS_FILL)
             .backing("WASM linear memory (sandboxed)")
@@ -509,7 +560,7 @@ impl MemoryProvider for WasmProvider {
                 .expect("one descriptor ends past memory");
             return Err(fault(format!(
                 "WASM provider `{}` handed out buffer id {} at offset {:#x}+{}, outside its memory of {size} bytes",
-                self.name, d.id, d.addr, d.len
+                self.sandbox.name, d.id, d.addr, d.len
             )));
         }
         Ok(n)

@@ -157,3 +157,33 @@ fn hugepage_says_which_pages_it_got() {
     // THP-backed buffers start on a 2 MiB boundary.
     assert_eq!(thp.info().regions[0].base % (2 << 20), 0);
 }
+
+#[test]
+fn a_provider_is_found_by_the_name_it_reports_and_a_miss_says_what_was_tried() {
+    let path = PluginPath::with_dirs([build_dir()]);
+    // The example's file is libacme_ring_provider.so; it reports itself as `acme-ring`.
+    let acme = ProviderPlugin::load("acme-ring", &path).unwrap();
+    assert_eq!(acme.description().name.as_str(), "acme-ring");
+    assert!(
+        matches!(acme.origin(), Origin::Native(p) if p.ends_with("libacme_ring_provider.so")),
+        "{:?}",
+        acme.origin()
+    );
+    // A WASM provider by its name too, not only by `ring.wasm`.
+    let ring = ProviderPlugin::load("ring", &path).unwrap();
+    assert!(ring.is_wasm(), "{:?}", ring.origin());
+    let err = ProviderPlugin::load("no-such-pool", &path)
+        .unwrap_err()
+        .to_string();
+    for want in [
+        "no provider plugin named `no-such-pool`",
+        "libmemplex_plugin_no_such_pool.so, libno_such_pool.so, no_such_pool.so",
+        &build_dir().display().to_string(),
+        "providers found there:",
+        "acme-ring (libacme_ring_provider.so)",
+        "slab (libmemplex_plugin_slab.so)",
+        "built-in providers: heap, slab, hugepage",
+    ] {
+        assert!(err.contains(want), "`{want}` in: {err}");
+    }
+}

@@ -159,9 +159,12 @@ fn a_trapping_guest_is_quarantined() {
 fn a_looping_guest_hits_its_deadline() {
     let start = Instant::now();
     let (fault, _) = quarantined(&guest("(loop $l (br $l)) i32.const 0", 0, 1));
+    // One line, naming the limit and its value.
+    let text = fault.to_string();
     assert!(
-        fault.to_string().contains("ran past its deadline"),
-        "{fault}"
+        text.contains("ran past its call deadline of 50 ms (call_deadline_ms)")
+            && !text.contains('\n'),
+        "{text}"
     );
     assert!(
         start.elapsed() < Duration::from_secs(5),
@@ -178,9 +181,11 @@ fn a_guest_growing_past_its_memory_cap_is_quarantined() {
         0,
         1,
     ));
+    let text = fault.to_string();
     assert!(
-        fault.to_string().contains("trapped") || fault.to_string().contains("failed"),
-        "{fault}"
+        text.contains("grew its memory past the limit of 1 MiB (max_memory_mib)")
+            && !text.contains('\n'),
+        "{text}"
     );
 }
 
@@ -356,4 +361,32 @@ fn host_bookkeeping_grows_with_buffers_handed_out_not_with_declared_capacity() {
     for pool in instances {
         assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
     }
+}
+
+#[test]
+fn a_guest_refusing_its_settings_says_which_one() {
+    let slab = wasm("slab");
+    for (settings, want) in [
+        (
+            &[("buferz", "8")][..],
+            "unknown setting `buferz`; known: buffers",
+        ),
+        (
+            &[("buffers", "lots")][..],
+            "setting `buffers` is `lots`, not a whole number",
+        ),
+        (
+            &[("buffers", "0")][..],
+            "setting `buffers` is 0; 1 to 1048576",
+        ),
+    ] {
+        let err = slab.instantiate(&params(settings)).unwrap_err().to_string();
+        assert!(
+            err.contains(want) && err.contains("init"),
+            "{settings:?}: {err}"
+        );
+    }
+    // A guest without `mpx_error` still says which call failed and with what code.
+    let plain = guest(&good_alloc(), 0, 1);
+    assert!(plain.instantiate(&params(&[])).is_ok());
 }

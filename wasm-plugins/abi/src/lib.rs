@@ -38,6 +38,11 @@ pub mod exports {
     pub const ALLOC_BULK: &str = "mpx_alloc_bulk";
     /// `(at: i32, n: i32) -> i32`
     pub const RELEASE_BULK: &str = "mpx_release_bulk";
+    /// `(out: i32, max: i32) -> i32`, optional: copies the UTF-8 message of the last
+    /// failed call (at most `max` bytes) to `out`, the host's scratch area, and returns
+    /// its length (0: no message). A host shows it with the error code, so a guest can
+    /// say which setting was wrong. Guests without it still load (ABI 1 unchanged).
+    pub const ERROR: &str = "mpx_error";
 }
 
 /// The config was refused.

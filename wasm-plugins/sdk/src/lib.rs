@@ -30,14 +30,18 @@
 
 extern crate alloc;
 
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 pub use memplex_wasm_abi::{config_lines, WasmInfo, WasmNetmem, ABI_VERSION};
 
 /// Why a guest call failed; mapped to the ABI's negative return codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestError {
     /// The config was wrong.
     InvalidConfig,
+    /// The config was wrong, and this says how (the host shows it: name the setting).
+    Config(String),
     /// Out of memory.
     Resource,
     /// A released buffer is not ours.
@@ -46,11 +50,23 @@ pub enum GuestError {
 
 impl GuestError {
     /// The ABI code.
-    pub fn code(self) -> i32 {
+    pub fn code(&self) -> i32 {
         match self {
-            GuestError::InvalidConfig => memplex_wasm_abi::ERR_INVALID_CONFIG,
+            GuestError::InvalidConfig | GuestError::Config(_) => {
+                memplex_wasm_abi::ERR_INVALID_CONFIG
+            }
             GuestError::Resource => memplex_wasm_abi::ERR_RESOURCE,
             GuestError::BadBuffer => memplex_wasm_abi::ERR_BAD_BUFFER,
+        }
+    }
+
+    /// What the host is told, beside the code.
+    pub fn message(&self) -> &str {
+        match self {
+            GuestError::Config(m) => m,
+            GuestError::InvalidConfig => "invalid config",
+            GuestError::Resource => "out of memory",
+            GuestError::BadBuffer => "a released buffer is not one this provider handed out",
         }
     }
 }
@@ -76,18 +92,33 @@ impl Params<'_> {
             .map(|(_, v)| v)
     }
 
-    /// Setting `key` as a number; `Err` when present but not a number.
+    /// Setting `key` as a number; `Err`, naming the key and the value, when present but
+    /// not a whole number.
     pub fn number(&self, key: &str) -> Result<Option<u32>, GuestError> {
         self.get(key)
-            .map(|v| v.parse().map_err(|_| GuestError::InvalidConfig))
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    GuestError::Config(format!(
+                        "setting `{key}` is `{v}`, not a whole number from 0 to {}",
+                        u32::MAX
+                    ))
+                })
+            })
             .transpose()
     }
 
-    /// `Err` when a setting is not in `known`.
+    /// `Err`, naming the setting and the known ones, when a setting is not in `known`.
     pub fn deny_unknown(&self, known: &[&str]) -> Result<(), GuestError> {
-        match config_lines(self.config).all(|(k, _)| known.contains(&k)) {
-            true => Ok(()),
-            false => Err(GuestError::InvalidConfig),
+        match config_lines(self.config).find(|(k, _)| !known.contains(k)) {
+            None => Ok(()),
+            Some((k, _)) => Err(GuestError::Config(format!(
+                "unknown setting `{k}`; known: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ))),
         }
     }
 }
@@ -136,8 +167,13 @@ impl Carved {
         let capacity = p
             .number("buffers")?
             .unwrap_or(p.pool_size.saturating_mul(2).max(64));
-        if capacity == 0 || capacity > 1 << 20 || p.buf_size == 0 {
-            return Err(GuestError::InvalidConfig);
+        if capacity == 0 || capacity > 1 << 20 {
+            return Err(GuestError::Config(format!(
+                "setting `buffers` is {capacity}; 1 to 1048576"
+            )));
+        }
+        if p.buf_size == 0 {
+            return Err(GuestError::Config("buf_size is 0; 1 or more".into()));
         }
         let stride = p.buf_size.next_multiple_of(64);
         let base = region(capacity as usize * stride as usize, 64)?;
@@ -214,7 +250,12 @@ pub mod __private {
     /// The guest's state and the host's descriptor area (kept as `WasmNetmem`s, so it is
     /// 16-byte aligned). wasm32 has one thread, so a RefCell in a static is enough; `Sync`
     /// is asserted below for that reason only.
-    pub struct Slot<P>(pub RefCell<Option<P>>, pub RefCell<Vec<WasmNetmem>>);
+    pub struct Slot<P>(
+        pub RefCell<Option<P>>,
+        pub RefCell<Vec<WasmNetmem>>,
+        /// The message of the last failed call, for `mpx_error`.
+        pub RefCell<String>,
+    );
 
     // SAFETY: wasm32-unknown-unknown without the threads proposal runs one thread,
     // so the cells are never shared across threads. This impl only lets them live in a
@@ -230,7 +271,11 @@ pub mod __private {
     impl<P> Slot<P> {
         /// An empty slot, for the `static` the export macro makes.
         pub const fn new() -> Self {
-            Slot(RefCell::new(None), RefCell::new(Vec::new()))
+            Slot(
+                RefCell::new(None),
+                RefCell::new(Vec::new()),
+                RefCell::new(String::new()),
+            )
         }
     }
 
@@ -284,6 +329,7 @@ pub mod __private {
         cfg: &[u8],
     ) -> i32 {
         let Ok(config) = core::str::from_utf8(cfg) else {
+            *slot.2.borrow_mut() = "the settings are not UTF-8".into();
             return memplex_wasm_abi::ERR_INVALID_CONFIG;
         };
         let params = Params {
@@ -297,8 +343,32 @@ pub mod __private {
                 *slot.0.borrow_mut() = Some(p);
                 0
             }
-            Err(e) => e.code(),
+            Err(e) => {
+                *slot.2.borrow_mut() = e.message().into();
+                e.code()
+            }
         }
+    }
+
+    /// Copies the last failure's message to `out` (at most `max` bytes), which must be
+    /// the descriptor area the host got from `mpx_scratch`; its length, 0 when `out` is
+    /// anywhere else.
+    pub fn error<P>(slot: &Slot<P>, out: i32, max: i32) -> i32 {
+        let room = {
+            let area = slot.1.borrow();
+            if area.as_ptr() as i32 != out {
+                return 0;
+            }
+            (area.len() * WasmNetmem::SIZE).min(max.max(0) as usize)
+        };
+        let message = slot.2.borrow();
+        let n = message.len().min(room);
+        // SAFETY: `out..out + n` lies in the descriptor area (it starts at `out` and holds
+        // at least `room >= n` bytes, checked above); wasm32 runs one thread and nothing
+        // else uses the area during this call.
+        let dst = unsafe { bytes_mut(out, n as i32) };
+        dst.copy_from_slice(&message.as_bytes()[..n]);
+        n as i32
     }
 
     pub fn info<P: GuestProvider>(slot: &Slot<P>, out: &mut [u8]) -> i32 {
@@ -390,6 +460,11 @@ macro_rules! export_provider {
         #[unsafe(no_mangle)]
         pub extern "C" fn mpx_release_bulk(at: i32, n: i32) -> i32 {
             $crate::__private::release_bulk(&__MPX_SLOT, at, n)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn mpx_error(out: i32, max: i32) -> i32 {
+            $crate::__private::error(&__MPX_SLOT, out, max)
         }
     };
 }
@@ -520,9 +595,14 @@ mod tests {
             config: "buffers = 8\nsize = 2",
             ..params
         };
-        assert_eq!(
-            Carved::from_params(&unknown).unwrap_err(),
-            GuestError::InvalidConfig
-        );
+        let e = Carved::from_params(&unknown).unwrap_err();
+        assert_eq!(e.code(), memplex_wasm_abi::ERR_INVALID_CONFIG);
+        assert_eq!(e.message(), "unknown setting `size`; known: buffers");
+        let bad = Params {
+            config: "buffers = lots",
+            ..params
+        };
+        let e = Carved::from_params(&bad).unwrap_err();
+        assert!(e.message().contains("`buffers` is `lots`"), "{e:?}");
     }
 }
