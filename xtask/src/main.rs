@@ -6,8 +6,8 @@
 //! - `cargo xtask test`: build, then every test in the workspace and the example;
 //! - `cargo xtask bench [ARGS]`: build (release), then the criterion benchmarks;
 //! - `cargo xtask lint`: rustfmt and clippy with warnings as errors;
-//! - `cargo xtask fuzz [SECONDS]`: the header-split fuzz target on nightly (installs
-//!   cargo-fuzz if missing), seeded from `fuzz/seeds/split`.
+//! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default, or
+//!   `config`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -66,10 +66,10 @@ fn main() {
             })
             .and_then(|()| summary(&root)),
         Some("lint") => lint(&root),
-        Some("fuzz") => fuzz(&root, rest.first().copied().unwrap_or("60")),
+        Some("fuzz") => fuzz(&root, &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | fuzz [SECONDS]>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | fuzz [TARGET] [SECONDS]>"
             );
             exit(2);
         }
@@ -403,7 +403,29 @@ fn summary(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn fuzz(root: &Path, seconds: &str) -> Result<(), String> {
+/// The fuzz targets, each with its seed corpus in `fuzz/seeds/TARGET`.
+const FUZZ_TARGETS: [&str; 2] = ["split", "config"];
+
+/// `cargo xtask fuzz [TARGET] [SECONDS]`: one target (default `split`) for SECONDS
+/// (default 60), on nightly, installing cargo-fuzz when missing.
+fn fuzz(root: &Path, args: &[&str]) -> Result<(), String> {
+    let (target, seconds) = match args {
+        [] => ("split", "60"),
+        [s] if s.parse::<u64>().is_ok() => ("split", *s),
+        [t] => (*t, "60"),
+        [t, s, ..] => (*t, *s),
+    };
+    if !FUZZ_TARGETS.contains(&target) {
+        return Err(format!(
+            "unknown fuzz target `{target}`; targets: {}",
+            FUZZ_TARGETS.join(", ")
+        ));
+    }
+    if seconds.parse::<u64>().map_or(true, |s| s == 0) {
+        return Err(format!(
+            "`{seconds}` is not a number of seconds (1 or more)"
+        ));
+    }
     let present = Command::new(env!("CARGO"))
         .args(["fuzz", "--version"])
         .output()
@@ -411,18 +433,13 @@ fn fuzz(root: &Path, seconds: &str) -> Result<(), String> {
     if !present {
         cargo(&["install", "cargo-fuzz", "--locked"], &[])?;
     }
-    let corpus = root.join("fuzz/corpus/split");
+    let corpus = root.join("fuzz/corpus").join(target);
     std::fs::create_dir_all(&corpus).map_err(|e| format!("creating {}: {e}", corpus.display()))?;
     run(Command::new("cargo")
         .current_dir(root.join("fuzz"))
-        .args([
-            "+nightly",
-            "fuzz",
-            "run",
-            "split",
-            "corpus/split",
-            "seeds/split",
-            "--",
-        ])
+        .args(["+nightly", "fuzz", "run", target])
+        .arg(format!("corpus/{target}"))
+        .arg(format!("seeds/{target}"))
+        .arg("--")
         .arg(format!("-max_total_time={seconds}")))
 }

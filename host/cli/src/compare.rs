@@ -76,7 +76,7 @@ where
                     .map(|_| ())
                     .map_err(|e| testnet::NetError::Sys {
                         what: "UDP flood".into(),
-                        source: e,
+                        cause: e,
                     });
                 drop(sink);
             }

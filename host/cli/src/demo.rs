@@ -113,7 +113,7 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
 
 fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Result<i32> {
     eprintln!(
-        "memplex demo needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN): it creates two network namespaces,\n\
+        "memplex demo needs root, with CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_ADMIN: it creates two network namespaces,\n\
          a veth pair and a TAP device, and sends real traffic between them. Run it with sudo for that.\n\
          Without privileges, memplex replays the same traffic mix from memory instead (as `kind = \"pcap\"` replays\n\
          a capture), which is what follows:\n\

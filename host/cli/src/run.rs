@@ -16,8 +16,8 @@ use crate::table;
 /// `memplex config check FILE`.
 pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
     let config = Config::load(file)?;
-    let engine = Engine::new(config, path)
-        .with_context(|| format!("loading the providers {} names", file.display()))?;
+    let engine = Engine::new(config, path)?;
+    engine.check()?;
     let c = engine.config();
     println!(
         "{}: ok\ndevice: {:?} {} ({} queue{})\nsplit: {:?}, hds_threshold {}",

@@ -42,22 +42,22 @@ pub enum Poll {
 #[non_exhaustive]
 pub enum DeviceError {
     /// Opening or configuring the device failed.
-    #[error("{what}: {source}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("{what}: {cause}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
     Open {
         /// The device and the step.
         what: String,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
         /// What to do about it.
         hint: Option<String>,
     },
     /// Reading failed.
-    #[error("reading {what}: {source}")]
+    #[error("reading {what}: {cause}")]
     Read {
         /// The device.
         what: String,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A capture file that cannot be replayed.
     #[error("{path}: {message}")]
@@ -79,7 +79,7 @@ impl DeviceError {
         });
         DeviceError::Open {
             what: what.into(),
-            source,
+            cause: source,
             hint,
         }
     }

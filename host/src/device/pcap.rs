@@ -11,6 +11,25 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The largest capture replayed: it is held in memory.
+pub const MAX_CAPTURE: u64 = 4 << 30;
+
+fn kind_of(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// Reads every Ethernet frame of a pcap or pcapng file, with its capture time and
 /// length on the wire.
 pub fn read_frames(path: &Path) -> Result<Vec<Recorded>, DeviceError> {
@@ -18,6 +37,22 @@ pub fn read_frames(path: &Path) -> Result<Vec<Recorded>, DeviceError> {
         path: path.display().to_string(),
         message,
     };
+    // A FIFO, a device or a directory would be read forever or not at all; a capture is
+    // held in memory, so its size is bounded too.
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(err(format!(
+            "is not a regular file (it is {}); give a pcap or pcapng file",
+            kind_of(&meta)
+        )));
+    }
+    if meta.len() > MAX_CAPTURE {
+        return Err(err(format!(
+            "is {} MiB; a replayed capture is held in memory, at most {} MiB",
+            meta.len() >> 20,
+            MAX_CAPTURE >> 20
+        )));
+    }
     let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
     let mut frames = Vec::new();
     match bytes.get(..4) {
@@ -104,4 +139,26 @@ pub fn open(
         |f| f.to_string_lossy().into_owned(),
     );
     replay::queues(&file, frames, queues, repeat, rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_not_a_capture_file_is_refused_with_why() {
+        for (path, want) in [
+            ("/dev/zero", "not a regular file (it is a device)"),
+            ("/", "not a regular file (it is a directory)"),
+            ("/no/such/capture.pcap", "cannot read"),
+        ] {
+            let e = read_frames(Path::new(path)).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(path), "{e}");
+        }
+        let empty = std::env::temp_dir().join(format!("memplex-empty-{}.pcap", std::process::id()));
+        std::fs::write(&empty, b"").unwrap();
+        let e = read_frames(&empty).unwrap_err().to_string();
+        assert!(e.contains("not a pcap or pcapng file"), "{e}");
+        std::fs::remove_file(empty).unwrap();
+    }
 }

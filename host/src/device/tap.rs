@@ -172,7 +172,7 @@ pub(super) fn wait_readable(
         }
         return Err(DeviceError::Read {
             what: what.to_string(),
-            source: e,
+            cause: e,
         });
     }
     Ok(n > 0)
@@ -202,7 +202,7 @@ impl RxQueue for TapQueue {
                 Err(e) => {
                     return Err(DeviceError::Read {
                         what: self.name.clone(),
-                        source: e,
+                        cause: e,
                     })
                 }
             };

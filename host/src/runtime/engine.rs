@@ -12,6 +12,7 @@ use crate::route::RouteTable;
 use crate::stats::QueueStats;
 use crate::wire::Splitter;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,7 +42,7 @@ impl Engine {
                 let plugin =
                     ProviderPlugin::load(&p.plugin, path).map_err(|source| RunError::Provider {
                         name: name.clone(),
-                        source,
+                        cause: source,
                     })?;
                 let defaults = crate::provider::wasm::WasmLimits::default();
                 Ok::<_, RunError>(
@@ -82,6 +83,23 @@ impl Engine {
         self.names.iter().map(String::as_str).zip(&self.plugins)
     }
 
+    /// Checks what a run would find wrong at its start, without running: each provider
+    /// is started once (for queue 0, with its settings) and shut down, and a replayed
+    /// capture is read. `memplex config check` calls this, so it refuses what `run`
+    /// would.
+    pub fn check(&self) -> Result<(), RunError> {
+        let pools = self.pools_for(0)?;
+        for pool in pools {
+            pool.shutdown(Duration::from_millis(10));
+        }
+        if let (crate::config::DeviceKind::Pcap, Some(path)) =
+            (self.config.device.kind, &self.config.device.path)
+        {
+            device::pcap::read_frames(path)?;
+        }
+        Ok(())
+    }
+
     /// Opens the configured device's queues (see [`device::open`]).
     pub fn open_device(&self) -> Result<Vec<Box<dyn RxQueue>>, RunError> {
         Ok(device::open(&self.config.device)?)
@@ -90,12 +108,20 @@ impl Engine {
     fn sink(&self, shared: &Option<PcapOut>) -> Box<dyn Sink> {
         match (self.config.runtime.sink, shared) {
             (SinkKind::Verify, _) => Box::new(VerifySink::default()),
-            (SinkKind::Pcap, Some(w)) => Box::new(PcapSink::new(Arc::clone(w))),
+            (SinkKind::Pcap, Some(w)) => Box::new(PcapSink::new(
+                Arc::clone(w),
+                self.config
+                    .runtime
+                    .sink_path
+                    .as_deref()
+                    .unwrap_or(Path::new("")),
+            )),
             _ => Box::new(CountSink),
         }
     }
 
-    fn worker(&self, queue: u16, name: String, sink: Box<dyn Sink>) -> Result<Worker, RunError> {
+    /// One pool per provider, for queue `queue`.
+    fn pools_for(&self, queue: u16) -> Result<Vec<Pool>, RunError> {
         let mut pools = Vec::new();
         for ((name, plugin), cfg) in self.plugins().zip(self.config.providers.values()) {
             let params = cfg.settings.iter().fold(
@@ -106,10 +132,15 @@ impl Engine {
                 .instantiate(&params)
                 .map_err(|source| RunError::Provider {
                     name: name.to_string(),
-                    source,
+                    cause: source,
                 })?;
             pools.push(Pool::new(provider, cfg.pool_size as usize));
         }
+        Ok(pools)
+    }
+
+    fn worker(&self, queue: u16, name: String, sink: Box<dyn Sink>) -> Result<Worker, RunError> {
+        let pools = self.pools_for(queue)?;
         let s = &self.config.split;
         Ok(Worker::new(
             name,

@@ -85,23 +85,23 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum RunError {
     /// A provider could not be loaded or started.
-    #[error("provider `{name}`: {source}")]
+    #[error("provider `{name}`: {cause}")]
     Provider {
         /// The provider's name in the config.
         name: String,
         /// Why.
-        source: LoadError,
+        cause: LoadError,
     },
     /// The device failed.
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// The sink could not write.
-    #[error("sink {path}: {source}")]
+    #[error("sink {path}: {cause}")]
     Sink {
         /// The output.
         path: String,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A route names a provider the config does not define.
     #[error(transparent)]

@@ -34,6 +34,18 @@ pub trait Sink: Send {
     }
     /// Counters for stats.
     fn counters(&self) -> SinkCounters;
+    /// What the sink writes to, for errors (`pcap file out.pcap`).
+    fn name(&self) -> String {
+        "the sink".into()
+    }
+}
+
+/// The I/O error inside a pcap-file error (a full disk stays "No space left on device").
+fn io_error(e: pcap_file::PcapError) -> std::io::Error {
+    match e {
+        pcap_file::PcapError::IoError(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
 }
 
 /// Counts only; the worker already counts frames and bytes.
@@ -100,6 +112,7 @@ const SNAPLEN: u32 = 256 * 1024;
 /// a burst locally and takes the file's lock once per poll, not per frame.
 pub struct PcapSink {
     out: PcapOut,
+    path: std::path::PathBuf,
     batch: Vec<u8>,
     /// (timestamp, length on the wire, bytes in `batch`) per frame.
     frames: Vec<(Duration, u32, usize)>,
@@ -111,7 +124,7 @@ impl PcapSink {
     pub fn create(path: &Path) -> Result<PcapOut, RunError> {
         let err = |e: std::io::Error| RunError::Sink {
             path: path.display().to_string(),
-            source: e,
+            cause: e,
         };
         let file = File::create(path).map_err(err)?;
         let header = PcapHeader {
@@ -119,15 +132,16 @@ impl PcapSink {
             ts_resolution: pcap_file::TsResolution::NanoSecond,
             ..PcapHeader::default()
         };
-        let w = PcapWriter::with_header(BufWriter::new(file), header)
-            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        let w =
+            PcapWriter::with_header(BufWriter::new(file), header).map_err(|e| err(io_error(e)))?;
         Ok(Arc::new(Mutex::new(w)))
     }
 
-    /// A sink writing to `out`.
-    pub fn new(out: PcapOut) -> Self {
+    /// A sink writing to `out`, the file at `path`.
+    pub fn new(out: PcapOut, path: &Path) -> Self {
         PcapSink {
             out,
+            path: path.to_path_buf(),
             batch: Vec::new(),
             frames: Vec::new(),
             counters: SinkCounters::default(),
@@ -147,7 +161,7 @@ impl PcapSink {
             .map(drop)
             .map_err(|e| RunError::Sink {
                 path: path.display().to_string(),
-                source: e.into_error(),
+                cause: e.into_error(),
             })
     }
 }
@@ -182,7 +196,7 @@ impl Sink for PcapSink {
         for &(ts, wire, len) in &self.frames {
             let data = &self.batch[at..at + len];
             out.write_packet(&PcapPacket::new(ts, wire, data))
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(io_error)?;
             at += len;
         }
         self.batch.clear();
@@ -192,6 +206,10 @@ impl Sink for PcapSink {
 
     fn counters(&self) -> SinkCounters {
         self.counters
+    }
+
+    fn name(&self) -> String {
+        format!("pcap file {}", self.path.display())
     }
 }
 

@@ -381,8 +381,8 @@ pub(super) fn run_queue(
         }
         if let Err(e) = w.sink.flush() {
             break Err(RunError::Sink {
-                path: "sink".into(),
-                source: e,
+                path: w.sink.name(),
+                cause: e,
             });
         }
         // A clock read costs as much as placing a small frame here (a VM's clock), so

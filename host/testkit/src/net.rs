@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[non_exhaustive]
 pub enum NetError {
     /// Not running as root (or without CAP_NET_ADMIN).
-    #[error("needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces, veth pairs and TAP devices")]
+    #[error("needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_ADMIN (root has them, unless a container took them away) to create network namespaces, veth pairs and TAP devices")]
     NotPrivileged,
     /// A command failed.
     #[error("`{command}` failed: {output}")]
@@ -50,12 +50,12 @@ pub enum NetError {
         output: String,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Sys {
         /// The call.
         what: String,
         /// What the system said.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -120,8 +120,30 @@ fn run(args: &[&str]) -> Result<(), NetError> {
 
 /// True when this process may build the test network.
 pub fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    has_capabilities(&[CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_ADMIN])
+}
+
+/// CAP_NET_ADMIN: network devices, namespaces' links, tc.
+pub const CAP_NET_ADMIN: u32 = 12;
+/// CAP_NET_RAW: packet sockets.
+pub const CAP_NET_RAW: u32 = 13;
+/// CAP_SYS_ADMIN: creating and entering network namespaces.
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// True when this process's effective capabilities (`CapEff` in /proc/self/status) hold
+/// every one of `caps`: what creating namespaces, devices and raw sockets takes, whether
+/// or not the user is root (a root process may lack them in a container; a non-root one
+/// may hold them).
+pub fn has_capabilities(caps: &[u32]) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    caps.iter().all(|&c| eff & (1 << c) != 0)
 }
 
 impl TestNet {
@@ -306,14 +328,14 @@ fn enter(ns: &str) -> Result<(), NetError> {
     let path = format!("/run/netns/{ns}");
     let f = File::open(&path).map_err(|e| NetError::Sys {
         what: format!("open {path}"),
-        source: e,
+        cause: e,
     })?;
     // SAFETY: setns takes a valid namespace fd (open for the call) and a namespace type;
     // it only changes the calling thread's network namespace.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(NetError::Sys {
             what: format!("setns({ns})"),
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     Ok(())
@@ -336,7 +358,7 @@ pub fn blast<F: AsRef<[u8]>>(
     }
     let sys = |what: &str| NetError::Sys {
         what: what.to_string(),
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     };
     let (fd, sll) = packet_socket(dev)?;
     let one: libc::c_int = 1;
@@ -395,11 +417,11 @@ pub fn blast<F: AsRef<[u8]>>(
 fn packet_socket(dev: &str) -> Result<(OwnedFd, libc::sockaddr_ll), NetError> {
     let sys = |what: &str| NetError::Sys {
         what: what.to_string(),
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     };
     let name = std::ffi::CString::new(dev).map_err(|_| NetError::Sys {
         what: format!("interface {dev:?}"),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        cause: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
     // SAFETY: if_nametoindex reads a NUL-terminated string that lives for the call.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -424,7 +446,7 @@ fn packet_socket(dev: &str) -> Result<(OwnedFd, libc::sockaddr_ll), NetError> {
 fn send_raw(dev: &str, frames: &[Vec<u8>]) -> Result<(), NetError> {
     let sys = |what: &str| NetError::Sys {
         what: what.to_string(),
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     };
     let (fd, sll) = packet_socket(dev)?;
     for f in frames {
@@ -474,7 +496,7 @@ impl TestNet {
         fn io(what: &'static str) -> impl Fn(std::io::Error) -> NetError {
             move |e| NetError::Sys {
                 what: what.to_string(),
-                source: e,
+                cause: e,
             }
         }
         let mut targets = vec![

@@ -444,3 +444,25 @@ fn bursts_carry_capture_times_lengths_and_sequence_numbers_to_the_sink() {
         "each record's own timestamp, repeated once"
     );
 }
+
+#[test]
+fn a_full_disk_under_the_pcap_sink_is_reported_with_the_path_and_the_os_error() {
+    let engine = engine_for(
+        "tunnel.toml",
+        &[
+            ("MEMPLEX_RUNTIME__SINK", "pcap"),
+            ("MEMPLEX_RUNTIME__SINK_PATH", "/dev/full"),
+            ("MEMPLEX_DEVICE__QUEUES", "1"),
+            ("MEMPLEX_DEVICE__REPEAT", "50"),
+        ],
+    );
+    let queues = engine.open_device().unwrap();
+    let err = engine
+        .run(queues, &RunControl::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/dev/full") && err.contains("No space left on device"),
+        "{err}"
+    );
+}

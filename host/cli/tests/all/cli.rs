@@ -638,3 +638,79 @@ fn bad_numbers_on_the_command_line_are_refused_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn privileges_are_judged_by_capabilities_not_by_uid() {
+    if !memplex_testkit::net::privileged() {
+        eprintln!("skipping: needs root to drop capabilities while staying uid 0");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root"
+        );
+        return;
+    }
+    // Root with an empty capability bounding set: uid 0, but no CAP_NET_ADMIN.
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_memplex"))
+        .args(["demo", "--json"])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("needs root, with CAP_NET_ADMIN") && text.contains("replays"),
+        "root without capabilities is told what it lacks and gets the replay: {text}"
+    );
+}
+
+#[test]
+fn config_check_refuses_what_run_would() {
+    let dir = std::env::temp_dir().join(format!("memplex-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string(configs("tcp-split.toml")).unwrap();
+    let capture = configs("captures/default.pcap");
+    for (edit, want) in [
+        (
+            (
+                "buf_size = 2048",
+                "buf_size = 2048\nsettings = { bufferz = 9 }",
+            ),
+            "unknown setting `bufferz`",
+        ),
+        (
+            ("path = \"captures/default.pcap\"", "path = \"/dev/zero\""),
+            "/dev/zero: is not a regular file",
+        ),
+        (
+            (
+                "path = \"captures/default.pcap\"",
+                "path = \"nothing-here.pcap\"",
+            ),
+            "nothing-here.pcap: cannot read",
+        ),
+    ] {
+        let file = dir.join("check.toml");
+        let body = text
+            .replace(
+                "path = \"captures/default.pcap\"",
+                &format!("path = \"{capture}\""),
+            )
+            .replacen(
+                edit.0.replace("captures/default.pcap", &capture).as_str(),
+                edit.1,
+                1,
+            );
+        std::fs::write(&file, body).unwrap();
+        let (code, out) = memplex(&["config", "check", &file.display().to_string()]);
+        assert_eq!(code, 1, "{edit:?}: {out}");
+        assert!(out.contains(want), "{edit:?}: {out}");
+        assert_eq!(out.matches(want).count(), 1, "said once: {out}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
