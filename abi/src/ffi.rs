@@ -160,12 +160,12 @@ impl<P: MemoryProvider> FfiProvider for Guarded<P> {
     }
 
     fn alloc_bulk(&mut self, mut out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError> {
-        let cap = out.len();
         self.call_mut(|p| {
             let n = p.alloc_bulk(out.as_mut_slice())?;
-            // Clamp here so the host never sees a count past the slice it gave; the host
-            // checks every descriptor in the prefix anyway.
-            Ok(n.min(cap) as u32)
+            // The count goes to the host as the provider gave it, past the slice or not:
+            // the host reads only the slice it passed and refuses an overcount as a
+            // breach of the contract. (Clamping it here hid such a provider's bug.)
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
     }
 

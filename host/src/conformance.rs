@@ -45,6 +45,12 @@ pub struct CheckOptions {
     pub settings: Vec<(String, String)>,
     /// How long to time alloc+release for the cost figure.
     pub cost_time: Duration,
+    /// Fail when a buffer's alloc+release costs more than this many times the built-in
+    /// slab's, timed in the same run (default 20).
+    pub max_cost_ratio: f64,
+    /// Fail when a buffer's alloc+release costs more than this, in ns (default: no
+    /// absolute budget).
+    pub max_ns_per_buffer: Option<f64>,
 }
 
 impl Default for CheckOptions {
@@ -54,6 +60,8 @@ impl Default for CheckOptions {
             pool_size: 256,
             settings: Vec::new(),
             cost_time: Duration::from_millis(200),
+            max_cost_ratio: 20.0,
+            max_ns_per_buffer: None,
         }
     }
 }
@@ -67,12 +75,73 @@ pub struct CheckReport {
     pub results: Vec<CheckResult>,
     /// Median cost of one buffer's alloc + release, bulk of 64, in nanoseconds.
     pub ns_per_buffer: Option<f64>,
+    /// The built-in slab's, timed alongside it in the same run.
+    pub baseline_ns: Option<f64>,
+    /// What the provider said of itself at init: `buf_size ..., caps ...`.
+    pub info: String,
 }
 
 impl CheckReport {
     /// True when no check failed.
     pub fn passed(&self) -> bool {
         self.results.iter().all(|r| r.outcome != Outcome::Fail)
+    }
+
+    /// How many checks came out `outcome`.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.results.iter().filter(|r| r.outcome == outcome).count()
+    }
+
+    /// A one-screen summary to paste into a provider's README: the verdict, the cost
+    /// against the built-in slab, and what it was checked with.
+    pub fn certificate(&self, opts: &CheckOptions, limits: &str) -> String {
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        let cost = match (self.ns_per_buffer, self.baseline_ns) {
+            (Some(ns), Some(base)) => format!(
+                "{ns:.1} ns per buffer (alloc_bulk+release_bulk of {REFILL}), {:.2}x the built-in slab's {base:.1} ns in the same run; budget {}x{}",
+                ns / base,
+                opts.max_cost_ratio,
+                opts.max_ns_per_buffer.map_or(String::new(), |m| format!(" and {m} ns")),
+            ),
+            (Some(ns), None) => format!("{ns:.1} ns per buffer (no baseline)"),
+            _ => "not measured".into(),
+        };
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+            .unwrap_or_else(|| "unknown CPU".into());
+        format!(
+            "memplex check-provider certificate\n\
+             provider  {}\n\
+             result    {verdict}: {} checks passed, {} warned, {} failed\n\
+             cost      {cost}\n\
+             checked   buf_size {}, pool_size {}{}; {limits}\n\
+             reported  {}\n\
+             host      memplex {}, provider ABI {}, {cpu}",
+            self.plugin,
+            self.count(Outcome::Pass),
+            self.count(Outcome::Warn),
+            self.count(Outcome::Fail),
+            opts.buf_size,
+            opts.pool_size,
+            if opts.settings.is_empty() {
+                String::new()
+            } else {
+                let kv: Vec<String> = opts
+                    .settings
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                format!(", settings {}", kv.join(" "))
+            },
+            self.info,
+            env!("CARGO_PKG_VERSION"),
+            memplex_abi::ABI_VERSION,
+        )
     }
 }
 
@@ -139,39 +208,41 @@ pub fn run(plugin: &ProviderPlugin, opts: &CheckOptions) -> CheckReport {
             plugin: plugin.label(),
             results: s.results,
             ns_per_buffer: None,
+            baseline_ns: None,
+            info: String::new(),
         };
     };
     let info = first.info().clone();
     drop(first);
-    s.record(
-        "init + info",
-        Outcome::Pass,
-        format!(
-            "buf_size {} (asked {}), align {}, capacity {}, caps {}{}",
-            info.buf_size,
-            opts.buf_size,
-            info.align,
-            info.capacity,
-            info.caps,
-            if info.backing.is_empty() {
-                String::new()
-            } else {
-                format!(", {}", info.backing)
-            }
-        ),
+    let described = format!(
+        "buf_size {} (asked {}), align {}, capacity {}, caps {}{}",
+        info.buf_size,
+        opts.buf_size,
+        info.align,
+        info.capacity,
+        info.caps,
+        if info.backing.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", info.backing)
+        }
     );
+    s.record("init + info", Outcome::Pass, described.clone());
 
     check_bulk(&mut s);
+    check_distinct(&mut s);
     check_exhaustion(&mut s, info.capacity);
     check_memory(&mut s, info.caps);
     check_empty_ops(&mut s);
     check_faults(&mut s);
     check_pool(&mut s);
-    let ns = check_cost(&mut s);
+    let (ns, baseline_ns) = check_cost(&mut s);
     CheckReport {
         plugin: plugin.label(),
         results: s.results,
         ns_per_buffer: ns,
+        baseline_ns,
+        info: described,
     }
 }
 
@@ -205,6 +276,36 @@ fn check_bulk(s: &mut Suite<'_>) {
         "alloc/release",
         &p,
         format!("alloc_bulk({REFILL}) gave {n} valid descriptors; released and handed out again ({again}) unchanged"),
+    );
+}
+
+/// Two batches held at once: every id in them distinct. A provider that hands out again
+/// an id of an earlier batch that the host still holds breaks the contract.
+fn check_distinct(s: &mut Suite<'_>) {
+    let name = "distinct ids";
+    let Some(mut p) = s.checked(name) else {
+        return;
+    };
+    let mut held = Vec::new();
+    let mut out = [Netmem::EMPTY; REFILL];
+    for _ in 0..4 {
+        match p.alloc_bulk(&mut out) {
+            Ok(n) => held.extend_from_slice(&out[..n]),
+            Err(f) => {
+                p.release_bulk(&held);
+                return s.record(name, Outcome::Fail, f.to_string());
+            }
+        }
+        if p.fault().is_some() {
+            break;
+        }
+    }
+    let total = held.len();
+    p.release_bulk(&held);
+    s.fault_or(
+        name,
+        &p,
+        format!("{total} buffers from 4 batches held at once, every id and address distinct"),
     );
 }
 
@@ -376,8 +477,8 @@ fn check_faults(s: &mut Suite<'_>) {
         ),
         Ok(_) => s.record(
             "bad config",
-            Outcome::Warn,
-            "accepted an unknown setting; typos in configs will go unnoticed",
+            Outcome::Fail,
+            "accepted an unknown setting, so typos in configs go unnoticed; refuse unknown keys (InitParams::deny_unknown)",
         ),
     }
     // A buffer it never handed out must be refused, not added to its free list.
@@ -402,8 +503,8 @@ fn check_faults(s: &mut Suite<'_>) {
         ),
         Ok(Ok(())) => s.record(
             "foreign release",
-            Outcome::Warn,
-            "accepted a buffer it never handed out; a host bug could corrupt its free list",
+            Outcome::Fail,
+            "accepted a buffer it never handed out, so a host bug would corrupt its free list; refuse it with a bad-buffer error",
         ),
         Err(_) => s.record(
             "foreign release",
@@ -460,44 +561,86 @@ fn check_pool(s: &mut Suite<'_>) {
     }
 }
 
-fn check_cost(s: &mut Suite<'_>) -> Option<f64> {
-    let mut raw: Box<dyn MemoryProvider> = s.plugin.instantiate_unchecked(&s.params()).ok()?;
+/// One timing sample: 16 bulk rounds of alloc_bulk + release_bulk of [`REFILL`], in ns
+/// per buffer; `None` when the provider failed or handed out nothing.
+fn time_bulk(raw: &mut dyn MemoryProvider, out: &mut [Netmem; REFILL]) -> Option<f64> {
+    let t = Instant::now();
+    let mut bufs = 0;
+    for _ in 0..16 {
+        let n = raw.alloc_bulk(out).ok()?.min(REFILL);
+        raw.release_bulk(&out[..n]).ok()?;
+        bufs += n;
+    }
+    (bufs > 0).then(|| t.elapsed().as_nanos() as f64 / bufs as f64)
+}
+
+/// The cost of a buffer's alloc + release against the built-in slab's, timed in turns
+/// in the same run, and the budget's verdict.
+fn check_cost(s: &mut Suite<'_>) -> (Option<f64>, Option<f64>) {
+    let name = "cost";
+    let (Ok(mut raw), Some(slab)) = (
+        s.plugin.instantiate_unchecked(&s.params()),
+        ProviderPlugin::builtin("slab"),
+    ) else {
+        s.record(name, Outcome::Warn, "could not make instances to time");
+        return (None, None);
+    };
+    let base_params = InitParams::new(0, s.opts.buf_size, s.opts.pool_size);
+    let Ok(mut base) = slab.instantiate_unchecked(&base_params) else {
+        s.record(
+            name,
+            Outcome::Warn,
+            "could not start the built-in slab to compare with",
+        );
+        return (None, None);
+    };
     let mut out = [Netmem::EMPTY; REFILL];
-    let mut samples = Vec::new();
+    let (mut mine, mut theirs) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + s.opts.cost_time;
     let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        while Instant::now() < deadline && samples.len() < 10_000 {
-            let t = Instant::now();
-            let mut bufs = 0;
-            for _ in 0..16 {
-                let n = raw.alloc_bulk(&mut out).unwrap_or(0).min(REFILL);
-                if raw.release_bulk(&out[..n]).is_err() {
-                    return false;
-                }
-                bufs += n;
-            }
-            if bufs == 0 {
-                return false;
-            }
-            samples.push(t.elapsed().as_nanos() as f64 / bufs as f64);
+        while Instant::now() < deadline && mine.len() < 10_000 {
+            mine.push(time_bulk(&mut *raw, &mut out)?);
+            theirs.push(time_bulk(&mut *base, &mut out)?);
         }
-        true
+        Some(())
     }))
-    .unwrap_or(false);
-    if !ok || samples.is_empty() {
+    .ok()
+    .flatten();
+    if ok.is_none() || mine.is_empty() {
         s.record(
-            "cost",
-            Outcome::Warn,
-            "could not time alloc+release (the provider failed or handed out nothing)",
+            name,
+            Outcome::Fail,
+            "could not time alloc+release: the provider failed, panicked or handed out nothing",
         );
-        return None;
+        return (None, None);
     }
-    samples.sort_by(f64::total_cmp);
-    let median = samples[samples.len() / 2];
-    s.record(
-        "cost",
-        Outcome::Pass,
-        format!("{median:.1} ns per buffer for alloc_bulk+release_bulk of {REFILL} (median of {} samples, no host checks)", samples.len()),
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (ns, slab_ns) = (median(&mut mine), median(&mut theirs));
+    let ratio = ns / slab_ns;
+    let figure = format!(
+        "{ns:.1} ns per buffer for alloc_bulk+release_bulk of {REFILL}, {ratio:.2}x the built-in slab ({slab_ns:.1} ns), medians of {} turns each, no host checks",
+        mine.len()
     );
-    Some(median)
+    let over_ratio = ratio > s.opts.max_cost_ratio;
+    let over_ns = s.opts.max_ns_per_buffer.filter(|&m| ns > m);
+    match (over_ratio, over_ns) {
+        (false, None) => s.record(name, Outcome::Pass, figure),
+        (true, _) => s.record(
+            name,
+            Outcome::Fail,
+            format!(
+                "{figure}: over the budget of {}x (--max-cost-ratio)",
+                s.opts.max_cost_ratio
+            ),
+        ),
+        (false, Some(m)) => s.record(
+            name,
+            Outcome::Fail,
+            format!("{figure}: over the budget of {m} ns (--max-ns-per-buffer)"),
+        ),
+    }
+    (Some(ns), Some(slab_ns))
 }

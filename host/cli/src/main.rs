@@ -49,12 +49,15 @@ enum Command {
         #[command(subcommand)]
         inspect: Option<ProvidersCmd>,
     },
-    /// Run the conformance suite on a provider; exits non-zero if any check fails.
+    /// Run the conformance suite on a provider, cost included, and print a certificate;
+    /// exits non-zero if any check fails.
     CheckProvider {
-        /// A name on the plugin path, a path to a .so, or builtin:NAME.
+        /// A name on the plugin path, a path to a .so or .wasm, or builtin:NAME.
         plugin: String,
         #[command(flatten)]
         params: ParamArgs,
+        #[command(flatten)]
+        budget: providers::Budget,
     },
     /// Run a config: receive frames, split, place them in providers, report.
     Run {
@@ -219,7 +222,11 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Providers {
             inspect: Some(ProvidersCmd::Inspect { plugin, params }),
         } => providers::inspect(&path, &plugin, &params),
-        Command::CheckProvider { plugin, params } => providers::check(&path, &plugin, &params),
+        Command::CheckProvider {
+            plugin,
+            params,
+            budget,
+        } => providers::check(&path, &plugin, &params, &budget),
         Command::Demo {
             synthetic: true,
             frames,

@@ -4,6 +4,7 @@ use crate::{table, ParamArgs};
 use anyhow::{Context, Result};
 use comfy_table::{Cell, Color};
 use memplex::conformance::{self, CheckOptions, Outcome};
+use memplex::provider::wasm::WasmLimits;
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
 
 pub fn list(path: &PluginPath) -> Result<i32> {
@@ -134,12 +135,59 @@ pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub fn check(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
-    let plugin = ProviderPlugin::load(spec, path)?;
+/// The cost budget and sandbox limits of `check-provider`.
+#[derive(clap::Args)]
+pub struct Budget {
+    /// Fail when a buffer's alloc+release costs more than this many times the built-in
+    /// slab's, timed in the same run.
+    #[arg(long, default_value_t = 20.0, value_parser = positive)]
+    max_cost_ratio: f64,
+    /// Fail when a buffer's alloc+release costs more than this many nanoseconds.
+    #[arg(long, value_parser = positive)]
+    max_ns_per_buffer: Option<f64>,
+    /// WASM providers: the most linear memory an instance may use, in MiB.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    max_memory_mib: Option<u32>,
+    /// WASM providers: the longest one guest call may run, in ms.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    call_deadline_ms: Option<u64>,
+}
+
+/// A finite number above 0.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a number above 0")),
+    }
+}
+
+pub fn check(path: &PluginPath, spec: &str, args: &ParamArgs, budget: &Budget) -> Result<i32> {
+    let mut plugin = ProviderPlugin::load(spec, path)?;
+    let mut limits = String::from("native: no sandbox limits");
+    if plugin.is_wasm() {
+        let d = WasmLimits::default();
+        let l = WasmLimits {
+            memory: budget
+                .max_memory_mib
+                .map_or(d.memory, |m| m as usize * (1 << 20)),
+            deadline: budget
+                .call_deadline_ms
+                .map_or(d.deadline, std::time::Duration::from_millis),
+            ..d
+        };
+        limits = format!(
+            "WASM limits: {} MiB of memory, {} ms per call",
+            l.memory >> 20,
+            l.deadline.as_millis()
+        );
+        plugin = plugin.with_wasm_limits(l);
+    }
     let opts = CheckOptions {
         buf_size: args.buf_size,
         pool_size: args.pool_size,
         settings: args.settings.clone(),
+        max_cost_ratio: budget.max_cost_ratio,
+        max_ns_per_buffer: budget.max_ns_per_buffer,
         ..Default::default()
     };
     let report = conformance::run(&plugin, &opts);
@@ -156,17 +204,9 @@ pub fn check(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
             Cell::new(&r.detail),
         ]);
     }
-    println!("check-provider {}\n{t}", report.plugin);
-    let failed = report
-        .results
-        .iter()
-        .filter(|r| r.outcome == Outcome::Fail)
-        .count();
-    let warned = report
-        .results
-        .iter()
-        .filter(|r| r.outcome == Outcome::Warn)
-        .count();
+    println!("check-provider {}\n{t}\n", report.plugin);
+    println!("{}\n", report.certificate(&opts, &limits));
+    let (failed, warned) = (report.count(Outcome::Fail), report.count(Outcome::Warn));
     if failed > 0 {
         println!("{failed} failed, {warned} warned: `{spec}` does not keep the provider contract");
         return Ok(1);

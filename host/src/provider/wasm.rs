@@ -250,7 +250,21 @@ impl WasmModule {
         store.set_epoch_deadline(ticks);
         let instance = Linker::new(engine)
             .instantiate(&mut store, &self.module)
-            .map_err(|e| fault(format!("instantiating: {e:#}")))?;
+            .map_err(|e| {
+                let text = format!("{e:#}");
+                let what = if text.contains("memory") {
+                    format!(
+                        "needs more memory at start than its limit of {} MiB (max_memory_mib)",
+                        limits.memory >> 20
+                    )
+                } else {
+                    format!(
+                        "could not be instantiated: {}",
+                        text.lines().next().unwrap_or("")
+                    )
+                };
+                fault(format!("WASM provider `{}` {what}", self.name()))
+            })?;
         let sandbox = Sandbox {
             name: self.name(),
             ticks,

@@ -111,10 +111,13 @@ fn overcount() {
         .instantiate(&params(&[("fault", "overcount")]))
         .unwrap();
     let mut pool = Pool::new(provider, 64);
-    // The plugin-side glue clamps the count to the slice, and the host checks what is in
-    // it; the host never reads past the slice it passed.
-    let b = pool.alloc().unwrap();
-    pool.recycle(b).unwrap();
+    // The plugin-side glue passes the count on as the provider gave it (it used to clamp
+    // it, hiding the bug); the host refuses it, reading only the slice it passed.
+    let err = pool.alloc().unwrap_err();
+    assert!(
+        matches!(&err, PoolError::Quarantined { fault: Fault::Overcount { claimed, room }, .. } if claimed > room),
+        "{err}"
+    );
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 

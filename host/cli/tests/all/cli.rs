@@ -72,6 +72,16 @@ fn check_provider_passes_the_shipped_providers() {
             out.contains("checks passed") && out.contains("ns per buffer"),
             "{out}"
         );
+        // The certificate an author pastes into a README: verdict, cost, what was checked.
+        for want in [
+            "memplex check-provider certificate",
+            "result    PASS: 11 checks passed, 0 warned, 0 failed",
+            "the built-in slab's",
+            "budget 20x",
+            "checked   buf_size 2048, pool_size 256; native: no sandbox limits",
+        ] {
+            assert!(out.contains(want), "`{want}` in:\n{out}");
+        }
     }
 }
 
@@ -88,6 +98,12 @@ fn check_provider_fails_each_broken_provider_with_a_named_reason() {
         ("panic-alloc", "deliberate panic in alloc_bulk"),
         ("panic-init", "deliberate panic in init"),
         ("panic-release", "deliberate panic in release_bulk"),
+        (
+            "overcount",
+            "claimed to write 69 descriptors into room for 64",
+        ),
+        ("rehand", "again while the host still holds it"),
+        ("slow", "over the budget of 20x (--max-cost-ratio)"),
     ] {
         let (code, out) = memplex(&[
             "check-provider",
@@ -105,12 +121,17 @@ fn check_provider_fails_each_broken_provider_with_a_named_reason() {
             "{out}"
         );
     }
+    // A provider that takes buffers back that it never handed out fails too.
     let (code, out) = memplex(&["check-provider", &faulty, "--set", "fault=none"]);
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("WARN") && out.contains("accepted a buffer it never handed out"),
+        out.contains("FAIL") && out.contains("accepted a buffer it never handed out"),
         "{out}"
     );
+    // The budget can be set: an absolute one that nothing meets fails the cost check.
+    let (code, out) = memplex(&["check-provider", "slab", "--max-ns-per-buffer", "0.001"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("over the budget of 0.001 ns"), "{out}");
 }
 
 #[test]
@@ -517,7 +538,11 @@ fn check_provider_runs_on_wasm_providers() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("all 10 checks passed"), "{text}");
+        assert!(text.contains("all 11 checks passed"), "{text}");
+        assert!(
+            text.contains("WASM limits: 256 MiB of memory, 100 ms per call"),
+            "{text}"
+        );
         // Guest memory is written with fill and read back with read, not skipped.
         assert!(
             text.contains("read back a pattern in") && text.contains("fill and read ops"),
@@ -713,4 +738,27 @@ fn config_check_refuses_what_run_would() {
         assert_eq!(out.matches(want).count(), 1, "said once: {out}");
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn check_provider_applies_the_wasm_limits_it_is_given() {
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "check-provider",
+            "slab.wasm",
+            "--max-memory-mib",
+            "1",
+            "--call-deadline-ms",
+            "20",
+        ])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("more memory at start than its limit of 1 MiB (max_memory_mib)")
+            && text.contains("WASM limits: 1 MiB of memory, 20 ms per call"),
+        "{text}"
+    );
 }
