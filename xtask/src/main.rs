@@ -6,6 +6,10 @@
 //! - `cargo xtask test`: build, then every test in the workspace and the example;
 //! - `cargo xtask bench [ARGS]`: build (release), then the criterion benchmarks;
 //! - `cargo xtask lint`: rustfmt and clippy with warnings as errors;
+//! - `cargo xtask soak [SECONDS]`: a long run (default 600 s) of `configs/wasm.toml` on
+//!   a capture replayed without end, a WASM and a native provider, every frame verified;
+//!   RSS sampled every second; fails on growth past 1 MiB after the first minute, a leak
+//!   or a drop. Not part of `test` (CI has no ten minutes to spare);
 //! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default, or
 //!   `config`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
 
@@ -67,9 +71,10 @@ fn main() {
             .and_then(|()| summary(&root)),
         Some("lint") => lint(&root),
         Some("fuzz") => fuzz(&root, &rest),
+        Some("soak") => build(&root, "release").and_then(|()| soak(&root, &rest)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | fuzz [TARGET] [SECONDS]>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS]>"
             );
             exit(2);
         }
@@ -442,4 +447,111 @@ fn fuzz(root: &Path, args: &[&str]) -> Result<(), String> {
         .arg(format!("seeds/{target}"))
         .arg("--")
         .arg(format!("-max_total_time={seconds}")))
+}
+
+/// A process's resident set, in KiB, from /proc/PID/status.
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// `cargo xtask soak [SECONDS]`; see the crate docs.
+fn soak(root: &Path, args: &[&str]) -> Result<(), String> {
+    let seconds: u64 = match args.first() {
+        None => 600,
+        Some(s) => s
+            .parse()
+            .ok()
+            .filter(|&s| (60..=86_400).contains(&s))
+            .ok_or_else(|| format!("`{s}` is not a number of seconds from 60 to 86400"))?,
+    };
+    let out_dir = root.join("target/soak");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("creating {}: {e}", out_dir.display()))?;
+    let report = out_dir.join("run.jsonl");
+    let log = std::fs::File::create(&report)
+        .map_err(|e| format!("creating {}: {e}", report.display()))?;
+    let mut child = Command::new(root.join("target/release/memplex"))
+        .args(["run", "-c", "configs/wasm.toml", "--json", "--duration"])
+        .arg(seconds.to_string())
+        .env("MEMPLEX_DEVICE__REPEAT", u32::MAX.to_string())
+        .env("MEMPLEX_RUNTIME__STATS_INTERVAL", "10")
+        .stdout(log)
+        .spawn()
+        .map_err(|e| format!("starting memplex: {e}"))?;
+    eprintln!("xtask: soak of {seconds} s: configs/wasm.toml, the capture replayed without end, RSS sampled every second");
+    let start = std::time::Instant::now();
+    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        let t = start.elapsed().as_secs();
+        if let Some(kib) = rss_kib(child.id()) {
+            if samples.last().is_none_or(|&(last, _)| last < t) {
+                samples.push((t, kib));
+                if t % 30 == 0 {
+                    eprintln!("  {t:>5} s: RSS {:.1} MiB", kib as f64 / 1024.0);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let csv = out_dir.join("rss.csv");
+    let text: String = std::iter::once("seconds,rss_kib\n".to_string())
+        .chain(samples.iter().map(|(t, k)| format!("{t},{k}\n")))
+        .collect();
+    std::fs::write(&csv, text).map_err(|e| format!("writing {}: {e}", csv.display()))?;
+    let last_line = std::fs::read_to_string(&report)
+        .map_err(|e| e.to_string())?
+        .lines()
+        .last()
+        .map(str::to_string)
+        .unwrap_or_default();
+    let last: serde_json::Value = serde_json::from_str(&last_line).map_err(|e| {
+        format!(
+            "the run printed no final report ({e}); see {}",
+            report.display()
+        )
+    })?;
+    let total = &last["total"];
+    let leaked: u64 = last["pools"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["leaked"].as_u64()).sum())
+        .unwrap_or(0);
+    let dropped: u64 = total["dropped"]
+        .as_object()
+        .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+        .unwrap_or(0);
+    let frames = total["received"]["frames"].as_u64().unwrap_or(0);
+    let verified = total["sink"]["verified"].as_u64().unwrap_or(0);
+    let at = |t: u64| {
+        samples
+            .iter()
+            .find(|(s, _)| *s >= t)
+            .or(samples.last())
+            .map_or(0, |(_, k)| *k)
+    };
+    let (minute, end) = (at(60), samples.last().map_or(0, |(_, k)| *k));
+    let peak = samples.iter().map(|(_, k)| *k).max().unwrap_or(0);
+    let growth = end as i64 - minute as i64;
+    println!(
+        "soak: {seconds} s, {frames} frames, {verified} verified, {dropped} dropped, {leaked} leaked;\n\
+         RSS at 1 min {:.2} MiB, at the end {:.2} MiB ({:+.2} MiB), peak {:.2} MiB; curve in {}",
+        minute as f64 / 1024.0,
+        end as f64 / 1024.0,
+        growth as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        csv.display()
+    );
+    if !status.success() || leaked > 0 || dropped > 0 || verified != frames || growth > 1024 {
+        return Err(format!(
+            "the soak failed: exit {status}, {leaked} leaked, {dropped} dropped, {} not verified, RSS growth {growth} KiB after the first minute (at most 1024)",
+            frames - verified.min(frames)
+        ));
+    }
+    Ok(())
 }

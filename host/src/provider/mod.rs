@@ -17,6 +17,7 @@
 mod builtin;
 mod checked;
 mod discovery;
+mod elf;
 mod native;
 pub mod wasm;
 

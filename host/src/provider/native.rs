@@ -35,6 +35,16 @@ pub(super) fn load(file: &Path) -> Result<ProviderModRef, LoadError> {
             })
         }
     }
+    // dlopen of a truncated library can kill the process (SIGBUS on a page past the
+    // file's end): check the headers first.
+    let bytes = std::fs::read(file).map_err(|e| LoadError::Missing {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    if let Some(reason) = super::elf::problem(&bytes) {
+        return Err(LoadError::Open { path, reason });
+    }
+    drop(bytes);
     let header = lib_header_from_path(file).map_err(|e| match e {
         LibraryError::OpenError { err, .. } => LoadError::Open {
             path: path.clone(),

@@ -187,3 +187,26 @@ fn a_provider_is_found_by_the_name_it_reports_and_a_miss_says_what_was_tried() {
         assert!(err.contains(want), "`{want}` in: {err}");
     }
 }
+
+#[test]
+fn a_truncated_library_is_refused_before_dlopen_sees_it() {
+    let dir = std::env::temp_dir().join(format!("memplex-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = std::fs::read(so("memplex_plugin_slab")).unwrap();
+    for (name, len) in [
+        ("half.so", whole.len() / 2),
+        ("head.so", 64),
+        ("ten.so", 10),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, &whole[..len]).unwrap();
+        let err = ProviderPlugin::open(&path).unwrap_err();
+        assert!(matches!(err, LoadError::Open { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && (text.contains("truncated") || text.contains("not an ELF")),
+            "{text}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
