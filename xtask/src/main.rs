@@ -493,7 +493,7 @@ fn soak(root: &Path, args: &[&str]) -> Result<(), String> {
         if let Some(kib) = rss_kib(child.id()) {
             if samples.last().is_none_or(|&(last, _)| last < t) {
                 samples.push((t, kib));
-                if t % 30 == 0 {
+                if t.is_multiple_of(30) {
                     eprintln!("  {t:>5} s: RSS {:.1} MiB", kib as f64 / 1024.0);
                 }
             }
