@@ -112,6 +112,10 @@ pub struct DeviceConfig {
     /// Ask the kernel for GSO super-frames (tap: IFF_VNET_HDR + TUNSETOFFLOAD).
     #[serde(default)]
     pub gso: bool,
+    /// tap: open the device even when another process reads it, sharing its queues
+    /// (each frame then reaches only one reader). Without it such a device is refused.
+    #[serde(default)]
+    pub attach: bool,
 }
 
 fn one() -> u16 {

@@ -283,7 +283,7 @@ pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
         }
         DeviceKind::Tap => {
             let name = d.interface.as_deref().ok_or_else(|| missing("interface"))?;
-            boxed(tap::open(name, d.queues, d.gso)?)
+            boxed(tap::open(name, d.queues, d.gso, d.attach)?)
         }
         DeviceKind::AfPacket => {
             let name = d.interface.as_deref().ok_or_else(|| missing("interface"))?;

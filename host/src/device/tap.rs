@@ -83,10 +83,49 @@ fn attach(name: &str, flags: libc::c_int) -> Result<File, std::io::Error> {
     Ok(file)
 }
 
+/// Other processes with a queue of TAP device `name` open, by pid: the kernel names a
+/// TUN file descriptor's device in its `/proc/PID/fdinfo` entry (`iff:\tNAME`).
+pub fn readers(name: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let want = format!("iff:\t{name}\n");
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| std::fs::read_to_string(fd.path()).is_ok_and(|t| t.contains(&want)))
+            })
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Opens (or creates) TAP device `name` with `queues` queues; with `gso`, asks for
-/// offloads so the kernel sends GSO super-frames.
-pub fn open(name: &str, queues: u16, gso: bool) -> Result<Vec<TapQueue>, DeviceError> {
+/// offloads so the kernel sends GSO super-frames. A device another process already reads
+/// is refused (its frames would be split between the two, unseen), unless `attach`.
+pub fn open(name: &str, queues: u16, gso: bool, share: bool) -> Result<Vec<TapQueue>, DeviceError> {
     ifreq(name, 0)?;
+    let others = readers(name);
+    if !share && !others.is_empty() {
+        let pids: Vec<String> = others.iter().map(u32::to_string).collect();
+        return Err(DeviceError::Open {
+            what: format!("tap {name}"),
+            cause: std::io::Error::new(
+                ErrorKind::AddrInUse,
+                format!("already read by process {}", pids.join(", ")),
+            ),
+            hint: Some(
+                "each frame would reach only one of the readers; stop the other run, or set \
+                 device.attach = true to share the device's queues on purpose"
+                    .into(),
+            ),
+        });
+    }
     let base = libc::IFF_TAP | libc::IFF_NO_PI | if gso { libc::IFF_VNET_HDR } else { 0 };
     let mut out = Vec::new();
     for q in 0..queues {

@@ -762,3 +762,66 @@ fn check_provider_applies_the_wasm_limits_it_is_given() {
         "{text}"
     );
 }
+
+#[test]
+fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
+    use memplex_testkit::net::{privileged, TestNet};
+    if !privileged() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root"
+        );
+        eprintln!("skipping: needs root for a TAP device in a namespace");
+        return;
+    }
+    TestNet::sweep_stale();
+    let net = TestNet::create(2).expect("the test network");
+    let run = |seconds: &str, attach: bool| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns_a])
+            .arg(env!("CARGO_BIN_EXE_memplex"))
+            .args([
+                "run",
+                "-c",
+                &configs("default.toml"),
+                "--json",
+                "--duration",
+                seconds,
+            ])
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .env("MEMPLEX_DEVICE__INTERFACE", &net.tap)
+            .env("MEMPLEX_DEVICE__ATTACH", attach.to_string());
+        c
+    };
+    let mut first = run("20", false)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the first run has the device's queues open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while memplex::device::tap::readers(&net.tap).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never opened the TAP"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = run("1", false).output().unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("tap {}", net.tap))
+            && text.contains(&format!("already read by process {}", first.id()))
+            && text.contains("device.attach = true"),
+        "{text}"
+    );
+    let shared = run("1", true).output().unwrap();
+    assert!(
+        shared.status.success(),
+        "attach = true shares the device: {}",
+        String::from_utf8_lossy(&shared.stderr)
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}
