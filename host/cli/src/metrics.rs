@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The latest per-queue stats, encoded afresh on every scrape.
 #[derive(Debug)]
@@ -53,7 +54,20 @@ pub fn render(live: &Arc<Mutex<Vec<QueueStats>>>) -> String {
     out
 }
 
+/// At most this many scrapes at once; a connection past it is closed at once.
+const MAX_CONNECTIONS: usize = 32;
+/// A client must send its request within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this, whatever it is doing.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Binds `addr` and serves `GET /metrics` from `live` until the runtime ends.
+///
+/// The loop outlives what a scraper or an attacker on loopback can do to it: an accept
+/// error (out of file descriptors, say) is logged and retried after a pause, not the end
+/// of the endpoint; idle clients are cut off after [`HEADER_TIMEOUT`] (and every
+/// connection after [`CONNECTION_TIMEOUT`]); and at most [`MAX_CONNECTIONS`] are served
+/// at once.
 pub async fn serve(addr: SocketAddr, live: Arc<Mutex<Vec<QueueStats>>>) -> Result<()> {
     use axum::http::header::CONTENT_TYPE;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -75,9 +89,31 @@ pub async fn serve(addr: SocketAddr, live: Arc<Mutex<Vec<QueueStats>>>) -> Resul
         }),
     );
     eprintln!("metrics: http://{addr}/metrics");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics endpoint: accept failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                drop(stream);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                drop(slot);
+            });
         }
     });
     Ok(())

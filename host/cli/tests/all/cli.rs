@@ -825,3 +825,91 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
     let _ = first.kill();
     let _ = first.wait();
 }
+
+/// One scrape of the metrics endpoint on `port`, if it answers within two seconds.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.1 200 OK").then_some(body)
+}
+
+#[test]
+fn the_metrics_endpoint_outlives_idle_clients_and_running_out_of_descriptors() {
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    // 32 descriptors: a couple of dozen idle clients exhaust them, so accept fails with
+    // EMFILE.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=32", "--"])
+        .arg(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "run",
+            "-c",
+            &configs("tcp-split.toml"),
+            "--json",
+            "--duration",
+            "30",
+        ])
+        .env("MEMPLEX_DEVICE__REPEAT", "100000000")
+        .env("MEMPLEX_RUNTIME__STATS_INTERVAL", "0")
+        .env("MEMPLEX_RUNTIME__METRICS", format!("127.0.0.1:{port}"))
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let start = std::time::Instant::now();
+    while scrape(port).is_none() {
+        assert!(start.elapsed().as_secs() < 10, "the endpoint never came up");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A few clients that connect and say nothing are cut off by the server.
+    let mut idle: Vec<_> = (0..5)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    for c in &mut idle {
+        use std::io::Read;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let start = std::time::Instant::now();
+        let n = c.read(&mut buf).unwrap_or(0);
+        assert!(
+            n == 0 || start.elapsed().as_secs() < 15,
+            "an idle client was closed by the server"
+        );
+    }
+    // A flood of them runs the endpoint out of descriptors (accept fails with EMFILE);
+    // once the flood is gone it serves again, with no restart.
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    drop(flood);
+    drop(idle);
+    let start = std::time::Instant::now();
+    let body = loop {
+        if let Some(body) = scrape(port) {
+            break body;
+        }
+        assert!(
+            start.elapsed().as_secs() < 15,
+            "the endpoint did not recover from running out of descriptors"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(body.contains("memplex_frames_total"), "{body}");
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains("accept failed; retrying") && log.contains("Too many open files"),
+        "the test ran the endpoint out of descriptors: {log}"
+    );
+}
