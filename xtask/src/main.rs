@@ -10,8 +10,8 @@
 //!   a capture replayed without end, a WASM and a native provider, every frame verified;
 //!   RSS sampled every second; fails on growth past 1 MiB after the first minute, a leak
 //!   or a drop. Not part of `test` (CI has no ten minutes to spare);
-//! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default, or
-//!   `config`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
+//! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default,
+//!   `config`, or `wasm_boundary`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -409,7 +409,7 @@ fn summary(root: &Path) -> Result<(), String> {
 }
 
 /// The fuzz targets, each with its seed corpus in `fuzz/seeds/TARGET`.
-const FUZZ_TARGETS: [&str; 2] = ["split", "config"];
+const FUZZ_TARGETS: [&str; 3] = ["split", "config", "wasm_boundary"];
 
 /// `cargo xtask fuzz [TARGET] [SECONDS]`: one target (default `split`) for SECONDS
 /// (default 60), on nightly, installing cargo-fuzz when missing.

@@ -2,6 +2,8 @@
 //!
 //! - [`traffic`]: deterministic traffic (generated frames of a shape, named mixes) and
 //!   a pcap writer for them;
+//! - [`fuzz`]: the bodies of the fuzz targets beyond the parser, also run on their seeds
+//!   by the tests;
 //! - [`fixtures`]: where the build put the plugins and fixtures tests load;
 //! - [`net`]: test hosts in network namespaces (veth pairs, a mirrored TAP device, raw
 //!   packet sockets), for the TAP tests, `memplex demo` and `memplex bench`.
@@ -11,5 +13,6 @@
 #![deny(missing_docs)]
 
 pub mod fixtures;
+pub mod fuzz;
 pub mod net;
 pub mod traffic;

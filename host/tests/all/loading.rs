@@ -210,3 +210,20 @@ fn a_truncated_library_is_refused_before_dlopen_sees_it() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn every_fuzz_seed_and_regression_input_still_passes() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let mut ran = 0;
+    for (target, body) in [
+        ("config", memplex_testkit::fuzz::config as fn(&[u8])),
+        ("wasm_boundary", memplex_testkit::fuzz::wasm_boundary),
+    ] {
+        for entry in std::fs::read_dir(seeds.join(target)).unwrap() {
+            let path = entry.unwrap().path();
+            body(&std::fs::read(&path).unwrap());
+            ran += 1;
+        }
+    }
+    assert!(ran >= 8, "{ran} seeds");
+}
