@@ -110,6 +110,8 @@ pub fn compare(
         device == "tap" || device == "af_packet",
         "--device must be tap or af_packet, not `{device}`"
     );
+    let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::signal::stop_on_signal_thread(interrupted.clone())?;
     TestNet::sweep_stale();
     let net = TestNet::create(2).context("building the demo network")?;
     let tap = device == "tap";
@@ -131,6 +133,10 @@ pub fn compare(
     let open_bare = || -> Result<Vec<Box<dyn RxQueue>>> { Ok(device::open(&d)?) };
     let mut rounds = Vec::new();
     for i in 0..pairs * 2 {
+        if interrupted.load(Relaxed) {
+            eprintln!("interrupted after {i} rounds; removing the network");
+            return Ok(130);
+        }
         let use_engine = i % 2 == 0;
         let control = RunControl::default();
         let dropped_before = if tap { net.tap_dropped() } else { 0 };

@@ -37,9 +37,18 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
     if !testnet::privileged() {
         return unprivileged(path, config, json);
     }
+    // Signals are caught from here on: one that comes while the network is being built
+    // ends the demo once it stands, and dropping it removes it again.
+    let control = RunControl::default();
+    crate::signal::stop_on_signal_thread(control.stop.clone())?;
     TestNet::sweep_stale();
     let net = TestNet::create(2)
         .context("building the demo network (two namespaces, a veth pair, a TAP device)")?;
+    if control.stop.load(Relaxed) {
+        drop(net);
+        eprintln!("interrupted while building the demo network; removed it again");
+        return Ok(130);
+    }
     let config = load(&config, &[("MEMPLEX_DEVICE__INTERFACE", net.tap.clone())])?;
     println!(
         "memplex demo: namespaces {} and {} joined by a veth pair; everything host A sends is mirrored into TAP {} ({} queues, GSO on).\n\
@@ -50,8 +59,6 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
     let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
     let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())??;
-    let control = RunControl::default();
-    crate::signal::stop_on_signal_thread(control.stop.clone())?;
     let (report, sent) = std::thread::scope(|s| -> Result<_> {
         let run = s.spawn(|| engine.run(queues, &control));
         let start = Instant::now();

@@ -913,3 +913,50 @@ fn the_metrics_endpoint_outlives_idle_clients_and_running_out_of_descriptors() {
         "the test ran the endpoint out of descriptors: {log}"
     );
 }
+
+#[test]
+fn a_signal_at_any_moment_of_the_demo_leaves_no_namespace_behind() {
+    use memplex_testkit::net::privileged;
+    if !privileged() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI runs as root"
+        );
+        eprintln!("skipping: the demo's network needs root");
+        return;
+    }
+    // From before the network exists, through its set-up, to the middle of the run.
+    for delay_ms in [0u64, 30, 80, 150, 300, 600, 1200, 2500] {
+        let child = Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args(["demo", "--seconds", "3", "--json"])
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        // A signal before main has installed its handler kills it (nothing exists yet);
+        // from then on it stops the demo, which removes what it built.
+        assert!(
+            delay_ms < 30 || out.status.code().is_some(),
+            "SIGINT after {delay_ms} ms killed it instead of stopping it: {log}"
+        );
+        let left: Vec<String> = std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("mpx-{pid}-")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "SIGINT after {delay_ms} ms left {left:?}: {log}"
+        );
+    }
+}
