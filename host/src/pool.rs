@@ -22,6 +22,7 @@
 
 use crate::provider::{Capabilities, CheckedProvider, Fault, Netmem, ProviderCounters};
 use crossbeam_queue::{ArrayQueue, SegQueue};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +42,10 @@ static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 #[derive(Debug, PartialEq, Eq)]
 pub struct PoolBuf {
     pub(crate) netmem: Netmem,
-    pub(crate) pool: u32,
+    /// Never 0 (pool ids start at 1), which gives `PoolBuf` a niche: a `Result` or
+    /// `Option` of one needs no tag of its own and moves as aligned words (with a tag it
+    /// was copied through the stack at odd offsets, a store-forwarding stall per buffer).
+    pub(crate) pool: NonZeroU32,
     pub(crate) caps: Capabilities,
 }
 
@@ -55,7 +59,7 @@ impl PoolBuf {
 
     /// The id of the pool it belongs to.
     pub fn pool_id(&self) -> u32 {
-        self.pool
+        self.pool.get()
     }
 
     /// Its length in bytes.
@@ -170,7 +174,7 @@ impl PoolStats {
 /// The part of a pool other threads reach.
 #[derive(Debug)]
 struct Shared {
-    id: u32,
+    id: NonZeroU32,
     ring: ArrayQueue<Netmem>,
     overflow: SegQueue<Netmem>,
     recycle_ring: AtomicU64,
@@ -201,7 +205,7 @@ impl Recycler {
 
     /// The pool's id.
     pub fn pool_id(&self) -> u32 {
-        self.0.id
+        self.0.id.get()
     }
 }
 
@@ -225,7 +229,7 @@ pub struct PoolReport {
 /// A pool of one provider instance's buffers, owned by one queue. See the module docs.
 pub struct Pool {
     /// The pool's id, copied out of `shared` so the fast path needs no pointer chase.
-    id: u32,
+    id: NonZeroU32,
     cache: [Netmem; CACHE_SIZE],
     count: usize,
     /// How many buffers the cache may hold: [`CACHE_SIZE`], or 0 once the provider is
@@ -242,7 +246,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("id", &self.id)
+            .field("id", &self.id.get())
             .field("provider", self.provider.label())
             .finish()
     }
@@ -252,7 +256,7 @@ impl Pool {
     /// A pool in front of `provider`, whose ring holds `ring_size` buffers returned from
     /// other threads (at least [`REFILL`]).
     pub fn new(provider: CheckedProvider, ring_size: usize) -> Self {
-        let id = NEXT_POOL_ID.fetch_add(1, Relaxed);
+        let id = NonZeroU32::new(NEXT_POOL_ID.fetch_add(1, Relaxed)).unwrap_or(NonZeroU32::MIN);
         Pool {
             id,
             cache: [Netmem::EMPTY; CACHE_SIZE],
@@ -275,7 +279,7 @@ impl Pool {
 
     /// This pool's id.
     pub fn id(&self) -> u32 {
-        self.id
+        self.id.get()
     }
 
     /// The provider instance behind the pool.
@@ -295,6 +299,17 @@ impl Pool {
             pool: self.id,
             caps: self.caps,
         }
+    }
+
+    /// A buffer from the cache, if it holds one: the fast path alone (an array pop and a
+    /// counter), for callers that take the slow path ([`alloc`](Self::alloc)) themselves
+    /// when this gives `None`. No error type travels on this path.
+    #[inline]
+    pub fn alloc_cached(&mut self) -> Option<PoolBuf> {
+        let i = self.count.checked_sub(1)?;
+        self.count = i;
+        self.alloc_fast += 1;
+        Some(self.wrap(self.cache[i]))
     }
 
     /// Takes a buffer: from the cache when it has one, else through the slow path.
@@ -453,8 +468,8 @@ impl Pool {
     ) -> Result<(), PlaceError> {
         if buf.pool != self.id {
             return Err(PlaceError::WrongPool {
-                buf_pool: buf.pool,
-                pool: self.id,
+                buf_pool: buf.pool.get(),
+                pool: self.id.get(),
             });
         }
         let cap = buf.len();
