@@ -245,6 +245,16 @@ pub struct CheckedProvider {
     destroyed: bool,
 }
 
+/// Instances quarantined in this process so far: a worker compares it before and after
+/// placing a vector (one load) instead of asking each of its providers.
+static QUARANTINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many provider instances this process has quarantined so far.
+#[inline]
+pub fn quarantines() -> u64 {
+    QUARANTINES.load(std::sync::atomic::Ordering::Acquire)
+}
+
 /// The largest capacity the host accepts from `info` (16 Mi buffers).
 const MAX_CAPACITY: u32 = 1 << 24;
 
@@ -363,6 +373,7 @@ impl CheckedProvider {
         if self.fault.is_none() {
             tracing::error!(provider = %self.label, %fault, "provider quarantined");
             self.fault = Some(fault);
+            QUARANTINES.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
     }
 

@@ -21,7 +21,7 @@ mod elf;
 mod native;
 pub mod wasm;
 
-pub use checked::{CheckedProvider, Fault, ProviderCounters};
+pub use checked::{quarantines, CheckedProvider, Fault, ProviderCounters};
 pub use discovery::{PluginPath, PluginSpec};
 pub use memplex_abi::{
     Capabilities, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError,

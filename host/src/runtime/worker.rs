@@ -225,14 +225,12 @@ impl Worker {
         }
     }
 
-    /// Which pools' providers are quarantined, one bit each (the first 64).
+    /// Provider instances quarantined in the process so far: a change while a vector is
+    /// placed means one of this vector's providers may be among them (another worker's
+    /// instance only costs a needless second placement).
     #[inline]
     fn quarantined(&self) -> u64 {
-        self.pools
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| p.is_quarantined())
-            .fold(0, |m, (i, _)| m | 1u64.checked_shl(i as u32).unwrap_or(0))
+        crate::provider::quarantines()
     }
 
     /// Places one frame: the head buffer takes the headers (as much of them as fits);
