@@ -245,6 +245,55 @@ pub struct CheckedProvider {
     destroyed: bool,
 }
 
+/// The first declared region that is not mapped in this process with the access the
+/// host needs (read, and write when `write`), as a message; from /proc/self/maps.
+fn unmapped(regions: &[memplex_abi::Region], write: bool) -> Option<String> {
+    if regions.is_empty() {
+        return None;
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    // (start, end, readable, writable), in address order as the kernel lists them.
+    let ranges: Vec<(u64, u64, bool, bool)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let perms = f.next()?.as_bytes();
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+                perms.first() == Some(&b'r'),
+                perms.get(1) == Some(&b'w'),
+            ))
+        })
+        .collect();
+    for r in regions {
+        let end = u128::from(r.base) + u128::from(r.len);
+        let mut at = u128::from(r.base);
+        while at < end {
+            let Some(&(_, stop, readable, writable)) = ranges
+                .iter()
+                .find(|(a, b, ..)| u128::from(*a) <= at && at < u128::from(*b))
+            else {
+                return Some(format!(
+                    "declares region {:#x}+{}, but {at:#x} is not mapped in this process",
+                    r.base, r.len
+                ));
+            };
+            if !readable || (write && !writable) {
+                return Some(format!(
+                    "declares region {:#x}+{}, but {at:#x} is mapped without {} access",
+                    r.base,
+                    r.len,
+                    if readable { "write" } else { "read" }
+                ));
+            }
+            at = u128::from(stop);
+        }
+    }
+    None
+}
+
 /// Instances quarantined in this process so far: a worker compares it before and after
 /// placing a vector (one load) instead of asking each of its providers.
 static QUARANTINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -311,6 +360,17 @@ impl CheckedProvider {
                 "buffers of {} bytes are shorter than the {want_len} asked for",
                 info.buf_size
             )));
+        }
+        // Declared regions the host will read or write by address must be memory of this
+        // process: a wild one becomes an error here, not a segfault on the frame path.
+        let caps = info.caps;
+        let by_address = caps.contains(memplex_abi::Capabilities::CPU_READABLE)
+            || caps.contains(memplex_abi::Capabilities::HOST_WRITABLE);
+        if by_address {
+            let write = caps.contains(memplex_abi::Capabilities::HOST_WRITABLE);
+            if let Some(problem) = unmapped(&info.regions, write) {
+                return Err(bad(problem));
+            }
         }
         if info.caps.contains(memplex_abi::Capabilities::REGIONS) && info.regions.is_empty() {
             return Err(bad(
@@ -603,5 +663,39 @@ impl CheckedProvider {
 impl Drop for CheckedProvider {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memplex_abi::Region;
+
+    #[test]
+    fn declared_regions_must_be_this_process_memory() {
+        let buf = vec![0u8; 1 << 16];
+        let mine = Region {
+            base: buf.as_ptr() as u64,
+            len: buf.len() as u64,
+        };
+        assert_eq!(unmapped(&[mine], true), None);
+        let wild = Region {
+            base: 0x10_0000,
+            len: 4096,
+        };
+        let why = unmapped(&[mine, wild], false).unwrap();
+        assert!(
+            why.contains("0x100000") && why.contains("not mapped"),
+            "{why}"
+        );
+        // Code is mapped, but not writable.
+        let code = Region {
+            base: unmapped as fn(&[Region], bool) -> Option<String> as usize as u64,
+            len: 16,
+        };
+        assert_eq!(unmapped(&[code], false), None);
+        assert!(unmapped(&[code], true)
+            .unwrap()
+            .contains("without write access"));
     }
 }
