@@ -282,11 +282,10 @@ impl WasmModule {
             .iter()
             .map(|kv| format!("{}={}\n", kv.0, kv.1))
             .collect();
-        p.scratch = p.call_scratch(
-            (BATCH * WasmNetmem::SIZE)
-                .max(config.len())
-                .max(WasmInfo::SIZE),
-        )?;
+        p.scratch_len = (BATCH * WasmNetmem::SIZE)
+            .max(config.len())
+            .max(WasmInfo::SIZE) as u32;
+        p.scratch = p.call_scratch(p.scratch_len as usize)?;
         p.write(p.scratch, config.as_bytes())?;
         let scratch = p.scratch as i32;
         let args = (
@@ -366,6 +365,9 @@ struct WasmProvider {
     memory: Memory,
     sandbox: Sandbox,
     scratch: u32,
+    /// The descriptor area's length: no buffer may overlap `scratch..scratch + scratch_len`,
+    /// where the host writes descriptors.
+    scratch_len: u32,
     info: WasmInfo,
     calls: u64,
     f_version: TypedFunc<(), i32>,
@@ -430,6 +432,7 @@ impl WasmProvider {
             store,
             sandbox,
             scratch: 0,
+            scratch_len: 0,
             info: WasmInfo::default(),
             calls: 0,
             _slot: slot,
@@ -548,7 +551,10 @@ impl MemoryProvider for WasmProvider {
         if n < 0 {
             return Err(code_error(n, "mpx_alloc_bulk"));
         }
-        let n = (n as usize).min(want);
+        // The count goes on as the guest claimed it: the host's checks refuse an
+        // overcount (clamping it here hid a guest's bug). Only `want` are read.
+        let claimed = n as usize;
+        let n = claimed.min(want);
         // Read straight from guest memory: no allocation.
         let mem = self.memory.data(&self.store);
         let size = mem.len() as u64;
@@ -564,20 +570,33 @@ impl MemoryProvider for WasmProvider {
         // WasmNetmem has Netmem's layout: one copy, then one branch-free bounds pass.
         let out = &mut out[..n];
         out.as_mut_bytes().copy_from_slice(raw);
-        let outside = out.iter().fold(false, |outside, d| {
-            outside | (d.addr.saturating_add(u64::from(d.len)) > size)
-        });
-        if outside {
-            let d = out
-                .iter()
-                .find(|d| d.addr.saturating_add(u64::from(d.len)) > size)
-                .expect("one descriptor ends past memory");
+        // A buffer must lie in guest memory, clear of the host's descriptor area (where
+        // the host writes released descriptors: frame bytes there would be overwritten).
+        let (area, area_end) = (
+            u64::from(self.scratch),
+            u64::from(self.scratch) + u64::from(self.scratch_len),
+        );
+        let bad = |d: &Netmem| {
+            let end = d.addr.saturating_add(u64::from(d.len));
+            end > size || (d.addr < area_end && end > area)
+        };
+        let any_bad = out.iter().fold(false, |any, d| any | bad(d));
+        if any_bad {
+            let d = out.iter().find(|d| bad(d)).expect("one descriptor is bad");
+            let why = if d.addr.saturating_add(u64::from(d.len)) > size {
+                format!("outside its memory of {size} bytes")
+            } else {
+                format!(
+                    "overlapping the host's descriptor area at {area:#x}+{}",
+                    self.scratch_len
+                )
+            };
             return Err(fault(format!(
-                "WASM provider `{}` handed out buffer id {} at offset {:#x}+{}, outside its memory of {size} bytes",
+                "WASM provider `{}` handed out buffer id {} at offset {:#x}+{}, {why}",
                 self.sandbox.name, d.id, d.addr, d.len
             )));
         }
-        Ok(n)
+        Ok(claimed)
     }
 
     fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {

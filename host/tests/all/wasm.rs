@@ -390,3 +390,31 @@ fn a_guest_refusing_its_settings_says_which_one() {
     let plain = guest(&good_alloc(), 0, 1);
     assert!(plain.instantiate(&params(&[])).is_ok());
 }
+
+#[test]
+fn a_buffer_over_the_hosts_descriptor_area_is_refused() {
+    // mpx_scratch says 1024: the host writes descriptors there; a buffer on top of it
+    // would have frame bytes overwritten by the next release (a fuzzer found this).
+    let (fault, _) = quarantined(&guest(&format!("{} i32.const 1", desc(0, 1024, 0)), 0, 1));
+    assert!(
+        fault
+            .to_string()
+            .contains("overlapping the host's descriptor area"),
+        "{fault}"
+    );
+}
+
+#[test]
+fn a_guest_overcount_is_refused_not_clamped() {
+    let (fault, _) = quarantined(&guest(&format!("{} i32.const 70", desc(0, 65536, 0)), 0, 1));
+    assert!(
+        matches!(
+            fault,
+            Fault::Overcount {
+                claimed: 70,
+                room: 64
+            }
+        ),
+        "{fault}"
+    );
+}
