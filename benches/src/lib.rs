@@ -4,7 +4,7 @@
 //! first; the benchmarks load them from the build directory beside the bench binary.
 #![deny(missing_docs)]
 
-use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
+use memplex::provider::{InitParams, PluginPath, ProviderPlugin, Trust};
 
 /// The shipped providers, by name.
 pub const PROVIDERS: [&str; 3] = ["heap", "slab", "hugepage"];
@@ -14,7 +14,8 @@ pub fn params() -> InitParams {
     InitParams::new(0, 2048, 1024)
 }
 
-/// The built-in (statically linked) and native (`.so`) plugins of provider `name`.
+/// The built-in (statically linked) and native (`.so`) plugins of provider `name`,
+/// trusted without a declared region (`heap` declares none).
 ///
 /// # Panics
 /// When the `.so` is not built; run `cargo xtask bench`.
@@ -23,7 +24,10 @@ pub fn both(name: &str) -> (ProviderPlugin, ProviderPlugin) {
     let native = ProviderPlugin::load(name, &PluginPath::from_env()).unwrap_or_else(|e| {
         panic!("{e}\n(run `cargo xtask bench`, which builds the plugins first)")
     });
-    (builtin, native)
+    (
+        builtin.with_trust(Trust::Unverified),
+        native.with_trust(Trust::Unverified),
+    )
 }
 
 /// One frame of each kind the header-split benchmarks cover, named: 64 B UDP, 1500 B TCP

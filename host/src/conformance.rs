@@ -7,7 +7,8 @@
 
 use crate::pool::{Pool, REFILL};
 use crate::provider::{
-    Capabilities, CheckedProvider, InitParams, LoadError, MemoryProvider, Netmem, ProviderPlugin,
+    Capabilities, CheckedProvider, InitParams, LoadError, MemoryProvider, Netmem, ProviderInfo,
+    ProviderPlugin, Trust,
 };
 use memplex_abi::ErrorKind;
 use std::time::{Duration, Instant};
@@ -51,6 +52,9 @@ pub struct CheckOptions {
     /// Fail when a buffer's alloc+release costs more than this, in ns (default: no
     /// absolute budget).
     pub max_ns_per_buffer: Option<f64>,
+    /// Accept a provider the host reads or writes by address that declares no memory
+    /// region, with a warning (`--unverified`); without it that is a failure.
+    pub unverified: bool,
 }
 
 impl Default for CheckOptions {
@@ -62,6 +66,7 @@ impl Default for CheckOptions {
             cost_time: Duration::from_millis(200),
             max_cost_ratio: 20.0,
             max_ns_per_buffer: None,
+            unverified: false,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct CheckReport {
     pub baseline_ns: Option<f64>,
     /// What the provider said of itself at init: `buf_size ..., caps ...`.
     pub info: String,
+    /// Where its memory lies, as checked: its regions, or that it declares none.
+    pub memory: String,
 }
 
 impl CheckReport {
@@ -121,6 +128,7 @@ impl CheckReport {
              cost      {cost}\n\
              checked   buf_size {}, pool_size {}{}; {limits}\n\
              reported  {}\n\
+             memory    {}\n\
              host      memplex {}, provider ABI {}, {cpu}",
             self.plugin,
             self.count(Outcome::Pass),
@@ -139,6 +147,7 @@ impl CheckReport {
                 format!(", settings {}", kv.join(" "))
             },
             self.info,
+            self.memory,
             env!("CARGO_PKG_VERSION"),
             memplex_abi::ABI_VERSION,
         )
@@ -167,8 +176,13 @@ impl Suite<'_> {
         });
     }
 
+    /// A fresh instance behind the host's checks. Taken even without a declared region:
+    /// the `regions` check reports that, so the other checks still run.
     fn checked(&mut self, name: &'static str) -> Option<CheckedProvider> {
-        match self.plugin.instantiate(&self.params()) {
+        match self
+            .plugin
+            .instantiate_trusting(&self.params(), Trust::Unverified)
+        {
             Ok(p) => Some(p),
             Err(e) => {
                 self.record(
@@ -210,6 +224,7 @@ pub fn run(plugin: &ProviderPlugin, opts: &CheckOptions) -> CheckReport {
             ns_per_buffer: None,
             baseline_ns: None,
             info: String::new(),
+            memory: "not reached".into(),
         };
     };
     let info = first.info().clone();
@@ -228,6 +243,7 @@ pub fn run(plugin: &ProviderPlugin, opts: &CheckOptions) -> CheckReport {
         }
     );
     s.record("init + info", Outcome::Pass, described.clone());
+    let memory = check_regions(&mut s, &info);
 
     check_bulk(&mut s);
     check_distinct(&mut s);
@@ -243,7 +259,45 @@ pub fn run(plugin: &ProviderPlugin, opts: &CheckOptions) -> CheckReport {
         ns_per_buffer: ns,
         baseline_ns,
         info: described,
+        memory,
     }
+}
+
+/// A provider the host reads or writes by address declares where its memory lies (the
+/// host checked each region against its own mappings when making the instance); one that
+/// declares nothing passes only as trusted. The line for the certificate.
+fn check_regions(s: &mut Suite<'_>, info: &ProviderInfo) -> String {
+    let name = "regions";
+    let by_address = info.caps.contains(Capabilities::CPU_READABLE)
+        || info.caps.contains(Capabilities::HOST_WRITABLE);
+    if !by_address {
+        let line = format!("not touched by address ({})", info.caps);
+        s.record(name, Outcome::Pass, line.clone());
+        return line;
+    }
+    if info.regions.is_empty() {
+        let (outcome, line) = if s.opts.unverified {
+            (
+                Outcome::Warn,
+                "no region declared: UNVERIFIED, its buffer addresses go unchecked (accepted with --unverified; configs must say `unverified = true`)",
+            )
+        } else {
+            (
+                Outcome::Fail,
+                "no region declared, so the host cannot check the addresses it hands out: declare them with `ProviderInfo::region(base, len)` (or pass --unverified to certify it as unverified)",
+            )
+        };
+        s.record(name, outcome, line);
+        return line.into();
+    }
+    let bytes: u64 = info.regions.iter().map(|r| r.len).sum();
+    let line = format!(
+        "{} region{} of {bytes} bytes in all, each mapped in the host with the access it needs; every buffer checked to lie inside",
+        info.regions.len(),
+        if info.regions.len() == 1 { "" } else { "s" }
+    );
+    s.record(name, Outcome::Pass, line.clone());
+    line
 }
 
 fn check_bulk(s: &mut Suite<'_>) {

@@ -623,7 +623,8 @@ fn placeholder() -> CheckedProvider {
     struct Nothing;
     impl crate::provider::MemoryProvider for Nothing {
         fn info(&self) -> crate::provider::ProviderInfo {
-            crate::provider::ProviderInfo::new("none", 0, 1)
+            // Memory the host never touches: no region needed.
+            crate::provider::ProviderInfo::new("none", 0, 1).caps(Capabilities::empty())
         }
         fn alloc_bulk(
             &mut self,
@@ -635,5 +636,6 @@ fn placeholder() -> CheckedProvider {
             Ok(())
         }
     }
-    CheckedProvider::new(Box::new(Nothing), "none".into(), 0).expect("placeholder info is valid")
+    CheckedProvider::new(Box::new(Nothing), "none".into(), 0, Default::default())
+        .expect("placeholder info is valid")
 }

@@ -262,6 +262,9 @@ pub struct ProviderStats {
     pub fault: Option<String>,
     /// Buffers that never came back to it (known at the end of a run).
     pub leaked: u64,
+    /// True when it declares no memory region and runs only because the config trusts
+    /// it (`unverified = true`): its buffer addresses go unchecked.
+    pub unverified: bool,
 }
 
 impl AddAssign<&ProviderStats> for ProviderStats {
@@ -273,6 +276,7 @@ impl AddAssign<&ProviderStats> for ProviderStats {
         self.dropped += other.dropped;
         self.quarantined += other.quarantined;
         self.leaked += other.leaked;
+        self.unverified |= other.unverified;
         if self.fault.is_none() {
             self.fault.clone_from(&other.fault);
         }
@@ -403,6 +407,14 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
                 let help = "Frames dropped because a provider (and its fallback) failed them.";
                 out.counter("provider_dropped", help, l, n);
             }
+            let help = "1 when a provider runs unverified: no declared memory region, trusted by the config.";
+            out.add(
+                "provider_unverified".into(),
+                help,
+                Kind::Gauge,
+                l.clone(),
+                u64::from(p.unverified),
+            );
             let help = "1 while a provider instance is quarantined.";
             out.add(
                 "provider_quarantined".into(),

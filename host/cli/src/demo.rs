@@ -151,10 +151,12 @@ mode = "l4"
 [providers.head]
 plugin = "heap"
 buf_size = 128
+unverified = true    # heap declares no memory region
 
 [providers.frags]
 plugin = "heap"
 buf_size = 1024
+unverified = true    # shown in the report for a provider under test that declares none
 
 [[route]]
 head = "head"

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use comfy_table::{Cell, Color};
 use memplex::conformance::{self, CheckOptions, Outcome};
 use memplex::provider::wasm::WasmLimits;
-use memplex::provider::{InitParams, PluginPath, ProviderPlugin};
+use memplex::provider::{InitParams, PluginPath, ProviderPlugin, Trust};
 
 pub fn list(path: &PluginPath) -> Result<i32> {
     let mut t = table(&[
@@ -38,9 +38,14 @@ pub fn list(path: &PluginPath) -> Result<i32> {
                 } else {
                     d.name.to_string()
                 };
-                match p.instantiate(&InitParams::new(0, 2048, 256)) {
+                match p.instantiate_trusting(&InitParams::new(0, 2048, 256), Trust::Unverified) {
                     Ok(inst) => {
                         let i = inst.info();
+                        let origin = if inst.is_unverified() {
+                            format!("{origin}\nunverified: declares no memory region (a config must say `unverified = true`)")
+                        } else {
+                            origin
+                        };
                         t.add_row(vec![
                             name,
                             d.version.to_string(),
@@ -94,7 +99,7 @@ pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
     let plugin = ProviderPlugin::load(spec, path)?;
     let d = plugin.description();
     let inst = plugin
-        .instantiate(&params_of(args))
+        .instantiate_trusting(&params_of(args), Trust::Unverified)
         .with_context(|| format!("starting provider `{spec}`"))?;
     let i = inst.info();
     let mut t = table(&["field", "value"]);
@@ -119,8 +124,10 @@ pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
         ("backing", i.backing.to_string()),
         (
             "regions",
-            if regions.is_empty() {
-                "(none declared)".into()
+            if inst.is_unverified() {
+                "(none declared): unverified, its buffer addresses cannot be checked; a config must say `unverified = true` to use it".into()
+            } else if regions.is_empty() {
+                "(none declared; not touched by address)".into()
             } else {
                 regions.join(", ")
             },
@@ -151,6 +158,10 @@ pub struct Budget {
     /// WASM providers: the longest one guest call may run, in ms.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     call_deadline_ms: Option<u64>,
+    /// Certify a provider that declares no memory region as unverified (a warning)
+    /// instead of failing it.
+    #[arg(long)]
+    unverified: bool,
 }
 
 /// A finite number above 0.
@@ -188,6 +199,7 @@ pub fn check(path: &PluginPath, spec: &str, args: &ParamArgs, budget: &Budget) -
         settings: args.settings.clone(),
         max_cost_ratio: budget.max_cost_ratio,
         max_ns_per_buffer: budget.max_ns_per_buffer,
+        unverified: budget.unverified,
         ..Default::default()
     };
     let report = conformance::run(&plugin, &opts);

@@ -271,7 +271,11 @@ pub fn print_report(r: &RunReport, json: bool) {
             .map(|p| p.leaked)
             .sum();
         p.add_row(vec![
-            Cell::new(&ps.name),
+            if ps.unverified {
+                Cell::new(format!("{} (unverified)", ps.name)).fg(Color::Yellow)
+            } else {
+                Cell::new(&ps.name)
+            },
             Cell::new(ps.placed.frames),
             Cell::new(ps.placed.bytes),
             Cell::new(ps.pool.alloc_fast),

@@ -213,6 +213,11 @@ pub struct ProviderConfig {
     /// (default 64). More queues than this is an error at start, naming the provider.
     #[serde(default, deserialize_with = "whole_opt")]
     pub max_instances: Option<u32>,
+    /// Take a native provider that declares no memory region although the host reads and
+    /// writes its buffers by address (its addresses then go unchecked). Refused at load
+    /// without this; shown as `unverified` in `run`'s report, stats and metrics.
+    #[serde(default)]
+    pub unverified: bool,
 }
 
 fn pool_size() -> u32 {

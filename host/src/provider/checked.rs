@@ -19,6 +19,19 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+/// Whether the host takes a provider whose buffers it reads or writes by address but
+/// which declares no memory region, so that no address it hands out can be checked
+/// against the host's own memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// Refuse it at load, saying what to declare (the default).
+    #[default]
+    Checked,
+    /// Take it, marked unverified wherever it is shown (`unverified = true` in the
+    /// config, `--unverified` for `check-provider`).
+    Unverified,
+}
+
 /// How a provider broke the contract, or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -243,6 +256,8 @@ pub struct CheckedProvider {
     fault: Option<Fault>,
     counters: ProviderCounters,
     destroyed: bool,
+    /// Read or written by address with no declared region (trusted by the config).
+    unverified: bool,
 }
 
 /// The first declared region that is not mapped in this process with the access the
@@ -330,10 +345,14 @@ impl std::fmt::Debug for CheckedProvider {
 
 impl CheckedProvider {
     /// Wraps an instance after checking its `info`; `want_len` is the `buf_size` asked for.
+    /// A provider the host reads or writes by address must declare where its memory lies
+    /// (each region is checked against this process's mappings) unless `trust` says
+    /// [`Trust::Unverified`].
     pub fn new(
         inner: Box<dyn MemoryProvider>,
         label: Arc<str>,
         want_len: u32,
+        trust: Trust,
     ) -> Result<Self, LoadError> {
         let info = guarded("info", || Ok(inner.info())).map_err(|f| LoadError::BadInfo {
             plugin: label.to_string(),
@@ -377,7 +396,14 @@ impl CheckedProvider {
                 "declares the `regions` capability but lists no region".into()
             ));
         }
+        let unverified = by_address && info.regions.is_empty();
+        if unverified && trust == Trust::Checked {
+            return Err(LoadError::NoRegion {
+                plugin: label.to_string(),
+            });
+        }
         Ok(CheckedProvider {
+            unverified,
             inner,
             label,
             slots: Slots { pages: Vec::new() },
@@ -393,6 +419,12 @@ impl CheckedProvider {
     /// `name (origin) qN`, for messages.
     pub fn label(&self) -> &Arc<str> {
         &self.label
+    }
+
+    /// True when the host reads or writes this instance's buffers by address without a
+    /// declared region to check them against: taken only because the config trusts it.
+    pub fn is_unverified(&self) -> bool {
+        self.unverified
     }
 
     /// What the instance said about itself at start.

@@ -21,7 +21,7 @@ mod elf;
 mod native;
 pub mod wasm;
 
-pub use checked::{quarantines, CheckedProvider, Fault, ProviderCounters};
+pub use checked::{quarantines, CheckedProvider, Fault, ProviderCounters, Trust};
 pub use discovery::{PluginPath, PluginSpec};
 pub use memplex_abi::{
     Capabilities, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError,
@@ -109,6 +109,15 @@ pub enum LoadError {
         /// What it returned (a caught panic shows as kind `panicked`).
         error: ProviderError,
     },
+    /// The host would read or write the provider's buffers by address, but it declares
+    /// no region to check those addresses against.
+    #[error(
+        "provider `{plugin}` lets the host read or write its buffers by address but declares no memory region, so no address it hands out can be checked; declare the regions its buffers lie in (`ProviderInfo::region(base, len)`), or trust it as it is with `unverified = true` in its provider table"
+    )]
+    NoRegion {
+        /// The plugin's name and origin.
+        plugin: String,
+    },
     /// The provider's `info` makes no sense.
     #[error("provider `{plugin}` reported unusable info: {reason}")]
     BadInfo {
@@ -168,6 +177,7 @@ pub struct ProviderPlugin {
     description: PluginDescription,
     origin: Origin,
     kind: Kind,
+    trust: Trust,
 }
 
 /// Where a plugin came from.
@@ -253,6 +263,7 @@ impl ProviderPlugin {
             description: (b.describe)(),
             origin: Origin::Builtin,
             kind: Kind::Builtin(b.init),
+            trust: Trust::Checked,
         })
     }
 
@@ -273,6 +284,7 @@ impl ProviderPlugin {
                 description,
                 origin: Origin::Wasm(file.to_path_buf()),
                 kind: Kind::Wasm(module, wasm::WasmLimits::default()),
+                trust: Trust::Checked,
             });
         }
         let module = native::load(file)?;
@@ -285,6 +297,7 @@ impl ProviderPlugin {
             description,
             origin: Origin::Native(file.to_path_buf()),
             kind: Kind::Native(module),
+            trust: Trust::Checked,
         })
     }
 
@@ -295,6 +308,19 @@ impl ProviderPlugin {
             *l = limits;
         }
         self
+    }
+
+    /// Takes instances that the host reads or writes by address although they declare no
+    /// memory region (`unverified = true` in the config); see [`Trust`].
+    #[must_use]
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// How far instances are trusted.
+    pub fn trust(&self) -> Trust {
+        self.trust
     }
 
     /// True for a sandboxed WASM plugin.
@@ -346,9 +372,25 @@ impl ProviderPlugin {
 
     /// Makes an instance for one queue, behind the host's descriptor checks.
     pub fn instantiate(&self, params: &InitParams) -> Result<CheckedProvider, LoadError> {
+        let provider = self.instantiate_trusting(params, self.trust)?;
+        if provider.is_unverified() {
+            tracing::warn!(
+                provider = %provider.label(),
+                "provider declares no memory region; its buffer addresses go unchecked (trusted by `unverified = true`)"
+            );
+        }
+        Ok(provider)
+    }
+
+    /// [`instantiate`](Self::instantiate) with another [`Trust`] than the plugin's.
+    pub fn instantiate_trusting(
+        &self,
+        params: &InitParams,
+        trust: Trust,
+    ) -> Result<CheckedProvider, LoadError> {
         let inner = self.instantiate_unchecked(params)?;
         let label: Arc<str> = format!("{} q{}", self.label(), params.queue_id).into();
-        let provider = CheckedProvider::new(inner, label, params.buf_size)?;
+        let provider = CheckedProvider::new(inner, label, params.buf_size, trust)?;
         let info = provider.info();
         tracing::info!(
             provider = %provider.label(),

@@ -7,7 +7,7 @@ use super::{FrameStream, RunControl, RunError, RunReport, StreamRun};
 use crate::config::{Config, SinkKind};
 use crate::device::{self, RxQueue};
 use crate::pool::{Pool, PoolReport};
-use crate::provider::{InitParams, PluginPath, ProviderPlugin};
+use crate::provider::{InitParams, PluginPath, ProviderPlugin, Trust};
 use crate::route::RouteTable;
 use crate::stats::QueueStats;
 use crate::wire::Splitter;
@@ -46,15 +46,21 @@ impl Engine {
                     })?;
                 let defaults = crate::provider::wasm::WasmLimits::default();
                 Ok::<_, RunError>(
-                    plugin.with_wasm_limits(crate::provider::wasm::WasmLimits {
-                        memory: p
-                            .max_memory_mib
-                            .map_or(defaults.memory, |m| m as usize * (1 << 20)),
-                        deadline: p
-                            .call_deadline_ms
-                            .map_or(defaults.deadline, Duration::from_millis),
-                        instances: p.max_instances.map_or(defaults.instances, |n| n as usize),
-                    }),
+                    plugin
+                        .with_wasm_limits(crate::provider::wasm::WasmLimits {
+                            memory: p
+                                .max_memory_mib
+                                .map_or(defaults.memory, |m| m as usize * (1 << 20)),
+                            deadline: p
+                                .call_deadline_ms
+                                .map_or(defaults.deadline, Duration::from_millis),
+                            instances: p.max_instances.map_or(defaults.instances, |n| n as usize),
+                        })
+                        .with_trust(if p.unverified {
+                            Trust::Unverified
+                        } else {
+                            Trust::Checked
+                        }),
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -102,6 +102,7 @@ impl Worker {
                     quarantined: 0,
                     fault: None,
                     leaked: 0,
+                    unverified: pool.provider().is_unverified(),
                 })
                 .collect(),
             ..QueueStats::default()

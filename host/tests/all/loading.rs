@@ -1,17 +1,21 @@
 //! Finding and loading plugins, and refusing everything that is not a good one.
 
 use super::*;
-use memplex::provider::{LoadError, Origin};
+use memplex::provider::{LoadError, Origin, Trust};
 
 #[test]
 fn native_plugins_load_by_name_and_match_the_builtins() {
     for name in ["heap", "slab", "hugepage"] {
-        let native = ProviderPlugin::load(name, &plugin_path()).unwrap();
+        let native = ProviderPlugin::load(name, &plugin_path())
+            .unwrap()
+            .with_trust(Trust::Unverified);
         assert_eq!(
             native.origin(),
             &Origin::Native(so(&format!("memplex_plugin_{name}")))
         );
-        let builtin = ProviderPlugin::load(&format!("builtin:{name}"), &plugin_path()).unwrap();
+        let builtin = ProviderPlugin::load(&format!("builtin:{name}"), &plugin_path())
+            .unwrap()
+            .with_trust(Trust::Unverified);
         assert_eq!(builtin.origin(), &Origin::Builtin);
         assert_eq!(native.description(), builtin.description());
         let a = native.instantiate(&params(&[])).unwrap();
@@ -20,7 +24,37 @@ fn native_plugins_load_by_name_and_match_the_builtins() {
             (a.info().buf_size, a.info().capacity, a.info().caps),
             (b.info().buf_size, b.info().capacity, b.info().caps)
         );
+        // Only heap, one allocation per buffer, has no region to declare.
+        assert_eq!(a.is_unverified(), name == "heap", "{name}");
+        assert_eq!(b.is_unverified(), name == "heap", "{name}");
     }
+}
+
+#[test]
+fn a_provider_read_by_address_without_a_declared_region_is_refused_unless_trusted() {
+    for spec in ["heap", "builtin:heap"] {
+        let plugin = ProviderPlugin::load(spec, &plugin_path()).unwrap();
+        assert_eq!(plugin.trust(), Trust::Checked, "checked by default");
+        let err = plugin.instantiate(&params(&[])).unwrap_err();
+        assert!(matches!(err, LoadError::NoRegion { .. }), "{err:?}");
+        let msg = err.to_string();
+        for part in [
+            "heap",
+            "declares no memory region",
+            "ProviderInfo::region(base, len)",
+            "unverified = true",
+        ] {
+            assert!(msg.contains(part), "`{part}` missing from: {msg}");
+        }
+        let trusted = plugin.with_trust(Trust::Unverified);
+        let p = trusted.instantiate(&params(&[])).unwrap();
+        assert!(p.is_unverified());
+    }
+    // A provider with a region is verified whatever the trust.
+    let slab = ProviderPlugin::load("slab", &plugin_path()).unwrap();
+    assert!(!slab.instantiate(&params(&[])).unwrap().is_unverified());
+    let trusted = slab.with_trust(Trust::Unverified);
+    assert!(!trusted.instantiate(&params(&[])).unwrap().is_unverified());
 }
 
 #[test]

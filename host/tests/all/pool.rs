@@ -82,7 +82,7 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
 
 #[test]
 fn ring_overflow_from_other_threads_is_not_lost() {
-    let p = ProviderPlugin::builtin("heap")
+    let p = ProviderPlugin::builtin("slab")
         .unwrap()
         .instantiate(&params(&[("buffers", "1024")]))
         .unwrap();

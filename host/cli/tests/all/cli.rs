@@ -80,22 +80,55 @@ fn inspect_shows_info() {
 fn check_provider_passes_the_shipped_providers() {
     for name in ["heap", "slab", "hugepage"] {
         let path = so(&format!("memplex_plugin_{name}")).display().to_string();
-        let (code, out) = memplex(&["check-provider", &path]);
+        // heap hands out separate allocations and declares no region: certified only as
+        // unverified, on request.
+        let args: &[&str] = if name == "heap" {
+            &["check-provider", &path, "--unverified"]
+        } else {
+            &["check-provider", &path]
+        };
+        let (code, out) = memplex(args);
         assert_eq!(code, 0, "{name}:\n{out}");
         assert!(
             out.contains("checks passed") && out.contains("ns per buffer"),
             "{out}"
         );
         // The certificate an author pastes into a README: verdict, cost, what was checked.
+        let (result, memory) = if name == "heap" {
+            (
+                "result    PASS: 11 checks passed, 1 warned, 0 failed",
+                "memory    no region declared: UNVERIFIED",
+            )
+        } else {
+            (
+                "result    PASS: 12 checks passed, 0 warned, 0 failed",
+                "memory    1 region of",
+            )
+        };
         for want in [
             "memplex check-provider certificate",
-            "result    PASS: 11 checks passed, 0 warned, 0 failed",
+            result,
+            memory,
             "the built-in slab's",
             "budget 20x",
             "checked   buf_size 2048, pool_size 256; native: no sandbox limits",
         ] {
             assert!(out.contains(want), "`{want}` in:\n{out}");
         }
+    }
+}
+
+#[test]
+fn check_provider_fails_a_provider_without_a_declared_region_unless_told() {
+    let path = so("memplex_plugin_heap").display().to_string();
+    let (code, out) = memplex(&["check-provider", &path]);
+    assert_eq!(code, 1, "{out}");
+    for want in [
+        "result    FAIL: 11 checks passed, 0 warned, 1 failed",
+        "ProviderInfo::region(base, len)",
+        "--unverified",
+    ] {
+        assert!(out.contains(want), "`{want}` in:\n{out}");
     }
 }
 
@@ -252,6 +285,9 @@ fn run_reports_json_lines_and_serves_metrics_on_loopback() {
         "# TYPE memplex_provider_quarantined gauge",
         "memplex_provider_fallbacks_total{queue=\"default.pcap q0\",provider=\"payload\"} 0",
         "memplex_provider_stranded_total{queue=\"default.pcap q0\",provider=\"payload\"} 0",
+        // heap declares no region and runs only because the config trusts it.
+        "memplex_provider_unverified{queue=\"default.pcap q0\",provider=\"hdr\"} 1",
+        "memplex_provider_unverified{queue=\"default.pcap q0\",provider=\"payload\"} 0",
         "# EOF",
     ] {
         assert!(metrics.contains(want), "{want} in {metrics}");
@@ -269,6 +305,17 @@ fn run_reports_json_lines_and_serves_metrics_on_loopback() {
         "{last}"
     );
     assert!(lines[0]["pps"].as_f64().is_some());
+    let providers = last["total"]["providers"].as_array().unwrap();
+    let unverified: Vec<(&str, bool)> = providers
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["unverified"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(unverified, [("hdr", true), ("payload", false)]);
 }
 
 #[test]
@@ -362,6 +409,8 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
         "tcp-split.toml",
         "--vary",
         "providers.payload.plugin=slab,heap",
+        "--set",
+        "providers.payload.unverified=true",
         "--frame-size",
         "512,1500",
         "--proto",
@@ -547,7 +596,8 @@ fn check_provider_runs_on_wasm_providers() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("all 11 checks passed"), "{text}");
+        assert!(text.contains("all 12 checks passed"), "{text}");
+        assert!(text.contains("memory    not touched by address"), "{text}");
         assert!(
             text.contains("WASM limits: 256 MiB of memory, 100 ms per call"),
             "{text}"
@@ -722,6 +772,10 @@ fn config_check_refuses_what_run_would() {
                 "path = \"nothing-here.pcap\"",
             ),
             "nothing-here.pcap: cannot read",
+        ),
+        (
+            ("unverified = true", "unverified = false"),
+            "provider `hdr`: provider `heap",
         ),
     ] {
         let file = dir.join("check.toml");
