@@ -10,6 +10,15 @@
 //! vtable may gain fields at the end in later versions of this crate; a host checks the
 //! plugin's ABI version and the root module's layout when it loads it.
 //!
+//! abi_stable lets a *newer* plugin load in an older host (its prefix types may have more
+//! fields than the host knows), but refuses an older plugin whose vtable has fewer fields
+//! than the host's. So revisions never touch the 0.1.0 module and vtable
+//! ([`ProviderMod`], [`FfiProvider`]): a revision adds an *extension module* under its own
+//! symbol ([`ProviderExtMod`], [`FfiProviderExt`], 0.1.1), which the host looks for first
+//! and checks the same way. A 0.1.0 plugin has no extension and is driven through its
+//! 0.1.0 vtable; a 0.1.1 plugin exports both, so a 0.1.0 host still loads it. Later
+//! revisions grow the extension after its last prefix field. See docs/abi.md.
+//!
 //! This is one of the few modules allowed `unsafe`: abi_stable's derives and `sabi_trait`
 //! expand to unsafe impls, and the library header below needs one unsafe call.
 #![allow(
@@ -21,9 +30,10 @@
     reason = "sabi_trait expands to impls inside consts"
 )]
 
+pub use crate::netmem::{Delivery, Segment};
 use crate::{
-    Delivery, ErrorKind, InitParams, MemoryProvider, Netmem, Plugin, PluginDescription,
-    ProviderError, ProviderInfo, Segment, Stat,
+    ErrorKind, FillOp, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin, PluginDescription,
+    ProviderError, ProviderInfo, Stat,
 };
 use abi_stable::library::{LibHeader, RootModule, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -54,7 +64,8 @@ pub trait FfiProvider: Send {
         offset: u32,
         bytes: RSlice<'_, u8>,
     ) -> RResult<(), ProviderError>;
-    /// See [`MemoryProvider::deliver`].
+    /// Reserved (0.1.0's `deliver`, which nothing called): kept so the vtable's layout
+    /// does not change. Hosts never call it; the glue declines.
     fn deliver(&mut self, segments: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError>;
     /// See [`MemoryProvider::stats`].
     fn stats(&self) -> RResult<RVec<Stat>, ProviderError>;
@@ -65,6 +76,62 @@ pub trait FfiProvider: Send {
 
 /// An owned provider instance from a plugin.
 pub type FfiProviderBox = FfiProvider_TO<'static, RBox<()>>;
+
+/// A provider instance through the 0.1.1 extension: every op of [`MemoryProvider`], and
+/// nothing reserved. Later revisions add methods after `fill_bulk`.
+#[sabi_trait]
+pub trait FfiProviderExt: Send {
+    /// See [`MemoryProvider::info`].
+    fn info(&self) -> RResult<ProviderInfo, ProviderError>;
+    /// See [`MemoryProvider::memory`].
+    fn memory(&self) -> RResult<RVec<MemoryRegion>, ProviderError>;
+    /// See [`MemoryProvider::alloc_bulk`]; returns the count written, unclamped.
+    fn alloc_bulk(&mut self, out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError>;
+    /// See [`MemoryProvider::release_bulk`].
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::fill`].
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::stats`].
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError>;
+    /// See [`MemoryProvider::destroy`].
+    fn destroy(&mut self) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::fill_bulk`]; returns the count of ops done.
+    #[sabi(last_prefix_field)]
+    fn fill_bulk(
+        &mut self,
+        ops: RSlice<'_, FillOp>,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<u32, ProviderError>;
+}
+
+/// An owned provider instance through the extension.
+pub type FfiProviderExtBox = FfiProviderExt_TO<'static, RBox<()>>;
+
+/// The symbol under which a plugin exports its [`ProviderExtMod`] header.
+pub const EXT_SYMBOL: &str = "memplex_provider_ext";
+
+/// The extension module (0.1.1) a plugin exports beside its root module.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ProviderExtModRef)))]
+#[sabi(missing_field(option))]
+pub struct ProviderExtMod {
+    /// Makes one provider instance, driven through the extension's vtable.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(params: &InitParams) -> RResult<FfiProviderExtBox, ProviderError>,
+}
+
+impl RootModule for ProviderExtModRef {
+    abi_stable::declare_root_module_statics! {ProviderExtModRef}
+    const BASE_NAME: &'static str = "memplex_provider_ext";
+    const NAME: &'static str = "memplex provider extension";
+    const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
+}
 
 /// The root module every provider plugin exports.
 #[repr(C)]
@@ -182,8 +249,8 @@ impl<P: MemoryProvider> FfiProvider for Guarded<P> {
         self.call_mut(|p| p.fill(buf, offset, bytes.as_slice()))
     }
 
-    fn deliver(&mut self, segments: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError> {
-        self.call_mut(|p| p.deliver(segments.as_slice()))
+    fn deliver(&mut self, _: RSlice<'_, Segment>) -> RResult<Delivery, ProviderError> {
+        RResult::ROk(Delivery::Declined)
     }
 
     fn stats(&self) -> RResult<RVec<Stat>, ProviderError> {
@@ -194,6 +261,52 @@ impl<P: MemoryProvider> FfiProvider for Guarded<P> {
         self.call_mut(|p| {
             p.destroy();
             Ok(())
+        })
+    }
+}
+
+impl<P: MemoryProvider> FfiProviderExt for Guarded<P> {
+    fn info(&self) -> RResult<ProviderInfo, ProviderError> {
+        FfiProvider::info(self)
+    }
+
+    fn memory(&self) -> RResult<RVec<MemoryRegion>, ProviderError> {
+        self.call(|p| Ok(p.memory().into()))
+    }
+
+    fn alloc_bulk(&mut self, out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError> {
+        FfiProvider::alloc_bulk(self, out)
+    }
+
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError> {
+        FfiProvider::release_bulk(self, bufs)
+    }
+
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError> {
+        FfiProvider::fill(self, buf, offset, bytes)
+    }
+
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError> {
+        FfiProvider::stats(self)
+    }
+
+    fn destroy(&mut self) -> RResult<(), ProviderError> {
+        FfiProvider::destroy(self)
+    }
+
+    fn fill_bulk(
+        &mut self,
+        ops: RSlice<'_, FillOp>,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<u32, ProviderError> {
+        self.call_mut(|p| {
+            let n = p.fill_bulk(ops.as_slice(), bytes.as_slice())?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
     }
 }
@@ -210,14 +323,26 @@ extern "C" fn describe<P: Plugin>() -> RResult<PluginDescription, ProviderError>
     guard(|| Ok(P::describe()))
 }
 
+fn guarded<P: Plugin>(params: &InitParams) -> Result<Guarded<P>, ProviderError> {
+    Ok(Guarded {
+        inner: Some(P::init(params)?),
+        poisoned: Cell::new(false),
+    })
+}
+
 extern "C" fn init<P: Plugin>(params: &InitParams) -> RResult<FfiProviderBox, ProviderError> {
     guard(|| {
-        let provider = P::init(params)?;
-        let guarded = Guarded {
-            inner: Some(provider),
-            poisoned: Cell::new(false),
-        };
-        Ok(FfiProvider_TO::from_value(guarded, sabi_trait::TD_Opaque))
+        let g = guarded::<P>(params)?;
+        Ok(FfiProvider_TO::from_value(g, sabi_trait::TD_Opaque))
+    })
+}
+
+extern "C" fn init_ext<P: Plugin>(
+    params: &InitParams,
+) -> RResult<FfiProviderExtBox, ProviderError> {
+    guard(|| {
+        let g = guarded::<P>(params)?;
+        Ok(FfiProviderExt_TO::from_value(g, sabi_trait::TD_Opaque))
     })
 }
 
@@ -232,6 +357,31 @@ pub fn module_for<P: Plugin>() -> ProviderModRef {
 
 extern "C" fn root_module_loader<P: Plugin>() -> RootModuleResult {
     abi_stable::library::__call_root_module_loader(module_for::<P>)
+}
+
+/// The extension module for plugin type `P`.
+pub fn ext_module_for<P: Plugin>() -> ProviderExtModRef {
+    ProviderExtMod {
+        init: init_ext::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn ext_module_loader<P: Plugin>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(ext_module_for::<P>)
+}
+
+/// The extension header [`export_provider!`](crate::export_provider) puts in a plugin.
+#[doc(hidden)]
+pub const fn ext_header<P: Plugin>() -> LibHeader {
+    // SAFETY: as for `lib_header`: `ext_module_loader::<P>` returns the module of type
+    // `ProviderExtModRef`, the type named here.
+    unsafe {
+        LibHeader::from_constructor::<ProviderExtModRef>(
+            ext_module_loader::<P>,
+            abi_stable::library::CheckTypeLayout::Yes,
+        )
+    }
 }
 
 /// The library header [`export_provider!`](crate::export_provider) puts in a plugin.
@@ -263,6 +413,12 @@ macro_rules! export_provider {
         #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
         pub static __MEMPLEX_PROVIDER_ROOT_MODULE: $crate::ffi::__LibHeader =
             $crate::ffi::lib_header::<$plugin>();
+        /// The memplex provider ABI extension module (0.1.1).
+        #[doc(hidden)]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(export_name = "memplex_provider_ext")]
+        pub static __MEMPLEX_PROVIDER_EXT_MODULE: $crate::ffi::__LibHeader =
+            $crate::ffi::ext_header::<$plugin>();
     };
 }
 
@@ -278,5 +434,6 @@ mod tests {
             abi_stable::library::ROOT_MODULE_LOADER_NAME,
             "_1as_0lib_1header_0root_bmodule_bloader"
         );
+        assert_eq!(super::EXT_SYMBOL, "memplex_provider_ext");
     }
 }

@@ -1,5 +1,6 @@
 //! What a provider says about itself.
 
+use crate::Netmem;
 use abi_stable::std_types::{RString, RVec};
 use abi_stable::StableAbi;
 use core::fmt;
@@ -19,7 +20,9 @@ impl Capabilities {
     pub const CPU_READABLE: Self = Self(1 << 1);
     /// The host must place bytes through the provider's `fill` op.
     pub const NEEDS_FILL: Self = Self(1 << 2);
-    /// The provider can take placed frames through `deliver` and export them.
+    /// Every region of the provider can be shared with another process: each has a file
+    /// descriptor in [`MemoryProvider::memory`](crate::MemoryProvider::memory). The host
+    /// sets it from the typed regions (ABI 0.1.1); a provider need not.
     pub const EXPORTS: Self = Self(1 << 3);
     /// Buffers are backed by huge pages (hugetlbfs or transparent huge pages).
     pub const HUGE_PAGES: Self = Self(1 << 4);
@@ -102,6 +105,116 @@ pub struct Region {
     pub base: u64,
     /// Length in bytes.
     pub len: u64,
+}
+
+/// How a typed region can be reached (ABI 0.1.1). A plain number so later revisions can
+/// add kinds; a host refuses a kind it does not know, naming it.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct RegionKind(pub u32);
+
+impl RegionKind {
+    /// Mapped in the host at `base`, not shareable: what every 0.1.0 region is.
+    pub const HOST: Self = Self(0);
+    /// Mapped in the host at `base`, and the same bytes are at `offset` in the file
+    /// descriptor `fd`, which another process can map (memfd, hugetlb memfd, a file).
+    pub const EXPORTABLE: Self = Self(1);
+    /// Not mapped in the host at all (device memory): `base` is the provider's own
+    /// address space for its descriptors, the host never reads or writes it by address,
+    /// and bytes get there through [`MemoryProvider::fill_bulk`](crate::MemoryProvider::fill_bulk).
+    /// Exportable when `fd` is set (a dma-buf, or a memfd for tests).
+    pub const DEVICE: Self = Self(2);
+
+    /// The kind's name, or `None` for one this version does not know.
+    pub const fn name(self) -> Option<&'static str> {
+        match self.0 {
+            0 => Some("host"),
+            1 => Some("exportable"),
+            2 => Some("device"),
+            _ => None,
+        }
+    }
+}
+
+/// One region of a provider's memory, typed (ABI 0.1.1): where it is for the host, and
+/// how another process can reach it.
+///
+/// A new type rather than new fields on [`Region`], whose layout is fixed. The file
+/// descriptor stays the provider's: it keeps it open for the life of the instance, and
+/// the host duplicates it when it sends it to a consumer.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// First byte: a host address, or for [`RegionKind::DEVICE`] the provider's own
+    /// address space that buffer descriptors use.
+    pub base: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Where `base` lies in `fd`.
+    pub offset: u64,
+    /// A file descriptor for the same bytes, or -1 when the region cannot be shared.
+    pub fd: i32,
+    /// How the region can be reached.
+    pub kind: RegionKind,
+}
+
+impl MemoryRegion {
+    /// Host memory at `base`, not shareable.
+    pub const fn host(base: u64, len: u64) -> Self {
+        MemoryRegion {
+            base,
+            len,
+            offset: 0,
+            fd: -1,
+            kind: RegionKind::HOST,
+        }
+    }
+
+    /// Host memory at `base` that is also `len` bytes at `offset` in `fd`.
+    pub const fn exportable(base: u64, len: u64, fd: i32, offset: u64) -> Self {
+        MemoryRegion {
+            base,
+            len,
+            offset,
+            fd,
+            kind: RegionKind::EXPORTABLE,
+        }
+    }
+
+    /// Memory the host cannot map: descriptors use `base..base + len`, and `fd` (or -1)
+    /// gives it to another process at `offset`.
+    pub const fn device(base: u64, len: u64, fd: i32, offset: u64) -> Self {
+        MemoryRegion {
+            base,
+            len,
+            offset,
+            fd,
+            kind: RegionKind::DEVICE,
+        }
+    }
+
+    /// True when another process can reach the region through `fd`.
+    pub const fn is_shareable(&self) -> bool {
+        self.fd >= 0 && self.kind.0 != RegionKind::HOST.0
+    }
+
+    /// True when `addr..addr + len` lies inside the region.
+    pub const fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base && (addr as u128 + len as u128) <= self.base as u128 + self.len as u128
+    }
+}
+
+/// One write of a bulk fill (ABI 0.1.1): `len` bytes, taken in order from the bytes
+/// passed with the batch, go to `offset` in `buf`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillOp {
+    /// The buffer written.
+    pub buf: Netmem,
+    /// Where in it.
+    pub offset: u32,
+    /// How many bytes.
+    pub len: u32,
 }
 
 /// Static facts about a plugin, available before any instance is made.

@@ -59,7 +59,8 @@ impl Netmem {
     }
 }
 
-/// A byte range inside one buffer: part of a placed frame, as handed to `deliver`.
+/// A byte range inside one buffer. Reserved: the type of 0.1.0's `deliver`, kept for the
+/// vtable's layout (see [`ffi`](crate::ffi)).
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Segment {
@@ -73,7 +74,7 @@ pub struct Segment {
 
 const _: () = assert!(core::mem::size_of::<Segment>() == 24);
 
-/// What a provider did with a frame offered to it through `deliver`.
+/// Reserved: the result of 0.1.0's `deliver`, kept for the vtable's layout.
 #[repr(u8)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {

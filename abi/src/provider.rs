@@ -1,7 +1,7 @@
 //! The trait a provider author implements, in plain safe Rust.
 
 use crate::{
-    Delivery, InitParams, Netmem, PluginDescription, ProviderError, ProviderInfo, Segment, Stat,
+    FillOp, InitParams, MemoryRegion, Netmem, PluginDescription, ProviderError, ProviderInfo, Stat,
 };
 
 /// A memory provider: the userspace `memory_provider_ops`.
@@ -20,7 +20,7 @@ use crate::{
 ///   error. Every id is below `info().capacity`, the same id always names the same memory,
 ///   no two live buffers overlap, each is at least `info().buf_size` long and aligned to
 ///   `info().align`. A buffer stays the host's until it comes back through `release_bulk`
-///   or a `deliver` that returns [`Delivery::Taken`].
+///   (while it is lent to a consumer process the host still answers for it).
 /// - `release_bulk` takes back buffers this instance handed out.
 /// - An error of any kind is reported to the host; a panic is caught on the plugin side
 ///   and reported as [`ErrorKind::PANICKED`](crate::ErrorKind::PANICKED), after which the
@@ -54,10 +54,22 @@ pub trait MemoryProvider: Send {
         Err(ProviderError::unsupported("read"))
     }
 
-    /// Offers a placed frame to an exporting provider. The default declines it.
-    fn deliver(&mut self, segments: &[Segment]) -> Result<Delivery, ProviderError> {
-        let _ = segments;
-        Ok(Delivery::Declined)
+    /// Writes a batch: for each op in order, the next `op.len` bytes of `bytes` go to
+    /// `op.offset` in `op.buf`; returns how many ops were done (ABI 0.1.1). One call per
+    /// frame rather than one per part, for memory the host may not write. The default
+    /// calls [`fill`](Self::fill) for each op.
+    fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
+        fill_each(self, ops, bytes)
+    }
+
+    /// Where the buffers lie, typed (ABI 0.1.1): host memory, host memory that can be
+    /// shared by file descriptor, or device memory the host cannot map. Empty (the
+    /// default) means what 0.1.0 said: `info().regions`, host memory, not shareable.
+    ///
+    /// Host-mapped regions listed here should be in `info().regions` too (hosts before
+    /// 0.1.1 read only those); device regions must not be.
+    fn memory(&self) -> Vec<MemoryRegion> {
+        Vec::new()
     }
 
     /// The provider's own counters, for `memplex` stats output.
@@ -67,6 +79,27 @@ pub trait MemoryProvider: Send {
 
     /// Called once before the instance is dropped; release everything here.
     fn destroy(&mut self) {}
+}
+
+/// [`MemoryProvider::fill_bulk`] done one [`fill`](MemoryProvider::fill) per op: the
+/// default, and what a host does for a provider built before bulk fill existed.
+pub fn fill_each<P: MemoryProvider + ?Sized>(
+    provider: &mut P,
+    ops: &[FillOp],
+    bytes: &[u8],
+) -> Result<usize, ProviderError> {
+    let mut at = 0usize;
+    for (done, op) in ops.iter().enumerate() {
+        let Some(src) = bytes.get(at..at + op.len as usize) else {
+            return Err(ProviderError::bad_buffer(format!(
+                "fill op {done} asks for bytes past the {} given",
+                bytes.len()
+            )));
+        };
+        provider.fill(op.buf, op.offset, src)?;
+        at += op.len as usize;
+    }
+    Ok(ops.len())
 }
 
 /// A provider that can be exported from a plugin with [`export_provider!`](crate::export_provider)

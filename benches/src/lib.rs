@@ -7,7 +7,7 @@
 use memplex::provider::{InitParams, PluginPath, ProviderPlugin, Trust};
 
 /// The shipped providers, by name.
-pub const PROVIDERS: [&str; 3] = ["heap", "slab", "hugepage"];
+pub const PROVIDERS: [&str; 4] = ["heap", "slab", "hugepage", "shm"];
 
 /// Init params the benchmarks use: 2 KiB buffers, a pool of 1024.
 pub fn params() -> InitParams {

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
 
 const EXAMPLE: &str = "examples/third-party-provider/Cargo.toml";
+/// A provider built against the previous ABI, with its frozen copy of memplex-abi 0.1.0.
+const PREVIOUS_ABI: &str = "plugins/fixtures/abi-0.1.0/Cargo.toml";
 const WASM: &str = "wasm-plugins/Cargo.toml";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// WASM providers: (crate's artifact, name it gets beside the memplex binary).
@@ -112,16 +114,18 @@ fn build(root: &Path, profile: &str) -> Result<(), String> {
     cargo(&["build", "--workspace"], args)?;
     let target = root.join("target");
     let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
-    cargo(
-        &[
-            "build",
-            "--manifest-path",
-            EXAMPLE,
-            "--target-dir",
-            target_dir,
-        ],
-        args,
-    )?;
+    for manifest in [EXAMPLE, PREVIOUS_ABI] {
+        cargo(
+            &[
+                "build",
+                "--manifest-path",
+                manifest,
+                "--target-dir",
+                target_dir,
+            ],
+            args,
+        )?;
+    }
     build_wasm(&target, if profile == "dev" { "debug" } else { "release" })
 }
 
@@ -345,7 +349,7 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!("| pool alloc+recycle, burst of 32, per buffer | {b:.2} ns | {:.2}x atomic | <= 0.5x |", b / a));
         }
     }
-    for name in ["heap", "slab", "hugepage"] {
+    for name in ["heap", "slab", "hugepage", "shm"] {
         let per = |v: &str| median(root, &format!("bulk64_{name}/{v}")).map(|m| m / 64.0);
         if let (Some(b), Some(so)) = (per("builtin"), per("so")) {
             lines.push(format!("| {name}: alloc_bulk+release_bulk(64), per buffer, built-in | {b:.2} ns | 1.00x | baseline |"));

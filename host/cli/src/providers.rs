@@ -19,7 +19,7 @@ pub fn list(path: &PluginPath) -> Result<i32> {
     ]);
     let mut rows = 0;
     let builtins =
-        ["heap", "slab", "hugepage"].map(|n| ProviderPlugin::builtin(n).expect("built-in"));
+        ["heap", "slab", "hugepage", "shm"].map(|n| ProviderPlugin::builtin(n).expect("built-in"));
     let files = path.list();
     let loaded = files
         .iter()
@@ -113,7 +113,20 @@ pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
         ("version", d.version.to_string()),
         ("summary", d.summary.to_string()),
         ("origin", plugin.origin().to_string()),
-        ("abi", memplex_abi::ABI_VERSION.to_string()),
+        (
+            "abi",
+            match plugin.abi_revision() {
+                Some(r) => format!("{r} (host speaks {})", memplex_abi::ABI_VERSION),
+                None => format!("{} (linked in or sandboxed)", memplex_abi::ABI_VERSION),
+            },
+        ),
+        (
+            "exportable",
+            match inst.not_exportable() {
+                None => "yes: every region can be shared by file descriptor".into(),
+                Some(why) => format!("no: {why}"),
+            },
+        ),
         (
             "buf_size",
             format!("{} (asked {})", i.buf_size, args.buf_size),

@@ -2,7 +2,7 @@
 
 use super::BuiltinInit;
 use memplex_abi::{MemoryProvider, Plugin, PluginDescription};
-use memplex_providers::{Heap, HugePage, Slab};
+use memplex_providers::{Heap, HugePage, Shm, Slab};
 
 pub(super) struct Builtin {
     pub(super) name: &'static str,
@@ -18,10 +18,11 @@ const fn builtin<P: Plugin>(name: &'static str) -> Builtin {
     }
 }
 
-const BUILTINS: [Builtin; 3] = [
+const BUILTINS: [Builtin; 4] = [
     builtin::<Heap>("heap"),
     builtin::<Slab>("slab"),
     builtin::<HugePage>("hugepage"),
+    builtin::<Shm>("shm"),
 ];
 
 pub(super) fn find(name: &str) -> Option<&'static Builtin> {

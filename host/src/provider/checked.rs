@@ -14,7 +14,10 @@
 //! handed out.)
 
 use super::LoadError;
-use memplex_abi::{ErrorKind, MemoryProvider, Netmem, ProviderError, ProviderInfo, Stat};
+use memplex_abi::{
+    Capabilities, ErrorKind, MemoryProvider, MemoryRegion, Netmem, ProviderError, ProviderInfo,
+    Stat,
+};
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -258,55 +261,8 @@ pub struct CheckedProvider {
     destroyed: bool,
     /// Read or written by address with no declared region (trusted by the config).
     unverified: bool,
-}
-
-/// The first declared region that is not mapped in this process with the access the
-/// host needs (read, and write when `write`), as a message; from /proc/self/maps.
-fn unmapped(regions: &[memplex_abi::Region], write: bool) -> Option<String> {
-    if regions.is_empty() {
-        return None;
-    }
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    // (start, end, readable, writable), in address order as the kernel lists them.
-    let ranges: Vec<(u64, u64, bool, bool)> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (a, b) = f.next()?.split_once('-')?;
-            let perms = f.next()?.as_bytes();
-            Some((
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-                perms.first() == Some(&b'r'),
-                perms.get(1) == Some(&b'w'),
-            ))
-        })
-        .collect();
-    for r in regions {
-        let end = u128::from(r.base) + u128::from(r.len);
-        let mut at = u128::from(r.base);
-        while at < end {
-            let Some(&(_, stop, readable, writable)) = ranges
-                .iter()
-                .find(|(a, b, ..)| u128::from(*a) <= at && at < u128::from(*b))
-            else {
-                return Some(format!(
-                    "declares region {:#x}+{}, but {at:#x} is not mapped in this process",
-                    r.base, r.len
-                ));
-            };
-            if !readable || (write && !writable) {
-                return Some(format!(
-                    "declares region {:#x}+{}, but {at:#x} is mapped without {} access",
-                    r.base,
-                    r.len,
-                    if readable { "write" } else { "read" }
-                ));
-            }
-            at = u128::from(stop);
-        }
-    }
-    None
+    /// Where the buffers lie, typed; every buffer is checked to lie in one.
+    memory: Vec<MemoryRegion>,
 }
 
 /// Instances quarantined in this process so far: a worker compares it before and after
@@ -380,23 +336,37 @@ impl CheckedProvider {
                 info.buf_size
             )));
         }
-        // Declared regions the host will read or write by address must be memory of this
-        // process: a wild one becomes an error here, not a segfault on the frame path.
-        let caps = info.caps;
-        let by_address = caps.contains(memplex_abi::Capabilities::CPU_READABLE)
-            || caps.contains(memplex_abi::Capabilities::HOST_WRITABLE);
-        if by_address {
-            let write = caps.contains(memplex_abi::Capabilities::HOST_WRITABLE);
-            if let Some(problem) = unmapped(&info.regions, write) {
-                return Err(bad(problem));
-            }
-        }
         if info.caps.contains(memplex_abi::Capabilities::REGIONS) && info.regions.is_empty() {
             return Err(bad(
                 "declares the `regions` capability but lists no region".into()
             ));
         }
-        let unverified = by_address && info.regions.is_empty();
+        // Typed regions (ABI 0.1.1) when the provider gives them, else its plain ones as
+        // host memory. Regions the host will read or write by address must be memory of
+        // this process, and a shareable one must be the descriptor it names: a wild one
+        // is an error here, not a segfault on the frame path or a consumer seeing other
+        // bytes.
+        let typed = guarded("memory", || Ok(inner.memory())).map_err(|f| bad(f.to_string()))?;
+        let memory: Vec<MemoryRegion> = if typed.is_empty() {
+            info.regions
+                .iter()
+                .map(|r| MemoryRegion::host(r.base, r.len))
+                .collect()
+        } else {
+            typed
+        };
+        let mut info = info;
+        let caps = info.caps;
+        let by_address =
+            caps.contains(Capabilities::CPU_READABLE) || caps.contains(Capabilities::HOST_WRITABLE);
+        let write = caps.contains(Capabilities::HOST_WRITABLE);
+        super::regions::check(&memory, by_address, write).map_err(bad)?;
+        if !memory.is_empty() && memory.iter().all(MemoryRegion::is_shareable) {
+            info.caps = info.caps | Capabilities::EXPORTS;
+        } else {
+            info.caps = Capabilities(info.caps.0 & !Capabilities::EXPORTS.0);
+        }
+        let unverified = by_address && memory.is_empty();
         if unverified && trust == Trust::Checked {
             return Err(LoadError::NoRegion {
                 plugin: label.to_string(),
@@ -404,6 +374,7 @@ impl CheckedProvider {
         }
         Ok(CheckedProvider {
             unverified,
+            memory,
             inner,
             label,
             slots: Slots { pages: Vec::new() },
@@ -425,6 +396,34 @@ impl CheckedProvider {
     /// declared region to check them against: taken only because the config trusts it.
     pub fn is_unverified(&self) -> bool {
         self.unverified
+    }
+
+    /// Where its buffers lie, typed and checked (its plain regions as host memory when
+    /// it gives no typed ones).
+    pub fn memory(&self) -> &[MemoryRegion] {
+        &self.memory
+    }
+
+    /// Why its buffers cannot be shared with another process, or `None` when every
+    /// region has a file descriptor that a consumer can map.
+    pub fn not_exportable(&self) -> Option<String> {
+        if self.memory.is_empty() {
+            return Some(if self.info.caps.contains(Capabilities::NEEDS_FILL) {
+                "its memory is reached only through the provider (a WASM guest's linear memory cannot be shared with another process)".into()
+            } else {
+                "it declares no memory region".into()
+            });
+        }
+        self.memory.iter().enumerate().find_map(|(i, r)| {
+            (!r.is_shareable()).then(|| {
+                format!(
+                    "region {i} ({:#x}+{}) is {} memory with no file descriptor to share (a provider shares memory by declaring typed regions with `MemoryRegion::exportable`, ABI 0.1.1)",
+                    r.base,
+                    r.len,
+                    r.kind.name().unwrap_or("?")
+                )
+            })
+        })
     }
 
     /// What the instance said about itself at start.
@@ -561,11 +560,11 @@ impl CheckedProvider {
                 },
             );
         }
-        if !info.regions.is_empty()
-            && !info
-                .regions
+        if !self.memory.is_empty()
+            && !self
+                .memory
                 .iter()
-                .any(|r| d.addr >= r.base && d.end() <= u128::from(r.base) + u128::from(r.len))
+                .any(|r| r.contains(d.addr, u64::from(d.len)))
         {
             return reject(
                 &mut self.slots,
@@ -695,39 +694,5 @@ impl CheckedProvider {
 impl Drop for CheckedProvider {
     fn drop(&mut self) {
         self.destroy();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use memplex_abi::Region;
-
-    #[test]
-    fn declared_regions_must_be_this_process_memory() {
-        let buf = vec![0u8; 1 << 16];
-        let mine = Region {
-            base: buf.as_ptr() as u64,
-            len: buf.len() as u64,
-        };
-        assert_eq!(unmapped(&[mine], true), None);
-        let wild = Region {
-            base: 0x10_0000,
-            len: 4096,
-        };
-        let why = unmapped(&[mine, wild], false).unwrap();
-        assert!(
-            why.contains("0x100000") && why.contains("not mapped"),
-            "{why}"
-        );
-        // Code is mapped, but not writable.
-        let code = Region {
-            base: unmapped as fn(&[Region], bool) -> Option<String> as usize as u64,
-            len: 16,
-        };
-        assert_eq!(unmapped(&[code], false), None);
-        assert!(unmapped(&[code], true)
-            .unwrap()
-            .contains("without write access"));
     }
 }

@@ -19,6 +19,7 @@ mod checked;
 mod discovery;
 mod elf;
 mod native;
+mod regions;
 pub mod wasm;
 
 pub use checked::{quarantines, CheckedProvider, Fault, ProviderCounters, Trust};
@@ -28,7 +29,6 @@ pub use memplex_abi::{
     ProviderInfo, Stat,
 };
 
-use memplex_abi::ffi::ProviderModRef;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,7 +167,7 @@ type BuiltinInit = fn(&InitParams) -> Result<Box<dyn MemoryProvider>, ProviderEr
 #[derive(Clone)]
 enum Kind {
     Builtin(BuiltinInit),
-    Native(ProviderModRef),
+    Native(native::Module),
     Wasm(wasm::WasmModule, wasm::WasmLimits),
 }
 
@@ -321,6 +321,15 @@ impl ProviderPlugin {
     /// How far instances are trusted.
     pub fn trust(&self) -> Trust {
         self.trust
+    }
+
+    /// The provider ABI revision a native plugin is driven through (`0.1.0`, or `0.1.1`
+    /// with typed regions and bulk fill); `None` for built-ins and WASM modules.
+    pub fn abi_revision(&self) -> Option<&'static str> {
+        match &self.kind {
+            Kind::Native(m) => Some(m.revision()),
+            _ => None,
+        }
     }
 
     /// True for a sandboxed WASM plugin.

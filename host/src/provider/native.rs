@@ -6,19 +6,84 @@
 //! for `0.x` the same minor) to give an error that names both versions, and then lets
 //! abi_stable check the root module's layout. Libraries are never unloaded (abi_stable
 //! leaks them on purpose), so provider objects stay valid for the life of the process.
+//!
+//! A plugin built against ABI 0.1.1 or later also exports the extension module
+//! (`memplex_abi::ffi::ProviderExtMod`, typed regions and bulk fill); when it is there the
+//! host checks it like the root module and drives instances through it, and otherwise
+//! through the 0.1.0 vtable (see docs/abi.md). Looking the extension symbol up is the one
+//! `unsafe` call here.
+#![allow(
+    unsafe_code,
+    reason = "reading the extension module's header from a loaded library"
+)]
 
 use super::LoadError;
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, AbiHeaderRef, LibraryError, RawLibrary};
 use abi_stable::std_types::RSliceMut;
-use memplex_abi::ffi::{FfiProviderBox, ProviderModRef};
+use memplex_abi::ffi::{FfiProviderBox, FfiProviderExtBox, ProviderExtModRef, ProviderModRef};
 use memplex_abi::{
-    Delivery, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError, ProviderInfo,
-    Segment, Stat, ABI_VERSION,
+    FillOp, InitParams, MemoryProvider, MemoryRegion, Netmem, PluginDescription, ProviderError,
+    ProviderInfo, Stat, ABI_VERSION,
 };
 use std::path::Path;
 
-/// Opens `file` and returns its checked provider module.
-pub(super) fn load(file: &Path) -> Result<ProviderModRef, LoadError> {
+/// A loaded plugin's modules: the 0.1.0 root, and the extension when it has one.
+#[derive(Clone, Copy)]
+pub(super) struct Module {
+    root: ProviderModRef,
+    ext: Option<ProviderExtModRef>,
+}
+
+impl Module {
+    /// The ABI revision it is driven through.
+    pub(super) fn revision(&self) -> &'static str {
+        if self.ext.is_some() {
+            "0.1.1"
+        } else {
+            "0.1.0"
+        }
+    }
+}
+
+/// Opens `file` and returns its checked provider modules.
+pub(super) fn load(file: &Path) -> Result<Module, LoadError> {
+    let root = load_root(file)?;
+    let ext = load_ext(file)?;
+    Ok(Module { root, ext })
+}
+
+/// The extension module, if the library exports one; checked like the root module.
+fn load_ext(file: &Path) -> Result<Option<ProviderExtModRef>, LoadError> {
+    let path = file.to_path_buf();
+    let raw = RawLibrary::load_at(file).map_err(|e| LoadError::Open {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let symbol = format!("{}\0", memplex_abi::ffi::EXT_SYMBOL);
+    // SAFETY: a library exporting this symbol made it with `export_provider!`, as a static
+    // `LibHeader`; libloading hands back its address, which is what an `AbiHeaderRef`
+    // holds (abi_stable reads its own root-module symbol the same way). The header is
+    // then checked (abi_stable version, then layout) before anything in it is used, and
+    // the library is never unloaded (`forget` below), so the `'static` it claims holds.
+    let header = match unsafe { raw.get::<AbiHeaderRef>(symbol.as_bytes()) } {
+        Ok(symbol) => *symbol,
+        Err(_) => return Ok(None),
+    };
+    std::mem::forget(raw);
+    let header = header.upgrade().map_err(|e| LoadError::Layout {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    header
+        .check_layout::<ProviderExtModRef>()
+        .map(Some)
+        .map_err(|e| LoadError::Layout {
+            path,
+            detail: format!("its ABI extension module: {e}"),
+        })
+}
+
+fn load_root(file: &Path) -> Result<ProviderModRef, LoadError> {
     let path = file.to_path_buf();
     match std::fs::metadata(file) {
         Ok(m) if m.is_file() => {}
@@ -96,19 +161,24 @@ fn compatible(expected: &str, found: &str) -> bool {
     }
 }
 
-pub(super) fn describe(module: ProviderModRef) -> Result<PluginDescription, ProviderError> {
-    module.describe()().into_result()
+pub(super) fn describe(module: Module) -> Result<PluginDescription, ProviderError> {
+    module.root.describe()().into_result()
 }
 
 pub(super) fn init(
-    module: ProviderModRef,
+    module: Module,
     params: &InitParams,
 ) -> Result<Box<dyn MemoryProvider>, ProviderError> {
-    let object = module.init()(params).into_result()?;
+    if let Some(ext) = module.ext {
+        let object = ext.init()(params).into_result()?;
+        return Ok(Box::new(ExtProvider(object)));
+    }
+    let object = module.root.init()(params).into_result()?;
     Ok(Box::new(NativeProvider(object)))
 }
 
-/// A provider object from a `.so`, seen through the common trait.
+/// A provider object from a `.so` built against ABI 0.1.0, seen through the common trait:
+/// no typed regions, and bulk fill done one `fill` at a time.
 struct NativeProvider(FfiProviderBox);
 
 impl MemoryProvider for NativeProvider {
@@ -138,8 +208,63 @@ impl MemoryProvider for NativeProvider {
         self.0.fill(buf, offset, bytes.into()).into_result()
     }
 
-    fn deliver(&mut self, segments: &[Segment]) -> Result<Delivery, ProviderError> {
-        self.0.deliver(segments.into()).into_result()
+    fn stats(&self) -> Vec<Stat> {
+        self.0
+            .stats()
+            .into_result()
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    fn destroy(&mut self) {
+        // An error here is a panic already caught on the plugin side; nothing more to do.
+        let _ = self.0.destroy();
+    }
+}
+
+/// A provider object from a `.so` with the 0.1.1 extension.
+struct ExtProvider(FfiProviderExtBox);
+
+impl MemoryProvider for ExtProvider {
+    fn info(&self) -> ProviderInfo {
+        self.0
+            .info()
+            .into_result()
+            .unwrap_or_else(|e| ProviderInfo::new(&format!("<info failed: {e}>"), 0, 0))
+    }
+
+    fn memory(&self) -> Vec<MemoryRegion> {
+        // An error is a panic caught on the plugin side: the instance is poisoned and its
+        // next call quarantines it.
+        self.0
+            .memory()
+            .into_result()
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    #[inline]
+    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
+        self.0
+            .alloc_bulk(RSliceMut::from_mut_slice(out))
+            .into_result()
+            .map(|n| n as usize)
+    }
+
+    #[inline]
+    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
+        self.0.release_bulk(bufs.into()).into_result()
+    }
+
+    fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
+        self.0.fill(buf, offset, bytes.into()).into_result()
+    }
+
+    fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
+        self.0
+            .fill_bulk(ops.into(), bytes.into())
+            .into_result()
+            .map(|n| n as usize)
     }
 
     fn stats(&self) -> Vec<Stat> {
@@ -151,7 +276,6 @@ impl MemoryProvider for NativeProvider {
     }
 
     fn destroy(&mut self) {
-        // An error here is a panic already caught on the plugin side; nothing more to do.
         let _ = self.0.destroy();
     }
 }

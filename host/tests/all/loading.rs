@@ -5,7 +5,7 @@ use memplex::provider::{LoadError, Origin, Trust};
 
 #[test]
 fn native_plugins_load_by_name_and_match_the_builtins() {
-    for name in ["heap", "slab", "hugepage"] {
+    for name in ["heap", "slab", "hugepage", "shm"] {
         let native = ProviderPlugin::load(name, &plugin_path())
             .unwrap()
             .with_trust(Trust::Unverified);
@@ -181,11 +181,12 @@ fn hugepage_says_which_pages_it_got() {
     );
     let thp = ProviderPlugin::builtin("hugepage")
         .unwrap()
-        .instantiate(&params(&[("mode", "thp")]))
+        .instantiate(&params(&[("mode", "thp"), ("shared", "false")]))
         .unwrap();
     let backing = thp.info().backing.as_str();
     assert!(
-        backing.starts_with("transparent huge pages") || backing.starts_with("4 KiB"),
+        backing.starts_with("anonymous, transparent huge pages")
+            || backing.starts_with("anonymous, 4 KiB"),
         "{backing}"
     );
     // THP-backed buffers start on a 2 MiB boundary.
@@ -216,7 +217,7 @@ fn a_provider_is_found_by_the_name_it_reports_and_a_miss_says_what_was_tried() {
         "providers found there:",
         "acme-ring (libacme_ring_provider.so)",
         "slab (libmemplex_plugin_slab.so)",
-        "built-in providers: heap, slab, hugepage",
+        "built-in providers: heap, slab, hugepage, shm",
     ] {
         assert!(err.contains(want), "`{want}` in: {err}");
     }
@@ -260,4 +261,48 @@ fn every_fuzz_seed_and_regression_input_still_passes() {
         }
     }
     assert!(ran >= 8, "{ran} seeds");
+}
+
+#[test]
+fn a_plugin_built_against_the_previous_abi_loads_and_works() {
+    // Built by `cargo xtask build` against a frozen copy of memplex-abi 0.1.0: no typed
+    // regions, no bulk fill in its vtable. It loads, places and reads back, and is not
+    // exportable (its one region is plain host memory).
+    let plugin = ProviderPlugin::open(&so("memplex_fixture_abi_0_1_0")).unwrap();
+    assert_eq!(plugin.description().name.as_str(), "vintage");
+    assert_eq!(plugin.abi_revision(), Some("0.1.0"));
+    let slab = ProviderPlugin::load("slab", &plugin_path()).unwrap();
+    assert_eq!(
+        slab.abi_revision(),
+        Some("0.1.1"),
+        "driven through the extension"
+    );
+    let p = plugin.instantiate(&params(&[])).unwrap();
+    assert!(!p.is_unverified());
+    assert_eq!(p.memory().len(), 1);
+    assert_eq!(p.memory()[0].kind, memplex_abi::RegionKind::HOST);
+    let why = p.not_exportable().expect("0.1.0 memory cannot be shared");
+    assert!(why.contains("no file descriptor"), "{why}");
+    assert!(!p.info().caps.contains(memplex_abi::Capabilities::EXPORTS));
+    let mut pool = memplex::pool::Pool::new(p, 64);
+    let mut held = Vec::new();
+    for i in 0..200u32 {
+        let mut b = pool.alloc().unwrap();
+        pool.place(&mut b, 0, &i.to_le_bytes()).unwrap();
+        held.push(b);
+    }
+    let mut back = Vec::new();
+    for (i, b) in held.iter().enumerate() {
+        back.clear();
+        assert!(pool.read(b, 4, &mut back));
+        assert_eq!(back, (i as u32).to_le_bytes());
+    }
+    for b in held {
+        pool.recycle(b).unwrap();
+    }
+    assert_eq!(pool.provider().fault(), None);
+    assert_eq!(
+        pool.shutdown(std::time::Duration::from_millis(10)).leaked,
+        0
+    );
 }

@@ -4,6 +4,7 @@
 //! --workspace`) before these run; a missing one fails with that hint, never skips.
 
 mod contract;
+mod export;
 mod faults;
 mod loading;
 mod pool;

@@ -9,17 +9,23 @@
 //! | `heap`     | the system allocator, one allocation per buffer, lazily    |
 //! | `slab`     | one anonymous mmap region cut into fixed buffers          |
 //! | `hugepage` | like `slab`, on hugetlbfs pages, else transparent huge pages |
+//! | `shm`      | a sealed memfd for consumer processes, 4 KiB or huge pages  |
 //!
-//! None of them needs `unsafe`: buffer memory is owned through `memmap2` mappings or
-//! `UnsafeCell` lines, and only its address crosses to the host.
+//! `slab`, `hugepage` and `shm` are backed by a sealed memfd by default, so their typed
+//! region carries a file descriptor that a consumer process maps read-only. Only
+//! [`memfd`] needs `unsafe` (mapping a file); otherwise buffer memory is owned through
+//! `memmap2` mappings or `UnsafeCell` lines, and only its address crosses to the host.
 #![deny(missing_docs)]
 
 mod heap;
 mod hugepage;
+mod memfd;
+mod shm;
 mod slab;
 
 pub use heap::Heap;
 pub use hugepage::HugePage;
+pub use shm::Shm;
 pub use slab::Slab;
 
 use memplex_abi::{InitParams, ProviderError};

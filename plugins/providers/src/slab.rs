@@ -1,16 +1,67 @@
-//! `slab`: one anonymous mmap region cut into fixed buffers, with a LIFO free list.
+//! `slab`: one mmap region cut into fixed buffers, with a LIFO free list. The region is
+//! a sealed memfd by default, so it can be shared with consumer processes.
 
+use crate::memfd::{Pages, Shared};
 use crate::{Geometry, COMMON_KEYS};
 use memmap2::MmapMut;
 use memplex_abi::{
-    Capabilities, InitParams, MemoryProvider, Netmem, Plugin, PluginDescription, ProviderError,
-    ProviderInfo, Stat,
+    Capabilities, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin, PluginDescription,
+    ProviderError, ProviderInfo, Stat,
 };
 
-/// A region of memory cut into equal buffers; the core of `slab` and `hugepage`.
+/// The memory under a [`Carved`] region.
+pub(crate) enum Backing {
+    /// Anonymous private memory: this process only.
+    Private(MmapMut),
+    /// A sealed memfd, shareable by file descriptor.
+    Shared(Shared),
+}
+
+impl Backing {
+    /// Shared memory of `len` bytes, or private with `shared = false`.
+    pub(crate) fn new(name: &str, len: usize, shared: bool) -> Result<Backing, ProviderError> {
+        if shared {
+            Ok(Backing::Shared(Shared::new(name, len, Pages::Small)?))
+        } else {
+            MmapMut::map_anon(len)
+                .map(Backing::Private)
+                .map_err(|e| ProviderError::resource(format!("mmap of {len} bytes failed: {e}")))
+        }
+    }
+
+    fn base(&mut self) -> u64 {
+        match self {
+            Backing::Private(m) => m.as_mut_ptr() as u64,
+            Backing::Shared(s) => s.base(),
+        }
+    }
+
+    /// The mapping, for advice.
+    pub(crate) fn map(&self) -> &MmapMut {
+        match self {
+            Backing::Private(m) => m,
+            Backing::Shared(s) => s.map(),
+        }
+    }
+}
+
+/// Reads the `shared` setting: `true` (the default) or `false`.
+pub(crate) fn shared_setting(params: &InitParams) -> Result<bool, ProviderError> {
+    match params.get("shared").unwrap_or("true") {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(ProviderError::invalid_config(format!(
+            "setting `shared` = {other:?} is not true or false"
+        ))),
+    }
+}
+
+/// A region of memory cut into equal buffers; the core of `slab`, `hugepage` and `shm`.
 pub(crate) struct Carved {
-    /// Keeps the mapping alive; buffers are addresses inside it.
-    _map: MmapMut,
+    /// Keeps the memory alive; buffers are addresses inside it.
+    backing: Backing,
+    /// Where the buffers start in the backing.
+    offset: usize,
     base: u64,
     geometry: Geometry,
     /// Free buffer ids; the most recently released is handed out first (cache-warm).
@@ -21,11 +72,12 @@ pub(crate) struct Carved {
 }
 
 impl Carved {
-    /// Cuts `map`, starting `offset` bytes in, into `geometry.buffers` buffers.
-    pub(crate) fn new(mut map: MmapMut, offset: usize, geometry: Geometry) -> Self {
-        let base = map.as_mut_ptr() as u64 + offset as u64;
+    /// Cuts `backing`, starting `offset` bytes in, into `geometry.buffers` buffers.
+    pub(crate) fn new(mut backing: Backing, offset: usize, geometry: Geometry) -> Self {
+        let base = backing.base() + offset as u64;
         Carved {
-            _map: map,
+            backing,
+            offset,
             base,
             geometry,
             free: (0..geometry.buffers).rev().collect(),
@@ -41,6 +93,20 @@ impl Carved {
             .caps(caps)
             .region(self.base, g.bytes() as u64)
             .backing(backing)
+    }
+
+    /// The typed region: shareable when the backing is a memfd.
+    pub(crate) fn memory(&self) -> Vec<MemoryRegion> {
+        let len = self.geometry.bytes() as u64;
+        match &self.backing {
+            Backing::Private(_) => vec![MemoryRegion::host(self.base, len)],
+            Backing::Shared(s) => vec![s.region(self.base, len, self.offset as u64)],
+        }
+    }
+
+    /// True when the memory can be shared with another process.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self.backing, Backing::Shared(_))
     }
 
     pub(crate) fn alloc_bulk(&mut self, out: &mut [Netmem]) -> usize {
@@ -79,9 +145,11 @@ impl Carved {
     }
 }
 
-/// One anonymous mmap region cut into fixed buffers.
+/// One mmap region cut into fixed buffers.
 ///
-/// Settings: `buffers` (default twice the pool size), `align` (default 64).
+/// Settings: `buffers` (default twice the pool size), `align` (default 64), `shared`
+/// (default true: a sealed memfd that consumer processes can map; false: anonymous
+/// private memory).
 pub struct Slab(Carved);
 
 impl MemoryProvider for Slab {
@@ -89,8 +157,15 @@ impl MemoryProvider for Slab {
         self.0.info(
             "slab",
             Capabilities::HOST_WRITABLE | Capabilities::CPU_READABLE,
-            "anonymous mmap, 4 KiB pages",
+            if self.0.is_shared() {
+                "sealed memfd, 4 KiB pages, shareable"
+            } else {
+                "anonymous mmap, 4 KiB pages"
+            },
         )
+    }
+    fn memory(&self) -> Vec<MemoryRegion> {
+        self.0.memory()
     }
     fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
         Ok(self.0.alloc_bulk(out))
@@ -113,11 +188,9 @@ impl Plugin for Slab {
     }
 
     fn init(params: &InitParams) -> Result<Self, ProviderError> {
-        params.deny_unknown(&COMMON_KEYS)?;
+        params.deny_unknown(&[COMMON_KEYS[0], COMMON_KEYS[1], "shared"])?;
         let geometry = Geometry::from_params(params)?;
-        let map = MmapMut::map_anon(geometry.bytes()).map_err(|e| {
-            ProviderError::resource(format!("mmap of {} bytes failed: {e}", geometry.bytes()))
-        })?;
-        Ok(Slab(Carved::new(map, 0, geometry)))
+        let backing = Backing::new("memplex-slab", geometry.bytes(), shared_setting(params)?)?;
+        Ok(Slab(Carved::new(backing, 0, geometry)))
     }
 }

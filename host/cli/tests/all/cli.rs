@@ -70,15 +70,27 @@ fn inspect_shows_info() {
     let slab = so("memplex_plugin_slab").display().to_string();
     let (code, out) = memplex(&["providers", "inspect", &slab, "--set", "buffers=100"]);
     assert_eq!(code, 0, "{out}");
+    for want in [
+        "capacity",
+        "100",
+        "sealed memfd",
+        "abi            ┆ 0.1.1",
+        "exportable     ┆ yes",
+    ] {
+        assert!(out.contains(want), "`{want}` in:\n{out}");
+    }
+    // Private memory, on request, cannot be shared, and inspect says why.
+    let (code, out) = memplex(&["providers", "inspect", &slab, "--set", "shared=false"]);
+    assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("capacity") && out.contains("100") && out.contains("anonymous mmap"),
+        out.contains("anonymous mmap") && out.contains("no: region 0"),
         "{out}"
     );
 }
 
 #[test]
 fn check_provider_passes_the_shipped_providers() {
-    for name in ["heap", "slab", "hugepage"] {
+    for name in ["heap", "slab", "hugepage", "shm"] {
         let path = so(&format!("memplex_plugin_{name}")).display().to_string();
         // heap hands out separate allocations and declares no region: certified only as
         // unverified, on request.
@@ -360,7 +372,7 @@ fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = dir.join("memplex");
     std::fs::copy(env!("CARGO_BIN_EXE_memplex"), &exe).unwrap();
-    for name in ["heap", "slab", "hugepage"] {
+    for name in ["heap", "slab", "hugepage", "shm"] {
         let lib = format!("libmemplex_plugin_{name}.so");
         std::fs::copy(build_dir().join(&lib), dir.join(&lib)).unwrap();
     }
