@@ -306,3 +306,23 @@ fn a_plugin_built_against_the_previous_abi_loads_and_works() {
         0
     );
 }
+
+#[test]
+fn a_plugin_built_against_this_abi_loads_in_a_host_built_against_the_previous_one() {
+    // A 0.1.0 host (plugins/fixtures/abi-0.1.0/old-host) sees the root module a 0.1.1
+    // plugin still exports, passes its layout check and gets buffers from it.
+    let old_host = so("memplex_plugin_slab").with_file_name("memplex-fixture-old-host");
+    for name in ["slab", "shm", "hugepage"] {
+        let out = std::process::Command::new(&old_host)
+            .arg(so(&format!("memplex_plugin_{name}")))
+            .output()
+            .expect("the old-host fixture runs (built by `cargo xtask build`)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {text}");
+        assert!(
+            text.contains(&format!("ok: {name} 0.1.1 loaded by a 0.1.0 host")),
+            "{name}: {text}"
+        );
+    }
+}
