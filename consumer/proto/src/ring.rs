@@ -1,0 +1,348 @@
+//! Single-producer single-consumer rings over a channel's shared memory (AF_XDP style):
+//! free-running `u32` indexes, the producer index published with release ordering after
+//! the entries are written, the consumer index published with release ordering after
+//! they are read, and a need-wakeup flag so the writer makes a wake-up system call only
+//! when the reader sleeps.
+//!
+//! Each side keeps its own index privately and never reads it back from shared memory;
+//! the other side's index is read and checked (`0 <= producer - consumer <= entries`),
+//! so a peer that moves an index wildly is caught ([`Hostile`]), never followed.
+//!
+//! The one module of the protocol with `unsafe`: the rings live in memory mapped from a
+//! memfd, reached through raw pointers that stay valid as long as the [`ChannelMap`].
+#![allow(
+    unsafe_code,
+    reason = "shared-memory rings: atomics and entries in a mapped memfd"
+)]
+
+use crate::layout::{
+    check_channel, ChannelHeader, RingKind, CHANNEL_HEADER, CONSUMER_OFFSET, NEED_WAKEUP,
+};
+use memmap2::MmapMut;
+use std::fs::File;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// The other side moved an index outside what the ring allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hostile {
+    /// Our index.
+    pub ours: u32,
+    /// What the other side's index said.
+    pub theirs: u32,
+}
+
+impl std::fmt::Display for Hostile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the peer's ring index {} is {} entries from ours ({}), more than the ring holds",
+            self.theirs,
+            self.theirs.wrapping_sub(self.ours) as i32,
+            self.ours
+        )
+    }
+}
+
+/// One channel's memory, mapped shared and writable.
+pub struct ChannelMap {
+    map: MmapMut,
+    header: ChannelHeader,
+}
+
+impl std::fmt::Debug for ChannelMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChannelMap(queue {}, {} bytes)", self.header.queue, self.map.len())
+    }
+}
+
+impl ChannelMap {
+    /// The host's side: makes a memfd for a channel of queue `queue`, sealed against
+    /// resizing (a peer that could shrink it would fault the host), maps it and writes
+    /// the header. Returns the map and the descriptor to send.
+    pub fn create(queue: u32, completion: u32, refill: u32) -> std::io::Result<(ChannelMap, OwnedFd)> {
+        let (header, len) = crate::layout::channel(queue, completion, refill);
+        let fd = rustix::fs::memfd_create(
+            "memplex-channel",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )?;
+        let file = File::from(fd);
+        file.set_len(len as u64)?;
+        rustix::fs::fcntl_add_seals(
+            &file,
+            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW | rustix::fs::SealFlags::SEAL,
+        )?;
+        // SAFETY: the memfd was just made and sealed against shrinking and growing, so
+        // the mapping can never lose its pages under us, whatever the peer does with
+        // the descriptor; every access to it goes through this module.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file)? };
+        map[..size_of::<ChannelHeader>()].copy_from_slice(header.as_bytes());
+        Ok((ChannelMap { map, header }, file.into()))
+    }
+
+    /// The consumer's side: maps a channel the host sent, `len` bytes, and checks its
+    /// header.
+    pub fn open(fd: OwnedFd, len: usize) -> Result<ChannelMap, String> {
+        let file = File::from(fd);
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        if (size as usize) < len || len < CHANNEL_HEADER {
+            return Err(format!("channel memory of {size} bytes, {len} announced"));
+        }
+        // SAFETY: the host seals channel memfds against resizing before it sends them,
+        // and `len` is within the file's size (checked above), so the pages stay.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file) }
+            .map_err(|e| format!("mapping the channel: {e}"))?;
+        let header = ChannelHeader::read_from_prefix(&map[..])
+            .map_err(|_| "channel header".to_string())?
+            .0;
+        check_channel(&header, len)?;
+        Ok(ChannelMap { map, header })
+    }
+
+    /// The header as written at creation (the host's copy, or the consumer's checked
+    /// copy: later writes to shared memory do not change it).
+    pub fn header(&self) -> &ChannelHeader {
+        &self.header
+    }
+
+    /// The ring of `kind`.
+    pub fn ring(&self, kind: RingKind) -> Ring<'_> {
+        let d = self.header.rings[kind as usize - 1];
+        let base = self.map.as_ptr().wrapping_add(d.offset as usize).cast_mut();
+        // SAFETY: `check_channel` (consumer) or `layout::channel` (host) put every ring
+        // header and its entries inside the mapping, 64-byte aligned; the atomics are
+        // 4-byte aligned u32s that both sides only ever access atomically; the mapping
+        // outlives the returned ring (its lifetime is tied to `self`).
+        unsafe {
+            Ring {
+                producer: &*(base.cast::<AtomicU32>()),
+                flags: &*(base.add(4).cast::<AtomicU32>()),
+                consumer: &*(base.add(CONSUMER_OFFSET).cast::<AtomicU32>()),
+                entries: base.add(crate::layout::RING_HEADER),
+                size: d.entries,
+                entry_size: d.entry_size as usize,
+                _map: PhantomData,
+            }
+        }
+    }
+}
+
+/// A ring in a [`ChannelMap`].
+#[derive(Clone, Copy)]
+pub struct Ring<'a> {
+    producer: &'a AtomicU32,
+    flags: &'a AtomicU32,
+    consumer: &'a AtomicU32,
+    entries: *mut u8,
+    size: u32,
+    entry_size: usize,
+    _map: PhantomData<&'a ChannelMap>,
+}
+
+// SAFETY: a ring is a view of shared memory whose indexes are atomics; each side owns one
+// end (a `Producer` or a `Consumer`) and the protocol, not Rust aliasing, orders entry
+// accesses. Moving a view to another thread is what a worker does.
+unsafe impl Send for Ring<'_> {}
+
+impl Ring<'_> {
+    /// Entries it holds.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    fn slot(&self, index: u32) -> *mut u8 {
+        let at = (index & (self.size - 1)) as usize * self.entry_size;
+        self.entries.wrapping_add(at)
+    }
+}
+
+/// The writing end of a ring.
+pub struct Producer<'a> {
+    ring: Ring<'a>,
+    /// Our index: entries up to here are written (published or not).
+    prod: u32,
+    /// The consumer index last read.
+    cons: u32,
+}
+
+impl<'a> Producer<'a> {
+    /// The writing end of `ring`, starting from the index shared memory holds now (0 on
+    /// a fresh channel). Our index is never read back from shared memory after this.
+    pub fn new(ring: Ring<'a>) -> Self {
+        let prod = ring.producer.load(Ordering::Relaxed);
+        let cons = ring.consumer.load(Ordering::Acquire);
+        Producer { ring, prod, cons }
+    }
+
+    /// Entries free to write, after reading the consumer's index; [`Hostile`] when that
+    /// index says more was consumed than produced, or less than nothing is free.
+    pub fn free(&mut self) -> Result<u32, Hostile> {
+        let cons = self.ring.consumer.load(Ordering::Acquire);
+        let used = self.prod.wrapping_sub(cons);
+        if used > self.ring.size {
+            return Err(Hostile {
+                ours: self.prod,
+                theirs: cons,
+            });
+        }
+        self.cons = cons;
+        Ok(self.ring.size - used)
+    }
+
+    /// Entries written and published that the consumer has not taken (from the last
+    /// [`free`](Self::free)).
+    pub fn in_flight(&self) -> u32 {
+        self.prod.wrapping_sub(self.cons)
+    }
+
+    /// Writes entry `i` after our index (not yet published). `i` must be below what
+    /// [`free`](Self::free) said.
+    pub fn write<T: IntoBytes + Immutable>(&mut self, i: u32, entry: &T) {
+        let bytes = entry.as_bytes();
+        debug_assert!(bytes.len() <= self.ring.entry_size);
+        let slot = self.ring.slot(self.prod.wrapping_add(i));
+        // SAFETY: the slot is inside the ring (masked index times entry size), and
+        // `bytes` is no longer than an entry; the consumer does not read it before the
+        // release store in `publish`.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, bytes.len()) };
+    }
+
+    /// Makes `n` written entries visible to the consumer.
+    pub fn publish(&mut self, n: u32) {
+        self.prod = self.prod.wrapping_add(n);
+        self.ring.producer.store(self.prod, Ordering::Release);
+    }
+
+    /// True when the consumer asked to be woken: check after `publish`, and make one
+    /// wake-up system call if so.
+    pub fn needs_wakeup(&self) -> bool {
+        // Pairs with the consumer's fence between setting the flag and re-reading the
+        // producer index: one of the two sides sees the other's write.
+        fence(Ordering::SeqCst);
+        self.ring.flags.load(Ordering::Relaxed) & NEED_WAKEUP != 0
+    }
+}
+
+/// The reading end of a ring.
+pub struct Consumer<'a> {
+    ring: Ring<'a>,
+    /// Our index: entries before it are released.
+    cons: u32,
+}
+
+impl<'a> Consumer<'a> {
+    /// The reading end of `ring`, from the index shared memory holds now. Our index is
+    /// never read back from shared memory after this.
+    pub fn new(ring: Ring<'a>) -> Self {
+        let cons = ring.consumer.load(Ordering::Relaxed);
+        Consumer { ring, cons }
+    }
+
+    /// Entries ready to read, after reading the producer's index; [`Hostile`] when it
+    /// claims more than the ring holds.
+    pub fn available(&mut self) -> Result<u32, Hostile> {
+        let prod = self.ring.producer.load(Ordering::Acquire);
+        let n = prod.wrapping_sub(self.cons);
+        if n > self.ring.size {
+            return Err(Hostile {
+                ours: self.cons,
+                theirs: prod,
+            });
+        }
+        Ok(n)
+    }
+
+    /// A copy of entry `i` after our index; `i` must be below what
+    /// [`available`](Self::available) said.
+    pub fn read<T: FromBytes + IntoBytes>(&self, i: u32) -> T {
+        let slot = self.ring.slot(self.cons.wrapping_add(i));
+        let mut out = T::new_zeroed();
+        let dst = out.as_mut_bytes();
+        let n = dst.len().min(self.ring.entry_size);
+        // SAFETY: the slot is inside the ring and `n` bytes fit in an entry; the
+        // producer published it (acquire in `available`) and does not rewrite it before
+        // we release it. A hostile producer can only change bytes we copy, never where.
+        unsafe { std::ptr::copy_nonoverlapping(slot, dst.as_mut_ptr(), n) };
+        out
+    }
+
+    /// Gives `n` read entries back to the producer.
+    pub fn release(&mut self, n: u32) {
+        self.cons = self.cons.wrapping_add(n);
+        self.ring.consumer.store(self.cons, Ordering::Release);
+    }
+
+    /// Asks the producer for a wake-up before sleeping; then check
+    /// [`available`](Self::available) once more before the sleep itself.
+    pub fn want_wakeup(&self) {
+        self.ring.flags.fetch_or(NEED_WAKEUP, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Clears the wake-up request (when polling again).
+    pub fn no_wakeup(&self) {
+        self.ring.flags.fetch_and(!NEED_WAKEUP, Ordering::Relaxed);
+    }
+
+    /// The ring's size.
+    pub fn size(&self) -> u32 {
+        self.ring.size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{FrameEntry, RingKind};
+
+    #[test]
+    fn entries_cross_and_wild_indexes_are_caught() {
+        let (map, fd) = ChannelMap::create(0, 8, 16).unwrap();
+        let len = crate::layout::channel(0, 8, 16).1;
+        // The consumer's mapping of the same memfd.
+        let peer = ChannelMap::open(fd, len).unwrap();
+        let mut tx = Producer::new(map.ring(RingKind::Completion));
+        let mut rx = Consumer::new(peer.ring(RingKind::Completion));
+        assert_eq!(tx.free(), Ok(8));
+        for round in 0..5u64 {
+            for i in 0..8u32 {
+                let e = FrameEntry {
+                    seq: round * 8 + u64::from(i),
+                    ..Default::default()
+                };
+                tx.write(i, &e);
+            }
+            assert_eq!(rx.available(), Ok(0), "nothing before publish");
+            tx.publish(8);
+            assert_eq!(tx.free(), Ok(0));
+            assert_eq!(rx.available(), Ok(8));
+            for i in 0..8u32 {
+                assert_eq!(rx.read::<FrameEntry>(i).seq, round * 8 + u64::from(i));
+            }
+            rx.release(8);
+            assert_eq!(tx.free(), Ok(8));
+        }
+        // Need-wakeup: off until the reader asks.
+        assert!(!tx.needs_wakeup());
+        rx.want_wakeup();
+        assert!(tx.needs_wakeup());
+        rx.no_wakeup();
+        assert!(!tx.needs_wakeup());
+        // A consumer index moved past the producer's: hostile, caught.
+        let refill = peer.ring(RingKind::Refill);
+        let _ = refill;
+        peer.ring(RingKind::Completion)
+            .consumer
+            .store(tx.prod.wrapping_add(3), Ordering::Release);
+        assert!(tx.free().is_err());
+        // A producer index far ahead: hostile for the reader.
+        let mut host_rx = Consumer::new(map.ring(RingKind::Refill));
+        peer.ring(RingKind::Refill)
+            .producer
+            .store(1000, Ordering::Release);
+        let err = host_rx.available().unwrap_err();
+        assert!(err.to_string().contains("more than the ring holds"), "{err}");
+    }
+}
