@@ -289,7 +289,7 @@ pub fn check_channel(h: &ChannelHeader, len: usize) -> Result<(), String> {
         if r.entries != 0 && !r.entries.is_power_of_two() {
             return Err(format!("ring {i} has {} entries, not a power of two", r.entries));
         }
-        let end = r.offset as u128
+        let end = u128::from(r.offset)
             + RING_HEADER as u128
             + u128::from(r.entries) * u128::from(r.entry_size);
         if !r.offset.is_multiple_of(64) || end > len as u128 {
