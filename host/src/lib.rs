@@ -55,6 +55,7 @@
 
 pub mod config;
 pub mod conformance;
+pub mod deliver;
 pub mod device;
 mod mem;
 pub mod pool;

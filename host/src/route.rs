@@ -337,6 +337,13 @@ pub struct RouteConfig {
     pub frags: String,
     /// The provider of frag buffers after the first (default: `frags`).
     pub frags_rest: Option<String>,
+    /// The consumer process (`[consumers.NAME]`) the frames go to, in the providers'
+    /// memory; without it they go to the in-process sink.
+    pub deliver: Option<String>,
+    /// With `deliver`: copy frames whose memory cannot be shared into the ring (counted
+    /// as copies). Without it such a route is refused at start.
+    #[serde(default)]
+    pub copy: bool,
 }
 
 /// Where one route sends a frame's buffers, as indices into the provider list.
@@ -348,16 +355,22 @@ pub struct Route {
     pub frags: usize,
     /// Later frag buffers' provider.
     pub frags_rest: usize,
+    /// The consumer the frames go to, if any.
+    pub deliver: Option<u16>,
+    /// Copy frames into the ring where their memory cannot be shared.
+    pub copy: bool,
 }
 
-/// A route naming a provider that does not exist.
+/// A route naming a provider (or consumer) that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`route[{route}].{field}` names provider `{name}`, which is not defined; allowed: {}", known.join(", "))]
+#[error("`route[{route}].{field}` names {kind} `{name}`, which is not defined; allowed: {}", if known.is_empty() { "(none defined)".to_string() } else { known.join(", ") })]
 pub struct UnknownProvider {
     /// The rule's index.
     pub route: usize,
-    /// `head`, `frags` or `frags_rest`.
+    /// `head`, `frags`, `frags_rest` or `deliver`.
     pub field: &'static str,
+    /// `provider` or `consumer`.
+    pub kind: &'static str,
     /// The name given.
     pub name: String,
     /// The providers that exist.
@@ -371,9 +384,13 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The rules of `routes`, with provider names resolved against `providers` (whose
-    /// order gives the indexes).
-    pub fn new(routes: &[RouteConfig], providers: &[String]) -> Result<Self, UnknownProvider> {
+    /// The rules of `routes`, with provider and consumer names resolved against
+    /// `providers` and `consumers` (whose order gives the indexes).
+    pub fn new(
+        routes: &[RouteConfig],
+        providers: &[String],
+        consumers: &[String],
+    ) -> Result<Self, UnknownProvider> {
         let rules = routes
             .iter()
             .enumerate()
@@ -385,11 +402,28 @@ impl RouteTable {
                         .ok_or_else(|| UnknownProvider {
                             route: i,
                             field,
+                            kind: "provider",
                             name: name.to_string(),
                             known: providers.to_vec(),
                         })
                 };
                 let frags = id("frags", &r.frags)?;
+                let deliver = match &r.deliver {
+                    None => None,
+                    Some(name) => Some(
+                        consumers
+                            .iter()
+                            .position(|c| c == name)
+                            .map(|c| c as u16)
+                            .ok_or_else(|| UnknownProvider {
+                                route: i,
+                                field: "deliver",
+                                kind: "consumer",
+                                name: name.clone(),
+                                known: consumers.to_vec(),
+                            })?,
+                    ),
+                };
                 let route = Route {
                     head: id("head", &r.head)?,
                     frags,
@@ -397,6 +431,8 @@ impl RouteTable {
                         Some(n) => id("frags_rest", n)?,
                         None => frags,
                     },
+                    deliver,
+                    copy: r.copy,
                 };
                 Ok((r.matches.clone(), route))
             })
@@ -412,6 +448,12 @@ impl RouteTable {
             .enumerate()
             .find(|(_, (m, _))| m.matches(meta))
             .map(|(i, (_, r))| (i, *r))
+    }
+
+    /// Rule `i`'s route.
+    #[inline]
+    pub fn get(&self, i: usize) -> Route {
+        self.rules[i].1
     }
 
     /// How many rules there are.
@@ -480,11 +522,23 @@ mod tests {
             head: "hot".into(),
             frags: "cold".into(),
             frags_rest: None,
+            deliver: None,
+            copy: false,
         };
-        let e = RouteTable::new(&[route], &["hot".into()]).unwrap_err();
+        let e = RouteTable::new(std::slice::from_ref(&route), &["hot".into()], &[]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "`route[0].frags` names provider `cold`, which is not defined; allowed: hot"
+        );
+        let route = RouteConfig {
+            frags: "hot".into(),
+            deliver: Some("app".into()),
+            ..route
+        };
+        let e = RouteTable::new(&[route], &["hot".into()], &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`route[0].deliver` names consumer `app`, which is not defined; allowed: (none defined)"
         );
     }
 }

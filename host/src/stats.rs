@@ -161,10 +161,26 @@ pub enum DropReason {
     Dry,
     /// A provider (and its fallback) faulted or is quarantined.
     Fault,
+    /// The consumer's completion ring was full (after the wait, with `policy = "wait"`).
+    ConsumerFull,
+    /// The route delivers to a consumer and none was connected.
+    NoConsumer,
+    /// The consumer session already held its quota of buffers.
+    ConsumerQuota,
+    /// Delivered to a consumer that went away before reading it.
+    ConsumerGone,
 }
 
 impl Reason for DropReason {
-    const NAMES: &'static [&'static str] = &["no_route", "dry", "fault"];
+    const NAMES: &'static [&'static str] = &[
+        "no_route",
+        "dry",
+        "fault",
+        "consumer_full",
+        "no_consumer",
+        "consumer_quota",
+        "consumer_gone",
+    ];
     #[inline]
     fn index(self) -> usize {
         self as usize
@@ -197,6 +213,11 @@ impl<K: Reason> Tally<K> {
     #[inline]
     pub fn add(&mut self, reason: K) {
         self.counts[reason.index()] += 1;
+    }
+
+    /// Counts `n`.
+    pub fn add_n(&mut self, reason: K, n: u64) {
+        self.counts[reason.index()] += n;
     }
 
     /// The count for `reason`.
@@ -283,6 +304,80 @@ impl AddAssign<&ProviderStats> for ProviderStats {
     }
 }
 
+/// Why a consumer session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disconnect {
+    /// It said goodbye, or closed its socket (a killed process does this too).
+    Left,
+    /// It gave back a stale, foreign or forged buffer token.
+    BadToken,
+    /// It moved a ring index outside what the ring allows.
+    BadIndex,
+    /// It sent a message the host could not parse, or stopped reading its socket.
+    BadMessage,
+    /// The host stopped.
+    Shutdown,
+}
+
+impl Reason for Disconnect {
+    const NAMES: &'static [&'static str] =
+        &["left", "bad_token", "bad_index", "bad_message", "shutdown"];
+    #[inline]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+counters! {
+    /// One consumer's delivery counters on one queue.
+    pub struct DeliveryCounters {
+        /// Frames delivered into the consumer's completion ring.
+        frames,
+        /// Bytes of those frames.
+        bytes,
+        /// Frames whose bytes were copied into the ring (`copy = true`).
+        copied,
+        /// Buffers lent to the consumer and not yet given back.
+        lent: gauge,
+        /// Buffers the consumer gave back through its refill ring.
+        returned,
+        /// Buffers taken back from sessions that ended.
+        reclaimed,
+        /// Frames delivered that the consumer never read before its session ended
+        /// (also counted as dropped, `consumer_gone`).
+        gone,
+        /// Times a frame found the completion ring full.
+        ring_full,
+        /// Wake-up system calls made (eventfd writes; at most one per batch).
+        wakeups,
+        /// Sessions connected now.
+        sessions: gauge,
+        /// Sessions started.
+        sessions_started,
+        /// Region announcements sent.
+        regions_sent,
+    }
+}
+
+/// One consumer's figures on one queue.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsumerStats {
+    /// The consumer's name in the config.
+    pub name: String,
+    /// Its counters.
+    #[serde(flatten)]
+    pub counters: DeliveryCounters,
+    /// Sessions ended, by reason.
+    pub disconnects: Tally<Disconnect>,
+}
+
+impl AddAssign<&ConsumerStats> for ConsumerStats {
+    fn add_assign(&mut self, other: &ConsumerStats) {
+        self.counters += other.counters;
+        self.disconnects += other.disconnects;
+    }
+}
+
 /// One queue's figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -304,6 +399,8 @@ pub struct QueueStats {
     pub providers: Vec<ProviderStats>,
     /// The sink's counters.
     pub sink: SinkCounters,
+    /// Per consumer, in config order.
+    pub consumers: Vec<ConsumerStats>,
     /// The device's counters.
     pub device: DeviceStats,
 }
@@ -318,6 +415,7 @@ impl AddAssign<&QueueStats> for QueueStats {
         add_each(&mut self.routes, &q.routes, |a, b| *a += *b);
         add_each(&mut self.providers, &q.providers, |a, b| *a += b);
         self.sink += q.sink;
+        add_each(&mut self.consumers, &q.consumers, |a, b| *a += b);
         self.device += q.device;
     }
 }
@@ -436,6 +534,21 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
             out.all("provider", checks, p.checks.values(), &l);
         }
         out.all("sink", SinkCounters::FIELDS, q.sink.values(), &queue());
+        for c in &q.consumers {
+            let l = with("consumer", c.name.clone());
+            out.all(
+                "consumer",
+                DeliveryCounters::FIELDS,
+                c.counters.values(),
+                &l,
+            );
+            for (reason, n) in c.disconnects.iter() {
+                let mut l = l.clone();
+                l.push(("reason", reason.into()));
+                let help = "Consumer sessions ended, by reason.";
+                out.counter("consumer_disconnects", help, l, n);
+            }
+        }
         out.all("device", DeviceStats::FIELDS, q.device.values(), &queue());
     }
     out.0

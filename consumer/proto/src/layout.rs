@@ -107,7 +107,9 @@ pub const P_HEAD: u32 = 1;
 
 /// One buffer of a frame: where its bytes are, and the token that gives it back.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Part {
     /// Give it back by writing this to the refill ring. 0 never names a buffer.
     pub token: u64,
@@ -287,13 +289,19 @@ pub fn check_channel(h: &ChannelHeader, len: usize) -> Result<(), String> {
             return Err(format!("ring {i} has kind {}, not {want}", r.kind));
         }
         if r.entries != 0 && !r.entries.is_power_of_two() {
-            return Err(format!("ring {i} has {} entries, not a power of two", r.entries));
+            return Err(format!(
+                "ring {i} has {} entries, not a power of two",
+                r.entries
+            ));
         }
         let end = u128::from(r.offset)
             + RING_HEADER as u128
             + u128::from(r.entries) * u128::from(r.entry_size);
         if !r.offset.is_multiple_of(64) || end > len as u128 {
-            return Err(format!("ring {i} at {} does not fit in {len} bytes", r.offset));
+            return Err(format!(
+                "ring {i} at {} does not fit in {len} bytes",
+                r.offset
+            ));
         }
     }
     Ok(())
@@ -318,9 +326,13 @@ mod tests {
         assert_eq!(entries_for(1, 200), 3);
         let (h, len) = channel(1, 1024, 2048);
         assert_eq!(check_channel(&h, len), Ok(()));
-        assert!(check_channel(&h, len - 4096).unwrap_err().contains("does not fit"));
+        assert!(check_channel(&h, len - 4096)
+            .unwrap_err()
+            .contains("does not fit"));
         let mut bad = h;
         bad.rings[1].entries = 1000;
-        assert!(check_channel(&bad, len).unwrap_err().contains("power of two"));
+        assert!(check_channel(&bad, len)
+            .unwrap_err()
+            .contains("power of two"));
     }
 }

@@ -191,15 +191,85 @@ pub fn decode(bytes: &[u8]) -> Result<(Kind, &[u8]), String> {
 
 /// The body of a message of kind `T`, or why not.
 pub fn body<T: FromBytes>(bytes: &[u8]) -> Result<T, String> {
-    T::read_from_prefix(bytes)
-        .map(|(t, _)| t)
-        .map_err(|_| {
-            format!(
-                "a body of {} bytes, shorter than the {} its kind needs",
-                bytes.len(),
-                size_of::<T>()
-            )
-        })
+    T::read_from_prefix(bytes).map(|(t, _)| t).map_err(|_| {
+        format!(
+            "a body of {} bytes, shorter than the {} its kind needs",
+            bytes.len(),
+            size_of::<T>()
+        )
+    })
+}
+
+/// The most descriptors one message carries.
+pub const MAX_FDS: usize = 4;
+
+/// The longest message, in bytes.
+pub const MAX_MSG: usize = 512;
+
+/// Sends one message of `kind` with `fds` (at most [`MAX_FDS`]) on a SOCK_SEQPACKET
+/// socket.
+pub fn send<T: IntoBytes + Immutable>(
+    sock: impl std::os::fd::AsFd,
+    kind: Kind,
+    body: &T,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    assert!(fds.len() <= MAX_FDS);
+    let bytes = encode(kind, body);
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other(
+            "descriptors do not fit the control buffer",
+        ));
+    }
+    let n = rustix::net::sendmsg(
+        sock,
+        &[std::io::IoSlice::new(&bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    if n != bytes.len() {
+        return Err(std::io::Error::other(format!(
+            "sent {n} of {} bytes of a message",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Receives one message into `buf`: its length and the descriptors that came with it
+/// (closed when dropped). `Ok(None)` when the peer closed the socket.
+pub fn recv(
+    sock: impl std::os::fd::AsFd,
+    buf: &mut [u8; MAX_MSG],
+    flags: rustix::net::RecvFlags,
+) -> std::io::Result<Option<(usize, Vec<std::os::fd::OwnedFd>)>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(buf)],
+        &mut control,
+        flags | rustix::net::RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+        return Err(std::io::Error::other(
+            "a message longer than any the protocol has",
+        ));
+    }
+    Ok(Some((msg.bytes, fds)))
 }
 
 #[cfg(test)]
@@ -219,12 +289,16 @@ mod tests {
         assert_eq!(kind, Kind::Hello);
         let back: Hello = body(b).unwrap();
         assert_eq!(text(&back.name), "tcp");
-        assert!(decode(&bytes[..4]).unwrap_err().contains("shorter than a header"));
+        assert!(decode(&bytes[..4])
+            .unwrap_err()
+            .contains("shorter than a header"));
         let mut bad = bytes.clone();
         bad[4] = 99;
         assert!(decode(&bad).unwrap_err().contains("unknown kind 99"));
         bad[0] = 0;
         assert!(decode(&bad).unwrap_err().contains("bad magic"));
-        assert!(body::<Hello>(&b[..10]).unwrap_err().contains("shorter than the 72"));
+        assert!(body::<Hello>(&b[..10])
+            .unwrap_err()
+            .contains("shorter than the 72"));
     }
 }

@@ -20,9 +20,9 @@ use crate::layout::{
 };
 use memmap2::MmapMut;
 use std::fs::File;
-use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// The other side moved an index outside what the ring allows.
@@ -54,7 +54,12 @@ pub struct ChannelMap {
 
 impl std::fmt::Debug for ChannelMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ChannelMap(queue {}, {} bytes)", self.header.queue, self.map.len())
+        write!(
+            f,
+            "ChannelMap(queue {}, {} bytes)",
+            self.header.queue,
+            self.map.len()
+        )
     }
 }
 
@@ -62,7 +67,11 @@ impl ChannelMap {
     /// The host's side: makes a memfd for a channel of queue `queue`, sealed against
     /// resizing (a peer that could shrink it would fault the host), maps it and writes
     /// the header. Returns the map and the descriptor to send.
-    pub fn create(queue: u32, completion: u32, refill: u32) -> std::io::Result<(ChannelMap, OwnedFd)> {
+    pub fn create(
+        queue: u32,
+        completion: u32,
+        refill: u32,
+    ) -> std::io::Result<(ChannelMap, OwnedFd)> {
         let (header, len) = crate::layout::channel(queue, completion, refill);
         let fd = rustix::fs::memfd_create(
             "memplex-channel",
@@ -72,7 +81,9 @@ impl ChannelMap {
         file.set_len(len as u64)?;
         rustix::fs::fcntl_add_seals(
             &file,
-            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW | rustix::fs::SealFlags::SEAL,
+            rustix::fs::SealFlags::SHRINK
+                | rustix::fs::SealFlags::GROW
+                | rustix::fs::SealFlags::SEAL,
         )?;
         // SAFETY: the memfd was just made and sealed against shrinking and growing, so
         // the mapping can never lose its pages under us, whatever the peer does with
@@ -107,46 +118,62 @@ impl ChannelMap {
         &self.header
     }
 
-    /// The ring of `kind`.
-    pub fn ring(&self, kind: RingKind) -> Ring<'_> {
+    /// The ring of `kind`; it keeps the mapping alive.
+    pub fn ring(self: &Arc<Self>, kind: RingKind) -> Ring {
         let d = self.header.rings[kind as usize - 1];
         let base = self.map.as_ptr().wrapping_add(d.offset as usize).cast_mut();
         // SAFETY: `check_channel` (consumer) or `layout::channel` (host) put every ring
         // header and its entries inside the mapping, 64-byte aligned; the atomics are
-        // 4-byte aligned u32s that both sides only ever access atomically; the mapping
-        // outlives the returned ring (its lifetime is tied to `self`).
+        // 4-byte aligned u32s that both sides only ever access atomically; the ring
+        // holds an `Arc` of the mapping, so the pointers stay valid as long as it does.
         unsafe {
             Ring {
-                producer: &*(base.cast::<AtomicU32>()),
-                flags: &*(base.add(4).cast::<AtomicU32>()),
-                consumer: &*(base.add(CONSUMER_OFFSET).cast::<AtomicU32>()),
+                producer: base.cast::<AtomicU32>(),
+                flags: base.add(4).cast::<AtomicU32>(),
+                consumer: base.add(CONSUMER_OFFSET).cast::<AtomicU32>(),
                 entries: base.add(crate::layout::RING_HEADER),
                 size: d.entries,
                 entry_size: d.entry_size as usize,
-                _map: PhantomData,
+                _map: Arc::clone(self),
             }
         }
     }
 }
 
-/// A ring in a [`ChannelMap`].
-#[derive(Clone, Copy)]
-pub struct Ring<'a> {
-    producer: &'a AtomicU32,
-    flags: &'a AtomicU32,
-    consumer: &'a AtomicU32,
+/// A ring in a [`ChannelMap`], holding the mapping alive.
+#[derive(Clone)]
+pub struct Ring {
+    producer: *const AtomicU32,
+    flags: *const AtomicU32,
+    consumer: *const AtomicU32,
     entries: *mut u8,
     size: u32,
     entry_size: usize,
-    _map: PhantomData<&'a ChannelMap>,
+    _map: Arc<ChannelMap>,
 }
 
-// SAFETY: a ring is a view of shared memory whose indexes are atomics; each side owns one
-// end (a `Producer` or a `Consumer`) and the protocol, not Rust aliasing, orders entry
-// accesses. Moving a view to another thread is what a worker does.
-unsafe impl Send for Ring<'_> {}
+// SAFETY: a ring is a view of shared memory (kept mapped by its `Arc`) whose indexes are
+// atomics; each side owns one end (a `Producer` or a `Consumer`) and the protocol, not
+// Rust aliasing, orders entry accesses. Moving a view to another thread is what a
+// worker does.
+unsafe impl Send for Ring {}
 
-impl Ring<'_> {
+impl Ring {
+    fn producer(&self) -> &AtomicU32 {
+        // SAFETY: points into the mapping `_map` keeps alive, aligned (see `ring`).
+        unsafe { &*self.producer }
+    }
+
+    fn flags(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { &*self.flags }
+    }
+
+    fn consumer(&self) -> &AtomicU32 {
+        // SAFETY: as for `producer`.
+        unsafe { &*self.consumer }
+    }
+
     /// Entries it holds.
     pub fn size(&self) -> u32 {
         self.size
@@ -159,27 +186,27 @@ impl Ring<'_> {
 }
 
 /// The writing end of a ring.
-pub struct Producer<'a> {
-    ring: Ring<'a>,
+pub struct Producer {
+    ring: Ring,
     /// Our index: entries up to here are written (published or not).
     prod: u32,
     /// The consumer index last read.
     cons: u32,
 }
 
-impl<'a> Producer<'a> {
+impl Producer {
     /// The writing end of `ring`, starting from the index shared memory holds now (0 on
     /// a fresh channel). Our index is never read back from shared memory after this.
-    pub fn new(ring: Ring<'a>) -> Self {
-        let prod = ring.producer.load(Ordering::Relaxed);
-        let cons = ring.consumer.load(Ordering::Acquire);
+    pub fn new(ring: Ring) -> Self {
+        let prod = ring.producer().load(Ordering::Relaxed);
+        let cons = ring.consumer().load(Ordering::Acquire);
         Producer { ring, prod, cons }
     }
 
     /// Entries free to write, after reading the consumer's index; [`Hostile`] when that
     /// index says more was consumed than produced, or less than nothing is free.
     pub fn free(&mut self) -> Result<u32, Hostile> {
-        let cons = self.ring.consumer.load(Ordering::Acquire);
+        let cons = self.ring.consumer().load(Ordering::Acquire);
         let used = self.prod.wrapping_sub(cons);
         if used > self.ring.size {
             return Err(Hostile {
@@ -189,6 +216,16 @@ impl<'a> Producer<'a> {
         }
         self.cons = cons;
         Ok(self.ring.size - used)
+    }
+
+    /// Our index: where the next unpublished entry goes.
+    pub fn position(&self) -> u32 {
+        self.prod
+    }
+
+    /// The ring's size.
+    pub fn size(&self) -> u32 {
+        self.ring.size
     }
 
     /// Entries written and published that the consumer has not taken (from the last
@@ -212,7 +249,7 @@ impl<'a> Producer<'a> {
     /// Makes `n` written entries visible to the consumer.
     pub fn publish(&mut self, n: u32) {
         self.prod = self.prod.wrapping_add(n);
-        self.ring.producer.store(self.prod, Ordering::Release);
+        self.ring.producer().store(self.prod, Ordering::Release);
     }
 
     /// True when the consumer asked to be woken: check after `publish`, and make one
@@ -221,29 +258,29 @@ impl<'a> Producer<'a> {
         // Pairs with the consumer's fence between setting the flag and re-reading the
         // producer index: one of the two sides sees the other's write.
         fence(Ordering::SeqCst);
-        self.ring.flags.load(Ordering::Relaxed) & NEED_WAKEUP != 0
+        self.ring.flags().load(Ordering::Relaxed) & NEED_WAKEUP != 0
     }
 }
 
 /// The reading end of a ring.
-pub struct Consumer<'a> {
-    ring: Ring<'a>,
+pub struct Consumer {
+    ring: Ring,
     /// Our index: entries before it are released.
     cons: u32,
 }
 
-impl<'a> Consumer<'a> {
+impl Consumer {
     /// The reading end of `ring`, from the index shared memory holds now. Our index is
     /// never read back from shared memory after this.
-    pub fn new(ring: Ring<'a>) -> Self {
-        let cons = ring.consumer.load(Ordering::Relaxed);
+    pub fn new(ring: Ring) -> Self {
+        let cons = ring.consumer().load(Ordering::Relaxed);
         Consumer { ring, cons }
     }
 
     /// Entries ready to read, after reading the producer's index; [`Hostile`] when it
     /// claims more than the ring holds.
     pub fn available(&mut self) -> Result<u32, Hostile> {
-        let prod = self.ring.producer.load(Ordering::Acquire);
+        let prod = self.ring.producer().load(Ordering::Acquire);
         let n = prod.wrapping_sub(self.cons);
         if n > self.ring.size {
             return Err(Hostile {
@@ -271,19 +308,19 @@ impl<'a> Consumer<'a> {
     /// Gives `n` read entries back to the producer.
     pub fn release(&mut self, n: u32) {
         self.cons = self.cons.wrapping_add(n);
-        self.ring.consumer.store(self.cons, Ordering::Release);
+        self.ring.consumer().store(self.cons, Ordering::Release);
     }
 
     /// Asks the producer for a wake-up before sleeping; then check
     /// [`available`](Self::available) once more before the sleep itself.
     pub fn want_wakeup(&self) {
-        self.ring.flags.fetch_or(NEED_WAKEUP, Ordering::Relaxed);
+        self.ring.flags().fetch_or(NEED_WAKEUP, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
 
     /// Clears the wake-up request (when polling again).
     pub fn no_wakeup(&self) {
-        self.ring.flags.fetch_and(!NEED_WAKEUP, Ordering::Relaxed);
+        self.ring.flags().fetch_and(!NEED_WAKEUP, Ordering::Relaxed);
     }
 
     /// The ring's size.
@@ -300,9 +337,10 @@ mod tests {
     #[test]
     fn entries_cross_and_wild_indexes_are_caught() {
         let (map, fd) = ChannelMap::create(0, 8, 16).unwrap();
+        let map = Arc::new(map);
         let len = crate::layout::channel(0, 8, 16).1;
         // The consumer's mapping of the same memfd.
-        let peer = ChannelMap::open(fd, len).unwrap();
+        let peer = Arc::new(ChannelMap::open(fd, len).unwrap());
         let mut tx = Producer::new(map.ring(RingKind::Completion));
         let mut rx = Consumer::new(peer.ring(RingKind::Completion));
         assert_eq!(tx.free(), Ok(8));
@@ -331,18 +369,19 @@ mod tests {
         rx.no_wakeup();
         assert!(!tx.needs_wakeup());
         // A consumer index moved past the producer's: hostile, caught.
-        let refill = peer.ring(RingKind::Refill);
-        let _ = refill;
         peer.ring(RingKind::Completion)
-            .consumer
+            .consumer()
             .store(tx.prod.wrapping_add(3), Ordering::Release);
         assert!(tx.free().is_err());
         // A producer index far ahead: hostile for the reader.
         let mut host_rx = Consumer::new(map.ring(RingKind::Refill));
         peer.ring(RingKind::Refill)
-            .producer
+            .producer()
             .store(1000, Ordering::Release);
         let err = host_rx.available().unwrap_err();
-        assert!(err.to_string().contains("more than the ring holds"), "{err}");
+        assert!(
+            err.to_string().contains("more than the ring holds"),
+            "{err}"
+        );
     }
 }

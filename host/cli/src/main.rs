@@ -22,6 +22,7 @@ use std::path::PathBuf;
 mod bare;
 mod bench;
 mod compare;
+mod consume;
 mod demo;
 mod metrics;
 mod providers;
@@ -86,6 +87,9 @@ enum Command {
     /// Compare configs or providers on the same traffic: interleaved rounds, medians,
     /// ratios against a baseline and a bare read loop; a table, Markdown, JSON, SVG.
     Bench(bench::BenchArgs),
+    /// Receive frames from a running memplex in this process, without a copy: count,
+    /// verify or write them (the reference consumer; see `[consumers.NAME]`).
+    Consume(consume::ConsumeArgs),
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -171,7 +175,7 @@ pub(crate) fn seconds(s: &str) -> Result<f64, String> {
 }
 
 /// As [`seconds`], where 0 means "until Ctrl-C".
-fn seconds_or_zero(s: &str) -> Result<f64, String> {
+pub(crate) fn seconds_or_zero(s: &str) -> Result<f64, String> {
     if s.trim().parse::<f64>() == Ok(0.0) {
         return Ok(0.0);
     }
@@ -275,6 +279,7 @@ fn run(cli: Cli) -> Result<i32> {
             cmd: ConfigCmd::Check { file },
         } => run::check(&path, &file),
         Command::Bench(args) => bench::bench(&path, &args),
+        Command::Consume(args) => consume::consume(&args),
     }
 }
 

@@ -340,6 +340,101 @@ pub struct Config {
     /// Workers, consumer, stats.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// Consumer processes that routes deliver to (`deliver = "NAME"`).
+    #[serde(default)]
+    pub consumers: BTreeMap<String, ConsumerConfig>,
+}
+
+/// What the worker does when a consumer's ring is full or no consumer is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    /// Drop the frame, counted by reason (`consumer_full`, `no_consumer`).
+    #[default]
+    Drop,
+    /// Wait up to `wait_ms` (stalling only this queue), then drop.
+    Wait,
+}
+
+/// How the host offers to wake a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeMode {
+    /// An eventfd per queue, written once per batch when the consumer asked for it.
+    #[default]
+    Eventfd,
+    /// No eventfds: consumers poll their rings.
+    BusyPoll,
+}
+
+/// `[consumers.NAME]`: a consumer process reached through a Unix socket.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The SOCK_SEQPACKET socket memplex listens on (made with mode 0600, or 0660 /
+    /// 0666 when the allow-lists name other groups / users).
+    pub socket: PathBuf,
+    /// Completion ring entries per queue and session (a power of two, 64 to 65536).
+    #[serde(default = "ring_entries", deserialize_with = "whole")]
+    pub ring_entries: u32,
+    /// Refill ring entries per queue and session (a power of two; default twice
+    /// `ring_entries`).
+    #[serde(default, deserialize_with = "whole_opt")]
+    pub refill_entries: Option<u32>,
+    /// Buffers a session may hold per queue (default `ring_entries`): a consumer that
+    /// sits on its buffers cannot drain a provider other routes share.
+    #[serde(default, deserialize_with = "whole_opt")]
+    pub quota: Option<u32>,
+    /// Heads up to this many bytes go inline in the ring when the head provider's
+    /// memory cannot be shared (0 to 4096, default 256).
+    #[serde(default = "inline_head", deserialize_with = "whole")]
+    pub inline_head: u32,
+    /// Put a CRC-32C of each frame in its entry, for consumers that verify.
+    #[serde(default)]
+    pub checksum: bool,
+    /// `eventfd` (default) or `busy_poll`.
+    #[serde(default)]
+    pub wake: WakeMode,
+    /// `drop` (default) or `wait` when the ring is full or nobody is connected.
+    #[serde(default)]
+    pub policy: DeliverPolicy,
+    /// With `policy = "wait"`: how long a queue may stall, in ms (1 to 60000).
+    #[serde(default = "consumer_wait_ms", deserialize_with = "whole")]
+    pub wait_ms: u64,
+    /// Sessions at once (several share the route's flows by flow hash; default 4).
+    #[serde(default = "max_sessions", deserialize_with = "whole")]
+    pub max_sessions: u32,
+    /// User ids allowed to connect (SO_PEERCRED); default: memplex's own.
+    #[serde(default)]
+    pub allow_uids: Vec<u32>,
+    /// Group ids allowed to connect.
+    #[serde(default)]
+    pub allow_gids: Vec<u32>,
+}
+
+fn ring_entries() -> u32 {
+    4096
+}
+fn inline_head() -> u32 {
+    256
+}
+fn consumer_wait_ms() -> u64 {
+    10
+}
+fn max_sessions() -> u32 {
+    4
+}
+
+impl ConsumerConfig {
+    /// Refill ring entries.
+    pub fn refill(&self) -> u32 {
+        self.refill_entries.unwrap_or(self.ring_entries * 2)
+    }
+
+    /// Buffers a session may hold per queue.
+    pub fn quota(&self) -> u32 {
+        self.quota.unwrap_or(self.ring_entries)
+    }
 }
 
 impl Config {
@@ -419,6 +514,7 @@ impl Config {
             for p in [&mut cfg.device.path, &mut cfg.runtime.sink_path]
                 .into_iter()
                 .flatten()
+                .chain(cfg.consumers.values_mut().map(|c| &mut c.socket))
             {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -590,13 +686,84 @@ impl Config {
             ));
         }
         let names: Vec<String> = self.providers.keys().cloned().collect();
-        crate::route::RouteTable::new(&self.routes, &names).map_err(|e| {
+        let consumers: Vec<String> = self.consumers.keys().cloned().collect();
+        crate::route::RouteTable::new(&self.routes, &names, &consumers).map_err(|e| {
             invalid(
                 format!("route[{}].{}", e.route, e.field),
-                format!("names provider `{}`, which is not defined", e.name),
-                e.known.join(", "),
+                format!("names {} `{}`, which is not defined", e.kind, e.name),
+                if e.known.is_empty() {
+                    format!("a [{}s.NAME] table to name", e.kind)
+                } else {
+                    e.known.join(", ")
+                },
             )
         })?;
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.copy && r.deliver.is_none() {
+                return Err(invalid(
+                    format!("route[{i}].copy"),
+                    "is set on a route that delivers to no consumer".into(),
+                    "copy = true only with deliver = \"NAME\"".into(),
+                ));
+            }
+        }
+        for (name, c) in &self.consumers {
+            let key = |k: &str| format!("consumers.{name}.{k}");
+            let ring_ok = |n: u32| (64..=65536).contains(&n) && n.is_power_of_two();
+            if !ring_ok(c.ring_entries) {
+                return Err(invalid(
+                    key("ring_entries"),
+                    format!("is {}", c.ring_entries),
+                    "a power of two from 64 to 65536".into(),
+                ));
+            }
+            if !ring_ok(c.refill()) {
+                return Err(invalid(
+                    key("refill_entries"),
+                    format!("is {}", c.refill()),
+                    "a power of two from 64 to 65536".into(),
+                ));
+            }
+            if c.quota() == 0 || c.quota() > c.refill() {
+                return Err(invalid(
+                    key("quota"),
+                    format!(
+                        "is {}, but every buffer held must fit in the refill ring of {}",
+                        c.quota(),
+                        c.refill()
+                    ),
+                    format!("1 to refill_entries ({})", c.refill()),
+                ));
+            }
+            if c.inline_head > 4096 {
+                return Err(invalid(
+                    key("inline_head"),
+                    format!("is {}", c.inline_head),
+                    "0 to 4096 bytes".into(),
+                ));
+            }
+            if c.wait_ms == 0 || c.wait_ms > 60_000 {
+                return Err(invalid(
+                    key("wait_ms"),
+                    format!("is {}", c.wait_ms),
+                    "1 to 60000 ms".into(),
+                ));
+            }
+            if c.max_sessions == 0 || c.max_sessions > 64 {
+                return Err(invalid(
+                    key("max_sessions"),
+                    format!("is {}", c.max_sessions),
+                    "1 to 64".into(),
+                ));
+            }
+            if c.socket.as_os_str().len() > 100 {
+                return Err(invalid(
+                    key("socket"),
+                    format!("is {} bytes long", c.socket.as_os_str().len()),
+                    "a path of at most 100 bytes (a Unix socket address)".into(),
+                ));
+            }
+        }
         if self.split.mode == SplitMode::Fixed && self.split.fixed_offset == 0 {
             return Err(invalid(
                 "split.fixed_offset".into(),

@@ -69,7 +69,8 @@ impl Engine {
             .values()
             .map(|p| p.fallback.as_ref().and_then(|f| index.get(f).copied()))
             .collect();
-        let routes = RouteTable::new(&config.routes, &names)?;
+        let consumers: Vec<String> = config.consumers.keys().cloned().collect();
+        let routes = RouteTable::new(&config.routes, &names, &consumers)?;
         Ok(Engine {
             config,
             plugins,
@@ -95,6 +96,7 @@ impl Engine {
     /// would.
     pub fn check(&self) -> Result<(), RunError> {
         let pools = self.pools_for(0)?;
+        let deliverable = self.deliverable(&pools);
         for pool in pools {
             pool.shutdown(Duration::from_millis(10));
         }
@@ -103,7 +105,84 @@ impl Engine {
         {
             device::pcap::read_frames(path)?;
         }
+        deliverable
+    }
+
+    /// The consumers, in config order (the index routes use).
+    fn consumers(&self) -> Vec<(String, crate::config::ConsumerConfig)> {
+        self.config
+            .consumers
+            .iter()
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Checks every delivering route against the instances of one queue: the frags'
+    /// memory must be shareable (or the route says `copy = true`), a head whose memory is
+    /// not must fit inline, and a consumer holding its whole quota must leave the
+    /// provider buffers for everyone else.
+    fn deliverable(&self, pools: &[Pool]) -> Result<(), RunError> {
+        let consumers = self.consumers();
+        for (i, r) in self.config.routes.iter().enumerate() {
+            let Some(name) = &r.deliver else { continue };
+            let Some((_, c)) = consumers.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let err = |problem: String| RunError::NotDeliverable {
+                route: i,
+                consumer: name.clone(),
+                problem,
+            };
+            let index = |p: &str| self.names.iter().position(|n| n == p).unwrap_or(0);
+            let frag_names = [Some(&r.frags), r.frags_rest.as_ref()];
+            for p in frag_names.into_iter().flatten() {
+                let pool = &pools[index(p)];
+                if let (Some(why), false) = (pool.provider().not_exportable(), r.copy) {
+                    return Err(err(format!(
+                        "its frags provider `{p}` cannot share its memory: {why}. Use a provider whose memory can be shared (slab, hugepage, shm), or set copy = true to copy such frames into the ring (counted as copies)"
+                    )));
+                }
+            }
+            let head = &pools[index(&r.head)];
+            let head_size = self.config.providers[&r.head].buf_size;
+            if head.provider().not_exportable().is_some() && head_size > c.inline_head && !r.copy {
+                return Err(err(format!(
+                    "its head provider `{}` cannot share its memory and its {head_size}-byte heads do not fit inline (consumers.{name}.inline_head = {}); raise inline_head or use a provider that can share",
+                    r.head, c.inline_head
+                )));
+            }
+            // Buffers a consumer can hold: those of providers whose memory is lent (an
+            // inline head is copied and its buffer recycled at once).
+            for p in [Some(&r.head), Some(&r.frags), r.frags_rest.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let pool = &pools[index(p)];
+                if pool.provider().not_exportable().is_some() {
+                    continue;
+                }
+                let capacity = pool.provider().info().capacity;
+                let cached = self.config.providers[p].pool_size;
+                let quota = c.quota() * c.max_sessions;
+                if u64::from(quota) + u64::from(cached) >= u64::from(capacity) {
+                    return Err(err(format!(
+                        "provider `{p}` has {capacity} buffers per queue, and {} sessions holding their quota of {} (consumers.{name}.quota) plus its pool's cache of {cached} could take them all; raise the provider's buffers or lower the quota or max_sessions",
+                        c.max_sessions,
+                        c.quota()
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// What consumers may be told about each pool's memory.
+    fn pool_memory(&self, pools: &[Pool]) -> Vec<crate::deliver::PoolMemory> {
+        pools
+            .iter()
+            .zip(self.names.iter())
+            .map(|(pool, name)| crate::deliver::PoolMemory::of(pool.provider(), name))
+            .collect()
     }
 
     /// Opens the configured device's queues (see [`device::open`]).
@@ -145,8 +224,26 @@ impl Engine {
         Ok(pools)
     }
 
-    fn worker(&self, queue: u16, name: String, sink: Box<dyn Sink>) -> Result<Worker, RunError> {
+    fn worker(
+        &self,
+        queue: u16,
+        name: String,
+        sink: Box<dyn Sink>,
+        inbox: Option<Arc<crate::deliver::Inbox>>,
+    ) -> Result<Worker, RunError> {
         let pools = self.pools_for(queue)?;
+        let delivery = match inbox {
+            Some(inbox) => {
+                self.deliverable(&pools)?;
+                Some(crate::deliver::QueueDelivery::new(
+                    queue,
+                    inbox,
+                    &self.consumers(),
+                    self.pool_memory(&pools),
+                ))
+            }
+            None => None,
+        };
         let s = &self.config.split;
         Ok(Worker::new(
             name,
@@ -162,6 +259,7 @@ impl Engine {
             self.config.runtime.on_dry,
             Duration::from_millis(self.config.runtime.wait_ms),
             sink,
+            delivery,
         ))
     }
 
@@ -235,11 +333,28 @@ impl Engine {
         control: &RunControl,
         sink: impl Fn(u16) -> Box<dyn Sink>,
     ) -> Result<RunReport, RunError> {
+        let delivering = !self.config.consumers.is_empty();
+        let inboxes: Vec<Arc<crate::deliver::Inbox>> = if delivering {
+            queues.iter().map(|_| Arc::default()).collect()
+        } else {
+            Vec::new()
+        };
         let mut workers = Vec::new();
         for (q, rx) in queues.into_iter().enumerate() {
-            let w = self.worker(q as u16, rx.name().to_string(), sink(q as u16))?;
+            let w = self.worker(
+                q as u16,
+                rx.name().to_string(),
+                sink(q as u16),
+                inboxes.get(q).cloned(),
+            )?;
             workers.push((rx, w));
         }
+        // Consumers may connect from here on; the server stops when the run does.
+        let server = if delivering {
+            Some(crate::deliver::Server::start(&self.consumers(), inboxes)?)
+        } else {
+            None
+        };
         // The factory may hold resources the sinks share (a stream's sender): drop it so
         // they are released when the workers' sinks are.
         drop(sink);
@@ -264,6 +379,9 @@ impl Engine {
                 .collect()
         });
         let elapsed = start.elapsed();
+        if let Some(server) = server {
+            server.stop();
+        }
         // Every consumer is gone now; wait (bounded) for the buffers they still return.
         let mut queues = Vec::new();
         let mut pools = Vec::new();

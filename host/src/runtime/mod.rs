@@ -109,6 +109,20 @@ pub enum RunError {
     /// A worker thread panicked.
     #[error("worker for {0} panicked")]
     Worker(String),
+    /// A consumer's socket could not be set up.
+    #[error(transparent)]
+    Deliver(#[from] crate::deliver::ServerError),
+    /// A route delivers to a consumer memory that cannot be shared, or is sized so a
+    /// consumer could starve the provider.
+    #[error("route[{route}] delivers to consumer `{consumer}`, but {problem}")]
+    NotDeliverable {
+        /// The rule's index.
+        route: usize,
+        /// The consumer's name.
+        consumer: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 }
 
 /// A run in the background behind a [`FrameStream`].

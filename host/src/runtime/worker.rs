@@ -17,6 +17,7 @@
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
+use crate::deliver::QueueDelivery;
 use crate::device::{Poll, RxFrame, RxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
@@ -69,6 +70,13 @@ pub(super) struct Worker {
     pub short: DropReason,
     /// Counters; the pools' and checkers' own are filled in by `snapshot`.
     pub stats: QueueStats,
+    /// Delivery to consumer processes, when the config has consumers.
+    pub delivery: Option<QueueDelivery>,
+    /// One delivered frame's parts, and the spare lists frames kept for the sink are
+    /// moved into (swapped, so nothing is allocated per vector).
+    pub frame_parts: Vec<Part>,
+    pub kept_parts: Vec<Part>,
+    pub kept_staged: Vec<Staged>,
 }
 
 impl Worker {
@@ -84,6 +92,7 @@ impl Worker {
         on_dry: OnDry,
         wait: Duration,
         sink: Box<dyn Sink>,
+        delivery: Option<QueueDelivery>,
     ) -> Worker {
         let recyclers = pools.iter().map(Pool::recycler).collect();
         let stats = QueueStats {
@@ -124,6 +133,10 @@ impl Worker {
             fell_back: Vec::with_capacity(BURST * 4),
             short: DropReason::Dry,
             stats,
+            delivery,
+            frame_parts: Vec::with_capacity(BURST * 4),
+            kept_parts: Vec::with_capacity(BURST * 4),
+            kept_staged: Vec::with_capacity(BURST),
         }
     }
 
@@ -181,6 +194,14 @@ impl Worker {
         for part in &self.parts {
             self.stats.providers[part.provider].placed.add(part.len);
         }
+        if self.delivery.is_some()
+            && self
+                .staged
+                .iter()
+                .any(|s| self.routes.get(s.rule).deliver.is_some())
+        {
+            self.deliver_staged(burst);
+        }
         if self.staged.is_empty() {
             return;
         }
@@ -197,6 +218,50 @@ impl Worker {
             self.recycle_from(0);
         }
         self.staged.clear();
+    }
+
+    /// Hands the staged frames whose route delivers to their consumer, and keeps the
+    /// others (staged and parts, renumbered) for the sink. Publishes once at the end.
+    fn deliver_staged(&mut self, burst: &[RxFrame<'_>]) {
+        let Some(d) = self.delivery.as_mut() else {
+            return;
+        };
+        self.kept_parts.clear();
+        self.kept_staged.clear();
+        let mut parts = self.parts.drain(..);
+        for s in self.staged.drain(..) {
+            let n = s.parts.len();
+            let route = self.routes.get(s.rule);
+            match route.deliver {
+                Some(consumer) => {
+                    self.frame_parts.clear();
+                    self.frame_parts.extend(parts.by_ref().take(n));
+                    if let Err(reason) = d.deliver(
+                        consumer,
+                        route.copy,
+                        &burst[s.rx],
+                        &self.splits[s.rx],
+                        s.rule,
+                        &mut self.frame_parts,
+                        &mut self.pools,
+                    ) {
+                        self.stats.dropped.add(reason);
+                    }
+                }
+                None => {
+                    let first = self.kept_parts.len();
+                    self.kept_parts.extend(parts.by_ref().take(n));
+                    self.kept_staged.push(Staged {
+                        parts: first..self.kept_parts.len(),
+                        ..s
+                    });
+                }
+            }
+        }
+        drop(parts);
+        std::mem::swap(&mut self.parts, &mut self.kept_parts);
+        std::mem::swap(&mut self.staged, &mut self.kept_staged);
+        d.flush();
     }
 
     /// Routes and places every frame of a vector: placed ones are staged, the others'
@@ -329,6 +394,10 @@ impl Worker {
                 let deadline = Instant::now() + self.wait;
                 loop {
                     std::thread::yield_now();
+                    // Buffers lent to consumers come back through their refill rings.
+                    if let Some(d) = self.delivery.as_mut() {
+                        d.service(&mut self.pools);
+                    }
                     match self.pools[p].alloc() {
                         Ok(b) => return Some((p, b)),
                         Err(e @ PoolError::Exhausted { .. }) if Instant::now() >= deadline => {
@@ -362,7 +431,22 @@ impl Worker {
             p.quarantined = u64::from(p.fault.is_some());
         }
         s.sink = self.sink.counters();
+        if let Some(d) = &self.delivery {
+            s.consumers = d.stats();
+        }
         s
+    }
+
+    /// Serves the consumers between polls: new sessions, returned buffers, sessions that
+    /// ended (their unread frames counted as dropped, `consumer_gone`).
+    fn service_delivery(&mut self) {
+        if let Some(d) = self.delivery.as_mut() {
+            d.service(&mut self.pools);
+            let gone = d.take_gone();
+            if gone > 0 {
+                self.stats.dropped.add_n(DropReason::ConsumerGone, gone);
+            }
+        }
     }
 }
 
@@ -388,6 +472,7 @@ pub(super) fn run_queue(
             break Ok(());
         }
         polls = polls.wrapping_add(1);
+        w.service_delivery();
         match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
             Ok(Poll::End) => break Ok(()),
             Ok(_) => {}
@@ -407,6 +492,10 @@ pub(super) fn run_queue(
         }
     };
     let _ = w.sink.flush();
+    if let Some(d) = w.delivery.as_mut() {
+        d.close_all(&mut w.pools);
+    }
+    w.service_delivery();
     let mut stats = w.snapshot();
     stats.device = rx.stats();
     stats.device.kernel_drops += rx.kernel_drops();

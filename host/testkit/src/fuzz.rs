@@ -20,7 +20,12 @@ pub fn config(data: &[u8]) {
         return;
     };
     let names: Vec<String> = config.providers.keys().cloned().collect();
-    RouteTable::new(&config.routes, &names).expect("a validated config's routes compile");
+    RouteTable::new(
+        &config.routes,
+        &names,
+        &config.consumers.keys().cloned().collect::<Vec<_>>(),
+    )
+    .expect("a validated config's routes compile");
     assert!((1..=64).contains(&config.device.queues));
     assert!(config.runtime.stats_interval.is_finite() && config.runtime.duration.is_finite());
     for p in config.providers.values() {

@@ -115,10 +115,12 @@ impl Plugin for HugePage {
                         huge: true,
                     })
                 }
-                Err(e) if mode == "hugetlb" => return Err(ProviderError::resource(format!(
+                Err(e) if mode == "hugetlb" => {
+                    return Err(ProviderError::resource(format!(
                     "hugetlb memory of {len} bytes: {}; reserve pages with sysctl vm.nr_hugepages",
                     e.message
-                ))),
+                )))
+                }
                 Err(_) => {}
             }
         }

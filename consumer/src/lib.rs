@@ -1,0 +1,679 @@
+//! # memplex-consumer: frames from memplex, in the providers' memory, without a copy
+//!
+//! A process that connects to a memplex consumer socket receives every frame that the
+//! routes with `deliver = "NAME"` placed. It reads each frame's head and frags in place,
+//! in the provider memory memplex placed them in, which this process maps read-only.
+//! When a frame is dropped, its buffers go back to memplex.
+//!
+//! ```no_run
+//! use memplex_consumer::{Consumer, Options};
+//! let c = Consumer::connect("/run/memplex/tcp.sock", &Options::new("tcp"))?;
+//! while let Some(frame) = c.next(None)? {
+//!     let m = frame.meta();
+//!     println!("seq {} on queue {}: {} B head, {} frags", m.seq, m.queue, frame.head().len(),
+//!         frame.frags().count());
+//!     for frag in frame.frags() {
+//!         let _payload: &[u8] = frag; // straight from the provider's memory
+//!     }
+//! } // each frame's buffers go back when it is dropped (in batches)
+//! # Ok::<(), memplex_consumer::Error>(())
+//! ```
+//!
+//! - Frames borrow the [`Consumer`], so several can be held at once (up to the session's
+//!   quota). Their buffers go back to memplex in batches, through each queue's refill
+//!   ring, when they are dropped or when [`Consumer::flush`] is called.
+//! - [`Wake::EventFd`] sleeps on an eventfd that memplex writes at most once per batch,
+//!   and only while this side sleeps. [`Wake::BusyPoll`] spins on the rings and makes no
+//!   system calls.
+//! - `AsyncConsumer` (the `tokio` feature, on by default) is the same for tokio.
+//!
+//! The protocol and its byte layout are in `memplex-proto` and `docs/delivery.md`. The
+//! same layout is available to C in `consumer/include/memplex.h`.
+
+mod map;
+#[cfg(feature = "tokio")]
+mod tokio_consumer;
+
+#[cfg(feature = "tokio")]
+pub use tokio_consumer::AsyncConsumer;
+
+pub use memplex_proto::layout::FrameEntry as Meta;
+pub use memplex_proto::msg::Wake;
+
+use map::RegionMap;
+use memplex_proto::layout::{self, FrameEntry, InlineEntry, Part, PartsEntry, RingKind};
+use memplex_proto::msg::{self, Kind};
+use memplex_proto::ring::{ChannelMap, Consumer as RingReader, Producer as RingWriter};
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::RecvFlags;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The socket could not be reached.
+    #[error("cannot connect to memplex at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// memplex refused the session or ended it, and why.
+    #[error("memplex ended the session ({reason:?}): {text}")]
+    Ended {
+        /// The reason code.
+        reason: u32,
+        /// Its words.
+        text: String,
+    },
+    /// memplex closed the socket without saying why.
+    #[error("memplex closed the connection")]
+    Closed,
+    /// Something memplex sent does not follow the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A system call failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True when the session ended because memplex stopped: the normal end of a run.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self, Error::Ended { reason, .. } if *reason == msg::ByeReason::Shutdown as u32)
+    }
+}
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The consumer's name in memplex's config (`[consumers.NAME]`); empty accepts
+    /// whichever consumer the socket serves.
+    pub name: String,
+    /// How to wait for frames.
+    pub wake: Wake,
+    /// Buffers given back per refill batch.
+    pub batch: usize,
+}
+
+impl Options {
+    /// Eventfd wake-ups, refills in batches of 32.
+    pub fn new(name: &str) -> Options {
+        Options {
+            name: name.into(),
+            wake: Wake::EventFd,
+            batch: 32,
+        }
+    }
+
+    /// The same, busy-polling.
+    pub fn busy_poll(mut self) -> Options {
+        self.wake = Wake::BusyPoll;
+        self
+    }
+}
+
+/// One queue's rings.
+struct Channel {
+    completion: RefCell<RingReader>,
+    refill: RefCell<RingWriter>,
+    eventfd: Option<OwnedFd>,
+    /// Tokens of dropped frames not yet written to the refill ring.
+    returned: RefCell<Vec<u64>>,
+}
+
+/// A session with memplex. See the crate docs.
+pub struct Consumer {
+    sock: OwnedFd,
+    session: u64,
+    checksums: bool,
+    quota: u32,
+    wake: Wake,
+    batch: usize,
+    channels: Vec<Channel>,
+    regions: RefCell<Vec<Option<Arc<RegionMap>>>>,
+    next_queue: Cell<usize>,
+    ended: RefCell<Option<(u32, String)>>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Consumer(session {}, {} queues)",
+            self.session,
+            self.channels.len()
+        )
+    }
+}
+
+/// A frame, read in place. Dropping it gives its buffers back.
+pub struct Frame<'c> {
+    consumer: &'c Consumer,
+    queue: usize,
+    meta: FrameEntry,
+    inline: Vec<u8>,
+    parts: Vec<(Part, Arc<RegionMap>)>,
+}
+
+impl std::fmt::Debug for Frame<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Frame(queue {}, seq {}, {} bytes, {} parts)",
+            self.meta.queue,
+            self.meta.seq,
+            self.meta.cap_len,
+            self.parts.len()
+        )
+    }
+}
+
+impl Frame<'_> {
+    /// Its metadata: queue and sequence number, route, flow hash, timestamps, lengths,
+    /// split layer and head length, GSO and checksum state.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// True when the head came inline in the ring (a copy of at most `inline_head`
+    /// bytes: its provider's memory could not be shared).
+    pub fn head_inline(&self) -> bool {
+        self.meta.flags & layout::F_HEAD_INLINE != 0
+    }
+
+    /// True when the whole frame was copied into the ring (`copy = true`).
+    pub fn copied(&self) -> bool {
+        self.meta.flags & layout::F_COPIED != 0
+    }
+
+    /// The head: inline bytes, or the head part in the provider's memory.
+    pub fn head(&self) -> &[u8] {
+        if self.copied() {
+            let h = usize::from(self.meta.head_len).min(self.inline.len());
+            return &self.inline[..h];
+        }
+        if self.head_inline() {
+            return &self.inline;
+        }
+        self.parts
+            .first()
+            .filter(|(p, _)| p.flags & layout::P_HEAD != 0)
+            .map_or(&[][..], |(p, r)| r.slice(p.offset, p.len))
+    }
+
+    /// The frags, each a slice of the provider's memory as mapped in this process.
+    pub fn frags(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let copied = if self.copied() {
+            let h = usize::from(self.meta.head_len).min(self.inline.len());
+            Some(&self.inline[h..]).filter(|s| !s.is_empty())
+        } else {
+            None
+        };
+        let skip = usize::from(!self.head_inline() && !self.copied());
+        copied.into_iter().chain(
+            self.parts
+                .iter()
+                .skip(skip)
+                .map(|(p, r)| r.slice(p.offset, p.len)),
+        )
+    }
+
+    /// The parts as the ring described them (region, offset, length, token).
+    pub fn parts(&self) -> impl Iterator<Item = &Part> + '_ {
+        self.parts.iter().map(|(p, _)| p)
+    }
+
+    /// The whole frame, head and frags, copied into `out` (cleared first).
+    pub fn copy_to(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(self.head());
+        for f in self.frags() {
+            out.extend_from_slice(f);
+        }
+    }
+
+    /// Whether the frame's bytes match the CRC-32 memplex put in the entry; `None` when
+    /// the consumer config has `checksum = false`. Reads every byte, in place.
+    pub fn verify(&self) -> Option<bool> {
+        if self.meta.flags & layout::F_CHECKSUM == 0 {
+            return None;
+        }
+        let mut h = crc32fast::Hasher::new();
+        h.update(self.head());
+        for f in self.frags() {
+            h.update(f);
+        }
+        Some(h.finalize() == self.meta.checksum)
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        let ch = &self.consumer.channels[self.queue];
+        let mut r = ch.returned.borrow_mut();
+        r.extend(self.parts.iter().map(|(p, _)| p.token));
+        let full = r.len() >= self.consumer.batch;
+        drop(r);
+        if full {
+            self.consumer.flush_queue(self.queue);
+        }
+    }
+}
+
+impl Consumer {
+    /// Connects to memplex's consumer socket at `path` and sets the session up.
+    pub fn connect(path: impl AsRef<Path>, opts: &Options) -> Result<Consumer, Error> {
+        let path = path.as_ref();
+        let sock = rustix::net::socket_with(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::Connect {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        let addr = rustix::net::SocketAddrUnix::new(path).map_err(|e| Error::Connect {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        rustix::net::connect(&sock, &addr).map_err(|e| Error::Connect {
+            path: path.display().to_string(),
+            source: e.into(),
+        })?;
+        msg::send(
+            &sock,
+            Kind::Hello,
+            &msg::Hello {
+                version: memplex_proto::VERSION,
+                wake: opts.wake as u32,
+                name: msg::fixed(&opts.name),
+            },
+            &[],
+        )?;
+        let mut buf = [0u8; msg::MAX_MSG];
+        let welcome: msg::Welcome = match recv(&sock, &mut buf, RecvFlags::empty())? {
+            (Kind::Welcome, body, _) => msg::body(&body).map_err(Error::Protocol)?,
+            (Kind::Bye, body, _) => return Err(ended(&body)),
+            (k, _, _) => return Err(Error::Protocol(format!("expected Welcome, got {k:?}"))),
+        };
+        let mut channels = Vec::new();
+        loop {
+            match recv(&sock, &mut buf, RecvFlags::empty())? {
+                (Kind::Channel, body, fds) => {
+                    let c: msg::Channel = msg::body(&body).map_err(Error::Protocol)?;
+                    let mut fds = fds.into_iter();
+                    let memfd = fds
+                        .next()
+                        .ok_or_else(|| Error::Protocol("a Channel without its memory".into()))?;
+                    let eventfd = if c.eventfd == 1 { fds.next() } else { None };
+                    let len = usize::try_from(c.len)
+                        .map_err(|_| Error::Protocol("channel length".into()))?;
+                    let map = Arc::new(ChannelMap::open(memfd, len).map_err(Error::Protocol)?);
+                    channels.push(Channel {
+                        completion: RefCell::new(RingReader::new(map.ring(RingKind::Completion))),
+                        refill: RefCell::new(RingWriter::new(map.ring(RingKind::Refill))),
+                        eventfd,
+                        returned: RefCell::new(Vec::with_capacity(opts.batch * 2)),
+                    });
+                }
+                (Kind::Ready, _, _) => break,
+                (Kind::Bye, body, _) => return Err(ended(&body)),
+                (k, _, _) => return Err(Error::Protocol(format!("unexpected {k:?} in set-up"))),
+            }
+        }
+        if channels.len() != welcome.queues as usize {
+            return Err(Error::Protocol(format!(
+                "{} channels for {} queues",
+                channels.len(),
+                welcome.queues
+            )));
+        }
+        let wake = if opts.wake == Wake::EventFd && channels.iter().all(|c| c.eventfd.is_some()) {
+            Wake::EventFd
+        } else {
+            Wake::BusyPoll
+        };
+        Ok(Consumer {
+            sock,
+            session: welcome.session,
+            checksums: welcome.checksums == 1,
+            quota: welcome.quota,
+            wake,
+            batch: opts.batch.max(1),
+            channels,
+            regions: RefCell::new(Vec::new()),
+            next_queue: Cell::new(0),
+            ended: RefCell::new(None),
+        })
+    }
+
+    /// The session's number.
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// Receive queues (one channel each).
+    pub fn queues(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Buffers this session may hold per queue.
+    pub fn quota(&self) -> u32 {
+        self.quota
+    }
+
+    /// True when frames carry checksums ([`Frame::verify`]).
+    pub fn checksums(&self) -> bool {
+        self.checksums
+    }
+
+    /// How this session waits (busy-poll when memplex offers no eventfds).
+    pub fn wake(&self) -> Wake {
+        self.wake
+    }
+
+    /// The socket, for an event loop to watch (region announcements and the end of the
+    /// session arrive on it).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// The eventfds memplex writes when a queue has frames for a sleeping consumer.
+    pub fn eventfds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> + '_ {
+        self.channels
+            .iter()
+            .filter_map(|c| c.eventfd.as_ref().map(|e| e.as_fd()))
+    }
+
+    /// The next frame from any queue, waiting up to `timeout` (forever with `None`).
+    /// `Ok(None)` when the time ran out; an error when the session ended (memplex
+    /// stopping is [`Error::is_shutdown`]).
+    pub fn next(&self, timeout: Option<Duration>) -> Result<Option<Frame<'_>>, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut spins = 0u32;
+        loop {
+            if let Some(f) = self.try_next()? {
+                return Ok(Some(f));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            match self.wake {
+                Wake::BusyPoll => {
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(4096) {
+                        self.read_socket(false)?;
+                    }
+                    std::hint::spin_loop();
+                }
+                Wake::EventFd => self.sleep(deadline)?,
+            }
+        }
+    }
+
+    /// The next frame if one is ready, without waiting.
+    pub fn try_next(&self) -> Result<Option<Frame<'_>>, Error> {
+        if let Some((reason, text)) = self.ended.borrow().clone() {
+            return Err(Error::Ended { reason, text });
+        }
+        let n = self.channels.len();
+        for k in 0..n {
+            let q = (self.next_queue.get() + k) % n;
+            if let Some(f) = self.read_frame(q)? {
+                self.next_queue.set((q + 1) % n);
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the tokens of dropped frames to the refill rings now.
+    pub fn flush(&self) {
+        for q in 0..self.channels.len() {
+            self.flush_queue(q);
+        }
+    }
+
+    fn flush_queue(&self, q: usize) {
+        let ch = &self.channels[q];
+        let mut r = ch.returned.borrow_mut();
+        if r.is_empty() {
+            return;
+        }
+        let mut w = ch.refill.borrow_mut();
+        let free = w.free().unwrap_or(0) as usize;
+        let n = free.min(r.len());
+        for (i, t) in r[..n].iter().enumerate() {
+            w.write(i as u32, t);
+        }
+        w.publish(n as u32);
+        r.drain(..n);
+    }
+
+    /// Ends the session politely (dropping the consumer does too, less politely: memplex
+    /// sees the socket close and takes every buffer back either way).
+    pub fn close(self) {
+        self.flush();
+        let _ = msg::send(
+            &self.sock,
+            Kind::Bye,
+            &msg::Bye {
+                reason: msg::ByeReason::Done as u32,
+                text: msg::fixed("done"),
+            },
+            &[],
+        );
+    }
+
+    /// Sleeps on the eventfds and the socket until frames may be ready.
+    fn sleep(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        for ch in &self.channels {
+            ch.completion.borrow().want_wakeup();
+        }
+        // Frames published before the flags were seen: no sleep.
+        let ready = self
+            .channels
+            .iter()
+            .any(|ch| ch.completion.borrow_mut().available().unwrap_or(0) > 0);
+        if !ready {
+            let mut fds: Vec<PollFd<'_>> = self
+                .channels
+                .iter()
+                .filter_map(|c| c.eventfd.as_ref())
+                .map(|e| PollFd::new(e, PollFlags::IN))
+                .collect();
+            fds.push(PollFd::new(&self.sock, PollFlags::IN));
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ts = left.map(|l| rustix::time::Timespec {
+                tv_sec: l.as_secs() as i64,
+                tv_nsec: i64::from(l.subsec_nanos()),
+            });
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(Error::Io(e.into())),
+            }
+            let socket_ready = fds.last().is_some_and(|f| !f.revents().is_empty());
+            drop(fds);
+            for e in self.channels.iter().filter_map(|c| c.eventfd.as_ref()) {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(e, &mut b);
+            }
+            if socket_ready {
+                self.read_socket(false)?;
+            }
+        }
+        for ch in &self.channels {
+            ch.completion.borrow().no_wakeup();
+        }
+        Ok(())
+    }
+
+    /// Handles what arrived on the socket: regions, or the end of the session. With
+    /// `block`, waits (up to a second) for one message.
+    fn read_socket(&self, block: bool) -> Result<(), Error> {
+        let mut buf = [0u8; msg::MAX_MSG];
+        loop {
+            let flags = if block {
+                RecvFlags::empty()
+            } else {
+                RecvFlags::DONTWAIT
+            };
+            if block {
+                let _ = rustix::net::sockopt::set_socket_timeout(
+                    &self.sock,
+                    rustix::net::sockopt::Timeout::Recv,
+                    Some(Duration::from_secs(1)),
+                );
+            }
+            let got = msg::recv(&self.sock, &mut buf, flags);
+            let (n, fds) = match got {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    let mut e = self.ended.borrow_mut();
+                    if e.is_none() {
+                        *e = Some((u32::MAX, "memplex closed the connection".into()));
+                    }
+                    return Err(Error::Closed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            match msg::decode(&buf[..n]).map_err(Error::Protocol)? {
+                (Kind::Region, body) => {
+                    let r: msg::Region = msg::body(body).map_err(Error::Protocol)?;
+                    let fd = fds
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| Error::Protocol("a Region without its descriptor".into()))?;
+                    let map = RegionMap::new(fd, r.offset, r.len).map_err(Error::Protocol)?;
+                    let mut regions = self.regions.borrow_mut();
+                    let i = r.index as usize;
+                    if regions.len() <= i {
+                        regions.resize(i + 1, None);
+                    }
+                    regions[i] = Some(Arc::new(map));
+                }
+                (Kind::Bye, body) => {
+                    let (reason, text) = match ended(body) {
+                        Error::Ended { reason, text } => (reason, text),
+                        _ => (u32::MAX, String::new()),
+                    };
+                    *self.ended.borrow_mut() = Some((reason, text.clone()));
+                    return Err(Error::Ended { reason, text });
+                }
+                (k, _) => return Err(Error::Protocol(format!("unexpected {k:?}"))),
+            }
+            if block {
+                return Ok(());
+            }
+        }
+    }
+
+    fn region(&self, index: u32) -> Result<Arc<RegionMap>, Error> {
+        for _ in 0..3 {
+            if let Some(Some(r)) = self.regions.borrow().get(index as usize) {
+                return Ok(Arc::clone(r));
+            }
+            // Announced on the socket before the entry was published: read it.
+            self.read_socket(true)?;
+        }
+        Err(Error::Protocol(format!(
+            "region {index} was never announced"
+        )))
+    }
+
+    fn read_frame(&self, q: usize) -> Result<Option<Frame<'_>>, Error> {
+        let ch = &self.channels[q];
+        let mut ring = ch.completion.borrow_mut();
+        let avail = ring
+            .available()
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        if avail == 0 {
+            return Ok(None);
+        }
+        let meta: FrameEntry = ring.read(0);
+        let parts = usize::from(meta.parts);
+        let inline_len = usize::from(meta.inline_len);
+        let need = layout::entries_for(parts, inline_len) as u32;
+        if need > avail {
+            return Err(Error::Protocol(format!(
+                "a frame of {need} entries with {avail} published"
+            )));
+        }
+        let mut inline = Vec::with_capacity(inline_len);
+        let mut at = 1;
+        while inline.len() < inline_len {
+            let e: InlineEntry = ring.read(at);
+            let n = (inline_len - inline.len()).min(layout::ENTRY);
+            inline.extend_from_slice(&e.bytes[..n]);
+            at += 1;
+        }
+        let mut described: Vec<Part> = meta.part.iter().take(parts).copied().collect();
+        while described.len() < parts {
+            let e: PartsEntry = ring.read(at);
+            let n = (parts - described.len()).min(layout::MORE_PARTS);
+            described.extend_from_slice(&e.part[..n]);
+            at += 1;
+        }
+        ring.release(need);
+        drop(ring);
+        let mut mapped = Vec::with_capacity(parts);
+        for p in described {
+            let r = self.region(p.region)?;
+            if !r.contains(p.offset, p.len) {
+                return Err(Error::Protocol(format!(
+                    "a part at {}+{} past region {}'s {} bytes",
+                    p.offset,
+                    p.len,
+                    p.region,
+                    r.len()
+                )));
+            }
+            mapped.push((p, r));
+        }
+        Ok(Some(Frame {
+            consumer: self,
+            queue: q,
+            meta,
+            inline,
+            parts: mapped,
+        }))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Receives one message: kind, body, descriptors.
+fn recv(
+    sock: &OwnedFd,
+    buf: &mut [u8; msg::MAX_MSG],
+    flags: RecvFlags,
+) -> Result<(Kind, Vec<u8>, Vec<OwnedFd>), Error> {
+    let (n, fds) = msg::recv(sock, buf, flags)?.ok_or(Error::Closed)?;
+    let (kind, body) = msg::decode(&buf[..n]).map_err(Error::Protocol)?;
+    Ok((kind, body.to_vec(), fds))
+}
+
+fn ended(body: &[u8]) -> Error {
+    match msg::body::<msg::Bye>(body) {
+        Ok(b) => Error::Ended {
+            reason: b.reason,
+            text: msg::text(&b.text),
+        },
+        Err(e) => Error::Protocol(e),
+    }
+}

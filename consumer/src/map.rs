@@ -1,0 +1,64 @@
+//! Provider memory mapped read-only: the one place this crate needs `unsafe`, because a
+//! mapping of a file is only as stable as the file. memplex seals its memfds against
+//! shrinking and sends a read-only descriptor, so the pages stay and cannot be written.
+#![allow(unsafe_code, reason = "mapping provider memory memplex shares")]
+
+use memmap2::{Mmap, MmapOptions};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+
+/// One region of provider memory.
+pub(crate) struct RegionMap {
+    map: Mmap,
+    /// Where the region starts in the mapping (the mapping starts on a page boundary).
+    skew: usize,
+    len: usize,
+}
+
+impl RegionMap {
+    /// Maps `len` bytes at `offset` of `fd`, read-only.
+    pub(crate) fn new(fd: OwnedFd, offset: u64, len: u64) -> Result<RegionMap, String> {
+        let file = File::from(fd);
+        let page = rustix::param::page_size() as u64;
+        let start = offset - offset % page;
+        let skew = (offset - start) as usize;
+        let len = usize::try_from(len).map_err(|_| "region length".to_string())?;
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        let file_sized = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if file_sized && u128::from(offset) + len as u128 > u128::from(size) {
+            return Err(format!(
+                "a region of {len} bytes at {offset} in a descriptor of {size} bytes"
+            ));
+        }
+        // SAFETY: the mapping is read-only and covers bytes the descriptor holds (checked
+        // above for files); memplex seals shareable memfds against shrinking, so no page
+        // of it can disappear while it is mapped. A provider that shares an unsealed file
+        // and truncates it would fault this process: that is the provider's contract.
+        let map = unsafe { MmapOptions::new().offset(start).len(skew + len).map(&file) }
+            .map_err(|e| format!("mapping region: {e}"))?;
+        Ok(RegionMap { map, skew, len })
+    }
+
+    /// Bytes of the region.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when `offset..offset + len` lies in the region.
+    pub(crate) fn contains(&self, offset: u64, len: u32) -> bool {
+        u128::from(offset) + u128::from(len) <= self.len as u128
+    }
+
+    /// The bytes at `offset..offset + len` (checked by `contains` when the frame was read).
+    pub(crate) fn slice(&self, offset: u64, len: u32) -> &[u8] {
+        let at = self.skew + offset as usize;
+        &self.map[at..at + len as usize]
+    }
+
+    /// The mapping's address range, for tests that check slices point into it.
+    #[allow(dead_code)]
+    pub(crate) fn range(&self) -> std::ops::Range<usize> {
+        let base = self.map.as_ptr() as usize;
+        base..base + self.map.len()
+    }
+}

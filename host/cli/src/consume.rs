@@ -1,0 +1,267 @@
+//! `memplex consume`: the reference consumer process. It connects to a running memplex's
+//! consumer socket, reads every frame in place and counts it, verifies it against the
+//! checksum memplex put in its entry, or writes it to a pcap. `--hold` and `--delay`
+//! make it a slow consumer, for tests and benchmarks.
+
+use anyhow::{bail, Context, Result};
+use memplex_consumer::{Consumer, Error, Frame, Options};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to do with each frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Count frames and bytes (reads the metadata only).
+    Count,
+    /// Check every frame's bytes against the CRC-32 in its entry (needs `checksum =
+    /// true` in the consumer's config); exits 1 on a mismatch.
+    Verify,
+    /// Write every frame to a pcap file (`--out`), with its capture timestamp.
+    Pcap,
+}
+
+/// `memplex consume` options.
+#[derive(clap::Args, Debug)]
+pub struct ConsumeArgs {
+    /// The consumer socket memplex listens on (`socket` in `[consumers.NAME]`).
+    #[arg(long)]
+    socket: PathBuf,
+    /// The consumer's name in memplex's config (default: whichever the socket serves).
+    #[arg(long, default_value = "")]
+    name: String,
+    /// What to do with each frame.
+    #[arg(long, value_enum, default_value = "count")]
+    mode: Mode,
+    /// The pcap file for `--mode pcap`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Spin on the rings instead of sleeping on eventfds.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Keep this many frames (and their buffers) before giving the oldest back: a
+    /// consumer that sits on its buffers.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    hold: u32,
+    /// Sleep this many microseconds per frame: a slow consumer.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    delay_us: u64,
+    /// Stop after this many frames (0: until memplex stops or Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    frames: u64,
+    /// Stop after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
+    seconds: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the consumer saw.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    session: u64,
+    frames: u64,
+    bytes: u64,
+    verified: u64,
+    mismatched: u64,
+    head_inline: u64,
+    copied: u64,
+    /// Parts read in place, in provider memory.
+    parts_in_place: u64,
+    /// Frames whose sequence number skipped ahead of the last on its queue.
+    seq_gaps: u64,
+    /// Placement-to-consumer latency (CLOCK_MONOTONIC at receive to the read here), ns.
+    latency_ns: Latency,
+    /// How the session ended.
+    ended: String,
+    elapsed_s: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    samples: u64,
+}
+
+fn mono_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+pub fn consume(args: &ConsumeArgs) -> Result<i32> {
+    if args.mode == Mode::Pcap && args.out.is_none() {
+        bail!("--mode pcap needs --out FILE");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::signal::stop_on_signal_thread(Arc::clone(&stop))?;
+    let mut opts = Options::new(&args.name);
+    if args.busy_poll {
+        opts = opts.busy_poll();
+    }
+    let c = Consumer::connect(&args.socket, &opts).map_err(|e| match e {
+        // The system's words are in the message already.
+        Error::Connect { path, source } => {
+            anyhow::anyhow!("cannot connect to memplex at {path}: {source}")
+        }
+        e => e.into(),
+    })?;
+    if args.mode == Mode::Verify && !c.checksums() {
+        bail!(
+            "memplex sends no checksums on this socket: set checksum = true in the consumer's [consumers.NAME] table to verify"
+        );
+    }
+    let mut pcap = match &args.out {
+        Some(path) if args.mode == Mode::Pcap => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let header = pcap_file::pcap::PcapHeader {
+                snaplen: 262_144,
+                ts_resolution: pcap_file::TsResolution::NanoSecond,
+                ..Default::default()
+            };
+            Some(
+                pcap_file::pcap::PcapWriter::with_header(std::io::BufWriter::new(file), header)
+                    .with_context(|| format!("writing {}", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let mut r = Report {
+        session: c.session(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let limit = (args.seconds > 0.0).then(|| Duration::from_secs_f64(args.seconds));
+    let mut held: VecDeque<Frame<'_>> = VecDeque::new();
+    let mut lat: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut last_seq: Vec<Option<u64>> = vec![None; c.queues()];
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut progress = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json;
+    let ended = loop {
+        if stop.load(Relaxed) {
+            break "stopped (signal)".to_string();
+        }
+        if limit.is_some_and(|l| start.elapsed() >= l) {
+            break "time limit".to_string();
+        }
+        if args.frames > 0 && r.frames >= args.frames {
+            break "frame limit".to_string();
+        }
+        let frame = match c.next(Some(Duration::from_millis(100))) {
+            Ok(Some(f)) => f,
+            Ok(None) => continue,
+            Err(e) if e.is_shutdown() => break "memplex stopped".to_string(),
+            Err(Error::Closed) => break "memplex closed the connection".to_string(),
+            Err(e) => return Err(e).context("receiving frames"),
+        };
+        let now = mono_ns();
+        let m = *frame.meta();
+        if lat.len() < lat.capacity() {
+            lat.push(now.saturating_sub(m.rx_mono_ns));
+        }
+        let q = usize::from(m.queue).min(last_seq.len().saturating_sub(1));
+        if let Some(prev) = last_seq[q] {
+            if m.seq > prev + 1 {
+                r.seq_gaps += 1;
+            }
+        }
+        last_seq[q] = Some(m.seq);
+        r.frames += 1;
+        r.bytes += u64::from(m.cap_len);
+        r.head_inline += u64::from(frame.head_inline());
+        r.copied += u64::from(frame.copied());
+        r.parts_in_place += frame.parts().count() as u64;
+        match args.mode {
+            Mode::Count => {}
+            Mode::Verify => match frame.verify() {
+                Some(true) => r.verified += 1,
+                _ => r.mismatched += 1,
+            },
+            Mode::Pcap => {
+                frame.copy_to(&mut buf);
+                if let Some(w) = pcap.as_mut() {
+                    let ts = Duration::from_nanos(m.timestamp_ns);
+                    w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, m.orig_len, &buf))
+                        .context("writing the pcap")?;
+                }
+            }
+        }
+        if args.delay_us > 0 {
+            std::thread::sleep(Duration::from_micros(args.delay_us));
+        }
+        if args.hold > 0 {
+            held.push_back(frame);
+            if held.len() > args.hold as usize {
+                held.pop_front();
+            }
+        }
+        if tty && progress.elapsed() >= Duration::from_secs(1) {
+            eprint!(
+                "\r{} frames, {:.1} MB, {:.3} Mpps   ",
+                r.frames,
+                r.bytes as f64 / 1e6,
+                r.frames as f64 / start.elapsed().as_secs_f64() / 1e6
+            );
+            progress = Instant::now();
+        }
+    };
+    drop(held);
+    if tty {
+        eprintln!();
+    }
+    r.elapsed_s = start.elapsed().as_secs_f64();
+    r.ended = ended;
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    r.latency_ns = Latency {
+        p50: pct(0.5),
+        p99: pct(0.99),
+        p999: pct(0.999),
+        max: lat.last().copied().unwrap_or(0),
+        samples: lat.len() as u64,
+    };
+    if let Some(w) = pcap {
+        let mut inner = w.into_writer();
+        std::io::Write::flush(&mut inner).context("writing the pcap")?;
+    }
+    c.close();
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "consumer session {}: {} frames, {:.2} MB in {:.2} s ({}); verified {}, mismatched {}, heads inline {}, copied {}, parts read in place {}, sequence gaps {}",
+            r.session,
+            r.frames,
+            r.bytes as f64 / 1e6,
+            r.elapsed_s,
+            r.ended,
+            r.verified,
+            r.mismatched,
+            r.head_inline,
+            r.copied,
+            r.parts_in_place,
+            r.seq_gaps
+        );
+        println!(
+            "placement-to-consumer latency: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us ({} samples)",
+            r.latency_ns.p50 as f64 / 1e3,
+            r.latency_ns.p99 as f64 / 1e3,
+            r.latency_ns.p999 as f64 / 1e3,
+            r.latency_ns.max as f64 / 1e3,
+            r.latency_ns.samples
+        );
+    }
+    Ok(if r.mismatched > 0 { 1 } else { 0 })
+}

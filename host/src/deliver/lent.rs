@@ -1,0 +1,94 @@
+//! Buffers lent to one consumer session on one queue, by token.
+//!
+//! A token is (pool, buffer id, generation): the pool and id name the buffer, the
+//! generation counts its loans, so a token the consumer already gave back (stale), one
+//! for a buffer lent to someone else or never lent (foreign), and a made-up one (forged)
+//! all fail the same check: the slot must hold a buffer lent under exactly that
+//! generation. Slots live in pages of [`PAGE`] made the first time an id in them is lent,
+//! so the table grows with the buffers actually lent, not with a provider's capacity.
+
+use crate::pool::PoolBuf;
+use memplex_proto::layout::Token;
+
+/// Slots per page.
+const PAGE: usize = 256;
+
+#[derive(Default)]
+struct Slot {
+    buf: Option<PoolBuf>,
+    generation: u16,
+}
+
+type Page = Box<[Slot; PAGE]>;
+
+/// The lent buffers of one session on one queue.
+#[derive(Default)]
+pub(super) struct LentTable {
+    /// Per pool, pages of slots by buffer id.
+    pools: Vec<Vec<Option<Page>>>,
+    /// Buffers lent now.
+    held: u32,
+}
+
+impl LentTable {
+    /// Buffers lent now.
+    pub(super) fn held(&self) -> u32 {
+        self.held
+    }
+
+    /// Lends `buf` of pool `pool`; the token that gives it back.
+    pub(super) fn lend(&mut self, pool: u16, buf: PoolBuf) -> Token {
+        let id = buf.netmem().id;
+        let (page, at) = (id as usize / PAGE, id as usize % PAGE);
+        let pages = {
+            if self.pools.len() <= pool as usize {
+                self.pools.resize_with(pool as usize + 1, Vec::new);
+            }
+            &mut self.pools[pool as usize]
+        };
+        if pages.len() <= page {
+            pages.resize_with(page + 1, || None);
+        }
+        let slot = &mut pages[page]
+            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| Slot::default())))[at];
+        debug_assert!(slot.buf.is_none(), "a buffer lent twice");
+        slot.generation = slot.generation.wrapping_add(1).max(1);
+        slot.buf = Some(buf);
+        self.held += 1;
+        Token {
+            pool,
+            generation: slot.generation,
+            id,
+        }
+    }
+
+    /// Takes back the buffer `token` names, or `None` when the token is stale, foreign
+    /// or forged.
+    pub(super) fn take(&mut self, token: Token) -> Option<(u16, PoolBuf)> {
+        let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
+        let slot = self
+            .pools
+            .get_mut(token.pool as usize)?
+            .get_mut(page)?
+            .as_mut()?
+            .get_mut(at)?;
+        if slot.generation != token.generation || token.generation == 0 {
+            return None;
+        }
+        let buf = slot.buf.take()?;
+        self.held -= 1;
+        Some((token.pool, buf))
+    }
+
+    /// Every buffer still lent, for a session that ended.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = (u16, PoolBuf)> + '_ {
+        self.held = 0;
+        self.pools.iter_mut().enumerate().flat_map(|(pool, pages)| {
+            pages
+                .iter_mut()
+                .flatten()
+                .flat_map(|p| p.iter_mut())
+                .filter_map(move |s| s.buf.take().map(|b| (pool as u16, b)))
+        })
+    }
+}

@@ -1,0 +1,685 @@
+//! Delivery to consumer processes without a copy: the host's half of the protocol in
+//! `memplex-proto` (docs/delivery.md).
+//!
+//! ```text
+//!  server thread (server.rs)            worker of queue q (this module)
+//!  listens, checks Hello + SO_PEERCRED,  takes new channels from its Inbox,
+//!  makes a channel (rings) per queue  -> writes frame entries, lends buffers (lent.rs),
+//!  and an eventfd, sends them;           publishes once per vector, one wake-up at most;
+//!  watches the socket: EOF = gone        drains refill rings, checks every token,
+//!                                        reclaims all of a session that ended
+//! ```
+//!
+//! Everything in shared memory is the consumer's to scribble on, so the worker never
+//! reads back its own indexes, checks the consumer's (a wild one ends the session as
+//! `bad_index`), and takes a token only when it names a buffer lent to that session under
+//! that generation (else `bad_token`). A session that ends, for whatever reason, gives
+//! every buffer it held back to its pool, and the frames it never read count as
+//! `consumer_gone`. Nothing here allocates per frame once a session's pages of lent slots
+//! exist, and the only lock (the inbox) is taken when a session starts.
+
+mod lent;
+mod server;
+
+pub use server::{Server, ServerError};
+
+use crate::config::{ConsumerConfig, DeliverPolicy, WakeMode};
+use crate::device::RxFrame;
+use crate::pool::Pool;
+use crate::runtime::Part;
+use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason};
+use crate::wire::Split;
+use lent::LentTable;
+use memplex_proto::layout::{
+    self, FrameEntry, InlineEntry, PartsEntry, RingKind, Token, ENTRY, FRAME_PARTS, MORE_PARTS,
+};
+use memplex_proto::ring::{ChannelMap, Consumer, Producer};
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One consumer session, shared by the server thread and every worker.
+pub(crate) struct Session {
+    /// Unique in this process.
+    pub(crate) id: u64,
+    /// The socket, for region announcements from workers (SOCK_SEQPACKET sends are
+    /// whole messages, so workers may send concurrently).
+    sock: OwnedFd,
+    /// 0 while live, else the [`Disconnect`] that ended it, plus 1.
+    end: AtomicU8,
+}
+
+impl Session {
+    fn ended(&self) -> Option<Disconnect> {
+        match self.end.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(DISCONNECTS[usize::from(n - 1)]),
+        }
+    }
+
+    /// Ends the session (the first reason wins).
+    pub(crate) fn end(&self, why: Disconnect) {
+        let _ = self
+            .end
+            .compare_exchange(0, why as u8 + 1, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+const DISCONNECTS: [Disconnect; 5] = [
+    Disconnect::Left,
+    Disconnect::BadToken,
+    Disconnect::BadIndex,
+    Disconnect::BadMessage,
+    Disconnect::Shutdown,
+];
+
+/// One queue's end of a new session, from the server.
+pub(crate) struct NewChannel {
+    pub(crate) consumer: usize,
+    pub(crate) session: Arc<Session>,
+    pub(crate) map: Arc<ChannelMap>,
+    pub(crate) eventfd: Option<OwnedFd>,
+}
+
+/// Where the server leaves new channels for one worker.
+#[derive(Default)]
+pub(crate) struct Inbox {
+    pending: AtomicBool,
+    channels: Mutex<Vec<NewChannel>>,
+}
+
+impl Inbox {
+    pub(crate) fn push(&self, c: NewChannel) {
+        if let Ok(mut v) = self.channels.lock() {
+            v.push(c);
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// A region of provider memory a consumer may be told about.
+#[derive(Clone)]
+pub(crate) struct RegionInfo {
+    /// First byte, in the provider's descriptor address space.
+    pub(crate) base: u64,
+    /// Bytes.
+    pub(crate) len: u64,
+    /// The number the protocol uses for it (unique in the process).
+    pub(crate) index: u32,
+    /// `memplex_abi::RegionKind`.
+    pub(crate) kind: u32,
+    /// Where `base` is in the descriptor.
+    pub(crate) offset: u64,
+    /// A read-only descriptor of it, sent to consumers.
+    pub(crate) fd: Arc<OwnedFd>,
+    /// The provider's name in the config.
+    pub(crate) provider: String,
+}
+
+/// The regions of one pool, or why its memory cannot be shared.
+#[derive(Clone)]
+pub(crate) enum PoolMemory {
+    Shared(Vec<RegionInfo>),
+    /// Not shareable (the provider's `not_exportable` says why).
+    Private,
+}
+
+/// Region numbers, unique in the process.
+static REGIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl PoolMemory {
+    /// What consumers may be told about `provider`'s memory: each region with a
+    /// read-only descriptor opened from its own (so a consumer cannot map it writable,
+    /// seals or not), or why it cannot be shared.
+    pub(crate) fn of(provider: &crate::provider::CheckedProvider, name: &str) -> PoolMemory {
+        if provider.not_exportable().is_some() {
+            return PoolMemory::Private;
+        }
+        let mut regions = Vec::new();
+        for r in provider.memory() {
+            let fd = match std::fs::File::open(format!("/proc/self/fd/{}", r.fd)) {
+                Ok(f) => Arc::new(OwnedFd::from(f)),
+                Err(e) => {
+                    tracing::warn!(provider = name, fd = r.fd, "a region's descriptor cannot be reopened read-only ({e}); its memory is not delivered");
+                    return PoolMemory::Private;
+                }
+            };
+            regions.push(RegionInfo {
+                base: r.base,
+                len: r.len,
+                index: REGIONS.fetch_add(1, Ordering::Relaxed),
+                kind: r.kind.0,
+                offset: r.offset,
+                fd,
+                provider: name.to_string(),
+            });
+        }
+        PoolMemory::Shared(regions)
+    }
+}
+
+/// A consumer's channel on this queue.
+struct Channel {
+    session: Arc<Session>,
+    completion: Producer,
+    refill: Consumer,
+    eventfd: Option<OwnedFd>,
+    lent: LentTable,
+    /// Entries written since the last publish.
+    pending: u32,
+    /// Where each published, not yet read frame starts, for `consumer_gone`.
+    unread: VecDeque<u32>,
+    /// Regions this session has been told about (by index).
+    announced: Vec<u32>,
+    quota: u32,
+}
+
+struct QueueConsumer {
+    cfg: ConsumerConfig,
+    channels: Vec<Channel>,
+    stats: ConsumerStats,
+}
+
+/// One queue's delivery: owned by its worker.
+pub struct QueueDelivery {
+    queue: u16,
+    inbox: Arc<Inbox>,
+    consumers: Vec<QueueConsumer>,
+    pools: Vec<PoolMemory>,
+    tokens: Vec<u64>,
+    inline: Vec<u8>,
+    described: Vec<layout::Part>,
+    /// Unread frames of sessions closed since `take_gone`.
+    gone: u64,
+}
+
+/// Why a frame was not delivered, and the reason to count it under.
+pub(crate) type Refused = DropReason;
+
+/// Tokens read from a refill ring per pass.
+const REFILL_BATCH: usize = 256;
+
+impl QueueDelivery {
+    pub(crate) fn new(
+        queue: u16,
+        inbox: Arc<Inbox>,
+        consumers: &[(String, ConsumerConfig)],
+        pools: Vec<PoolMemory>,
+    ) -> QueueDelivery {
+        QueueDelivery {
+            queue,
+            inbox,
+            consumers: consumers
+                .iter()
+                .map(|(name, cfg)| QueueConsumer {
+                    cfg: cfg.clone(),
+                    channels: Vec::new(),
+                    stats: ConsumerStats {
+                        name: name.clone(),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            pools,
+            tokens: vec![0; REFILL_BATCH],
+            inline: Vec::with_capacity(64 << 10),
+            described: Vec::with_capacity(256),
+            gone: 0,
+        }
+    }
+
+    /// Frames that sessions ended before reading, since the last call.
+    pub(crate) fn take_gone(&mut self) -> u64 {
+        std::mem::take(&mut self.gone)
+    }
+
+    /// The consumers' counters on this queue.
+    pub fn stats(&self) -> Vec<ConsumerStats> {
+        self.consumers
+            .iter()
+            .map(|c| {
+                let mut s = c.stats.clone();
+                s.counters.lent = c.channels.iter().map(|ch| u64::from(ch.lent.held())).sum();
+                s.counters.sessions = c.channels.len() as u64;
+                s
+            })
+            .collect()
+    }
+
+    /// Takes new channels, drains every refill ring into `pools`, and closes sessions
+    /// that ended. Called once per poll of the device, and while waiting.
+    pub fn service(&mut self, pools: &mut [Pool]) {
+        if self.inbox.pending.load(Ordering::Acquire) {
+            self.take_new();
+        }
+        for c in &mut self.consumers {
+            let mut i = 0;
+            while i < c.channels.len() {
+                let ch = &mut c.channels[i];
+                if ch.session.ended().is_none() {
+                    refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
+                }
+                match ch.session.ended() {
+                    None => i += 1,
+                    Some(why) => {
+                        let ch = c.channels.swap_remove(i);
+                        self.gone += close(ch, why, pools, &mut c.stats);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_new(&mut self) {
+        let new = match self.inbox.channels.lock() {
+            Ok(mut v) => {
+                self.inbox.pending.store(false, Ordering::Release);
+                std::mem::take(&mut *v)
+            }
+            Err(_) => return,
+        };
+        for n in new {
+            let Some(c) = self.consumers.get_mut(n.consumer) else {
+                continue;
+            };
+            c.stats.counters.sessions_started += 1;
+            let quota = c.cfg.quota();
+            c.channels.push(Channel {
+                session: n.session,
+                completion: Producer::new(n.map.ring(RingKind::Completion)),
+                refill: Consumer::new(n.map.ring(RingKind::Refill)),
+                eventfd: n.eventfd,
+                lent: LentTable::default(),
+                pending: 0,
+                unread: VecDeque::with_capacity(c.cfg.ring_entries as usize),
+                announced: Vec::new(),
+                quota,
+            });
+        }
+    }
+
+    /// Delivers one placed frame to consumer `consumer`: its buffers are lent (or, for a
+    /// head whose memory cannot be shared, copied inline and recycled; for a `copy`
+    /// route whose memory cannot be shared, the whole frame copied). `parts` is emptied:
+    /// what is not lent goes back to `pools`. The entry is published by
+    /// [`flush`](Self::flush).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn deliver(
+        &mut self,
+        consumer: u16,
+        copy: bool,
+        frame: &RxFrame<'_>,
+        split: &Split,
+        rule: usize,
+        parts: &mut Vec<Part>,
+        pools: &mut [Pool],
+    ) -> Result<(), Refused> {
+        let result = self.try_deliver(consumer, copy, frame, split, rule, parts);
+        for p in parts.drain(..) {
+            let _ = pools[p.provider].recycle(p.buf);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_deliver(
+        &mut self,
+        consumer: u16,
+        copy: bool,
+        frame: &RxFrame<'_>,
+        split: &Split,
+        rule: usize,
+        parts: &mut Vec<Part>,
+    ) -> Result<(), Refused> {
+        let shared = |p: &Part| matches!(self.pools[p.provider], PoolMemory::Shared(_));
+        let head_inline = !parts.first().is_some_and(shared);
+        let frags_shared = parts.iter().skip(1).all(shared);
+        let copied = !frags_shared;
+        if copied && !copy {
+            // Refused at start (config check); a fault if it happens anyway.
+            return Err(DropReason::Fault);
+        }
+        let flow = flow_hash(split);
+        let ci = usize::from(consumer);
+        let policy = self.consumers[ci].cfg.policy;
+        let wait = Duration::from_millis(self.consumers[ci].cfg.wait_ms);
+        if self.consumers[ci].channels.is_empty() {
+            if policy == DeliverPolicy::Drop {
+                return Err(DropReason::NoConsumer);
+            }
+            // Wait (this queue only) for a consumer to connect.
+            let deadline = Instant::now() + wait;
+            while self.consumers[ci].channels.is_empty() {
+                if Instant::now() >= deadline {
+                    return Err(DropReason::NoConsumer);
+                }
+                std::thread::sleep(Duration::from_micros(200));
+                if self.inbox.pending.load(Ordering::Acquire) {
+                    self.take_new();
+                }
+            }
+        }
+        let c = &mut self.consumers[ci];
+        let pick = flow as usize % c.channels.len();
+        let ch = &mut c.channels[pick];
+        // What goes in the ring.
+        self.inline.clear();
+        let lend_from = if copied {
+            self.inline.extend_from_slice(frame.data);
+            parts.len()
+        } else if head_inline {
+            let head = parts.first().map_or(0, |p| p.len);
+            self.inline.extend_from_slice(&frame.data[..head]);
+            1
+        } else {
+            0
+        };
+        let lent = parts.len() - lend_from;
+        if ch.lent.held() + lent as u32 > ch.quota {
+            return Err(DropReason::ConsumerQuota);
+        }
+        let need = layout::entries_for(lent, self.inline.len()) as u32;
+        let free = match ch.completion.free() {
+            Ok(f) => f,
+            Err(_) => {
+                ch.session.end(Disconnect::BadIndex);
+                return Err(DropReason::ConsumerGone);
+            }
+        };
+        if free < ch.pending + need {
+            c.stats.counters.ring_full += 1;
+            if policy == DeliverPolicy::Drop || need > ch.completion_size() {
+                return Err(DropReason::ConsumerFull);
+            }
+            // Publish what is written, so the consumer can make room, and wait.
+            publish(ch, &mut c.stats.counters, c.cfg.wake);
+            let deadline = Instant::now() + wait;
+            loop {
+                match ch.completion.free() {
+                    Ok(f) if f >= need => break,
+                    Ok(_) if Instant::now() < deadline => std::thread::yield_now(),
+                    Ok(_) => return Err(DropReason::ConsumerFull),
+                    Err(_) => {
+                        ch.session.end(Disconnect::BadIndex);
+                        return Err(DropReason::ConsumerGone);
+                    }
+                }
+                if ch.session.ended().is_some() {
+                    return Err(DropReason::ConsumerGone);
+                }
+            }
+        }
+        // Regions first: the consumer must know a region before an entry names it.
+        for p in &parts[lend_from..] {
+            let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
+                return Err(DropReason::Fault);
+            };
+            let addr = p.buf.netmem().addr;
+            let Some(r) = regions
+                .iter()
+                .find(|r| r.base <= addr && addr < r.base + r.len)
+            else {
+                return Err(DropReason::Fault);
+            };
+            if !ch.announced.contains(&r.index) {
+                if announce(&ch.session, r).is_err() {
+                    ch.session.end(Disconnect::BadMessage);
+                    return Err(DropReason::ConsumerGone);
+                }
+                ch.announced.push(r.index);
+                c.stats.counters.regions_sent += 1;
+            }
+        }
+        let m = &frame.meta;
+        let mut e = FrameEntry {
+            seq: m.seq,
+            timestamp_ns: m.timestamp_ns,
+            rx_mono_ns: m.rx_mono_ns,
+            orig_len: m.orig_len,
+            cap_len: m.cap_len,
+            flow_hash: flow,
+            checksum: 0,
+            queue: self.queue,
+            route: rule as u16,
+            flags: 0,
+            head_len: split.head_len.min(usize::from(u16::MAX)) as u16,
+            parts: lent as u16,
+            inline_len: self.inline.len() as u16,
+            gso_size: m.vnet.gso_size,
+            csum_start: m.vnet.csum_start,
+            csum_offset: m.vnet.csum_offset,
+            layer: match split.outcome {
+                Ok(crate::wire::Layer::L2) => 2,
+                Ok(crate::wire::Layer::L3) => 3,
+                Ok(crate::wire::Layer::L4) => 4,
+                Ok(crate::wire::Layer::Tunnel) => 5,
+                Ok(crate::wire::Layer::App) => 7,
+                Err(_) => 0,
+            },
+            gso_type: m.vnet.gso_type,
+            csum: if m.vnet.flags & 1 != 0 {
+                1
+            } else if m.vnet.flags & 2 != 0 {
+                2
+            } else {
+                0
+            },
+            reserved: [0; 3],
+            part: Default::default(),
+        };
+        if need > 1 {
+            e.flags |= layout::F_CONTINUED;
+        }
+        if copied {
+            e.flags |= layout::F_COPIED;
+            c.stats.counters.copied += 1;
+        } else if head_inline {
+            e.flags |= layout::F_HEAD_INLINE;
+        }
+        if c.cfg.checksum {
+            e.flags |= layout::F_CHECKSUM;
+            e.checksum = crc32fast::hash(frame.data);
+        }
+        // Lend the buffers and describe them.
+        let described = &mut self.described;
+        described.clear();
+        for (i, p) in parts.drain(lend_from..).enumerate() {
+            let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
+                unreachable!("checked above");
+            };
+            let addr = p.buf.netmem().addr;
+            let r = regions
+                .iter()
+                .find(|r| r.base <= addr && addr < r.base + r.len)
+                .expect("checked above");
+            let part = layout::Part {
+                token: 0,
+                offset: addr - r.base,
+                len: p.len as u32,
+                region: r.index,
+                flags: if i == 0 && lend_from == 0 {
+                    layout::P_HEAD
+                } else {
+                    0
+                },
+                reserved: 0,
+            };
+            let token: Token = ch.lent.lend(p.provider as u16, p.buf);
+            described.push(layout::Part {
+                token: token.to_u64(),
+                ..part
+            });
+        }
+        for (slot, d) in e.part.iter_mut().zip(described.iter()) {
+            *slot = *d;
+        }
+        let start = ch.completion.position().wrapping_add(ch.pending);
+        let mut at = ch.pending;
+        ch.completion.write(at, &e);
+        at += 1;
+        for chunk in self.inline.chunks(ENTRY) {
+            let mut ie = InlineEntry { bytes: [0; ENTRY] };
+            ie.bytes[..chunk.len()].copy_from_slice(chunk);
+            ch.completion.write(at, &ie);
+            at += 1;
+        }
+        for more in described[FRAME_PARTS.min(described.len())..].chunks(MORE_PARTS) {
+            let mut pe = PartsEntry::default();
+            pe.part[..more.len()].copy_from_slice(more);
+            ch.completion.write(at, &pe);
+            at += 1;
+        }
+        debug_assert_eq!(at - ch.pending, need);
+        ch.pending = at;
+        if ch.unread.len() == ch.unread.capacity() {
+            ch.unread.pop_front();
+        }
+        ch.unread.push_back(start);
+        c.stats.counters.frames += 1;
+        c.stats.counters.bytes += frame.data.len() as u64;
+        Ok(())
+    }
+
+    /// Publishes what was written this vector, one wake-up per channel at most.
+    pub fn flush(&mut self) {
+        for c in &mut self.consumers {
+            for ch in &mut c.channels {
+                publish(ch, &mut c.stats.counters, c.cfg.wake);
+            }
+        }
+    }
+
+    /// Ends every session (the run is over) and takes back what they held.
+    pub fn close_all(&mut self, pools: &mut [Pool]) {
+        self.flush();
+        for c in &mut self.consumers {
+            for ch in c.channels.drain(..) {
+                ch.session.end(Disconnect::Shutdown);
+                let why = ch.session.ended().unwrap_or(Disconnect::Shutdown);
+                self.gone += close(ch, why, pools, &mut c.stats);
+            }
+        }
+    }
+}
+
+impl Channel {
+    fn completion_size(&self) -> u32 {
+        self.completion.size()
+    }
+}
+
+fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
+    if ch.pending == 0 {
+        return;
+    }
+    ch.completion.publish(ch.pending);
+    ch.pending = 0;
+    if wake == WakeMode::Eventfd && ch.completion.needs_wakeup() {
+        if let Some(fd) = &ch.eventfd {
+            // Non-blocking: a counter near its limit is a consumer that never reads it.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            counters.wakeups += 1;
+        }
+    }
+}
+
+/// Takes back what the consumer returned. A wild index or a bad token ends the session.
+fn refill(
+    ch: &mut Channel,
+    pools: &mut [Pool],
+    tokens: &mut [u64],
+    counters: &mut DeliveryCounters,
+) {
+    loop {
+        let n = match ch.refill.available() {
+            Ok(0) => return,
+            Ok(n) => (n as usize).min(tokens.len()),
+            Err(_) => {
+                ch.session.end(Disconnect::BadIndex);
+                return;
+            }
+        };
+        for (i, t) in tokens[..n].iter_mut().enumerate() {
+            *t = ch.refill.read::<u64>(i as u32);
+        }
+        ch.refill.release(n as u32);
+        for &t in &tokens[..n] {
+            match ch.lent.take(Token::from_u64(t)) {
+                Some((pool, buf)) => {
+                    let _ = pools[usize::from(pool)].recycle(buf);
+                    counters.returned += 1;
+                }
+                None => {
+                    ch.session.end(Disconnect::BadToken);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A session is over on this queue: every buffer it held goes back, and the frames it
+/// never read are counted.
+fn close(mut ch: Channel, why: Disconnect, pools: &mut [Pool], stats: &mut ConsumerStats) -> u64 {
+    for (pool, buf) in ch.lent.drain() {
+        let _ = pools[usize::from(pool)].recycle(buf);
+        stats.counters.reclaimed += 1;
+    }
+    // What the consumer had read, as far as its index can be believed.
+    let _ = ch.completion.free();
+    let read_to = ch
+        .completion
+        .position()
+        .wrapping_sub(ch.completion.in_flight());
+    let gone = ch
+        .unread
+        .iter()
+        .filter(|&&start| (start.wrapping_sub(read_to) as i32) >= 0)
+        .count();
+    stats.counters.gone += gone as u64;
+    stats.disconnects.add(why);
+    gone as u64
+}
+
+/// Tells a session about a region: a message with a read-only descriptor of it.
+fn announce(session: &Session, r: &RegionInfo) -> std::io::Result<()> {
+    let body = memplex_proto::msg::Region {
+        index: r.index,
+        kind: r.kind,
+        len: r.len,
+        offset: r.offset,
+        provider: memplex_proto::msg::fixed(&r.provider),
+    };
+    memplex_proto::msg::send(
+        &session.sock,
+        memplex_proto::msg::Kind::Region,
+        &body,
+        &[r.fd.as_fd()],
+    )
+}
+
+/// A hash of the frame's flow (addresses, protocol, ports), the same for every frame of
+/// a TCP or UDP flow; frames without those fields hash to 0.
+fn flow_hash(split: &Split) -> u32 {
+    let m = &split.meta;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |v: u64| {
+        h ^= v;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for a in [m.src, m.dst].into_iter().flatten() {
+        match a {
+            std::net::IpAddr::V4(v) => mix(u64::from(u32::from(v))),
+            std::net::IpAddr::V6(v) => {
+                let b = u128::from(v);
+                mix(b as u64);
+                mix((b >> 64) as u64);
+            }
+        }
+    }
+    mix(u64::from(m.protocol.unwrap_or(0)));
+    mix(u64::from(m.src_port.unwrap_or(0)) << 16 | u64::from(m.dst_port.unwrap_or(0)));
+    (h ^ (h >> 32)) as u32
+}
