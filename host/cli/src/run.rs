@@ -291,4 +291,36 @@ pub fn print_report(r: &RunReport, json: bool) {
         ]);
     }
     println!("{p}");
+    if !t.consumers.is_empty() {
+        let mut c = table(&[
+            "consumer",
+            "frames",
+            "bytes",
+            "copied",
+            "returned",
+            "reclaimed",
+            "gone",
+            "ring full",
+            "wake-ups",
+            "sessions",
+            "disconnects",
+        ]);
+        for cs in &t.consumers {
+            let n = &cs.counters;
+            c.add_row(vec![
+                Cell::new(&cs.name),
+                Cell::new(n.frames),
+                Cell::new(n.bytes),
+                Cell::new(n.copied),
+                Cell::new(n.returned),
+                Cell::new(n.reclaimed),
+                Cell::new(n.gone),
+                Cell::new(n.ring_full),
+                Cell::new(n.wakeups),
+                Cell::new(n.sessions_started),
+                Cell::new(fmt(&cs.disconnects)),
+            ]);
+        }
+        println!("{c}");
+    }
 }

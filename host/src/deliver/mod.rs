@@ -551,9 +551,25 @@ impl QueueDelivery {
         }
     }
 
-    /// Ends every session (the run is over) and takes back what they held.
-    pub fn close_all(&mut self, pools: &mut [Pool]) {
+    /// Ends every session (the run is over) and takes back what they held. Consumers
+    /// get up to `drain` to read what was published and give their buffers back first;
+    /// what they have not read by then counts as `consumer_gone`.
+    pub fn close_all(&mut self, pools: &mut [Pool], drain: Duration) {
         self.flush();
+        let deadline = Instant::now() + drain;
+        while Instant::now() < deadline {
+            self.service(pools);
+            let settled = self.consumers.iter_mut().all(|c| {
+                c.channels.iter_mut().all(|ch| {
+                    let _ = ch.completion.free();
+                    ch.completion.in_flight() == 0 && ch.lent.held() == 0
+                })
+            });
+            if settled {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for c in &mut self.consumers {
             for ch in c.channels.drain(..) {
                 ch.session.end(Disconnect::Shutdown);

@@ -493,7 +493,7 @@ pub(super) fn run_queue(
     };
     let _ = w.sink.flush();
     if let Some(d) = w.delivery.as_mut() {
-        d.close_all(&mut w.pools);
+        d.close_all(&mut w.pools, Duration::from_millis(500));
     }
     w.service_delivery();
     let mut stats = w.snapshot();
