@@ -139,6 +139,8 @@ pub struct Consumer {
     batch: usize,
     channels: Vec<Channel>,
     regions: RefCell<Vec<Option<Arc<RegionMap>>>>,
+    /// The regions' descriptors, kept for `testing::try_map_writable`.
+    region_fds: RefCell<Vec<Option<OwnedFd>>>,
     next_queue: Cell<usize>,
     ended: RefCell<Option<(u32, String)>>,
 }
@@ -224,6 +226,12 @@ impl Frame<'_> {
                 .skip(skip)
                 .map(|(p, r)| r.slice(p.offset, p.len)),
         )
+    }
+
+    /// The address range of the mapping each part is read from, in this process: what a
+    /// zero-copy check compares the frag slices against.
+    pub fn part_mappings(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.parts.iter().map(|(_, r)| r.range())
     }
 
     /// The parts as the ring described them (region, offset, length, token).
@@ -352,6 +360,7 @@ impl Consumer {
             batch: opts.batch.max(1),
             channels,
             regions: RefCell::new(Vec::new()),
+            region_fds: RefCell::new(Vec::new()),
             next_queue: Cell::new(0),
             ended: RefCell::new(None),
         })
@@ -555,6 +564,7 @@ impl Consumer {
                         .into_iter()
                         .next()
                         .ok_or_else(|| Error::Protocol("a Region without its descriptor".into()))?;
+                    let kept = fd.try_clone().ok();
                     let map = RegionMap::new(fd, r.offset, r.len).map_err(Error::Protocol)?;
                     let mut regions = self.regions.borrow_mut();
                     let i = r.index as usize;
@@ -562,6 +572,11 @@ impl Consumer {
                         regions.resize(i + 1, None);
                     }
                     regions[i] = Some(Arc::new(map));
+                    let mut fds = self.region_fds.borrow_mut();
+                    if fds.len() <= i {
+                        fds.resize_with(i + 1, || None);
+                    }
+                    fds[i] = kept;
                 }
                 (Kind::Bye, body) => {
                     let (reason, text) = match ended(body) {
@@ -648,6 +663,62 @@ impl Consumer {
             inline,
             parts: mapped,
         }))
+    }
+}
+
+/// Ways to break the protocol on purpose, for tests of memplex's defences. Not for
+/// consumers.
+#[doc(hidden)]
+pub mod testing {
+    use super::Consumer;
+
+    /// Writes `tokens` to queue `q`'s refill ring as they are.
+    pub fn write_tokens(c: &Consumer, q: usize, tokens: &[u64]) {
+        let mut w = c.channels[q].refill.borrow_mut();
+        for (i, t) in tokens.iter().enumerate() {
+            w.write(i as u32, t);
+        }
+        w.publish(tokens.len() as u32);
+    }
+
+    /// Moves queue `q`'s refill producer index by `by`.
+    pub fn move_refill_index(c: &Consumer, q: usize, by: u32) {
+        let w = c.channels[q].refill.borrow();
+        w.force_shared_index(w.position().wrapping_add(by));
+    }
+
+    /// Moves queue `q`'s completion consumer index by `by`.
+    pub fn move_completion_index(c: &Consumer, q: usize, by: u32) {
+        let r = c.channels[q].completion.borrow();
+        r.force_shared_index(r.position().wrapping_add(by));
+    }
+
+    /// Tries to map the region of `f`'s first part writable through the descriptor
+    /// memplex sent: the error the system gives (memplex sends read-only descriptors).
+    pub fn try_map_writable(c: &Consumer, f: &super::Frame<'_>) -> String {
+        let Some((p, _)) = f.parts.first() else {
+            return "no part".into();
+        };
+        match c.region_fds.borrow().get(p.region as usize) {
+            Some(Some(fd)) => super::map::try_writable(fd),
+            _ => "no descriptor kept".into(),
+        }
+    }
+
+    /// How the session ended, if memplex has said so (reads the socket, not the rings).
+    pub fn ended(c: &Consumer) -> Option<(u32, String)> {
+        let _ = c.read_socket(false);
+        c.ended.borrow().clone()
+    }
+
+    /// Takes the tokens of a frame without giving them back when it is dropped.
+    pub fn keep_tokens(f: super::Frame<'_>) -> Vec<u64> {
+        let mut f = std::mem::ManuallyDrop::new(f);
+        let tokens = f.parts.iter().map(|(p, _)| p.token).collect();
+        // Its fields are dropped here; only its Drop, which returns the tokens, is not run.
+        drop(std::mem::take(&mut f.parts));
+        drop(std::mem::take(&mut f.inline));
+        tokens
     }
 }
 

@@ -56,9 +56,21 @@ impl RegionMap {
     }
 
     /// The mapping's address range, for tests that check slices point into it.
-    #[allow(dead_code)]
     pub(crate) fn range(&self) -> std::ops::Range<usize> {
         let base = self.map.as_ptr() as usize;
         base..base + self.map.len()
+    }
+}
+
+/// What the system says to a writable shared mapping of `fd` (one page).
+pub(crate) fn try_writable(fd: &OwnedFd) -> String {
+    let Ok(file) = fd.try_clone().map(File::from) else {
+        return "cannot duplicate the descriptor".into();
+    };
+    // SAFETY: a one-page mapping that is dropped at once; if the system allowed it, no
+    // byte is written through it.
+    match unsafe { MmapOptions::new().len(4096).map_mut(&file) } {
+        Ok(_) => "allowed".into(),
+        Err(e) => format!("refused: {e}"),
     }
 }

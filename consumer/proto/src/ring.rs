@@ -252,6 +252,13 @@ impl Producer {
         self.ring.producer().store(self.prod, Ordering::Release);
     }
 
+    /// Writes `index` as the shared producer index, whatever it says. For tests of a
+    /// peer's defences only.
+    #[doc(hidden)]
+    pub fn force_shared_index(&self, index: u32) {
+        self.ring.producer().store(index, Ordering::Release);
+    }
+
     /// True when the consumer asked to be woken: check after `publish`, and make one
     /// wake-up system call if so.
     pub fn needs_wakeup(&self) -> bool {
@@ -309,6 +316,18 @@ impl Consumer {
     pub fn release(&mut self, n: u32) {
         self.cons = self.cons.wrapping_add(n);
         self.ring.consumer().store(self.cons, Ordering::Release);
+    }
+
+    /// Writes `index` as the shared consumer index, whatever it says. For tests of a
+    /// peer's defences only.
+    #[doc(hidden)]
+    pub fn force_shared_index(&self, index: u32) {
+        self.ring.consumer().store(index, Ordering::Release);
+    }
+
+    /// Our index.
+    pub fn position(&self) -> u32 {
+        self.cons
     }
 
     /// Asks the producer for a wake-up before sleeping; then check
