@@ -143,6 +143,9 @@ pub struct Consumer {
     region_fds: RefCell<Vec<Option<OwnedFd>>>,
     next_queue: Cell<usize>,
     ended: RefCell<Option<(u32, String)>>,
+    /// Frames read so far, and regions announced after the first of them.
+    frames_read: Cell<u64>,
+    late_regions: Cell<u64>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -363,6 +366,8 @@ impl Consumer {
             region_fds: RefCell::new(Vec::new()),
             next_queue: Cell::new(0),
             ended: RefCell::new(None),
+            frames_read: Cell::new(0),
+            late_regions: Cell::new(0),
         })
     }
 
@@ -384,6 +389,12 @@ impl Consumer {
     /// True when frames carry checksums ([`Frame::verify`]).
     pub fn checksums(&self) -> bool {
         self.checksums
+    }
+
+    /// Regions memplex announced after this session had read its first frame: memory
+    /// added during the session (a route's provider used for the first time, say).
+    pub fn regions_added_mid_session(&self) -> u64 {
+        self.late_regions.get()
     }
 
     /// How this session waits (busy-poll when memplex offers no eventfds).
@@ -421,6 +432,7 @@ impl Consumer {
                 Wake::BusyPoll => {
                     spins = spins.wrapping_add(1);
                     if spins.is_multiple_of(4096) {
+                        self.flush();
                         self.read_socket(false)?;
                     }
                     std::hint::spin_loop();
@@ -486,6 +498,8 @@ impl Consumer {
 
     /// Sleeps on the eventfds and the socket until frames may be ready.
     fn sleep(&self, deadline: Option<Instant>) -> Result<(), Error> {
+        // Nothing to read: give back what was dropped, rather than sit on it.
+        self.flush();
         for ch in &self.channels {
             ch.completion.borrow().want_wakeup();
         }
@@ -577,6 +591,9 @@ impl Consumer {
                         fds.resize_with(i + 1, || None);
                     }
                     fds[i] = kept;
+                    if self.frames_read.get() > 0 {
+                        self.late_regions.set(self.late_regions.get() + 1);
+                    }
                 }
                 (Kind::Bye, body) => {
                     let (reason, text) = match ended(body) {
@@ -656,6 +673,7 @@ impl Consumer {
             }
             mapped.push((p, r));
         }
+        self.frames_read.set(self.frames_read.get() + 1);
         Ok(Some(Frame {
             consumer: self,
             queue: q,

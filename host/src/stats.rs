@@ -356,6 +356,9 @@ counters! {
         sessions_started,
         /// Region announcements sent.
         regions_sent,
+        /// Regions announced to a session that had already been delivered frames:
+        /// memory added during the session.
+        regions_late,
     }
 }
 

@@ -112,6 +112,8 @@ fn cargo(args: &[&str], rest: &[&str]) -> Result<(), String> {
 fn build(root: &Path, profile: &str) -> Result<(), String> {
     let args: &[&str] = &["--profile", profile];
     cargo(&["build", "--workspace"], args)?;
+    // The misbehaving consumer the delivery defence tests run.
+    cargo(&["build", "-p", "memplex-consumer", "--examples"], args)?;
     let target = root.join("target");
     let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
     for manifest in [EXAMPLE, PREVIOUS_ABI] {

@@ -52,6 +52,10 @@ pub struct ConsumeArgs {
     /// Stop after this many frames (0: until memplex stops or Ctrl-C).
     #[arg(long, default_value_t = 0)]
     frames: u64,
+    /// Read and give back, but leave out of the report, the frames of the first this
+    /// many seconds (a warm-up: sessions joining, caches filling).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
+    warmup: f64,
     /// Stop after this many seconds (0: no limit).
     #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
     seconds: f64,
@@ -76,6 +80,12 @@ struct Report {
     seq_gaps: u64,
     /// Placement-to-consumer latency (CLOCK_MONOTONIC at receive to the read here), ns.
     latency_ns: Latency,
+    /// Frames by the route rule that placed them.
+    routes: std::collections::BTreeMap<u16, u64>,
+    /// The distinct flow hashes seen (at most 4096).
+    flows: std::collections::BTreeSet<u32>,
+    /// Regions memplex announced after the first frame (memory added mid-session).
+    regions_mid_session: u64,
     /// How the session ended.
     ended: String,
     elapsed_s: f64,
@@ -162,6 +172,9 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             Err(Error::Closed) => break "memplex closed the connection".to_string(),
             Err(e) => return Err(e).context("receiving frames"),
         };
+        if args.warmup > 0.0 && start.elapsed().as_secs_f64() < args.warmup {
+            continue;
+        }
         let now = mono_ns();
         let m = *frame.meta();
         if lat.len() < lat.capacity() {
@@ -176,6 +189,10 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         last_seq[q] = Some(m.seq);
         r.frames += 1;
         r.bytes += u64::from(m.cap_len);
+        *r.routes.entry(m.route).or_default() += 1;
+        if r.flows.len() < 4096 {
+            r.flows.insert(m.flow_hash);
+        }
         r.head_inline += u64::from(frame.head_inline());
         r.copied += u64::from(frame.copied());
         r.parts_in_place += frame.parts().count() as u64;
@@ -219,6 +236,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     }
     r.elapsed_s = start.elapsed().as_secs_f64();
     r.ended = ended;
+    r.regions_mid_session = c.regions_added_mid_session();
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))

@@ -173,6 +173,8 @@ struct Channel {
     unread: VecDeque<u32>,
     /// Regions this session has been told about (by index).
     announced: Vec<u32>,
+    /// Frames delivered to it on this queue.
+    delivered: u64,
     quota: u32,
 }
 
@@ -258,9 +260,9 @@ impl QueueDelivery {
             let mut i = 0;
             while i < c.channels.len() {
                 let ch = &mut c.channels[i];
-                if ch.session.ended().is_none() {
-                    refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
-                }
+                // Also for a session that ended: what it gave back before leaving is
+                // returned, not reclaimed (every token is checked all the same).
+                refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
                 match ch.session.ended() {
                     None => i += 1,
                     Some(why) => {
@@ -295,6 +297,7 @@ impl QueueDelivery {
                 pending: 0,
                 unread: VecDeque::with_capacity(c.cfg.ring_entries as usize),
                 announced: Vec::new(),
+                delivered: 0,
                 quota,
             });
         }
@@ -430,6 +433,9 @@ impl QueueDelivery {
                 }
                 ch.announced.push(r.index);
                 c.stats.counters.regions_sent += 1;
+                if ch.delivered > 0 {
+                    c.stats.counters.regions_late += 1;
+                }
             }
         }
         let m = &frame.meta;
@@ -537,6 +543,7 @@ impl QueueDelivery {
             ch.unread.pop_front();
         }
         ch.unread.push_back(start);
+        ch.delivered += 1;
         c.stats.counters.frames += 1;
         c.stats.counters.bytes += frame.data.len() as u64;
         Ok(())

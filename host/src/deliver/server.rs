@@ -283,6 +283,17 @@ fn admit(
         rustix::net::sockopt::Timeout::Send,
         Some(Duration::from_millis(500)),
     );
+    let hello: msg::Hello = match msg::recv(&sock, buf, RecvFlags::empty()) {
+        Ok(Some((n, _))) => match msg::decode(&buf[..n]) {
+            Ok((Kind::Hello, body)) => msg::body(body).map_err(|e| refuse(&sock, e))?,
+            Ok((k, _)) => return Err(refuse(&sock, format!("expected Hello, got {k:?}"))),
+            Err(e) => return Err(refuse(&sock, e)),
+        },
+        Ok(None) => return Err("closed before Hello".into()),
+        Err(e) => return Err(format!("no Hello: {e}")),
+    };
+    // Credentials after the Hello is read, so a refusal reaches the peer as a Bye
+    // (closing with its Hello unread would reset the connection instead).
     let cred =
         rustix::net::sockopt::socket_peercred(&sock).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     let me = rustix::process::geteuid();
@@ -297,15 +308,6 @@ fn admit(
             ),
         ));
     }
-    let hello: msg::Hello = match msg::recv(&sock, buf, RecvFlags::empty()) {
-        Ok(Some((n, _))) => match msg::decode(&buf[..n]) {
-            Ok((Kind::Hello, body)) => msg::body(body).map_err(|e| refuse(&sock, e))?,
-            Ok((k, _)) => return Err(refuse(&sock, format!("expected Hello, got {k:?}"))),
-            Err(e) => return Err(refuse(&sock, e)),
-        },
-        Ok(None) => return Err("closed before Hello".into()),
-        Err(e) => return Err(format!("no Hello: {e}")),
-    };
     if hello.version != memplex_proto::VERSION {
         return Err(refuse(
             &sock,

@@ -23,7 +23,7 @@ fn memplex(args: &[&str]) -> (i32, String) {
 
 /// Runs memplex with `plugin_path` as MEMPLEX_PLUGIN_PATH, in `dir` when given, with
 /// `env` set.
-fn memplex_in(
+pub(crate) fn memplex_in(
     args: &[&str],
     plugin_path: &std::path::Path,
     dir: Option<&str>,
@@ -235,7 +235,7 @@ fn out_of_tree_provider_passes_check_provider() {
     assert!(out.contains("acme-ring"), "{out}");
 }
 
-fn configs(name: &str) -> String {
+pub(crate) fn configs(name: &str) -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../configs")
         .join(name)

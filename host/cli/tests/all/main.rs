@@ -4,5 +4,6 @@
 //! --workspace`) before these run; a missing one fails with that hint, never skips.
 
 mod cli;
+mod deliver;
 
 pub use memplex_testkit::fixtures::{build_dir, so};

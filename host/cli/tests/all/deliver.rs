@@ -1,0 +1,643 @@
+//! Delivery to consumer processes, with real processes on both sides: `memplex run` and
+//! `memplex consume`, the C example, and `misbehave` (a consumer that breaks the
+//! protocol on purpose).
+
+use super::cli::{configs, memplex_in};
+use super::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `memplex run` in the background, on a config of its own in a directory of its own.
+struct Run {
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+/// The providers every delivery config has: heads in `hdr` (heap, not shareable: heads
+/// go inline), payload in `payload` (shm).
+const PROVIDERS: &str = r#"
+[providers.hdr]
+plugin = "heap"
+buf_size = 256
+unverified = true
+
+[providers.payload]
+plugin = "shm"
+buf_size = 2048
+pool_size = 1024
+settings = { buffers = 65536 }
+"#;
+
+impl Run {
+    /// Starts `memplex run` for `seconds` on the default capture at `rate` frames per
+    /// second, with `body` (providers, consumers, routes) after the device and split.
+    /// `{dir}` in `body` becomes the run's directory. Waits for every consumer socket.
+    fn start(test: &str, body: &str, rate: u32, seconds: f64) -> Run {
+        let dir = std::env::temp_dir().join(format!("mpx-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let capture = configs("captures/default.pcap");
+        let config = format!(
+            "[device]\nkind = \"pcap\"\npath = \"{capture}\"\nrepeat = 100000000\nrate = {rate}\n\n[split]\nmode = \"l4\"\n\n[runtime]\nsink = \"verify\"\n{}",
+            body.replace("{dir}", &dir.display().to_string())
+        );
+        std::fs::write(dir.join("run.toml"), &config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args(["run", "-c", "run.toml", "--json", "--duration"])
+            .arg(seconds.to_string())
+            .current_dir(&dir)
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let run = Run {
+            child: Some(child),
+            dir,
+        };
+        let sockets: Vec<&str> = config
+            .lines()
+            .filter_map(|l| l.strip_prefix("socket = \""))
+            .map(|l| l.trim_end_matches('"'))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut run = run;
+        for s in sockets {
+            while !Path::new(s).exists() {
+                if let Ok(Some(status)) = run.child.as_mut().unwrap().try_wait() {
+                    let out = run.child.take().unwrap().wait_with_output().unwrap();
+                    panic!(
+                        "memplex run ended ({status}) before {s} appeared:\n{}\n{config}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                assert!(Instant::now() < deadline, "{s} never appeared\n{config}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        run
+    }
+
+    fn socket(&self, name: &str) -> String {
+        self.dir.join(format!("{name}.sock")).display().to_string()
+    }
+
+    /// Waits for the run to end: its exit code, its final JSON report, its stderr.
+    fn finish(mut self) -> (i32, Value, String) {
+        let out = self.child.take().unwrap().wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let last = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["final"] == true)
+            .unwrap_or_else(|| panic!("no final report\n{stdout}\n{stderr}"));
+        (out.status.code().unwrap_or(-1), last, stderr)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `memplex consume` with `args`, to its end: exit code and JSON report.
+fn consume(socket: &str, args: &[&str]) -> (i32, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", socket, "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report = text
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from consume {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn consumer<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["total"]["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no consumer {name} in {report}"))
+}
+
+fn leaked(report: &Value) -> u64 {
+    report["pools"]
+        .as_array()
+        .map(|p| p.iter().map(|p| p["leaked"].as_u64().unwrap()).sum())
+        .unwrap_or(0)
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_consumer_process_reads_every_frame_in_place_and_verifies_it() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("verify", &body, 100_000, 3.0);
+    let (code, got) = consume(&run.socket("tcp"), &["--mode", "verify"]);
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(code, 0, "{got}");
+    let frames = u(&got["frames"]);
+    assert!(frames > 10_000, "{got}");
+    assert_eq!(u(&got["verified"]), frames, "{got}");
+    assert_eq!(u(&got["mismatched"]), 0);
+    // Heads inline (heap cannot share), payload in place: one part per frame, read in
+    // the provider's memory.
+    assert_eq!(u(&got["head_inline"]), frames);
+    assert_eq!(u(&got["parts_in_place"]), frames);
+    assert_eq!(got["ended"], "memplex stopped");
+    let c = consumer(&report, "tcp");
+    assert_eq!(
+        u(&c["frames"]),
+        frames,
+        "every delivered frame was read: {c}"
+    );
+    assert_eq!(u(&c["returned"]), frames, "every buffer came back: {c}");
+    assert_eq!(u(&c["reclaimed"]), 0, "{c}");
+    assert_eq!(u(&c["gone"]), 0, "{c}");
+    assert_eq!(u(&c["regions_sent"]), 1, "{c}");
+    assert_eq!(c["disconnects"]["shutdown"], 1, "{c}");
+    assert_eq!(leaked(&report), 0);
+    // The other route's frames stayed in-process and were verified by the sink.
+    assert!(u(&report["total"]["sink"]["verified"]) > 10_000, "{report}");
+}
+
+#[test]
+fn frag_slices_point_into_the_providers_memory_as_mapped_here() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\n\n[[route]]\nhead = \"payload\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
+    );
+    let run = Run::start("zerocopy", &body, 50_000, 2.0);
+    let c = memplex_consumer::Consumer::connect(
+        run.socket("all"),
+        &memplex_consumer::Options::new("all"),
+    )
+    .unwrap();
+    let mut frames = 0;
+    let mut bytes = 0;
+    while frames < 2000 {
+        let Some(f) = c.next(Some(Duration::from_secs(5))).unwrap() else {
+            panic!("no frame within 5 s");
+        };
+        assert!(!f.head_inline(), "shm heads are shared too");
+        let maps: Vec<_> = f.part_mappings().collect();
+        let slices = std::iter::once(f.head()).chain(f.frags());
+        for (s, m) in slices.zip(&maps) {
+            let (start, end) = (s.as_ptr() as usize, s.as_ptr() as usize + s.len());
+            assert!(
+                m.start <= start && end <= m.end,
+                "slice {start:#x}..{end:#x} outside the mapping {m:?}: it was copied"
+            );
+            bytes += s.len();
+        }
+        frames += 1;
+    }
+    c.close();
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert!(bytes > 0);
+    assert_eq!(leaked(&report), 0);
+    // Frames delivered after it stopped reading were taken back when it left.
+    let all = consumer(&report, "all");
+    assert_eq!(u(&all["lent"]), 0, "{all}");
+    assert_eq!(all["disconnects"]["left"], 1, "{all}");
+}
+
+#[test]
+fn the_c_example_consumer_reads_frames_in_place() {
+    use memplex_proto::layout::{ChannelHeader, FrameEntry, Part, PartsEntry};
+    use memplex_proto::msg::{Bye, Channel, Hello, Region, Welcome};
+    use std::mem::{offset_of, size_of};
+    let dir = std::env::temp_dir().join(format!("mpx-c-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("count");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let cc = Command::new("cc")
+        .args([
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-std=c11",
+            "-D_GNU_SOURCE",
+            "-I",
+        ])
+        .arg(root.join("consumer/include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(root.join("consumer/examples/c/count.c"))
+        .output()
+        .expect("a C compiler (cargo xtask installs gcc when it is missing)");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    // The C header's layout is Rust's.
+    let layout = Command::new(&exe).arg("--layout").output().unwrap();
+    let c: Value = serde_json::from_slice(&layout.stdout).unwrap();
+    for (key, rust) in [
+        ("frame_entry", size_of::<FrameEntry>()),
+        ("part", size_of::<Part>()),
+        ("parts_entry", size_of::<PartsEntry>()),
+        ("channel_header", size_of::<ChannelHeader>()),
+        ("hello", size_of::<Hello>()),
+        ("welcome", size_of::<Welcome>()),
+        ("channel", size_of::<Channel>()),
+        ("region", size_of::<Region>()),
+        ("bye", size_of::<Bye>()),
+        ("off_rx_mono_ns", offset_of!(FrameEntry, rx_mono_ns)),
+        ("off_flags", offset_of!(FrameEntry, flags)),
+        ("off_parts", offset_of!(FrameEntry, parts)),
+        ("off_layer", offset_of!(FrameEntry, layer)),
+        ("off_part", offset_of!(FrameEntry, part)),
+        ("off_part_region", offset_of!(Part, region)),
+        ("off_rings", offset_of!(ChannelHeader, rings)),
+    ] {
+        assert_eq!(c[key].as_u64(), Some(rust as u64), "{key}: C {c}");
+    }
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("cexample", &body, 100_000, 2.0);
+    let out = Command::new(&exe)
+        .args([run.socket("tcp").as_str(), "--name", "tcp", "--verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (rc, report, err) = run.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |k: &str| -> u64 {
+        let w: Vec<&str> = text.split_whitespace().collect();
+        let i = w
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} in {text}"));
+        w[i + 1].parse().unwrap()
+    };
+    let frames = field("frames");
+    assert!(frames > 10_000, "{text}");
+    assert_eq!(field("verified"), frames, "{text}");
+    assert_eq!(field("mismatched"), 0);
+    assert_eq!(field("in_place"), frames, "{text}");
+    assert_eq!(u(&consumer(&report, "tcp")["frames"]), frames);
+    assert_eq!(u(&consumer(&report, "tcp")["reclaimed"]), 0);
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
+fn a_consumer_killed_with_sigkill_gives_everything_back_and_a_new_session_starts() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 1024\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("sigkill", &body, 50_000, 4.0);
+    // Slow, and sitting on 300 frames: when it dies it holds buffers, and frames wait
+    // unread in its ring.
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", &run.socket("tcp"), "--hold", "300"])
+        .args(["--delay-us", "500"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    slow.kill().unwrap();
+    let status = slow.wait().unwrap();
+    assert!(!status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    // A new session: it gets frames, all good.
+    let (code, got) = consume(
+        &run.socket("tcp"),
+        &["--mode", "verify", "--frames", "5000"],
+    );
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(u(&got["verified"]), 5000, "{got}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "the run goes on: {err}");
+    let c = consumer(&report, "tcp");
+    assert_eq!(u(&c["sessions_started"]), 2, "{c}");
+    assert!(u(&c["disconnects"]["left"]) >= 1, "{c}");
+    assert!(
+        u(&c["reclaimed"]) >= 300,
+        "the killed one's held buffers came back: {c}"
+    );
+    assert!(u(&c["gone"]) > 0, "frames it never read are counted: {c}");
+    assert!(u(&report["total"]["dropped"]["consumer_gone"]) >= u(&c["gone"]));
+    assert_eq!(u(&c["lent"]), 0, "{c}");
+    assert_eq!(leaked(&report), 0, "{report}");
+}
+
+#[test]
+fn hostile_consumers_are_cut_off_with_the_reason_and_the_host_is_unaffected() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("hostile", &body, 50_000, 8.0);
+    let misbehave = build_dir().join("examples/misbehave");
+    assert!(
+        misbehave.is_file(),
+        "{} is missing: `cargo xtask build` builds it",
+        misbehave.display()
+    );
+    for (mode, reason) in [
+        (
+            "garbage-token",
+            "3 a refill token was stale, foreign or forged",
+        ),
+        ("duplicate-token", "3 a refill token"),
+        ("foreign-token", "3 a refill token"),
+        ("wild-refill-index", "4 a ring index moved"),
+        ("wild-completion-index", "4 a ring index moved"),
+    ] {
+        let out = Command::new(&misbehave)
+            .args([run.socket("tcp").as_str(), mode])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(&format!("ended {reason}")), "{mode}: {text}");
+    }
+    // Payload memory is read-only here: a writable mapping is refused, a write faults.
+    let out = Command::new(&misbehave)
+        .args([run.socket("tcp").as_str(), "write-payload"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(11), "SIGSEGV: {text}");
+    assert!(text.contains("writable mapping: refused"), "{text}");
+    // And a well-behaved consumer still gets every frame right.
+    let (code, got) = consume(
+        &run.socket("tcp"),
+        &["--mode", "verify", "--frames", "5000"],
+    );
+    assert_eq!(code, 0, "{got}");
+    assert_eq!(u(&got["verified"]), 5000);
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let c = consumer(&report, "tcp");
+    assert_eq!(u(&c["disconnects"]["bad_token"]), 3, "{c}");
+    assert_eq!(u(&c["disconnects"]["bad_index"]), 2, "{c}");
+    assert_eq!(u(&c["lent"]), 0, "{c}");
+    assert_eq!(leaked(&report), 0, "{report}");
+}
+
+#[test]
+fn slow_absent_and_greedy_consumers_meet_the_policy_and_the_quota() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 64\nquota = 64\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("policy", &body, 50_000, 4.0);
+    // Nobody yet: no_consumer.
+    std::thread::sleep(Duration::from_millis(300));
+    // Slow: the small ring fills, consumer_full.
+    let (code, got) = consume(
+        &run.socket("tcp"),
+        &["--delay-us", "2000", "--seconds", "1"],
+    );
+    assert_eq!(code, 0, "{got}");
+    // Greedy: sits on more buffers than its quota, consumer_quota.
+    let (code, got2) = consume(&run.socket("tcp"), &["--hold", "1000", "--seconds", "1"]);
+    assert_eq!(code, 0, "{got2}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let dropped = &report["total"]["dropped"];
+    for reason in ["no_consumer", "consumer_full", "consumer_quota"] {
+        assert!(u(&dropped[reason]) > 0, "{reason}: {dropped}");
+    }
+    assert!(u(&consumer(&report, "tcp")["ring_full"]) > 0);
+    // The in-process route never noticed.
+    assert!(u(&report["total"]["sink"]["verified"]) > 50_000, "{report}");
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
+fn two_consumers_on_two_routes_and_two_sessions_sharing_one_by_flow() {
+    let body = format!(
+        "{PROVIDERS}\n[providers.udp]\nplugin = \"slab\"\nbuf_size = 2048\nsettings = {{ buffers = 65536 }}\n\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[consumers.udp]\nsocket = \"{{dir}}/udp.sock\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nmatch = {{ l4 = \"udp\" }}\nhead = \"hdr\"\nfrags = \"udp\"\ndeliver = \"udp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("sharing", &body, 50_000, 4.0);
+    let spawn = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args([
+                "consume",
+                "--socket",
+                &run.socket(name),
+                "--json",
+                "--seconds",
+                "2",
+            ])
+            // Flows move between sessions while they join; count once both are in.
+            .args(["--warmup", "0.7"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b, udp) = (spawn("tcp"), spawn("tcp"), spawn("udp"));
+    let report_of = |c: Child| -> Value {
+        let out = c.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (a, b, udp) = (report_of(a), report_of(b), report_of(udp));
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let flows = |r: &Value| -> std::collections::BTreeSet<u64> {
+        r["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_u64().unwrap())
+            .collect()
+    };
+    let (fa, fb) = (flows(&a), flows(&b));
+    assert!(
+        !fa.is_empty() && !fb.is_empty(),
+        "both sessions got flows: {a} {b}"
+    );
+    assert!(
+        fa.is_disjoint(&fb),
+        "a flow goes to one session: {fa:?} {fb:?}"
+    );
+    // Each consumer got its own route's frames only.
+    assert_eq!(
+        a["routes"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["0"]
+    );
+    assert_eq!(
+        udp["routes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["1"]
+    );
+    assert!(u(&udp["frames"]) > 0);
+    assert_eq!(u(&consumer(&report, "tcp")["sessions_started"]), 2);
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
+fn device_memory_the_host_cannot_touch_is_delivered_as_descriptors_and_regions_arrive_mid_session()
+{
+    // devmem is mapped PROT_NONE in memplex and filled with pwrite by the provider; the
+    // consumer reads it through its own mapping of the descriptor and verifies it.
+    // UDP frames go to a second provider whose region is announced when the first UDP
+    // frame is delivered, after the session has read TCP frames.
+    let body = format!(
+        "[providers.hdr]\nplugin = \"heap\"\nbuf_size = 256\nunverified = true\n\n[providers.dev]\nplugin = \"{}\"\nbuf_size = 2048\nsettings = {{ buffers = 8192 }}\n\n[providers.later]\nplugin = \"shm\"\nbuf_size = 2048\nsettings = {{ buffers = 8192 }}\n\n[consumers.app]\nsocket = \"{{dir}}/app.sock\"\nchecksum = true\nquota = 1024\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"dev\"\ndeliver = \"app\"\n\n[[route]]\nmatch = {{ l4 = \"udp\" }}\nhead = \"hdr\"\nfrags = \"later\"\ndeliver = \"app\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n",
+        so("memplex_fixture_devmem").display()
+    );
+    let run = Run::start("devmem", &body, 50_000, 2.0);
+    let (code, got) = consume(&run.socket("app"), &["--mode", "verify"]);
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(code, 0, "{got}");
+    assert!(u(&got["verified"]) > 1000, "{got}");
+    assert_eq!(u(&got["verified"]), u(&got["frames"]), "{got}");
+    let c = consumer(&report, "app");
+    assert_eq!(u(&c["regions_sent"]), 2, "{c}");
+    assert!(
+        u(&c["regions_late"]) >= 1,
+        "a region announced to a session already delivered frames: {c}"
+    );
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
+fn a_route_delivering_memory_that_cannot_be_shared_is_refused_unless_it_copies() {
+    let dir = std::env::temp_dir().join(format!("mpx-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = configs("captures/default.pcap");
+    let write = |frags: &str, copy: bool| {
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[device]\nkind = \"pcap\"\npath = \"{capture}\"\n\n[providers.hdr]\nplugin = \"heap\"\nbuf_size = 256\nunverified = true\n\n[providers.f]\nplugin = \"{frags}\"\nbuf_size = 2048\nunverified = true\n\n[consumers.c]\nsocket = \"{}/c.sock\"\nquota = 64\nmax_sessions = 1\n\n[[route]]\nhead = \"hdr\"\nfrags = \"f\"\ndeliver = \"c\"\ncopy = {copy}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        file.display().to_string()
+    };
+    for (frags, want) in [
+        (
+            "heap",
+            "its frags provider `f` cannot share its memory: it declares no memory region",
+        ),
+        ("slab.wasm", "WASM guest's linear memory cannot be shared"),
+    ] {
+        let (code, out) = memplex_in(
+            &["config", "check", &write(frags, false)],
+            &build_dir(),
+            None,
+            &[],
+        );
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(want) && out.contains("copy = true"),
+            "{frags}: {out}"
+        );
+    }
+    // copy = true is accepted, and frames are counted as copies.
+    let (code, out) = memplex_in(
+        &["config", "check", &write("heap", true)],
+        &build_dir(),
+        None,
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_copy_route_copies_into_the_ring_and_counts_it() {
+    let body = "[providers.hdr]\nplugin = \"heap\"\nbuf_size = 256\nunverified = true\n\n[consumers.c]\nsocket = \"{dir}/c.sock\"\nchecksum = true\nquota = 64\nmax_sessions = 1\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\ndeliver = \"c\"\ncopy = true\n";
+    let run = Run::start("copy", body, 50_000, 2.0);
+    let (code, got) = consume(&run.socket("c"), &["--mode", "verify"]);
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(code, 0, "{got}");
+    let frames = u(&got["frames"]);
+    assert!(frames > 1000, "{got}");
+    assert_eq!(u(&got["copied"]), frames);
+    assert_eq!(u(&got["verified"]), frames);
+    assert_eq!(u(&consumer(&report, "c")["copied"]), frames);
+}
+
+#[test]
+fn the_socket_is_private_and_peers_are_checked() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n"
+    );
+    let run = Run::start("perms", &body, 10_000, 2.0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(run.socket("tcp"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    // A consumer naming another consumer is refused with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", &run.socket("tcp"), "--name", "udp"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("serves consumer `tcp`, not `udp`"), "{err}");
+    if memplex_testkit::net::privileged() {
+        // Another user: not on the allow-list, refused by SO_PEERCRED (the socket mode
+        // alone would stop it; open it up to see the credential check answer).
+        std::fs::set_permissions(run.socket("tcp"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let dir_mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&run.dir, dir_mode).unwrap();
+        let exe = run.dir.join("memplex");
+        std::fs::copy(env!("CARGO_BIN_EXE_memplex"), &exe).unwrap();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(["consume", "--socket", &run.socket("tcp")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("peer uid 65534") && err.contains("allow_uids"),
+            "{err}"
+        );
+    }
+    let (rc, _, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+}
