@@ -12,6 +12,57 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Placement-to-consumer latency percentiles of a consumer round, in ns.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub samples: u64,
+}
+
+/// Pins `pid` (`None`: this thread, and the threads it starts) to `cpu`; false when the
+/// system refused or the machine has no such CPU.
+fn pin(pid: Option<rustix::process::Pid>, cpu: usize) -> bool {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(pid, &set).is_ok()
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The consumer process of a consumer variant, connected to `socket` once it exists.
+fn start_consumer(socket: &std::path::Path, args: &BenchArgs) -> Result<std::process::Child> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the consumer socket {} never appeared",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("consume")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--json")
+        .arg("--mode")
+        .arg(match args.consumer {
+            Some(super::ConsumerMode::Verify) => "verify",
+            _ => "count",
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if args.wake == super::WakeArg::BusyPoll {
+        cmd.arg("--busy-poll");
+    }
+    Ok(cmd.spawn()?)
+}
+
 /// CPU seconds (user + system) from a `/proc/.../stat` file.
 fn stat_cpu_secs(path: &str) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
@@ -75,9 +126,16 @@ pub fn round(
     let cpu0 = cpu_secs();
     let start = Instant::now();
     let stop = control.stop.clone();
+    // Consumer benchmarks pin the host's workers to CPU 0 in every variant, and the
+    // consumer process to CPU 1, so each side has a core of its own.
+    let pinning = args.consumer.is_some() && cpus() >= 2;
+    let mut consumer_child = None;
     let (outcome, sender_cpu) = std::thread::scope(|s| -> Result<_> {
         let reader = s.spawn(
             || -> Result<(u64, u64, u64, Option<memplex::stats::QueueStats>)> {
+                if pinning {
+                    pin(None, 0);
+                }
                 if let Some(copy) = bare {
                     let c = crate::bare::bare_read(rx, &control.stop, copy);
                     Ok((c.frames, c.bytes, c.kernel_drops, None))
@@ -88,6 +146,13 @@ pub fn round(
                 }
             },
         );
+        if let Some(socket) = &variant.consumer {
+            let child = start_consumer(socket, args)?;
+            if pinning {
+                pin(Some(rustix::process::Pid::from_child(&child)), 1);
+            }
+            consumer_child = Some(child);
+        }
         let deadline = start + seconds;
         let sender_cpu = match (args.source, net) {
             (Source::Veth, Some(n)) => {
@@ -128,7 +193,34 @@ pub fn round(
     })?;
     let secs = start.elapsed().as_secs_f64();
     let cpu = (cpu_secs() - cpu0 - sender_cpu).max(0.0);
-    let (frames, bytes, bare_drops, stats) = outcome;
+    let (mut frames, mut bytes, bare_drops, stats) = outcome;
+    // A consumer round counts what the consumer read, and reports its latency.
+    let (mut latency, mut cores) = (None, None);
+    if let Some(child) = consumer_child {
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let report: serde_json::Value = text
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the consumer process gave no report: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })?;
+        anyhow::ensure!(
+            report["mismatched"].as_u64() == Some(0),
+            "the consumer found frames that did not match: {report}"
+        );
+        frames = report["frames"].as_u64().unwrap_or(0);
+        bytes = report["bytes"].as_u64().unwrap_or(0);
+        latency = serde_json::from_value(report["latency_ns"].clone()).ok();
+        cores = Some(if pinning {
+            "host workers on CPU 0, consumer on CPU 1".to_string()
+        } else {
+            "unpinned (one CPU)".to_string()
+        });
+    }
     let mut drops = bare_drops
         + tap_dropped.map_or(0, |before| {
             net.map_or(0, TestNet::tap_dropped).saturating_sub(before)
@@ -158,5 +250,7 @@ pub fn round(
         peak_rss_bytes: peak_rss().filter(|_| peak_reset),
         hit_rate,
         providers,
+        latency,
+        cores,
     })
 }

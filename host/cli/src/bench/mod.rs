@@ -103,6 +103,35 @@ pub struct BenchArgs {
     /// Also plot frames per second per config and traffic to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also run each config delivering every frame to a consumer process (`memplex
+    /// consume`) that counts frames or verifies every byte, beside the in-process sink
+    /// doing the same (`count`, or `verify`), interleaved; with latency percentiles.
+    #[arg(long, value_enum)]
+    pub consumer: Option<ConsumerMode>,
+    /// How the consumer waits: busy-poll (default) or eventfd.
+    #[arg(long, value_enum, default_value = "busy-poll")]
+    pub wake: WakeArg,
+}
+
+/// What the consumer process does with each frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerMode {
+    /// Read the metadata; the in-process sink is `count`.
+    Count,
+    /// Read every byte (a CRC-32 checked against the entry's); the in-process sink is
+    /// `verify`, which also reads every placed byte.
+    Verify,
+}
+
+/// `--wake`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeArg {
+    /// The consumer spins on its rings.
+    BusyPoll,
+    /// The consumer sleeps on eventfds; memplex writes one per batch when it sleeps.
+    Eventfd,
 }
 
 const DEFAULT: &str = include_str!("../../../../configs/default.toml");
@@ -137,6 +166,10 @@ pub struct Round {
     hit_rate: Option<f64>,
     /// Buffers each provider supplied.
     providers: BTreeMap<String, u64>,
+    /// For a consumer variant: placement-to-consumer latency percentiles, in ns.
+    latency: Option<measure::Latency>,
+    /// Where the host's workers and the consumer ran, for a consumer variant.
+    cores: Option<String>,
 }
 
 /// Runs the benchmark; the exit code.
@@ -242,6 +275,9 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         args.seconds,
     );
     println!("{header}");
+    if let Some(cores) = rounds.iter().find_map(|r| r.cores.as_deref()) {
+        println!("consumer variants: {cores}; frames counted as the consumer read them");
+    }
     println!("{}", report::table(&summaries));
     if let Some(p) = &args.markdown {
         std::fs::write(p, format!("{header}\n\n{}", report::markdown(&summaries)))

@@ -29,6 +29,10 @@ pub struct Summary {
     of_bare: Option<f64>,
     /// pps / the read-and-copy loop's pps, same traffic.
     of_memcpy: Option<f64>,
+    /// Consumer variants: median over rounds of each round's latency percentiles, ns.
+    latency_ns: Option<super::measure::Latency>,
+    /// Consumer variants: where each side ran.
+    cores: Option<String>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -106,6 +110,20 @@ pub fn summarise(
                 vs_baseline: base.map(|b| m / b),
                 of_bare: bare.map(|b| m / b),
                 of_memcpy: memcpy.map(|b| m / b),
+                latency_ns: {
+                    let l: Vec<_> = rs.iter().filter_map(|r| r.latency).collect();
+                    let med = |f: fn(&super::measure::Latency) -> u64| {
+                        median(l.iter().map(|x| f(x) as f64).collect()) as u64
+                    };
+                    (!l.is_empty()).then(|| super::measure::Latency {
+                        p50: med(|x| x.p50),
+                        p99: med(|x| x.p99),
+                        p999: med(|x| x.p999),
+                        max: l.iter().map(|x| x.max).max().unwrap_or(0),
+                        samples: l.iter().map(|x| x.samples).sum(),
+                    })
+                },
+                cores: rs.iter().find_map(|r| r.cores.clone()),
             });
         }
     }
@@ -126,6 +144,7 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "CPU ns/frame",
         "peak RSS MiB",
         "pool hit rate",
+        "latency p50/p99/p99.9 us",
         "buffers per provider",
     ];
     let rows = s
@@ -145,6 +164,14 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                 s.peak_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
                 s.hit_rate
                     .map_or("-".into(), |h| format!("{:.2}%", h * 100.0)),
+                s.latency_ns.map_or("-".into(), |l| {
+                    format!(
+                        "{:.1} / {:.1} / {:.1}",
+                        l.p50 as f64 / 1e3,
+                        l.p99 as f64 / 1e3,
+                        l.p999 as f64 / 1e3
+                    )
+                }),
                 s.providers
                     .iter()
                     .map(|(n, b)| format!("{n} {b}"))

@@ -15,6 +15,43 @@ use std::path::Path;
 pub struct Variant {
     pub label: String,
     pub config: Config,
+    /// For a consumer variant: the socket its consumer process connects to.
+    pub consumer: Option<std::path::PathBuf>,
+}
+
+/// The consumer's name in the configs `memplex bench --consumer` makes.
+pub const BENCH_CONSUMER: &str = "bench";
+
+/// `config` with every route delivering to a consumer named [`BENCH_CONSUMER`] on
+/// `socket`: payload in place, heads inline where their provider cannot share, and
+/// back-pressure (`policy = "wait"`) so the consumer's rate is what is measured.
+fn delivering(config: &Config, socket: &Path, args: &BenchArgs) -> Config {
+    use memplex::config::{ConsumerConfig, DeliverPolicy, WakeMode};
+    let mut c = config.clone();
+    for r in &mut c.routes {
+        r.deliver = Some(BENCH_CONSUMER.into());
+    }
+    c.consumers.insert(
+        BENCH_CONSUMER.into(),
+        ConsumerConfig {
+            socket: socket.to_path_buf(),
+            ring_entries: 4096,
+            refill_entries: None,
+            quota: Some(1024),
+            inline_head: 256,
+            checksum: args.consumer == Some(super::ConsumerMode::Verify),
+            wake: match args.wake {
+                super::WakeArg::BusyPoll => WakeMode::BusyPoll,
+                super::WakeArg::Eventfd => WakeMode::Eventfd,
+            },
+            policy: DeliverPolicy::Wait,
+            wait_ms: 100,
+            max_sessions: 1,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+        },
+    );
+    c
 }
 
 /// `--set KEY=VALUE` or one value of `--vary`, as a setting for the config loader.
@@ -97,8 +134,34 @@ pub fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
         for (label, settings) in each {
             let mut config = Config::with_settings(&text, &origin, base.as_deref(), &settings)
                 .with_context(|| format!("config of `{label}`"))?;
-            config.runtime.sink = SinkKind::Count;
-            out.push(Variant { label, config });
+            config.runtime.sink = match args.consumer {
+                Some(super::ConsumerMode::Verify) => SinkKind::Verify,
+                _ => SinkKind::Count,
+            };
+            if args.consumer.is_some() {
+                let socket = std::env::temp_dir().join(format!(
+                    "memplex-bench-{}-{}.sock",
+                    std::process::id(),
+                    out.len()
+                ));
+                let delivered = delivering(&config, &socket, args);
+                out.push(Variant {
+                    label: label.clone(),
+                    config,
+                    consumer: None,
+                });
+                out.push(Variant {
+                    label: format!("{label} -> consumer"),
+                    config: delivered,
+                    consumer: Some(socket),
+                });
+            } else {
+                out.push(Variant {
+                    label,
+                    config,
+                    consumer: None,
+                });
+            }
         }
     }
     let mut seen = std::collections::BTreeSet::new();
