@@ -164,8 +164,8 @@ pub struct Frame<'c> {
     consumer: &'c Consumer,
     queue: usize,
     meta: FrameEntry,
-    inline: Vec<u8>,
-    parts: Vec<(Part, Arc<RegionMap>)>,
+    inline: smallvec::SmallVec<[u8; 128]>,
+    parts: smallvec::SmallVec<[(Part, Arc<RegionMap>); 4]>,
 }
 
 impl std::fmt::Debug for Frame<'_> {
@@ -419,6 +419,10 @@ impl Consumer {
     /// `Ok(None)` when the time ran out; an error when the session ended (memplex
     /// stopping is [`Error::is_shutdown`]).
     pub fn next(&self, timeout: Option<Duration>) -> Result<Option<Frame<'_>>, Error> {
+        // The common case first, without reading the clock.
+        if let Some(f) = self.try_next()? {
+            return Ok(Some(f));
+        }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut spins = 0u32;
         loop {
@@ -458,10 +462,12 @@ impl Consumer {
         Ok(None)
     }
 
-    /// Writes the tokens of dropped frames to the refill rings now.
+    /// Writes the tokens of dropped frames to the refill rings, and tells memplex how far
+    /// each completion ring has been read, now.
     pub fn flush(&self) {
         for q in 0..self.channels.len() {
             self.flush_queue(q);
+            self.channels[q].completion.borrow_mut().sync();
         }
     }
 
@@ -611,7 +617,16 @@ impl Consumer {
         }
     }
 
+    #[inline]
     fn region(&self, index: u32) -> Result<Arc<RegionMap>, Error> {
+        if let Some(Some(r)) = self.regions.borrow().get(index as usize) {
+            return Ok(Arc::clone(r));
+        }
+        self.region_slow(index)
+    }
+
+    #[cold]
+    fn region_slow(&self, index: u32) -> Result<Arc<RegionMap>, Error> {
         for _ in 0..3 {
             if let Some(Some(r)) = self.regions.borrow().get(index as usize) {
                 return Ok(Arc::clone(r));
@@ -627,9 +642,7 @@ impl Consumer {
     fn read_frame(&self, q: usize) -> Result<Option<Frame<'_>>, Error> {
         let ch = &self.channels[q];
         let mut ring = ch.completion.borrow_mut();
-        let avail = ring
-            .available()
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let avail = ring.ready().map_err(|e| Error::Protocol(e.to_string()))?;
         if avail == 0 {
             return Ok(None);
         }
@@ -642,7 +655,7 @@ impl Consumer {
                 "a frame of {need} entries with {avail} published"
             )));
         }
-        let mut inline = Vec::with_capacity(inline_len);
+        let mut inline = smallvec::SmallVec::<[u8; 128]>::new();
         let mut at = 1;
         while inline.len() < inline_len {
             let e: InlineEntry = ring.read(at);
@@ -650,16 +663,17 @@ impl Consumer {
             inline.extend_from_slice(&e.bytes[..n]);
             at += 1;
         }
-        let mut described: Vec<Part> = meta.part.iter().take(parts).copied().collect();
+        let mut described = smallvec::SmallVec::<[Part; 4]>::new();
+        described.extend(meta.part.iter().take(parts).copied());
         while described.len() < parts {
             let e: PartsEntry = ring.read(at);
             let n = (parts - described.len()).min(layout::MORE_PARTS);
             described.extend_from_slice(&e.part[..n]);
             at += 1;
         }
-        ring.release(need);
+        ring.release_lazily(need);
         drop(ring);
-        let mut mapped = Vec::with_capacity(parts);
+        let mut mapped = smallvec::SmallVec::new();
         for p in described {
             let r = self.region(p.region)?;
             if !r.contains(p.offset, p.len) {

@@ -68,6 +68,7 @@ impl AsyncConsumer {
             if let Some(f) = self.inner.try_next()? {
                 return Ok(f);
             }
+            self.inner.flush();
             for ch in &self.inner.channels {
                 ch.completion.borrow().want_wakeup();
             }

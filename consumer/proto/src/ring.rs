@@ -218,6 +218,18 @@ impl Producer {
         Ok(self.ring.size - used)
     }
 
+    /// True when `need` entries (after `pending` written but unpublished ones) fit,
+    /// reading the consumer's index only when the last reading says they do not: the
+    /// shared line is not pulled across cores for every entry.
+    #[inline]
+    pub fn has_room(&mut self, pending: u32, need: u32) -> Result<bool, Hostile> {
+        let used = self.prod.wrapping_sub(self.cons);
+        if used <= self.ring.size && self.ring.size - used >= pending + need {
+            return Ok(true);
+        }
+        Ok(self.free()? >= pending + need)
+    }
+
     /// Our index: where the next unpublished entry goes.
     pub fn position(&self) -> u32 {
         self.prod
@@ -274,6 +286,10 @@ pub struct Consumer {
     ring: Ring,
     /// Our index: entries before it are released.
     cons: u32,
+    /// Entries known to be ready (from the last read of the producer's index).
+    ready: u32,
+    /// Entries released but not yet published to the producer.
+    unsynced: u32,
 }
 
 impl Consumer {
@@ -281,7 +297,43 @@ impl Consumer {
     /// never read back from shared memory after this.
     pub fn new(ring: Ring) -> Self {
         let cons = ring.consumer().load(Ordering::Relaxed);
-        Consumer { ring, cons }
+        Consumer {
+            ring,
+            cons,
+            ready: 0,
+            unsynced: 0,
+        }
+    }
+
+    /// Entries ready to read: from the last reading of the producer's index while that
+    /// said some are, else from a fresh one.
+    #[inline]
+    pub fn ready(&mut self) -> Result<u32, Hostile> {
+        if self.ready == 0 {
+            self.ready = self.available()?;
+        }
+        Ok(self.ready)
+    }
+
+    /// Takes `n` read entries out of our view, and publishes our index to the producer
+    /// once a sixteenth of the ring (at least 16 entries) has been taken; call
+    /// [`sync`](Self::sync) before waiting, so the producer sees all of it.
+    #[inline]
+    pub fn release_lazily(&mut self, n: u32) {
+        self.cons = self.cons.wrapping_add(n);
+        self.ready = self.ready.saturating_sub(n);
+        self.unsynced += n;
+        if self.unsynced >= (self.ring.size / 16).max(16) {
+            self.sync();
+        }
+    }
+
+    /// Publishes our index to the producer.
+    pub fn sync(&mut self) {
+        if self.unsynced > 0 {
+            self.ring.consumer().store(self.cons, Ordering::Release);
+            self.unsynced = 0;
+        }
     }
 
     /// Entries ready to read, after reading the producer's index; [`Hostile`] when it
@@ -315,6 +367,8 @@ impl Consumer {
     /// Gives `n` read entries back to the producer.
     pub fn release(&mut self, n: u32) {
         self.cons = self.cons.wrapping_add(n);
+        self.ready = self.ready.saturating_sub(n);
+        self.unsynced = 0;
         self.ring.consumer().store(self.cons, Ordering::Release);
     }
 

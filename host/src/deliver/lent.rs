@@ -37,6 +37,7 @@ impl LentTable {
     }
 
     /// Lends `buf` of pool `pool`; the token that gives it back.
+    #[inline]
     pub(super) fn lend(&mut self, pool: u16, buf: PoolBuf) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
@@ -62,9 +63,10 @@ impl LentTable {
         }
     }
 
-    /// Takes back the buffer `token` names, or `None` when the token is stale, foreign
-    /// or forged.
-    pub(super) fn take(&mut self, token: Token) -> Option<(u16, PoolBuf)> {
+    /// Takes back the buffer `token` names (of pool `token.pool`), or `None` when the
+    /// token is stale, foreign or forged.
+    #[inline]
+    pub(super) fn take(&mut self, token: Token) -> Option<PoolBuf> {
         let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
         let slot = self
             .pools
@@ -77,7 +79,7 @@ impl LentTable {
         }
         let buf = slot.buf.take()?;
         self.held -= 1;
-        Some((token.pool, buf))
+        Some(buf)
     }
 
     /// Every buffer still lent, for a session that ended.
