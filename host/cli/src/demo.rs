@@ -32,6 +32,125 @@ pub(crate) fn load(config: &Option<PathBuf>, env: &[(&str, String)]) -> Result<C
     })
 }
 
+/// The built-in config with its TCP route delivered to a consumer process, `demo`, that
+/// verifies every frame in place: heads inline (heap cannot share), payload in the
+/// slab's and hugepage's memfds (hugepage asked for shared memory).
+fn with_demo_consumer(mut config: Config) -> Config {
+    use memplex::config::{ConsumerConfig, DeliverPolicy, Scalar, WakeMode};
+    let socket = std::env::temp_dir().join(format!("memplex-demo-{}.sock", std::process::id()));
+    config.consumers.insert(
+        "demo".into(),
+        ConsumerConfig {
+            socket,
+            ring_entries: 4096,
+            refill_entries: None,
+            quota: Some(8192),
+            inline_head: 256,
+            checksum: true,
+            wake: WakeMode::Eventfd,
+            // Bounded back-pressure: the first frames wait for the consumer to connect.
+            policy: DeliverPolicy::Wait,
+            wait_ms: 2000,
+            max_sessions: 1,
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+        },
+    );
+    if let Some(r) = config.routes.first_mut() {
+        r.deliver = Some("demo".into());
+    }
+    // GSO super-frames lend up to 17 buffers each: room for a consumer's quota of them
+    // beside the pools' caches.
+    for name in ["payload", "spill"] {
+        if let Some(p) = config.providers.get_mut(name) {
+            p.settings.insert("buffers".into(), Scalar::Int(32768));
+        }
+    }
+    if let Some(p) = config.providers.get_mut("spill") {
+        p.settings.insert("shared".into(), Scalar::Bool(true));
+    }
+    config
+}
+
+/// The consumer processes of a run: `memplex consume` for each configured consumer,
+/// verifying where the consumer has checksums. Started once their sockets exist.
+struct Consumers(Vec<(String, std::process::Child)>);
+
+impl Consumers {
+    fn start(config: &Config) -> Result<Consumers> {
+        let mut out = Vec::new();
+        for (name, c) in &config.consumers {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !c.socket.exists() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "consumer socket {} never appeared",
+                    c.socket.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let child = std::process::Command::new(std::env::current_exe()?)
+                .args(["consume", "--json", "--name", name, "--mode"])
+                .arg(if c.checksum { "verify" } else { "count" })
+                .arg("--socket")
+                .arg(&c.socket)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting the consumer process for `{name}`"))?;
+            out.push((name.clone(), child));
+        }
+        // Let them connect before traffic starts.
+        if !out.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(Consumers(out))
+    }
+
+    /// Waits for each to end (the run's end tells them) and prints what it saw; false
+    /// when one failed or found a frame that did not match.
+    fn report(self, json: bool) -> bool {
+        let mut ok = true;
+        for (name, child) in self.0 {
+            let pid = child.id();
+            let Ok(out) = child.wait_with_output() else {
+                ok = false;
+                continue;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let Some(r) = text
+                .lines()
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            else {
+                println!("consumer process `{name}` (pid {pid}) gave no report");
+                ok = false;
+                continue;
+            };
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            let us = |k: &str| r["latency_ns"][k].as_u64().unwrap_or(0) as f64 / 1e3;
+            ok &= out.status.success() && n("mismatched") == 0 && n("frames") > 0;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "consumer": name, "pid": pid, "report": r })
+                );
+                continue;
+            }
+            println!(
+                "consumer process `{name}` (pid {pid}) read {} frames ({:.1} MB) in place: verified {}, mismatched {}, heads inline {}, {} parts read in provider memory; latency p50 {:.1} us, p99 {:.1} us",
+                n("frames"),
+                n("bytes") as f64 / 1e6,
+                n("verified"),
+                n("mismatched"),
+                n("head_inline"),
+                n("parts_in_place"),
+                us("p50"),
+                us("p99")
+            );
+        }
+        ok
+    }
+}
+
 /// Runs the demo for `seconds`.
 pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool) -> Result<i32> {
     if !testnet::privileged() {
@@ -49,18 +168,33 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
         eprintln!("interrupted while building the demo network; removed it again");
         return Ok(130);
     }
-    let config = load(&config, &[("MEMPLEX_DEVICE__INTERFACE", net.tap.clone())])?;
+    let builtin = config.is_none();
+    let mut config = load(&config, &[("MEMPLEX_DEVICE__INTERFACE", net.tap.clone())])?;
+    if builtin {
+        config = with_demo_consumer(config);
+    }
     println!(
         "memplex demo: namespaces {} and {} joined by a veth pair; everything host A sends is mirrored into TAP {} ({} queues, GSO on).\n\
          Host A sends a TCP stream, UDP over IPv4, IPv6 and VXLAN, and UDP on VLAN 100 to host B for {seconds} s;\n\
-         memplex splits what arrives on the TAP with `split.mode = {:?}` and places it as configs/default.toml routes it.\n",
-        net.ns_a, net.ns_b, net.tap, config.device.queues, config.split.mode
+         memplex splits what arrives on the TAP with `split.mode = {:?}` and places it as configs/default.toml routes it{}.\n",
+        net.ns_a, net.ns_b, net.tap, config.device.queues, config.split.mode,
+        if builtin {
+            "; the TCP route delivers to a consumer process (`memplex consume`), which verifies every frame in place"
+        } else {
+            ""
+        }
     );
+    let consumer_config = config.clone();
     let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
     let queues = TestNet::in_ns(&net.ns_a, || engine.open_device())??;
-    let (report, sent) = std::thread::scope(|s| -> Result<_> {
+    let (report, sent, consumers_ok) = std::thread::scope(|s| -> Result<_> {
         let run = s.spawn(|| engine.run(queues, &control));
+        let consumers = Consumers::start(&consumer_config);
+        if consumers.is_err() {
+            control.stop.store(true, Relaxed);
+        }
+        let consumers = consumers?;
         let start = Instant::now();
         let deadline = start + Duration::from_secs_f64(seconds);
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -99,9 +233,10 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
             .join()
             .map_err(|_| anyhow::anyhow!("the run panicked"))??;
         result?;
-        Ok((report, (sent, rounds)))
+        crate::run::print_report(&report, json);
+        let consumers_ok = consumers.report(json);
+        Ok((report, (sent, rounds), consumers_ok))
     })?;
-    crate::run::print_report(&report, json);
     let t = report.total();
     println!(
         "host A sent {} MB of TCP in {} connections, {} UDP datagrams and {} VLAN frames;\n\
@@ -115,7 +250,12 @@ pub fn run(path: &PluginPath, config: Option<PathBuf>, seconds: f64, json: bool)
     );
     drop(net);
     println!("removed the demo's namespaces, veth pair and TAP device.");
-    Ok(crate::run::verdict(&report, allow_fault_drops))
+    let verdict = crate::run::verdict(&report, allow_fault_drops);
+    Ok(if verdict == 0 && !consumers_ok {
+        1
+    } else {
+        verdict
+    })
 }
 
 fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Result<i32> {
@@ -126,15 +266,37 @@ fn unprivileged(path: &PluginPath, config: Option<PathBuf>, json: bool) -> Resul
          a capture), which is what follows:\n\
          the same config, the same engine. See also `memplex run -c configs/tcp-split.toml`.\n"
     );
-    let config = load(&config, &[])?;
+    let builtin = config.is_none();
+    let mut config = load(&config, &[])?;
+    if builtin {
+        config = with_demo_consumer(config);
+    }
     let queues = config.device.queues;
     let allow_fault_drops = config.runtime.allow_fault_drops;
+    let consumer_config = config.clone();
     let engine = Engine::new(config, path)?;
     let frames = Recorded::synthetic(traffic::mix("default", 3000).expect("built-in mix"));
     let rx = replay::queues("default mix", frames.into(), queues, 100, None)?;
-    let report = engine.run(device::boxed(rx), &RunControl::default())?;
-    crate::run::print_report(&report, json);
-    Ok(crate::run::verdict(&report, allow_fault_drops))
+    let control = RunControl::default();
+    let (report, consumers_ok) = std::thread::scope(|s| -> Result<_> {
+        let run = s.spawn(|| engine.run(device::boxed(rx), &control));
+        let consumers = Consumers::start(&consumer_config);
+        if consumers.is_err() {
+            control.stop.store(true, Relaxed);
+        }
+        let consumers = consumers?;
+        let report = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("the run panicked"))??;
+        crate::run::print_report(&report, json);
+        Ok((report, consumers.report(json)))
+    })?;
+    let verdict = crate::run::verdict(&report, allow_fault_drops);
+    Ok(if verdict == 0 && !consumers_ok {
+        1
+    } else {
+        verdict
+    })
 }
 
 /// The config `demo --synthetic` runs each provider in: the default mix replayed from

@@ -175,6 +175,8 @@ struct Channel {
     announced: Vec<u32>,
     /// Frames delivered to it on this queue.
     delivered: u64,
+    /// A wait for room timed out: drop at once until there is room again.
+    stalled: bool,
     quota: u32,
 }
 
@@ -182,6 +184,8 @@ struct QueueConsumer {
     cfg: ConsumerConfig,
     channels: Vec<Channel>,
     stats: ConsumerStats,
+    /// A wait for a consumer timed out: drop at once until one connects.
+    gave_up: bool,
 }
 
 /// One queue's delivery: owned by its worker.
@@ -218,6 +222,7 @@ impl QueueDelivery {
                 .map(|(name, cfg)| QueueConsumer {
                     cfg: cfg.clone(),
                     channels: Vec::new(),
+                    gave_up: false,
                     stats: ConsumerStats {
                         name: name.clone(),
                         ..Default::default()
@@ -298,6 +303,7 @@ impl QueueDelivery {
                 unread: VecDeque::with_capacity(c.cfg.ring_entries as usize),
                 announced: Vec::new(),
                 delivered: 0,
+                stalled: false,
                 quota,
             });
         }
@@ -319,7 +325,7 @@ impl QueueDelivery {
         parts: &mut Vec<Part>,
         pools: &mut [Pool],
     ) -> Result<(), Refused> {
-        let result = self.try_deliver(consumer, copy, frame, split, rule, parts);
+        let result = self.try_deliver(consumer, copy, frame, split, rule, parts, pools);
         for p in parts.drain(..) {
             let _ = pools[p.provider].recycle(p.buf);
         }
@@ -335,6 +341,7 @@ impl QueueDelivery {
         split: &Split,
         rule: usize,
         parts: &mut Vec<Part>,
+        pools: &mut [Pool],
     ) -> Result<(), Refused> {
         let shared = |p: &Part| matches!(self.pools[p.provider], PoolMemory::Shared(_));
         let head_inline = !parts.first().is_some_and(shared);
@@ -349,13 +356,15 @@ impl QueueDelivery {
         let policy = self.consumers[ci].cfg.policy;
         let wait = Duration::from_millis(self.consumers[ci].cfg.wait_ms);
         if self.consumers[ci].channels.is_empty() {
-            if policy == DeliverPolicy::Drop {
+            // Wait (this queue only) for a consumer to connect, once: after a wait that
+            // timed out, frames drop at once until one does.
+            if policy == DeliverPolicy::Drop || self.consumers[ci].gave_up {
                 return Err(DropReason::NoConsumer);
             }
-            // Wait (this queue only) for a consumer to connect.
             let deadline = Instant::now() + wait;
             while self.consumers[ci].channels.is_empty() {
                 if Instant::now() >= deadline {
+                    self.consumers[ci].gave_up = true;
                     return Err(DropReason::NoConsumer);
                 }
                 std::thread::sleep(Duration::from_micros(200));
@@ -365,6 +374,7 @@ impl QueueDelivery {
             }
         }
         let c = &mut self.consumers[ci];
+        c.gave_up = false;
         let pick = flow as usize % c.channels.len();
         let ch = &mut c.channels[pick];
         // What goes in the ring.
@@ -381,7 +391,19 @@ impl QueueDelivery {
         };
         let lent = parts.len() - lend_from;
         if ch.lent.held() + lent as u32 > ch.quota {
-            return Err(DropReason::ConsumerQuota);
+            // `wait`: take back what the consumer returns, for a bounded time.
+            if policy == DeliverPolicy::Drop || ch.stalled {
+                return Err(DropReason::ConsumerQuota);
+            }
+            let deadline = Instant::now() + wait;
+            while ch.lent.held() + lent as u32 > ch.quota {
+                if Instant::now() >= deadline || ch.session.ended().is_some() {
+                    ch.stalled = true;
+                    return Err(DropReason::ConsumerQuota);
+                }
+                std::thread::yield_now();
+                refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
+            }
         }
         let need = layout::entries_for(lent, self.inline.len()) as u32;
         let room = match ch.completion.has_room(ch.pending, need) {
@@ -393,7 +415,8 @@ impl QueueDelivery {
         };
         if !room {
             c.stats.counters.ring_full += 1;
-            if policy == DeliverPolicy::Drop || need > ch.completion_size() {
+            // After one wait that timed out, a ring that is still full drops at once.
+            if policy == DeliverPolicy::Drop || ch.stalled || need > ch.completion_size() {
                 return Err(DropReason::ConsumerFull);
             }
             // Publish what is written, so the consumer can make room, and wait.
@@ -403,7 +426,10 @@ impl QueueDelivery {
                 match ch.completion.free() {
                     Ok(f) if f >= need => break,
                     Ok(_) if Instant::now() < deadline => std::thread::yield_now(),
-                    Ok(_) => return Err(DropReason::ConsumerFull),
+                    Ok(_) => {
+                        ch.stalled = true;
+                        return Err(DropReason::ConsumerFull);
+                    }
                     Err(_) => {
                         ch.session.end(Disconnect::BadIndex);
                         return Err(DropReason::ConsumerGone);
@@ -544,6 +570,8 @@ impl QueueDelivery {
         }
         ch.unread.push_back(start);
         ch.delivered += 1;
+        // Delivered: a later full ring or quota is waited for again.
+        ch.stalled = false;
         c.stats.counters.frames += 1;
         c.stats.counters.bytes += frame.data.len() as u64;
         Ok(())
@@ -577,9 +605,10 @@ impl QueueDelivery {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Only this queue's channels close here: the session goes on for the other
+        // queues, and the server says goodbye once every queue is done.
         for c in &mut self.consumers {
             for ch in c.channels.drain(..) {
-                ch.session.end(Disconnect::Shutdown);
                 let why = ch.session.ended().unwrap_or(Disconnect::Shutdown);
                 self.gone += close(ch, why, pools, &mut c.stats);
             }

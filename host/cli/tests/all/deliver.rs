@@ -35,6 +35,17 @@ impl Run {
     /// second, with `body` (providers, consumers, routes) after the device and split.
     /// `{dir}` in `body` becomes the run's directory. Waits for every consumer socket.
     fn start(test: &str, body: &str, rate: u32, seconds: f64) -> Run {
+        Self::start_with_env(test, body, rate, seconds, &[])
+    }
+
+    /// As `start`, with environment overrides for the run.
+    fn start_with_env(
+        test: &str,
+        body: &str,
+        rate: u32,
+        seconds: f64,
+        env: &[(&str, String)],
+    ) -> Run {
         let dir = std::env::temp_dir().join(format!("mpx-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -49,6 +60,7 @@ impl Run {
             .arg(seconds.to_string())
             .current_dir(&dir)
             .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -640,4 +652,66 @@ fn the_socket_is_private_and_peers_are_checked() {
     }
     let (rc, _, err) = run.finish();
     assert_eq!(rc, 0, "{err}");
+}
+
+#[test]
+fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
+    let port = 21000 + (std::process::id() % 20000) as u16;
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start_with_env(
+        "tokio",
+        &body,
+        50_000,
+        3.0,
+        &[("MEMPLEX_RUNTIME__METRICS", format!("127.0.0.1:{port}"))],
+    );
+    let socket = run.socket("tcp");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let verified = rt.block_on(async {
+        let c = memplex_consumer::AsyncConsumer::connect(
+            &socket,
+            &memplex_consumer::Options::new("tcp"),
+        )
+        .unwrap();
+        let mut verified = 0;
+        while verified < 3000 {
+            let f = tokio::time::timeout(Duration::from_secs(5), c.next())
+                .await
+                .expect("a frame within 5 s")
+                .unwrap();
+            assert_eq!(f.verify(), Some(true));
+            verified += 1;
+        }
+        c.close();
+        verified
+    });
+    assert_eq!(verified, 3000);
+    // The live metrics carry the consumer's counters (published every 100 ms).
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    for want in [
+        "memplex_consumer_frames_total{queue=",
+        "consumer=\"tcp\"",
+        "# TYPE memplex_consumer_lent gauge",
+        "memplex_consumer_disconnects_total{",
+    ] {
+        assert!(metrics.contains(want), "`{want}` in:\n{metrics}");
+    }
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert!(u(&consumer(&report, "tcp")["frames"]) >= 3000);
+    assert_eq!(leaked(&report), 0);
 }
