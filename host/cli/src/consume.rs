@@ -82,8 +82,8 @@ struct Report {
     latency_ns: Latency,
     /// Frames by the route rule that placed them.
     routes: std::collections::BTreeMap<u16, u64>,
-    /// The distinct flow hashes seen (at most 4096).
-    flows: std::collections::BTreeSet<u32>,
+    /// Frames per flow hash (at most 4096 flows).
+    flows: std::collections::BTreeMap<u32, u64>,
     /// Regions memplex announced after the first frame (memory added mid-session).
     regions_mid_session: u64,
     /// How the session ended.
@@ -157,7 +157,6 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json;
     let mut turns = 0u64;
     let mut routes: Vec<u64> = Vec::new();
-    let mut last_flow = None;
     let ended = loop {
         if stop.load(Relaxed) {
             break "stopped (signal)".to_string();
@@ -199,9 +198,8 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             routes.resize(route + 1, 0);
         }
         routes[route] += 1;
-        if r.flows.len() < 4096 && last_flow != Some(m.flow_hash) {
-            r.flows.insert(m.flow_hash);
-            last_flow = Some(m.flow_hash);
+        if r.flows.len() < 4096 || r.flows.contains_key(&m.flow_hash) {
+            *r.flows.entry(m.flow_hash).or_default() += 1;
         }
         r.head_inline += u64::from(frame.head_inline());
         r.copied += u64::from(frame.copied());

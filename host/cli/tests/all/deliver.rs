@@ -483,12 +483,12 @@ fn two_consumers_on_two_routes_and_two_sessions_sharing_one_by_flow() {
     let (a, b, udp) = (report_of(a), report_of(b), report_of(udp));
     let (rc, report, err) = run.finish();
     assert_eq!(rc, 0, "{err}");
-    let flows = |r: &Value| -> std::collections::BTreeSet<u64> {
+    let flows = |r: &Value| -> std::collections::BTreeMap<String, u64> {
         r["flows"]
-            .as_array()
+            .as_object()
             .unwrap()
             .iter()
-            .map(|f| f.as_u64().unwrap())
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
             .collect()
     };
     let (fa, fb) = (flows(&a), flows(&b));
@@ -496,10 +496,15 @@ fn two_consumers_on_two_routes_and_two_sessions_sharing_one_by_flow() {
         !fa.is_empty() && !fb.is_empty(),
         "both sessions got flows: {a} {b}"
     );
-    assert!(
-        fa.is_disjoint(&fb),
-        "a flow goes to one session: {fa:?} {fb:?}"
-    );
+    // A flow goes to one session while both are connected; when the first leaves, the
+    // other gets everything for its last moments, so allow a small tail.
+    for (flow, &n) in &fa {
+        let m = fb.get(flow).copied().unwrap_or(0);
+        assert!(
+            n.min(m) * 20 <= n + m,
+            "flow {flow} split between sessions: {n} and {m} frames"
+        );
+    }
     // Each consumer got its own route's frames only.
     assert_eq!(
         a["routes"].as_object().unwrap().keys().collect::<Vec<_>>(),
