@@ -52,7 +52,7 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
         ]);
     }
     println!("{t}");
-    let mut r = table(&["route", "match", "head", "frags", "frags_rest"]);
+    let mut r = table(&["route", "match", "head", "frags", "frags_rest", "to"]);
     for (i, route) in c.routes.iter().enumerate() {
         r.add_row(vec![
             i.to_string(),
@@ -63,9 +63,31 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
                 .frags_rest
                 .clone()
                 .unwrap_or_else(|| route.frags.clone()),
+            match &route.deliver {
+                Some(d) if route.copy => format!("consumer {d} (copies)"),
+                Some(d) => format!("consumer {d}"),
+                None => format!("sink ({:?})", c.runtime.sink).to_lowercase(),
+            },
         ]);
     }
     println!("{r}");
+    if !c.consumers.is_empty() {
+        let mut t = table(&[
+            "consumer", "socket", "ring", "quota", "wake", "policy", "checksum",
+        ]);
+        for (name, k) in &c.consumers {
+            t.add_row(vec![
+                name.clone(),
+                k.socket.display().to_string(),
+                format!("{} / refill {}", k.ring_entries, k.refill()),
+                format!("{} x {} sessions", k.quota(), k.max_sessions),
+                format!("{:?}", k.wake).to_lowercase(),
+                format!("{:?}", k.policy).to_lowercase(),
+                k.checksum.to_string(),
+            ]);
+        }
+        println!("{t}");
+    }
     if c.routes.last().is_some_and(|r| !r.matches.is_catch_all()) {
         println!("note: the last route matches only some frames; frames no route matches are dropped and counted as no_route");
     }
