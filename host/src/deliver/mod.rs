@@ -353,29 +353,14 @@ impl QueueDelivery {
         }
         let flow = flow_hash(split);
         let ci = usize::from(consumer);
-        let policy = self.consumers[ci].cfg.policy;
-        let wait = Duration::from_millis(self.consumers[ci].cfg.wait_ms);
-        if self.consumers[ci].channels.is_empty() {
-            // Wait (this queue only) for a consumer to connect, once: after a wait that
-            // timed out, frames drop at once until one does.
-            if policy == DeliverPolicy::Drop || self.consumers[ci].gave_up {
-                return Err(DropReason::NoConsumer);
-            }
-            let deadline = Instant::now() + wait;
-            while self.consumers[ci].channels.is_empty() {
-                if Instant::now() >= deadline {
-                    self.consumers[ci].gave_up = true;
-                    return Err(DropReason::NoConsumer);
-                }
-                std::thread::sleep(Duration::from_micros(200));
-                if self.inbox.pending.load(Ordering::Acquire) {
-                    self.take_new();
-                }
-            }
+        if self.consumers[ci].channels.is_empty() && !self.wait_for_consumer(ci) {
+            return Err(DropReason::NoConsumer);
         }
         let c = &mut self.consumers[ci];
         c.gave_up = false;
-        let pick = flow as usize % c.channels.len();
+        // Flow to session by multiply-shift, not `%`: a division per frame showed as
+        // most of the delivery path.
+        let pick = ((u64::from(flow) * c.channels.len() as u64) >> 32) as usize;
         let ch = &mut c.channels[pick];
         // What goes in the ring.
         self.inline.clear();
@@ -391,19 +376,14 @@ impl QueueDelivery {
         };
         let lent = parts.len() - lend_from;
         if ch.lent.held() + lent as u32 > ch.quota {
-            // `wait`: take back what the consumer returns, for a bounded time.
-            if policy == DeliverPolicy::Drop || ch.stalled {
-                return Err(DropReason::ConsumerQuota);
-            }
-            let deadline = Instant::now() + wait;
-            while ch.lent.held() + lent as u32 > ch.quota {
-                if Instant::now() >= deadline || ch.session.ended().is_some() {
-                    ch.stalled = true;
-                    return Err(DropReason::ConsumerQuota);
-                }
-                std::thread::yield_now();
-                refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
-            }
+            wait_for_quota(
+                ch,
+                lent as u32,
+                &c.cfg,
+                pools,
+                &mut self.tokens,
+                &mut c.stats.counters,
+            )?;
         }
         let need = layout::entries_for(lent, self.inline.len()) as u32;
         let room = match ch.completion.has_room(ch.pending, need) {
@@ -414,31 +394,7 @@ impl QueueDelivery {
             }
         };
         if !room {
-            c.stats.counters.ring_full += 1;
-            // After one wait that timed out, a ring that is still full drops at once.
-            if policy == DeliverPolicy::Drop || ch.stalled || need > ch.completion_size() {
-                return Err(DropReason::ConsumerFull);
-            }
-            // Publish what is written, so the consumer can make room, and wait.
-            publish(ch, &mut c.stats.counters, c.cfg.wake);
-            let deadline = Instant::now() + wait;
-            loop {
-                match ch.completion.free() {
-                    Ok(f) if f >= need => break,
-                    Ok(_) if Instant::now() < deadline => std::thread::yield_now(),
-                    Ok(_) => {
-                        ch.stalled = true;
-                        return Err(DropReason::ConsumerFull);
-                    }
-                    Err(_) => {
-                        ch.session.end(Disconnect::BadIndex);
-                        return Err(DropReason::ConsumerGone);
-                    }
-                }
-                if ch.session.ended().is_some() {
-                    return Err(DropReason::ConsumerGone);
-                }
-            }
+            wait_for_room(ch, need, &c.cfg, &mut c.stats.counters)?;
         }
         // Regions first: the consumer must know a region before an entry names it.
         for p in &parts[lend_from..] {
@@ -453,15 +409,7 @@ impl QueueDelivery {
                 return Err(DropReason::Fault);
             };
             if !ch.announced.contains(&r.index) {
-                if announce(&ch.session, r).is_err() {
-                    ch.session.end(Disconnect::BadMessage);
-                    return Err(DropReason::ConsumerGone);
-                }
-                ch.announced.push(r.index);
-                c.stats.counters.regions_sent += 1;
-                if ch.delivered > 0 {
-                    c.stats.counters.regions_late += 1;
-                }
+                announce_to(ch, r, &mut c.stats.counters)?;
             }
         }
         let m = &frame.meta;
@@ -616,10 +564,113 @@ impl QueueDelivery {
     }
 }
 
-impl Channel {
-    fn completion_size(&self) -> u32 {
-        self.completion.size()
+impl QueueDelivery {
+    /// Waits (`policy = "wait"`, once per absence) for a session of consumer `ci`; true
+    /// when one came.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_consumer(&mut self, ci: usize) -> bool {
+        let cfg = &self.consumers[ci].cfg;
+        // After a wait that timed out, frames drop at once until a consumer connects.
+        if cfg.policy == DeliverPolicy::Drop || self.consumers[ci].gave_up {
+            return false;
+        }
+        let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
+        while self.consumers[ci].channels.is_empty() {
+            if Instant::now() >= deadline {
+                self.consumers[ci].gave_up = true;
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            if self.inbox.pending.load(Ordering::Acquire) {
+                self.take_new();
+            }
+        }
+        true
     }
+}
+
+/// The session holds its quota: with `policy = "wait"`, takes back what the consumer
+/// returns for a bounded time.
+#[cold]
+#[inline(never)]
+fn wait_for_quota(
+    ch: &mut Channel,
+    lent: u32,
+    cfg: &ConsumerConfig,
+    pools: &mut [Pool],
+    tokens: &mut [u64],
+    counters: &mut DeliveryCounters,
+) -> Result<(), Refused> {
+    if cfg.policy == DeliverPolicy::Drop || ch.stalled {
+        return Err(DropReason::ConsumerQuota);
+    }
+    let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
+    while ch.lent.held() + lent > ch.quota {
+        if Instant::now() >= deadline || ch.session.ended().is_some() {
+            ch.stalled = true;
+            return Err(DropReason::ConsumerQuota);
+        }
+        std::thread::yield_now();
+        refill(ch, pools, tokens, counters);
+    }
+    Ok(())
+}
+
+/// The completion ring is full: with `policy = "wait"`, publishes what is written (so
+/// the consumer can make room) and waits for a bounded time. After one wait that timed
+/// out, a ring that is still full drops at once.
+#[cold]
+#[inline(never)]
+fn wait_for_room(
+    ch: &mut Channel,
+    need: u32,
+    cfg: &ConsumerConfig,
+    counters: &mut DeliveryCounters,
+) -> Result<(), Refused> {
+    counters.ring_full += 1;
+    if cfg.policy == DeliverPolicy::Drop || ch.stalled || need > ch.completion.size() {
+        return Err(DropReason::ConsumerFull);
+    }
+    publish(ch, counters, cfg.wake);
+    let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
+    loop {
+        match ch.completion.free() {
+            Ok(f) if f >= need => return Ok(()),
+            Ok(_) if Instant::now() < deadline => std::thread::yield_now(),
+            Ok(_) => {
+                ch.stalled = true;
+                return Err(DropReason::ConsumerFull);
+            }
+            Err(_) => {
+                ch.session.end(Disconnect::BadIndex);
+                return Err(DropReason::ConsumerGone);
+            }
+        }
+        if ch.session.ended().is_some() {
+            return Err(DropReason::ConsumerGone);
+        }
+    }
+}
+
+/// Tells the session about region `r` the first time an entry points into it.
+#[cold]
+#[inline(never)]
+fn announce_to(
+    ch: &mut Channel,
+    r: &RegionInfo,
+    counters: &mut DeliveryCounters,
+) -> Result<(), Refused> {
+    if announce(&ch.session, r).is_err() {
+        ch.session.end(Disconnect::BadMessage);
+        return Err(DropReason::ConsumerGone);
+    }
+    ch.announced.push(r.index);
+    counters.regions_sent += 1;
+    if ch.delivered > 0 {
+        counters.regions_late += 1;
+    }
+    Ok(())
 }
 
 fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
