@@ -348,7 +348,10 @@ counters! {
         gone,
         /// Times a frame found the completion ring full.
         ring_full,
-        /// Wake-up system calls made (eventfd writes; at most one per batch).
+        /// Batches of entries published (once per vector that delivered something).
+        batches,
+        /// Wake-up system calls made (eventfd writes; at most one per batch, none for a
+        /// consumer that polls).
         wakeups,
         /// Sessions connected now.
         sessions: gauge,

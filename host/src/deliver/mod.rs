@@ -679,6 +679,7 @@ fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
     }
     ch.completion.publish(ch.pending);
     ch.pending = 0;
+    counters.batches += 1;
     if wake == WakeMode::Eventfd && ch.completion.needs_wakeup() {
         if let Some(fd) = &ch.eventfd {
             // Non-blocking: a counter near its limit is a consumer that never reads it.

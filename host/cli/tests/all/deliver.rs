@@ -720,3 +720,58 @@ fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
     assert!(u(&consumer(&report, "tcp")["frames"]) >= 3000);
     assert_eq!(leaked(&report), 0);
 }
+
+#[test]
+fn wake_ups_are_one_per_batch_at_most_and_none_for_a_polling_consumer_and_pcap_keeps_the_frames() {
+    let body = |wake: &str| {
+        format!(
+            "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nwake = \"{wake}\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+        )
+    };
+    // A consumer sleeping on its eventfd at a modest rate: woken, once per batch at most.
+    let run = Run::start("wake-eventfd", &body("eventfd"), 20_000, 2.0);
+    let out = run.dir.join("out.pcap");
+    let (code, got) = consume(
+        &run.socket("tcp"),
+        &["--mode", "pcap", "--out", out.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{got}");
+    // The pcap holds what the consumer read, with the capture's nanosecond timestamps.
+    let file = std::fs::File::open(&out).unwrap();
+    let mut reader = pcap_file::pcap::PcapReader::new(file).unwrap();
+    assert_eq!(
+        reader.header().ts_resolution,
+        pcap_file::TsResolution::NanoSecond
+    );
+    let mut packets = 0;
+    while let Some(p) = reader.next_packet() {
+        let p = p.unwrap();
+        assert!(
+            p.data.len() >= 54,
+            "a whole TCP frame: {} bytes",
+            p.data.len()
+        );
+        assert_eq!(p.data.len(), p.orig_len as usize);
+        let ethertype = u16::from_be_bytes([p.data[12], p.data[13]]);
+        assert!(
+            [0x0800, 0x86dd, 0x8100].contains(&ethertype),
+            "an Ethernet frame of IP: {ethertype:#x}"
+        );
+        packets += 1;
+    }
+    assert_eq!(packets, u(&got["frames"]), "{got}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let c = consumer(&report, "tcp");
+    assert!(u(&c["wakeups"]) > 0, "{c}");
+    assert!(u(&c["wakeups"]) <= u(&c["batches"]), "{c}");
+    // A polling consumer on a host that offers no eventfds: no wake-up at all.
+    let run = Run::start("wake-poll", &body("busy_poll"), 20_000, 2.0);
+    let (code, got) = consume(&run.socket("tcp"), &["--busy-poll"]);
+    assert_eq!(code, 0, "{got}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let c = consumer(&report, "tcp");
+    assert!(u(&c["batches"]) > 0 && u(&c["frames"]) > 0, "{c}");
+    assert_eq!(u(&c["wakeups"]), 0, "{c}");
+}
