@@ -177,65 +177,65 @@ pub(super) fn init(
     Ok(Box::new(NativeProvider(object)))
 }
 
+/// The ops both vtables have, forwarded the same way: errors come back as they are,
+/// except where the trait cannot carry one (`info`, `stats`, `destroy`: an error there is
+/// a panic already caught on the plugin side, and the instance's next call quarantines
+/// it; an `info` that fails reports capacity 0, which the checker refuses).
+macro_rules! forward_common_ops {
+    () => {
+        fn info(&self) -> ProviderInfo {
+            self.0
+                .info()
+                .into_result()
+                .unwrap_or_else(|e| ProviderInfo::new(&format!("<info failed: {e}>"), 0, 0))
+        }
+
+        #[inline]
+        fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
+            self.0
+                .alloc_bulk(RSliceMut::from_mut_slice(out))
+                .into_result()
+                .map(|n| n as usize)
+        }
+
+        #[inline]
+        fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
+            self.0.release_bulk(bufs.into()).into_result()
+        }
+
+        fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
+            self.0.fill(buf, offset, bytes.into()).into_result()
+        }
+
+        fn stats(&self) -> Vec<Stat> {
+            self.0
+                .stats()
+                .into_result()
+                .map(Vec::from)
+                .unwrap_or_default()
+        }
+
+        fn destroy(&mut self) {
+            let _ = self.0.destroy();
+        }
+    };
+}
+
 /// A provider object from a `.so` built against ABI 0.1.0, seen through the common trait:
-/// no typed regions, and bulk fill done one `fill` at a time.
+/// no typed regions, and bulk fill done one `fill` at a time (the trait's default).
 struct NativeProvider(FfiProviderBox);
 
 impl MemoryProvider for NativeProvider {
-    fn info(&self) -> ProviderInfo {
-        // `info` cannot fail in the trait; a plugin that panics here reports an empty info,
-        // which the checker refuses as unusable (capacity 0).
-        self.0
-            .info()
-            .into_result()
-            .unwrap_or_else(|e| ProviderInfo::new(&format!("<info failed: {e}>"), 0, 0))
-    }
-
-    #[inline]
-    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
-        self.0
-            .alloc_bulk(RSliceMut::from_mut_slice(out))
-            .into_result()
-            .map(|n| n as usize)
-    }
-
-    #[inline]
-    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
-        self.0.release_bulk(bufs.into()).into_result()
-    }
-
-    fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
-        self.0.fill(buf, offset, bytes.into()).into_result()
-    }
-
-    fn stats(&self) -> Vec<Stat> {
-        self.0
-            .stats()
-            .into_result()
-            .map(Vec::from)
-            .unwrap_or_default()
-    }
-
-    fn destroy(&mut self) {
-        // An error here is a panic already caught on the plugin side; nothing more to do.
-        let _ = self.0.destroy();
-    }
+    forward_common_ops!();
 }
 
 /// A provider object from a `.so` with the 0.1.1 extension.
 struct ExtProvider(FfiProviderExtBox);
 
 impl MemoryProvider for ExtProvider {
-    fn info(&self) -> ProviderInfo {
-        self.0
-            .info()
-            .into_result()
-            .unwrap_or_else(|e| ProviderInfo::new(&format!("<info failed: {e}>"), 0, 0))
-    }
+    forward_common_ops!();
 
     fn memory(&self) -> Vec<MemoryRegion> {
-        // An error is a panic caught on the plugin side: the instance is poisoned and its
-        // next call quarantines it.
         self.0
             .memory()
             .into_result()
@@ -243,40 +243,11 @@ impl MemoryProvider for ExtProvider {
             .unwrap_or_default()
     }
 
-    #[inline]
-    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
-        self.0
-            .alloc_bulk(RSliceMut::from_mut_slice(out))
-            .into_result()
-            .map(|n| n as usize)
-    }
-
-    #[inline]
-    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
-        self.0.release_bulk(bufs.into()).into_result()
-    }
-
-    fn fill(&mut self, buf: Netmem, offset: u32, bytes: &[u8]) -> Result<(), ProviderError> {
-        self.0.fill(buf, offset, bytes.into()).into_result()
-    }
-
     fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
         self.0
             .fill_bulk(ops.into(), bytes.into())
             .into_result()
             .map(|n| n as usize)
-    }
-
-    fn stats(&self) -> Vec<Stat> {
-        self.0
-            .stats()
-            .into_result()
-            .map(Vec::from)
-            .unwrap_or_default()
-    }
-
-    fn destroy(&mut self) {
-        let _ = self.0.destroy();
     }
 }
 

@@ -6,12 +6,12 @@
 //! says which it got, and whether the kernel allows THP at all.
 
 use crate::memfd::{Pages, Shared};
-use crate::slab::{shared_setting, Backing, Carved};
+use crate::slab::{carved_ops, shared_setting, Backing, Carved};
 use crate::{Geometry, COMMON_KEYS};
 use memmap2::{Advice, MmapMut, MmapOptions};
 use memplex_abi::{
-    Capabilities, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin, PluginDescription,
-    ProviderError, ProviderInfo, Stat,
+    Capabilities, InitParams, MemoryProvider, Plugin, PluginDescription, ProviderError,
+    ProviderInfo,
 };
 
 const HUGE: usize = 2 << 20;
@@ -35,18 +35,7 @@ impl MemoryProvider for HugePage {
         }
         self.carved.info("hugepage", caps, &self.backing)
     }
-    fn memory(&self) -> Vec<MemoryRegion> {
-        self.carved.memory()
-    }
-    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
-        Ok(self.carved.alloc_bulk(out))
-    }
-    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
-        self.carved.release_bulk(bufs)
-    }
-    fn stats(&self) -> Vec<Stat> {
-        self.carved.stats()
-    }
+    carved_ops!(carved);
 }
 
 /// What `/sys/kernel/mm/transparent_hugepage/{file}` selects (`enabled` for anonymous

@@ -3,11 +3,11 @@
 //! buffers; huge pages on request.
 
 use crate::memfd::{Pages, Shared};
-use crate::slab::{Backing, Carved};
+use crate::slab::{carved_ops, Backing, Carved};
 use crate::{Geometry, COMMON_KEYS};
 use memplex_abi::{
-    Capabilities, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin, PluginDescription,
-    ProviderError, ProviderInfo, Stat,
+    Capabilities, InitParams, MemoryProvider, Plugin, PluginDescription, ProviderError,
+    ProviderInfo,
 };
 
 /// A sealed memfd cut into fixed buffers, shareable by file descriptor.
@@ -32,18 +32,7 @@ impl MemoryProvider for Shm {
         };
         self.carved.info("shm", caps, backing)
     }
-    fn memory(&self) -> Vec<MemoryRegion> {
-        self.carved.memory()
-    }
-    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
-        Ok(self.carved.alloc_bulk(out))
-    }
-    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
-        self.carved.release_bulk(bufs)
-    }
-    fn stats(&self) -> Vec<Stat> {
-        self.carved.stats()
-    }
+    carved_ops!(carved);
 }
 
 impl Plugin for Shm {

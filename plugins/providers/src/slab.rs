@@ -56,6 +56,32 @@ pub(crate) fn shared_setting(params: &InitParams) -> Result<bool, ProviderError>
     }
 }
 
+/// The `MemoryProvider` ops every provider over a [`Carved`] region has, forwarded to
+/// the field named (`info` is each provider's own).
+macro_rules! carved_ops {
+    ($field:tt) => {
+        fn memory(&self) -> Vec<memplex_abi::MemoryRegion> {
+            self.$field.memory()
+        }
+        fn alloc_bulk(
+            &mut self,
+            out: &mut [memplex_abi::Netmem],
+        ) -> Result<usize, memplex_abi::ProviderError> {
+            Ok(self.$field.alloc_bulk(out))
+        }
+        fn release_bulk(
+            &mut self,
+            bufs: &[memplex_abi::Netmem],
+        ) -> Result<(), memplex_abi::ProviderError> {
+            self.$field.release_bulk(bufs)
+        }
+        fn stats(&self) -> Vec<memplex_abi::Stat> {
+            self.$field.stats()
+        }
+    };
+}
+pub(crate) use carved_ops;
+
 /// A region of memory cut into equal buffers; the core of `slab`, `hugepage` and `shm`.
 pub(crate) struct Carved {
     /// Keeps the memory alive; buffers are addresses inside it.
@@ -164,18 +190,7 @@ impl MemoryProvider for Slab {
             },
         )
     }
-    fn memory(&self) -> Vec<MemoryRegion> {
-        self.0.memory()
-    }
-    fn alloc_bulk(&mut self, out: &mut [Netmem]) -> Result<usize, ProviderError> {
-        Ok(self.0.alloc_bulk(out))
-    }
-    fn release_bulk(&mut self, bufs: &[Netmem]) -> Result<(), ProviderError> {
-        self.0.release_bulk(bufs)
-    }
-    fn stats(&self) -> Vec<Stat> {
-        self.0.stats()
-    }
+    carved_ops!(0);
 }
 
 impl Plugin for Slab {
