@@ -164,8 +164,24 @@ fn listen(cfg: &ConsumerConfig) -> Result<OwnedFd, String> {
     Ok(sock)
 }
 
+/// How long a connection may take to send its Hello.
+const HELLO_WITHIN: Duration = Duration::from_secs(2);
+
+/// Connections accepted that have not sent their Hello yet, at most.
+const PENDING_MAX: usize = 64;
+
+/// A connection waiting for its Hello: which listener, the socket, until when.
+struct Pending {
+    listener: usize,
+    sock: OwnedFd,
+    deadline: std::time::Instant,
+}
+
 fn serve(listeners: &[Listener], inboxes: &[Arc<Inbox>], stop: &AtomicBool) {
     let mut live: Vec<Live> = Vec::new();
+    // Connections are admitted when their Hello arrives, never waited for in line: one
+    // that connects and says nothing delays nobody else.
+    let mut pending: Vec<Pending> = Vec::new();
     let mut buf = [0u8; msg::MAX_MSG];
     while !stop.load(Ordering::Acquire) {
         let mut fds: Vec<PollFd<'_>> = listeners
@@ -175,6 +191,7 @@ fn serve(listeners: &[Listener], inboxes: &[Arc<Inbox>], stop: &AtomicBool) {
                 live.iter()
                     .map(|s| PollFd::new(&s.session.sock, PollFlags::IN)),
             )
+            .chain(pending.iter().map(|p| PollFd::new(&p.sock, PollFlags::IN)))
             .collect();
         let timeout = rustix::time::Timespec {
             tv_sec: 0,
@@ -185,21 +202,50 @@ fn serve(listeners: &[Listener], inboxes: &[Arc<Inbox>], stop: &AtomicBool) {
         }
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
         drop(fds);
-        for (l, _) in listeners.iter().zip(&ready).filter(|(_, r)| **r) {
-            while let Ok(conn) = rustix::net::accept_with(&l.sock, SocketFlags::CLOEXEC) {
+        // Hellos that arrived (or connections that gave up), then new connections.
+        let now = std::time::Instant::now();
+        let live_before = live.len();
+        let mut still = Vec::with_capacity(pending.len());
+        for (p, r) in pending
+            .drain(..)
+            .zip(&ready[listeners.len() + live_before..])
+        {
+            let l = &listeners[p.listener];
+            if *r {
                 let sessions = live.iter().filter(|s| s.consumer == l.consumer).count();
-                match admit(l, conn, sessions, inboxes, &mut buf) {
+                match admit(l, p.sock, sessions, inboxes, &mut buf) {
                     Ok(session) => live.push(Live {
                         consumer: l.consumer,
                         session,
                     }),
                     Err(why) => tracing::warn!(consumer = %l.name, "refused a consumer: {why}"),
                 }
+            } else if now >= p.deadline {
+                let why = refuse(&p.sock, format!("no Hello within {HELLO_WITHIN:?}"));
+                tracing::warn!(consumer = %l.name, "refused a consumer: {why}");
+            } else {
+                still.push(p);
+            }
+        }
+        pending = still;
+        for (i, l) in listeners.iter().enumerate().filter(|(i, _)| ready[*i]) {
+            while let Ok(conn) = rustix::net::accept_with(&l.sock, SocketFlags::CLOEXEC) {
+                if pending.len() >= PENDING_MAX {
+                    let why = refuse(&conn, "too many connections waiting to say Hello".into());
+                    tracing::warn!(consumer = %l.name, "refused a consumer: {why}");
+                    continue;
+                }
+                pending.push(Pending {
+                    listener: i,
+                    sock: conn,
+                    deadline: now + HELLO_WITHIN,
+                });
             }
         }
         for (s, _) in live
             .iter()
-            .zip(&ready[listeners.len()..])
+            .take(live_before)
+            .zip(&ready[listeners.len()..listeners.len() + live_before])
             .filter(|(_, r)| **r)
         {
             match msg::recv(&s.session.sock, &mut buf, RecvFlags::DONTWAIT) {

@@ -617,7 +617,7 @@ fn the_socket_is_private_and_peers_are_checked() {
     let body = format!(
         "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n"
     );
-    let run = Run::start("perms", &body, 10_000, 2.0);
+    let run = Run::start("perms", &body, 10_000, 6.0);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(run.socket("tcp"))
         .unwrap()
@@ -633,6 +633,35 @@ fn the_socket_is_private_and_peers_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("serves consumer `tcp`, not `udp`"), "{err}");
+    // A connection that never says Hello delays nobody: a consumer behind it is in at
+    // once, and the silent one is told why when its time is up.
+    let silent = {
+        let fd = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        let addr = rustix::net::SocketAddrUnix::new(run.socket("tcp").as_str()).unwrap();
+        rustix::net::connect(&fd, &addr).unwrap();
+        fd
+    };
+    let start = Instant::now();
+    let (code, got) = consume(&run.socket("tcp"), &["--frames", "100"]);
+    assert_eq!(code, 0, "{got}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1500),
+        "admitted in {:?} behind a silent connection",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_millis(2300));
+    let mut buf = [0u8; 512];
+    let (n, _) = rustix::net::recv(&silent, &mut buf, rustix::net::RecvFlags::empty()).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("no Hello within"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
     if memplex_testkit::net::privileged() {
         // Another user: not on the allow-list, refused by SO_PEERCRED (the socket mode
         // alone would stop it; open it up to see the credential check answer).
