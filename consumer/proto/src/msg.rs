@@ -90,7 +90,7 @@ pub struct Welcome {
     pub queues: u32,
     /// This session's number (unique within the host process).
     pub session: u64,
-    /// The most buffers the consumer may hold at once, all queues together.
+    /// The most buffers the session may hold at once on each queue.
     pub quota: u32,
     /// 1 when frame entries carry a CRC-32C of the frame in `checksum`.
     pub checksums: u32,
