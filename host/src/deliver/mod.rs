@@ -396,8 +396,11 @@ impl QueueDelivery {
         if !room {
             wait_for_room(ch, need, &c.cfg, &mut c.stats.counters)?;
         }
-        // Regions first: the consumer must know a region before an entry names it.
-        for p in &parts[lend_from..] {
+        // Where each part is, in one pass; regions are announced before any entry names
+        // them (the consumer must know a region first). Tokens are filled in below.
+        let described = &mut self.described;
+        described.clear();
+        for (i, p) in parts[lend_from..].iter().enumerate() {
             let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
                 return Err(DropReason::Fault);
             };
@@ -411,6 +414,18 @@ impl QueueDelivery {
             if !ch.announced.contains(&r.index) {
                 announce_to(ch, r, &mut c.stats.counters)?;
             }
+            described.push(layout::Part {
+                token: 0,
+                offset: addr - r.base,
+                len: p.len as u32,
+                region: r.index,
+                flags: if i == 0 && lend_from == 0 {
+                    layout::P_HEAD
+                } else {
+                    0
+                },
+                reserved: 0,
+            });
         }
         let m = &frame.meta;
         let mut e = FrameEntry {
@@ -462,35 +477,10 @@ impl QueueDelivery {
             e.flags |= layout::F_CHECKSUM;
             e.checksum = crc32fast::hash(frame.data);
         }
-        // Lend the buffers and describe them.
+        // Lend the buffers: each part's token.
         let described = &mut self.described;
-        described.clear();
-        for (i, p) in parts.drain(lend_from..).enumerate() {
-            let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
-                unreachable!("checked above");
-            };
-            let addr = p.buf.netmem().addr;
-            let r = regions
-                .iter()
-                .find(|r| r.base <= addr && addr < r.base + r.len)
-                .expect("checked above");
-            let part = layout::Part {
-                token: 0,
-                offset: addr - r.base,
-                len: p.len as u32,
-                region: r.index,
-                flags: if i == 0 && lend_from == 0 {
-                    layout::P_HEAD
-                } else {
-                    0
-                },
-                reserved: 0,
-            };
-            let token: Token = ch.lent.lend(p.provider as u16, p.buf);
-            described.push(layout::Part {
-                token: token.to_u64(),
-                ..part
-            });
+        for (d, p) in described.iter_mut().zip(parts.drain(lend_from..)) {
+            d.token = ch.lent.lend(p.provider as u16, p.buf).to_u64();
         }
         for (slot, d) in e.part.iter_mut().zip(described.iter()) {
             *slot = *d;
