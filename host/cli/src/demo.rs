@@ -36,24 +36,18 @@ pub(crate) fn load(config: &Option<PathBuf>, env: &[(&str, String)]) -> Result<C
 /// verifies every frame in place: heads inline (heap cannot share), payload in the
 /// slab's and hugepage's memfds (hugepage asked for shared memory).
 fn with_demo_consumer(mut config: Config) -> Config {
-    use memplex::config::{ConsumerConfig, DeliverPolicy, Scalar, WakeMode};
+    use memplex::config::{ConsumerConfig, DeliverPolicy, Scalar};
     let socket = std::env::temp_dir().join(format!("memplex-demo-{}.sock", std::process::id()));
     config.consumers.insert(
         "demo".into(),
         ConsumerConfig {
-            socket,
-            ring_entries: 4096,
-            refill_entries: None,
             quota: Some(8192),
-            inline_head: 256,
             checksum: true,
-            wake: WakeMode::Eventfd,
             // Bounded back-pressure: the first frames wait for the consumer to connect.
             policy: DeliverPolicy::Wait,
             wait_ms: 2000,
             max_sessions: 1,
-            allow_uids: Vec::new(),
-            allow_gids: Vec::new(),
+            ..ConsumerConfig::new(socket)
         },
     );
     if let Some(r) = config.routes.first_mut() {

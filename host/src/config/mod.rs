@@ -426,6 +426,25 @@ fn max_sessions() -> u32 {
 }
 
 impl ConsumerConfig {
+    /// A consumer on `socket` with every other key at its default, as a config that
+    /// names only the socket gets.
+    pub fn new(socket: PathBuf) -> ConsumerConfig {
+        ConsumerConfig {
+            socket,
+            ring_entries: ring_entries(),
+            refill_entries: None,
+            quota: None,
+            inline_head: inline_head(),
+            checksum: false,
+            wake: WakeMode::default(),
+            policy: DeliverPolicy::default(),
+            wait_ms: consumer_wait_ms(),
+            max_sessions: max_sessions(),
+            allow_uids: Vec::new(),
+            allow_gids: Vec::new(),
+        }
+    }
+
     /// Refill ring entries.
     pub fn refill(&self) -> u32 {
         self.refill_entries.unwrap_or(self.ring_entries * 2)

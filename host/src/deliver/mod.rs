@@ -175,9 +175,9 @@ struct Channel {
     announced: Vec<u32>,
     /// Frames delivered to it on this queue.
     delivered: u64,
-    /// A wait for room timed out: drop at once until there is room again.
+    /// A wait (for room, or for returns under the quota) timed out: drop at once until
+    /// a frame gets through again.
     stalled: bool,
-    quota: u32,
 }
 
 struct QueueConsumer {
@@ -200,9 +200,6 @@ pub struct QueueDelivery {
     /// Unread frames of sessions closed since `take_gone`.
     gone: u64,
 }
-
-/// Why a frame was not delivered, and the reason to count it under.
-pub(crate) type Refused = DropReason;
 
 /// Tokens read from a refill ring per pass.
 const REFILL_BATCH: usize = 256;
@@ -292,7 +289,6 @@ impl QueueDelivery {
                 continue;
             };
             c.stats.counters.sessions_started += 1;
-            let quota = c.cfg.quota();
             c.channels.push(Channel {
                 session: n.session,
                 completion: Producer::new(n.map.ring(RingKind::Completion)),
@@ -304,7 +300,6 @@ impl QueueDelivery {
                 announced: Vec::new(),
                 delivered: 0,
                 stalled: false,
-                quota,
             });
         }
     }
@@ -324,7 +319,7 @@ impl QueueDelivery {
         rule: usize,
         parts: &mut Vec<Part>,
         pools: &mut [Pool],
-    ) -> Result<(), Refused> {
+    ) -> Result<(), DropReason> {
         let result = self.try_deliver(consumer, copy, frame, split, rule, parts, pools);
         for p in parts.drain(..) {
             let _ = pools[p.provider].recycle(p.buf);
@@ -342,7 +337,7 @@ impl QueueDelivery {
         rule: usize,
         parts: &mut Vec<Part>,
         pools: &mut [Pool],
-    ) -> Result<(), Refused> {
+    ) -> Result<(), DropReason> {
         let shared = |p: &Part| matches!(self.pools[p.provider], PoolMemory::Shared(_));
         let head_inline = !parts.first().is_some_and(shared);
         let frags_shared = parts.iter().skip(1).all(shared);
@@ -375,7 +370,7 @@ impl QueueDelivery {
             0
         };
         let lent = parts.len() - lend_from;
-        if ch.lent.held() + lent as u32 > ch.quota {
+        if ch.lent.held() + lent as u32 > c.cfg.quota() {
             wait_for_quota(
                 ch,
                 lent as u32,
@@ -591,12 +586,12 @@ fn wait_for_quota(
     pools: &mut [Pool],
     tokens: &mut [u64],
     counters: &mut DeliveryCounters,
-) -> Result<(), Refused> {
+) -> Result<(), DropReason> {
     if cfg.policy == DeliverPolicy::Drop || ch.stalled {
         return Err(DropReason::ConsumerQuota);
     }
     let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
-    while ch.lent.held() + lent > ch.quota {
+    while ch.lent.held() + lent > cfg.quota() {
         if Instant::now() >= deadline || ch.session.ended().is_some() {
             ch.stalled = true;
             return Err(DropReason::ConsumerQuota);
@@ -617,7 +612,7 @@ fn wait_for_room(
     need: u32,
     cfg: &ConsumerConfig,
     counters: &mut DeliveryCounters,
-) -> Result<(), Refused> {
+) -> Result<(), DropReason> {
     counters.ring_full += 1;
     if cfg.policy == DeliverPolicy::Drop || ch.stalled || need > ch.completion.size() {
         return Err(DropReason::ConsumerFull);
@@ -650,7 +645,7 @@ fn announce_to(
     ch: &mut Channel,
     r: &RegionInfo,
     counters: &mut DeliveryCounters,
-) -> Result<(), Refused> {
+) -> Result<(), DropReason> {
     if announce(&ch.session, r).is_err() {
         ch.session.end(Disconnect::BadMessage);
         return Err(DropReason::ConsumerGone);

@@ -83,8 +83,12 @@ impl Server {
             .name("memplex-deliver".into())
             .spawn(move || serve(&listeners, &inboxes, &flag))
             .map_err(|e| ServerError {
-                consumer: String::new(),
-                path: PathBuf::new(),
+                consumer: consumers
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                path: paths.first().cloned().unwrap_or_default(),
                 problem: format!("cannot start the delivery thread: {e}"),
             })?;
         Ok(Server {

@@ -34,11 +34,7 @@ fn delivering(config: &Config, socket: &Path, args: &BenchArgs) -> Config {
     c.consumers.insert(
         BENCH_CONSUMER.into(),
         ConsumerConfig {
-            socket: socket.to_path_buf(),
-            ring_entries: 4096,
-            refill_entries: None,
             quota: Some(1024),
-            inline_head: 256,
             checksum: args.consumer == Some(super::ConsumerMode::Verify),
             wake: match args.wake {
                 super::WakeArg::BusyPoll => WakeMode::BusyPoll,
@@ -47,8 +43,7 @@ fn delivering(config: &Config, socket: &Path, args: &BenchArgs) -> Config {
             policy: DeliverPolicy::Wait,
             wait_ms: 100,
             max_sessions: 1,
-            allow_uids: Vec::new(),
-            allow_gids: Vec::new(),
+            ..ConsumerConfig::new(socket.to_path_buf())
         },
     );
     c
