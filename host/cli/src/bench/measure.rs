@@ -35,9 +35,18 @@ fn cpus() -> usize {
 }
 
 /// The consumer process of a consumer variant, connected to `socket` once it exists.
-fn start_consumer(socket: &std::path::Path, args: &BenchArgs) -> Result<std::process::Child> {
+/// `host_ended` says whether the host side has stopped already (a config it refused,
+/// say): then there is no socket to wait for.
+fn start_consumer(
+    socket: &std::path::Path,
+    args: &BenchArgs,
+    host_ended: impl Fn() -> bool,
+) -> Result<Option<std::process::Child>> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
+        if host_ended() {
+            return Ok(None);
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the consumer socket {} never appeared",
@@ -60,7 +69,7 @@ fn start_consumer(socket: &std::path::Path, args: &BenchArgs) -> Result<std::pro
     if args.wake == super::WakeArg::BusyPoll {
         cmd.arg("--busy-poll");
     }
-    Ok(cmd.spawn()?)
+    Ok(Some(cmd.spawn()?))
 }
 
 /// CPU seconds (user + system) from a `/proc/.../stat` file.
@@ -147,11 +156,21 @@ pub fn round(
             },
         );
         if let Some(socket) = &variant.consumer {
-            let child = start_consumer(socket, args)?;
-            if pinning {
-                pin(Some(rustix::process::Pid::from_child(&child)), 1);
+            match start_consumer(socket, args, || reader.is_finished())? {
+                Some(child) => {
+                    if pinning {
+                        pin(Some(rustix::process::Pid::from_child(&child)), 1);
+                    }
+                    consumer_child = Some(child);
+                }
+                // The host stopped before it listened: its error says why.
+                None => {
+                    reader
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+                    anyhow::bail!("memplex stopped before its consumer socket existed");
+                }
             }
-            consumer_child = Some(child);
         }
         let deadline = start + seconds;
         let sender_cpu = match (args.source, net) {

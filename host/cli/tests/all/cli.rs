@@ -517,6 +517,12 @@ fn bench_refuses_bad_input_with_the_reason() {
         (&["--repeats", "0"][..], "0 is not in 1..=1000"),
         (&["no-such.toml"][..], "reading no-such.toml"),
         (&["--set", "device.queues"][..], "is not KEY=VALUE"),
+        // Every route delivers under --consumer: the heap route cannot, and the
+        // engine's refusal is what the bench says (not a socket that never appeared).
+        (
+            &["tcp-split.toml", "--consumer", "count", "--no-bare"][..],
+            "route[1] delivers to consumer `bench`, but its frags provider `hdr` cannot share its memory",
+        ),
     ] {
         let (code, out) = bench(args);
         assert_ne!(code, 0, "{args:?}: {out}");
