@@ -102,6 +102,7 @@ struct MatchSpec {
     port: Option<PortRange>,
     vni: Option<u32>,
     app: Option<String>,
+    device: Option<String>,
 }
 
 /// Names of the ethertypes and protocols a match may use, with their wire numbers.
@@ -153,6 +154,9 @@ pub struct Matcher {
     port: Option<PortRange>,
     vni: Option<u32>,
     app: Option<App>,
+    /// The device the frame came in on, by name (`main` or a `[devices.NAME]`); resolved
+    /// to an index by [`RouteTable::new`].
+    device: Option<String>,
 }
 
 impl TryFrom<MatchSpec> for Matcher {
@@ -233,6 +237,7 @@ impl TryFrom<MatchSpec> for Matcher {
             port: m.port,
             vni: m.vni,
             app,
+            device: m.device,
         })
     }
 }
@@ -264,6 +269,7 @@ impl From<Matcher> for MatchSpec {
                 .app
                 .and_then(|a| APPS.iter().find(|(_, x)| *x == a))
                 .map(|a| a.0.to_string()),
+            device: m.device,
         }
     }
 }
@@ -291,6 +297,11 @@ impl fmt::Display for Matcher {
 }
 
 impl Matcher {
+    /// The input device it asks for, by name.
+    pub fn device_name(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+
     /// True when it matches every frame.
     pub fn is_catch_all(&self) -> bool {
         *self == Matcher::default()
@@ -344,6 +355,30 @@ pub struct RouteConfig {
     /// as copies). Without it such a route is refused at start.
     #[serde(default)]
     pub copy: bool,
+    /// Send the frames out of a device: `main`, a `[devices.NAME]`, or `in` (back out of
+    /// the device each frame came in on). Its buffers go back to their pools once the
+    /// kernel has taken the bytes.
+    pub forward: Option<String>,
+}
+
+/// Where a route sends its frames out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Out of the device of this index (0 is `main`).
+    Device(u16),
+    /// Back out of the device the frame came in on.
+    In,
+}
+
+impl Forward {
+    /// The device a frame that came in on `device` goes out of.
+    #[inline]
+    pub fn to(self, device: u16) -> u16 {
+        match self {
+            Forward::Device(d) => d,
+            Forward::In => device,
+        }
+    }
 }
 
 /// Where one route sends a frame's buffers, as indices into the provider list.
@@ -359,6 +394,8 @@ pub struct Route {
     pub deliver: Option<u16>,
     /// Copy frames into the ring where their memory cannot be shared.
     pub copy: bool,
+    /// The device the frames go out of, if any.
+    pub forward: Option<Forward>,
 }
 
 /// A route naming a provider (or consumer) that does not exist.
@@ -367,9 +404,9 @@ pub struct Route {
 pub struct UnknownProvider {
     /// The rule's index.
     pub route: usize,
-    /// `head`, `frags`, `frags_rest` or `deliver`.
+    /// `head`, `frags`, `frags_rest`, `deliver`, `forward` or `match.device`.
     pub field: &'static str,
-    /// `provider` or `consumer`.
+    /// `provider`, `consumer` or `device`.
     pub kind: &'static str,
     /// The name given.
     pub name: String,
@@ -380,16 +417,19 @@ pub struct UnknownProvider {
 /// The compiled rule list.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
-    rules: Vec<(Matcher, Route)>,
+    /// Each rule's matcher, the input device it wants (if any) and its route.
+    rules: Vec<(Matcher, Option<u16>, Route)>,
 }
 
 impl RouteTable {
-    /// The rules of `routes`, with provider and consumer names resolved against
-    /// `providers` and `consumers` (whose order gives the indexes).
+    /// The rules of `routes`, with provider, consumer and device names resolved against
+    /// `providers`, `consumers` and `devices` (whose order gives the indexes; the first
+    /// device is `main`).
     pub fn new(
         routes: &[RouteConfig],
         providers: &[String],
         consumers: &[String],
+        devices: &[String],
     ) -> Result<Self, UnknownProvider> {
         let rules = routes
             .iter()
@@ -424,6 +464,28 @@ impl RouteTable {
                             })?,
                     ),
                 };
+                let device = |field: &'static str, name: &str| {
+                    devices
+                        .iter()
+                        .position(|d| d == name)
+                        .map(|d| d as u16)
+                        .ok_or_else(|| UnknownProvider {
+                            route: i,
+                            field,
+                            kind: "device",
+                            name: name.to_string(),
+                            known: devices.to_vec(),
+                        })
+                };
+                let forward = match r.forward.as_deref() {
+                    None => None,
+                    Some("in") => Some(Forward::In),
+                    Some(name) => Some(Forward::Device(device("forward", name)?)),
+                };
+                let input = match &r.matches.device {
+                    None => None,
+                    Some(name) => Some(device("match.device", name)?),
+                };
                 let route = Route {
                     head: id("head", &r.head)?,
                     frags,
@@ -433,27 +495,29 @@ impl RouteTable {
                     },
                     deliver,
                     copy: r.copy,
+                    forward,
                 };
-                Ok((r.matches.clone(), route))
+                Ok((r.matches.clone(), input, route))
             })
             .collect::<Result<_, _>>()?;
         Ok(RouteTable { rules })
     }
 
-    /// The first rule matching `meta`: its index and route.
+    /// The first rule matching `meta` of a frame that came in on device `device`: its
+    /// index and route.
     #[inline]
-    pub fn route(&self, meta: &FrameMeta) -> Option<(usize, Route)> {
+    pub fn route(&self, meta: &FrameMeta, device: u16) -> Option<(usize, Route)> {
         self.rules
             .iter()
             .enumerate()
-            .find(|(_, (m, _))| m.matches(meta))
-            .map(|(i, (_, r))| (i, *r))
+            .find(|(_, (m, d, _))| d.is_none_or(|d| d == device) && m.matches(meta))
+            .map(|(i, (_, _, r))| (i, *r))
     }
 
     /// Rule `i`'s route.
     #[inline]
     pub fn get(&self, i: usize) -> Route {
-        self.rules[i].1
+        self.rules[i].2
     }
 
     /// How many rules there are.
@@ -524,8 +588,15 @@ mod tests {
             frags_rest: None,
             deliver: None,
             copy: false,
+            forward: None,
         };
-        let e = RouteTable::new(std::slice::from_ref(&route), &["hot".into()], &[]).unwrap_err();
+        let e = RouteTable::new(
+            std::slice::from_ref(&route),
+            &["hot".into()],
+            &[],
+            &["main".into()],
+        )
+        .unwrap_err();
         assert_eq!(
             e.to_string(),
             "`route[0].frags` names provider `cold`, which is not defined; allowed: hot"
@@ -535,7 +606,7 @@ mod tests {
             deliver: Some("app".into()),
             ..route
         };
-        let e = RouteTable::new(&[route], &["hot".into()], &[]).unwrap_err();
+        let e = RouteTable::new(&[route], &["hot".into()], &[], &["main".into()]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "`route[0].deliver` names consumer `app`, which is not defined; allowed: (none defined)"

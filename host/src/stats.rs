@@ -169,6 +169,8 @@ pub enum DropReason {
     ConsumerQuota,
     /// Delivered to a consumer that went away before reading it.
     ConsumerGone,
+    /// The route forwards, and the device refused the frame (the error is logged once).
+    TxError,
 }
 
 impl Reason for DropReason {
@@ -180,6 +182,7 @@ impl Reason for DropReason {
         "no_consumer",
         "consumer_quota",
         "consumer_gone",
+        "tx_error",
     ];
     #[inline]
     fn index(self) -> usize {
@@ -399,6 +402,8 @@ pub struct QueueStats {
     pub dropped: Tally<DropReason>,
     /// Buffers taken from a fallback provider.
     pub fallback: u64,
+    /// Frames sent out of a device by routes that forward.
+    pub forwarded: Volume,
     /// Per route rule.
     pub routes: Vec<Volume>,
     /// Per provider, in config order.
@@ -418,6 +423,7 @@ impl AddAssign<&QueueStats> for QueueStats {
         self.unsplit += q.unsplit;
         self.dropped += q.dropped;
         self.fallback += q.fallback;
+        self.forwarded += q.forwarded;
         add_each(&mut self.routes, &q.routes, |a, b| *a += *b);
         add_each(&mut self.providers, &q.providers, |a, b| *a += b);
         self.sink += q.sink;
@@ -487,6 +493,10 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
         }
         let help = "Buffers taken from a fallback provider.";
         out.counter("fallback", help, queue(), q.fallback);
+        let help = "Frames sent out of a device by routes that forward.";
+        out.counter("forwarded_frames", help, queue(), q.forwarded.frames);
+        let help = "Bytes sent out of a device by routes that forward.";
+        out.counter("forwarded_bytes", help, queue(), q.forwarded.bytes);
         for (i, r) in q.routes.iter().enumerate() {
             let l = with("route", i.to_string());
             out.counter(

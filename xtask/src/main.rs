@@ -174,13 +174,16 @@ fn build_wasm(target: &Path, dir: &str) -> Result<(), String> {
 
 /// The system tools the tests and the demo use, by the Debian package that has them:
 /// (command, how to ask it for its version, package).
-const TOOLS: [(&str, &str, &str); 4] = [
+const TOOLS: [(&str, &str, &str); 6] = [
     ("ip", "-V", "iproute2"),
     ("tc", "-V", "iproute2"),
     // Reads the pcap sink's output back, as a user's capture tools would.
     ("tcpdump", "--version", "tcpdump"),
     // Builds the C example consumer (consumer/examples/c), which a test runs.
     ("cc", "--version", "gcc"),
+    // Real TCP and UDP, and pings, through memplex forwarding (`demo --forward`, tests).
+    ("iperf3", "--version", "iperf3"),
+    ("ping", "-V", "iputils-ping"),
 ];
 
 /// Installs the tools of [`TOOLS`] that are missing, with apt as root. Without root

@@ -423,3 +423,144 @@ pub fn synthetic(path: &PluginPath, frames: u64, providers: Vec<String>) -> Resu
     println!("every frame reassembled byte for byte; every buffer returned to its provider.");
     Ok(0)
 }
+
+/// The config `demo --forward` runs when none is given: `configs/forward.toml`.
+const FORWARD: &str = include_str!("../../../configs/forward.toml");
+
+/// `memplex demo --forward`: two namespaces whose only link runs through memplex (a TAP
+/// each, see `ForwardNet`); real pings, TCP and UDP from iperf3, both directions, IPv4
+/// and IPv6, with the kernel checking every segment on arrival.
+pub fn forward(
+    path: &PluginPath,
+    config: Option<PathBuf>,
+    seconds: f64,
+    json: bool,
+) -> Result<i32> {
+    anyhow::ensure!(
+        testnet::privileged(),
+        "memplex demo --forward needs root, with CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_ADMIN: it creates two network namespaces with a TAP device each"
+    );
+    let control = RunControl::default();
+    crate::signal::stop_on_signal_thread(control.stop.clone())?;
+    TestNet::sweep_stale();
+    let net = testnet::ForwardNet::create()
+        .context("building the demo network (two namespaces with a TAP device each)")?;
+    if control.stop.load(Relaxed) {
+        drop(net);
+        eprintln!("interrupted while building the demo network; removed it again");
+        return Ok(130);
+    }
+    let mut config = match &config {
+        Some(_) => load(&config, &[])?,
+        None => Config::from_toml(
+            FORWARD,
+            "configs/forward.toml (built in)",
+            Default::default(),
+            None,
+        )?,
+    };
+    config.device.interface = Some(net.tap_a.clone());
+    let extra = config
+        .devices
+        .values_mut()
+        .next()
+        .context("demo --forward needs a config with a second device ([devices.NAME])")?;
+    extra.interface = Some(net.tap_b.clone());
+    let (dev_a, dev_b) = (config.device.clone(), extra.clone());
+    let secs = seconds.ceil().max(1.0) as u32;
+    println!(
+        "memplex demo --forward: namespaces {} and {} are joined only through memplex: host A's interface is TAP {}, host B's is TAP {}.\n\
+         memplex reads each, splits with `split.mode = {:?}`, places head and frags in the providers the routes name, and writes\n\
+         each frame out of the other TAP from those buffers. Pings, then iperf3 TCP and UDP for {secs} s each way, IPv4 and IPv6.\n",
+        net.ns_a, net.ns_b, net.tap_a, net.tap_b, config.split.mode
+    );
+    let allow_fault_drops = config.runtime.allow_fault_drops;
+    let engine = Engine::new(config, path)?;
+    // Each TAP is opened inside its namespace; the queues stay bound to it.
+    let mut queues = TestNet::in_ns(&net.ns_a, || device::open(&dev_a))??;
+    for q in TestNet::in_ns(&net.ns_b, || device::open(&dev_b))?? {
+        queues.push(Box::new(device::OnDevice {
+            device: 1,
+            queue: q,
+        }));
+    }
+    let (report, results) = std::thread::scope(|s| -> Result<_> {
+        let run = s.spawn(|| engine.run(queues, &control));
+        let steps = (|| -> Result<Vec<(String, String, bool)>> {
+            let mut out = Vec::new();
+            for (from_a, v6, what) in [
+                (true, false, "ping A -> B, IPv4"),
+                (false, true, "ping B -> A, IPv6"),
+            ] {
+                let ok = net.ping(from_a, v6, 5)?;
+                out.push((
+                    what.into(),
+                    if ok {
+                        "5 of 5 replies".into()
+                    } else {
+                        "replies missing".into()
+                    },
+                    ok,
+                ));
+            }
+            for (udp, reverse, v6, what) in [
+                (None, false, false, "TCP A -> B, IPv4"),
+                (None, true, false, "TCP B -> A, IPv4"),
+                (None, false, true, "TCP A -> B, IPv6"),
+                (
+                    Some(200_000_000),
+                    false,
+                    false,
+                    "UDP A -> B, 200 Mbit/s offered",
+                ),
+            ] {
+                if control.stop.load(Relaxed) {
+                    break;
+                }
+                let r = net.iperf3(secs, udp, reverse, v6)?;
+                let figures = match udp {
+                    None => format!(
+                        "{:.2} Gbit/s, {} MB, {} retransmissions",
+                        r.bits_per_second / 1e9,
+                        r.bytes >> 20,
+                        r.retransmits
+                    ),
+                    Some(_) => format!(
+                        "{:.0} Mbit/s, {} datagrams lost",
+                        r.bits_per_second / 1e6,
+                        r.lost
+                    ),
+                };
+                out.push((what.into(), figures, r.bytes > 0));
+            }
+            Ok(out)
+        })();
+        control.stop.store(true, Relaxed);
+        let report = run
+            .join()
+            .map_err(|_| anyhow::anyhow!("the run panicked"))??;
+        Ok((report, steps))
+    })?;
+    crate::run::print_report(&report, json);
+    let results = results?;
+    for (what, figures, _) in &results {
+        println!("{what:<32} {figures}");
+    }
+    let t = report.total();
+    println!(
+        "memplex forwarded {} frames ({} MB) of {} received; {} GSO super-frames went through whole (largest {} bytes).",
+        t.forwarded.frames,
+        t.forwarded.bytes >> 20,
+        t.received.frames,
+        t.device.gso_frames,
+        t.device.largest
+    );
+    drop(net);
+    println!("removed the demo's namespaces and TAP devices.");
+    let verdict = crate::run::verdict(&report, allow_fault_drops);
+    let all_ok = results.iter().all(|(_, _, ok)| *ok);
+    if !all_ok {
+        eprintln!("memplex demo --forward: some traffic did not get through (above)");
+    }
+    Ok(if verdict == 0 && !all_ok { 1 } else { verdict })
+}

@@ -120,6 +120,10 @@ enum Command {
         /// Instead: push synthetic frames through each provider's pools, no device.
         #[arg(long)]
         synthetic: bool,
+        /// Instead: put memplex between two namespaces as a bump in the wire (a TAP
+        /// each, configs/forward.toml) and run pings and iperf3 through it (root only).
+        #[arg(long)]
+        forward: bool,
         /// Frames per provider, with --synthetic.
         #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
         frames: u64,
@@ -252,6 +256,13 @@ fn run(cli: Cli) -> Result<i32> {
             &device,
             frame_size as usize,
         ),
+        Command::Demo {
+            forward: true,
+            config,
+            seconds,
+            json,
+            ..
+        } => demo::forward(&path, config, seconds, json),
         Command::Demo {
             config,
             seconds,

@@ -118,6 +118,80 @@ pub struct DeviceConfig {
     pub attach: bool,
 }
 
+/// The one name `[device]` goes by where routes name devices.
+pub const MAIN_DEVICE: &str = "main";
+
+/// Checks one device table (`device` or `devices.NAME`, given as `prefix`).
+fn validate_device(
+    prefix: &str,
+    d: &DeviceConfig,
+    invalid: &dyn Fn(String, String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    match d.kind {
+        DeviceKind::Pcap if d.path.is_none() => {
+            return Err(invalid(
+                format!("{prefix}.path"),
+                "is missing".into(),
+                "the pcap or pcapng file to replay".into(),
+            ))
+        }
+        DeviceKind::AfPacket | DeviceKind::Tap if d.interface.is_none() => {
+            return Err(invalid(
+                format!("{prefix}.interface"),
+                "is missing".into(),
+                "a network interface name".into(),
+            ))
+        }
+        _ => {}
+    }
+    if d.queues == 0 || d.queues > 64 {
+        return Err(invalid(
+            format!("{prefix}.queues"),
+            format!("is {}", d.queues),
+            "1 to 64".into(),
+        ));
+    }
+    if d.repeat == 0 {
+        return Err(invalid(
+            format!("{prefix}.repeat"),
+            "is 0".into(),
+            "1 or more (how many times the capture is replayed)".into(),
+        ));
+    }
+    if let Some(r) = d.rate.filter(|&r| r == 0 || r > 1_000_000_000) {
+        return Err(invalid(
+            format!("{prefix}.rate"),
+            format!("is {r}"),
+            "1 to 1000000000 frames per second (leave it out for full speed)".into(),
+        ));
+    }
+    if d.kind == DeviceKind::AfPacket {
+        if !(4096..=1 << 30).contains(&d.block_size) || !d.block_size.is_power_of_two() {
+            return Err(invalid(
+                format!("{prefix}.block_size"),
+                format!("is {}", d.block_size),
+                "a power of two from 4096 to 1073741824".into(),
+            ));
+        }
+        let ring = u64::from(d.block_size) * u64::from(d.block_count);
+        if d.block_count == 0 || ring > MAX_RING {
+            return Err(invalid(
+                format!("{prefix}.block_count"),
+                format!(
+                    "is {}: a ring of {} MiB per queue",
+                    d.block_count,
+                    ring >> 20
+                ),
+                format!(
+                    "1 or more, with block_size * block_count at most {} MiB per queue",
+                    MAX_RING >> 20
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn one() -> u16 {
     1
 }
@@ -327,8 +401,12 @@ pub const MAX_DURATION: f64 = 31_536_000.0;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where frames come from.
+    /// Where frames come from (called `main` where routes name devices).
     pub device: DeviceConfig,
+    /// More devices, by name: each is read like `device`, and routes may forward to it
+    /// (`forward = "NAME"`) or match the frames that came in on it (`match.device`).
+    #[serde(default)]
+    pub devices: BTreeMap<String, DeviceConfig>,
     /// How frames are split.
     #[serde(default)]
     pub split: SplitConfig,
@@ -544,6 +622,22 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The devices, in the order routes index them: `main` (`[device]`), then each
+    /// `[devices.NAME]`.
+    pub fn device_names(&self) -> Vec<String> {
+        std::iter::once(MAIN_DEVICE.to_string())
+            .chain(self.devices.keys().cloned())
+            .collect()
+    }
+
+    /// The device of index `i` (see [`device_names`](Self::device_names)).
+    pub fn device_at(&self, i: usize) -> Option<&DeviceConfig> {
+        match i {
+            0 => Some(&self.device),
+            i => self.devices.values().nth(i - 1),
+        }
+    }
+
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, problem: String, allowed: String| ConfigError::Invalid {
             path: origin.to_string(),
@@ -551,68 +645,20 @@ impl Config {
             problem,
             allowed,
         };
-        let d = &self.device;
-        match d.kind {
-            DeviceKind::Pcap if d.path.is_none() => {
-                return Err(invalid(
-                    "device.path".into(),
-                    "is missing".into(),
-                    "the pcap or pcapng file to replay".into(),
-                ))
-            }
-            DeviceKind::AfPacket | DeviceKind::Tap if d.interface.is_none() => {
-                return Err(invalid(
-                    "device.interface".into(),
-                    "is missing".into(),
-                    "a network interface name".into(),
-                ))
-            }
-            _ => {}
+        for (prefix, d) in std::iter::once(("device".to_string(), &self.device)).chain(
+            self.devices
+                .iter()
+                .map(|(name, d)| (format!("devices.{name}"), d)),
+        ) {
+            validate_device(&prefix, d, &invalid)?;
         }
-        if d.queues == 0 || d.queues > 64 {
+        if self.devices.contains_key(MAIN_DEVICE) || self.devices.contains_key("in") {
             return Err(invalid(
-                "device.queues".into(),
-                format!("is {}", d.queues),
-                "1 to 64".into(),
+                "devices".into(),
+                "has a device named `main` or `in`".into(),
+                "other names: `main` is [device], and `in` means the device a frame came in on"
+                    .into(),
             ));
-        }
-        if d.repeat == 0 {
-            return Err(invalid(
-                "device.repeat".into(),
-                "is 0".into(),
-                "1 or more (how many times the capture is replayed)".into(),
-            ));
-        }
-        if let Some(r) = d.rate.filter(|&r| r == 0 || r > 1_000_000_000) {
-            return Err(invalid(
-                "device.rate".into(),
-                format!("is {r}"),
-                "1 to 1000000000 frames per second (leave it out for full speed)".into(),
-            ));
-        }
-        if d.kind == DeviceKind::AfPacket {
-            if !(4096..=1 << 30).contains(&d.block_size) || !d.block_size.is_power_of_two() {
-                return Err(invalid(
-                    "device.block_size".into(),
-                    format!("is {}", d.block_size),
-                    "a power of two from 4096 to 1073741824".into(),
-                ));
-            }
-            let ring = u64::from(d.block_size) * u64::from(d.block_count);
-            if d.block_count == 0 || ring > MAX_RING {
-                return Err(invalid(
-                    "device.block_count".into(),
-                    format!(
-                        "is {}: a ring of {} MiB per queue",
-                        d.block_count,
-                        ring >> 20
-                    ),
-                    format!(
-                        "1 or more, with block_size * block_count at most {} MiB per queue",
-                        MAX_RING >> 20
-                    ),
-                ));
-            }
         }
         let r = &self.runtime;
         for (key, value, zero_ok, min, max, what) in [
@@ -706,18 +752,26 @@ impl Config {
         }
         let names: Vec<String> = self.providers.keys().cloned().collect();
         let consumers: Vec<String> = self.consumers.keys().cloned().collect();
-        crate::route::RouteTable::new(&self.routes, &names, &consumers).map_err(|e| {
-            invalid(
-                format!("route[{}].{}", e.route, e.field),
-                format!("names {} `{}`, which is not defined", e.kind, e.name),
-                if e.known.is_empty() {
-                    format!("a [{}s.NAME] table to name", e.kind)
-                } else {
-                    e.known.join(", ")
-                },
-            )
-        })?;
+        crate::route::RouteTable::new(&self.routes, &names, &consumers, &self.device_names())
+            .map_err(|e| {
+                invalid(
+                    format!("route[{}].{}", e.route, e.field),
+                    format!("names {} `{}`, which is not defined", e.kind, e.name),
+                    if e.known.is_empty() {
+                        format!("a [{}s.NAME] table to name", e.kind)
+                    } else {
+                        e.known.join(", ")
+                    },
+                )
+            })?;
         for (i, r) in self.routes.iter().enumerate() {
+            if r.forward.is_some() && r.deliver.is_some() {
+                return Err(invalid(
+                    format!("route[{i}].forward"),
+                    "is set on a route that also delivers to a consumer".into(),
+                    "one of forward and deliver per route".into(),
+                ));
+            }
             if r.copy && r.deliver.is_none() {
                 return Err(invalid(
                     format!("route[{i}].copy"),

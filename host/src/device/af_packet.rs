@@ -423,4 +423,14 @@ impl RxQueue for AfPacketQueue {
     fn kernel_drops(&mut self) -> u64 {
         AfPacketQueue::kernel_drops(self)
     }
+
+    fn transmitter(&self) -> Option<std::sync::Arc<dyn super::TxQueue>> {
+        // The socket is bound to its interface: what is written to it goes out there.
+        let fd = self.fd.try_clone().ok()?;
+        Some(std::sync::Arc::new(super::tx::FdTx::new(
+            self.name.clone(),
+            fd,
+            false,
+        )))
+    }
 }

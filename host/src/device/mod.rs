@@ -18,6 +18,9 @@ pub mod af_packet;
 pub mod pcap;
 pub mod replay;
 pub mod tap;
+pub mod tx;
+
+pub use tx::TxQueue;
 
 use crate::config::{DeviceConfig, DeviceKind};
 pub use crate::stats::DeviceStats;
@@ -167,6 +170,18 @@ impl VnetHdr {
         }
     }
 
+    /// The header as the device takes it in front of a frame (little-endian).
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        b
+    }
+
     /// The checksum state.
     pub fn checksum(&self) -> Checksum {
         if self.flags & Self::NEEDS_CSUM != 0 {
@@ -254,6 +269,56 @@ pub trait RxQueue: Send {
     /// (AF_PACKET ring overruns; 0 where the device cannot tell).
     fn kernel_drops(&mut self) -> u64 {
         0
+    }
+
+    /// The device's index in the config (0 for `[device]`, see
+    /// `Config::device_names`).
+    fn device(&self) -> u16 {
+        0
+    }
+
+    /// A transmitter on this queue's descriptor, for routes that forward to the device;
+    /// `None` where the source cannot send (a replayed capture).
+    fn transmitter(&self) -> Option<std::sync::Arc<dyn TxQueue>> {
+        None
+    }
+}
+
+/// A queue of the config's device of index `device` (a `[devices.NAME]`).
+pub struct OnDevice {
+    /// The device's index.
+    pub device: u16,
+    /// The queue.
+    pub queue: Box<dyn RxQueue>,
+}
+
+impl RxQueue for OnDevice {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        on_burst: &mut dyn FnMut(&[RxFrame<'_>]),
+    ) -> Result<Poll, DeviceError> {
+        self.queue.poll(timeout, on_burst)
+    }
+
+    fn name(&self) -> &str {
+        self.queue.name()
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.queue.stats()
+    }
+
+    fn kernel_drops(&mut self) -> u64 {
+        self.queue.kernel_drops()
+    }
+
+    fn device(&self) -> u16 {
+        self.device
+    }
+
+    fn transmitter(&self) -> Option<std::sync::Arc<dyn TxQueue>> {
+        self.queue.transmitter()
     }
 }
 

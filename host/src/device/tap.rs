@@ -282,4 +282,13 @@ impl RxQueue for TapQueue {
     fn stats(&self) -> DeviceStats {
         self.stats
     }
+
+    fn transmitter(&self) -> Option<std::sync::Arc<dyn super::TxQueue>> {
+        let fd = self.file.try_clone().ok()?;
+        Some(std::sync::Arc::new(super::tx::FdTx::new(
+            self.name.clone(),
+            fd.into(),
+            self.vnet,
+        )))
+    }
 }

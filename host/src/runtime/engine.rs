@@ -70,7 +70,7 @@ impl Engine {
             .map(|p| p.fallback.as_ref().and_then(|f| index.get(f).copied()))
             .collect();
         let consumers: Vec<String> = config.consumers.keys().cloned().collect();
-        let routes = RouteTable::new(&config.routes, &names, &consumers)?;
+        let routes = RouteTable::new(&config.routes, &names, &consumers, &config.device_names())?;
         Ok(Engine {
             config,
             plugins,
@@ -96,7 +96,9 @@ impl Engine {
     /// would.
     pub fn check(&self) -> Result<(), RunError> {
         let pools = self.pools_for(0)?;
-        let deliverable = self.deliverable(&pools);
+        let deliverable = self
+            .deliverable(&pools)
+            .and_then(|()| self.forwardable(&pools, None));
         for pool in pools {
             pool.shutdown(Duration::from_millis(10));
         }
@@ -176,6 +178,64 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks every forwarding route: the host must be able to read its memory (the
+    /// parts go out by address), and, given the opened queues' transmitters by device
+    /// (`tx`), the device it names must be able to send. A capture replays; it sends
+    /// nothing.
+    fn forwardable(
+        &self,
+        pools: &[Pool],
+        tx: Option<&[Vec<Arc<dyn device::TxQueue>>]>,
+    ) -> Result<(), RunError> {
+        let devices = self.config.device_names();
+        for (i, r) in self.config.routes.iter().enumerate() {
+            let Some(to) = &r.forward else { continue };
+            let err = |problem: String| RunError::NotForwardable {
+                route: i,
+                device: to.clone(),
+                problem,
+            };
+            let index = |p: &str| self.names.iter().position(|n| n == p).unwrap_or(0);
+            for p in [Some(&r.head), Some(&r.frags), r.frags_rest.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let caps = pools[index(p)].provider().info().caps;
+                if !caps.contains(memplex_abi::Capabilities::CPU_READABLE) {
+                    return Err(err(format!(
+                        "provider `{p}` keeps its memory where the host cannot read it, and forwarded frames go out from their buffers; use a CPU-readable provider for forwarding routes"
+                    )));
+                }
+            }
+            // The devices frames of this route can go out of.
+            let targets: Vec<usize> = match to.as_str() {
+                "in" => match &r.matches.device_name() {
+                    Some(d) => devices.iter().position(|n| n == d).into_iter().collect(),
+                    None => (0..devices.len()).collect(),
+                },
+                name => devices.iter().position(|n| n == name).into_iter().collect(),
+            };
+            for t in targets {
+                let d = self.config.device_at(t).map(|d| d.kind);
+                if d == Some(crate::config::DeviceKind::Pcap) {
+                    return Err(err(format!(
+                        "device `{}` replays a capture and sends nothing; forward to a tap or af_packet device",
+                        devices[t]
+                    )));
+                }
+                if let Some(tx) = tx {
+                    if tx.get(t).is_none_or(Vec::is_empty) {
+                        return Err(err(format!(
+                            "device `{}` has no queue that can send here",
+                            devices[t]
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// What consumers may be told about each pool's memory.
     fn pool_memory(&self, pools: &[Pool]) -> Vec<crate::deliver::PoolMemory> {
         pools
@@ -185,9 +245,19 @@ impl Engine {
             .collect()
     }
 
-    /// Opens the configured device's queues (see [`device::open`]).
+    /// Opens the queues of every configured device (see [`device::open`]): `[device]`'s,
+    /// then each `[devices.NAME]`'s, which know their device's index.
     pub fn open_device(&self) -> Result<Vec<Box<dyn RxQueue>>, RunError> {
-        Ok(device::open(&self.config.device)?)
+        let mut queues = device::open(&self.config.device)?;
+        for (i, d) in self.config.devices.values().enumerate() {
+            for q in device::open(d)? {
+                queues.push(Box::new(device::OnDevice {
+                    device: i as u16 + 1,
+                    queue: q,
+                }));
+            }
+        }
+        Ok(queues)
     }
 
     fn sink(&self, shared: &Option<PcapOut>) -> Box<dyn Sink> {
@@ -339,14 +409,39 @@ impl Engine {
         } else {
             Vec::new()
         };
+        // Transmitters by device, for routes that forward.
+        let forwarding = self.config.routes.iter().any(|r| r.forward.is_some());
+        let mut tx: Vec<Vec<Arc<dyn device::TxQueue>>> =
+            vec![Vec::new(); self.config.device_names().len()];
+        let mut index_in_device = Vec::with_capacity(queues.len());
+        for rx in &queues {
+            let d = usize::from(rx.device()).min(tx.len() - 1);
+            index_in_device.push(tx[d].len());
+            if forwarding {
+                if let Some(t) = rx.transmitter() {
+                    tx[d].push(t);
+                }
+            }
+        }
+        let tx: Arc<[Vec<Arc<dyn device::TxQueue>>]> = if forwarding {
+            tx.into()
+        } else {
+            Arc::from(Vec::new())
+        };
         let mut workers = Vec::new();
         for (q, rx) in queues.into_iter().enumerate() {
-            let w = self.worker(
+            let mut w = self.worker(
                 q as u16,
                 rx.name().to_string(),
                 sink(q as u16),
                 inboxes.get(q).cloned(),
             )?;
+            if forwarding {
+                self.forwardable(&w.pools, Some(&tx))?;
+            }
+            w.device = rx.device();
+            w.queue = index_in_device[q];
+            w.tx = Arc::clone(&tx);
             workers.push((rx, w));
         }
         // Consumers may connect from here on; the server stops when the run does.

@@ -123,6 +123,17 @@ pub enum RunError {
         /// What is wrong, and what to do.
         problem: String,
     },
+    /// A route forwards to a device that cannot send, or from memory the host cannot
+    /// read.
+    #[error("route[{route}] forwards to device `{device}`, but {problem}")]
+    NotForwardable {
+        /// The rule's index.
+        route: usize,
+        /// The device's name (`in`: the device each frame came in on).
+        device: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
 }
 
 /// A run in the background behind a [`FrameStream`].

@@ -18,7 +18,7 @@ use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
 use crate::deliver::QueueDelivery;
-use crate::device::{Poll, RxFrame, RxQueue, BURST};
+use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
 use crate::stats::{DropReason, ProviderStats, QueueStats};
@@ -77,6 +77,14 @@ pub(super) struct Worker {
     pub frame_parts: Vec<Part>,
     pub kept_parts: Vec<Part>,
     pub kept_staged: Vec<Staged>,
+    /// The device this queue belongs to (its index in the config), and the queue's
+    /// index among that device's queues.
+    pub device: u16,
+    pub queue: usize,
+    /// Transmitters by device, then queue, for routes that forward (empty when none do).
+    pub tx: Arc<[Vec<Arc<dyn TxQueue>>]>,
+    /// A transmit error has been logged (once per worker; the rest are counted).
+    pub tx_error_logged: bool,
 }
 
 impl Worker {
@@ -137,6 +145,10 @@ impl Worker {
             frame_parts: Vec::with_capacity(BURST * 4),
             kept_parts: Vec::with_capacity(BURST * 4),
             kept_staged: Vec::with_capacity(BURST),
+            device: 0,
+            queue: 0,
+            tx: Arc::from(Vec::new()),
+            tx_error_logged: false,
         }
     }
 
@@ -194,13 +206,13 @@ impl Worker {
         for part in &self.parts {
             self.stats.providers[part.provider].placed.add(part.len);
         }
-        if self.delivery.is_some()
-            && self
-                .staged
-                .iter()
-                .any(|s| self.routes.get(s.rule).deliver.is_some())
+        if (self.delivery.is_some() || !self.tx.is_empty())
+            && self.staged.iter().any(|s| {
+                let r = self.routes.get(s.rule);
+                r.deliver.is_some() || r.forward.is_some()
+            })
         {
-            self.deliver_staged(burst);
+            self.dispatch_staged(burst);
         }
         if self.staged.is_empty() {
             return;
@@ -220,23 +232,44 @@ impl Worker {
         self.staged.clear();
     }
 
-    /// Hands the staged frames whose route delivers to their consumer, and keeps the
-    /// others (staged and parts, renumbered) for the sink. Publishes once at the end.
-    fn deliver_staged(&mut self, burst: &[RxFrame<'_>]) {
-        let Some(d) = self.delivery.as_mut() else {
-            return;
-        };
+    /// Sends the staged frames whose route forwards out of their device, hands those
+    /// whose route delivers to their consumer, and keeps the others (staged and parts,
+    /// renumbered) for the sink. Publishes deliveries once at the end.
+    fn dispatch_staged(&mut self, burst: &[RxFrame<'_>]) {
         self.kept_parts.clear();
         self.kept_staged.clear();
         let mut parts = self.parts.drain(..);
         for s in self.staged.drain(..) {
             let n = s.parts.len();
             let route = self.routes.get(s.rule);
-            match route.deliver {
-                Some(consumer) => {
+            let result = match (route.forward, route.deliver, self.delivery.as_mut()) {
+                (Some(to), _, _) => {
                     self.frame_parts.clear();
                     self.frame_parts.extend(parts.by_ref().take(n));
-                    if let Err(reason) = d.deliver(
+                    let tx = self.tx[usize::from(to.to(self.device))].as_slice();
+                    let out = &tx[self.queue % tx.len()];
+                    let sent = transmit(&**out, &burst[s.rx], &self.frame_parts);
+                    for p in self.frame_parts.drain(..) {
+                        let _ = self.pools[p.provider].recycle(p.buf);
+                    }
+                    match sent {
+                        Ok(()) => {
+                            self.stats.forwarded.add(burst[s.rx].data.len());
+                            Ok(())
+                        }
+                        Err(e) => {
+                            if !self.tx_error_logged {
+                                self.tx_error_logged = true;
+                                tracing::warn!(device = out.name(), "a forwarded frame was refused: {e} (further refusals are counted as dropped tx_error)");
+                            }
+                            Err(DropReason::TxError)
+                        }
+                    }
+                }
+                (None, Some(consumer), Some(d)) => {
+                    self.frame_parts.clear();
+                    self.frame_parts.extend(parts.by_ref().take(n));
+                    d.deliver(
                         consumer,
                         route.copy,
                         &burst[s.rx],
@@ -244,24 +277,28 @@ impl Worker {
                         s.rule,
                         &mut self.frame_parts,
                         &mut self.pools,
-                    ) {
-                        self.stats.dropped.add(reason);
-                    }
+                    )
                 }
-                None => {
+                _ => {
                     let first = self.kept_parts.len();
                     self.kept_parts.extend(parts.by_ref().take(n));
                     self.kept_staged.push(Staged {
                         parts: first..self.kept_parts.len(),
                         ..s
                     });
+                    Ok(())
                 }
+            };
+            if let Err(reason) = result {
+                self.stats.dropped.add(reason);
             }
         }
         drop(parts);
         std::mem::swap(&mut self.parts, &mut self.kept_parts);
         std::mem::swap(&mut self.staged, &mut self.kept_staged);
-        d.flush();
+        if let Some(d) = self.delivery.as_mut() {
+            d.flush();
+        }
     }
 
     /// Routes and places every frame of a vector: placed ones are staged, the others'
@@ -269,7 +306,7 @@ impl Worker {
     fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
-            let Some((rule, route)) = self.routes.route(&self.splits[i].meta) else {
+            let Some((rule, route)) = self.routes.route(&self.splits[i].meta, self.device) else {
                 self.drops.push((DropReason::NoRoute, None));
                 continue;
             };
@@ -448,6 +485,33 @@ impl Worker {
             }
         }
     }
+}
+
+/// Sends one placed frame out of `tx`: its parts as they lie in provider memory, one
+/// scatter-gather write, with the `virtio_net_hdr` it came in with. The memory is
+/// CPU-readable (a forwarding route over memory the host cannot read is refused at
+/// start).
+fn transmit(tx: &dyn TxQueue, frame: &RxFrame<'_>, parts: &[Part]) -> std::io::Result<()> {
+    let mut slices = arrayvec::ArrayVec::<&[u8], { crate::device::tx::MAX_PARTS }>::new();
+    for p in parts {
+        let bytes = p
+            .buf
+            .as_slice()
+            .and_then(|b| b.get(..p.len))
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a part in memory the host cannot read",
+                )
+            })?;
+        slices.try_push(bytes).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a frame of more than {} parts", slices.len()),
+            )
+        })?;
+    }
+    tx.send(&frame.meta.vnet, &slices)
 }
 
 /// Runs one queue until the device ends, fails, or `control.stop` is set; returns its

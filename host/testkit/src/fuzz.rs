@@ -24,6 +24,7 @@ pub fn config(data: &[u8]) {
         &config.routes,
         &names,
         &config.consumers.keys().cloned().collect::<Vec<_>>(),
+        &config.device_names(),
     )
     .expect("a validated config's routes compile");
     assert!((1..=64).contains(&config.device.queues));

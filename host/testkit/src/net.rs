@@ -601,3 +601,232 @@ fn vlan_frames() -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// Addresses of the two hosts of a [`ForwardNet`], inside its namespaces.
+pub mod fwd_addr {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    /// Host A on its TAP.
+    pub const A4: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 1);
+    /// Host B on its TAP.
+    pub const B4: Ipv4Addr = Ipv4Addr::new(10, 80, 0, 2);
+    /// Host A, IPv6.
+    pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0, 0, 0, 0, 0, 0, 1);
+    /// Host B, IPv6.
+    pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0, 0, 0, 0, 0, 0, 2);
+}
+
+/// Two namespaces whose only link runs through memplex: host A's interface is TAP `mpxa`
+/// and host B's is TAP `mpxb`, each multi-queue with vnet headers. What A's stack sends
+/// on `mpxa` is what memplex reads there; what memplex writes to `mpxb` arrives at B's
+/// stack, and back the other way. Nothing else joins them.
+///
+/// ```text
+///  netns A (10.80.0.1, fd6e::1)        memplex          netns B (10.80.0.2, fd6e::2)
+///  stack ── mpxa (TAP) ──read/writev── forward ──read/writev── mpxb (TAP) ── stack
+/// ```
+///
+/// Open each TAP's queues from inside its namespace ([`TestNet::in_ns`]). Everything is
+/// removed on drop, also when a test panics.
+#[derive(Debug)]
+pub struct ForwardNet {
+    /// Host A's namespace (TAP `tap_a`).
+    pub ns_a: String,
+    /// Host B's namespace (TAP `tap_b`).
+    pub ns_b: String,
+    /// Host A's TAP.
+    pub tap_a: String,
+    /// Host B's TAP.
+    pub tap_b: String,
+}
+
+/// What one iperf3 run measured (from its JSON report, the sender's side).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Iperf {
+    /// Bits per second.
+    pub bits_per_second: f64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// TCP retransmissions (0 for UDP).
+    pub retransmits: u64,
+    /// UDP datagrams lost (0 for TCP).
+    pub lost: u64,
+}
+
+impl ForwardNet {
+    /// Builds the two namespaces and their TAP devices, with addresses and up.
+    pub fn create() -> Result<ForwardNet, NetError> {
+        if !privileged() {
+            return Err(NetError::NotPrivileged);
+        }
+        let id = format!(
+            "mpx-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let net = ForwardNet {
+            ns_a: format!("{id}-fa"),
+            ns_b: format!("{id}-fb"),
+            tap_a: "mpxa".into(),
+            tap_b: "mpxb".into(),
+        };
+        for (ns, tap, v4, v6) in [
+            (&net.ns_a, &net.tap_a, "10.80.0.1/24", "fd6e::1/64"),
+            (&net.ns_b, &net.tap_b, "10.80.0.2/24", "fd6e::2/64"),
+        ] {
+            run(&["ip", "netns", "add", ns])?;
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "tuntap",
+                "add",
+                "dev",
+                tap,
+                "mode",
+                "tap",
+                "multi_queue",
+                "vnet_hdr",
+            ])?;
+            run(&["ip", "-n", ns, "addr", "add", v4, "dev", tap])?;
+            run(&["ip", "-n", ns, "addr", "add", v6, "dev", tap, "nodad"])?;
+            run(&["ip", "-n", ns, "link", "set", tap, "up"])?;
+        }
+        Ok(net)
+    }
+
+    /// Pings `count` times from A to B (or B to A), IPv4 or IPv6; true when every reply came.
+    pub fn ping(&self, from_a: bool, v6: bool, count: u32) -> Result<bool, NetError> {
+        let (ns, to) = match (from_a, v6) {
+            (true, false) => (&self.ns_a, fwd_addr::B4.to_string()),
+            (false, false) => (&self.ns_b, fwd_addr::A4.to_string()),
+            (true, true) => (&self.ns_a, fwd_addr::B6.to_string()),
+            (false, true) => (&self.ns_b, fwd_addr::A6.to_string()),
+        };
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-q", "-c"])
+            .arg(count.to_string())
+            .args(["-i", "0.2", "-W", "2", &to])
+            .output()
+            .map_err(|e| NetError::Command {
+                command: format!("ping {to}"),
+                output: format!("could not start ping: {e} (is iputils-ping installed?)"),
+            })?;
+        Ok(out.status.success())
+    }
+
+    /// Runs iperf3 for `seconds` between B (server) and A (client): TCP, or UDP at
+    /// `udp_bps`; `reverse` sends from B to A; `v6` over IPv6. Bounded: iperf3 is killed
+    /// if it runs past twice the time plus 10 s.
+    pub fn iperf3(
+        &self,
+        seconds: u32,
+        udp_bps: Option<u64>,
+        reverse: bool,
+        v6: bool,
+    ) -> Result<Iperf, NetError> {
+        let port = "5301";
+        let mut server = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns_b, "iperf3", "-s", "-1", "-p", port,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| NetError::Command {
+                command: "iperf3 -s".into(),
+                output: format!("could not start iperf3: {e} (is iperf3 installed?)"),
+            })?;
+        let to = if v6 {
+            fwd_addr::B6.to_string()
+        } else {
+            fwd_addr::B4.to_string()
+        };
+        let mut args: Vec<String> = ["netns", "exec", &self.ns_a, "iperf3", "-J", "-c", &to]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-p", port, "-t", &seconds.to_string()].map(String::from));
+        if let Some(bps) = udp_bps {
+            args.extend(["-u", "-b", &bps.to_string(), "-l", "1200"].map(String::from));
+        }
+        if reverse {
+            args.push("-R".into());
+        }
+        // The server needs a moment to listen; the client retries a refused connect.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_secs(u64::from(seconds) * 2 + 10);
+        let result = loop {
+            let mut client = Command::new("ip")
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| NetError::Command {
+                    command: "iperf3 -c".into(),
+                    output: e.to_string(),
+                })?;
+            let out = loop {
+                if let Ok(Some(_)) = client.try_wait() {
+                    break client.wait_with_output();
+                }
+                if std::time::Instant::now() >= deadline {
+                    let _ = client.kill();
+                    break client.wait_with_output();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            let out = out.map_err(|e| NetError::Command {
+                command: "iperf3 -c".into(),
+                output: e.to_string(),
+            })?;
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let refused = json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"));
+            if refused && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+            break match json["error"].as_str() {
+                Some(e) => Err(NetError::Command {
+                    command: format!("iperf3 {}", args[3..].join(" ")),
+                    output: e.to_string(),
+                }),
+                None if !out.status.success() => Err(NetError::Command {
+                    command: format!("iperf3 {}", args[3..].join(" ")),
+                    output: format!("exited with {} and no report", out.status),
+                }),
+                None => {
+                    let end = &json["end"];
+                    let sum = if udp_bps.is_some() {
+                        &end["sum"]
+                    } else {
+                        &end["sum_sent"]
+                    };
+                    Ok(Iperf {
+                        bits_per_second: sum["bits_per_second"].as_f64().unwrap_or(0.0),
+                        bytes: sum["bytes"].as_u64().unwrap_or(0),
+                        retransmits: sum["retransmits"].as_u64().unwrap_or(0),
+                        lost: sum["lost_packets"].as_u64().unwrap_or(0),
+                    })
+                }
+            };
+        };
+        let _ = server.kill();
+        let _ = server.wait();
+        result
+    }
+}
+
+impl Drop for ForwardNet {
+    fn drop(&mut self) {
+        for ns in [&self.ns_a, &self.ns_b] {
+            if let Err(e) = run(&["ip", "netns", "del", ns]) {
+                if !e.to_string().contains("No such file") {
+                    eprintln!("memplex testnet: cleaning up {ns}: {e}");
+                }
+            }
+        }
+    }
+}
