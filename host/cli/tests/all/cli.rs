@@ -5,7 +5,7 @@ use std::process::Command;
 
 /// True when this process may build network namespaces; else false, saying why, after
 /// making sure this is not CI (CI runs as root: these tests must run there).
-fn privileged_or_skip(why: &str) -> bool {
+pub(crate) fn privileged_or_skip(why: &str) -> bool {
     if memplex_testkit::net::privileged() {
         return true;
     }

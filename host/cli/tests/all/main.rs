@@ -5,5 +5,6 @@
 
 mod cli;
 mod deliver;
+mod forward;
 
 pub use memplex_testkit::fixtures::{build_dir, so};

@@ -1,0 +1,114 @@
+//! Forwarding: memplex as a bump in the wire between two namespaces, with real pings and
+//! iperf3 TCP and UDP through it (the kernel checks every segment that arrives), and the
+//! configs that cannot forward refused at start with the reason.
+
+use crate::cli::{configs, memplex_in, privileged_or_skip};
+use crate::{build_dir, so};
+
+fn memplex(args: &[&str]) -> (i32, String) {
+    memplex_in(args, &build_dir(), None, &[])
+}
+
+/// The number after `key` in `text` (`5 of 5`, `11.10 Gbit/s`), from the line holding
+/// `line`.
+fn number_after(text: &str, line: &str, key: &str) -> f64 {
+    let l = text
+        .lines()
+        .find(|l| l.contains(line))
+        .unwrap_or_else(|| panic!("no line with `{line}` in:\n{text}"));
+    let at = l.find(key).unwrap_or_else(|| panic!("no `{key}` in `{l}`")) + key.len();
+    l[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| {
+            w.trim_matches(|c: char| !c.is_ascii_digit() && c != '.')
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no number after `{key}` in `{l}`"))
+}
+
+#[test]
+fn real_tcp_udp_and_pings_run_through_memplex_between_two_namespaces() {
+    if !privileged_or_skip("demo --forward builds namespaces and TAP devices") {
+        return;
+    }
+    let (code, out) = memplex(&["demo", "--forward", "--seconds", "1"]);
+    assert_eq!(code, 0, "{out}");
+    // Both pings got every reply: ARP and neighbour discovery went through too.
+    assert_eq!(out.matches("5 of 5 replies").count(), 2, "{out}");
+    for line in ["TCP A -> B, IPv4", "TCP B -> A, IPv4", "TCP A -> B, IPv6"] {
+        // The kernel on the far side checked each segment: bytes only arrive intact.
+        assert!(number_after(&out, line, "Gbit/s,") > 0.0, "{line}: {out}");
+    }
+    assert!(number_after(&out, "UDP A -> B", "offered") > 0.0, "{out}");
+    // Every frame that came in went out of the other device, none dropped.
+    let forwarded = number_after(&out, "memplex forwarded", "forwarded");
+    let received = number_after(&out, "memplex forwarded", "of");
+    assert!(forwarded > 1000.0 && forwarded == received, "{out}");
+    assert!(out.contains("dropped: -"), "{out}");
+    // TCP went through as GSO super-frames, whole, in many frags.
+    assert!(
+        number_after(&out, "memplex forwarded", "received;") > 0.0,
+        "{out}"
+    );
+    // Both routes (one per direction) placed frames in both providers, and nothing leaked.
+    for (provider, min) in [("hdr", 1000.0), ("payload", 1000.0)] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("│ {provider} ")))
+            .unwrap_or_else(|| panic!("no row for {provider}:\n{out}"));
+        let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+        let buffers: f64 = cells[1].parse().unwrap();
+        assert!(buffers >= min, "{provider}: {row}");
+        assert_eq!(cells[7], "0", "{provider} leaked: {row}");
+    }
+    assert!(out.contains("removed the demo's namespaces"), "{out}");
+}
+
+#[test]
+fn configs_that_cannot_forward_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("memplex-forward-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let capture = configs("captures/default.pcap");
+    let device = format!("[device]\nkind = \"pcap\"\npath = \"{capture}\"\n");
+    let slab = "[providers.p]\nplugin = \"slab\"\nbuf_size = 2048\n";
+    let devmem = format!(
+        "[providers.dev]\nplugin = \"{}\"\nbuf_size = 2048\nsettings = {{ buffers = 4096 }}\n",
+        so("memplex_fixture_devmem").display()
+    );
+    let cases: [(String, &str); 6] = [
+        (
+            format!("{device}{slab}[[route]]\nhead = \"p\"\nfrags = \"p\"\nforward = \"in\"\n"),
+            "route[0] forwards to device `in`, but device `main` replays a capture and sends nothing",
+        ),
+        (
+            format!("{device}{slab}[[route]]\nhead = \"p\"\nfrags = \"p\"\nforward = \"b\"\n"),
+            "route[0].forward",
+        ),
+        (
+            format!("{device}{slab}[[route]]\nmatch = {{ device = \"x\" }}\nhead = \"p\"\nfrags = \"p\"\n"),
+            "route[0].match.device",
+        ),
+        (
+            format!("{device}{slab}[devices.main]\nkind = \"pcap\"\npath = \"{capture}\"\n[[route]]\nhead = \"p\"\nfrags = \"p\"\n"),
+            "has a device named `main` or `in`",
+        ),
+        (
+            format!("{device}{slab}[consumers.c]\nsocket = \"{}/c.sock\"\n[[route]]\nhead = \"p\"\nfrags = \"p\"\nforward = \"in\"\ndeliver = \"c\"\n", dir.display()),
+            "one of forward and deliver per route",
+        ),
+        (
+            format!("{device}{slab}{devmem}[[route]]\nhead = \"p\"\nfrags = \"dev\"\nforward = \"in\"\n"),
+            "provider `dev` keeps its memory where the host cannot read it",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = dir.join(format!("c{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, out) = memplex(&["config", "check", path.to_str().unwrap()]);
+        assert_ne!(code, 0, "case {i} passed:\n{text}\n{out}");
+        assert!(out.contains(want), "case {i}: `{want}` not in:\n{out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
