@@ -435,47 +435,27 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                let id = |field: &'static str, name: &str| {
-                    providers
-                        .iter()
-                        .position(|p| p == name)
-                        .ok_or_else(|| UnknownProvider {
-                            route: i,
-                            field,
-                            kind: "provider",
-                            name: name.to_string(),
-                            known: providers.to_vec(),
-                        })
-                };
+                // `name`'s index in `known`, a list of things of `kind`.
+                let find =
+                    |known: &[String], kind: &'static str, field: &'static str, name: &str| {
+                        known
+                            .iter()
+                            .position(|k| k == name)
+                            .ok_or_else(|| UnknownProvider {
+                                route: i,
+                                field,
+                                kind,
+                                name: name.to_string(),
+                                known: known.to_vec(),
+                            })
+                    };
+                let id = |field, name: &str| find(providers, "provider", field, name);
+                let device =
+                    |field, name: &str| find(devices, "device", field, name).map(|d| d as u16);
                 let frags = id("frags", &r.frags)?;
                 let deliver = match &r.deliver {
                     None => None,
-                    Some(name) => Some(
-                        consumers
-                            .iter()
-                            .position(|c| c == name)
-                            .map(|c| c as u16)
-                            .ok_or_else(|| UnknownProvider {
-                                route: i,
-                                field: "deliver",
-                                kind: "consumer",
-                                name: name.clone(),
-                                known: consumers.to_vec(),
-                            })?,
-                    ),
-                };
-                let device = |field: &'static str, name: &str| {
-                    devices
-                        .iter()
-                        .position(|d| d == name)
-                        .map(|d| d as u16)
-                        .ok_or_else(|| UnknownProvider {
-                            route: i,
-                            field,
-                            kind: "device",
-                            name: name.to_string(),
-                            known: devices.to_vec(),
-                        })
+                    Some(name) => Some(find(consumers, "consumer", "deliver", name)? as u16),
                 };
                 let forward = match r.forward.as_deref() {
                     None => None,

@@ -259,6 +259,13 @@ pub fn print_report(r: &RunReport, json: bool) {
         fmt(&t.unsplit),
         fmt(&t.dropped)
     );
+    if t.forwarded.frames > 0 {
+        println!(
+            "forwarded: {} frames, {:.2} MB",
+            t.forwarded.frames,
+            t.forwarded.bytes as f64 / 1e6
+        );
+    }
     if t.sink != Default::default() {
         println!(
             "sink: verified {}, mismatched {}, unreadable {}, written {}",

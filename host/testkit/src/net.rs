@@ -149,14 +149,7 @@ pub fn has_capabilities(caps: &[u32]) -> bool {
 impl TestNet {
     /// Builds the network; `queues` is the TAP's queue count (the reader attaches them).
     pub fn create(queues: u16) -> Result<TestNet, NetError> {
-        if !privileged() {
-            return Err(NetError::NotPrivileged);
-        }
-        let id = format!(
-            "mpx-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = fresh_id()?;
         let mut net = TestNet {
             ns_a: format!("{id}-a"),
             ns_b: format!("{id}-b"),
@@ -314,11 +307,29 @@ impl TestNet {
 impl Drop for TestNet {
     fn drop(&mut self) {
         // Deleting a namespace removes the veth pair, the VLANs, the TAP and the filter.
-        for ns in [&self.ns_a, &self.ns_b] {
-            if let Err(e) = run(&["ip", "netns", "del", ns]) {
-                if !e.to_string().contains("No such file") {
-                    eprintln!("memplex testnet: cleaning up {ns}: {e}");
-                }
+        remove_namespaces(&[&self.ns_a, &self.ns_b]);
+    }
+}
+
+/// A name prefix for this process's next namespaces (`mpx-PID-N`, which
+/// [`TestNet::sweep_stale`] recognises), once the process may make them.
+fn fresh_id() -> Result<String, NetError> {
+    if !privileged() {
+        return Err(NetError::NotPrivileged);
+    }
+    Ok(format!(
+        "mpx-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Deletes namespaces, and with them every device in them; one already gone is fine.
+fn remove_namespaces(names: &[&str]) {
+    for ns in names {
+        if let Err(e) = run(&["ip", "netns", "del", ns]) {
+            if !e.to_string().contains("No such file") {
+                eprintln!("memplex testnet: cleaning up {ns}: {e}");
             }
         }
     }
@@ -655,14 +666,7 @@ pub struct Iperf {
 impl ForwardNet {
     /// Builds the two namespaces and their TAP devices, with addresses and up.
     pub fn create() -> Result<ForwardNet, NetError> {
-        if !privileged() {
-            return Err(NetError::NotPrivileged);
-        }
-        let id = format!(
-            "mpx-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = fresh_id()?;
         let net = ForwardNet {
             ns_a: format!("{id}-fa"),
             ns_b: format!("{id}-fb"),
@@ -821,12 +825,6 @@ impl ForwardNet {
 
 impl Drop for ForwardNet {
     fn drop(&mut self) {
-        for ns in [&self.ns_a, &self.ns_b] {
-            if let Err(e) = run(&["ip", "netns", "del", ns]) {
-                if !e.to_string().contains("No such file") {
-                    eprintln!("memplex testnet: cleaning up {ns}: {e}");
-                }
-            }
-        }
+        remove_namespaces(&[&self.ns_a, &self.ns_b]);
     }
 }
