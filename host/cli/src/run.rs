@@ -33,6 +33,18 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
         c.split.mode,
         c.split.hds_threshold,
     );
+    for (name, d) in &c.devices {
+        println!(
+            "device {name}: {:?} {} ({} queue{})",
+            d.kind,
+            d.interface
+                .clone()
+                .or_else(|| d.path.as_ref().map(|p| p.display().to_string()))
+                .unwrap_or_default(),
+            d.queues,
+            if d.queues == 1 { "" } else { "s" },
+        );
+    }
     let mut t = table(&[
         "provider",
         "plugin",
@@ -63,10 +75,12 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
                 .frags_rest
                 .clone()
                 .unwrap_or_else(|| route.frags.clone()),
-            match &route.deliver {
-                Some(d) if route.copy => format!("consumer {d} (copies)"),
-                Some(d) => format!("consumer {d}"),
-                None => format!("sink ({:?})", c.runtime.sink).to_lowercase(),
+            match (&route.deliver, &route.forward) {
+                (_, Some(f)) if f == "in" => "out of the device it came in on".to_string(),
+                (_, Some(f)) => format!("out of device {f}"),
+                (Some(d), None) if route.copy => format!("consumer {d} (copies)"),
+                (Some(d), None) => format!("consumer {d}"),
+                (None, None) => format!("sink ({:?})", c.runtime.sink).to_lowercase(),
             },
         ]);
     }

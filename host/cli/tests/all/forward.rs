@@ -67,6 +67,20 @@ fn real_tcp_udp_and_pings_run_through_memplex_between_two_namespaces() {
 }
 
 #[test]
+fn config_check_shows_the_devices_and_where_each_route_forwards() {
+    let (code, out) = memplex(&["config", "check", &configs("forward.toml")]);
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "device b: Tap mpxb (2 queues)",
+        "device=main",
+        "out of device b",
+        "out of device main",
+    ] {
+        assert!(out.contains(want), "`{want}` not in:\n{out}");
+    }
+}
+
+#[test]
 fn configs_that_cannot_forward_are_refused_with_the_reason() {
     let dir = std::env::temp_dir().join(format!("memplex-forward-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
