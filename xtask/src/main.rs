@@ -174,7 +174,7 @@ fn build_wasm(target: &Path, dir: &str) -> Result<(), String> {
 
 /// The system tools the tests and the demo use, by the Debian package that has them:
 /// (command, how to ask it for its version, package).
-const TOOLS: [(&str, &str, &str); 6] = [
+const TOOLS: [(&str, &str, &str); 7] = [
     ("ip", "-V", "iproute2"),
     ("tc", "-V", "iproute2"),
     // Reads the pcap sink's output back, as a user's capture tools would.
@@ -184,6 +184,8 @@ const TOOLS: [(&str, &str, &str); 6] = [
     // Real TCP and UDP, and pings, through memplex forwarding (`demo --forward`, tests).
     ("iperf3", "--version", "iperf3"),
     ("ping", "-V", "iputils-ping"),
+    // Turns a veth's offloads off for the AF_PACKET forwarding demo and test.
+    ("ethtool", "--version", "ethtool"),
 ];
 
 /// Installs the tools of [`TOOLS`] that are missing, with apt as root. Without root

@@ -435,7 +435,13 @@ pub fn forward(
     config: Option<PathBuf>,
     seconds: f64,
     json: bool,
+    device: &str,
 ) -> Result<i32> {
+    let af_packet = match device {
+        "tap" => false,
+        "af_packet" => true,
+        other => anyhow::bail!("--device `{other}`: demo --forward runs on tap or af_packet"),
+    };
     anyhow::ensure!(
         testnet::privileged(),
         "memplex demo --forward needs root, with CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_ADMIN: it creates two network namespaces with a TAP device each"
@@ -443,8 +449,14 @@ pub fn forward(
     let control = RunControl::default();
     crate::signal::stop_on_signal_thread(control.stop.clone())?;
     TestNet::sweep_stale();
-    let net = testnet::ForwardNet::create()
-        .context("building the demo network (two namespaces with a TAP device each)")?;
+    let net = if af_packet {
+        testnet::ForwardNet::create_veth().context(
+            "building the demo network (two namespaces with a veth each, their peers in a third)",
+        )?
+    } else {
+        testnet::ForwardNet::create()
+            .context("building the demo network (two namespaces with a TAP device each)")?
+    };
     if control.stop.load(Relaxed) {
         drop(net);
         eprintln!("interrupted while building the demo network; removed it again");
@@ -459,26 +471,50 @@ pub fn forward(
             None,
         )?,
     };
-    config.device.interface = Some(net.tap_a.clone());
     let extra = config
         .devices
         .values_mut()
         .next()
         .context("demo --forward needs a config with a second device ([devices.NAME])")?;
-    extra.interface = Some(net.tap_b.clone());
-    let (dev_a, dev_b) = (config.device.clone(), extra.clone());
+    for (d, name) in [(extra, &net.dev_b), (&mut config.device, &net.dev_a)] {
+        d.interface = Some(name.clone());
+        if af_packet {
+            d.kind = memplex::config::DeviceKind::AfPacket;
+            d.gso = false;
+        }
+    }
+    let dev_a = config.device.clone();
+    let dev_b = config
+        .devices
+        .values()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| dev_a.clone());
     let secs = seconds.ceil().max(1.0) as u32;
+    let how = if af_packet {
+        format!(
+            "host A's veth and host B's veth have their peers {} and {} in namespace {}, where memplex reads and writes them with AF_PACKET",
+            net.dev_a,
+            net.dev_b,
+            net.ns_dev_a()
+        )
+    } else {
+        format!(
+            "host A's interface is TAP {}, host B's is TAP {}",
+            net.dev_a, net.dev_b
+        )
+    };
     println!(
-        "memplex demo --forward: namespaces {} and {} are joined only through memplex: host A's interface is TAP {}, host B's is TAP {}.\n\
-         memplex reads each, splits with `split.mode = {:?}`, places head and frags in the providers the routes name, and writes\n\
-         each frame out of the other TAP from those buffers. Pings, then iperf3 TCP and UDP for {secs} s each way, IPv4 and IPv6.\n",
-        net.ns_a, net.ns_b, net.tap_a, net.tap_b, config.split.mode
+        "memplex demo --forward: namespaces {} and {} are joined only through memplex: {how}.\n\
+         memplex splits each frame with `split.mode = {:?}`, places head and frags in the providers the routes name, and sends\n\
+         it out of the other device from those buffers. Pings, then iperf3 TCP and UDP for {secs} s each way, IPv4 and IPv6.\n",
+        net.ns_a, net.ns_b, config.split.mode
     );
     let allow_fault_drops = config.runtime.allow_fault_drops;
     let engine = Engine::new(config, path)?;
-    // Each TAP is opened inside its namespace; the queues stay bound to it.
-    let mut queues = TestNet::in_ns(&net.ns_a, || device::open(&dev_a))??;
-    for q in TestNet::in_ns(&net.ns_b, || device::open(&dev_b))?? {
+    // Each device is opened inside its namespace; the queues stay bound to it.
+    let mut queues = TestNet::in_ns(net.ns_dev_a(), || device::open(&dev_a))??;
+    for q in TestNet::in_ns(net.ns_dev_b(), || device::open(&dev_b))?? {
         queues.push(Box::new(device::OnDevice {
             device: 1,
             queue: q,
@@ -556,7 +592,7 @@ pub fn forward(
         t.device.largest
     );
     drop(net);
-    println!("removed the demo's namespaces and TAP devices.");
+    println!("removed the demo's namespaces and their devices.");
     let verdict = crate::run::verdict(&report, allow_fault_drops);
     let all_ok = results.iter().all(|(_, _, ok)| *ok);
     if !all_ok {

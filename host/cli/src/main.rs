@@ -112,6 +112,8 @@ enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         compare: Option<u32>,
         /// With --compare: `tap` (the mix, GSO on) or `af_packet` (a UDP flood on a veth).
+        /// With --forward: `tap` (a TAP per host) or `af_packet` (veths, read and written
+        /// with AF_PACKET in a third namespace).
         #[arg(long, default_value = "tap")]
         device: String,
         /// With --compare --device af_packet: the flood's frame size in bytes.
@@ -261,8 +263,9 @@ fn run(cli: Cli) -> Result<i32> {
             config,
             seconds,
             json,
+            device,
             ..
-        } => demo::forward(&path, config, seconds, json),
+        } => demo::forward(&path, config, seconds, json, &device),
         Command::Demo {
             config,
             seconds,

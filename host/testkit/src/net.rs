@@ -206,7 +206,7 @@ impl TestNet {
                 dev,
             ])?;
             run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
-            run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            run(&["ip", "-n", ns, "link", "set", "dev", dev, "up"])?;
             let sub = format!("{dev}.100");
             match run(&[
                 "ip", "-n", ns, "link", "add", "link", dev, "name", &sub, "type", "vlan", "id",
@@ -626,28 +626,38 @@ pub mod fwd_addr {
     pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd6e, 0, 0, 0, 0, 0, 0, 2);
 }
 
-/// Two namespaces whose only link runs through memplex: host A's interface is TAP `mpxa`
-/// and host B's is TAP `mpxb`, each multi-queue with vnet headers. What A's stack sends
-/// on `mpxa` is what memplex reads there; what memplex writes to `mpxb` arrives at B's
-/// stack, and back the other way. Nothing else joins them.
+/// Two namespaces whose only link runs through memplex, in one of two shapes:
+///
+/// - [`ForwardNet::create`]: host A's interface is TAP `mpxa` and host B's is TAP
+///   `mpxb`, each multi-queue with vnet headers. What A's stack sends on `mpxa` is what
+///   memplex reads there; what memplex writes to `mpxb` arrives at B's stack. Each TAP
+///   is opened from inside its host's namespace.
+/// - [`ForwardNet::create_veth`]: each host has a veth whose peer (`ma`, `mb`) sits in a
+///   third namespace, where memplex reads and writes both peers with AF_PACKET, as it
+///   would two NICs. The hosts' veths send finished frames (no checksum or segmentation
+///   offload), as frames arrive from a wire.
 ///
 /// ```text
 ///  netns A (10.80.0.1, fd6e::1)        memplex          netns B (10.80.0.2, fd6e::2)
 ///  stack ── mpxa (TAP) ──read/writev── forward ──read/writev── mpxb (TAP) ── stack
+///  stack ── va ═ veth ═ ma (netns M) ─ AF_PACKET ─ mb (netns M) ═ veth ═ vb ── stack
 /// ```
 ///
-/// Open each TAP's queues from inside its namespace ([`TestNet::in_ns`]). Everything is
-/// removed on drop, also when a test panics.
+/// Open side A's device in [`ns_dev_a`](Self::ns_dev_a) and side B's in
+/// [`ns_dev_b`](Self::ns_dev_b) ([`TestNet::in_ns`]). Everything is removed on drop,
+/// also when a test panics.
 #[derive(Debug)]
 pub struct ForwardNet {
-    /// Host A's namespace (TAP `tap_a`).
+    /// Host A's namespace.
     pub ns_a: String,
-    /// Host B's namespace (TAP `tap_b`).
+    /// Host B's namespace.
     pub ns_b: String,
-    /// Host A's TAP.
-    pub tap_a: String,
-    /// Host B's TAP.
-    pub tap_b: String,
+    /// The namespace memplex's devices are in, for the veth shape.
+    pub ns_m: Option<String>,
+    /// The interface memplex reads for side A (`mpxa` or `ma`).
+    pub dev_a: String,
+    /// The interface memplex reads for side B (`mpxb` or `mb`).
+    pub dev_b: String,
 }
 
 /// What one iperf3 run measured (from its JSON report, the sender's side).
@@ -670,15 +680,12 @@ impl ForwardNet {
         let net = ForwardNet {
             ns_a: format!("{id}-fa"),
             ns_b: format!("{id}-fb"),
-            tap_a: "mpxa".into(),
-            tap_b: "mpxb".into(),
+            ns_m: None,
+            dev_a: "mpxa".into(),
+            dev_b: "mpxb".into(),
         };
-        for (ns, tap, v4, v6) in [
-            (&net.ns_a, &net.tap_a, "10.80.0.1/24", "fd6e::1/64"),
-            (&net.ns_b, &net.tap_b, "10.80.0.2/24", "fd6e::2/64"),
-        ] {
+        for (ns, tap) in [(&net.ns_a, &net.dev_a), (&net.ns_b, &net.dev_b)] {
             run(&["ip", "netns", "add", ns])?;
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
             run(&[
                 "ip",
                 "-n",
@@ -692,11 +699,64 @@ impl ForwardNet {
                 "multi_queue",
                 "vnet_hdr",
             ])?;
-            run(&["ip", "-n", ns, "addr", "add", v4, "dev", tap])?;
-            run(&["ip", "-n", ns, "addr", "add", v6, "dev", tap, "nodad"])?;
-            run(&["ip", "-n", ns, "link", "set", tap, "up"])?;
         }
+        net.address(&net.dev_a, &net.dev_b)?;
         Ok(net)
+    }
+
+    /// The veth shape (see the type's docs): needs `ethtool` to turn the hosts' offloads
+    /// off.
+    pub fn create_veth() -> Result<ForwardNet, NetError> {
+        let id = fresh_id()?;
+        let net = ForwardNet {
+            ns_a: format!("{id}-fa"),
+            ns_b: format!("{id}-fb"),
+            ns_m: Some(format!("{id}-fm")),
+            dev_a: "ma".into(),
+            dev_b: "mb".into(),
+        };
+        let m = net.ns_m.as_deref().unwrap_or_default();
+        run(&["ip", "netns", "add", m])?;
+        for (ns, host, peer) in [(&net.ns_a, "va", &net.dev_a), (&net.ns_b, "vb", &net.dev_b)] {
+            run(&["ip", "netns", "add", ns])?;
+            run(&[
+                "ip", "-n", ns, "link", "add", host, "type", "veth", "peer", "name", peer, "netns",
+                m,
+            ])?;
+            // `dev`: a bare name may be read as a keyword (`ma` for `master`).
+            run(&["ip", "-n", m, "link", "set", "dev", peer, "up"])?;
+            // Finished frames, as from a wire: checksums filled in, segments of one MSS.
+            run(&[
+                "ip", "netns", "exec", ns, "ethtool", "-K", host, "tx", "off", "tso", "off", "gso",
+                "off",
+            ])?;
+        }
+        net.address("va", "vb")?;
+        Ok(net)
+    }
+
+    /// Gives the hosts' interfaces `a` and `b` their addresses and brings them up.
+    fn address(&self, a: &str, b: &str) -> Result<(), NetError> {
+        for (ns, dev, v4, v6) in [
+            (&self.ns_a, a, "10.80.0.1/24", "fd6e::1/64"),
+            (&self.ns_b, b, "10.80.0.2/24", "fd6e::2/64"),
+        ] {
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+            run(&["ip", "-n", ns, "addr", "add", v4, "dev", dev])?;
+            run(&["ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad"])?;
+            run(&["ip", "-n", ns, "link", "set", "dev", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// The namespace to open side A's device in.
+    pub fn ns_dev_a(&self) -> &str {
+        self.ns_m.as_deref().unwrap_or(&self.ns_a)
+    }
+
+    /// The namespace to open side B's device in.
+    pub fn ns_dev_b(&self) -> &str {
+        self.ns_m.as_deref().unwrap_or(&self.ns_b)
     }
 
     /// Pings `count` times from A to B (or B to A), IPv4 or IPv6; true when every reply came.
@@ -752,7 +812,9 @@ impl ForwardNet {
             .collect();
         args.extend(["-p", port, "-t", &seconds.to_string()].map(String::from));
         if let Some(bps) = udp_bps {
-            args.extend(["-u", "-b", &bps.to_string(), "-l", "1200"].map(String::from));
+            // 4 MiB socket buffers: with the default ones the receiving iperf3, sharing the
+            // CPUs with memplex, overflows its socket (UdpRcvbufErrors) in bursts.
+            args.extend(["-u", "-b", &bps.to_string(), "-l", "1200", "-w", "4M"].map(String::from));
         }
         if reverse {
             args.push("-R".into());
@@ -826,5 +888,8 @@ impl ForwardNet {
 impl Drop for ForwardNet {
     fn drop(&mut self) {
         remove_namespaces(&[&self.ns_a, &self.ns_b]);
+        if let Some(m) = &self.ns_m {
+            remove_namespaces(&[m]);
+        }
     }
 }
