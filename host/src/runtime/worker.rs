@@ -537,20 +537,24 @@ pub(super) fn run_queue(
         }
         polls = polls.wrapping_add(1);
         w.service_delivery();
-        match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
+        let quiet = match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
             Ok(Poll::End) => break Ok(()),
-            Ok(_) => {}
+            Ok(Poll::Idle) => true,
+            Ok(Poll::Frames(n)) => n < BURST,
             Err(e) => break Err(RunError::Device(e)),
-        }
+        };
         if let Err(e) = w.sink.flush() {
             break Err(RunError::Sink {
                 path: w.sink.name(),
                 cause: e,
             });
         }
-        // A clock read costs as much as placing a small frame here (a VM's clock), so
-        // the publishing interval is checked every 64th poll only.
-        if polls.is_multiple_of(64) && published.elapsed() >= Duration::from_millis(100) {
+        // A clock read costs as much as placing a small frame here (a VM's clock), so a
+        // busy queue checks the publishing interval every 64th poll only; a quiet one
+        // (an idle poll or a short burst, which may have waited up to 100 ms) after
+        // every poll, or its live stats would lag by 64 such waits.
+        if (quiet || polls.is_multiple_of(64)) && published.elapsed() >= Duration::from_millis(100)
+        {
             publish(&w);
             published = Instant::now();
         }

@@ -142,3 +142,109 @@ fn configs_that_cannot_forward_are_refused_with_the_reason() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A device that goes away mid-run (its TAP deleted): frames forwarded to it are
+/// dropped as `tx_error`, the other devices' queues keep going, and the run ends with an
+/// error naming the device.
+#[test]
+fn a_device_deleted_mid_run_is_counted_and_named() {
+    if !privileged_or_skip("the test makes a namespace and TAP devices") {
+        return;
+    }
+    let ns = format!("mpx-{}-gone", std::process::id());
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["netns", "add", &ns]);
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            env!("CARGO_BIN_EXE_memplex"),
+            "run",
+            "-c",
+        ])
+        .arg(configs("forward.toml"))
+        .args(["--duration", "4", "--json"])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once memplex has made both TAPs, traffic into mpxa (ARP for a neighbour), then
+    // mpxb is deleted while memplex forwards to it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::process::Command::new("ip")
+        .args(["-n", &ns, "link", "show", "dev", "mpxb"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memplex never made mpxb"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ip(&["-n", &ns, "link", "set", "dev", "mpxa", "up"]);
+    ip(&["-n", &ns, "link", "set", "dev", "mpxb", "up"]);
+    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", "mpxa"]);
+    ip(&["-n", &ns, "link", "del", "dev", "mpxb"]);
+    let ping = |count: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "ping",
+                "-c",
+                count,
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "10.80.9.2",
+            ])
+            .output()
+            .unwrap()
+    };
+    let _ = ping("5");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("reading mpxb q"), "{stderr}");
+    // The last stats line: the ARP requests from mpxa could not go out of mpxb.
+    let last: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .last()
+        .unwrap_or_else(|| panic!("no stats line: {stdout}\n{stderr}"));
+    let dropped = last["total"]["dropped"]["tx_error"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "no tx_error counted: {last}");
+    assert_eq!(
+        last["total"]["forwarded"]["frames"].as_u64().unwrap_or(0) + dropped,
+        last["total"]["received"]["frames"].as_u64().unwrap(),
+        "{last}"
+    );
+}
