@@ -237,8 +237,8 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     // The last stats line: the ARP requests from mpxa could not go out of mpxb.
     let last: serde_json::Value = stdout
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no stats line: {stdout}\n{stderr}"));
     let dropped = last["total"]["dropped"]["tx_error"].as_u64().unwrap_or(0);
     assert!(dropped > 0, "no tx_error counted: {last}");
