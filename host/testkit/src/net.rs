@@ -671,6 +671,10 @@ pub struct Iperf {
     pub retransmits: u64,
     /// UDP datagrams lost (0 for TCP).
     pub lost: u64,
+    /// UDP datagrams sent (0 for TCP).
+    pub packets: u64,
+    /// How long it ran, in seconds.
+    pub seconds: f64,
 }
 
 impl ForwardNet {
@@ -735,6 +739,27 @@ impl ForwardNet {
         Ok(net)
     }
 
+    /// The same two hosts joined directly by a veth pair, without memplex: the baseline
+    /// a bump in the wire is compared with (offloads as the kernel sets them).
+    pub fn create_direct() -> Result<ForwardNet, NetError> {
+        let id = fresh_id()?;
+        let net = ForwardNet {
+            ns_a: format!("{id}-fa"),
+            ns_b: format!("{id}-fb"),
+            ns_m: None,
+            dev_a: "va".into(),
+            dev_b: "vb".into(),
+        };
+        run(&["ip", "netns", "add", &net.ns_a])?;
+        run(&["ip", "netns", "add", &net.ns_b])?;
+        run(&[
+            "ip", "-n", &net.ns_a, "link", "add", "va", "type", "veth", "peer", "name", "vb",
+            "netns", &net.ns_b,
+        ])?;
+        net.address("va", "vb")?;
+        Ok(net)
+    }
+
     /// Gives the hosts' interfaces `a` and `b` their addresses and brings them up.
     fn address(&self, a: &str, b: &str) -> Result<(), NetError> {
         for (ns, dev, v4, v6) in [
@@ -780,12 +805,24 @@ impl ForwardNet {
     }
 
     /// Runs iperf3 for `seconds` between B (server) and A (client): TCP, or UDP at
-    /// `udp_bps`; `reverse` sends from B to A; `v6` over IPv6. Bounded: iperf3 is killed
-    /// if it runs past twice the time plus 10 s.
+    /// `udp_bps` (0: as fast as it can) in datagrams of 1200 bytes; `reverse` sends from
+    /// B to A; `v6` over IPv6. Bounded: iperf3 is killed if it runs past twice the time
+    /// plus 10 s.
     pub fn iperf3(
         &self,
         seconds: u32,
         udp_bps: Option<u64>,
+        reverse: bool,
+        v6: bool,
+    ) -> Result<Iperf, NetError> {
+        self.iperf3_sized(seconds, udp_bps.map(|b| (b, 1200)), reverse, v6)
+    }
+
+    /// [`iperf3`](Self::iperf3) with UDP as (bits per second, datagram bytes).
+    pub fn iperf3_sized(
+        &self,
+        seconds: u32,
+        udp: Option<(u64, u32)>,
         reverse: bool,
         v6: bool,
     ) -> Result<Iperf, NetError> {
@@ -811,10 +848,21 @@ impl ForwardNet {
             .map(|s| s.to_string())
             .collect();
         args.extend(["-p", port, "-t", &seconds.to_string()].map(String::from));
-        if let Some(bps) = udp_bps {
+        if let Some((bps, len)) = udp {
             // 4 MiB socket buffers: with the default ones the receiving iperf3, sharing the
             // CPUs with memplex, overflows its socket (UdpRcvbufErrors) in bursts.
-            args.extend(["-u", "-b", &bps.to_string(), "-l", "1200", "-w", "4M"].map(String::from));
+            args.extend(
+                [
+                    "-u",
+                    "-b",
+                    &bps.to_string(),
+                    "-l",
+                    &len.to_string(),
+                    "-w",
+                    "4M",
+                ]
+                .map(String::from),
+            );
         }
         if reverse {
             args.push("-R".into());
@@ -865,7 +913,7 @@ impl ForwardNet {
                 }),
                 None => {
                     let end = &json["end"];
-                    let sum = if udp_bps.is_some() {
+                    let sum = if udp.is_some() {
                         &end["sum"]
                     } else {
                         &end["sum_sent"]
@@ -875,6 +923,8 @@ impl ForwardNet {
                         bytes: sum["bytes"].as_u64().unwrap_or(0),
                         retransmits: sum["retransmits"].as_u64().unwrap_or(0),
                         lost: sum["lost_packets"].as_u64().unwrap_or(0),
+                        packets: sum["packets"].as_u64().unwrap_or(0),
+                        seconds: sum["seconds"].as_f64().unwrap_or(0.0),
                     })
                 }
             };

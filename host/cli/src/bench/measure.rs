@@ -88,7 +88,7 @@ fn stat_cpu_secs(path: &str) -> f64 {
 }
 
 /// CPU seconds this process has used.
-fn cpu_secs() -> f64 {
+pub(super) fn cpu_secs() -> f64 {
     stat_cpu_secs("/proc/self/stat")
 }
 

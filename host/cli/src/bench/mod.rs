@@ -16,6 +16,7 @@
 //! - `measure.rs`: one timed round, CPU time and peak RSS;
 //! - `report.rs`: medians and ratios as a table, Markdown, JSON and SVG.
 
+mod forward;
 mod measure;
 mod report;
 mod variant;
@@ -46,6 +47,10 @@ pub enum Source {
     /// The demo's mix (a TCP stream with 64 KiB GSO super-frames, UDP, IPv6, VXLAN)
     /// through a TAP device (root).
     Tap,
+    /// memplex as a bump in the wire between two namespaces (a TAP each), iperf3 TCP and
+    /// small UDP through it, beside a bare forwarder on the same devices and a plain veth
+    /// pair, same run (root; configs with a second device, default configs/forward.toml).
+    Forward,
 }
 
 /// `memplex bench` options.
@@ -180,6 +185,9 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         "--seconds must be above 0 and at most 3600, not {}",
         args.seconds
     );
+    if args.source == Source::Forward {
+        return forward::bench(path, args);
+    }
     let variants = variant::variants(args)?;
     let workloads = variant::workloads(args)?;
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -202,6 +202,9 @@ pub fn workloads(args: &BenchArgs) -> Result<Vec<Workload>> {
             label: "TAP GSO mix".into(),
             frames: Vec::new().into(),
         }]),
+        Source::Forward => {
+            bail!("--source forward has its own traffic (iperf3); see bench/forward.rs")
+        }
         Source::Memory | Source::Veth => {
             ensure!(args.capture.is_none(), "--capture goes with --source pcap");
             let mut out = Vec::new();
@@ -262,6 +265,8 @@ pub fn open_queues(
             let d = device(DeviceKind::Tap, n.tap.clone(), true);
             TestNet::in_ns(&n.ns_a, || device::open(&d))??
         }
-        (_, None) => bail!("--source {:?} needs its network", args.source),
+        (Source::Forward, _) | (_, None) => {
+            bail!("--source {:?} needs its network", args.source)
+        }
     })
 }

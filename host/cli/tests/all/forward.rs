@@ -248,3 +248,50 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
         "{last}"
     );
 }
+
+#[test]
+fn bench_forward_compares_memplex_with_a_bare_forwarder_and_a_veth_pair() {
+    if !privileged_or_skip("bench --source forward builds namespaces and TAP devices") {
+        return;
+    }
+    let json = std::env::temp_dir().join(format!("memplex-bench-fwd-{}.json", std::process::id()));
+    let (code, out) = memplex(&[
+        "bench",
+        "--source",
+        "forward",
+        "--repeats",
+        "1",
+        "--seconds",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    // Two traffics times three variants, each measured, with its ratios to both baselines.
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for r in rows {
+        assert!(r["rate"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["of_bare"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["of_veth"].as_f64().unwrap() > 0.0, "{r}");
+        let cpu = &r["rounds"][0]["cpu_ns_per_kib"];
+        match r["variant"].as_str().unwrap() {
+            "bare" => assert_eq!(r["of_bare"].as_f64(), Some(1.0), "{r}"),
+            "veth" => {
+                assert_eq!(r["of_veth"].as_f64(), Some(1.0), "{r}");
+                assert!(
+                    cpu.is_null(),
+                    "memplex spends nothing on the veth pair: {r}"
+                );
+            }
+            "forward" => assert!(cpu.as_f64().unwrap() > 0.0, "{r}"),
+            other => panic!("unexpected variant {other}"),
+        }
+    }
+    assert!(
+        out.contains("x bare") && out.contains("CPU ns/KiB"),
+        "{out}"
+    );
+    std::fs::remove_file(&json).unwrap();
+}
