@@ -51,6 +51,9 @@ struct Figures {
     retransmits: u64,
     /// CPU seconds of this process (memplex) per KiB moved; None for the veth pair.
     cpu_ns_per_kib: Option<f64>,
+    /// memplex's resident memory growth over the round, in MiB, from its first minute
+    /// on (from its start in rounds shorter than two minutes); None for the baselines.
+    rss_growth_mib: Option<f64>,
 }
 
 /// `--source forward`: the exit code.
@@ -93,9 +96,15 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
     // The bare forwarder runs on devices like the first config's.
     let template = variants[0].1.device.clone();
     let mut names: Vec<String> = variants.iter().map(|(l, _)| l.clone()).collect();
-    names.push(BARE.into());
+    if !args.no_bare {
+        names.push(BARE.into());
+    }
     names.push(VETH.into());
-    let traffics = [Traffic::Tcp, Traffic::SmallUdp];
+    let traffics: Vec<Traffic> = match args.forward_traffic {
+        super::ForwardTraffic::Tcp => vec![Traffic::Tcp],
+        super::ForwardTraffic::Udp => vec![Traffic::SmallUdp],
+        super::ForwardTraffic::Both => vec![Traffic::Tcp, Traffic::SmallUdp],
+    };
     // rounds[traffic][variant] = figures of each repeat.
     let mut rounds = vec![vec![Vec::<Figures>::new(); names.len()]; traffics.len()];
     let bar = indicatif::ProgressBar::new(
@@ -144,6 +153,7 @@ fn figures(traffic: Traffic, r: &Iperf, cpu_secs: Option<f64>) -> Figures {
         },
         retransmits: r.retransmits,
         cpu_ns_per_kib: cpu_secs.filter(|_| kib > 0.0).map(|c| c * 1e9 / kib),
+        rss_growth_mib: None,
     }
 }
 
@@ -186,14 +196,29 @@ fn round_memplex(
     let queues = open(net, &a, &b)?;
     let control = RunControl::default();
     let cpu0 = super::measure::cpu_secs();
-    let (report, r) = std::thread::scope(|s| -> Result<_> {
+    let (report, r, rss) = std::thread::scope(|s| -> Result<_> {
         let run = s.spawn(|| engine.run(queues, &control));
+        // RSS once a second while the round runs.
+        let sampler = s.spawn(|| {
+            let mut kib = Vec::new();
+            while !control.stop.load(Relaxed) {
+                kib.extend(rss_kib());
+                for _ in 0..10 {
+                    if control.stop.load(Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+            kib
+        });
         let r = run_iperf(net, traffic, secs);
         control.stop.store(true, Relaxed);
         let report = run
             .join()
             .map_err(|_| anyhow::anyhow!("the run panicked"))??;
-        Ok((report, r?))
+        let rss = sampler.join().unwrap_or_default();
+        Ok((report, r?, rss))
     })?;
     let cpu = super::measure::cpu_secs() - cpu0;
     ensure!(
@@ -201,7 +226,13 @@ fn round_memplex(
         "memplex leaked {} buffers in a round",
         report.leaked()
     );
-    Ok(figures(traffic, &r, Some(cpu)))
+    let mut f = figures(traffic, &r, Some(cpu));
+    let from = if rss.len() > 120 { 60 } else { 0 };
+    f.rss_growth_mib = match (rss.get(from), rss.last()) {
+        (Some(a), Some(b)) => Some((*b as f64 - *a as f64) / 1024.0),
+        _ => None,
+    };
+    Ok(f)
 }
 
 /// Moves every burst of each queue out of the other device's queue of the same index,
@@ -262,6 +293,15 @@ fn round_bare(
     Ok(figures(traffic, &r, Some(cpu)))
 }
 
+/// This process's resident set, in KiB.
+fn rss_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
@@ -283,6 +323,7 @@ fn print(names: &[String], traffics: &[Traffic], rounds: &[Vec<Vec<Figures>>], a
         "x veth",
         "retransmits",
         "CPU ns/KiB",
+        "RSS growth MiB",
     ]);
     let mut json = Vec::new();
     for (ti, traffic) in traffics.iter().enumerate() {
@@ -321,6 +362,10 @@ fn print(names: &[String], traffics: &[Traffic], rounds: &[Vec<Vec<Figures>>], a
                     "-".into()
                 } else {
                     format!("{:.0}", median(&cpu))
+                },
+                match rs.iter().filter_map(|f| f.rss_growth_mib).reduce(f64::max) {
+                    Some(g) => format!("{g:.2}"),
+                    None => "-".into(),
                 },
             ]);
             json.push(serde_json::json!({

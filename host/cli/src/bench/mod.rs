@@ -116,6 +116,21 @@ pub struct BenchArgs {
     /// How the consumer waits: busy-poll (default) or eventfd.
     #[arg(long, value_enum, default_value = "busy-poll")]
     pub wake: WakeArg,
+    /// With --source forward: iperf3 TCP, small UDP, or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub forward_traffic: ForwardTraffic,
+}
+
+/// `--forward-traffic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardTraffic {
+    /// iperf3 TCP from A to B.
+    Tcp,
+    /// iperf3 UDP in 64-byte datagrams, as fast as the sender goes.
+    Udp,
+    /// Both.
+    Both,
 }
 
 /// What the consumer process does with each frame.
