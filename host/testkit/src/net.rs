@@ -880,20 +880,34 @@ impl ForwardNet {
                     command: "iperf3 -c".into(),
                     output: e.to_string(),
                 })?;
-            let out = loop {
-                if let Ok(Some(_)) = client.try_wait() {
-                    break client.wait_with_output();
+            // The report is read while iperf3 runs: a long run's JSON is more than a pipe
+            // holds, and iperf3 would block writing it and never exit.
+            let mut stdout = client.stdout.take();
+            let reader = std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(out) = stdout.as_mut() {
+                    let _ = std::io::Read::read_to_end(out, &mut buf);
+                }
+                buf
+            });
+            let status = loop {
+                if let Ok(Some(status)) = client.try_wait() {
+                    break status;
                 }
                 if std::time::Instant::now() >= deadline {
                     let _ = client.kill();
-                    break client.wait_with_output();
+                    break client.wait().map_err(|e| NetError::Command {
+                        command: "iperf3 -c".into(),
+                        output: e.to_string(),
+                    })?;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             };
-            let out = out.map_err(|e| NetError::Command {
-                command: "iperf3 -c".into(),
-                output: e.to_string(),
-            })?;
+            let out = std::process::Output {
+                status,
+                stdout: reader.join().unwrap_or_default(),
+                stderr: Vec::new(),
+            };
             let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             let refused = json["error"]
                 .as_str()

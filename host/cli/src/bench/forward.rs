@@ -118,13 +118,15 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
                 }
                 bar.set_message(format!("{} {name} #{}", traffic.label(), repeat + 1));
                 let f = if name == VETH {
-                    let r = run_iperf(&direct, traffic, secs)?;
-                    figures(traffic, &r, None)
+                    run_iperf(&direct, traffic, secs).map(|r| figures(traffic, &r, None))
                 } else if name == BARE {
-                    round_bare(&net, &template, traffic, secs)?
+                    round_bare(&net, &template, traffic, secs)
                 } else {
-                    round_memplex(&net, path, &variants[vi].1, traffic, secs)?
-                };
+                    round_memplex(&net, path, &variants[vi].1, traffic, secs)
+                }
+                .with_context(|| {
+                    format!("round {} of `{name}` on {}", repeat + 1, traffic.label())
+                })?;
                 rounds[ti][vi].push(f);
                 bar.inc(1);
             }
