@@ -107,7 +107,11 @@ fn configs_that_cannot_forward_are_refused_with_the_reason() {
         "[providers.dev]\nplugin = \"{}\"\nbuf_size = 2048\nsettings = {{ buffers = 4096 }}\n",
         so("memplex_fixture_devmem").display()
     );
-    let cases: [(String, &str); 6] = [
+    let cases: [(String, &str); 7] = [
+        (
+            format!("{device}{slab}[devices.b]\nkind = \"tap\"\n[[route]]\nhead = \"p\"\nfrags = \"p\"\n"),
+            "devices.b.interface",
+        ),
         (
             format!("{device}{slab}[[route]]\nhead = \"p\"\nfrags = \"p\"\nforward = \"in\"\n"),
             "route[0] forwards to device `in`, but device `main` replays a capture and sends nothing",
