@@ -628,9 +628,9 @@ pub mod fwd_addr {
 
 /// Two namespaces whose only link runs through memplex, in one of two shapes:
 ///
-/// - [`ForwardNet::create`]: host A's interface is TAP `mpxa` and host B's is TAP
-///   `mpxb`, each multi-queue with vnet headers. What A's stack sends on `mpxa` is what
-///   memplex reads there; what memplex writes to `mpxb` arrives at B's stack. Each TAP
+/// - [`ForwardNet::create`]: host A's interface is a TAP (`taPID-N`) and host B's
+///   another (`tbPID-N`), each multi-queue with vnet headers. What A's stack sends on its TAP is what
+///   memplex reads there; what memplex writes to B's TAP arrives at B's stack. Each TAP
 ///   is opened from inside its host's namespace.
 /// - [`ForwardNet::create_veth`]: each host has a veth whose peer (`ma`, `mb`) sits in a
 ///   third namespace, where memplex reads and writes both peers with AF_PACKET, as it
@@ -639,7 +639,7 @@ pub mod fwd_addr {
 ///
 /// ```text
 ///  netns A (10.80.0.1, fd6e::1)        memplex          netns B (10.80.0.2, fd6e::2)
-///  stack ── mpxa (TAP) ──read/writev── forward ──read/writev── mpxb (TAP) ── stack
+///  stack ── TAP a ──read/writev── forward ──read/writev── TAP b ── stack
 ///  stack ── va ═ veth ═ ma (netns M) ─ AF_PACKET ─ mb (netns M) ═ veth ═ vb ── stack
 /// ```
 ///
@@ -654,9 +654,9 @@ pub struct ForwardNet {
     pub ns_b: String,
     /// The namespace memplex's devices are in, for the veth shape.
     pub ns_m: Option<String>,
-    /// The interface memplex reads for side A (`mpxa` or `ma`).
+    /// The interface memplex reads for side A (a TAP, or `ma`).
     pub dev_a: String,
-    /// The interface memplex reads for side B (`mpxb` or `mb`).
+    /// The interface memplex reads for side B (a TAP, or `mb`).
     pub dev_b: String,
 }
 
@@ -681,12 +681,15 @@ impl ForwardNet {
     /// Builds the two namespaces and their TAP devices, with addresses and up.
     pub fn create() -> Result<ForwardNet, NetError> {
         let id = fresh_id()?;
+        // TAP names unique to this net: memplex refuses a TAP whose name another process
+        // reads, in whichever namespace, and tests build these nets side by side.
+        let short = id.trim_start_matches("mpx-");
         let net = ForwardNet {
             ns_a: format!("{id}-fa"),
             ns_b: format!("{id}-fb"),
             ns_m: None,
-            dev_a: "mpxa".into(),
-            dev_b: "mpxb".into(),
+            dev_a: format!("ta{short}"),
+            dev_b: format!("tb{short}"),
         };
         for (ns, tap) in [(&net.ns_a, &net.dev_a), (&net.ns_b, &net.dev_b)] {
             run(&["ip", "netns", "add", ns])?;
