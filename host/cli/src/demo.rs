@@ -436,6 +436,7 @@ pub fn forward(
     seconds: f64,
     json: bool,
     device: &str,
+    gso: bool,
 ) -> Result<i32> {
     let af_packet = match device {
         "tap" => false,
@@ -450,7 +451,7 @@ pub fn forward(
     crate::signal::stop_on_signal_thread(control.stop.clone())?;
     TestNet::sweep_stale();
     let net = if af_packet {
-        testnet::ForwardNet::create_veth().context(
+        testnet::ForwardNet::create_veth(gso).context(
             "building the demo network (two namespaces with a veth each, their peers in a third)",
         )?
     } else {
@@ -480,8 +481,8 @@ pub fn forward(
         d.interface = Some(name.clone());
         if af_packet {
             d.kind = memplex::config::DeviceKind::AfPacket;
-            d.gso = false;
         }
+        d.gso = gso;
     }
     let dev_a = config.device.clone();
     let dev_b = config
@@ -493,10 +494,11 @@ pub fn forward(
     let secs = seconds.ceil().max(1.0) as u32;
     let how = if af_packet {
         format!(
-            "host A's veth and host B's veth have their peers {} and {} in namespace {}, where memplex reads and writes them with AF_PACKET",
+            "host A's veth and host B's veth have their peers {} and {} in namespace {}, where memplex reads and writes them with AF_PACKET{}",
             net.dev_a,
             net.dev_b,
-            net.ns_dev_a()
+            net.ns_dev_a(),
+            if gso { " (vnet headers: TCP's GSO super-frames go through whole)" } else { " (no offloads: finished frames)" }
         )
     } else {
         format!(

@@ -126,6 +126,11 @@ enum Command {
         /// each, configs/forward.toml) and run pings and iperf3 through it (root only).
         #[arg(long)]
         forward: bool,
+        /// With --forward: no GSO anywhere (TAPs without vnet headers' offloads; with
+        /// af_packet, the hosts' veths send finished frames and memplex's sockets take no
+        /// vnet headers).
+        #[arg(long, requires = "forward")]
+        no_gso: bool,
         /// Frames per provider, with --synthetic.
         #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
         frames: u64,
@@ -264,8 +269,9 @@ fn run(cli: Cli) -> Result<i32> {
             seconds,
             json,
             device,
+            no_gso,
             ..
-        } => demo::forward(&path, config, seconds, json, &device),
+        } => demo::forward(&path, config, seconds, json, &device, !no_gso),
         Command::Demo {
             config,
             seconds,

@@ -109,7 +109,9 @@ pub struct DeviceConfig {
     /// TPACKET_V3 blocks in the ring (af_packet).
     #[serde(default = "block_count", deserialize_with = "whole")]
     pub block_count: u32,
-    /// Ask the kernel for GSO super-frames (tap: IFF_VNET_HDR + TUNSETOFFLOAD).
+    /// Ask the kernel for GSO super-frames, with their `virtio_net_hdr` in and out (tap:
+    /// IFF_VNET_HDR + TUNSETOFFLOAD; af_packet: PACKET_VNET_HDR, blocks of 128 KiB or
+    /// more).
     #[serde(default)]
     pub gso: bool,
     /// tap: open the device even when another process reads it, sharing its queues
@@ -171,6 +173,16 @@ fn validate_device(
                 format!("{prefix}.block_size"),
                 format!("is {}", d.block_size),
                 "a power of two from 4096 to 1073741824".into(),
+            ));
+        }
+        if d.gso && d.block_size < crate::device::af_packet::GSO_MIN_BLOCK {
+            return Err(invalid(
+                format!("{prefix}.block_size"),
+                format!("is {} with gso = true", d.block_size),
+                format!(
+                    "at least {} with gso: a 64 KiB super-frame must fit in one ring block",
+                    crate::device::af_packet::GSO_MIN_BLOCK
+                ),
             ));
         }
         let ring = u64::from(d.block_size) * u64::from(d.block_count);

@@ -199,6 +199,11 @@ fn every_number_is_checked_and_its_key_named() {
             "kind = \"af_packet\"\ninterface = \"x\"\nblock_size = 5000",
             "device.block_size",
         ),
+        (
+            "kind = \"pcap\"\npath = \"t.pcap\"",
+            "kind = \"af_packet\"\ninterface = \"x\"\nblock_size = 65536\ngso = true",
+            "`device.block_size` is 65536 with gso = true; allowed: at least 131072",
+        ),
     ] {
         let e = err(&GOOD.replacen(edit, key, 1));
         assert!(e.contains(want), "{key}: {e}");

@@ -11,6 +11,12 @@
 //! Frames the host itself sends on the interface are ignored (PACKET_IGNORE_OUTGOING):
 //! like a NIC's receive queues, the device sees what arrives.
 //!
+//! With `gso = true` the socket takes and gives a `virtio_net_hdr` with each frame
+//! (PACKET_VNET_HDR): the kernel hands GSO super-frames up whole, with their partial
+//! checksums, and the transmitter (a duplicate of the socket, so it shares the option)
+//! sends them out whole the same way. A super-frame must fit in one ring block, so such a
+//! device needs blocks of at least [`GSO_MIN_BLOCK`] bytes (config check says so).
+//!
 //! TPACKET_V3 moves a frame's VLAN tag out of the frame into its header; the queue puts
 //! it back (a copy, for tagged frames only) so that the frame is split as it was on the
 //! wire.
@@ -34,6 +40,7 @@ const PACKET_VERSION: libc::c_int = 10;
 const PACKET_RX_RING: libc::c_int = 5;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_VNET_HDR: libc::c_int = 15;
 const TPACKET_V3: libc::c_int = 2;
 const PACKET_FANOUT_HASH: u32 = 0;
 const PACKET_FANOUT_FLAG_DEFRAG: u32 = 0x8000;
@@ -91,6 +98,10 @@ struct Tpacket3Hdr {
 }
 const _: () = assert!(std::mem::size_of::<Tpacket3Hdr>() == 48);
 
+/// The smallest ring block a device with `gso = true` takes: a 64 KiB super-frame, its
+/// headers and the ring's own, in one block.
+pub const GSO_MIN_BLOCK: u32 = 1 << 17;
+
 static FANOUT_SEQ: AtomicU16 = AtomicU16::new(0);
 
 /// One AF_PACKET queue: a socket and its mapped ring.
@@ -104,6 +115,8 @@ pub struct AfPacketQueue {
     /// Frames whose VLAN tag is put back, rebuilt here (grown to the largest burst's
     /// need, then reused).
     scratch: Vec<u8>,
+    /// Each frame comes (and goes) with a `virtio_net_hdr` (PACKET_VNET_HDR).
+    vnet: bool,
     stamp: Stamp,
     stats: DeviceStats,
 }
@@ -127,12 +140,13 @@ fn setsockopt<T>(fd: &OwnedFd, opt: libc::c_int, value: &T) -> std::io::Result<(
 }
 
 /// Opens `queues` fanout queues on `interface`, each with a ring of `block_count` blocks
-/// of `block_size` bytes.
+/// of `block_size` bytes; with `gso`, frames come and go with a `virtio_net_hdr`.
 pub fn open(
     interface: &str,
     queues: u16,
     block_size: u32,
     block_count: u32,
+    gso: bool,
 ) -> Result<Vec<AfPacketQueue>, DeviceError> {
     let what = |step: &str| format!("af_packet {interface} ({step})");
     let page = 4096;
@@ -142,6 +156,15 @@ pub fn open(
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "block_size must be a power of two of at least 4096, block_count at least 1",
+            ),
+        ));
+    }
+    if gso && block_size < GSO_MIN_BLOCK {
+        return Err(DeviceError::open(
+            what("ring geometry"),
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("with gso, block_size must be at least {GSO_MIN_BLOCK} (a 64 KiB super-frame fits in one block)"),
             ),
         ));
     }
@@ -185,6 +208,11 @@ pub fn open(
         let one: libc::c_int = 1;
         setsockopt(&fd, PACKET_IGNORE_OUTGOING, &one)
             .map_err(|e| DeviceError::open(what("PACKET_IGNORE_OUTGOING"), e))?;
+        if gso {
+            // Before the ring: the kernel sizes ring frames with the header in mind.
+            setsockopt(&fd, PACKET_VNET_HDR, &one)
+                .map_err(|e| DeviceError::open(what("PACKET_VNET_HDR"), e))?;
+        }
         let req = TpacketReq3 {
             block_size,
             block_nr: block_count,
@@ -233,6 +261,7 @@ pub fn open(
             blocks: block_count as usize,
             next: 0,
             scratch: Vec::with_capacity(1 << 16),
+            vnet: gso,
             stamp: Stamp {
                 queue: q,
                 next_seq: 0,
@@ -241,6 +270,12 @@ pub fn open(
         });
     }
     Ok(out)
+}
+
+/// The `virtio_net_hdr` the kernel wrote just before the frame at `mac` in a block.
+fn vnet_before(block: &[u8], mac: usize) -> Option<VnetHdr> {
+    let b = block.get(mac.checked_sub(VnetHdr::LEN)?..mac)?;
+    Some(VnetHdr::parse(b.try_into().ok()?))
 }
 
 /// The packet header at `at` in a block, when one fits there.
@@ -357,13 +392,35 @@ impl RxQueue for AfPacketQueue {
                 };
                 let ts = u64::from(hdr.sec) * 1_000_000_000 + u64::from(hdr.nsec);
                 let mut meta = self.stamp.next(frame, hdr.len, ts, now);
-                meta.vnet = VnetHdr {
-                    flags: u8::from(hdr.status & TP_STATUS_CSUMNOTREADY != 0)
-                        | (u8::from(hdr.status & TP_STATUS_CSUM_VALID != 0) << 1),
-                    ..VnetHdr::default()
+                meta.vnet = match self.vnet.then(|| vnet_before(block, at + mac)) {
+                    // The kernel's own header, just before the frame.
+                    Some(Some(v)) => v,
+                    Some(None) => {
+                        more = false;
+                        break;
+                    }
+                    None => VnetHdr {
+                        flags: u8::from(hdr.status & TP_STATUS_CSUMNOTREADY != 0)
+                            | (u8::from(hdr.status & TP_STATUS_CSUM_VALID != 0) << 1),
+                        ..VnetHdr::default()
+                    },
                 };
+                if meta.vnet.gso() != super::Gso::None {
+                    self.stats.gso_frames += 1;
+                }
                 self.stats.largest = self.stats.largest.max(u64::from(hdr.len));
                 let slot = if hdr.status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                    // The tag goes back in front of the network header: the offsets the
+                    // kernel gave (without it) move by its 4 bytes.
+                    if self.vnet {
+                        let v = &mut meta.vnet;
+                        if v.flags & VnetHdr::NEEDS_CSUM != 0 {
+                            v.csum_start = v.csum_start.saturating_add(4);
+                        }
+                        if v.hdr_len != 0 {
+                            v.hdr_len = v.hdr_len.saturating_add(4);
+                        }
+                    }
                     let tpid = if hdr.status & TP_STATUS_VLAN_TPID_VALID != 0 {
                         hdr.vlan_tpid
                     } else {
@@ -430,7 +487,7 @@ impl RxQueue for AfPacketQueue {
         Some(std::sync::Arc::new(super::tx::FdTx::new(
             self.name.clone(),
             fd,
-            false,
+            self.vnet,
         )))
     }
 }

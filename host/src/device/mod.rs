@@ -143,7 +143,7 @@ pub struct VnetHdr {
 impl VnetHdr {
     /// Its length on the wire.
     pub const LEN: usize = 10;
-    const NEEDS_CSUM: u8 = 1;
+    pub(crate) const NEEDS_CSUM: u8 = 1;
     const DATA_VALID: u8 = 2;
 
     /// Parses the little-endian header at the front of a TAP read.
@@ -357,6 +357,7 @@ pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
                 d.queues,
                 d.block_size,
                 d.block_count,
+                d.gso,
             )?)
         }
     })

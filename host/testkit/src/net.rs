@@ -634,8 +634,10 @@ pub mod fwd_addr {
 ///   is opened from inside its host's namespace.
 /// - [`ForwardNet::create_veth`]: each host has a veth whose peer (`ma`, `mb`) sits in a
 ///   third namespace, where memplex reads and writes both peers with AF_PACKET, as it
-///   would two NICs. The hosts' veths send finished frames (no checksum or segmentation
-///   offload), as frames arrive from a wire.
+///   would two NICs. With `offloads`, the hosts' veths keep the kernel's offloads, so
+///   TCP sends GSO super-frames with partial checksums (memplex must open its sockets
+///   with `gso = true` to carry them); without, they send finished frames, as frames
+///   arrive from a wire.
 ///
 /// ```text
 ///  netns A (10.80.0.1, fd6e::1)        memplex          netns B (10.80.0.2, fd6e::2)
@@ -711,9 +713,9 @@ impl ForwardNet {
         Ok(net)
     }
 
-    /// The veth shape (see the type's docs): needs `ethtool` to turn the hosts' offloads
-    /// off.
-    pub fn create_veth() -> Result<ForwardNet, NetError> {
+    /// The veth shape (see the type's docs); without `offloads` it needs `ethtool` to
+    /// turn the hosts' offloads off.
+    pub fn create_veth(offloads: bool) -> Result<ForwardNet, NetError> {
         let id = fresh_id()?;
         let net = ForwardNet {
             ns_a: format!("{id}-fa"),
@@ -732,11 +734,13 @@ impl ForwardNet {
             ])?;
             // `dev`: a bare name may be read as a keyword (`ma` for `master`).
             run(&["ip", "-n", m, "link", "set", "dev", peer, "up"])?;
-            // Finished frames, as from a wire: checksums filled in, segments of one MSS.
-            run(&[
-                "ip", "netns", "exec", ns, "ethtool", "-K", host, "tx", "off", "tso", "off", "gso",
-                "off",
-            ])?;
+            if !offloads {
+                // Finished frames, as from a wire: checksums filled in, segments of one MSS.
+                run(&[
+                    "ip", "netns", "exec", ns, "ethtool", "-K", host, "tx", "off", "tso", "off",
+                    "gso", "off",
+                ])?;
+            }
         }
         net.address("va", "vb")?;
         Ok(net)
