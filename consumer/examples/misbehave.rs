@@ -8,6 +8,9 @@
 //! - `foreign-token`: gives back, on a second session, a token of the first;
 //! - `wild-refill-index`: moves the refill ring's producer index a million ahead;
 //! - `wild-completion-index`: moves the completion ring's consumer index a million ahead;
+//! - `tx-forged-token`, `tx-out-of-range`, `tx-no-parts`: writes a transmit entry
+//!   naming a made-up token, bytes past the end of a buffer it holds, or no parts (the
+//!   consumer's config must name a `transmit` device);
 //! - `write-payload`: tries to map a region writable (reports the error), then writes
 //!   through its read-only mapping (and dies of SIGSEGV).
 //!
@@ -24,6 +27,21 @@ fn first_frame_tokens(c: &Consumer) -> Vec<u64> {
             let t = testing::keep_tokens(f);
             if !t.is_empty() {
                 return t;
+            }
+        }
+    }
+    eprintln!("misbehave: no frame with a part within 5 s");
+    std::process::exit(1);
+}
+
+/// The first token of the first frame with a part, and the queue it came on.
+fn first_frame_tokens_and_queue(c: &Consumer) -> (u64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(f)) = c.next(Some(Duration::from_millis(100))) {
+            let q = usize::from(f.meta().queue);
+            if let Some(&t) = testing::keep_tokens(f).first() {
+                return (t, q);
             }
         }
     }
@@ -104,6 +122,19 @@ fn main() {
         "wild-completion-index" => {
             let _ = first_frame_tokens(&c);
             testing::move_completion_index(&c, 0, 1_000_000);
+            wait_quietly(&c);
+        }
+        "tx-forged-token" | "tx-out-of-range" | "tx-no-parts" => {
+            let (t, q) = first_frame_tokens_and_queue(&c);
+            let ok = match mode.as_str() {
+                "tx-forged-token" => testing::write_tx(&c, q, 1, &[(t ^ 0x5555_0000_0000, 0, 64)]),
+                "tx-out-of-range" => testing::write_tx(&c, q, 1, &[(t, 1 << 20, 64)]),
+                _ => testing::write_tx(&c, q, 0, &[]),
+            };
+            if !ok {
+                eprintln!("misbehave: the session has no transmit ring");
+                std::process::exit(2);
+            }
             wait_quietly(&c);
         }
         "write-payload" => write_payload(&c),

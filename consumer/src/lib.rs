@@ -79,6 +79,9 @@ pub enum Error {
     /// Something memplex sent does not follow the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// A frame could not be sent back out (it was given back instead), and why.
+    #[error("cannot transmit: {0}")]
+    Transmit(&'static str),
     /// A system call failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -127,6 +130,8 @@ struct Channel {
     eventfd: Option<OwnedFd>,
     /// Tokens of dropped frames not yet written to the refill ring.
     returned: RefCell<Vec<u64>>,
+    /// Frames to send out, when the consumer's config names a `transmit` device.
+    transmit: Option<RefCell<RingWriter>>,
 }
 
 /// A session with memplex. See the crate docs.
@@ -182,6 +187,81 @@ impl std::fmt::Debug for Frame<'_> {
 }
 
 impl Frame<'_> {
+    /// Sends the frame back out, as it came, through the transmit ring (the verdict
+    /// "forward" of an inline middlebox; dropping a frame is the verdict "drop"). memplex
+    /// writes its parts out of the device the consumer's config names in `transmit`,
+    /// from the buffers they are in, with the GSO and checksum state the frame came
+    /// with, and takes the buffers back. Waits up to 100 ms for room in the ring.
+    ///
+    /// Refused, and the frame given back as if dropped, when the session has no
+    /// transmit ring, when the frame's head came inline (its provider's memory cannot
+    /// be shared, so memplex holds no buffer to send it from), or when the ring stays
+    /// full.
+    pub fn transmit(mut self) -> Result<(), Error> {
+        let ch = &self.consumer.channels[self.queue];
+        let Some(tx) = &ch.transmit else {
+            return Err(Error::Transmit(
+                "this session has no transmit ring (the consumer's config names no `transmit` device)",
+            ));
+        };
+        if self.copied() || self.head_inline() || self.parts.is_empty() {
+            return Err(Error::Transmit(
+                "the frame's head came inline: memplex holds no buffer to send it from",
+            ));
+        }
+        if self.parts.len() > layout::TX_MAX_PARTS {
+            return Err(Error::Transmit(
+                "the frame has more parts than a transmit entry may name",
+            ));
+        }
+        let parts: smallvec::SmallVec<[layout::TxPart; 8]> = self
+            .parts
+            .iter()
+            .map(|(p, _)| layout::TxPart {
+                token: p.token,
+                offset: 0,
+                len: p.len,
+            })
+            .collect();
+        let need = layout::tx_entries_for(parts.len()) as u32;
+        let mut w = tx.borrow_mut();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        loop {
+            match w.free() {
+                Ok(f) if f >= need => break,
+                Ok(_) if Instant::now() < deadline => std::thread::yield_now(),
+                Ok(_) => return Err(Error::Transmit("the transmit ring stayed full for 100 ms")),
+                Err(e) => return Err(Error::Protocol(e.to_string())),
+            }
+        }
+        let m = &self.meta;
+        let mut e = layout::TxEntry {
+            parts: parts.len() as u16,
+            flags: if need > 1 { layout::F_CONTINUED } else { 0 },
+            gso_type: m.gso_type,
+            csum: u8::from(m.csum == 1),
+            gso_size: m.gso_size,
+            csum_start: m.csum_start,
+            csum_offset: m.csum_offset,
+            hdr_len: 0,
+            reserved: 0,
+            part: Default::default(),
+        };
+        let first = parts.len().min(layout::TX_PARTS);
+        e.part[..first].copy_from_slice(&parts[..first]);
+        w.write(0, &e);
+        for (k, more) in parts[first..].chunks(layout::TX_MORE_PARTS).enumerate() {
+            let mut pe = layout::TxPartsEntry::default();
+            pe.part[..more.len()].copy_from_slice(more);
+            w.write(k as u32 + 1, &pe);
+        }
+        w.publish(need);
+        drop(w);
+        // The buffers are memplex's again once it has sent them: not given back twice.
+        self.parts.clear();
+        Ok(())
+    }
+
     /// Its metadata: queue and sequence number, route, flow hash, timestamps, lengths,
     /// split layer and head length, GSO and checksum state.
     pub fn meta(&self) -> &Meta {
@@ -335,6 +415,9 @@ impl Consumer {
                         refill: RefCell::new(RingWriter::new(map.ring(RingKind::Refill))),
                         eventfd,
                         returned: RefCell::new(Vec::with_capacity(opts.batch * 2)),
+                        transmit: (map.header().rings[RingKind::Transmit as usize - 1].entries
+                            > 0)
+                        .then(|| RefCell::new(RingWriter::new(map.ring(RingKind::Transmit)))),
                     });
                 }
                 (Kind::Ready, _, _) => break,
@@ -369,6 +452,11 @@ impl Consumer {
             frames_read: Cell::new(0),
             late_regions: Cell::new(0),
         })
+    }
+
+    /// True when the session has a transmit ring ([`Frame::transmit`]).
+    pub fn can_transmit(&self) -> bool {
+        self.channels.iter().all(|c| c.transmit.is_some())
     }
 
     /// The session's number.
@@ -711,6 +799,26 @@ pub mod testing {
             w.write(i as u32, t);
         }
         w.publish(tokens.len() as u32);
+    }
+
+    /// Writes one transmit entry naming `parts` (as they are, however many) with
+    /// `count` in its parts field, to queue `q`'s transmit ring; false when the session
+    /// has none.
+    pub fn write_tx(c: &Consumer, q: usize, count: u16, parts: &[(u64, u32, u32)]) -> bool {
+        let Some(tx) = &c.channels[q].transmit else {
+            return false;
+        };
+        let mut w = tx.borrow_mut();
+        let mut e = memplex_proto::layout::TxEntry {
+            parts: count,
+            ..Default::default()
+        };
+        for (slot, &(token, offset, len)) in e.part.iter_mut().zip(parts) {
+            *slot = memplex_proto::layout::TxPart { token, offset, len };
+        }
+        w.write(0, &e);
+        w.publish(1);
+        true
     }
 
     /// Moves queue `q`'s refill producer index by `by`.

@@ -320,11 +320,20 @@ pub enum Disconnect {
     BadMessage,
     /// The host stopped.
     Shutdown,
+    /// It wrote a transmit entry that cannot be used (no parts, too many, or bytes
+    /// outside their buffer).
+    BadEntry,
 }
 
 impl Reason for Disconnect {
-    const NAMES: &'static [&'static str] =
-        &["left", "bad_token", "bad_index", "bad_message", "shutdown"];
+    const NAMES: &'static [&'static str] = &[
+        "left",
+        "bad_token",
+        "bad_index",
+        "bad_message",
+        "shutdown",
+        "bad_entry",
+    ];
     #[inline]
     fn index(self) -> usize {
         self as usize
@@ -365,6 +374,14 @@ counters! {
         /// Regions announced to a session that had already been delivered frames:
         /// memory added during the session.
         regions_late,
+        /// Frames the consumer sent back out through its transmit ring (its verdict
+        /// "forward", or a frame it made of buffers it held).
+        transmitted,
+        /// Bytes of those frames.
+        transmitted_bytes,
+        /// Frames from the transmit ring the device refused (their buffers came back
+        /// all the same).
+        tx_refused,
     }
 }
 

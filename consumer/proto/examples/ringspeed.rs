@@ -22,7 +22,7 @@ fn pin(cpu: usize) {
 
 /// Entries per second through one fresh channel.
 fn round(read: bool) -> f64 {
-    let (map, fd) = ChannelMap::create(0, ENTRIES, 16).expect("a channel");
+    let (map, fd) = ChannelMap::create(0, ENTRIES, 16, 0).expect("a channel");
     let map = Arc::new(map);
     let peer = Arc::new(ChannelMap::open(fd, channel(0, ENTRIES, 16).1).expect("mapped"));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -40,8 +40,8 @@ pub enum RingKind {
     Completion = 1,
     /// Consumer to host: buffer tokens to give back (`u64` each).
     Refill = 2,
-    /// Consumer to host: frames to transmit, or verdicts. Reserved: version 1 hosts
-    /// make it with no entries.
+    /// Consumer to host: frames to send out of a device ([`TxEntry`] and what follows
+    /// it). It has entries only when the consumer's config names a `transmit` device.
     Transmit = 3,
 }
 
@@ -202,6 +202,82 @@ pub const fn entries_for(parts: usize, inline_len: usize) -> usize {
     1 + inline_len.div_ceil(ENTRY) + more.div_ceil(MORE_PARTS)
 }
 
+/// Bytes of a transmit entry.
+pub const TX_ENTRY: usize = 64;
+
+/// Parts a [`TxEntry`] carries itself; more go in [`TxPartsEntry`]s after it.
+pub const TX_PARTS: usize = 3;
+
+/// Parts a [`TxPartsEntry`] carries.
+pub const TX_MORE_PARTS: usize = 4;
+
+/// The most parts one transmitted frame may name (the host's scatter-gather limit).
+pub const TX_MAX_PARTS: usize = 160;
+
+/// One buffer of a frame to transmit: a token the consumer holds, and which bytes of
+/// that buffer go out.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct TxPart {
+    /// A token from a [`Part`] the consumer holds. The host takes the buffer back once
+    /// the frame is sent (or refused): the token must not also go to the refill ring.
+    pub token: u64,
+    /// Where the bytes start, from the start of the buffer (a [`Part`]'s bytes start at
+    /// 0 of their buffer).
+    pub offset: u32,
+    /// How many bytes.
+    pub len: u32,
+}
+
+/// The first entry of a frame to transmit: how to send it and its first parts. The
+/// frame is the parts' bytes in order. A verdict is the same thing: to forward a frame
+/// as it came, send its parts; to drop it, give its tokens back through the refill ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TxEntry {
+    /// Parts of the frame in all, 1 to [`TX_MAX_PARTS`].
+    pub parts: u16,
+    /// [`F_CONTINUED`] when [`TxPartsEntry`]s follow.
+    pub flags: u16,
+    /// GSO type (`virtio_net_hdr` numbers, as in [`FrameEntry::gso_type`]); 0 for a
+    /// finished frame.
+    pub gso_type: u8,
+    /// 1: the checksum at `csum_start + csum_offset` is partial and must be finished
+    /// (as [`FrameEntry::csum`] 1); 0 otherwise.
+    pub csum: u8,
+    /// GSO segment size.
+    pub gso_size: u16,
+    /// Where checksumming starts.
+    pub csum_start: u16,
+    /// Where the checksum goes from `csum_start`.
+    pub csum_offset: u16,
+    /// Length of the headers GSO copies into each segment (0: the device works it out).
+    pub hdr_len: u16,
+    /// Reserved, 0.
+    pub reserved: u16,
+    /// The first parts (`min(parts, TX_PARTS)` of them).
+    pub part: [TxPart; TX_PARTS],
+}
+
+/// Parts after a [`TxEntry`]'s first ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct TxPartsEntry {
+    /// Up to [`TX_MORE_PARTS`] more parts.
+    pub part: [TxPart; TX_MORE_PARTS],
+}
+
+const _: () = assert!(size_of::<TxEntry>() == TX_ENTRY);
+const _: () = assert!(size_of::<TxPartsEntry>() == TX_ENTRY);
+const _: () = assert!(size_of::<TxPart>() == 16);
+
+/// Entries a frame of `parts` parts takes in the transmit ring.
+pub const fn tx_entries_for(parts: usize) -> usize {
+    1 + parts.saturating_sub(TX_PARTS).div_ceil(TX_MORE_PARTS)
+}
+
 /// A buffer token: which pool (one per provider and queue), which buffer, and the
 /// generation of this loan, so a stale, foreign or forged token is told apart from a
 /// live one.
@@ -232,13 +308,14 @@ impl Token {
 }
 
 /// Lays out a channel with a completion ring of `completion` entries, a refill ring of
-/// `refill` entries and an empty transmit ring: the header to write and the total bytes.
-pub fn channel(queue: u32, completion: u32, refill: u32) -> (ChannelHeader, usize) {
+/// `refill` entries and a transmit ring of `transmit` entries (0: none): the header to
+/// write and the total bytes.
+pub fn channel(queue: u32, completion: u32, refill: u32, transmit: u32) -> (ChannelHeader, usize) {
     let align = |n: usize| n.next_multiple_of(4096);
     let comp_at = CHANNEL_HEADER;
     let refill_at = align(comp_at + RING_HEADER + completion as usize * ENTRY);
     let tx_at = align(refill_at + RING_HEADER + refill as usize * 8);
-    let total = align(tx_at + RING_HEADER);
+    let total = align(tx_at + RING_HEADER + transmit as usize * TX_ENTRY);
     let mut rings = [RingDesc::default(); RINGS];
     rings[0] = RingDesc {
         kind: RingKind::Completion as u32,
@@ -256,8 +333,8 @@ pub fn channel(queue: u32, completion: u32, refill: u32) -> (ChannelHeader, usiz
     };
     rings[2] = RingDesc {
         kind: RingKind::Transmit as u32,
-        entry_size: ENTRY as u32,
-        entries: 0,
+        entry_size: TX_ENTRY as u32,
+        entries: transmit,
         reserved: 0,
         offset: tx_at as u64,
     };
@@ -324,7 +401,14 @@ mod tests {
         assert_eq!(entries_for(3, 0), 2);
         assert_eq!(entries_for(7, 0), 3);
         assert_eq!(entries_for(1, 200), 3);
-        let (h, len) = channel(1, 1024, 2048);
+        assert_eq!(tx_entries_for(1), 1);
+        assert_eq!(tx_entries_for(3), 1);
+        assert_eq!(tx_entries_for(4), 2);
+        assert_eq!(tx_entries_for(33), 9);
+        let (h, len) = channel(1, 1024, 2048, 512);
+        assert_eq!(check_channel(&h, len), Ok(()));
+        assert!(len >= 256 + 1024 * 128 + 2048 * 8 + 512 * 64);
+        let (h, len) = channel(1, 1024, 2048, 0);
         assert_eq!(check_channel(&h, len), Ok(()));
         assert!(check_channel(&h, len - 4096)
             .unwrap_err()

@@ -140,6 +140,9 @@ pub enum ByeReason {
     BadIndex = 4,
     /// A message the other side could not parse.
     BadMessage = 5,
+    /// A transmit entry that cannot be used: no parts, too many, or bytes outside
+    /// their buffer.
+    BadEntry = 6,
 }
 
 /// Either way: the end of the session and why.

@@ -71,8 +71,9 @@ impl ChannelMap {
         queue: u32,
         completion: u32,
         refill: u32,
+        transmit: u32,
     ) -> std::io::Result<(ChannelMap, OwnedFd)> {
-        let (header, len) = crate::layout::channel(queue, completion, refill);
+        let (header, len) = crate::layout::channel(queue, completion, refill, transmit);
         let fd = rustix::fs::memfd_create(
             "memplex-channel",
             rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
@@ -409,9 +410,9 @@ mod tests {
 
     #[test]
     fn entries_cross_and_wild_indexes_are_caught() {
-        let (map, fd) = ChannelMap::create(0, 8, 16).unwrap();
+        let (map, fd) = ChannelMap::create(0, 8, 16, 0).unwrap();
         let map = Arc::new(map);
-        let len = crate::layout::channel(0, 8, 16).1;
+        let len = crate::layout::channel(0, 8, 16, 0).1;
         // The consumer's mapping of the same memfd.
         let peer = Arc::new(ChannelMap::open(fd, len).unwrap());
         let mut tx = Producer::new(map.ring(RingKind::Completion));

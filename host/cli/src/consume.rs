@@ -1,7 +1,9 @@
 //! `memplex consume`: the reference consumer process. It connects to a running memplex's
 //! consumer socket, reads every frame in place and counts it, verifies it against the
 //! checksum memplex put in its entry, or writes it to a pcap. `--hold` and `--delay`
-//! make it a slow consumer, for tests and benchmarks.
+//! make it a slow consumer, for tests and benchmarks. `--forward` makes it an inline
+//! middlebox: each frame's verdict is "forward" (sent back out through the transmit
+//! ring, from the buffers it is in) or, every `--drop-every`th frame, "drop".
 
 use anyhow::{bail, Context, Result};
 use memplex_consumer::{Consumer, Error, Frame, Options};
@@ -59,6 +61,13 @@ pub struct ConsumeArgs {
     /// Stop after this many seconds (0: no limit).
     #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
     seconds: f64,
+    /// Be an inline middlebox: send every frame back out through the session's
+    /// transmit ring (the consumer's config names the device in `transmit`).
+    #[arg(long)]
+    forward: bool,
+    /// With --forward: drop every Nth frame instead (its verdict "drop").
+    #[arg(long, requires = "forward", value_parser = clap::value_parser!(u64).range(1..))]
+    drop_every: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -86,6 +95,12 @@ struct Report {
     flows: std::collections::BTreeMap<u32, u64>,
     /// Regions memplex announced after the first frame (memory added mid-session).
     regions_mid_session: u64,
+    /// Frames sent back out (`--forward`).
+    forwarded: u64,
+    /// Frames whose verdict was "drop" (`--drop-every`).
+    verdict_dropped: u64,
+    /// Frames the library could not send back out (given back instead).
+    forward_refused: u64,
     /// How the session ended.
     ended: String,
     elapsed_s: f64,
@@ -122,6 +137,14 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         }
         e => e.into(),
     })?;
+    if args.forward && !c.can_transmit() {
+        bail!(
+            "memplex gave this session no transmit ring: set transmit = \"DEVICE\" in the consumer's [consumers.NAME] table to forward"
+        );
+    }
+    if args.forward && args.hold > 0 {
+        bail!("--forward sends each frame on at once; it does not go with --hold");
+    }
     if args.mode == Mode::Verify && !c.checksums() {
         bail!(
             "memplex sends no checksums on this socket: set checksum = true in the consumer's [consumers.NAME] table to verify"
@@ -222,7 +245,22 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         if args.delay_us > 0 {
             std::thread::sleep(Duration::from_micros(args.delay_us));
         }
-        if args.hold > 0 {
+        if args.forward {
+            if args.drop_every.is_some_and(|n| r.frames.is_multiple_of(n)) {
+                r.verdict_dropped += 1;
+                drop(frame);
+            } else {
+                match frame.transmit() {
+                    Ok(()) => r.forwarded += 1,
+                    Err(e) => {
+                        if r.forward_refused == 0 {
+                            eprintln!("memplex consume: a frame was not forwarded: {e}");
+                        }
+                        r.forward_refused += 1;
+                    }
+                }
+            }
+        } else if args.hold > 0 {
             held.push_back(frame);
             if held.len() > args.hold as usize {
                 held.pop_front();
@@ -286,6 +324,12 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             r.parts_in_place,
             r.seq_gaps
         );
+        if args.forward {
+            println!(
+                "verdicts: {} forwarded, {} dropped, {} could not be forwarded",
+                r.forwarded, r.verdict_dropped, r.forward_refused
+            );
+        }
         println!(
             "placement-to-consumer latency: p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us ({} samples)",
             r.latency_ns.p50 as f64 / 1e3,

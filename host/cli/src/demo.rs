@@ -83,11 +83,16 @@ impl Consumers {
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let child = std::process::Command::new(std::env::current_exe()?)
-                .args(["consume", "--json", "--name", name, "--mode"])
+            let mut cmd = std::process::Command::new(std::env::current_exe()?);
+            cmd.args(["consume", "--json", "--name", name, "--mode"])
                 .arg(if c.checksum { "verify" } else { "count" })
                 .arg("--socket")
-                .arg(&c.socket)
+                .arg(&c.socket);
+            if c.transmit.is_some() {
+                // An inline middlebox: every frame's verdict is "forward".
+                cmd.arg("--forward");
+            }
+            let child = cmd
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .with_context(|| format!("starting the consumer process for `{name}`"))?;
@@ -140,6 +145,13 @@ impl Consumers {
                 us("p50"),
                 us("p99")
             );
+            if r.get("forwarded").is_some_and(|_| n("forwarded") + n("forward_refused") > 0) {
+                println!(
+                    "consumer process `{name}`: verdicts: {} frames forwarded through its transmit ring, {} could not be",
+                    n("forwarded"),
+                    n("forward_refused")
+                );
+            }
         }
         ok
     }
@@ -426,6 +438,7 @@ pub fn synthetic(path: &PluginPath, frames: u64, providers: Vec<String>) -> Resu
 
 /// The config `demo --forward` runs when none is given: `configs/forward.toml`.
 const FORWARD: &str = include_str!("../../../configs/forward.toml");
+const MIDDLEBOX: &str = include_str!("../../../configs/middlebox.toml");
 
 /// `memplex demo --forward`: two namespaces whose only link runs through memplex (a TAP
 /// each, see `ForwardNet`); real pings, TCP and UDP from iperf3, both directions, IPv4
@@ -437,6 +450,7 @@ pub fn forward(
     json: bool,
     device: &str,
     gso: bool,
+    middlebox: bool,
 ) -> Result<i32> {
     let af_packet = match device {
         "tap" => false,
@@ -465,6 +479,12 @@ pub fn forward(
     }
     let mut config = match &config {
         Some(_) => load(&config, &[])?,
+        None if middlebox => Config::from_toml(
+            MIDDLEBOX,
+            "configs/middlebox.toml (built in)",
+            Default::default(),
+            None,
+        )?,
         None => Config::from_toml(
             FORWARD,
             "configs/forward.toml (built in)",
@@ -472,6 +492,13 @@ pub fn forward(
             None,
         )?,
     };
+    // Sockets of this run's own, so demos side by side do not meet.
+    for (name, c) in config.consumers.iter_mut() {
+        c.socket = std::env::temp_dir().join(format!(
+            "memplex-fwd-{}-{name}.sock",
+            std::process::id()
+        ));
+    }
     let extra = config
         .devices
         .values_mut()
@@ -513,6 +540,7 @@ pub fn forward(
         net.ns_a, net.ns_b, config.split.mode
     );
     let allow_fault_drops = config.runtime.allow_fault_drops;
+    let consumer_config = config.clone();
     let engine = Engine::new(config, path)?;
     // Each device is opened inside its namespace; the queues stay bound to it.
     let mut queues = TestNet::in_ns(net.ns_dev_a(), || device::open(&dev_a))??;
@@ -524,6 +552,11 @@ pub fn forward(
     }
     let (report, results) = std::thread::scope(|s| -> Result<_> {
         let run = s.spawn(|| engine.run(queues, &control));
+        let consumers = Consumers::start(&consumer_config);
+        if consumers.is_err() {
+            control.stop.store(true, Relaxed);
+        }
+        let consumers = consumers?;
         let steps = (|| -> Result<Vec<(String, String, bool)>> {
             let mut out = Vec::new();
             for (from_a, v6, what) in [
@@ -577,18 +610,28 @@ pub fn forward(
         let report = run
             .join()
             .map_err(|_| anyhow::anyhow!("the run panicked"))??;
-        Ok((report, steps))
+        crate::run::print_report(&report, json);
+        let consumers_ok = consumers.report(json);
+        Ok((report, steps.map(|s| (s, consumers_ok))))
     })?;
-    crate::run::print_report(&report, json);
-    let results = results?;
+    let (results, consumers_ok) = results?;
     for (what, figures, _) in &results {
         println!("{what:<32} {figures}");
     }
     let t = report.total();
+    let (sent, sent_bytes) = if consumer_config.consumers.is_empty() {
+        (t.forwarded.frames, t.forwarded.bytes)
+    } else {
+        // Sent on by the consumers' verdicts, through their transmit rings.
+        t.consumers.iter().fold((0, 0), |(f, b), c| {
+            (f + c.counters.transmitted, b + c.counters.transmitted_bytes)
+        })
+    };
     println!(
-        "memplex forwarded {} frames ({} MB) of {} received; {} GSO super-frames went through whole (largest {} bytes).",
-        t.forwarded.frames,
-        t.forwarded.bytes >> 20,
+        "memplex {} {} frames ({} MB) of {} received; {} GSO super-frames went through whole (largest {} bytes).",
+        if consumer_config.consumers.is_empty() { "forwarded" } else { "sent, on its consumers' verdicts," },
+        sent,
+        sent_bytes >> 20,
         t.received.frames,
         t.device.gso_frames,
         t.device.largest
@@ -596,7 +639,7 @@ pub fn forward(
     drop(net);
     println!("removed the demo's namespaces and their devices.");
     let verdict = crate::run::verdict(&report, allow_fault_drops);
-    let all_ok = results.iter().all(|(_, _, ok)| *ok);
+    let all_ok = results.iter().all(|(_, _, ok)| *ok) && consumers_ok;
     if !all_ok {
         eprintln!("memplex demo --forward: some traffic did not get through (above)");
     }

@@ -131,6 +131,11 @@ enum Command {
         /// vnet headers).
         #[arg(long, requires = "forward")]
         no_gso: bool,
+        /// With --forward: a consumer process per direction decides each frame
+        /// (configs/middlebox.toml): `memplex consume --forward` sends it on through its
+        /// transmit ring, from the buffers it was placed in.
+        #[arg(long, requires = "forward")]
+        middlebox: bool,
         /// Frames per provider, with --synthetic.
         #[arg(long, default_value_t = 400_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
         frames: u64,
@@ -270,8 +275,9 @@ fn run(cli: Cli) -> Result<i32> {
             json,
             device,
             no_gso,
+            middlebox,
             ..
-        } => demo::forward(&path, config, seconds, json, &device, !no_gso),
+        } => demo::forward(&path, config, seconds, json, &device, !no_gso, middlebox),
         Command::Demo {
             config,
             seconds,

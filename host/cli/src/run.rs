@@ -79,7 +79,13 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
                 (_, Some(f)) if f == "in" => "out of the device it came in on".to_string(),
                 (_, Some(f)) => format!("out of device {f}"),
                 (Some(d), None) if route.copy => format!("consumer {d} (copies)"),
-                (Some(d), None) => format!("consumer {d}"),
+                (Some(d), None) => match c.consumers.get(d).and_then(|k| k.transmit.as_ref()) {
+                    Some(t) if t == "in" => {
+                        format!("consumer {d}; its verdicts out of the device it came in on")
+                    }
+                    Some(t) => format!("consumer {d}; its verdicts out of device {t}"),
+                    None => format!("consumer {d}"),
+                },
                 (None, None) => format!("sink ({:?})", c.runtime.sink).to_lowercase(),
             },
         ]);
@@ -93,7 +99,10 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
             t.add_row(vec![
                 name.clone(),
                 k.socket.display().to_string(),
-                format!("{} / refill {}", k.ring_entries, k.refill()),
+                match k.transmit_ring() {
+                    0 => format!("{} / refill {}", k.ring_entries, k.refill()),
+                    t => format!("{} / refill {} / transmit {t}", k.ring_entries, k.refill()),
+                },
                 format!("{} x {} sessions", k.quota(), k.max_sessions),
                 format!("{:?}", k.wake).to_lowercase(),
                 format!("{:?}", k.policy).to_lowercase(),
@@ -341,6 +350,7 @@ pub fn print_report(r: &RunReport, json: bool) {
             "bytes",
             "copied",
             "returned",
+            "sent on",
             "reclaimed",
             "gone",
             "ring full",
@@ -356,6 +366,11 @@ pub fn print_report(r: &RunReport, json: bool) {
                 Cell::new(n.bytes),
                 Cell::new(n.copied),
                 Cell::new(n.returned),
+                Cell::new(if n.tx_refused > 0 {
+                    format!("{} ({} refused)", n.transmitted, n.tx_refused)
+                } else {
+                    n.transmitted.to_string()
+                }),
                 Cell::new(n.reclaimed),
                 Cell::new(n.gone),
                 Cell::new(n.ring_full),

@@ -500,6 +500,16 @@ pub struct ConsumerConfig {
     /// Group ids allowed to connect.
     #[serde(default)]
     pub allow_gids: Vec<u32>,
+    /// The device the consumer's transmit ring sends out of (a device name, or `in`
+    /// for the device each frame's queue belongs to). Without it the consumer has no
+    /// transmit ring. With it the consumer can be an inline middlebox: it forwards a
+    /// frame by sending its parts, and drops it by giving them back.
+    #[serde(default)]
+    pub transmit: Option<String>,
+    /// Transmit ring entries per queue and session (a power of two; default
+    /// `ring_entries`), when `transmit` is set.
+    #[serde(default, deserialize_with = "whole_opt")]
+    pub transmit_entries: Option<u32>,
 }
 
 fn ring_entries() -> u32 {
@@ -532,6 +542,16 @@ impl ConsumerConfig {
             max_sessions: max_sessions(),
             allow_uids: Vec::new(),
             allow_gids: Vec::new(),
+            transmit: None,
+            transmit_entries: None,
+        }
+    }
+
+    /// Transmit ring entries (0 without `transmit`).
+    pub fn transmit_ring(&self) -> u32 {
+        match self.transmit {
+            Some(_) => self.transmit_entries.unwrap_or(self.ring_entries),
+            None => 0,
         }
     }
 
@@ -818,6 +838,31 @@ impl Config {
                         c.refill()
                     ),
                     format!("1 to refill_entries ({})", c.refill()),
+                ));
+            }
+            if let Some(to) = &c.transmit {
+                if to != "in" && !self.device_names().iter().any(|d| d == to) {
+                    return Err(invalid(
+                        key("transmit"),
+                        format!("names `{to}`, which is not a device"),
+                        format!(
+                            "`in` or one of the devices: {}",
+                            self.device_names().join(", ")
+                        ),
+                    ));
+                }
+                if !ring_ok(c.transmit_ring()) {
+                    return Err(invalid(
+                        key("transmit_entries"),
+                        format!("is {}", c.transmit_ring()),
+                        "a power of two from 64 to 65536".into(),
+                    ));
+                }
+            } else if c.transmit_entries.is_some() {
+                return Err(invalid(
+                    key("transmit_entries"),
+                    "is set for a consumer without `transmit`".into(),
+                    "transmit = \"DEVICE\" (or \"in\") with it, or neither".into(),
                 ));
             }
             if c.inline_head > 4096 {

@@ -24,14 +24,15 @@ mod server;
 pub use server::{Server, ServerError};
 
 use crate::config::{ConsumerConfig, DeliverPolicy, WakeMode};
-use crate::device::RxFrame;
+use crate::device::{RxFrame, TxQueue};
 use crate::pool::Pool;
 use crate::runtime::Part;
 use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason};
 use crate::wire::Split;
 use lent::LentTable;
 use memplex_proto::layout::{
-    self, FrameEntry, InlineEntry, PartsEntry, RingKind, Token, ENTRY, FRAME_PARTS, MORE_PARTS,
+    self, FrameEntry, InlineEntry, PartsEntry, RingKind, Token, TxEntry, TxPartsEntry, ENTRY,
+    FRAME_PARTS, MORE_PARTS, TX_MAX_PARTS, TX_MORE_PARTS, TX_PARTS,
 };
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::collections::VecDeque;
@@ -67,12 +68,13 @@ impl Session {
     }
 }
 
-const DISCONNECTS: [Disconnect; 5] = [
+const DISCONNECTS: [Disconnect; 6] = [
     Disconnect::Left,
     Disconnect::BadToken,
     Disconnect::BadIndex,
     Disconnect::BadMessage,
     Disconnect::Shutdown,
+    Disconnect::BadEntry,
 ];
 
 /// One queue's end of a new session, from the server.
@@ -165,6 +167,8 @@ struct Channel {
     session: Arc<Session>,
     completion: Producer,
     refill: Consumer,
+    /// Frames the consumer sends out, when its config names a `transmit` device.
+    transmit: Option<Consumer>,
     eventfd: Option<OwnedFd>,
     lent: LentTable,
     /// Entries written since the last publish.
@@ -199,6 +203,10 @@ pub struct QueueDelivery {
     described: Vec<layout::Part>,
     /// Unread frames of sessions closed since `take_gone`.
     gone: u64,
+    /// Where each consumer's transmit ring sends, on this queue (None: it has none).
+    tx: Vec<Option<Arc<dyn TxQueue>>>,
+    /// A refusal from a transmitter has been logged (once; the rest are counted).
+    tx_error_logged: bool,
 }
 
 /// Tokens read from a refill ring per pass.
@@ -231,7 +239,26 @@ impl QueueDelivery {
             inline: Vec::with_capacity(64 << 10),
             described: Vec::with_capacity(256),
             gone: 0,
+            tx: vec![None; consumers.len()],
+            tx_error_logged: false,
         }
+    }
+
+    /// Where consumer `consumer`'s transmit ring sends, on this queue.
+    pub(crate) fn set_transmitter(&mut self, consumer: usize, tx: Arc<dyn TxQueue>) {
+        if let Some(slot) = self.tx.get_mut(consumer) {
+            *slot = Some(tx);
+        }
+    }
+
+    /// True while a session with a transmit ring holds buffers: frames may be waiting
+    /// for their verdict, so the worker should not sleep long on its device.
+    pub(crate) fn awaits_verdicts(&self) -> bool {
+        self.consumers.iter().any(|c| {
+            c.channels
+                .iter()
+                .any(|ch| ch.transmit.is_some() && ch.lent.held() > 0)
+        })
     }
 
     /// Frames that sessions ended before reading, since the last call.
@@ -258,13 +285,23 @@ impl QueueDelivery {
         if self.inbox.pending.load(Ordering::Acquire) {
             self.take_new();
         }
-        for c in &mut self.consumers {
+        for (ci, c) in self.consumers.iter_mut().enumerate() {
             let mut i = 0;
             while i < c.channels.len() {
                 let ch = &mut c.channels[i];
                 // Also for a session that ended: what it gave back before leaving is
-                // returned, not reclaimed (every token is checked all the same).
+                // returned, not reclaimed (every token is checked all the same), and
+                // what it asked to send is sent.
                 refill(ch, pools, &mut self.tokens, &mut c.stats.counters);
+                if let (Some(_), Some(tx)) = (&ch.transmit, &self.tx[ci]) {
+                    send_from(
+                        ch,
+                        &**tx,
+                        pools,
+                        &mut c.stats.counters,
+                        &mut self.tx_error_logged,
+                    );
+                }
                 match ch.session.ended() {
                     None => i += 1,
                     Some(why) => {
@@ -293,6 +330,8 @@ impl QueueDelivery {
                 session: n.session,
                 completion: Producer::new(n.map.ring(RingKind::Completion)),
                 refill: Consumer::new(n.map.ring(RingKind::Refill)),
+                transmit: (n.map.header().rings[RingKind::Transmit as usize - 1].entries > 0)
+                    .then(|| Consumer::new(n.map.ring(RingKind::Transmit))),
                 eventfd: n.eventfd,
                 lent: LentTable::default(),
                 pending: 0,
@@ -706,6 +745,120 @@ fn refill(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Sends what the consumer put in its transmit ring: each frame's parts, from the
+/// buffers it held, in one scatter-gather write; then the buffers go back to their pools.
+/// A token not lent to this session ends it as `bad_token`; an entry with no parts, too
+/// many, or bytes outside their buffer as `bad_entry`. A frame the device refuses is
+/// counted (`tx_refused`) and its buffers come back all the same.
+fn send_from(
+    ch: &mut Channel,
+    tx: &dyn TxQueue,
+    pools: &mut [Pool],
+    counters: &mut DeliveryCounters,
+    logged: &mut bool,
+) {
+    let Some(ring) = ch.transmit.as_mut() else {
+        return;
+    };
+    let mut bufs = arrayvec::ArrayVec::<(u16, crate::pool::PoolBuf), { TX_MAX_PARTS }>::new();
+    let mut ranges = arrayvec::ArrayVec::<(u32, u32), { TX_MAX_PARTS }>::new();
+    loop {
+        let available = match ring.available() {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(_) => {
+                ch.session.end(Disconnect::BadIndex);
+                return;
+            }
+        };
+        let mut at = 0;
+        let mut why = None;
+        while at < available {
+            let e: TxEntry = ring.read(at);
+            let parts = usize::from(e.parts);
+            let need = layout::tx_entries_for(parts) as u32;
+            if parts == 0 || parts > TX_MAX_PARTS || need > ring.size() {
+                why = Some(Disconnect::BadEntry);
+                break;
+            }
+            if need > available - at {
+                // The rest of this frame is not published yet.
+                break;
+            }
+            let mut listed = arrayvec::ArrayVec::<layout::TxPart, { TX_MAX_PARTS }>::new();
+            listed.extend(e.part[..parts.min(TX_PARTS)].iter().copied());
+            for k in 1..need {
+                let more: TxPartsEntry = ring.read(at + k);
+                let left = parts - listed.len();
+                listed.extend(more.part[..left.min(TX_MORE_PARTS)].iter().copied());
+            }
+            at += need;
+            // Take every buffer back first: whatever happens next, they are ours again.
+            for p in &listed {
+                let token = Token::from_u64(p.token);
+                match ch.lent.take(token) {
+                    Some(buf) => {
+                        bufs.push((token.pool, buf));
+                        ranges.push((p.offset, p.len));
+                    }
+                    None => why = why.or(Some(Disconnect::BadToken)),
+                }
+            }
+            if why.is_none() {
+                let mut slices = arrayvec::ArrayVec::<&[u8], { TX_MAX_PARTS }>::new();
+                for ((_, buf), &(off, len)) in bufs.iter().zip(&ranges) {
+                    let bytes = buf.as_slice().and_then(|b| {
+                        b.get(off as usize..(off as usize).checked_add(len as usize)?)
+                    });
+                    match bytes {
+                        Some(b) => slices.push(b),
+                        None => why = Some(Disconnect::BadEntry),
+                    }
+                }
+                if why.is_none() {
+                    let vnet = crate::device::VnetHdr {
+                        flags: if e.csum == 1 { 1 } else { 0 },
+                        gso_type: e.gso_type,
+                        hdr_len: e.hdr_len,
+                        gso_size: e.gso_size,
+                        csum_start: e.csum_start,
+                        csum_offset: e.csum_offset,
+                    };
+                    match tx.send(&vnet, &slices) {
+                        Ok(()) => {
+                            counters.transmitted += 1;
+                            counters.transmitted_bytes +=
+                                slices.iter().map(|s| s.len() as u64).sum::<u64>();
+                        }
+                        Err(err) => {
+                            counters.tx_refused += 1;
+                            if !*logged {
+                                *logged = true;
+                                tracing::warn!(device = tx.name(), "a frame from a consumer's transmit ring was refused: {err} (further refusals are counted as tx_refused)");
+                            }
+                        }
+                    }
+                }
+            }
+            for (pool, buf) in bufs.drain(..) {
+                let _ = pools[usize::from(pool)].recycle(buf);
+            }
+            ranges.clear();
+            if why.is_some() {
+                break;
+            }
+        }
+        ring.release(at);
+        if let Some(why) = why {
+            ch.session.end(why);
+            return;
+        }
+        if at < available {
+            return;
         }
     }
 }

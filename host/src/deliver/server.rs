@@ -292,6 +292,10 @@ fn bye(sock: impl AsFd, why: Disconnect) {
         ),
         Disconnect::BadMessage => (ByeReason::BadMessage, "a message the host could not use"),
         Disconnect::Shutdown => (ByeReason::Shutdown, "memplex is stopping"),
+        Disconnect::BadEntry => (
+            ByeReason::BadEntry,
+            "a transmit entry named no parts, too many, or bytes outside their buffer",
+        ),
     };
     let _ = msg::send(
         sock,
@@ -402,9 +406,9 @@ fn admit(
     .map_err(send)?;
     let mut channels = Vec::new();
     for q in 0..inboxes.len() {
-        let (map, memfd) = ChannelMap::create(q as u32, l.cfg.ring_entries, l.cfg.refill())
+        let (map, memfd) = ChannelMap::create(q as u32, l.cfg.ring_entries, l.cfg.refill(), l.cfg.transmit_ring())
             .map_err(|e| format!("making the channel of queue {q}: {e}"))?;
-        let len = memplex_proto::layout::channel(q as u32, l.cfg.ring_entries, l.cfg.refill()).1;
+        let len = memplex_proto::layout::channel(q as u32, l.cfg.ring_entries, l.cfg.refill(), l.cfg.transmit_ring()).1;
         let efd = if eventfds {
             Some(
                 rustix::event::eventfd(

@@ -189,7 +189,15 @@ impl Engine {
     ) -> Result<(), RunError> {
         let devices = self.config.device_names();
         for (i, r) in self.config.routes.iter().enumerate() {
-            let Some(to) = &r.forward else { continue };
+            // A route forwards, or delivers to a consumer that may send its frames on.
+            let transmit = r
+                .deliver
+                .as_ref()
+                .and_then(|c| self.config.consumers.get(c))
+                .and_then(|c| c.transmit.as_ref());
+            let Some(to) = r.forward.as_ref().or(transmit) else {
+                continue;
+            };
             let err = |problem: String| RunError::NotForwardable {
                 route: i,
                 device: to.clone(),
@@ -410,7 +418,8 @@ impl Engine {
             Vec::new()
         };
         // Transmitters by device, for routes that forward.
-        let forwarding = self.config.routes.iter().any(|r| r.forward.is_some());
+        let forwarding = self.config.routes.iter().any(|r| r.forward.is_some())
+            || self.config.consumers.values().any(|c| c.transmit.is_some());
         let mut tx: Vec<Vec<Arc<dyn device::TxQueue>>> =
             vec![Vec::new(); self.config.device_names().len()];
         let mut index_in_device = Vec::with_capacity(queues.len());
@@ -442,6 +451,21 @@ impl Engine {
             w.device = rx.device();
             w.queue = index_in_device[q];
             w.tx = Arc::clone(&tx);
+            if let Some(d) = w.delivery.as_mut() {
+                // Each consumer's transmit ring on this queue sends out of its device,
+                // through that device's queue of the same index (as forwarding does).
+                let devices = self.config.device_names();
+                for (ci, c) in self.config.consumers.values().enumerate() {
+                    let to = match c.transmit.as_deref() {
+                        None => continue,
+                        Some("in") => Some(usize::from(rx.device())),
+                        Some(name) => devices.iter().position(|n| n == name),
+                    };
+                    if let Some(out) = to.and_then(|t| tx.get(t)).filter(|v| !v.is_empty()) {
+                        d.set_transmitter(ci, Arc::clone(&out[index_in_device[q] % out.len()]));
+                    }
+                }
+            }
             workers.push((rx, w));
         }
         // Consumers may connect from here on; the server stops when the run does.

@@ -537,7 +537,13 @@ pub(super) fn run_queue(
         }
         polls = polls.wrapping_add(1);
         w.service_delivery();
-        let quiet = match rx.poll(Duration::from_millis(100), &mut |burst| w.handle(burst)) {
+        // A consumer deciding on frames (its transmit ring) is served every millisecond
+        // while it holds any, not only when the device has traffic.
+        let wait = match &w.delivery {
+            Some(d) if d.awaits_verdicts() => Duration::from_millis(1),
+            _ => Duration::from_millis(100),
+        };
+        let quiet = match rx.poll(wait, &mut |burst| w.handle(burst)) {
             Ok(Poll::End) => break Ok(()),
             Ok(Poll::Idle) => true,
             Ok(Poll::Frames(n)) => n < BURST,

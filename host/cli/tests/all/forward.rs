@@ -324,3 +324,189 @@ fn bench_forward_compares_memplex_with_a_bare_forwarder_and_a_veth_pair() {
     );
     std::fs::remove_file(&json).unwrap();
 }
+
+#[test]
+fn a_consumer_process_is_an_inline_middlebox_for_real_tcp() {
+    if !privileged_or_skip("demo --forward --middlebox builds namespaces and TAP devices") {
+        return;
+    }
+    // configs/middlebox.toml: each direction is delivered to a `memplex consume
+    // --forward`, whose verdicts send every frame on through its transmit ring.
+    let (code, out) = memplex(&[
+        "demo",
+        "--forward",
+        "--middlebox",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("5 of 5 replies").count(), 2, "{out}");
+    for line in ["TCP A -> B, IPv4", "TCP B -> A, IPv4", "TCP A -> B, IPv6"] {
+        assert!(number_after(&out, line, "Gbit/s,") > 0.0, "{line}: {out}");
+    }
+    for consumer in ["ab", "ba"] {
+        let line = format!("consumer process `{consumer}`: verdicts:");
+        assert!(number_after(&out, &line, "verdicts:") > 100.0, "{out}");
+        assert_eq!(number_after(&out, &line, "ring,"), 0.0, "{out}");
+    }
+    // What the consumers sent on went out from memplex's buffers, GSO super-frames
+    // whole; frames before the consumers connected may have dropped as no_consumer.
+    let sent = number_after(&out, "memplex sent, on its consumers' verdicts,", "verdicts,");
+    let received = number_after(&out, "memplex sent, on its consumers' verdicts,", "of");
+    assert!(sent > 1000.0 && received - sent < 50.0, "{out}");
+    assert!(
+        number_after(&out, "memplex sent", "received;") > 0.0,
+        "no GSO super-frame: {out}"
+    );
+    for provider in ["hdr", "payload"] {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("│ {provider} ")))
+            .unwrap_or_else(|| panic!("no row for {provider}:\n{out}"));
+        let cells: Vec<&str> = row.split('┆').map(str::trim).collect();
+        assert_eq!(cells[7], "0", "{provider} leaked: {row}");
+    }
+}
+
+/// A consumer that writes transmit entries it has no right to: a forged token, bytes
+/// past its buffer, an entry of no parts. Each session ends with the reason, the host
+/// takes its buffers back, and a well-behaved middlebox after them still sends frames on.
+#[test]
+fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
+    if !privileged_or_skip("the test makes a namespace and TAP devices") {
+        return;
+    }
+    let ns = format!("mpx-{}-mbx", std::process::id());
+    let dir = std::env::temp_dir().join(&ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["netns", "add", &ns]);
+    struct Cleanup(String, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    let _cleanup = Cleanup(ns.clone(), dir.clone());
+    let sock = |name: &str| dir.join(format!("{name}.sock"));
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            env!("CARGO_BIN_EXE_memplex"),
+            "run",
+            "-c",
+        ])
+        .arg(configs("middlebox.toml"))
+        .args(["--duration", "12", "--json"])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .env("MEMPLEX_CONSUMERS__AB__SOCKET", sock("ab"))
+        .env("MEMPLEX_CONSUMERS__BA__SOCKET", sock("ba"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock("ab").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "memplex never made its consumer socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Pings from mpxa's side to a neighbour that is only an entry: ICMP frames every
+    // 50 ms into mpxa, delivered to consumer `ab`, whose verdicts go out of mpxb.
+    ip(&["-n", &ns, "link", "set", "dev", "mpxa", "up"]);
+    ip(&["-n", &ns, "link", "set", "dev", "mpxb", "up"]);
+    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", "mpxa"]);
+    ip(&[
+        "-n",
+        &ns,
+        "neigh",
+        "add",
+        "10.80.9.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "mpxa",
+    ]);
+    let mut ping = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "ping", "-q", "-c", "200", "-i", "0.05", "10.80.9.2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let misbehave = build_dir().join("examples/misbehave");
+    for (mode, reason) in [
+        ("tx-forged-token", "ended 3 "),
+        ("tx-out-of-range", "ended 6 a transmit entry"),
+        ("tx-no-parts", "ended 6 a transmit entry"),
+    ] {
+        let out = std::process::Command::new(&misbehave)
+            .args([sock("ab").to_str().unwrap(), mode])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(reason), "{mode}: {text}");
+    }
+    // A middlebox that follows the rules: its verdicts send frames on.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--forward", "--frames", "20", "--json", "--socket"])
+        .arg(sock("ab"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(got["forwarded"].as_u64(), Some(20), "{got}");
+    let _ = ping.kill();
+    let _ = ping.wait();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let last: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no report: {stdout}\n{stderr}"));
+    let ab = last["total"]["consumers"]
+        .as_array()
+        .and_then(|v| v.iter().find(|c| c["name"] == "ab"))
+        .unwrap_or_else(|| panic!("no consumer ab: {last}"))
+        .clone();
+    // Ends are counted per queue a session had a channel on (all four: two devices of
+    // two queues each): one forged token, two bad entries, one that left politely.
+    let ends = |why: &str| ab["disconnects"][why].as_u64().unwrap_or(0);
+    assert_eq!(ab["sessions_started"].as_u64(), Some(16), "{ab}");
+    assert_eq!(ends("bad_token"), 4, "{ab}");
+    assert_eq!(ends("bad_entry"), 8, "{ab}");
+    assert_eq!(ends("left"), 4, "{ab}");
+    assert!(ab["transmitted"].as_u64().unwrap_or(0) >= 20, "{ab}");
+    assert_eq!(ab["tx_refused"].as_u64(), Some(0), "{ab}");
+    assert_eq!(ab["lent"].as_u64(), Some(0), "{ab}");
+    for p in last["total"]["providers"].as_array().unwrap() {
+        assert_eq!(p["leaked"].as_u64(), Some(0), "{p}");
+    }
+}
