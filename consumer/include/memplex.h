@@ -134,6 +134,33 @@ static inline uint32_t mpx_entries_for(uint32_t parts, uint32_t inline_len) {
     return 1 + (inline_len + MPX_ENTRY - 1) / MPX_ENTRY + (more + MPX_MORE_PARTS - 1) / MPX_MORE_PARTS;
 }
 
+/* Transmit entries (consumer to host, when the consumer's config names a `transmit`
+ * device): 64 bytes each. A frame is its parts' bytes in order; naming a token here gives
+ * its buffer back once memplex has sent it (do not also refill it). */
+#define MPX_TX_ENTRY 64
+#define MPX_TX_PARTS 3
+#define MPX_TX_MORE_PARTS 4
+#define MPX_TX_MAX_PARTS 160
+
+struct mpx_tx_part {
+    uint64_t token;
+    uint32_t offset, len; /* bytes of the token's buffer, from its start */
+};
+
+struct mpx_tx_entry {
+    uint16_t parts, flags; /* MPX_F_CONTINUED when tx parts entries follow */
+    uint8_t gso_type, csum; /* as in the frame entry; csum 1: partial */
+    uint16_t gso_size, csum_start, csum_offset, hdr_len, reserved;
+    struct mpx_tx_part part[MPX_TX_PARTS];
+};
+
+struct mpx_tx_parts_entry { struct mpx_tx_part part[MPX_TX_MORE_PARTS]; };
+
+static inline uint32_t mpx_tx_entries_for(uint32_t parts) {
+    uint32_t more = parts > MPX_TX_PARTS ? parts - MPX_TX_PARTS : 0;
+    return 1 + (more + MPX_TX_MORE_PARTS - 1) / MPX_TX_MORE_PARTS;
+}
+
 /* One end of a ring in a mapped channel. */
 struct mpx_ring {
     uint32_t *producer, *flags, *consumer;

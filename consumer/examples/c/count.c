@@ -162,14 +162,18 @@ static void print_layout(void) {
     printf("{\"frame_entry\":%zu,\"part\":%zu,\"parts_entry\":%zu,\"channel_header\":%zu,"
            "\"hello\":%zu,\"welcome\":%zu,\"channel\":%zu,\"region\":%zu,\"bye\":%zu,"
            "\"off_rx_mono_ns\":%zu,\"off_flags\":%zu,\"off_parts\":%zu,\"off_layer\":%zu,"
-           "\"off_part\":%zu,\"off_part_region\":%zu,\"off_rings\":%zu}\n",
+           "\"off_part\":%zu,\"off_part_region\":%zu,\"off_rings\":%zu,"
+           "\"tx_entry\":%zu,\"tx_part\":%zu,\"tx_parts_entry\":%zu,\"off_tx_csum_start\":%zu,"
+           "\"off_tx_part\":%zu}\n",
            sizeof(struct mpx_frame_entry), sizeof(struct mpx_part), sizeof(struct mpx_parts_entry),
            sizeof(struct mpx_channel_header), sizeof(struct mpx_hello), sizeof(struct mpx_welcome),
            sizeof(struct mpx_channel), sizeof(struct mpx_region), sizeof(struct mpx_bye),
            offsetof(struct mpx_frame_entry, rx_mono_ns), offsetof(struct mpx_frame_entry, flags),
            offsetof(struct mpx_frame_entry, parts), offsetof(struct mpx_frame_entry, layer),
            offsetof(struct mpx_frame_entry, part), offsetof(struct mpx_part, region),
-           offsetof(struct mpx_channel_header, rings));
+           offsetof(struct mpx_channel_header, rings), sizeof(struct mpx_tx_entry),
+           sizeof(struct mpx_tx_part), sizeof(struct mpx_tx_parts_entry),
+           offsetof(struct mpx_tx_entry, csum_start), offsetof(struct mpx_tx_entry, part));
 }
 
 int main(int argc, char **argv) {

@@ -238,7 +238,9 @@ fn frag_slices_point_into_the_providers_memory_as_mapped_here() {
 
 #[test]
 fn the_c_example_consumer_reads_frames_in_place() {
-    use memplex_proto::layout::{ChannelHeader, FrameEntry, Part, PartsEntry};
+    use memplex_proto::layout::{
+        ChannelHeader, FrameEntry, Part, PartsEntry, TxEntry, TxPart, TxPartsEntry,
+    };
     use memplex_proto::msg::{Bye, Channel, Hello, Region, Welcome};
     use std::mem::{offset_of, size_of};
     let dir = std::env::temp_dir().join(format!("mpx-c-{}", std::process::id()));
@@ -286,6 +288,11 @@ fn the_c_example_consumer_reads_frames_in_place() {
         ("off_part", offset_of!(FrameEntry, part)),
         ("off_part_region", offset_of!(Part, region)),
         ("off_rings", offset_of!(ChannelHeader, rings)),
+        ("tx_entry", size_of::<TxEntry>()),
+        ("tx_part", size_of::<TxPart>()),
+        ("tx_parts_entry", size_of::<TxPartsEntry>()),
+        ("off_tx_csum_start", offset_of!(TxEntry, csum_start)),
+        ("off_tx_part", offset_of!(TxEntry, part)),
     ] {
         assert_eq!(c[key].as_u64(), Some(rust as u64), "{key}: C {c}");
     }

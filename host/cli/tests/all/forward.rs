@@ -132,7 +132,7 @@ fn configs_that_cannot_forward_are_refused_with_the_reason() {
         "[providers.dev]\nplugin = \"{}\"\nbuf_size = 2048\nsettings = {{ buffers = 4096 }}\n",
         so("memplex_fixture_devmem").display()
     );
-    let cases: [(String, &str); 7] = [
+    let cases: [(String, &str); 10] = [
         (
             format!("{device}{slab}[devices.b]\nkind = \"tap\"\n[[route]]\nhead = \"p\"\nfrags = \"p\"\n"),
             "devices.b.interface",
@@ -160,6 +160,18 @@ fn configs_that_cannot_forward_are_refused_with_the_reason() {
         (
             format!("{device}{slab}{devmem}[[route]]\nhead = \"p\"\nfrags = \"dev\"\nforward = \"in\"\n"),
             "provider `dev` keeps its memory where the host cannot read it",
+        ),
+        (
+            format!("{device}{slab}[consumers.c]\nsocket = \"{}/c.sock\"\ntransmit = \"nowhere\"\n[[route]]\nhead = \"p\"\nfrags = \"p\"\ndeliver = \"c\"\n", dir.display()),
+            "`consumers.c.transmit` names `nowhere`, which is not a device",
+        ),
+        (
+            format!("{device}{slab}[consumers.c]\nsocket = \"{}/c.sock\"\ntransmit_entries = 1024\n[[route]]\nhead = \"p\"\nfrags = \"p\"\ndeliver = \"c\"\n", dir.display()),
+            "`consumers.c.transmit_entries` is set for a consumer without `transmit`",
+        ),
+        (
+            format!("{device}{slab}[consumers.c]\nsocket = \"{}/c.sock\"\ntransmit = \"in\"\nquota = 64\nmax_sessions = 1\n[[route]]\nhead = \"p\"\nfrags = \"p\"\ndeliver = \"c\"\n", dir.display()),
+            "device `main` replays a capture and sends nothing",
         ),
     ];
     for (i, (text, want)) in cases.iter().enumerate() {
@@ -470,9 +482,19 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
         );
         assert!(text.contains(reason), "{mode}: {text}");
     }
-    // A middlebox that follows the rules: its verdicts send frames on.
+    // A middlebox that follows the rules: its verdicts send frames on, or (every
+    // second frame) drop them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_memplex"))
-        .args(["consume", "--forward", "--frames", "20", "--json", "--socket"])
+        .args([
+            "consume",
+            "--forward",
+            "--drop-every",
+            "2",
+            "--frames",
+            "40",
+            "--json",
+            "--socket",
+        ])
         .arg(sock("ab"))
         .output()
         .unwrap();
@@ -480,6 +502,7 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(got["forwarded"].as_u64(), Some(20), "{got}");
+    assert_eq!(got["verdict_dropped"].as_u64(), Some(20), "{got}");
     let _ = ping.kill();
     let _ = ping.wait();
     let out = child.wait_with_output().unwrap();
