@@ -415,9 +415,8 @@ impl Consumer {
                         refill: RefCell::new(RingWriter::new(map.ring(RingKind::Refill))),
                         eventfd,
                         returned: RefCell::new(Vec::with_capacity(opts.batch * 2)),
-                        transmit: (map.header().rings[RingKind::Transmit as usize - 1].entries
-                            > 0)
-                        .then(|| RefCell::new(RingWriter::new(map.ring(RingKind::Transmit)))),
+                        transmit: (map.header().rings[RingKind::Transmit as usize - 1].entries > 0)
+                            .then(|| RefCell::new(RingWriter::new(map.ring(RingKind::Transmit)))),
                     });
                 }
                 (Kind::Ready, _, _) => break,

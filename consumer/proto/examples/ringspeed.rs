@@ -24,7 +24,7 @@ fn pin(cpu: usize) {
 fn round(read: bool) -> f64 {
     let (map, fd) = ChannelMap::create(0, ENTRIES, 16, 0).expect("a channel");
     let map = Arc::new(map);
-    let peer = Arc::new(ChannelMap::open(fd, channel(0, ENTRIES, 16).1).expect("mapped"));
+    let peer = Arc::new(ChannelMap::open(fd, channel(0, ENTRIES, 16, 0).1).expect("mapped"));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::clone(&done);
     let consumer = std::thread::spawn(move || {

@@ -145,7 +145,9 @@ impl Consumers {
                 us("p50"),
                 us("p99")
             );
-            if r.get("forwarded").is_some_and(|_| n("forwarded") + n("forward_refused") > 0) {
+            if r.get("forwarded")
+                .is_some_and(|_| n("forwarded") + n("forward_refused") > 0)
+            {
                 println!(
                     "consumer process `{name}`: verdicts: {} frames forwarded through its transmit ring, {} could not be",
                     n("forwarded"),
@@ -494,10 +496,8 @@ pub fn forward(
     };
     // Sockets of this run's own, so demos side by side do not meet.
     for (name, c) in config.consumers.iter_mut() {
-        c.socket = std::env::temp_dir().join(format!(
-            "memplex-fwd-{}-{name}.sock",
-            std::process::id()
-        ));
+        c.socket =
+            std::env::temp_dir().join(format!("memplex-fwd-{}-{name}.sock", std::process::id()));
     }
     let extra = config
         .devices

@@ -173,8 +173,24 @@ pub fn run(path: &PluginPath, file: &Path, duration: Option<f64>, json: bool) ->
         }
         let control = control.clone();
         tokio::task::spawn_blocking(move || engine.run(queues, &control)).await.context("the run was cancelled")?.map_err(anyhow::Error::from)
-    })?;
+    });
     control.stop.store(true, Relaxed);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            // A queue failed: what every queue did up to then, then why.
+            if let Some(memplex::runtime::RunError::Failed { report, .. }) =
+                e.downcast_ref::<memplex::runtime::RunError>()
+            {
+                print_report(report, json);
+                let leaked = report.leaked();
+                eprintln!(
+                    "memplex run: stopped early; {leaked} buffers leaked (every queue's buffers are accounted above)"
+                );
+            }
+            return Err(e);
+        }
+    };
     print_report(&report, json);
     Ok(verdict(&report, allow_fault_drops))
 }

@@ -406,9 +406,20 @@ fn admit(
     .map_err(send)?;
     let mut channels = Vec::new();
     for q in 0..inboxes.len() {
-        let (map, memfd) = ChannelMap::create(q as u32, l.cfg.ring_entries, l.cfg.refill(), l.cfg.transmit_ring())
-            .map_err(|e| format!("making the channel of queue {q}: {e}"))?;
-        let len = memplex_proto::layout::channel(q as u32, l.cfg.ring_entries, l.cfg.refill(), l.cfg.transmit_ring()).1;
+        let (map, memfd) = ChannelMap::create(
+            q as u32,
+            l.cfg.ring_entries,
+            l.cfg.refill(),
+            l.cfg.transmit_ring(),
+        )
+        .map_err(|e| format!("making the channel of queue {q}: {e}"))?;
+        let len = memplex_proto::layout::channel(
+            q as u32,
+            l.cfg.ring_entries,
+            l.cfg.refill(),
+            l.cfg.transmit_ring(),
+        )
+        .1;
         let efd = if eventfds {
             Some(
                 rustix::event::eventfd(

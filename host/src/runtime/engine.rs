@@ -483,7 +483,8 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             workers.iter().map(|(_, w)| w.snapshot()).collect();
         let start = Instant::now();
-        let results: Vec<Result<(QueueStats, Vec<Pool>), RunError>> = std::thread::scope(|s| {
+        type Outcome = Result<(QueueStats, Vec<Pool>, Option<RunError>), RunError>;
+        let results: Vec<Outcome> = std::thread::scope(|s| {
             let handles: Vec<_> = workers
                 .into_iter()
                 .enumerate()
@@ -494,7 +495,7 @@ impl Engine {
                 .collect();
             handles
                 .into_iter()
-                .map(|(name, h)| h.join().unwrap_or(Err(RunError::Worker(name))))
+                .map(|(name, h)| h.join().map_err(|_| RunError::Worker(name)))
                 .collect()
         });
         let elapsed = start.elapsed();
@@ -507,7 +508,10 @@ impl Engine {
         let mut first_error = None;
         for r in results {
             match r {
-                Ok((mut q, p)) => {
+                Ok((mut q, p, failed)) => {
+                    if let Some(e) = failed {
+                        first_error = first_error.or(Some(e));
+                    }
                     let reports: Vec<PoolReport> = p
                         .into_iter()
                         .map(|p| p.shutdown(Duration::from_secs(1)))
@@ -523,14 +527,19 @@ impl Engine {
                 Err(e) => first_error = first_error.or(Some(e)),
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        Ok(RunReport {
+        let report = RunReport {
             queues,
             pools,
             elapsed,
             providers: self.names.to_vec(),
-        })
+        };
+        match first_error {
+            // The queues that ran are accounted for all the same (buffers included).
+            Some(e) => Err(RunError::Failed {
+                cause: Box::new(e),
+                report: Box::new(report),
+            }),
+            None => Ok(report),
+        }
     }
 }

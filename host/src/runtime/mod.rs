@@ -109,6 +109,16 @@ pub enum RunError {
     /// A worker thread panicked.
     #[error("worker for {0} panicked")]
     Worker(String),
+    /// A queue failed mid-run (its device went away, its sink could not be written):
+    /// the run stopped, and `report` has what every queue did until then, the failed
+    /// one's buffers included.
+    #[error("{cause}")]
+    Failed {
+        /// Why.
+        cause: Box<RunError>,
+        /// The figures of the run up to the failure.
+        report: Box<RunReport>,
+    },
     /// A consumer's socket could not be set up.
     #[error(transparent)]
     Deliver(#[from] crate::deliver::ServerError),

@@ -515,13 +515,14 @@ fn transmit(tx: &dyn TxQueue, frame: &RxFrame<'_>, parts: &[Part]) -> std::io::R
 }
 
 /// Runs one queue until the device ends, fails, or `control.stop` is set; returns its
-/// stats and its pools (shut down by the caller once every consumer has let go).
+/// stats and its pools (shut down by the caller once every consumer has let go), and
+/// why it stopped early if it failed: a failed queue's figures are reported too.
 pub(super) fn run_queue(
     index: usize,
     mut rx: Box<dyn RxQueue>,
     mut w: Worker,
     control: &RunControl,
-) -> Result<(QueueStats, Vec<Pool>), RunError> {
+) -> (QueueStats, Vec<Pool>, Option<RunError>) {
     let mut published = Instant::now();
     let publish = |w: &Worker| {
         if let Ok(mut live) = control.live.try_lock() {
@@ -577,5 +578,5 @@ pub(super) fn run_queue(
     // The pools are shut down by `run_with` once every worker has let go of its consumer
     // (a stream stays open until all have), so a consumer can return what it holds.
     drop(w.sink);
-    result.map(|()| (stats, w.pools))
+    (stats, w.pools, result.err())
 }

@@ -55,7 +55,10 @@ fn real_tcp_udp_and_pings_run_through_memplex_between_two_namespaces_over_af_pac
         number_after(&out, "memplex forwarded", "received;") > 0.0,
         "{out}"
     );
-    assert!(number_after(&out, "memplex forwarded", "largest") > 1514.0, "{out}");
+    assert!(
+        number_after(&out, "memplex forwarded", "largest") > 1514.0,
+        "{out}"
+    );
 }
 
 #[test]
@@ -70,7 +73,10 @@ fn finished_frames_run_through_memplex_over_af_packet_without_vnet_headers() {
         0.0,
         "{out}"
     );
-    assert!(number_after(&out, "memplex forwarded", "largest") <= 1518.0, "{out}");
+    assert!(
+        number_after(&out, "memplex forwarded", "largest") <= 1518.0,
+        "{out}"
+    );
 }
 
 /// Runs `memplex demo --forward --device DEVICE` and checks what both shapes share;
@@ -275,6 +281,11 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains("reading mpxb q"), "{stderr}");
+    // The run's report comes all the same, every queue's buffers accounted for.
+    assert!(
+        stderr.contains("stopped early; 0 buffers leaked"),
+        "{stdout}\n{stderr}"
+    );
     // The last stats line: the ARP requests from mpxa could not go out of mpxb.
     let last: serde_json::Value = stdout
         .lines()
@@ -344,13 +355,7 @@ fn a_consumer_process_is_an_inline_middlebox_for_real_tcp() {
     }
     // configs/middlebox.toml: each direction is delivered to a `memplex consume
     // --forward`, whose verdicts send every frame on through its transmit ring.
-    let (code, out) = memplex(&[
-        "demo",
-        "--forward",
-        "--middlebox",
-        "--seconds",
-        "1",
-    ]);
+    let (code, out) = memplex(&["demo", "--forward", "--middlebox", "--seconds", "1"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches("5 of 5 replies").count(), 2, "{out}");
     for line in ["TCP A -> B, IPv4", "TCP B -> A, IPv4", "TCP A -> B, IPv6"] {
@@ -363,7 +368,11 @@ fn a_consumer_process_is_an_inline_middlebox_for_real_tcp() {
     }
     // What the consumers sent on went out from memplex's buffers, GSO super-frames
     // whole; frames before the consumers connected may have dropped as no_consumer.
-    let sent = number_after(&out, "memplex sent, on its consumers' verdicts,", "verdicts,");
+    let sent = number_after(
+        &out,
+        "memplex sent, on its consumers' verdicts,",
+        "verdicts,",
+    );
     let received = number_after(&out, "memplex sent, on its consumers' verdicts,", "of");
     assert!(sent > 1000.0 && received - sent < 50.0, "{out}");
     assert!(
@@ -459,7 +468,16 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
     ]);
     let mut ping = std::process::Command::new("ip")
         .args([
-            "netns", "exec", &ns, "ping", "-q", "-c", "200", "-i", "0.05", "10.80.9.2",
+            "netns",
+            "exec",
+            &ns,
+            "ping",
+            "-q",
+            "-c",
+            "200",
+            "-i",
+            "0.05",
+            "10.80.9.2",
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -499,7 +517,11 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     assert_eq!(got["forwarded"].as_u64(), Some(20), "{got}");
     assert_eq!(got["verdict_dropped"].as_u64(), Some(20), "{got}");
