@@ -28,6 +28,65 @@ fn number_after(text: &str, line: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no number after `{key}` in `{l}`"))
 }
 
+/// Runs `ip ARGS`, failing the test with its words when it fails.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace of the test's own (and a directory for its sockets), removed when the
+/// test ends, also when it fails.
+struct Netns {
+    name: String,
+    dir: std::path::PathBuf,
+    /// TAP names of the test's own for the config's two devices: memplex refuses a TAP
+    /// whose name another process reads, in whichever namespace, and tests run side by
+    /// side.
+    tap_a: String,
+    tap_b: String,
+}
+
+impl Netns {
+    fn new(what: &str) -> Netns {
+        let name = format!("mpx-{}-{what}", std::process::id());
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ip(&["netns", "add", &name]);
+        let tag = format!("{}{what}", std::process::id() % 100_000);
+        Netns {
+            name,
+            dir,
+            tap_a: format!("a{tag}"),
+            tap_b: format!("b{tag}"),
+        }
+    }
+
+    /// Environment overrides that give the config's devices this net's TAP names.
+    fn tap_env(&self) -> [(&'static str, &str); 2] {
+        [
+            ("MEMPLEX_DEVICE__INTERFACE", &self.tap_a),
+            ("MEMPLEX_DEVICES__B__INTERFACE", &self.tap_b),
+        ]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn real_tcp_udp_and_pings_run_through_memplex_between_two_namespaces_over_tap() {
     if !privileged_or_skip("demo --forward builds namespaces and TAP devices") {
@@ -198,28 +257,9 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     if !privileged_or_skip("the test makes a namespace and TAP devices") {
         return;
     }
-    let ns = format!("mpx-{}-gone", std::process::id());
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ip(&["netns", "add", &ns]);
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
-    }
-    let _cleanup = Cleanup(ns.clone());
+    let net = Netns::new("gone");
+    let ns = net.name.clone();
+    let (tap_a, tap_b) = (net.tap_a.as_str(), net.tap_b.as_str());
     let child = std::process::Command::new("ip")
         .args([
             "netns",
@@ -231,16 +271,17 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
         ])
         .arg(configs("forward.toml"))
         .args(["--duration", "4", "--json"])
+        .envs(net.tap_env())
         .env("MEMPLEX_PLUGIN_PATH", build_dir())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Once memplex has made both TAPs, traffic into mpxa (ARP for a neighbour), then
-    // mpxb is deleted while memplex forwards to it.
+    // Once memplex has made both TAPs, traffic into side A's TAP (ARP for a neighbour), then
+    // side B's is deleted while memplex forwards to it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !std::process::Command::new("ip")
-        .args(["-n", &ns, "link", "show", "dev", "mpxb"])
+        .args(["-n", &ns, "link", "show", "dev", tap_b])
         .output()
         .unwrap()
         .status
@@ -248,15 +289,15 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     {
         assert!(
             std::time::Instant::now() < deadline,
-            "memplex never made mpxb"
+            "memplex never made {tap_b}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    ip(&["-n", &ns, "link", "set", "dev", "mpxa", "up"]);
-    ip(&["-n", &ns, "link", "set", "dev", "mpxb", "up"]);
-    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", "mpxa"]);
-    ip(&["-n", &ns, "link", "del", "dev", "mpxb"]);
+    ip(&["-n", &ns, "link", "set", "dev", tap_a, "up"]);
+    ip(&["-n", &ns, "link", "set", "dev", tap_b, "up"]);
+    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", tap_a]);
+    ip(&["-n", &ns, "link", "del", "dev", tap_b]);
     let ping = |count: &str| {
         std::process::Command::new("ip")
             .args([
@@ -280,13 +321,13 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(stderr.contains("reading mpxb q"), "{stderr}");
+    assert!(stderr.contains(&format!("reading {tap_b} q")), "{stderr}");
     // The run's report comes all the same, every queue's buffers accounted for.
     assert!(
         stderr.contains("stopped early; 0 buffers leaked"),
         "{stdout}\n{stderr}"
     );
-    // The last stats line: the ARP requests from mpxa could not go out of mpxb.
+    // The last stats line: the ARP requests from side A could not go out of side B.
     let last: serde_json::Value = stdout
         .lines()
         .rev()
@@ -397,32 +438,9 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
     if !privileged_or_skip("the test makes a namespace and TAP devices") {
         return;
     }
-    let ns = format!("mpx-{}-mbx", std::process::id());
-    let dir = std::env::temp_dir().join(&ns);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ip = |args: &[&str]| {
-        let out = std::process::Command::new("ip")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ip(&["netns", "add", &ns]);
-    struct Cleanup(String, std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-            let _ = std::fs::remove_dir_all(&self.1);
-        }
-    }
-    let _cleanup = Cleanup(ns.clone(), dir.clone());
+    let net = Netns::new("mbx");
+    let (ns, dir) = (net.name.clone(), net.dir.clone());
+    let (tap_a, tap_b) = (net.tap_a.as_str(), net.tap_b.as_str());
     let sock = |name: &str| dir.join(format!("{name}.sock"));
     let child = std::process::Command::new("ip")
         .args([
@@ -435,6 +453,7 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
         ])
         .arg(configs("middlebox.toml"))
         .args(["--duration", "12", "--json"])
+        .envs(net.tap_env())
         .env("MEMPLEX_PLUGIN_PATH", build_dir())
         .env("MEMPLEX_CONSUMERS__AB__SOCKET", sock("ab"))
         .env("MEMPLEX_CONSUMERS__BA__SOCKET", sock("ba"))
@@ -443,18 +462,23 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut child = child;
     while !sock("ab").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "memplex never made its consumer socket"
-        );
+        if std::time::Instant::now() >= deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "memplex never made its consumer socket: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // Pings from mpxa's side to a neighbour that is only an entry: ICMP frames every
-    // 50 ms into mpxa, delivered to consumer `ab`, whose verdicts go out of mpxb.
-    ip(&["-n", &ns, "link", "set", "dev", "mpxa", "up"]);
-    ip(&["-n", &ns, "link", "set", "dev", "mpxb", "up"]);
-    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", "mpxa"]);
+    // Pings from side A's TAP to a neighbour that is only an entry: ICMP frames every
+    // 50 ms into it, delivered to consumer `ab`, whose verdicts go out of side B's.
+    ip(&["-n", &ns, "link", "set", "dev", tap_a, "up"]);
+    ip(&["-n", &ns, "link", "set", "dev", tap_b, "up"]);
+    ip(&["-n", &ns, "addr", "add", "10.80.9.1/24", "dev", tap_a]);
     ip(&[
         "-n",
         &ns,
@@ -464,7 +488,7 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
         "lladdr",
         "02:00:00:00:00:02",
         "dev",
-        "mpxa",
+        tap_a,
     ]);
     let mut ping = std::process::Command::new("ip")
         .args([
