@@ -28,6 +28,17 @@ fn fast_path(c: &mut Criterion) {
             pool.recycle(black_box(buf)).unwrap();
         })
     });
+    // The fast path alone, as the worker's placement takes it (the slow path is its
+    // own call when the cache is empty).
+    g.bench_function("alloc_cached_recycle", |b| {
+        b.iter(|| {
+            let buf = match pool.alloc_cached() {
+                Some(b) => b,
+                None => pool.alloc().unwrap(),
+            };
+            pool.recycle(black_box(buf)).unwrap();
+        })
+    });
     // A burst of 32 allocations, then 32 recycles, as a receive poll does: per buffer.
     g.throughput(criterion::Throughput::Elements(32));
     let mut burst = arrayvec::ArrayVec::<memplex::pool::PoolBuf, 32>::new();
