@@ -109,6 +109,11 @@ pub struct DeviceConfig {
     /// TPACKET_V3 blocks in the ring (af_packet).
     #[serde(default = "block_count", deserialize_with = "whole")]
     pub block_count: u32,
+    /// How long the kernel keeps a block that is not full before handing it over, in ms
+    /// (af_packet): the latency floor at low rates. TCP's ACKs ride in such blocks, so
+    /// a long timeout caps a TCP flow through memplex (10 ms gave a fifth of 1 ms).
+    #[serde(default = "block_timeout_ms", deserialize_with = "whole")]
+    pub block_timeout_ms: u32,
     /// Ask the kernel for GSO super-frames, with their `virtio_net_hdr` in and out (tap:
     /// IFF_VNET_HDR + TUNSETOFFLOAD; af_packet: PACKET_VNET_HDR, blocks of 128 KiB or
     /// more).
@@ -185,6 +190,13 @@ fn validate_device(
                 ),
             ));
         }
+        if !(1..=1000).contains(&d.block_timeout_ms) {
+            return Err(invalid(
+                format!("{prefix}.block_timeout_ms"),
+                format!("is {}", d.block_timeout_ms),
+                "1 to 1000 ms".into(),
+            ));
+        }
         let ring = u64::from(d.block_size) * u64::from(d.block_count);
         if d.block_count == 0 || ring > MAX_RING {
             return Err(invalid(
@@ -215,6 +227,9 @@ fn block_size() -> u32 {
 }
 fn block_count() -> u32 {
     16
+}
+fn block_timeout_ms() -> u32 {
+    1
 }
 
 /// `[split]`.

@@ -204,6 +204,11 @@ fn every_number_is_checked_and_its_key_named() {
             "kind = \"af_packet\"\ninterface = \"x\"\nblock_size = 65536\ngso = true",
             "`device.block_size` is 65536 with gso = true; allowed: at least 131072",
         ),
+        (
+            "kind = \"pcap\"\npath = \"t.pcap\"",
+            "kind = \"af_packet\"\ninterface = \"x\"\nblock_timeout_ms = 0",
+            "device.block_timeout_ms",
+        ),
     ] {
         let e = err(&GOOD.replacen(edit, key, 1));
         assert!(e.contains(want), "{key}: {e}");

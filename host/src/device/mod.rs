@@ -357,6 +357,7 @@ pub fn open(d: &DeviceConfig) -> Result<Vec<Box<dyn RxQueue>>, DeviceError> {
                 d.queues,
                 d.block_size,
                 d.block_count,
+                d.block_timeout_ms,
                 d.gso,
             )?)
         }
