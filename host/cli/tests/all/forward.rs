@@ -69,12 +69,34 @@ impl Netns {
         }
     }
 
-    /// Environment overrides that give the config's devices this net's TAP names.
-    fn tap_env(&self) -> [(&'static str, &str); 2] {
-        [
-            ("MEMPLEX_DEVICE__INTERFACE", &self.tap_a),
-            ("MEMPLEX_DEVICES__B__INTERFACE", &self.tap_b),
-        ]
+    /// Starts `memplex run -c configs/CONFIG --duration SECONDS --json` inside the
+    /// namespace, its devices given this net's TAP names, with `env` on top; output
+    /// piped.
+    fn memplex_run(
+        &self,
+        config: &str,
+        seconds: u32,
+        env: &[(&str, &std::path::Path)],
+    ) -> std::process::Child {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                env!("CARGO_BIN_EXE_memplex"),
+                "run",
+                "-c",
+            ])
+            .arg(configs(config))
+            .args(["--duration", &seconds.to_string(), "--json"])
+            .env("MEMPLEX_DEVICE__INTERFACE", &self.tap_a)
+            .env("MEMPLEX_DEVICES__B__INTERFACE", &self.tap_b)
+            .env("MEMPLEX_PLUGIN_PATH", build_dir())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -260,23 +282,7 @@ fn a_device_deleted_mid_run_is_counted_and_named() {
     let net = Netns::new("gone");
     let ns = net.name.clone();
     let (tap_a, tap_b) = (net.tap_a.as_str(), net.tap_b.as_str());
-    let child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            env!("CARGO_BIN_EXE_memplex"),
-            "run",
-            "-c",
-        ])
-        .arg(configs("forward.toml"))
-        .args(["--duration", "4", "--json"])
-        .envs(net.tap_env())
-        .env("MEMPLEX_PLUGIN_PATH", build_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = net.memplex_run("forward.toml", 4, &[]);
     // Once memplex has made both TAPs, traffic into side A's TAP (ARP for a neighbour), then
     // side B's is deleted while memplex forwards to it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -442,25 +448,15 @@ fn hostile_transmit_entries_end_the_session_and_the_host_is_unaffected() {
     let (ns, dir) = (net.name.clone(), net.dir.clone());
     let (tap_a, tap_b) = (net.tap_a.as_str(), net.tap_b.as_str());
     let sock = |name: &str| dir.join(format!("{name}.sock"));
-    let child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            env!("CARGO_BIN_EXE_memplex"),
-            "run",
-            "-c",
-        ])
-        .arg(configs("middlebox.toml"))
-        .args(["--duration", "12", "--json"])
-        .envs(net.tap_env())
-        .env("MEMPLEX_PLUGIN_PATH", build_dir())
-        .env("MEMPLEX_CONSUMERS__AB__SOCKET", sock("ab"))
-        .env("MEMPLEX_CONSUMERS__BA__SOCKET", sock("ba"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (ab, ba) = (sock("ab"), sock("ba"));
+    let child = net.memplex_run(
+        "middlebox.toml",
+        12,
+        &[
+            ("MEMPLEX_CONSUMERS__AB__SOCKET", &ab),
+            ("MEMPLEX_CONSUMERS__BA__SOCKET", &ba),
+        ],
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut child = child;
     while !sock("ab").exists() {
