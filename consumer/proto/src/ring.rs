@@ -259,6 +259,20 @@ impl Producer {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, bytes.len()) };
     }
 
+    /// Writes `bytes` (at most an entry's worth) as entry `i` after our index, the rest of
+    /// the entry zeroed: what an entry of inline bytes is, without staging it first.
+    pub fn write_bytes(&mut self, i: u32, bytes: &[u8]) {
+        let n = bytes.len().min(self.ring.entry_size);
+        let slot = self.ring.slot(self.prod.wrapping_add(i));
+        // SAFETY: the slot is inside the ring and holds `entry_size` bytes, of which `n`
+        // are copied and the rest zeroed; the consumer does not read it before the
+        // release store in `publish`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, n);
+            std::ptr::write_bytes(slot.add(n), 0, self.ring.entry_size - n);
+        }
+    }
+
     /// Makes `n` written entries visible to the consumer.
     pub fn publish(&mut self, n: u32) {
         self.prod = self.prod.wrapping_add(n);

@@ -157,6 +157,11 @@ impl Worker {
         for vector in burst.chunks(VECTOR) {
             self.handle_vector(vector);
         }
+        // Deliveries are published once per burst: the index line crosses to the
+        // consumer's core once, not once per vector.
+        if let Some(d) = self.delivery.as_mut() {
+            d.flush();
+        }
     }
 
     /// Handles one vector: split and route every frame, place them, hand the placed ones
@@ -234,7 +239,7 @@ impl Worker {
 
     /// Sends the staged frames whose route forwards out of their device, hands those
     /// whose route delivers to their consumer, and keeps the others (staged and parts,
-    /// renumbered) for the sink. Publishes deliveries once at the end.
+    /// renumbered) for the sink. Deliveries are published by `handle`, once per burst.
     fn dispatch_staged(&mut self, burst: &[RxFrame<'_>]) {
         self.kept_parts.clear();
         self.kept_staged.clear();
@@ -266,19 +271,16 @@ impl Worker {
                         }
                     }
                 }
-                (None, Some(consumer), Some(d)) => {
-                    self.frame_parts.clear();
-                    self.frame_parts.extend(parts.by_ref().take(n));
-                    d.deliver(
-                        consumer,
-                        route.copy,
-                        &burst[s.rx],
-                        &self.splits[s.rx],
-                        s.rule,
-                        &mut self.frame_parts,
-                        &mut self.pools,
-                    )
-                }
+                (None, Some(consumer), Some(d)) => d.deliver(
+                    consumer,
+                    route.copy,
+                    &burst[s.rx],
+                    &self.splits[s.rx],
+                    s.rule,
+                    &mut parts,
+                    n,
+                    &mut self.pools,
+                ),
                 _ => {
                     let first = self.kept_parts.len();
                     self.kept_parts.extend(parts.by_ref().take(n));
@@ -296,9 +298,6 @@ impl Worker {
         drop(parts);
         std::mem::swap(&mut self.parts, &mut self.kept_parts);
         std::mem::swap(&mut self.staged, &mut self.kept_staged);
-        if let Some(d) = self.delivery.as_mut() {
-            d.flush();
-        }
     }
 
     /// Routes and places every frame of a vector: placed ones are staged, the others'
