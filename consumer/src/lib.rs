@@ -143,7 +143,7 @@ pub struct Consumer {
     wake: Wake,
     batch: usize,
     channels: Vec<Channel>,
-    regions: RefCell<Vec<Option<Arc<RegionMap>>>>,
+    regions: map::RegionTable,
     /// The regions' descriptors, kept for `testing::try_map_writable`.
     region_fds: RefCell<Vec<Option<OwnedFd>>>,
     next_queue: Cell<usize>,
@@ -170,7 +170,7 @@ pub struct Frame<'c> {
     queue: usize,
     meta: FrameEntry,
     inline: smallvec::SmallVec<[u8; 128]>,
-    parts: smallvec::SmallVec<[(Part, Arc<RegionMap>); 4]>,
+    parts: smallvec::SmallVec<[(Part, &'c RegionMap); 4]>,
 }
 
 impl std::fmt::Debug for Frame<'_> {
@@ -444,7 +444,7 @@ impl Consumer {
             wake,
             batch: opts.batch.max(1),
             channels,
-            regions: RefCell::new(Vec::new()),
+            regions: map::RegionTable::default(),
             region_fds: RefCell::new(Vec::new()),
             next_queue: Cell::new(0),
             ended: RefCell::new(None),
@@ -673,19 +673,17 @@ impl Consumer {
                         .ok_or_else(|| Error::Protocol("a Region without its descriptor".into()))?;
                     let kept = fd.try_clone().ok();
                     let map = RegionMap::new(fd, r.offset, r.len).map_err(Error::Protocol)?;
-                    let mut regions = self.regions.borrow_mut();
                     let i = r.index as usize;
-                    if regions.len() <= i {
-                        regions.resize(i + 1, None);
-                    }
-                    regions[i] = Some(Arc::new(map));
-                    let mut fds = self.region_fds.borrow_mut();
-                    if fds.len() <= i {
-                        fds.resize_with(i + 1, || None);
-                    }
-                    fds[i] = kept;
-                    if self.frames_read.get() > 0 {
-                        self.late_regions.set(self.late_regions.get() + 1);
+                    // Announced again (by another queue's worker, say): the first stands.
+                    if self.regions.add(i, map) {
+                        let mut fds = self.region_fds.borrow_mut();
+                        if fds.len() <= i {
+                            fds.resize_with(i + 1, || None);
+                        }
+                        fds[i] = kept;
+                        if self.frames_read.get() > 0 {
+                            self.late_regions.set(self.late_regions.get() + 1);
+                        }
                     }
                 }
                 (Kind::Bye, body) => {
@@ -705,18 +703,18 @@ impl Consumer {
     }
 
     #[inline]
-    fn region(&self, index: u32) -> Result<Arc<RegionMap>, Error> {
-        if let Some(Some(r)) = self.regions.borrow().get(index as usize) {
-            return Ok(Arc::clone(r));
+    fn region(&self, index: u32) -> Result<&RegionMap, Error> {
+        if let Some(r) = self.regions.get(index as usize) {
+            return Ok(r);
         }
         self.region_slow(index)
     }
 
     #[cold]
-    fn region_slow(&self, index: u32) -> Result<Arc<RegionMap>, Error> {
+    fn region_slow(&self, index: u32) -> Result<&RegionMap, Error> {
         for _ in 0..3 {
-            if let Some(Some(r)) = self.regions.borrow().get(index as usize) {
-                return Ok(Arc::clone(r));
+            if let Some(r) = self.regions.get(index as usize) {
+                return Ok(r);
             }
             // Announced on the socket before the entry was published: read it.
             self.read_socket(true)?;

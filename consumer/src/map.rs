@@ -4,6 +4,7 @@
 #![allow(unsafe_code, reason = "mapping provider memory memplex shares")]
 
 use memmap2::{Mmap, MmapOptions};
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::OwnedFd;
 
@@ -59,6 +60,42 @@ impl RegionMap {
     pub(crate) fn range(&self) -> std::ops::Range<usize> {
         let base = self.map.as_ptr() as usize;
         base..base + self.map.len()
+    }
+}
+
+/// A session's regions by index: added to, never replaced or removed while the table
+/// lives, so a frame can borrow its regions for as long as it borrows the consumer,
+/// without a reference count touched per part.
+#[derive(Default)]
+pub(crate) struct RegionTable {
+    slots: RefCell<Vec<Option<Box<RegionMap>>>>,
+}
+
+impl RegionTable {
+    /// Adds region `index`; false (and `map` unmapped) when the index is taken already:
+    /// the first announcement stands.
+    pub(crate) fn add(&self, index: usize, map: RegionMap) -> bool {
+        let mut slots = self.slots.borrow_mut();
+        if slots.len() <= index {
+            slots.resize_with(index + 1, || None);
+        }
+        if slots[index].is_some() {
+            return false;
+        }
+        slots[index] = Some(Box::new(map));
+        true
+    }
+
+    /// Region `index`, if it was added.
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> Option<&RegionMap> {
+        let slots = self.slots.borrow();
+        let region: *const RegionMap = &**slots.get(index)?.as_ref()?;
+        // SAFETY: a region, once added, is neither replaced nor removed while the table
+        // lives (`add` refuses a taken index, and nothing else writes `slots`); it is
+        // boxed, so growing the vector moves the box's pointer, never the region. The
+        // reference lives no longer than `&self`, and the region is never mutated.
+        Some(unsafe { &*region })
     }
 }
 
