@@ -404,6 +404,100 @@ impl AddAssign<&ConsumerStats> for ConsumerStats {
     }
 }
 
+/// A stage of a queue's worker, as [`StageTimes`] times it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The device's poll, up to the burst it returned.
+    Device,
+    /// Splitting every frame of a vector.
+    Split,
+    /// Routing every frame of a vector.
+    Route,
+    /// Taking buffers from the pools and copying the frames into them.
+    Place,
+    /// The vector's counters (drops, fallbacks, routes, providers).
+    Count,
+    /// Frames handed to consumer processes or sent out of devices, and publishing them.
+    Deliver,
+    /// The in-process sink.
+    Sink,
+    /// The sink's buffers back to their pools.
+    Recycle,
+    /// Buffers consumers gave back, taken back from their refill rings (once per poll).
+    Refill,
+}
+
+impl Stage {
+    /// Every stage, in the order a burst meets them.
+    pub const ALL: [Stage; 9] = [
+        Stage::Device,
+        Stage::Split,
+        Stage::Route,
+        Stage::Place,
+        Stage::Count,
+        Stage::Deliver,
+        Stage::Sink,
+        Stage::Recycle,
+        Stage::Refill,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Device => "device",
+            Stage::Split => "split",
+            Stage::Route => "route",
+            Stage::Place => "place",
+            Stage::Count => "count",
+            Stage::Deliver => "deliver",
+            Stage::Sink => "sink",
+            Stage::Recycle => "recycle",
+            Stage::Refill => "refill",
+        }
+    }
+}
+
+/// Where a queue's time goes, stage by stage (`runtime.profile`): nanoseconds summed
+/// over the bursts measured (one in [`PROFILE_EVERY`]), the cost of the clock reads
+/// taken off, and the frames those bursts held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct StageTimes {
+    /// Frames in the bursts measured.
+    pub frames: u64,
+    /// Bursts measured.
+    pub bursts: u64,
+    /// Nanoseconds per stage, in [`Stage::ALL`] order.
+    pub ns: [u64; 9],
+}
+
+/// `runtime.profile` measures one burst in this many: a handful of clock reads per
+/// vector on it, none on the others.
+pub const PROFILE_EVERY: u32 = 16;
+
+impl StageTimes {
+    /// Adds `ns` to `stage`.
+    #[inline]
+    pub fn add(&mut self, stage: Stage, ns: u64) {
+        self.ns[stage as usize] += ns;
+    }
+
+    /// Nanoseconds per frame of each stage, in [`Stage::ALL`] order; `None` before any
+    /// burst was measured.
+    pub fn per_frame(&self) -> Option<[f64; 9]> {
+        (self.frames > 0).then(|| self.ns.map(|n| n as f64 / self.frames as f64))
+    }
+}
+
+impl AddAssign for StageTimes {
+    fn add_assign(&mut self, o: StageTimes) {
+        self.frames += o.frames;
+        self.bursts += o.bursts;
+        for (a, b) in self.ns.iter_mut().zip(o.ns) {
+            *a += b;
+        }
+    }
+}
+
 /// One queue's figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -431,6 +525,8 @@ pub struct QueueStats {
     pub consumers: Vec<ConsumerStats>,
     /// The device's counters.
     pub device: DeviceStats,
+    /// Time per stage, with `runtime.profile` (all zero without).
+    pub profile: StageTimes,
 }
 
 impl AddAssign<&QueueStats> for QueueStats {
@@ -446,6 +542,7 @@ impl AddAssign<&QueueStats> for QueueStats {
         self.sink += q.sink;
         add_each(&mut self.consumers, &q.consumers, |a, b| *a += b);
         self.device += q.device;
+        self.profile += q.profile;
     }
 }
 

@@ -298,6 +298,18 @@ pub fn print_report(r: &RunReport, json: bool) {
         fmt(&t.unsplit),
         fmt(&t.dropped)
     );
+    if let Some(ns) = t.profile.per_frame() {
+        let stages: Vec<String> = memplex::stats::Stage::ALL
+            .iter()
+            .zip(ns)
+            .map(|(s, n)| format!("{} {n:.1}", s.name()))
+            .collect();
+        println!(
+            "stages, ns per frame ({} frames timed, on every queue): {}",
+            t.profile.frames,
+            stages.join(", ")
+        );
+    }
     if t.forwarded.frames > 0 {
         println!(
             "forwarded: {} frames, {:.2} MB",

@@ -374,6 +374,11 @@ pub struct RuntimeConfig {
     /// its fallback faulted too) ends with a failure exit, unless this is true.
     #[serde(default)]
     pub allow_fault_drops: bool,
+    /// Time each stage of the workers (device, split, route, place, deliver, sink,
+    /// recycle, ...) on one burst in 16, reported in ns per frame: `memplex bench
+    /// --profile` turns it on. A few clock reads per vector of the bursts measured.
+    #[serde(default)]
+    pub profile: bool,
 }
 
 fn on_dry() -> OnDry {
@@ -400,6 +405,7 @@ impl Default for RuntimeConfig {
             metrics: None,
             duration: 0.0,
             allow_fault_drops: false,
+            profile: false,
         }
     }
 }

@@ -450,6 +450,9 @@ impl Engine {
             }
             w.device = rx.device();
             w.queue = index_in_device[q];
+            if self.config.runtime.profile {
+                w.profiler = Some(super::worker::Profiler::new());
+            }
             w.tx = Arc::clone(&tx);
             if let Some(d) = w.delivery.as_mut() {
                 // Each consumer's transmit ring on this queue sends out of its device,

@@ -21,7 +21,7 @@ use crate::deliver::QueueDelivery;
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
-use crate::stats::{DropReason, ProviderStats, QueueStats};
+use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -85,6 +85,44 @@ pub(super) struct Worker {
     pub tx: Arc<[Vec<Arc<dyn TxQueue>>]>,
     /// A transmit error has been logged (once per worker; the rest are counted).
     pub tx_error_logged: bool,
+    /// This vector's route decisions, made for all its frames before any is placed.
+    pub routed: Vec<Option<(usize, crate::route::Route)>>,
+    /// Timing of stages, with `runtime.profile`.
+    pub profiler: Option<Profiler>,
+}
+
+/// Times the stages of one burst in [`PROFILE_EVERY`] (`runtime.profile`): a clock read
+/// at each stage's end, its cost (measured at start) taken off each interval.
+pub(super) struct Profiler {
+    /// Polls until the next burst measured.
+    countdown: u32,
+    /// Measuring this burst.
+    on: bool,
+    /// The last clock reading.
+    mark: Instant,
+    /// What one clock read costs, in ns.
+    clock_ns: u64,
+}
+
+impl Profiler {
+    pub(super) fn new() -> Profiler {
+        // The median of a few batches of reads: what each interval carries in excess.
+        let mut per = [0u64; 9];
+        for p in &mut per {
+            let t = Instant::now();
+            for _ in 0..64 {
+                std::hint::black_box(Instant::now());
+            }
+            *p = t.elapsed().as_nanos() as u64 / 64;
+        }
+        per.sort_unstable();
+        Profiler {
+            countdown: 0,
+            on: false,
+            mark: Instant::now(),
+            clock_ns: per[per.len() / 2],
+        }
+    }
 }
 
 impl Worker {
@@ -149,11 +187,45 @@ impl Worker {
             queue: 0,
             tx: Arc::from(Vec::new()),
             tx_error_logged: false,
+            routed: Vec::with_capacity(BURST),
+            profiler: None,
+        }
+    }
+
+    /// Decides, before a poll, whether the burst it brings is timed; starts the clock.
+    #[inline]
+    fn profile_poll(&mut self) {
+        if let Some(p) = self.profiler.as_mut() {
+            p.on = p.countdown == 0;
+            p.countdown = if p.on {
+                PROFILE_EVERY - 1
+            } else {
+                p.countdown - 1
+            };
+            if p.on {
+                p.mark = Instant::now();
+            }
+        }
+    }
+
+    /// Ends a timed stage: the time since the last mark goes to `stage`.
+    #[inline]
+    fn lap(&mut self, stage: Stage) {
+        if let Some(p) = self.profiler.as_mut().filter(|p| p.on) {
+            let now = Instant::now();
+            let ns = now.duration_since(p.mark).as_nanos() as u64;
+            self.stats.profile.add(stage, ns.saturating_sub(p.clock_ns));
+            p.mark = now;
         }
     }
 
     /// Handles a device's burst in vectors of [`VECTOR`] frames.
     pub fn handle(&mut self, burst: &[RxFrame<'_>]) {
+        if self.profiler.as_ref().is_some_and(|p| p.on) {
+            self.lap(Stage::Device);
+            self.stats.profile.frames += burst.len() as u64;
+            self.stats.profile.bursts += 1;
+        }
         for vector in burst.chunks(VECTOR) {
             self.handle_vector(vector);
         }
@@ -161,6 +233,7 @@ impl Worker {
         // consumer's core once, not once per vector.
         if let Some(d) = self.delivery.as_mut() {
             d.flush();
+            self.lap(Stage::Deliver);
         }
     }
 
@@ -177,6 +250,14 @@ impl Worker {
                 Err(reason) => self.stats.unsplit.add(reason),
             }
         }
+        self.lap(Stage::Split);
+        // Every frame is routed before any is placed.
+        self.routed.clear();
+        for split in &self.splits[..burst.len()] {
+            self.routed
+                .push(self.routes.route(&split.meta, self.device));
+        }
+        self.lap(Stage::Route);
         // A provider quarantined while the vector was placed may hold parts of frames
         // placed before it faulted: place the whole vector again, so they complete on the
         // fallback. Each round needs a new provider to fault, so this ends.
@@ -193,6 +274,7 @@ impl Worker {
             self.drops.clear();
             self.fell_back.clear();
         }
+        self.lap(Stage::Place);
         for &(reason, provider) in &self.drops {
             self.stats.dropped.add(reason);
             if let Some(p) = provider {
@@ -211,6 +293,7 @@ impl Worker {
         for part in &self.parts {
             self.stats.providers[part.provider].placed.add(part.len);
         }
+        self.lap(Stage::Count);
         if (self.delivery.is_some() || !self.tx.is_empty())
             && self.staged.iter().any(|s| {
                 let r = self.routes.get(s.rule);
@@ -218,12 +301,14 @@ impl Worker {
             })
         {
             self.dispatch_staged(burst);
+            self.lap(Stage::Deliver);
         }
         if self.staged.is_empty() {
             return;
         }
         if self.sink.takes_frames() {
             self.hand_over(burst);
+            self.lap(Stage::Sink);
         } else {
             self.sink.consume(&PlacedBurst {
                 rx: burst,
@@ -232,7 +317,9 @@ impl Worker {
                 parts: &self.parts,
                 pools: &self.pools,
             });
+            self.lap(Stage::Sink);
             self.recycle_from(0);
+            self.lap(Stage::Recycle);
         }
         self.staged.clear();
     }
@@ -300,12 +387,12 @@ impl Worker {
         std::mem::swap(&mut self.staged, &mut self.kept_staged);
     }
 
-    /// Routes and places every frame of a vector: placed ones are staged, the others'
+    /// Places every frame of a vector as routed: placed ones are staged, the others'
     /// reasons noted in `drops`. Stops early when a provider gets quarantined.
     fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
-            let Some((rule, route)) = self.routes.route(&self.splits[i].meta, self.device) else {
+            let Some((rule, route)) = self.routed[i] else {
                 self.drops.push((DropReason::NoRoute, None));
                 continue;
             };
@@ -536,7 +623,9 @@ pub(super) fn run_queue(
             break Ok(());
         }
         polls = polls.wrapping_add(1);
+        w.profile_poll();
         w.service_delivery();
+        w.lap(Stage::Refill);
         // A consumer deciding on frames (its transmit ring) is served every millisecond
         // while it holds any, not only when the device has traffic.
         let wait = match &w.delivery {

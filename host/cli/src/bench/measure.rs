@@ -249,6 +249,10 @@ pub fn round(
             net.map_or(0, TestNet::tap_dropped).saturating_sub(before)
         });
     let (mut hit_rate, mut providers) = (None, BTreeMap::new());
+    let profile = stats
+        .as_ref()
+        .filter(|_| variant.config.runtime.profile)
+        .map(|q| q.profile);
     if let Some(q) = stats {
         drops += q.device.kernel_drops + q.dropped.sum();
         let (fast, slow) = q.providers.iter().fold((0, 0), |(f, s), p| {
@@ -275,5 +279,6 @@ pub fn round(
         providers,
         latency,
         cores,
+        profile,
     })
 }

@@ -108,6 +108,11 @@ pub struct BenchArgs {
     /// Also plot frames per second per config and traffic to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also time each stage of the host's workers (device, split, route, place, count,
+    /// deliver, sink, recycle, refill) on one burst in 16, and print ns per frame per
+    /// stage beside what the rate says a frame took.
+    #[arg(long)]
+    pub profile: bool,
     /// Also run each config delivering every frame to a consumer process (`memplex
     /// consume`) that counts frames or verifies every byte, beside the in-process sink
     /// doing the same (`count`, or `verify`), interleaved; with latency percentiles.
@@ -190,6 +195,9 @@ pub struct Round {
     latency: Option<measure::Latency>,
     /// Where the host's workers and the consumer ran, for a consumer variant.
     cores: Option<String>,
+    /// With --profile: the host's time per stage, summed over the bursts measured.
+    #[serde(skip)]
+    profile: Option<memplex::stats::StageTimes>,
 }
 
 /// Runs the benchmark; the exit code.
@@ -302,6 +310,13 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         println!("consumer variants: {cores}; frames counted as the consumer read them");
     }
     println!("{}", report::table(&summaries));
+    if args.profile {
+        println!(
+            "per-stage breakdown (--profile): ns per frame, one burst in {} timed, clock reads taken off; `measured` is 1 / the median pps",
+            memplex::stats::PROFILE_EVERY
+        );
+        println!("{}", report::profile_table(&summaries));
+    }
     if let Some(p) = &args.markdown {
         std::fs::write(p, format!("{header}\n\n{}", report::markdown(&summaries)))
             .with_context(|| format!("writing {}", p.display()))?;

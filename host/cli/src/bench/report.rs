@@ -4,6 +4,7 @@
 use super::{Round, Workload, BARE, MEMCPY};
 use anyhow::Result;
 use comfy_table::Cell;
+use memplex::stats::Stage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,6 +34,9 @@ pub struct Summary {
     latency_ns: Option<super::measure::Latency>,
     /// Consumer variants: where each side ran.
     cores: Option<String>,
+    /// With --profile: the host's ns per frame in each stage, over every round's bursts
+    /// measured.
+    profile_ns_per_frame: Option<BTreeMap<&'static str, f64>>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -124,6 +128,21 @@ pub fn summarise(
                     })
                 },
                 cores: rs.iter().find_map(|r| r.cores.clone()),
+                profile_ns_per_frame: rs
+                    .iter()
+                    .filter_map(|r| r.profile)
+                    .reduce(|mut a, b| {
+                        a += b;
+                        a
+                    })
+                    .and_then(|t| t.per_frame())
+                    .map(|ns| {
+                        Stage::ALL
+                            .iter()
+                            .zip(ns)
+                            .map(|(s, n)| (s.name(), n))
+                            .collect()
+                    }),
             });
         }
     }
@@ -267,4 +286,34 @@ pub fn plot(path: &Path, s: &[Summary], workloads: &[Workload], labels: &[&str])
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The per-stage breakdown of `--profile`: ns per frame in each stage of the host's
+/// workers, their sum, and what the median rate says a frame took (for a consumer
+/// variant, the consumer's rate: the host's stages then show where its share went).
+pub fn profile_table(s: &[Summary]) -> comfy_table::Table {
+    let mut header = vec!["traffic", "config"];
+    header.extend(Stage::ALL.iter().map(|s| s.name()));
+    header.extend(["sum", "measured"]);
+    let mut t = crate::table(&header);
+    for x in s {
+        let Some(p) = &x.profile_ns_per_frame else {
+            continue;
+        };
+        let mut row = vec![Cell::new(&x.traffic), Cell::new(&x.variant)];
+        let mut sum = 0.0;
+        for stage in Stage::ALL {
+            let ns = p.get(stage.name()).copied().unwrap_or(0.0);
+            sum += ns;
+            row.push(Cell::new(format!("{ns:.1}")));
+        }
+        row.push(Cell::new(format!("{sum:.1}")));
+        row.push(Cell::new(if x.pps > 0.0 {
+            format!("{:.1}", 1e9 / x.pps)
+        } else {
+            "-".to_string()
+        }));
+        t.add_row(row);
+    }
+    t
 }

@@ -129,6 +129,7 @@ pub fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
         for (label, settings) in each {
             let mut config = Config::with_settings(&text, &origin, base.as_deref(), &settings)
                 .with_context(|| format!("config of `{label}`"))?;
+            config.runtime.profile = args.profile;
             config.runtime.sink = match args.consumer {
                 Some(super::ConsumerMode::Verify) => SinkKind::Verify,
                 _ => SinkKind::Count,

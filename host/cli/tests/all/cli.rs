@@ -499,6 +499,57 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
 }
 
 #[test]
+fn bench_profile_breaks_each_frame_down_by_stage() {
+    let dir = std::env::temp_dir().join(format!("memplex-bench-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("b.json");
+    let (code, out) = bench(&[
+        "deliver.toml",
+        "--consumer",
+        "count",
+        "--no-bare",
+        "--frame-size",
+        "256",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0.3",
+        "--profile",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("per-stage breakdown"), "{out}");
+    for stage in [
+        "device", "split", "route", "place", "deliver", "sink", "recycle", "refill",
+    ] {
+        assert!(out.contains(stage), "no `{stage}` column: {out}");
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let of = |variant: &str| {
+        let s = doc["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["variant"] == variant)
+            .unwrap_or_else(|| panic!("no `{variant}` in {doc}"));
+        let p = s["profile_ns_per_frame"].clone();
+        assert!(p.is_object(), "`{variant}` has no profile: {s}");
+        move |stage: &str| p[stage].as_f64().unwrap_or_else(|| panic!("{stage}: {p}"))
+    };
+    let (inproc, consumer) = (of("deliver"), of("deliver -> consumer"));
+    // Every frame is split, routed and placed on both; only the consumer variant hands
+    // frames to a process and takes buffers back from it; only the other has a sink.
+    for p in [&inproc, &consumer] {
+        assert!(p("split") > 0.0 && p("route") > 0.0 && p("place") > 0.0);
+    }
+    assert!(consumer("deliver") > inproc("deliver"), "{doc}");
+    assert!(consumer("refill") > inproc("refill"), "{doc}");
+    assert!(inproc("sink") > 0.0 && consumer("sink") == 0.0, "{doc}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_refuses_bad_input_with_the_reason() {
     for (args, want) in [
         (
