@@ -179,6 +179,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     let mut progress = Instant::now();
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !args.json;
     let mut turns = 0u64;
+    let mut warming = args.warmup > 0.0;
     let mut routes: Vec<u64> = Vec::new();
     let mut flows: rustc_hash::FxHashMap<u32, u64> = Default::default();
     let ended = loop {
@@ -200,9 +201,11 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             Err(Error::Closed) => break "memplex closed the connection".to_string(),
             Err(e) => return Err(e).context("receiving frames"),
         };
-        if args.warmup > 0.0 && start.elapsed().as_secs_f64() < args.warmup {
+        // The clock is read per frame only until the warm-up is over.
+        if warming && start.elapsed().as_secs_f64() < args.warmup {
             continue;
         }
+        warming = false;
         let m = *frame.meta();
         // Latency of every 8th frame (a clock read per frame would slow a fast consumer).
         if r.frames.is_multiple_of(8) && lat.len() < lat.capacity() {
