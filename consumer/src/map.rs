@@ -7,6 +7,7 @@ use memmap2::{Mmap, MmapOptions};
 use std::cell::RefCell;
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 /// One region of provider memory.
 pub(crate) struct RegionMap {
@@ -68,7 +69,9 @@ impl RegionMap {
 /// without a reference count touched per part.
 #[derive(Default)]
 pub(crate) struct RegionTable {
-    slots: RefCell<Vec<Option<Box<RegionMap>>>>,
+    /// `Arc`, not `Box`, only so that moving an entry (the vector growing) asserts
+    /// nothing about the references lent out; the counts are never touched per frame.
+    slots: RefCell<Vec<Option<Arc<RegionMap>>>>,
 }
 
 impl RegionTable {
@@ -82,7 +85,7 @@ impl RegionTable {
         if slots[index].is_some() {
             return false;
         }
-        slots[index] = Some(Box::new(map));
+        slots[index] = Some(Arc::new(map));
         true
     }
 
@@ -90,11 +93,12 @@ impl RegionTable {
     #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<&RegionMap> {
         let slots = self.slots.borrow();
-        let region: *const RegionMap = &**slots.get(index)?.as_ref()?;
+        let region: *const RegionMap = Arc::as_ptr(slots.get(index)?.as_ref()?);
         // SAFETY: a region, once added, is neither replaced nor removed while the table
-        // lives (`add` refuses a taken index, and nothing else writes `slots`); it is
-        // boxed, so growing the vector moves the box's pointer, never the region. The
-        // reference lives no longer than `&self`, and the region is never mutated.
+        // lives (`add` refuses a taken index, and nothing else writes `slots`), so its
+        // `Arc` keeps it allocated; growing the vector moves the `Arc`'s pointer, never
+        // the region. The reference lives no longer than `&self`, and the region is
+        // never mutated.
         Some(unsafe { &*region })
     }
 }
