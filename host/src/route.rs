@@ -487,11 +487,17 @@ impl RouteTable {
     /// index and route.
     #[inline]
     pub fn route(&self, meta: &FrameMeta, device: u16) -> Option<(usize, Route)> {
+        let i = self.rule(meta, device)?;
+        Some((i, self.rules[i].2))
+    }
+
+    /// The index of the first rule matching `meta` of a frame that came in on device
+    /// `device`.
+    #[inline]
+    pub fn rule(&self, meta: &FrameMeta, device: u16) -> Option<usize> {
         self.rules
             .iter()
-            .enumerate()
-            .find(|(_, (m, d, _))| d.is_none_or(|d| d == device) && m.matches(meta))
-            .map(|(i, (_, _, r))| (i, *r))
+            .position(|(m, d, _)| d.is_none_or(|d| d == device) && m.matches(meta))
     }
 
     /// Rule `i`'s route.

@@ -86,7 +86,7 @@ pub(super) struct Worker {
     /// A transmit error has been logged (once per worker; the rest are counted).
     pub tx_error_logged: bool,
     /// This vector's route decisions, made for all its frames before any is placed.
-    pub routed: Vec<Option<(usize, crate::route::Route)>>,
+    pub routed: Vec<Option<usize>>,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
 }
@@ -254,8 +254,7 @@ impl Worker {
         // Every frame is routed before any is placed.
         self.routed.clear();
         for split in &self.splits[..burst.len()] {
-            self.routed
-                .push(self.routes.route(&split.meta, self.device));
+            self.routed.push(self.routes.rule(&split.meta, self.device));
         }
         self.lap(Stage::Route);
         // A provider quarantined while the vector was placed may hold parts of frames
@@ -392,10 +391,11 @@ impl Worker {
     fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
-            let Some((rule, route)) = self.routed[i] else {
+            let Some(rule) = self.routed[i] else {
                 self.drops.push((DropReason::NoRoute, None));
                 continue;
             };
+            let route = self.routes.get(rule);
             let first = self.parts.len();
             match self.place(frame.data, self.splits[i].head_len, route) {
                 Ok(()) => self.staged.push(Staged {
