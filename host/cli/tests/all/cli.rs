@@ -245,7 +245,7 @@ pub(crate) fn configs(name: &str) -> String {
 
 #[test]
 fn run_reports_json_lines_and_serves_metrics_on_loopback() {
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = crate::free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_memplex"))
         .args([
             "run",
@@ -971,7 +971,7 @@ fn scrape(port: u16) -> Option<String> {
 
 #[test]
 fn the_metrics_endpoint_outlives_idle_clients_and_running_out_of_descriptors() {
-    let port = 40000 + (std::process::id() % 20000) as u16;
+    let port = crate::free_port();
     // 32 descriptors: a couple of dozen idle clients exhaust them, so accept fails with
     // EMFILE.
     let mut child = Command::new("prlimit")

@@ -697,7 +697,7 @@ fn the_socket_is_private_and_peers_are_checked() {
 
 #[test]
 fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
-    let port = 21000 + (std::process::id() % 20000) as u16;
+    let port = crate::free_port();
     let body = format!(
         "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
     );
