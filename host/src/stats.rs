@@ -467,7 +467,7 @@ pub struct StageTimes {
     /// Bursts measured.
     pub bursts: u64,
     /// Nanoseconds per stage, in [`Stage::ALL`] order.
-    pub ns: [u64; 9],
+    pub ns: [u64; Stage::ALL.len()],
 }
 
 /// `runtime.profile` measures one burst in this many: a handful of clock reads per
@@ -483,7 +483,7 @@ impl StageTimes {
 
     /// Nanoseconds per frame of each stage, in [`Stage::ALL`] order; `None` before any
     /// burst was measured.
-    pub fn per_frame(&self) -> Option<[f64; 9]> {
+    pub fn per_frame(&self) -> Option<[f64; Stage::ALL.len()]> {
         (self.frames > 0).then(|| self.ns.map(|n| n as f64 / self.frames as f64))
     }
 }

@@ -350,12 +350,11 @@ impl QueueDelivery {
     /// `parts`, are lent (or, for a head whose memory cannot be shared, copied inline
     /// and recycled; for a `copy` route whose memory cannot be shared, the whole frame
     /// copied). All `n` are taken from `parts` either way: what is not lent goes back to
-    /// `pools`. The entry is published by [`flush`](Self::flush).
+    /// `pools`. The entry is published by [`flush`](Self::flush), once per burst.
     ///
-    /// The per-frame path of a delivering route, measured: one pass over the parts to
-    /// find their regions (the first region of a provider is tried first: most have
-    /// one), the entry written once from the frame's own bytes, the tokens written into
-    /// it as the buffers are lent.
+    /// One pass over the parts finds their regions (a provider's first region is tried
+    /// first: most have one); the entry is written once, from the frame's own bytes,
+    /// with the tokens of the buffers as they are lent.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub(crate) fn deliver(
@@ -645,6 +644,9 @@ fn wait_for_quota(
     if cfg.policy == DeliverPolicy::Drop || ch.stalled {
         return Err(DropReason::ConsumerQuota);
     }
+    // What this burst wrote is published first: entries are published once per burst,
+    // and the consumer cannot give back buffers it has not been shown.
+    publish(ch, counters, cfg.wake);
     let deadline = Instant::now() + Duration::from_millis(cfg.wait_ms);
     while ch.lent.held() + lent > cfg.quota() {
         if Instant::now() >= deadline || ch.session.ended().is_some() {
@@ -897,7 +899,7 @@ fn close(mut ch: Channel, why: Disconnect, pools: &mut [Pool], stats: &mut Consu
         .position()
         .wrapping_sub(ch.completion.in_flight());
     let mask = ch.starts.len().wrapping_sub(1);
-    // Published or not: an entry written this vector was never read either.
+    // Published or not: an entry written this burst was never read either.
     let gone = (0..ch.completion.in_flight() + ch.pending)
         .filter(|&k| ch.starts[read_to.wrapping_add(k) as usize & mask])
         .count();
