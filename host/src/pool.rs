@@ -323,6 +323,37 @@ impl Pool {
         self.alloc_slow()
     }
 
+    /// Takes `n` buffers at once and appends them to `out`, as a receive vector wants
+    /// them (DPDK's `rte_pktmbuf_alloc_bulk`, VPP's `vlib_buffer_alloc`): straight off
+    /// the top of the cache in one copy, with one count update; the cache is refilled
+    /// through the slow path (ring, then the provider in bulk) only when it runs out.
+    /// What comes off the cache keeps its order, so popping `out` hands out the most
+    /// recently used first, as single allocations would.
+    ///
+    /// On an error, `out` keeps the buffers taken before it: fewer than `n`.
+    pub fn alloc_burst(&mut self, n: usize, out: &mut Vec<PoolBuf>) -> Result<(), PoolError> {
+        let mut want = n;
+        while want > 0 {
+            let k = want.min(self.count);
+            let from = self.count - k;
+            let (pool, caps) = (self.id, self.caps);
+            out.extend(self.cache[from..self.count].iter().map(|&netmem| PoolBuf {
+                netmem,
+                pool,
+                caps,
+            }));
+            self.count = from;
+            self.alloc_fast += k as u64;
+            want -= k;
+            if want > 0 {
+                // The cache is empty: one buffer by the slow path, which refills it.
+                out.push(self.alloc_slow()?);
+                want -= 1;
+            }
+        }
+        Ok(())
+    }
+
     #[cold]
     fn alloc_slow(&mut self) -> Result<PoolBuf, PoolError> {
         if let Some(fault) = self.provider.fault() {
@@ -407,14 +438,45 @@ impl Pool {
         if buf.pool != self.id {
             return Err(buf);
         }
+        self.recycle_one(buf.netmem);
+        Ok(())
+    }
+
+    /// Gives back every buffer of `bufs` that belongs to this pool, in one copy into the
+    /// cache as far as it has room (the rest as [`recycle`](Self::recycle) would); buffers
+    /// of other pools stay in `bufs`, which is otherwise left empty.
+    pub fn recycle_burst(&mut self, bufs: &mut Vec<PoolBuf>) {
+        if bufs.iter().any(|b| b.pool != self.id) {
+            bufs.retain(|b| b.pool != self.id || self.recycle_one(b.netmem));
+            return;
+        }
+        let k = bufs.len().min(self.cache_limit.saturating_sub(self.count));
+        for (slot, b) in self.cache[self.count..self.count + k]
+            .iter_mut()
+            .zip(&*bufs)
+        {
+            *slot = b.netmem;
+        }
+        self.count += k;
+        self.recycle_cached += k as u64;
+        for b in &bufs[k..] {
+            self.recycle_slow(b.netmem);
+        }
+        bufs.clear();
+    }
+
+    /// [`recycle`](Self::recycle) of a buffer known to be this pool's; `false`, for
+    /// `retain`, as it is never kept.
+    #[inline]
+    fn recycle_one(&mut self, netmem: Netmem) -> bool {
         if self.count < self.cache_limit {
-            self.cache[self.count] = buf.netmem;
+            self.cache[self.count] = netmem;
             self.count += 1;
             self.recycle_cached += 1;
         } else {
-            self.recycle_slow(buf.netmem);
+            self.recycle_slow(netmem);
         }
-        Ok(())
+        false
     }
 
     #[cold]

@@ -1,7 +1,7 @@
 //! The page_pool equivalent: counters, recycling paths, in-flight accounting, shutdown.
 
 use super::*;
-use memplex::pool::{Pool, PoolBuf, CACHE_SIZE, REFILL};
+use memplex::pool::{Pool, PoolBuf, PoolError, CACHE_SIZE, REFILL};
 use std::time::Duration;
 
 fn slab_pool(buffers: u32) -> Pool {
@@ -50,6 +50,64 @@ fn full_cache_spills_to_the_ring_then_to_the_provider() {
     assert_eq!(s.recycle_ring_full, REFILL as u64);
     assert_eq!(s.recycle_released, REFILL as u64);
     assert_eq!(s.inflight, 0);
+}
+
+#[test]
+fn a_burst_takes_what_single_allocations_would_and_goes_back_in_one_piece() {
+    let mut pool = slab_pool(1024);
+    let mut burst = Vec::new();
+    // More than one bulk provider call's worth: the cache runs out twice on the way.
+    pool.alloc_burst(2 * REFILL + 5, &mut burst).unwrap();
+    assert_eq!(burst.len(), 2 * REFILL + 5);
+    let mut ids: Vec<u32> = burst.iter().map(|b| b.netmem().id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), burst.len(), "every buffer once");
+    let s = pool.stats();
+    assert_eq!(s.alloc_slow, 3, "{s:?}");
+    assert_eq!(s.alloc_fast, (2 * REFILL + 5 - 3) as u64, "{s:?}");
+    assert_eq!(s.inflight, burst.len() as u64);
+    // A foreign buffer in the burst stays with the caller; the pool's own go back.
+    let mut other = slab_pool(64);
+    let foreign = other.alloc().unwrap();
+    let foreign_id = foreign.netmem().id;
+    burst.insert(7, foreign);
+    pool.recycle_burst(&mut burst);
+    assert_eq!(burst.len(), 1);
+    assert_eq!(burst[0].pool_id(), other.id());
+    assert_eq!(burst[0].netmem().id, foreign_id);
+    other.recycle(burst.pop().unwrap()).unwrap();
+    let s = pool.stats();
+    assert_eq!(s.inflight, 0, "{s:?}");
+    // The cache kept what the third bulk call left over; past its room, the rest goes
+    // to the ring as single recycles would.
+    let left = 3 * REFILL - (2 * REFILL + 5);
+    assert_eq!(s.recycle_cached, (CACHE_SIZE - left) as u64, "{s:?}");
+    assert_eq!(
+        s.recycle_ring,
+        (2 * REFILL + 5 - (CACHE_SIZE - left)) as u64,
+        "{s:?}"
+    );
+    // Served again from the cache, newest first, with no provider call.
+    let calls = pool.provider().counters().alloc_calls;
+    pool.alloc_burst(REFILL, &mut burst).unwrap();
+    assert_eq!(pool.provider().counters().alloc_calls, calls);
+    pool.recycle_burst(&mut burst);
+    assert!(burst.is_empty());
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+    assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
+}
+
+#[test]
+fn a_burst_from_a_dry_provider_keeps_what_it_got() {
+    let mut pool = slab_pool(100);
+    let mut burst = Vec::new();
+    let err = pool.alloc_burst(150, &mut burst).unwrap_err();
+    assert!(matches!(err, PoolError::Exhausted { .. }), "{err}");
+    assert_eq!(burst.len(), 100, "every buffer the provider had");
+    assert_eq!(pool.stats().inflight, 100);
+    pool.recycle_burst(&mut burst);
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
 #[test]
