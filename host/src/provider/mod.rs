@@ -29,6 +29,7 @@ pub use memplex_abi::{
     ProviderInfo, Stat,
 };
 
+use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -382,10 +383,13 @@ impl ProviderPlugin {
     /// Makes an instance for one queue, behind the host's descriptor checks.
     pub fn instantiate(&self, params: &InitParams) -> Result<CheckedProvider, LoadError> {
         let provider = self.instantiate_trusting(params, self.trust)?;
-        if provider.is_unverified() {
+        // Once per plugin and process: a bench opens a config every round, and a
+        // warning per queue per round buried its table.
+        static WARNED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+        if provider.is_unverified() && WARNED.lock().map_or(true, |mut w| w.insert(self.label())) {
             tracing::warn!(
-                provider = %provider.label(),
-                "provider declares no memory region; its buffer addresses go unchecked (trusted by `unverified = true`)"
+                provider = %self.label(),
+                "provider declares no memory region; its buffer addresses go unchecked (trusted by `unverified = true`; said once per process)"
             );
         }
         Ok(provider)
