@@ -62,20 +62,3 @@ impl PoolBuf {
             .then(|| unsafe { bytes_mut(&mut self.netmem) })
     }
 }
-
-/// Asks the CPU for the first cache line of `bytes` (into every cache level), so a later
-/// read finds it there: the worker calls it for the next frame of a vector while it walks
-/// the current one. A hint only: nothing is read and no fault can follow.
-#[inline(always)]
-pub(crate) fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only needs SSE, which every x86_64 CPU has; it never faults and
-    // reads nothing into the program, whatever the address (here a live slice's start).
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
-            bytes.as_ptr().cast(),
-        )
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-}

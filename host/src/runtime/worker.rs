@@ -1,23 +1,18 @@
-//! One receive queue's worker: a burst at a time, in vectors of [`VECTOR`] frames, the
-//! way VPP and DPDK work: split every frame of the vector, route every frame, take each
-//! provider's buffers for the whole vector in one pool operation, place, hand the vector
-//! to the sink (or the consumer rings, or a transmitter), take the buffers back.
+//! One receive queue's worker: a burst at a time, split every frame, route it, place it
+//! in its providers' buffers, hand the burst to the sink, take the buffers back.
 //!
 //! ```text
-//!  &[RxFrame] --split_into--> splits[i] --route--> routed[i] (rule index)
+//!  &[RxFrame] --split_into--> splits[i] --route--> (rule, Route)
 //!      |                                               |
-//!      |          demand per provider --alloc_burst--> reserve[p]
-//!      |                                               |
-//!      '------ place: pop reserve[head], reserve[frags] (one copy each byte) -> parts
+//!      '------ place: head pool, frag pools (one copy each byte) -> parts
 //!                                                      |
 //!                         Sink::consume(&PlacedBurst) <' --> recycle (cache)
 //! ```
 //!
 //! The worker owns its pools, so nothing here locks; the per-frame path allocates nothing
-//! (the split, part, reserve and staging arrays are reused burst to burst) and calls a
-//! provider only on a pool's slow path. A provider that runs dry makes the worker drop the
-//! frame or wait, bounded, as configured, then try the provider's fallback: a reserve
-//! that came up short sends the frames that find it empty down that path one by one.
+//! (the split, part and staging arrays are reused burst to burst) and calls a provider
+//! only on a pool's slow path. A provider that runs dry makes the worker drop the frame
+//! or wait, bounded, as configured, then try the provider's fallback.
 
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
@@ -26,7 +21,7 @@ use crate::deliver::QueueDelivery;
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
-use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, Volume, PROFILE_EVERY};
+use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -49,9 +44,6 @@ struct NoBuffer {
 /// 4 to 8 matched it at 1500 B and at 128 B. Devices still hand over 64 at a time, so
 /// their per-poll costs (a clock read, a system call) stay spread over the whole burst.
 pub(super) const VECTOR: usize = 8;
-
-/// The largest frame a device hands over (a GSO super-frame), for sizing reserves.
-const MAX_FRAME: usize = 64 * 1024;
 
 /// One queue's worker.
 pub(super) struct Worker {
@@ -95,13 +87,6 @@ pub(super) struct Worker {
     pub tx_error_logged: bool,
     /// This vector's route decisions, made for all its frames before any is placed.
     pub routed: Vec<Option<usize>>,
-    /// Buffers taken for this vector, by provider: one pool operation each before the
-    /// vector is placed, what is left over given back in one after.
-    pub reserve: Vec<Vec<PoolBuf>>,
-    /// Buffers this vector asks of each provider (at most: a provider's buffers may be
-    /// longer than its `buf_size`), and that size.
-    demand: Vec<usize>,
-    buf_size: Vec<usize>,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
 }
@@ -156,10 +141,6 @@ impl Worker {
         delivery: Option<QueueDelivery>,
     ) -> Worker {
         let recyclers = pools.iter().map(Pool::recycler).collect();
-        let buf_size: Vec<usize> = pools
-            .iter()
-            .map(|p| (p.provider().info().buf_size as usize).max(1))
-            .collect();
         let stats = QueueStats {
             queue: name.clone(),
             routes: vec![Default::default(); routes.len()],
@@ -207,14 +188,6 @@ impl Worker {
             tx: Arc::from(Vec::new()),
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
-            // Room for a vector of 64 KiB frames from each provider, so the hot path
-            // never grows them.
-            reserve: buf_size
-                .iter()
-                .map(|&b| Vec::with_capacity(VECTOR * (MAX_FRAME.div_ceil(b) + 1)))
-                .collect(),
-            demand: vec![0; buf_size.len()],
-            buf_size,
             profiler: None,
         }
     }
@@ -268,12 +241,8 @@ impl Worker {
     /// to the sink, recycle their buffers.
     fn handle_vector(&mut self, burst: &[RxFrame<'_>]) {
         debug_assert!(burst.len() <= BURST);
-        let mut bytes = 0;
         for (i, frame) in burst.iter().enumerate() {
-            if let Some(next) = burst.get(i + 1) {
-                crate::mem::prefetch(next.data);
-            }
-            bytes += frame.data.len() as u64;
+            self.stats.received.add(frame.data.len());
             let split = &mut self.splits[i];
             self.splitter.split_into(frame.data, split);
             match split.outcome {
@@ -281,8 +250,6 @@ impl Worker {
                 Err(reason) => self.stats.unsplit.add(reason),
             }
         }
-        self.stats.received.frames += burst.len() as u64;
-        self.stats.received.bytes += bytes;
         self.lap(Stage::Split);
         // Every frame is routed before any is placed.
         self.routed.clear();
@@ -319,15 +286,12 @@ impl Worker {
             self.stats.providers[p].fallbacks += 1;
         }
         self.fell_back.clear();
-        let routes = &mut self.stats.routes;
-        by_runs(
-            self.staged.iter().map(|s| (s.rule, burst[s.rx].data.len())),
-            |rule, v| routes[rule] += v,
-        );
-        let providers = &mut self.stats.providers;
-        by_runs(self.parts.iter().map(|p| (p.provider, p.len)), |p, v| {
-            providers[p].placed += v
-        });
+        for s in &self.staged {
+            self.stats.routes[s.rule].add(burst[s.rx].data.len());
+        }
+        for part in &self.parts {
+            self.stats.providers[part.provider].placed.add(part.len);
+        }
         self.lap(Stage::Count);
         if (self.delivery.is_some() || !self.tx.is_empty())
             && self.staged.iter().any(|s| {
@@ -425,50 +389,6 @@ impl Worker {
     /// Places every frame of a vector as routed: placed ones are staged, the others'
     /// reasons noted in `drops`. Stops early when a provider gets quarantined.
     fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
-        self.reserve_for(burst);
-        self.place_reserved(burst);
-        for (pool, reserve) in self.pools.iter_mut().zip(&mut self.reserve) {
-            if !reserve.is_empty() {
-                pool.recycle_burst(reserve);
-            }
-        }
-    }
-
-    /// Takes what the vector's frames need from each provider, one pool operation per
-    /// provider. A provider that cannot supply it all leaves its reserve short, and the
-    /// frames that find it empty take the slow path (waiting, the fallback) one by one.
-    fn reserve_for(&mut self, burst: &[RxFrame<'_>]) {
-        for (i, frame) in burst.iter().enumerate() {
-            let Some(rule) = self.routed[i] else {
-                continue;
-            };
-            let r = self.routes.get(rule);
-            self.demand[r.head] += 1;
-            let in_head = self.splits[i].head_len.min(self.buf_size[r.head]);
-            let rest = frame.data.len() - in_head;
-            if rest > 0 {
-                self.demand[r.frags] += 1;
-                let more = rest.saturating_sub(self.buf_size[r.frags]);
-                if more > 0 {
-                    self.demand[r.frags_rest] += more.div_ceil(self.buf_size[r.frags_rest]);
-                }
-            }
-        }
-        for ((pool, reserve), want) in self
-            .pools
-            .iter_mut()
-            .zip(&mut self.reserve)
-            .zip(&mut self.demand)
-        {
-            if *want > 0 {
-                // A short reserve is handled frame by frame (`take_slow`), with the reason.
-                let _ = pool.alloc_burst(std::mem::take(want), reserve);
-            }
-        }
-    }
-
-    /// Places every frame of a vector from the reserves (see `place_vector`).
-    fn place_reserved(&mut self, burst: &[RxFrame<'_>]) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
             let Some(rule) = self.routed[i] else {
@@ -573,7 +493,7 @@ impl Worker {
         }
     }
 
-    /// A buffer from provider `p`: from this vector's reserve on the fast path, else
+    /// A buffer from provider `p`: from its pool's cache on the fast path, else
     /// [`take_slow`](Self::take_slow), which leaves the reason for a miss in `short`.
     ///
     /// No error type crosses this path: carrying one, the compiler moved every buffer
@@ -581,7 +501,7 @@ impl Worker {
     /// measured a quarter of the time of a 1500-byte frame).
     #[inline]
     fn take(&mut self, p: usize) -> Option<(usize, PoolBuf)> {
-        match self.reserve[p].pop() {
+        match self.pools[p].alloc_cached() {
             Some(b) => Some((p, b)),
             None => self.take_slow(p),
         }
@@ -619,10 +539,7 @@ impl Worker {
             DropReason::Fault
         };
         let f = self.fallback[p]?;
-        let b = match self.reserve[f].pop() {
-            Some(b) => b,
-            None => self.pools[f].alloc().ok()?,
-        };
+        let b = self.pools[f].alloc().ok()?;
         self.fell_back.push(p);
         Some((f, b))
     }
@@ -653,31 +570,6 @@ impl Worker {
                 self.stats.dropped.add_n(DropReason::ConsumerGone, gone);
             }
         }
-    }
-}
-
-/// Adds up `(key, bytes)` items into one [`Volume`] per run of equal keys, handing each
-/// run to `add`: a vector's frames mostly share their route and providers, so a counter
-/// in memory is written once per run instead of once per item (each write a store the
-/// next one has to wait for).
-#[inline]
-fn by_runs(items: impl Iterator<Item = (usize, usize)>, mut add: impl FnMut(usize, Volume)) {
-    let mut run: Option<(usize, Volume)> = None;
-    for (key, bytes) in items {
-        match &mut run {
-            Some((k, v)) if *k == key => v.add(bytes),
-            _ => {
-                if let Some((k, v)) = run.take() {
-                    add(k, v);
-                }
-                let mut v = Volume::default();
-                v.add(bytes);
-                run = Some((key, v));
-            }
-        }
-    }
-    if let Some((k, v)) = run {
-        add(k, v);
     }
 }
 
