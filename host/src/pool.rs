@@ -447,7 +447,13 @@ impl Pool {
     /// of other pools stay in `bufs`, which is otherwise left empty.
     pub fn recycle_burst(&mut self, bufs: &mut Vec<PoolBuf>) {
         if bufs.iter().any(|b| b.pool != self.id) {
-            bufs.retain(|b| b.pool != self.id || self.recycle_one(b.netmem));
+            bufs.retain(|b| {
+                let foreign = b.pool != self.id;
+                if !foreign {
+                    self.recycle_one(b.netmem);
+                }
+                foreign
+            });
             return;
         }
         let k = bufs.len().min(self.cache_limit.saturating_sub(self.count));
@@ -465,10 +471,9 @@ impl Pool {
         bufs.clear();
     }
 
-    /// [`recycle`](Self::recycle) of a buffer known to be this pool's; `false`, for
-    /// `retain`, as it is never kept.
+    /// [`recycle`](Self::recycle) of a buffer known to be this pool's.
     #[inline]
-    fn recycle_one(&mut self, netmem: Netmem) -> bool {
+    fn recycle_one(&mut self, netmem: Netmem) {
         if self.count < self.cache_limit {
             self.cache[self.count] = netmem;
             self.count += 1;
@@ -476,7 +481,6 @@ impl Pool {
         } else {
             self.recycle_slow(netmem);
         }
-        false
     }
 
     #[cold]
