@@ -36,13 +36,16 @@ pub const NEED_WAKEUP: u32 = 1;
 pub enum RingKind {
     /// Unused slot of the table.
     None = 0,
-    /// Host to consumer: frame entries ([`FrameEntry`] and what follows it).
+    /// Host to consumer: frame descriptors ([`Desc`]).
     Completion = 1,
     /// Consumer to host: buffer tokens to give back (`u64` each).
     Refill = 2,
     /// Consumer to host: frames to send out of a device ([`TxEntry`] and what follows
     /// it). It has entries only when the consumer's config names a `transmit` device.
     Transmit = 3,
+    /// Host to consumer: a [`FrameMeta`] per frame, when the consumer asked for it; else
+    /// 0 entries.
+    Meta = 4,
 }
 
 /// One row of the channel's ring table.
@@ -61,7 +64,7 @@ pub struct RingDesc {
     pub offset: u64,
 }
 
-/// Slots in the ring table: completion, refill, transmit, and one spare.
+/// Slots in the ring table: completion, refill, transmit, metadata.
 pub const RINGS: usize = 4;
 
 /// The first bytes of a channel.
@@ -82,53 +85,141 @@ pub struct ChannelHeader {
 
 const _: () = assert!(size_of::<ChannelHeader>() <= CHANNEL_HEADER);
 
-/// Bytes of a completion entry.
-pub const ENTRY: usize = 128;
+/// Bytes of a completion ring descriptor.
+pub const DESC: usize = 16;
 
-/// Parts a [`FrameEntry`] carries itself; more go in [`PartsEntry`]s after it.
-pub const FRAME_PARTS: usize = 2;
+/// Bytes of a metadata ring entry.
+pub const META: usize = 64;
 
-/// Parts a [`PartsEntry`] carries.
-pub const MORE_PARTS: usize = 4;
+/// [`Desc::word`]: bits of the offset in the region (1 TiB).
+pub const D_OFFSET_BITS: u32 = 40;
+/// [`Desc::word`]: bits of the length, above the offset (up to 4 MiB - 1).
+pub const D_LEN_BITS: u32 = 22;
+/// [`Desc::word`]: the frame's next descriptor follows this one (AF_XDP's
+/// `XDP_PKT_CONTD`).
+pub const D_MORE: u64 = 1 << 62;
+/// [`Desc::word`], on an inline descriptor: the bytes are the whole frame (a route with
+/// `copy = true` whose memory cannot be shared), not only its head.
+pub const D_COPIED: u64 = 1 << 63;
 
-/// [`FrameEntry::flags`]: more entries of this frame follow (inline head bytes, then
-/// parts), as AF_XDP multi-buffer marks a descriptor.
-pub const F_CONTINUED: u16 = 1;
-/// [`FrameEntry::flags`]: the head is inline, in `inline_len` bytes of [`InlineEntry`]s.
+/// The [`FrameMeta::flags`] bit: the head came inline.
 pub const F_HEAD_INLINE: u16 = 2;
-/// [`FrameEntry::flags`]: `checksum` holds the CRC-32C of the whole frame.
+/// [`FrameMeta::flags`]: `checksum` holds the CRC-32 of the whole frame.
 pub const F_CHECKSUM: u16 = 4;
-/// [`FrameEntry::flags`]: the frame's bytes were copied into the ring (a route with
-/// `copy = true` whose memory cannot be shared): `inline_len` bytes, no parts.
+/// [`FrameMeta::flags`]: the whole frame came inline (`copy = true`).
 pub const F_COPIED: u16 = 8;
+/// [`TxEntry::flags`]: more entries of this frame follow.
+pub const F_CONTINUED: u16 = 1;
 
-/// [`Part::flags`]: this part is the head.
-pub const P_HEAD: u32 = 1;
-
-/// One buffer of a frame: where its bytes are, and the token that gives it back.
+/// One descriptor of the completion ring (16 bytes, as an AF_XDP descriptor). A frame is
+/// a run of descriptors, each but the last with [`D_MORE`]; the first is its head.
+///
+/// - A **part** names a buffer: `token` (never 0) gives it back, and `word` holds where
+///   its bytes are in the region the token names (bits 0-39), how many (bits 40-61) and
+///   the flags (62-63).
+/// - An **inline** descriptor (`token` 0) is followed by `ceil(len / 16)` slots of raw
+///   bytes: a head whose memory cannot be shared, or with [`D_COPIED`] a whole frame.
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
 )]
-pub struct Part {
-    /// Give it back by writing this to the refill ring. 0 never names a buffer.
+pub struct Desc {
+    /// A [`Token`] as a `u64`; 0 for inline bytes.
     pub token: u64,
-    /// Where the bytes start in the region.
-    pub offset: u64,
-    /// How many bytes.
-    pub len: u32,
-    /// The region, as a [`crate::msg::Region`] numbered it.
-    pub region: u32,
-    /// [`P_HEAD`] for the head.
-    pub flags: u32,
-    /// Reserved, 0.
-    pub reserved: u32,
+    /// Offset, length and flags, packed (see [`Desc`]).
+    pub word: u64,
 }
 
-/// The first entry of a frame: its metadata and its first parts.
+const OFFSET_MASK: u64 = (1 << D_OFFSET_BITS) - 1;
+const LEN_MASK: u64 = (1 << D_LEN_BITS) - 1;
+
+/// The largest offset in a region a [`Desc`] can name.
+pub const MAX_OFFSET: u64 = OFFSET_MASK;
+/// The longest part or inline run a [`Desc`] can name.
+pub const MAX_LEN: u32 = LEN_MASK as u32;
+
+impl Desc {
+    /// A part: `len` bytes at `offset` in the region of `token`.
+    #[inline]
+    pub const fn part(token: Token, offset: u64, len: u32, more: bool) -> Desc {
+        Desc {
+            token: token.to_u64(),
+            word: (offset & OFFSET_MASK)
+                | ((len as u64 & LEN_MASK) << D_OFFSET_BITS)
+                | if more { D_MORE } else { 0 },
+        }
+    }
+
+    /// An inline run of `len` bytes, in the slots after it.
+    #[inline]
+    pub const fn inline(len: u32, copied: bool, more: bool) -> Desc {
+        Desc {
+            token: 0,
+            word: ((len as u64 & LEN_MASK) << D_OFFSET_BITS)
+                | if more { D_MORE } else { 0 }
+                | if copied { D_COPIED } else { 0 },
+        }
+    }
+
+    /// True for inline bytes (no buffer).
+    pub const fn is_inline(&self) -> bool {
+        self.token == 0
+    }
+
+    /// Where a part's bytes start in its region.
+    pub const fn offset(&self) -> u64 {
+        self.word & OFFSET_MASK
+    }
+
+    /// Bytes of the part, or of the inline run.
+    pub const fn len(&self) -> u32 {
+        ((self.word >> D_OFFSET_BITS) & LEN_MASK) as u32
+    }
+
+    /// True when the length is 0.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's next descriptor follows.
+    pub const fn more(&self) -> bool {
+        self.word & D_MORE != 0
+    }
+
+    /// An inline run that is the whole frame.
+    pub const fn copied(&self) -> bool {
+        self.word & D_COPIED != 0
+    }
+
+    /// The region a part's token names.
+    pub const fn region(&self) -> u16 {
+        Token::from_u64(self.token).region
+    }
+}
+
+/// Slots of raw bytes after an inline descriptor of `len` bytes.
+pub const fn inline_slots(len: usize) -> usize {
+    len.div_ceil(DESC)
+}
+
+/// Completion ring slots a frame takes: one per part, and an inline descriptor with its
+/// slots when there are inline bytes.
+pub const fn slots_for(parts: usize, inline_len: usize) -> usize {
+    parts
+        + if inline_len > 0 {
+            1 + inline_slots(inline_len)
+        } else {
+            0
+        }
+}
+
+/// A frame's metadata, in the metadata ring (when the consumer asked for it with
+/// [`crate::msg::FEATURE_META`]): the `n`-th frame of a channel's completion ring has
+/// its metadata in slot `n` of the metadata ring, which has as many entries as the
+/// completion ring. A consumer reads it before it releases the frame's descriptors.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct FrameEntry {
+pub struct FrameMeta {
     /// Per-queue sequence number of the frame as received.
     pub seq: u64,
     /// Capture timestamp (ns since the Unix epoch; the capture's, on replay).
@@ -137,12 +228,12 @@ pub struct FrameEntry {
     pub rx_mono_ns: u64,
     /// Length on the wire.
     pub orig_len: u32,
-    /// Bytes captured (all of them are in the parts).
+    /// Bytes captured (all of them are in the frame's descriptors).
     pub cap_len: u32,
     /// A hash of the flow (addresses, protocol, ports): how sessions of one consumer
     /// share a route.
     pub flow_hash: u32,
-    /// CRC-32C of the frame when [`F_CHECKSUM`] is set.
+    /// CRC-32 (IEEE) of the frame when [`F_CHECKSUM`] is set.
     pub checksum: u32,
     /// The host queue.
     pub queue: u16,
@@ -152,9 +243,9 @@ pub struct FrameEntry {
     pub flags: u16,
     /// Bytes of the head (inline or in the head part).
     pub head_len: u16,
-    /// Parts of the frame in all (head part included, inline head not).
+    /// Parts of the frame (buffers lent), head part included.
     pub parts: u16,
-    /// Bytes in [`InlineEntry`]s after this entry.
+    /// Inline bytes (a head, or with [`F_COPIED`] the frame).
     pub inline_len: u16,
     /// GSO segment size, 0 for none.
     pub gso_size: u16,
@@ -162,7 +253,7 @@ pub struct FrameEntry {
     pub csum_start: u16,
     /// Where the checksum goes from `csum_start`.
     pub csum_offset: u16,
-    /// The layer split after (0 none, 2 L2, 3 L3, 4 L4, 7 application).
+    /// The layer split after (0 none, 2 L2, 3 L3, 4 L4, 5 tunnel, 7 application).
     pub layer: u8,
     /// GSO type: 0 none, 1 TCPv4, 3 UDP, 4 TCPv6 (`virtio_net_hdr` numbers).
     pub gso_type: u8,
@@ -170,37 +261,10 @@ pub struct FrameEntry {
     pub csum: u8,
     /// Reserved, 0.
     pub reserved: [u8; 3],
-    /// The first parts (`min(parts, FRAME_PARTS)` of them).
-    pub part: [Part; FRAME_PARTS],
 }
 
-/// Parts after a [`FrameEntry`]'s first ones.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct PartsEntry {
-    /// Up to [`MORE_PARTS`] more parts.
-    pub part: [Part; MORE_PARTS],
-}
-
-/// Inline bytes (the head, or a copied frame), [`ENTRY`] a slot.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
-pub struct InlineEntry {
-    /// Bytes; the last entry's tail past `inline_len` is unspecified.
-    pub bytes: [u8; ENTRY],
-}
-
-const _: () = assert!(size_of::<FrameEntry>() == ENTRY);
-const _: () = assert!(size_of::<PartsEntry>() == ENTRY);
-const _: () = assert!(size_of::<InlineEntry>() == ENTRY);
-const _: () = assert!(size_of::<Part>() == 32);
-
-/// Entries a frame takes in the completion ring: its [`FrameEntry`], the inline bytes,
-/// and the parts that did not fit.
-pub const fn entries_for(parts: usize, inline_len: usize) -> usize {
-    let more = parts.saturating_sub(FRAME_PARTS);
-    1 + inline_len.div_ceil(ENTRY) + more.div_ceil(MORE_PARTS)
-}
+const _: () = assert!(size_of::<Desc>() == DESC);
+const _: () = assert!(size_of::<FrameMeta>() == META);
 
 /// Bytes of a transmit entry.
 pub const TX_ENTRY: usize = 64;
@@ -278,13 +342,13 @@ pub const fn tx_entries_for(parts: usize) -> usize {
     1 + parts.saturating_sub(TX_PARTS).div_ceil(TX_MORE_PARTS)
 }
 
-/// A buffer token: which pool (one per provider and queue), which buffer, and the
-/// generation of this loan, so a stale, foreign or forged token is told apart from a
-/// live one.
+/// A buffer token: which region the buffer is in (and so which pool: a region belongs
+/// to one provider's pool), which buffer, and the generation of this loan, so a stale,
+/// foreign or forged token is told apart from a live one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token {
-    /// The provider's pool index in the host's config order.
-    pub pool: u16,
+    /// The region, as a [`crate::msg::Region`] numbered it.
+    pub region: u16,
     /// Counts the loans of this buffer; never 0 in a live token.
     pub generation: u16,
     /// The provider's id of the buffer.
@@ -292,67 +356,66 @@ pub struct Token {
 }
 
 impl Token {
-    /// As written in a [`Part`] and the refill ring.
+    /// As written in a [`Desc`] and the refill ring.
     pub const fn to_u64(self) -> u64 {
-        (self.pool as u64) << 48 | (self.generation as u64) << 32 | self.id as u64
+        (self.region as u64) << 48 | (self.generation as u64) << 32 | self.id as u64
     }
 
     /// From the ring (any `u64`; validity is the host's business).
     pub const fn from_u64(v: u64) -> Token {
         Token {
-            pool: (v >> 48) as u16,
+            region: (v >> 48) as u16,
             generation: (v >> 32) as u16,
             id: v as u32,
         }
     }
 }
 
-/// Lays out a channel with a completion ring of `completion` entries, a refill ring of
-/// `refill` entries and a transmit ring of `transmit` entries (0: none): the header to
-/// write and the total bytes.
-pub fn channel(queue: u32, completion: u32, refill: u32, transmit: u32) -> (ChannelHeader, usize) {
+/// Lays out a channel with a completion ring of `completion` descriptors, a refill ring
+/// of `refill` tokens, a transmit ring of `transmit` entries (0: none), and with `meta` a
+/// metadata ring as long as the completion ring: the header to write and the total bytes.
+pub fn channel(
+    queue: u32,
+    completion: u32,
+    refill: u32,
+    transmit: u32,
+    meta: bool,
+) -> (ChannelHeader, usize) {
     let align = |n: usize| n.next_multiple_of(4096);
+    let meta_entries = if meta { completion } else { 0 };
     let comp_at = CHANNEL_HEADER;
-    let refill_at = align(comp_at + RING_HEADER + completion as usize * ENTRY);
+    let refill_at = align(comp_at + RING_HEADER + completion as usize * DESC);
     let tx_at = align(refill_at + RING_HEADER + refill as usize * 8);
-    let total = align(tx_at + RING_HEADER + transmit as usize * TX_ENTRY);
-    let mut rings = [RingDesc::default(); RINGS];
-    rings[0] = RingDesc {
-        kind: RingKind::Completion as u32,
-        entry_size: ENTRY as u32,
-        entries: completion,
+    let meta_at = align(tx_at + RING_HEADER + transmit as usize * TX_ENTRY);
+    let total = align(meta_at + RING_HEADER + meta_entries as usize * META);
+    let ring = |kind: RingKind, entry_size: usize, entries: u32, offset: usize| RingDesc {
+        kind: kind as u32,
+        entry_size: entry_size as u32,
+        entries,
         reserved: 0,
-        offset: comp_at as u64,
-    };
-    rings[1] = RingDesc {
-        kind: RingKind::Refill as u32,
-        entry_size: 8,
-        entries: refill,
-        reserved: 0,
-        offset: refill_at as u64,
-    };
-    rings[2] = RingDesc {
-        kind: RingKind::Transmit as u32,
-        entry_size: TX_ENTRY as u32,
-        entries: transmit,
-        reserved: 0,
-        offset: tx_at as u64,
+        offset: offset as u64,
     };
     (
         ChannelHeader {
             magic: CHANNEL_MAGIC,
             version: crate::VERSION,
             queue,
-            nrings: 3,
-            rings,
+            nrings: RINGS as u32,
+            rings: [
+                ring(RingKind::Completion, DESC, completion, comp_at),
+                ring(RingKind::Refill, 8, refill, refill_at),
+                ring(RingKind::Transmit, TX_ENTRY, transmit, tx_at),
+                ring(RingKind::Meta, META, meta_entries, meta_at),
+            ],
         },
         total,
     )
 }
 
 /// Checks a channel header read from shared memory of `len` bytes: the ring table must
-/// describe rings that lie inside it, with power-of-two sizes. The consumer's side of
-/// "never follow what the other side wrote".
+/// describe rings of the right kinds and entry sizes that lie inside it, with
+/// power-of-two sizes, and a metadata ring (if any) as long as the completion ring. The
+/// consumer's side of "never follow what the other side wrote".
 pub fn check_channel(h: &ChannelHeader, len: usize) -> Result<(), String> {
     if h.magic != CHANNEL_MAGIC {
         return Err(format!("channel magic {:#x}", h.magic));
@@ -360,10 +423,21 @@ pub fn check_channel(h: &ChannelHeader, len: usize) -> Result<(), String> {
     if h.version != crate::VERSION {
         return Err(format!("channel version {}", h.version));
     }
-    for (i, r) in h.rings.iter().enumerate().take(3) {
-        let want = [RingKind::Completion, RingKind::Refill, RingKind::Transmit][i] as u32;
-        if r.kind != want {
-            return Err(format!("ring {i} has kind {}, not {want}", r.kind));
+    let kinds = [
+        (RingKind::Completion, DESC),
+        (RingKind::Refill, 8),
+        (RingKind::Transmit, TX_ENTRY),
+        (RingKind::Meta, META),
+    ];
+    for (i, (r, (kind, size))) in h.rings.iter().zip(kinds).enumerate() {
+        if r.kind != kind as u32 {
+            return Err(format!("ring {i} has kind {}, not {}", r.kind, kind as u32));
+        }
+        if r.entries != 0 && r.entry_size as usize != size {
+            return Err(format!(
+                "ring {i} has {}-byte entries, not {size}",
+                r.entry_size
+            ));
         }
         if r.entries != 0 && !r.entries.is_power_of_two() {
             return Err(format!(
@@ -381,6 +455,13 @@ pub fn check_channel(h: &ChannelHeader, len: usize) -> Result<(), String> {
             ));
         }
     }
+    let meta = h.rings[RingKind::Meta as usize - 1].entries;
+    if meta != 0 && meta != h.rings[0].entries {
+        return Err(format!(
+            "a metadata ring of {meta} entries for a completion ring of {}",
+            h.rings[0].entries
+        ));
+    }
     Ok(())
 }
 
@@ -389,26 +470,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_and_sizes() {
+    fn tokens_descriptors_and_sizes() {
         let t = Token {
-            pool: 3,
+            region: 3,
             generation: 0xbeef,
             id: 77,
         };
         assert_eq!(Token::from_u64(t.to_u64()), t);
-        assert_eq!(entries_for(1, 0), 1);
-        assert_eq!(entries_for(2, 0), 1);
-        assert_eq!(entries_for(3, 0), 2);
-        assert_eq!(entries_for(7, 0), 3);
-        assert_eq!(entries_for(1, 200), 3);
+        let d = Desc::part(t, MAX_OFFSET, MAX_LEN, true);
+        assert_eq!(
+            (d.offset(), d.len(), d.more(), d.copied(), d.is_inline()),
+            (MAX_OFFSET, MAX_LEN, true, false, false)
+        );
+        assert_eq!(d.region(), 3);
+        let d = Desc::part(t, 4096, 1500, false);
+        assert_eq!((d.offset(), d.len(), d.more()), (4096, 1500, false));
+        let d = Desc::inline(54, true, false);
+        assert_eq!(
+            (d.is_inline(), d.len(), d.copied(), d.more()),
+            (true, 54, true, false)
+        );
+        // Each field stays in its bits: a length never spills into the flags.
+        assert_eq!(Desc::inline(MAX_LEN, false, false).word & (D_MORE | D_COPIED), 0);
+        assert_eq!(slots_for(2, 0), 2);
+        assert_eq!(slots_for(1, 54), 1 + 1 + 4);
+        assert_eq!(slots_for(0, 16), 2);
         assert_eq!(tx_entries_for(1), 1);
         assert_eq!(tx_entries_for(3), 1);
         assert_eq!(tx_entries_for(4), 2);
         assert_eq!(tx_entries_for(33), 9);
-        let (h, len) = channel(1, 1024, 2048, 512);
-        assert_eq!(check_channel(&h, len), Ok(()));
-        assert!(len >= 256 + 1024 * 128 + 2048 * 8 + 512 * 64);
-        let (h, len) = channel(1, 1024, 2048, 0);
+        for meta in [false, true] {
+            let (h, len) = channel(1, 1024, 2048, 512, meta);
+            assert_eq!(check_channel(&h, len), Ok(()));
+            assert!(len >= 256 + 1024 * 16 + 2048 * 8 + 512 * 64 + usize::from(meta) * 1024 * 64);
+        }
+        let (h, len) = channel(1, 1024, 2048, 0, true);
         assert_eq!(check_channel(&h, len), Ok(()));
         assert!(check_channel(&h, len - 4096)
             .unwrap_err()
@@ -418,5 +514,13 @@ mod tests {
         assert!(check_channel(&bad, len)
             .unwrap_err()
             .contains("power of two"));
+        let mut bad = h;
+        bad.rings[3].entries = 512;
+        assert!(check_channel(&bad, len)
+            .unwrap_err()
+            .contains("metadata ring of 512"));
+        let mut bad = h;
+        bad.rings[0].entry_size = 128;
+        assert!(check_channel(&bad, len).unwrap_err().contains("128-byte"));
     }
 }

@@ -78,7 +78,16 @@ pub struct Hello {
     pub wake: u32,
     /// The consumer's name in the host's config (`[consumers.NAME]`), NUL-padded.
     pub name: [u8; NAME_LEN],
+    /// `FEATURE_*` bits the consumer asks for.
+    pub features: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
 }
+
+/// [`Hello::features`] / [`Welcome::features`]: a metadata ring per channel, one
+/// [`crate::layout::FrameMeta`] per frame (sequence number, timestamps, lengths, route,
+/// flow hash, checksum, GSO state). Without it the host writes descriptors only.
+pub const FEATURE_META: u32 = 1;
 
 /// Host to consumer: the session's terms.
 #[repr(C)]
@@ -92,8 +101,13 @@ pub struct Welcome {
     pub session: u64,
     /// The most buffers the session may hold at once on each queue.
     pub quota: u32,
-    /// 1 when frame entries carry a CRC-32C of the frame in `checksum`.
+    /// 1 when frames carry a CRC-32 of their bytes in their metadata's `checksum`
+    /// (only with [`FEATURE_META`]).
     pub checksums: u32,
+    /// The `FEATURE_*` bits granted (those asked for that the host speaks).
+    pub features: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
 }
 
 /// Host to consumer: one queue's rings, in the memfd sent with it.
@@ -285,9 +299,11 @@ mod tests {
             version: crate::VERSION,
             wake: Wake::BusyPoll as u32,
             name: fixed("tcp"),
+            features: FEATURE_META,
+            reserved: 0,
         };
         let bytes = encode(Kind::Hello, &hello);
-        assert_eq!(bytes.len(), 8 + 72);
+        assert_eq!(bytes.len(), 8 + 80);
         let (kind, b) = decode(&bytes).unwrap();
         assert_eq!(kind, Kind::Hello);
         let back: Hello = body(b).unwrap();
@@ -302,6 +318,6 @@ mod tests {
         assert!(decode(&bad).unwrap_err().contains("bad magic"));
         assert!(body::<Hello>(&b[..10])
             .unwrap_err()
-            .contains("shorter than the 72"));
+            .contains("shorter than the 80"));
     }
 }

@@ -66,14 +66,16 @@ impl std::fmt::Debug for ChannelMap {
 impl ChannelMap {
     /// The host's side: makes a memfd for a channel of queue `queue`, sealed against
     /// resizing (a peer that could shrink it would fault the host), maps it and writes
-    /// the header. Returns the map and the descriptor to send.
+    /// the header ([`crate::layout::channel`] has the layout). Returns the map and the
+    /// descriptor to send; [`ChannelMap::len`] is the length to announce.
     pub fn create(
         queue: u32,
         completion: u32,
         refill: u32,
         transmit: u32,
+        meta: bool,
     ) -> std::io::Result<(ChannelMap, OwnedFd)> {
-        let (header, len) = crate::layout::channel(queue, completion, refill, transmit);
+        let (header, len) = crate::layout::channel(queue, completion, refill, transmit, meta);
         let fd = rustix::fs::memfd_create(
             "memplex-channel",
             rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
@@ -111,6 +113,16 @@ impl ChannelMap {
             .0;
         check_channel(&header, len)?;
         Ok(ChannelMap { map, header })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True for a mapping of no bytes (never, for a channel).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// The header as written at creation (the host's copy, or the consumer's checked
@@ -420,13 +432,13 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{FrameEntry, RingKind};
+    use crate::layout::{Desc, RingKind, Token};
 
     #[test]
     fn entries_cross_and_wild_indexes_are_caught() {
-        let (map, fd) = ChannelMap::create(0, 8, 16, 0).unwrap();
+        let (map, fd) = ChannelMap::create(0, 8, 16, 0, true).unwrap();
         let map = Arc::new(map);
-        let len = crate::layout::channel(0, 8, 16, 0).1;
+        let len = map.len();
         // The consumer's mapping of the same memfd.
         let peer = Arc::new(ChannelMap::open(fd, len).unwrap());
         let mut tx = Producer::new(map.ring(RingKind::Completion));
@@ -434,18 +446,21 @@ mod tests {
         assert_eq!(tx.free(), Ok(8));
         for round in 0..5u64 {
             for i in 0..8u32 {
-                let e = FrameEntry {
-                    seq: round * 8 + u64::from(i),
-                    ..Default::default()
+                let token = Token {
+                    region: 1,
+                    generation: 1,
+                    id: (round * 8) as u32 + i,
                 };
-                tx.write(i, &e);
+                tx.write(i, &Desc::part(token, 64, 100, false));
             }
             assert_eq!(rx.available(), Ok(0), "nothing before publish");
             tx.publish(8);
             assert_eq!(tx.free(), Ok(0));
             assert_eq!(rx.available(), Ok(8));
             for i in 0..8u32 {
-                assert_eq!(rx.read::<FrameEntry>(i).seq, round * 8 + u64::from(i));
+                let d = rx.read::<Desc>(i);
+                assert_eq!(Token::from_u64(d.token).id, (round * 8) as u32 + i);
+                assert_eq!((d.offset(), d.len()), (64, 100));
             }
             rx.release(8);
             assert_eq!(tx.free(), Ok(8));
