@@ -39,7 +39,7 @@ fn first_frame_tokens_and_queue(c: &Consumer) -> (u64, usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(f)) = c.next(Some(Duration::from_millis(100))) {
-            let q = usize::from(f.meta().queue);
+            let q = f.queue();
             if let Some(&t) = testing::keep_tokens(f).first() {
                 return (t, q);
             }

@@ -9,9 +9,10 @@
 //! use memplex_consumer::{Consumer, Options};
 //! let c = Consumer::connect("/run/memplex/tcp.sock", &Options::new("tcp"))?;
 //! while let Some(frame) = c.next(None)? {
-//!     let m = frame.meta();
-//!     println!("seq {} on queue {}: {} B head, {} frags", m.seq, m.queue, frame.head().len(),
-//!         frame.frags().count());
+//!     if let Some(m) = frame.meta() {
+//!         println!("seq {} on queue {}: {} B head, {} frags", m.seq, m.queue,
+//!             frame.head().len(), frame.frags().count());
+//!     }
 //!     for frag in frame.frags() {
 //!         let _payload: &[u8] = frag; // straight from the provider's memory
 //!     }
@@ -25,6 +26,10 @@
 //! - [`Wake::EventFd`] sleeps on an eventfd that memplex writes at most once per batch,
 //!   and only while this side sleeps. [`Wake::BusyPoll`] spins on the rings and makes no
 //!   system calls.
+//! - Each frame's metadata (sequence number, timestamps, lengths, route, flow hash,
+//!   checksum, GSO state) comes in a ring of its own, which [`Options::new`] asks for.
+//!   [`Options::without_metadata`] leaves it out: memplex then writes 16 bytes per part
+//!   and nothing else, and a frame is its head and frags.
 //! - `AsyncConsumer` (the `tokio` feature, on by default) is the same for tokio.
 //!
 //! The protocol and its byte layout are in `memplex-proto` and `docs/delivery.md`. The
@@ -37,11 +42,12 @@ mod tokio_consumer;
 #[cfg(feature = "tokio")]
 pub use tokio_consumer::AsyncConsumer;
 
-pub use memplex_proto::layout::FrameEntry as Meta;
+pub use memplex_proto::layout::Desc;
+pub use memplex_proto::layout::FrameMeta as Meta;
 pub use memplex_proto::msg::Wake;
 
 use map::RegionMap;
-use memplex_proto::layout::{self, FrameEntry, InlineEntry, Part, PartsEntry, RingKind};
+use memplex_proto::layout::{self, FrameMeta, RingKind};
 use memplex_proto::msg::{self, Kind};
 use memplex_proto::ring::{ChannelMap, Consumer as RingReader, Producer as RingWriter};
 use rustix::event::{PollFd, PollFlags};
@@ -104,6 +110,8 @@ pub struct Options {
     pub wake: Wake,
     /// Buffers given back per refill batch.
     pub batch: usize,
+    /// Ask for each frame's metadata (a second ring, 64 bytes a frame).
+    pub metadata: bool,
 }
 
 impl Options {
@@ -113,7 +121,16 @@ impl Options {
             name: name.into(),
             wake: Wake::EventFd,
             batch: 32,
+            metadata: true,
         }
+    }
+
+    /// The same, without metadata: frames are their head and frags only (no sequence
+    /// numbers, timestamps, route, flow hash or checksum), and memplex writes nothing
+    /// per frame but its descriptors.
+    pub fn without_metadata(mut self) -> Options {
+        self.metadata = false;
+        self
     }
 
     /// The same, busy-polling.
@@ -126,6 +143,8 @@ impl Options {
 /// One queue's rings.
 struct Channel {
     completion: RefCell<RingReader>,
+    /// The metadata ring (read by position: the `n`-th frame's is in slot `n`).
+    meta: Option<RefCell<RingReader>>,
     refill: RefCell<RingWriter>,
     eventfd: Option<OwnedFd>,
     /// Tokens of dropped frames not yet written to the refill ring.
@@ -139,6 +158,7 @@ pub struct Consumer {
     sock: OwnedFd,
     session: u64,
     checksums: bool,
+    metadata: bool,
     quota: u32,
     wake: Wake,
     batch: usize,
@@ -151,6 +171,8 @@ pub struct Consumer {
     /// Frames read so far, and regions announced after the first of them.
     frames_read: Cell<u64>,
     late_regions: Cell<u64>,
+    /// Turns of a busy-polling wait that found no frame.
+    idle_spins: Cell<u64>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -168,21 +190,26 @@ impl std::fmt::Debug for Consumer {
 pub struct Frame<'c> {
     consumer: &'c Consumer,
     queue: usize,
-    meta: FrameEntry,
+    meta: Option<FrameMeta>,
+    /// The inline run: a head whose memory could not be shared, or a copied frame.
     inline: smallvec::SmallVec<[u8; 128]>,
-    parts: smallvec::SmallVec<[(Part, &'c RegionMap); 4]>,
+    copied: bool,
+    parts: smallvec::SmallVec<[(Desc, &'c RegionMap); 4]>,
 }
 
 impl std::fmt::Debug for Frame<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Frame(queue {}, seq {}, {} bytes, {} parts)",
-            self.meta.queue,
-            self.meta.seq,
-            self.meta.cap_len,
+            "Frame(queue {}, {} bytes, {} parts",
+            self.queue,
+            self.len(),
             self.parts.len()
-        )
+        )?;
+        match &self.meta {
+            Some(m) => write!(f, ", seq {})", m.seq),
+            None => write!(f, ")"),
+        }
     }
 }
 
@@ -220,7 +247,7 @@ impl Frame<'_> {
             .map(|(p, _)| layout::TxPart {
                 token: p.token,
                 offset: 0,
-                len: p.len,
+                len: p.len(),
             })
             .collect();
         let need = layout::tx_entries_for(parts.len()) as u32;
@@ -234,7 +261,8 @@ impl Frame<'_> {
                 Err(e) => return Err(Error::Protocol(e.to_string())),
             }
         }
-        let m = &self.meta;
+        // Without metadata the frame goes out as it is: no GSO, no checksum to finish.
+        let m = self.meta.unwrap_or_default();
         let mut e = layout::TxEntry {
             parts: parts.len() as u16,
             flags: if need > 1 { layout::F_CONTINUED } else { 0 },
@@ -262,52 +290,73 @@ impl Frame<'_> {
         Ok(())
     }
 
-    /// Its metadata: queue and sequence number, route, flow hash, timestamps, lengths,
-    /// split layer and head length, GSO and checksum state.
-    pub fn meta(&self) -> &Meta {
-        &self.meta
+    /// Its metadata (queue and sequence number, route, flow hash, timestamps, lengths,
+    /// split layer and head length, GSO and checksum state), when the session asked for
+    /// it ([`Options::metadata`]).
+    pub fn meta(&self) -> Option<&Meta> {
+        self.meta.as_ref()
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
+
+    /// Bytes of the frame: inline bytes and parts.
+    pub fn len(&self) -> usize {
+        self.inline.len() + self.parts.iter().map(|(p, _)| p.len() as usize).sum::<usize>()
+    }
+
+    /// True for a frame of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// True when the head came inline in the ring (a copy of at most `inline_head`
     /// bytes: its provider's memory could not be shared).
     pub fn head_inline(&self) -> bool {
-        self.meta.flags & layout::F_HEAD_INLINE != 0
+        !self.copied && !self.inline.is_empty()
     }
 
     /// True when the whole frame was copied into the ring (`copy = true`).
     pub fn copied(&self) -> bool {
-        self.meta.flags & layout::F_COPIED != 0
+        self.copied
     }
 
-    /// The head: inline bytes, or the head part in the provider's memory.
+    /// Where the head ends in a copied frame: its metadata says; without metadata the
+    /// whole copy counts as frags.
+    fn copied_head(&self) -> usize {
+        self.meta
+            .map_or(0, |m| usize::from(m.head_len))
+            .min(self.inline.len())
+    }
+
+    /// The head: inline bytes, or the head part (the first) in the provider's memory.
     pub fn head(&self) -> &[u8] {
-        if self.copied() {
-            let h = usize::from(self.meta.head_len).min(self.inline.len());
-            return &self.inline[..h];
+        if self.copied {
+            return &self.inline[..self.copied_head()];
         }
-        if self.head_inline() {
+        if !self.inline.is_empty() {
             return &self.inline;
         }
         self.parts
             .first()
-            .filter(|(p, _)| p.flags & layout::P_HEAD != 0)
-            .map_or(&[][..], |(p, r)| r.slice(p.offset, p.len))
+            .map_or(&[][..], |(p, r)| r.slice(p.offset(), p.len()))
     }
 
     /// The frags, each a slice of the provider's memory as mapped in this process.
     pub fn frags(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let copied = if self.copied() {
-            let h = usize::from(self.meta.head_len).min(self.inline.len());
-            Some(&self.inline[h..]).filter(|s| !s.is_empty())
+        let copied = if self.copied {
+            Some(&self.inline[self.copied_head()..]).filter(|s| !s.is_empty())
         } else {
             None
         };
-        let skip = usize::from(!self.head_inline() && !self.copied());
+        let skip = usize::from(self.inline.is_empty());
         copied.into_iter().chain(
             self.parts
                 .iter()
                 .skip(skip)
-                .map(|(p, r)| r.slice(p.offset, p.len)),
+                .map(|(p, r)| r.slice(p.offset(), p.len())),
         )
     }
 
@@ -317,8 +366,8 @@ impl Frame<'_> {
         self.parts.iter().map(|(_, r)| r.range())
     }
 
-    /// The parts as the ring described them (region, offset, length, token).
-    pub fn parts(&self) -> impl Iterator<Item = &Part> + '_ {
+    /// The parts as the ring described them (token, offset, length).
+    pub fn parts(&self) -> impl Iterator<Item = &Desc> + '_ {
         self.parts.iter().map(|(p, _)| p)
     }
 
@@ -331,10 +380,12 @@ impl Frame<'_> {
         }
     }
 
-    /// Whether the frame's bytes match the CRC-32 memplex put in the entry; `None` when
-    /// the consumer config has `checksum = false`. Reads every byte, in place.
+    /// Whether the frame's bytes match the CRC-32 memplex put in its metadata; `None`
+    /// when the consumer config has `checksum = false` or the session has no metadata.
+    /// Reads every byte, in place.
     pub fn verify(&self) -> Option<bool> {
-        if self.meta.flags & layout::F_CHECKSUM == 0 {
+        let m = self.meta.as_ref()?;
+        if m.flags & layout::F_CHECKSUM == 0 {
             return None;
         }
         let mut h = crc32fast::Hasher::new();
@@ -342,7 +393,7 @@ impl Frame<'_> {
         for f in self.frags() {
             h.update(f);
         }
-        Some(h.finalize() == self.meta.checksum)
+        Some(h.finalize() == m.checksum)
     }
 }
 
@@ -388,6 +439,8 @@ impl Consumer {
                 version: memplex_proto::VERSION,
                 wake: opts.wake as u32,
                 name: msg::fixed(&opts.name),
+                features: if opts.metadata { msg::FEATURE_META } else { 0 },
+                reserved: 0,
             },
             &[],
         )?;
@@ -412,6 +465,8 @@ impl Consumer {
                     let map = Arc::new(ChannelMap::open(memfd, len).map_err(Error::Protocol)?);
                     channels.push(Channel {
                         completion: RefCell::new(RingReader::new(map.ring(RingKind::Completion))),
+                        meta: (map.header().rings[RingKind::Meta as usize - 1].entries > 0)
+                            .then(|| RefCell::new(RingReader::new(map.ring(RingKind::Meta)))),
                         refill: RefCell::new(RingWriter::new(map.ring(RingKind::Refill))),
                         eventfd,
                         returned: RefCell::new(Vec::with_capacity(opts.batch * 2)),
@@ -431,6 +486,12 @@ impl Consumer {
                 welcome.queues
             )));
         }
+        let metadata = welcome.features & msg::FEATURE_META != 0;
+        if channels.iter().any(|c| c.meta.is_some() != metadata) {
+            return Err(Error::Protocol(
+                "the channels' metadata rings do not match the Welcome's features".into(),
+            ));
+        }
         let wake = if opts.wake == Wake::EventFd && channels.iter().all(|c| c.eventfd.is_some()) {
             Wake::EventFd
         } else {
@@ -440,6 +501,7 @@ impl Consumer {
             sock,
             session: welcome.session,
             checksums: welcome.checksums == 1,
+            metadata,
             quota: welcome.quota,
             wake,
             batch: opts.batch.max(1),
@@ -450,6 +512,7 @@ impl Consumer {
             ended: RefCell::new(None),
             frames_read: Cell::new(0),
             late_regions: Cell::new(0),
+            idle_spins: Cell::new(0),
         })
     }
 
@@ -473,6 +536,11 @@ impl Consumer {
         self.quota
     }
 
+    /// True when frames carry their metadata ([`Frame::meta`]).
+    pub fn metadata(&self) -> bool {
+        self.metadata
+    }
+
     /// True when frames carry checksums ([`Frame::verify`]).
     pub fn checksums(&self) -> bool {
         self.checksums
@@ -482,6 +550,12 @@ impl Consumer {
     /// added during the session (a route's provider used for the first time, say).
     pub fn regions_added_mid_session(&self) -> u64 {
         self.late_regions.get()
+    }
+
+    /// Turns a busy-polling [`Consumer::next`] has spun without finding a frame: near 0
+    /// means this side is the slower one.
+    pub fn idle_spins(&self) -> u64 {
+        self.idle_spins.get()
     }
 
     /// How this session waits (busy-poll when memplex offers no eventfds).
@@ -505,6 +579,7 @@ impl Consumer {
     /// The next frame from any queue, waiting up to `timeout` (forever with `None`).
     /// `Ok(None)` when the time ran out; an error when the session ended (memplex
     /// stopping is [`Error::is_shutdown`]).
+    #[inline]
     pub fn next(&self, timeout: Option<Duration>) -> Result<Option<Frame<'_>>, Error> {
         // The common case first, without reading the clock.
         if let Some(f) = self.try_next()? {
@@ -516,12 +591,16 @@ impl Consumer {
             if let Some(f) = self.try_next()? {
                 return Ok(Some(f));
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            // A spinning consumer reads the clock once in 64 turns: a clock read costs
+            // as much as a frame.
+            let timed = self.wake == Wake::EventFd || spins.is_multiple_of(64);
+            if timed && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
             match self.wake {
                 Wake::BusyPoll => {
                     spins = spins.wrapping_add(1);
+                    self.idle_spins.set(self.idle_spins.get() + 1);
                     if spins.is_multiple_of(4096) {
                         self.flush();
                         self.read_socket(false)?;
@@ -534,6 +613,7 @@ impl Consumer {
     }
 
     /// The next frame if one is ready, without waiting.
+    #[inline]
     pub fn try_next(&self) -> Result<Option<Frame<'_>>, Error> {
         if let Some((reason, text)) = self.ended.borrow().clone() {
             return Err(Error::Ended { reason, text });
@@ -724,6 +804,7 @@ impl Consumer {
         )))
     }
 
+    #[inline]
     fn read_frame(&self, q: usize) -> Result<Option<Frame<'_>>, Error> {
         let ch = &self.channels[q];
         let mut ring = ch.completion.borrow_mut();
@@ -731,46 +812,63 @@ impl Consumer {
         if avail == 0 {
             return Ok(None);
         }
-        let meta: FrameEntry = ring.read(0);
-        let parts = usize::from(meta.parts);
-        let inline_len = usize::from(meta.inline_len);
-        let need = layout::entries_for(parts, inline_len) as u32;
-        if need > avail {
-            return Err(Error::Protocol(format!(
-                "a frame of {need} entries with {avail} published"
-            )));
-        }
+        // The frame's descriptors, up to the first without D_MORE. memplex publishes
+        // whole frames, so one that runs past what is published breaks the protocol.
         let mut inline = smallvec::SmallVec::<[u8; 128]>::new();
-        let mut at = 1;
-        while inline.len() < inline_len {
-            let e: InlineEntry = ring.read(at);
-            let n = (inline_len - inline.len()).min(layout::ENTRY);
-            inline.extend_from_slice(&e.bytes[..n]);
-            at += 1;
-        }
-        let mut described = smallvec::SmallVec::<[Part; 4]>::new();
-        described.extend(meta.part.iter().take(parts).copied());
-        while described.len() < parts {
-            let e: PartsEntry = ring.read(at);
-            let n = (parts - described.len()).min(layout::MORE_PARTS);
-            described.extend_from_slice(&e.part[..n]);
-            at += 1;
-        }
-        ring.release_lazily(need);
-        drop(ring);
-        let mut mapped = smallvec::SmallVec::new();
-        for p in described {
-            let r = self.region(p.region)?;
-            if !r.contains(p.offset, p.len) {
+        let mut copied = false;
+        let mut described = smallvec::SmallVec::<[Desc; 4]>::new();
+        let mut at = 0;
+        loop {
+            if at >= avail {
                 return Err(Error::Protocol(format!(
-                    "a part at {}+{} past region {}'s {} bytes",
-                    p.offset,
-                    p.len,
-                    p.region,
+                    "a frame runs past the {avail} descriptors published"
+                )));
+            }
+            let d: Desc = ring.read(at);
+            at += 1;
+            if d.is_inline() {
+                let len = d.len() as usize;
+                let slots = layout::inline_slots(len) as u32;
+                if !inline.is_empty() || slots > avail - at {
+                    return Err(Error::Protocol(format!(
+                        "an inline run of {len} bytes past the {avail} descriptors published, or a second one"
+                    )));
+                }
+                inline.resize(len, 0);
+                ring.read_bytes(at, &mut inline);
+                at += slots;
+                copied = d.copied();
+            } else {
+                described.push(d);
+            }
+            if !d.more() {
+                break;
+            }
+        }
+        ring.release_lazily(at);
+        drop(ring);
+        let meta = match &ch.meta {
+            Some(m) => {
+                let mut m = m.borrow_mut();
+                let e: FrameMeta = m.read(0);
+                m.advance(1);
+                Some(e)
+            }
+            None => None,
+        };
+        let mut mapped = smallvec::SmallVec::new();
+        for d in described {
+            let region = d.region();
+            let r = self.region(u32::from(region))?;
+            if !r.contains(d.offset(), d.len()) {
+                return Err(Error::Protocol(format!(
+                    "a part at {}+{} past region {region}'s {} bytes",
+                    d.offset(),
+                    d.len(),
                     r.len()
                 )));
             }
-            mapped.push((p, r));
+            mapped.push((d, r));
         }
         self.frames_read.set(self.frames_read.get() + 1);
         Ok(Some(Frame {
@@ -778,6 +876,7 @@ impl Consumer {
             queue: q,
             meta,
             inline,
+            copied,
             parts: mapped,
         }))
     }
@@ -836,7 +935,7 @@ pub mod testing {
         let Some((p, _)) = f.parts.first() else {
             return "no part".into();
         };
-        match c.region_fds.borrow().get(p.region as usize) {
+        match c.region_fds.borrow().get(usize::from(p.region())) {
             Some(Some(fd)) => super::map::try_writable(fd),
             _ => "no descriptor kept".into(),
         }

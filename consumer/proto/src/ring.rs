@@ -259,6 +259,54 @@ impl Producer {
         self.prod.wrapping_sub(self.cons)
     }
 
+    /// Copies `bytes` (whole entries, staged elsewhere) into the entries from `i` after
+    /// our index on, across the ring's end, in at most two copies. Writing a batch at
+    /// once, rather than an entry at a time among other work, lets the CPU fetch the
+    /// lines the peer's core holds in parallel. The entries must be below what
+    /// [`free`](Self::free) said; `bytes` is cut to the ring's size.
+    #[inline]
+    pub fn write_staged(&mut self, i: u32, bytes: &[u8]) {
+        let total = self.ring.size as usize * self.ring.entry_size;
+        let len = bytes.len().min(total);
+        let first =
+            (self.prod.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
+        let head = len.min(total - first);
+        // SAFETY: `first + head <= total` and `len - head <= total`: both copies stay in
+        // the ring's entries, which the consumer does not read before the release store
+        // in `publish`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.entries.add(first), head);
+            std::ptr::copy_nonoverlapping(bytes.as_ptr().add(head), self.ring.entries, len - head);
+        }
+    }
+
+    /// Asks the CPU to take the cache lines of the `n` entries from `i` after our index
+    /// for writing (PREFETCHW on x86-64), so that later writes find them owned instead
+    /// of waiting for the consumer's core to give them up. A hint only.
+    #[inline]
+    pub fn prefetch(&self, i: u32, n: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let total = self.ring.size as usize * self.ring.entry_size;
+            let bytes = (n as usize * self.ring.entry_size).min(total);
+            let first =
+                (self.prod.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
+            let mut at = 0;
+            while at < bytes {
+                let p = self.ring.entries.wrapping_add((first + at) % total);
+                // SAFETY: a prefetch never faults, and `p` is inside the mapping anyway.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
+                        p.cast::<i8>(),
+                    )
+                };
+                at += 64;
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (i, n);
+    }
+
     /// Writes entry `i` after our index (not yet published). `i` must be below what
     /// [`free`](Self::free) said.
     pub fn write<T: IntoBytes + Immutable>(&mut self, i: u32, entry: &T) {
@@ -389,6 +437,35 @@ impl Consumer {
         // we release it. A hostile producer can only change bytes we copy, never where.
         unsafe { std::ptr::copy_nonoverlapping(slot, dst.as_mut_ptr(), n) };
         out
+    }
+
+    /// Copies `dst.len()` bytes from the entries starting at `i` (entry after entry,
+    /// across the ring's end): inline bytes that span several entries, in at most two
+    /// copies. `dst` is cut to the ring's size.
+    #[inline]
+    pub fn read_bytes(&self, i: u32, dst: &mut [u8]) {
+        let total = self.ring.size as usize * self.ring.entry_size;
+        let dst_len = dst.len().min(total);
+        let first = (self.cons.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
+        let head = dst_len.min(total - first);
+        // SAFETY: `first + head <= total` and `dst_len - head <= total`: both copies stay
+        // inside the ring's entries, which the producer published and does not rewrite
+        // before we release them; `dst` is ours.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ring.entries.add(first), dst.as_mut_ptr(), head);
+            std::ptr::copy_nonoverlapping(
+                self.ring.entries,
+                dst.as_mut_ptr().add(head),
+                dst_len - head,
+            );
+        }
+    }
+
+    /// Moves this side's index past `n` entries without telling the producer: for a ring
+    /// whose producer never waits on it (the metadata ring, which moves with the
+    /// completion ring), read by position.
+    pub fn advance(&mut self, n: u32) {
+        self.cons = self.cons.wrapping_add(n);
     }
 
     /// Gives `n` read entries back to the producer.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// What to do with each frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Count frames and bytes (reads the metadata only).
+    /// Count frames and bytes (reads the descriptors and metadata, not the bytes).
     Count,
     /// Check every frame's bytes against the CRC-32 in its entry (needs `checksum =
     /// true` in the consumer's config); exits 1 on a mismatch.
@@ -44,6 +44,11 @@ pub struct ConsumeArgs {
     /// Spin on the rings instead of sleeping on eventfds.
     #[arg(long)]
     busy_poll: bool,
+    /// Ask memplex for no metadata ring: frames are counted from their descriptors
+    /// alone, and the report has no latency, routes, flows or sequence gaps (`--mode
+    /// count` only). memplex then writes 16 bytes per part and nothing else per frame.
+    #[arg(long)]
+    no_metadata: bool,
     /// Keep this many frames (and their buffers) before giving the oldest back: a
     /// consumer that sits on its buffers.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -95,6 +100,9 @@ struct Report {
     flows: std::collections::BTreeMap<u32, u64>,
     /// Regions memplex announced after the first frame (memory added mid-session).
     regions_mid_session: u64,
+    /// Busy-polling turns that found no frame (near 0: this consumer is the slower
+    /// side).
+    idle_spins: u64,
     /// Frames sent back out (`--forward`).
     forwarded: u64,
     /// Frames whose verdict was "drop" (`--drop-every`).
@@ -126,7 +134,13 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     crate::signal::stop_on_signal_thread(Arc::clone(&stop))?;
+    if args.no_metadata && args.mode != Mode::Count {
+        bail!("--no-metadata goes with --mode count only: verify needs each frame's checksum and pcap its timestamps, which come in the metadata");
+    }
     let mut opts = Options::new(&args.name);
+    if args.no_metadata {
+        opts = opts.without_metadata();
+    }
     if args.busy_poll {
         opts = opts.busy_poll();
     }
@@ -206,29 +220,34 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             continue;
         }
         warming = false;
-        let m = *frame.meta();
-        // Latency of every 8th frame (a clock read per frame would slow a fast consumer).
-        if r.frames.is_multiple_of(8) && lat.len() < lat.capacity() {
-            lat.push(mono_ns().saturating_sub(m.rx_mono_ns));
-        }
-        let q = usize::from(m.queue).min(last_seq.len().saturating_sub(1));
-        if let Some(prev) = last_seq[q] {
-            if m.seq > prev + 1 {
-                r.seq_gaps += 1;
-            }
-        }
-        last_seq[q] = Some(m.seq);
         r.frames += 1;
-        r.bytes += u64::from(m.cap_len);
-        let route = usize::from(m.route);
-        if routes.len() <= route {
-            routes.resize(route + 1, 0);
-        }
-        routes[route] += 1;
-        // A hash map with a fast hasher while frames arrive (a B-tree lookup per frame
-        // showed in profiles of a fast consumer); sorted into the report at the end.
-        if flows.len() < 4096 || flows.contains_key(&m.flow_hash) {
-            *flows.entry(m.flow_hash).or_default() += 1;
+        if let Some(&m) = frame.meta() {
+            // Latency of every 8th frame (a clock read per frame would slow a fast
+            // consumer).
+            if r.frames.is_multiple_of(8) && lat.len() < lat.capacity() {
+                lat.push(mono_ns().saturating_sub(m.rx_mono_ns));
+            }
+            let q = usize::from(m.queue).min(last_seq.len().saturating_sub(1));
+            if let Some(prev) = last_seq[q] {
+                if m.seq > prev + 1 {
+                    r.seq_gaps += 1;
+                }
+            }
+            last_seq[q] = Some(m.seq);
+            r.bytes += u64::from(m.cap_len);
+            let route = usize::from(m.route);
+            if routes.len() <= route {
+                routes.resize(route + 1, 0);
+            }
+            routes[route] += 1;
+            // A hash map with a fast hasher while frames arrive (a B-tree lookup per
+            // frame showed in profiles of a fast consumer); sorted into the report at
+            // the end.
+            if flows.len() < 4096 || flows.contains_key(&m.flow_hash) {
+                *flows.entry(m.flow_hash).or_default() += 1;
+            }
+        } else {
+            r.bytes += frame.len() as u64;
         }
         r.head_inline += u64::from(frame.head_inline());
         r.copied += u64::from(frame.copied());
@@ -242,8 +261,12 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             Mode::Pcap => {
                 frame.copy_to(&mut buf);
                 if let Some(w) = pcap.as_mut() {
-                    let ts = Duration::from_nanos(m.timestamp_ns);
-                    w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, m.orig_len, &buf))
+                    // Pcap mode asks for metadata (checked at the start).
+                    let (ts, orig) = frame
+                        .meta()
+                        .map_or((0, buf.len() as u32), |m| (m.timestamp_ns, m.orig_len));
+                    let ts = Duration::from_nanos(ts);
+                    w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, orig, &buf))
                         .context("writing the pcap")?;
                 }
             }
@@ -290,6 +313,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     r.flows = flows.into_iter().collect();
     r.ended = ended;
     r.regions_mid_session = c.regions_added_mid_session();
+    r.idle_spins = c.idle_spins();
     r.routes = routes
         .iter()
         .enumerate()

@@ -1,7 +1,7 @@
 //! Buffers lent to one consumer session on one queue, by token.
 //!
-//! A token is (pool, buffer id, generation): the pool and id name the buffer, the
-//! generation counts its loans, so a token the consumer already gave back (stale), one
+//! A token is (region, buffer id, generation): the region (which belongs to one pool)
+//! and id name the buffer, the generation counts its loans, so a token the consumer already gave back (stale), one
 //! for a buffer lent to someone else or never lent (foreign), and a made-up one (forged)
 //! all fail the same check: the slot must hold a buffer lent under exactly that
 //! generation. Slots live in pages of [`PAGE`] made the first time an id in them is lent,
@@ -17,6 +17,8 @@ const PAGE: usize = 256;
 struct Slot {
     buf: Option<PoolBuf>,
     generation: u16,
+    /// The pool it goes back to.
+    pool: u16,
 }
 
 type Page = Box<[Slot; PAGE]>;
@@ -24,8 +26,8 @@ type Page = Box<[Slot; PAGE]>;
 /// The lent buffers of one session on one queue.
 #[derive(Default)]
 pub(super) struct LentTable {
-    /// Per pool, pages of slots by buffer id.
-    pools: Vec<Vec<Option<Page>>>,
+    /// Per region, pages of slots by buffer id.
+    regions: Vec<Vec<Option<Page>>>,
     /// Buffers lent now.
     held: u32,
 }
@@ -36,16 +38,17 @@ impl LentTable {
         self.held
     }
 
-    /// Lends `buf` of pool `pool`; the token that gives it back.
+    /// Lends `buf`, which is in region `region` of pool `pool`; the token that gives it
+    /// back.
     #[inline]
-    pub(super) fn lend(&mut self, pool: u16, buf: PoolBuf) -> Token {
+    pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
         let pages = {
-            if self.pools.len() <= pool as usize {
-                self.pools.resize_with(pool as usize + 1, Vec::new);
+            if self.regions.len() <= region as usize {
+                self.regions.resize_with(region as usize + 1, Vec::new);
             }
-            &mut self.pools[pool as usize]
+            &mut self.regions[region as usize]
         };
         if pages.len() <= page {
             pages.resize_with(page + 1, || None);
@@ -55,22 +58,23 @@ impl LentTable {
         debug_assert!(slot.buf.is_none(), "a buffer lent twice");
         slot.generation = slot.generation.wrapping_add(1).max(1);
         slot.buf = Some(buf);
+        slot.pool = pool;
         self.held += 1;
         Token {
-            pool,
+            region,
             generation: slot.generation,
             id,
         }
     }
 
-    /// Takes back the buffer `token` names (of pool `token.pool`), or `None` when the
-    /// token is stale, foreign or forged.
+    /// Takes back the buffer `token` names, with the pool it goes back to, or `None`
+    /// when the token is stale, foreign or forged.
     #[inline]
-    pub(super) fn take(&mut self, token: Token) -> Option<PoolBuf> {
+    pub(super) fn take(&mut self, token: Token) -> Option<(u16, PoolBuf)> {
         let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
         let slot = self
-            .pools
-            .get_mut(token.pool as usize)?
+            .regions
+            .get_mut(token.region as usize)?
             .get_mut(page)?
             .as_mut()?
             .get_mut(at)?;
@@ -79,18 +83,18 @@ impl LentTable {
         }
         let buf = slot.buf.take()?;
         self.held -= 1;
-        Some(buf)
+        Some((slot.pool, buf))
     }
 
     /// Every buffer still lent, for a session that ended.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (u16, PoolBuf)> + '_ {
         self.held = 0;
-        self.pools.iter_mut().enumerate().flat_map(|(pool, pages)| {
+        self.regions.iter_mut().flat_map(|pages| {
             pages
                 .iter_mut()
                 .flatten()
                 .flat_map(|p| p.iter_mut())
-                .filter_map(move |s| s.buf.take().map(|b| (pool as u16, b)))
+                .filter_map(|s| s.buf.take().map(|b| (s.pool, b)))
         })
     }
 }

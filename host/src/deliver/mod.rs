@@ -31,11 +31,12 @@ use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason};
 use crate::wire::Split;
 use lent::LentTable;
 use memplex_proto::layout::{
-    self, FrameEntry, PartsEntry, RingKind, Token, TxEntry, TxPartsEntry, ENTRY, FRAME_PARTS,
-    MORE_PARTS, TX_MAX_PARTS, TX_MORE_PARTS, TX_PARTS,
+    self, FrameMeta, RingKind, Token, TxEntry, TxPartsEntry, TX_MAX_PARTS, TX_MORE_PARTS,
+    TX_PARTS,
 };
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::os::fd::{AsFd, OwnedFd};
+use zerocopy::IntoBytes;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,10 +148,16 @@ impl PoolMemory {
                     return PoolMemory::Private;
                 }
             };
+            // Tokens carry the region in 16 bits, and descriptors offsets in 40.
+            let index = REGIONS.fetch_add(1, Ordering::Relaxed);
+            if index > u32::from(u16::MAX) || r.len > layout::MAX_OFFSET {
+                tracing::warn!(provider = name, "a region is past what descriptors can name ({index} regions made in this process, or more than 1 TiB); its memory is not delivered");
+                return PoolMemory::Private;
+            }
             regions.push(RegionInfo {
                 base: r.base,
                 len: r.len,
-                index: REGIONS.fetch_add(1, Ordering::Relaxed),
+                index,
                 kind: r.kind.0,
                 offset: r.offset,
                 fd,
@@ -166,12 +173,20 @@ struct Channel {
     session: Arc<Session>,
     completion: Producer,
     refill: Consumer,
+    /// The metadata ring, when the consumer asked for one: frame `n`'s in slot `n`.
+    meta: Option<Producer>,
     /// Frames the consumer sends out, when its config names a `transmit` device.
     transmit: Option<Consumer>,
     eventfd: Option<OwnedFd>,
     lent: LentTable,
-    /// Entries written since the last publish.
+    /// Descriptors written since the last publish (all in `stage`).
     pending: u32,
+    /// This burst's descriptors, written to the ring at once when it is published:
+    /// written one at a time among the rest of the work, each line the consumer's core
+    /// held stalled every store behind it.
+    stage: Vec<layout::Desc>,
+    /// This burst's metadata entries, likewise.
+    meta_stage: Vec<FrameMeta>,
     /// Per completion ring slot: a frame starts there (not a continuation), so the
     /// frames a session never read can be counted as `consumer_gone` when it ends.
     starts: Box<[bool]>,
@@ -199,7 +214,8 @@ pub struct QueueDelivery {
     consumers: Vec<QueueConsumer>,
     pools: Vec<PoolMemory>,
     tokens: Vec<u64>,
-    described: Vec<layout::Part>,
+    /// The region and offset of each part of the frame being delivered.
+    described: Vec<(u16, u64)>,
     /// Unread frames of sessions closed since `take_gone`.
     gone: u64,
     /// Where each consumer's transmit ring sends, on this queue (None: it has none).
@@ -328,6 +344,12 @@ impl QueueDelivery {
                 session: n.session,
                 completion: Producer::new(n.map.ring(RingKind::Completion)),
                 refill: Consumer::new(n.map.ring(RingKind::Refill)),
+                meta: (n.map.header().rings[RingKind::Meta as usize - 1].entries > 0)
+                    .then(|| Producer::new(n.map.ring(RingKind::Meta))),
+                stage: Vec::with_capacity(
+                    n.map.header().rings[RingKind::Completion as usize - 1].entries as usize,
+                ),
+                meta_stage: Vec::new(),
                 transmit: (n.map.header().rings[RingKind::Transmit as usize - 1].entries > 0)
                     .then(|| Consumer::new(n.map.ring(RingKind::Transmit))),
                 eventfd: n.eventfd,
@@ -404,12 +426,18 @@ impl QueueDelivery {
         if self.consumers[ci].channels.is_empty() && !self.wait_for_consumer(ci) {
             return Err(DropReason::NoConsumer);
         }
-        let flow = flow_hash(split);
         let c = &mut self.consumers[ci];
         c.gave_up = false;
-        // Flow to session by multiply-shift, not `%`: a division per frame showed as
-        // most of the delivery path.
-        let pick = ((u64::from(flow) * c.channels.len() as u64) >> 32) as usize;
+        // The flow hash picks the session when there are several (multiply-shift, not
+        // `%`: a division per frame showed as most of the delivery path) and goes in the
+        // metadata; a lone session without metadata needs neither.
+        let sessions = c.channels.len();
+        let flow = if sessions > 1 || c.channels[0].meta.is_some() {
+            flow_hash(split)
+        } else {
+            0
+        };
+        let pick = ((u64::from(flow) * sessions as u64) >> 32) as usize;
         let ch = &mut c.channels[pick];
         // What goes in the ring as bytes, and the parts lent from `lend_from` on.
         let (inline, lend_from): (&[u8], usize) = if copied {
@@ -430,7 +458,7 @@ impl QueueDelivery {
                 &mut c.stats.counters,
             )?;
         }
-        let need = layout::entries_for(lent, inline.len()) as u32;
+        let need = layout::slots_for(lent, inline.len()) as u32;
         let room = match ch.completion.has_room(ch.pending, need) {
             Ok(r) => r,
             Err(_) => {
@@ -441,11 +469,11 @@ impl QueueDelivery {
         if !room {
             wait_for_room(ch, need, &c.cfg, &mut c.stats.counters)?;
         }
-        // Where each part is, in one pass; regions are announced before any entry names
-        // them (the consumer must know a region first). Tokens are filled in below.
+        // Where each lent part is, in one pass; regions are announced before any
+        // descriptor names them (the consumer must know a region first).
         let described = &mut self.described;
         described.clear();
-        for (i, p) in view[lend_from..].iter().enumerate() {
+        for p in &view[lend_from..] {
             let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
                 return Err(DropReason::Fault);
             };
@@ -460,97 +488,90 @@ impl QueueDelivery {
             if !ch.announced.get(r.index as usize).is_some_and(|&a| a) {
                 announce_to(ch, r, &mut c.stats.counters)?;
             }
-            described.push(layout::Part {
-                token: 0,
-                offset: addr - r.base,
-                len: p.len as u32,
-                region: r.index,
-                flags: if i == 0 && lend_from == 0 {
-                    layout::P_HEAD
-                } else {
-                    0
-                },
-                reserved: 0,
-            });
+            described.push((r.index as u16, addr - r.base));
         }
-        // Nothing can fail from here on: take the parts, lend what is lent.
+        // Nothing can fail from here on. The frame's descriptors go straight into the
+        // ring: the inline run (if any) first, then each part as it is lent.
+        let mask = ch.starts.len() - 1;
+        let first = ch.completion.position().wrapping_add(ch.pending) as usize & mask;
+        if !inline.is_empty() {
+            let d = layout::Desc::inline(inline.len() as u32, copied, lent > 0);
+            ch.stage.push(d);
+            for chunk in inline.chunks(layout::DESC) {
+                let mut slot = layout::Desc::default();
+                slot.as_mut_bytes()[..chunk.len()].copy_from_slice(chunk);
+                ch.stage.push(slot);
+            }
+        }
         for (k, p) in parts.take(n).enumerate() {
             match k.checked_sub(lend_from) {
-                Some(j) => described[j].token = ch.lent.lend(p.provider as u16, p.buf).to_u64(),
+                Some(j) => {
+                    let (region, offset) = described[j];
+                    let len = p.len as u32;
+                    let token = ch.lent.lend(region, p.provider as u16, p.buf);
+                    ch.stage
+                        .push(layout::Desc::part(token, offset, len, j + 1 < lent));
+                }
                 None => {
                     let _ = pools[p.provider].recycle(p.buf);
                 }
             }
         }
-        let m = &frame.meta;
-        let mut e = FrameEntry {
-            seq: m.seq,
-            timestamp_ns: m.timestamp_ns,
-            rx_mono_ns: m.rx_mono_ns,
-            orig_len: m.orig_len,
-            cap_len: m.cap_len,
-            flow_hash: flow,
-            checksum: 0,
-            queue: self.queue,
-            route: rule as u16,
-            flags: 0,
-            head_len: split.head_len.min(usize::from(u16::MAX)) as u16,
-            parts: lent as u16,
-            inline_len: inline.len() as u16,
-            gso_size: m.vnet.gso_size,
-            csum_start: m.vnet.csum_start,
-            csum_offset: m.vnet.csum_offset,
-            layer: match split.outcome {
-                Ok(crate::wire::Layer::L2) => 2,
-                Ok(crate::wire::Layer::L3) => 3,
-                Ok(crate::wire::Layer::L4) => 4,
-                Ok(crate::wire::Layer::Tunnel) => 5,
-                Ok(crate::wire::Layer::App) => 7,
-                Err(_) => 0,
-            },
-            gso_type: m.vnet.gso_type,
-            csum: if m.vnet.flags & 1 != 0 {
-                1
-            } else if m.vnet.flags & 2 != 0 {
-                2
-            } else {
-                0
-            },
-            reserved: [0; 3],
-            part: Default::default(),
-        };
-        if need > 1 {
-            e.flags |= layout::F_CONTINUED;
+        let at = ch.stage.len() as u32;
+        debug_assert_eq!(at - ch.pending, need);
+        if ch.meta.is_some() {
+            let m = &frame.meta;
+            let mut flags = 0;
+            let mut checksum = 0;
+            if copied {
+                flags |= layout::F_COPIED;
+            } else if head_inline {
+                flags |= layout::F_HEAD_INLINE;
+            }
+            if c.cfg.checksum {
+                flags |= layout::F_CHECKSUM;
+                checksum = crc32fast::hash(frame.data);
+            }
+            let e = FrameMeta {
+                seq: m.seq,
+                timestamp_ns: m.timestamp_ns,
+                rx_mono_ns: m.rx_mono_ns,
+                orig_len: m.orig_len,
+                cap_len: m.cap_len,
+                flow_hash: flow,
+                checksum,
+                queue: self.queue,
+                route: rule as u16,
+                flags,
+                head_len: split.head_len.min(usize::from(u16::MAX)) as u16,
+                parts: lent as u16,
+                inline_len: inline.len() as u16,
+                gso_size: m.vnet.gso_size,
+                csum_start: m.vnet.csum_start,
+                csum_offset: m.vnet.csum_offset,
+                layer: match split.outcome {
+                    Ok(crate::wire::Layer::L2) => 2,
+                    Ok(crate::wire::Layer::L3) => 3,
+                    Ok(crate::wire::Layer::L4) => 4,
+                    Ok(crate::wire::Layer::Tunnel) => 5,
+                    Ok(crate::wire::Layer::App) => 7,
+                    Err(_) => 0,
+                },
+                gso_type: m.vnet.gso_type,
+                csum: if m.vnet.flags & 1 != 0 {
+                    1
+                } else if m.vnet.flags & 2 != 0 {
+                    2
+                } else {
+                    0
+                },
+                reserved: [0; 3],
+            };
+            ch.meta_stage.push(e);
         }
         if copied {
-            e.flags |= layout::F_COPIED;
             c.stats.counters.copied += 1;
-        } else if head_inline {
-            e.flags |= layout::F_HEAD_INLINE;
         }
-        if c.cfg.checksum {
-            e.flags |= layout::F_CHECKSUM;
-            e.checksum = crc32fast::hash(frame.data);
-        }
-        for (slot, d) in e.part.iter_mut().zip(described.iter()) {
-            *slot = *d;
-        }
-        let mask = ch.starts.len() - 1;
-        let mut at = ch.pending;
-        let first = ch.completion.position().wrapping_add(at) as usize & mask;
-        ch.completion.write(at, &e);
-        at += 1;
-        for chunk in inline.chunks(ENTRY) {
-            ch.completion.write_bytes(at, chunk);
-            at += 1;
-        }
-        for more in described[FRAME_PARTS.min(described.len())..].chunks(MORE_PARTS) {
-            let mut pe = PartsEntry::default();
-            pe.part[..more.len()].copy_from_slice(more);
-            ch.completion.write(at, &pe);
-            at += 1;
-        }
-        debug_assert_eq!(at - ch.pending, need);
         ch.starts[first] = true;
         for k in ch.pending + 1..at {
             ch.starts[ch.completion.position().wrapping_add(k) as usize & mask] = false;
@@ -723,7 +744,17 @@ fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
     if ch.pending == 0 {
         return;
     }
+    if let Some(meta) = &mut ch.meta {
+        // Before the descriptors: a consumer that sees a frame finds its metadata.
+        meta.write_staged(0, ch.meta_stage.as_bytes());
+        meta.publish(ch.meta_stage.len() as u32);
+        ch.meta_stage.clear();
+    }
+    ch.completion.write_staged(0, ch.stage.as_bytes());
     ch.completion.publish(ch.pending);
+    // The next burst's lines, taken from the consumer's core while this one is read.
+    ch.completion.prefetch(0, ch.pending);
+    ch.stage.clear();
     ch.pending = 0;
     counters.batches += 1;
     if wake == WakeMode::Eventfd && ch.completion.needs_wakeup() {
@@ -758,8 +789,8 @@ fn refill(
         for &t in &tokens[..n] {
             let token = Token::from_u64(t);
             match ch.lent.take(token) {
-                Some(buf) => {
-                    let _ = pools[usize::from(token.pool)].recycle(buf);
+                Some((pool, buf)) => {
+                    let _ = pools[usize::from(pool)].recycle(buf);
                     counters.returned += 1;
                 }
                 None => {
@@ -823,8 +854,8 @@ fn send_from(
             for p in &listed {
                 let token = Token::from_u64(p.token);
                 match ch.lent.take(token) {
-                    Some(buf) => {
-                        bufs.push((token.pool, buf));
+                    Some((pool, buf)) => {
+                        bufs.push((pool, buf));
                         ranges.push((p.offset, p.len));
                     }
                     None => why = why.or(Some(Disconnect::BadToken)),

@@ -339,7 +339,22 @@ fn admit(
     );
     let hello: msg::Hello = match msg::recv(&sock, buf, RecvFlags::empty()) {
         Ok(Some((n, _))) => match msg::decode(&buf[..n]) {
-            Ok((Kind::Hello, body)) => msg::body(body).map_err(|e| refuse(&sock, e))?,
+            Ok((Kind::Hello, body)) => {
+                // The version first: an older consumer's shorter Hello is refused for
+                // its version, not its length.
+                let version = body.get(..4).map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                if let Some(v) = version.filter(|&v| v != memplex_proto::VERSION) {
+                    return Err(refuse(
+                        &sock,
+                        format!(
+                            "protocol version {v} is not {} (this memplex speaks version {} only)",
+                            memplex_proto::VERSION,
+                            memplex_proto::VERSION
+                        ),
+                    ));
+                }
+                msg::body(body).map_err(|e| refuse(&sock, e))?
+            }
             Ok((k, _)) => return Err(refuse(&sock, format!("expected Hello, got {k:?}"))),
             Err(e) => return Err(refuse(&sock, e)),
         },
@@ -390,6 +405,8 @@ fn admit(
     }
     let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
     let eventfds = l.cfg.wake == WakeMode::Eventfd;
+    let features = hello.features & msg::FEATURE_META;
+    let meta = features & msg::FEATURE_META != 0;
     let send = |e: std::io::Error| format!("sending the session: {e}");
     msg::send(
         &sock,
@@ -399,7 +416,9 @@ fn admit(
             queues: inboxes.len() as u32,
             session: id,
             quota: l.cfg.quota(),
-            checksums: u32::from(l.cfg.checksum),
+            checksums: u32::from(l.cfg.checksum && meta),
+            features,
+            reserved: 0,
         },
         &[],
     )
@@ -411,15 +430,10 @@ fn admit(
             l.cfg.ring_entries,
             l.cfg.refill(),
             l.cfg.transmit_ring(),
+            meta,
         )
         .map_err(|e| format!("making the channel of queue {q}: {e}"))?;
-        let len = memplex_proto::layout::channel(
-            q as u32,
-            l.cfg.ring_entries,
-            l.cfg.refill(),
-            l.cfg.transmit_ring(),
-        )
-        .1;
+        let len = map.len();
         let efd = if eventfds {
             Some(
                 rustix::event::eventfd(

@@ -69,6 +69,9 @@ fn start_consumer(
     if args.wake == super::WakeArg::BusyPoll {
         cmd.arg("--busy-poll");
     }
+    if args.consumer == Some(super::ConsumerMode::Count) {
+        cmd.arg("--no-metadata");
+    }
     Ok(Some(cmd.spawn()?))
 }
 
@@ -232,6 +235,9 @@ pub fn round(
             "the consumer found frames that did not match: {report}"
         );
         frames = report["frames"].as_u64().unwrap_or(0);
+        if std::env::var_os("MPX_DEBUG_IDLE").is_some() {
+            eprintln!("consumer: {} frames, {} idle spins", frames, report["idle_spins"]);
+        }
         bytes = report["bytes"].as_u64().unwrap_or(0);
         // Over the consumer's own session: its start-up is not the path measured.
         if let Some(s) = report["elapsed_s"].as_f64().filter(|s| *s > 0.0) {

@@ -142,8 +142,12 @@ pub enum ForwardTraffic {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsumerMode {
-    /// Read the metadata; the in-process sink is `count`.
+    /// Count frames from their descriptors, with no metadata ring (the latency column
+    /// stays empty); the in-process sink is `count`.
     Count,
+    /// Count frames and read each one's metadata (sequence, route, flow, receive time:
+    /// the latency percentiles); the in-process sink is `count`.
+    Meta,
     /// Read every byte (a CRC-32 checked against the entry's); the in-process sink is
     /// `verify`, which also reads every placed byte.
     Verify,
