@@ -788,16 +788,11 @@ fn refill(
         ch.refill.release(n as u32);
         for &t in &tokens[..n] {
             let token = Token::from_u64(t);
-            match ch.lent.take(token) {
-                Some((pool, buf)) => {
-                    let _ = pools[usize::from(pool)].recycle(buf);
-                    counters.returned += 1;
-                }
-                None => {
-                    ch.session.end(Disconnect::BadToken);
-                    return;
-                }
+            if !ch.lent.give_back(token, pools) {
+                ch.session.end(Disconnect::BadToken);
+                return;
             }
+            counters.returned += 1;
         }
     }
 }
