@@ -1,5 +1,5 @@
 /*
- * memplex.h: the memplex delivery protocol, version 1, for C consumers.
+ * memplex.h: the memplex delivery protocol, version 2, for C consumers.
  *
  * The same layout as the Rust crate memplex-proto (which is the reference); the test
  * `cli::the_c_example_consumer_reads_frames_in_place` builds consumer/examples/c/count.c
@@ -7,11 +7,13 @@
  * docs/delivery.md explains the protocol; in short:
  *
  *   1. connect a SOCK_SEQPACKET socket to memplex's consumer socket;
- *   2. send MPX_HELLO; receive MPX_WELCOME, then one MPX_CHANNEL per queue (with two
- *      descriptors: the channel memory, and an eventfd when offered), then MPX_READY;
- *   3. mmap each channel (read-write, shared); read frame entries from its completion
- *      ring; an MPX_REGION message (with a read-only descriptor) arrives on the socket
- *      before the first entry that points into that region: mmap it read-only;
+ *   2. send MPX_HELLO (MPX_FEATURE_META in `features` for each frame's metadata);
+ *      receive MPX_WELCOME, then one MPX_CHANNEL per queue (with two descriptors: the
+ *      channel memory, and an eventfd when offered), then MPX_READY;
+ *   3. mmap each channel (read-write, shared); read 16-byte descriptors from its
+ *      completion ring, a frame being a run of them up to one without MPX_D_MORE; an
+ *      MPX_REGION message (with a read-only descriptor) arrives on the socket before the
+ *      first descriptor that points into that region: mmap it read-only;
  *   4. give each part's token back through the channel's refill ring when done;
  *   5. MPX_BYE ends the session, either way.
  *
@@ -23,7 +25,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MPX_VERSION 1u
+#define MPX_VERSION 2u
+#define MPX_FEATURE_META 1u
 #define MPX_MAGIC 0x5250584du /* "MXPR" */
 #define MPX_CHANNEL_MAGIC 0x4752584du /* "MXRG" */
 #define MPX_NAME_LEN 64
@@ -59,12 +62,14 @@ struct mpx_header { uint32_t magic, kind; };
 struct mpx_hello {
     uint32_t version, wake;
     uint8_t name[MPX_NAME_LEN];
+    uint32_t features, reserved;
 };
 
 struct mpx_welcome {
     uint32_t version, queues;
     uint64_t session;
     uint32_t quota, checksums;
+    uint32_t features, reserved; /* the features granted */
 };
 
 struct mpx_channel {
@@ -88,7 +93,7 @@ struct mpx_bye {
 #define MPX_RING_HEADER 192
 #define MPX_CONSUMER_OFFSET 64
 #define MPX_NEED_WAKEUP 1u
-enum { MPX_RING_COMPLETION = 1, MPX_RING_REFILL = 2, MPX_RING_TRANSMIT = 3 };
+enum { MPX_RING_COMPLETION = 1, MPX_RING_REFILL = 2, MPX_RING_TRANSMIT = 3, MPX_RING_META = 4 };
 
 struct mpx_ring_desc {
     uint32_t kind, entry_size, entries, reserved;
@@ -100,22 +105,41 @@ struct mpx_channel_header {
     struct mpx_ring_desc rings[4];
 };
 
-/* Completion entries: 128 bytes each. */
-#define MPX_ENTRY 128
-#define MPX_FRAME_PARTS 2
-#define MPX_MORE_PARTS 4
+/* Completion descriptors: 16 bytes each (as AF_XDP's). A part names a buffer: its token
+ * (give it back through the refill ring) carries the region in its top 16 bits, and
+ * `word` holds the offset in the region (bits 0-39), the length (bits 40-61) and the
+ * flags. A descriptor with token 0 is inline bytes: `len` of them in the next
+ * ceil(len / 16) slots (a head whose memory cannot be shared, or with MPX_D_COPIED the
+ * whole frame). The frame's first descriptor is its head. */
+#define MPX_DESC 16
+#define MPX_META 64
+#define MPX_D_OFFSET_BITS 40
+#define MPX_D_LEN_BITS 22
+#define MPX_D_MORE (1ull << 62)
+#define MPX_D_COPIED (1ull << 63)
 #define MPX_F_CONTINUED 1u
 #define MPX_F_HEAD_INLINE 2u
 #define MPX_F_CHECKSUM 4u
 #define MPX_F_COPIED 8u
-#define MPX_P_HEAD 1u
 
-struct mpx_part {
-    uint64_t token, offset;
-    uint32_t len, region, flags, reserved;
+struct mpx_desc {
+    uint64_t token, word;
 };
 
-struct mpx_frame_entry {
+static inline uint64_t mpx_desc_offset(const struct mpx_desc *d) {
+    return d->word & ((1ull << MPX_D_OFFSET_BITS) - 1);
+}
+static inline uint32_t mpx_desc_len(const struct mpx_desc *d) {
+    return (uint32_t)((d->word >> MPX_D_OFFSET_BITS) & ((1ull << MPX_D_LEN_BITS) - 1));
+}
+static inline uint32_t mpx_token_region(uint64_t token) { return (uint32_t)(token >> 48); }
+
+/* Slots of inline bytes after an inline descriptor of `len` bytes. */
+static inline uint32_t mpx_inline_slots(uint32_t len) { return (len + MPX_DESC - 1) / MPX_DESC; }
+
+/* A frame's metadata, in the metadata ring (when MPX_FEATURE_META was granted): the n-th
+ * frame of a channel has its metadata in slot n, read before releasing its descriptors. */
+struct mpx_frame_meta {
     uint64_t seq, timestamp_ns, rx_mono_ns;
     uint32_t orig_len, cap_len, flow_hash, checksum;
     uint16_t queue, route, flags, head_len;
@@ -123,16 +147,7 @@ struct mpx_frame_entry {
     uint16_t csum_offset;
     uint8_t layer, gso_type, csum;
     uint8_t reserved[3];
-    struct mpx_part part[MPX_FRAME_PARTS];
 };
-
-struct mpx_parts_entry { struct mpx_part part[MPX_MORE_PARTS]; };
-
-/* Entries a frame takes: its frame entry, its inline bytes, its further parts. */
-static inline uint32_t mpx_entries_for(uint32_t parts, uint32_t inline_len) {
-    uint32_t more = parts > MPX_FRAME_PARTS ? parts - MPX_FRAME_PARTS : 0;
-    return 1 + (inline_len + MPX_ENTRY - 1) / MPX_ENTRY + (more + MPX_MORE_PARTS - 1) / MPX_MORE_PARTS;
-}
 
 /* Transmit entries (consumer to host, when the consumer's config names a `transmit`
  * device): 64 bytes each. A frame is its parts' bytes in order; naming a token here gives

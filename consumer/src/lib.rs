@@ -48,7 +48,6 @@ pub use memplex_proto::msg::Wake;
 
 use map::RegionMap;
 use memplex_proto::layout::{self, FrameMeta, RingKind};
-use zerocopy::IntoBytes;
 use memplex_proto::msg::{self, Kind};
 use memplex_proto::ring::{ChannelMap, Consumer as RingReader, Producer as RingWriter};
 use rustix::event::{PollFd, PollFlags};
@@ -58,6 +57,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -305,7 +305,12 @@ impl Frame<'_> {
 
     /// Bytes of the frame: inline bytes and parts.
     pub fn len(&self) -> usize {
-        self.inline.len() + self.parts.iter().map(|(p, _)| p.len() as usize).sum::<usize>()
+        self.inline.len()
+            + self
+                .parts
+                .iter()
+                .map(|(p, _)| p.len() as usize)
+                .sum::<usize>()
     }
 
     /// True for a frame of no bytes.

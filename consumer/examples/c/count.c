@@ -2,7 +2,8 @@
  * count.c: a memplex consumer in plain C, using nothing but consumer/include/memplex.h
  * and the C library. It connects to a consumer socket, maps the channels and the regions
  * memplex announces, reads every frame in place (no copy of any payload byte),
- * optionally checks each frame's CRC-32 against its entry, and gives the buffers back.
+ * optionally checks each frame's CRC-32 against its metadata, and gives the buffers back.
+ * It asks for the metadata ring (sequence numbers, lengths, checksums).
  *
  *   cc -O2 -I consumer/include -o count consumer/examples/c/count.c
  *   ./count /run/memplex/tcp.sock [--name tcp] [--verify] [--frames N]
@@ -31,7 +32,7 @@
 struct channel {
     uint8_t *mem;
     size_t len;
-    struct mpx_ring completion, refill;
+    struct mpx_ring completion, refill, meta;
     int eventfd;
     uint64_t returned[BATCH * 4];
     uint32_t nreturned;
@@ -159,18 +160,20 @@ static void give_back(struct channel *ch) {
 }
 
 static void print_layout(void) {
-    printf("{\"frame_entry\":%zu,\"part\":%zu,\"parts_entry\":%zu,\"channel_header\":%zu,"
+    printf("{\"desc\":%zu,\"frame_meta\":%zu,\"channel_header\":%zu,"
            "\"hello\":%zu,\"welcome\":%zu,\"channel\":%zu,\"region\":%zu,\"bye\":%zu,"
            "\"off_rx_mono_ns\":%zu,\"off_flags\":%zu,\"off_parts\":%zu,\"off_layer\":%zu,"
-           "\"off_part\":%zu,\"off_part_region\":%zu,\"off_rings\":%zu,"
+           "\"off_desc_word\":%zu,\"off_hello_features\":%zu,\"off_welcome_features\":%zu,"
+           "\"off_rings\":%zu,"
            "\"tx_entry\":%zu,\"tx_part\":%zu,\"tx_parts_entry\":%zu,\"off_tx_csum_start\":%zu,"
            "\"off_tx_part\":%zu}\n",
-           sizeof(struct mpx_frame_entry), sizeof(struct mpx_part), sizeof(struct mpx_parts_entry),
+           sizeof(struct mpx_desc), sizeof(struct mpx_frame_meta),
            sizeof(struct mpx_channel_header), sizeof(struct mpx_hello), sizeof(struct mpx_welcome),
            sizeof(struct mpx_channel), sizeof(struct mpx_region), sizeof(struct mpx_bye),
-           offsetof(struct mpx_frame_entry, rx_mono_ns), offsetof(struct mpx_frame_entry, flags),
-           offsetof(struct mpx_frame_entry, parts), offsetof(struct mpx_frame_entry, layer),
-           offsetof(struct mpx_frame_entry, part), offsetof(struct mpx_part, region),
+           offsetof(struct mpx_frame_meta, rx_mono_ns), offsetof(struct mpx_frame_meta, flags),
+           offsetof(struct mpx_frame_meta, parts), offsetof(struct mpx_frame_meta, layer),
+           offsetof(struct mpx_desc, word), offsetof(struct mpx_hello, features),
+           offsetof(struct mpx_welcome, features),
            offsetof(struct mpx_channel_header, rings), sizeof(struct mpx_tx_entry),
            sizeof(struct mpx_tx_part), sizeof(struct mpx_tx_parts_entry),
            offsetof(struct mpx_tx_entry, csum_start), offsetof(struct mpx_tx_entry, part));
@@ -205,7 +208,7 @@ int main(int argc, char **argv) {
     strncpy(addr.sun_path, path, sizeof addr.sun_path - 1);
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
 
-    struct mpx_hello hello = {MPX_VERSION, MPX_WAKE_EVENTFD, {0}};
+    struct mpx_hello hello = {MPX_VERSION, MPX_WAKE_EVENTFD, {0}, MPX_FEATURE_META, 0};
     strncpy((char *)hello.name, name, MPX_NAME_LEN);
     send_msg(MPX_HELLO, &hello, sizeof hello);
 
@@ -233,6 +236,11 @@ int main(int argc, char **argv) {
             }
             mpx_ring_init(&ch->completion, ch->mem, &h.rings[0], 0);
             mpx_ring_init(&ch->refill, ch->mem, &h.rings[1], 1);
+            mpx_ring_init(&ch->meta, ch->mem, &h.rings[3], 0);
+            if (ch->meta.size == 0) {
+                fprintf(stderr, "count: memplex gave no metadata ring\n");
+                return 2;
+            }
         } else if (kind == MPX_READY) {
             break;
         } else if (kind == MPX_BYE) {
@@ -248,60 +256,72 @@ int main(int argc, char **argv) {
 
     unsigned long long frames = 0, bytes = 0, verified = 0, mismatched = 0, in_place = 0, inline_heads = 0;
     uint8_t inline_bytes[65536];
-    struct mpx_part parts[1024];
+    struct mpx_desc parts[1024];
     while (ended < 0 && (!limit || frames < limit)) {
         int any = 0;
         for (uint32_t q = 0; q < nchannels; q++) {
             struct channel *ch = &channels[q];
             while (mpx_available(&ch->completion) > 0 && (!limit || frames < limit)) {
-                struct mpx_frame_entry e;
-                memcpy(&e, mpx_entry(&ch->completion, 0), sizeof e);
-                uint32_t need = mpx_entries_for(e.parts, e.inline_len);
-                if (need > mpx_available(&ch->completion) || e.parts > 1024) {
-                    fprintf(stderr, "count: a frame of %u entries with fewer published\n", need);
-                    return 2;
+                /* A frame: descriptors up to the first without MPX_D_MORE; memplex
+                 * publishes whole frames. Inline bytes follow their descriptor. */
+                uint32_t avail = mpx_available(&ch->completion), at = 0, np = 0, inline_len = 0;
+                for (;;) {
+                    if (at >= avail || np == 1024) {
+                        fprintf(stderr, "count: a frame runs past what is published\n");
+                        return 2;
+                    }
+                    struct mpx_desc d;
+                    memcpy(&d, mpx_entry(&ch->completion, at++), sizeof d);
+                    if (d.token == 0) {
+                        uint32_t len = mpx_desc_len(&d), slots = mpx_inline_slots(len);
+                        if (inline_len || len > sizeof inline_bytes || slots > avail - at) {
+                            fprintf(stderr, "count: a bad inline run\n");
+                            return 2;
+                        }
+                        for (uint32_t k = 0; k < slots; k++) {
+                            uint32_t n = len - k * MPX_DESC < MPX_DESC ? len - k * MPX_DESC : MPX_DESC;
+                            memcpy(inline_bytes + k * MPX_DESC, mpx_entry(&ch->completion, at++), n);
+                        }
+                        inline_len = len;
+                    } else {
+                        parts[np++] = d;
+                    }
+                    if (!(d.word & MPX_D_MORE)) break;
                 }
-                uint32_t at = 1, got = 0;
-                while (got < e.inline_len) {
-                    uint32_t n = e.inline_len - got < MPX_ENTRY ? e.inline_len - got : MPX_ENTRY;
-                    memcpy(inline_bytes + got, mpx_entry(&ch->completion, at++), n);
-                    got += n;
-                }
-                uint32_t np = 0;
-                for (; np < e.parts && np < MPX_FRAME_PARTS; np++) parts[np] = e.part[np];
-                while (np < e.parts) {
-                    struct mpx_parts_entry pe;
-                    memcpy(&pe, mpx_entry(&ch->completion, at++), sizeof pe);
-                    for (int k = 0; k < MPX_MORE_PARTS && np < e.parts; k++) parts[np++] = pe.part[k];
-                }
-                mpx_release(&ch->completion, need);
+                /* The frame's metadata: slot n of the metadata ring for frame n. */
+                struct mpx_frame_meta m;
+                memcpy(&m, mpx_entry(&ch->meta, 0), sizeof m);
+                ch->meta.local++;
+                mpx_release(&ch->completion, at);
                 /* The head (inline or in place), then the frags: read where they lie. */
                 uint32_t crc = 0;
-                if (e.inline_len) {
-                    crc = crc_update(crc, inline_bytes, e.inline_len);
-                    inline_heads += (e.flags & MPX_F_HEAD_INLINE) != 0;
+                if (inline_len) {
+                    crc = crc_update(crc, inline_bytes, inline_len);
+                    inline_heads += (m.flags & MPX_F_HEAD_INLINE) != 0;
                 }
                 for (uint32_t i = 0; i < np; i++) {
-                    struct mpx_part *p = &parts[i];
-                    while ((p->region >= MAX_REGIONS || !regions[p->region].base) && ended < 0)
-                        read_socket(1);
+                    struct mpx_desc *p = &parts[i];
+                    uint32_t ri = mpx_token_region(p->token);
+                    while ((ri >= MAX_REGIONS || !regions[ri].base) && ended < 0) read_socket(1);
                     if (ended >= 0) break;
-                    struct region *r = &regions[p->region];
-                    if (p->offset + p->len > r->len) {
+                    struct region *r = &regions[ri];
+                    uint64_t off = mpx_desc_offset(p);
+                    uint32_t len = mpx_desc_len(p);
+                    if (off + len > r->len) {
                         fprintf(stderr, "count: a part past its region\n");
                         return 2;
                     }
-                    const uint8_t *bytes_in_place = r->base + p->offset;
-                    if (verify) crc = crc_update(crc, bytes_in_place, p->len);
+                    const uint8_t *bytes_in_place = r->base + off;
+                    if (verify) crc = crc_update(crc, bytes_in_place, len);
                     in_place++;
                     if (ch->nreturned == sizeof ch->returned / sizeof ch->returned[0]) give_back(ch);
                     ch->returned[ch->nreturned++] = p->token;
                 }
                 if (ch->nreturned >= BATCH) give_back(ch);
                 frames++;
-                bytes += e.cap_len;
-                if (verify && (e.flags & MPX_F_CHECKSUM)) {
-                    if (crc == e.checksum) verified++;
+                bytes += m.cap_len;
+                if (verify && (m.flags & MPX_F_CHECKSUM)) {
+                    if (crc == m.checksum) verified++;
                     else mismatched++;
                 }
                 any = 1;

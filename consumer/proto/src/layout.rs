@@ -491,7 +491,10 @@ mod tests {
             (true, 54, true, false)
         );
         // Each field stays in its bits: a length never spills into the flags.
-        assert_eq!(Desc::inline(MAX_LEN, false, false).word & (D_MORE | D_COPIED), 0);
+        assert_eq!(
+            Desc::inline(MAX_LEN, false, false).word & (D_MORE | D_COPIED),
+            0
+        );
         assert_eq!(slots_for(2, 0), 2);
         assert_eq!(slots_for(1, 54), 1 + 1 + 4);
         assert_eq!(slots_for(0, 16), 2);

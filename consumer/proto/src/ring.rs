@@ -446,7 +446,8 @@ impl Consumer {
     pub fn read_bytes(&self, i: u32, dst: &mut [u8]) {
         let total = self.ring.size as usize * self.ring.entry_size;
         let dst_len = dst.len().min(total);
-        let first = (self.cons.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
+        let first =
+            (self.cons.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
         let head = dst_len.min(total - first);
         // SAFETY: `first + head <= total` and `dst_len - head <= total`: both copies stay
         // inside the ring's entries, which the producer published and does not rewrite

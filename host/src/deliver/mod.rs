@@ -31,15 +31,14 @@ use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason};
 use crate::wire::Split;
 use lent::LentTable;
 use memplex_proto::layout::{
-    self, FrameMeta, RingKind, Token, TxEntry, TxPartsEntry, TX_MAX_PARTS, TX_MORE_PARTS,
-    TX_PARTS,
+    self, FrameMeta, RingKind, Token, TxEntry, TxPartsEntry, TX_MAX_PARTS, TX_MORE_PARTS, TX_PARTS,
 };
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::os::fd::{AsFd, OwnedFd};
-use zerocopy::IntoBytes;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
 
 /// One consumer session, shared by the server thread and every worker.
 pub(crate) struct Session {

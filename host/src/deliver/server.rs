@@ -342,7 +342,9 @@ fn admit(
             Ok((Kind::Hello, body)) => {
                 // The version first: an older consumer's shorter Hello is refused for
                 // its version, not its length.
-                let version = body.get(..4).map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                let version = body
+                    .get(..4)
+                    .map(|v| u32::from_le_bytes([v[0], v[1], v[2], v[3]]));
                 if let Some(v) = version.filter(|&v| v != memplex_proto::VERSION) {
                     return Err(refuse(
                         &sock,

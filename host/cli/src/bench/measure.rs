@@ -235,9 +235,6 @@ pub fn round(
             "the consumer found frames that did not match: {report}"
         );
         frames = report["frames"].as_u64().unwrap_or(0);
-        if std::env::var_os("MPX_DEBUG_IDLE").is_some() {
-            eprintln!("consumer: {} frames, {} idle spins", frames, report["idle_spins"]);
-        }
         bytes = report["bytes"].as_u64().unwrap_or(0);
         // Over the consumer's own session: its start-up is not the path measured.
         if let Some(s) = report["elapsed_s"].as_f64().filter(|s| *s > 0.0) {

@@ -237,10 +237,97 @@ fn frag_slices_point_into_the_providers_memory_as_mapped_here() {
 }
 
 #[test]
+fn a_consumer_without_metadata_gets_descriptors_only_and_an_older_version_is_refused() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"all\"\n\n[[route]]\nhead = \"payload\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
+    );
+    let run = Run::start("nometa", &body, 50_000, 2.0);
+    // A version 1 Hello (72 bytes of body) is refused for its version, naming both.
+    let old = rustix::net::socket(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        None,
+    )
+    .unwrap();
+    let addr = rustix::net::SocketAddrUnix::new(run.socket("all").as_str()).unwrap();
+    rustix::net::connect(&old, &addr).unwrap();
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&memplex_proto::msg::MAGIC.to_le_bytes());
+    hello.extend_from_slice(&1u32.to_le_bytes()); // Hello
+    hello.extend_from_slice(&1u32.to_le_bytes()); // version 1
+    hello.extend_from_slice(&1u32.to_le_bytes()); // busy-poll
+    hello.extend_from_slice(&[0u8; 64]);
+    rustix::net::send(&old, &hello, rustix::net::SendFlags::empty()).unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = rustix::net::recv(&old, &mut buf, rustix::net::RecvFlags::empty()).unwrap();
+    let bye = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(bye.contains("protocol version 1 is not 2"), "{bye:?}");
+    // A session without metadata: no metadata ring, so no checksums either, and each
+    // frame is its descriptors: the head (inline, or the first part) and the frags.
+    let c = memplex_consumer::Consumer::connect(
+        run.socket("all"),
+        &memplex_consumer::Options::new("all").without_metadata(),
+    )
+    .unwrap();
+    assert!(!c.metadata() && !c.checksums());
+    let (mut frames, mut inline, mut in_place) = (0, 0, 0);
+    while frames < 3000 {
+        let Some(f) = c.next(Some(Duration::from_secs(5))).unwrap() else {
+            panic!("no frame within 5 s");
+        };
+        assert!(f.meta().is_none() && f.verify().is_none());
+        let bytes = f.head().len() + f.frags().map(<[u8]>::len).sum::<usize>();
+        assert_eq!(bytes, f.len());
+        assert!(f.len() >= 42, "a frame of {} bytes", f.len());
+        // An Ethernet header first, wherever the head came from.
+        assert!(matches!(
+            &f.head()[12..14],
+            [0x08, 0x00] | [0x86, 0xdd] | [0x81, 0x00]
+        ));
+        if f.head_inline() {
+            inline += 1;
+        } else {
+            in_place += 1;
+        }
+        frames += 1;
+    }
+    // Both kinds of frame came: TCP with its head inline (heap), the rest in place.
+    assert!(
+        inline > 0 && in_place > 0,
+        "{inline} inline, {in_place} in place"
+    );
+    c.close();
+    // `memplex consume` says what goes with --no-metadata.
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", &run.socket("all"), "--no-metadata"])
+        .args(["--mode", "verify"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--no-metadata goes with --mode count only"),
+        "{err}"
+    );
+    let (code, out) = consume(&run.socket("all"), &["--no-metadata", "--frames", "500"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        u(&out["frames"]) >= 500 && u(&out["bytes"]) >= 500 * 42,
+        "{out}"
+    );
+    assert_eq!(
+        u(&out["latency_ns"]["samples"]),
+        0,
+        "no metadata, no receive times: {out}"
+    );
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
 fn the_c_example_consumer_reads_frames_in_place() {
-    use memplex_proto::layout::{
-        ChannelHeader, FrameEntry, Part, PartsEntry, TxEntry, TxPart, TxPartsEntry,
-    };
+    use memplex_proto::layout::{ChannelHeader, Desc, FrameMeta, TxEntry, TxPart, TxPartsEntry};
     use memplex_proto::msg::{Bye, Channel, Hello, Region, Welcome};
     use std::mem::{offset_of, size_of};
     let dir = std::env::temp_dir().join(format!("mpx-c-{}", std::process::id()));
@@ -272,21 +359,21 @@ fn the_c_example_consumer_reads_frames_in_place() {
     let layout = Command::new(&exe).arg("--layout").output().unwrap();
     let c: Value = serde_json::from_slice(&layout.stdout).unwrap();
     for (key, rust) in [
-        ("frame_entry", size_of::<FrameEntry>()),
-        ("part", size_of::<Part>()),
-        ("parts_entry", size_of::<PartsEntry>()),
+        ("desc", size_of::<Desc>()),
+        ("frame_meta", size_of::<FrameMeta>()),
         ("channel_header", size_of::<ChannelHeader>()),
         ("hello", size_of::<Hello>()),
         ("welcome", size_of::<Welcome>()),
         ("channel", size_of::<Channel>()),
         ("region", size_of::<Region>()),
         ("bye", size_of::<Bye>()),
-        ("off_rx_mono_ns", offset_of!(FrameEntry, rx_mono_ns)),
-        ("off_flags", offset_of!(FrameEntry, flags)),
-        ("off_parts", offset_of!(FrameEntry, parts)),
-        ("off_layer", offset_of!(FrameEntry, layer)),
-        ("off_part", offset_of!(FrameEntry, part)),
-        ("off_part_region", offset_of!(Part, region)),
+        ("off_rx_mono_ns", offset_of!(FrameMeta, rx_mono_ns)),
+        ("off_flags", offset_of!(FrameMeta, flags)),
+        ("off_parts", offset_of!(FrameMeta, parts)),
+        ("off_layer", offset_of!(FrameMeta, layer)),
+        ("off_desc_word", offset_of!(Desc, word)),
+        ("off_hello_features", offset_of!(Hello, features)),
+        ("off_welcome_features", offset_of!(Welcome, features)),
         ("off_rings", offset_of!(ChannelHeader, rings)),
         ("tx_entry", size_of::<TxEntry>()),
         ("tx_part", size_of::<TxPart>()),
