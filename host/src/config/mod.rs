@@ -485,7 +485,9 @@ pub struct ConsumerConfig {
     /// The SOCK_SEQPACKET socket memplex listens on (made with mode 0600, or 0660 /
     /// 0666 when the allow-lists name other groups / users).
     pub socket: PathBuf,
-    /// Completion ring entries per queue and session (a power of two, 64 to 65536).
+    /// Completion ring descriptors per queue and session (a power of two, 64 to 65536;
+    /// 16 bytes each). A frame takes one per part, and a head that comes inline one more
+    /// plus one per 16 of its bytes.
     #[serde(default = "ring_entries", deserialize_with = "whole")]
     pub ring_entries: u32,
     /// Refill ring entries per queue and session (a power of two; default twice
@@ -500,7 +502,8 @@ pub struct ConsumerConfig {
     /// memory cannot be shared (0 to 4096, default 256).
     #[serde(default = "inline_head", deserialize_with = "whole")]
     pub inline_head: u32,
-    /// Put a CRC-32C of each frame in its entry, for consumers that verify.
+    /// Put a CRC-32 of each frame in its metadata, for consumers that verify (and ask for
+    /// metadata).
     #[serde(default)]
     pub checksum: bool,
     /// `eventfd` (default) or `busy_poll`.
@@ -891,6 +894,18 @@ impl Config {
                     key("inline_head"),
                     format!("is {}", c.inline_head),
                     "0 to 4096 bytes".into(),
+                ));
+            }
+            // Room for a few frames whose heads come inline at the largest size.
+            let head_frame = 2 + c.inline_head.div_ceil(16);
+            if c.ring_entries < 4 * head_frame {
+                return Err(invalid(
+                    key("ring_entries"),
+                    format!(
+                        "is {}, but a frame with a {}-byte inline head takes {head_frame} descriptors",
+                        c.ring_entries, c.inline_head
+                    ),
+                    format!("at least {} (four such frames), or a smaller inline_head", (4 * head_frame).next_power_of_two()),
                 ));
             }
             if c.wait_ms == 0 || c.wait_ms > 60_000 {

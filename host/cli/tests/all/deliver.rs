@@ -521,7 +521,7 @@ fn hostile_consumers_are_cut_off_with_the_reason_and_the_host_is_unaffected() {
 #[test]
 fn slow_absent_and_greedy_consumers_meet_the_policy_and_the_quota() {
     let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 64\nquota = 64\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 64\nquota = 64\ninline_head = 96\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
     );
     let run = Run::start("policy", &body, 50_000, 4.0);
     // Nobody yet: no_consumer.
@@ -688,6 +688,25 @@ fn a_route_delivering_memory_that_cannot_be_shared_is_refused_unless_it_copies()
         &[],
     );
     assert_eq!(code, 0, "{out}");
+    // A completion ring too small for a few frames with the largest inline head.
+    let small = write("heap", true).replace(".toml", "-small.toml");
+    let text = std::fs::read_to_string(write("heap", true)).unwrap();
+    std::fs::write(
+        &small,
+        text.replace(
+            "quota = 64",
+            "quota = 64\nring_entries = 64\ninline_head = 1024",
+        ),
+    )
+    .unwrap();
+    let (code, out) = memplex_in(&["config", "check", &small], &build_dir(), None, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("consumers.c.ring_entries")
+            && out.contains("a 1024-byte inline head takes 66 descriptors")
+            && out.contains("at least 512"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
