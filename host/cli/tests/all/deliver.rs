@@ -521,7 +521,7 @@ fn hostile_consumers_are_cut_off_with_the_reason_and_the_host_is_unaffected() {
 #[test]
 fn slow_absent_and_greedy_consumers_meet_the_policy_and_the_quota() {
     let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 64\nquota = 64\ninline_head = 96\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 128\nquota = 64\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
     );
     let run = Run::start("policy", &body, 50_000, 4.0);
     // Nobody yet: no_consumer.
