@@ -115,7 +115,12 @@ pub fn summarise(
                 of_bare: bare.map(|b| m / b),
                 of_memcpy: memcpy.map(|b| m / b),
                 latency_ns: {
-                    let l: Vec<_> = rs.iter().filter_map(|r| r.latency).collect();
+                    // A consumer without metadata has no receive times: no latency.
+                    let l: Vec<_> = rs
+                        .iter()
+                        .filter_map(|r| r.latency)
+                        .filter(|l| l.samples > 0)
+                        .collect();
                     let med = |f: fn(&super::measure::Latency) -> u64| {
                         median(l.iter().map(|x| f(x) as f64).collect()) as u64
                     };
