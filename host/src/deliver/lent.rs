@@ -44,27 +44,47 @@ impl LentTable {
     pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
-        let pages = {
-            if self.regions.len() <= region as usize {
-                self.regions.resize_with(region as usize + 1, Vec::new);
-            }
-            &mut self.regions[region as usize]
+        self.held += 1;
+        let slots = match self
+            .regions
+            .get_mut(region as usize)
+            .and_then(|pages| pages.get_mut(page))
+            .and_then(|p| p.as_mut())
+        {
+            Some(slots) => slots,
+            None => self.make_page(region, page),
         };
-        if pages.len() <= page {
-            pages.resize_with(page + 1, || None);
-        }
-        let slot = &mut pages[page]
-            .get_or_insert_with(|| Box::new(std::array::from_fn(|_| Slot::default())))[at];
+        let slot = &mut slots[at];
         debug_assert!(slot.buf.is_none(), "a buffer lent twice");
         slot.generation = slot.generation.wrapping_add(1).max(1);
         slot.buf = Some(buf);
         slot.pool = pool;
-        self.held += 1;
         Token {
             region,
             generation: slot.generation,
             id,
         }
+    }
+
+    /// The page of slots `page` of region `region`, made on first use. Out of line: a
+    /// page built in the caller's frame made every loan's stack frame 8 KiB, with stack
+    /// probes, and the hot path carried the growth checks.
+    #[cold]
+    #[inline(never)]
+    fn make_page(&mut self, region: u16, page: usize) -> &mut [Slot; PAGE] {
+        if self.regions.len() <= region as usize {
+            self.regions.resize_with(region as usize + 1, Vec::new);
+        }
+        let pages = &mut self.regions[region as usize];
+        if pages.len() <= page {
+            pages.resize_with(page + 1, || None);
+        }
+        pages[page].get_or_insert_with(|| {
+            let slots: Box<[Slot]> = (0..PAGE).map(|_| Slot::default()).collect();
+            slots
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("PAGE slots"))
+        })
     }
 
     /// Takes back the buffer `token` names, with the pool it goes back to, or `None`
