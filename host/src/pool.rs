@@ -22,6 +22,7 @@
 
 use crate::provider::{Capabilities, CheckedProvider, Fault, Netmem, ProviderCounters};
 use crossbeam_queue::{ArrayQueue, SegQueue};
+use memplex_abi::FillOp;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -561,6 +562,27 @@ impl Pool {
                     PlaceError::Fill(fault)
                 }),
         }
+    }
+
+    /// Places a frame's parts in this pool's buffers through one `fill_bulk` call, for a
+    /// provider the host may not write ([`Capabilities::NEEDS_FILL`]): for each op in
+    /// order, the next `op.len` bytes of `bytes` go to `op.offset` in `op.buf`. The ops
+    /// must name buffers this pool handed out, within their lengths (the worker builds
+    /// them from the buffers it took, so they do); the provider checks them again.
+    ///
+    /// [`Capabilities::NEEDS_FILL`]: memplex_abi::Capabilities::NEEDS_FILL
+    #[inline]
+    pub fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<(), PlaceError> {
+        debug_assert_eq!(
+            ops.iter().map(|o| o.len as usize).sum::<usize>(),
+            bytes.len()
+        );
+        self.provider.fill_bulk(ops, bytes).map_err(|fault| {
+            if self.provider.fault().is_some() {
+                self.retire();
+            }
+            PlaceError::Fill(fault)
+        })
     }
 
     /// True once the provider is quarantined: the pool hands out nothing more.

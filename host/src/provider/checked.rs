@@ -15,8 +15,8 @@
 
 use super::LoadError;
 use memplex_abi::{
-    Capabilities, ErrorKind, MemoryProvider, MemoryRegion, Netmem, ProviderError, ProviderInfo,
-    Stat,
+    Capabilities, ErrorKind, FillOp, MemoryProvider, MemoryRegion, Netmem, ProviderError,
+    ProviderInfo, Stat,
 };
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -244,6 +244,10 @@ crate::counters! {
         stranded,
         /// Non-fatal errors returned by the provider.
         errors,
+        /// `fill` calls made (one part each; a host placing frames uses `fill_bulk`).
+        fill_calls,
+        /// `fill_bulk` calls made (one per frame and provider).
+        fill_bulk_calls,
     }
 }
 
@@ -651,10 +655,40 @@ impl CheckedProvider {
         if let Some(fault) = self.fault.as_ref().filter(|f| f.is_poisoning()) {
             return Err(fault.clone());
         }
+        self.counters.fill_calls += 1;
         match self.inner.fill(buf, offset, bytes) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.fill_failed(e)),
         }
+    }
+
+    /// Places a frame's parts in one call through the provider's `fill_bulk` op: for
+    /// each op in order, the next `op.len` bytes of `bytes` (ABI 0.1.1; a provider built
+    /// before it gets one `fill` per op from the ABI glue). A provider that says it did
+    /// fewer ops than asked has broken the contract and is quarantined.
+    #[inline]
+    pub fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<(), Fault> {
+        if let Some(fault) = self.fault.as_ref().filter(|f| f.is_poisoning()) {
+            return Err(fault.clone());
+        }
+        self.counters.fill_bulk_calls += 1;
+        match self.inner.fill_bulk(ops, bytes) {
+            Ok(n) if n == ops.len() => Ok(()),
+            Ok(n) => Err(self.fill_short(n, ops.len())),
+            Err(e) => Err(self.fill_failed(e)),
+        }
+    }
+
+    #[cold]
+    fn fill_short(&mut self, done: usize, asked: usize) -> Fault {
+        let f = Fault::from_error(
+            "fill_bulk",
+            ProviderError::internal(format!(
+                "fill_bulk said it did {done} of the {asked} ops it was given"
+            )),
+        );
+        self.quarantine(f.clone());
+        f
     }
 
     #[cold]

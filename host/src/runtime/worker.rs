@@ -23,6 +23,7 @@ use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
 use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
+use memplex_abi::{Capabilities, FillOp};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,8 @@ pub(super) struct Worker {
     /// moved into (swapped, so nothing is allocated per vector).
     pub frame_parts: Vec<Part>,
     pub kept_parts: Vec<Part>,
+    /// The parts of the frame being placed that wait for one `fill_bulk`.
+    pub fill_ops: Vec<FillOp>,
     pub kept_staged: Vec<Staged>,
     /// The device this queue belongs to (its index in the config), and the queue's
     /// index among that device's queues.
@@ -182,6 +185,7 @@ impl Worker {
             delivery,
             frame_parts: Vec::with_capacity(BURST * 4),
             kept_parts: Vec::with_capacity(BURST * 4),
+            fill_ops: Vec::with_capacity(64),
             kept_staged: Vec::with_capacity(BURST),
             device: 0,
             queue: 0,
@@ -434,6 +438,13 @@ impl Worker {
         let mut at = 0;
         let mut provider = route.head;
         let mut head = true;
+        // Parts for providers the host may not write wait here, and go to their
+        // provider in one `fill_bulk` per run: a run is one provider's parts whose bytes
+        // follow each other in the frame (`fill_from..fill_to`), so usually one call per
+        // frame and provider. A part of another provider, or one placed directly, ends
+        // the run.
+        self.fill_ops.clear();
+        let (mut fill_pool, mut fill_from, mut fill_to) = (usize::MAX, 0, 0);
         while head || at < frame.len() {
             let Some((p, mut buf)) = self.take(provider) else {
                 return Err(NoBuffer {
@@ -443,15 +454,31 @@ impl Worker {
             };
             let want = if head { head_len } else { frame.len() };
             let n = (want - at).min(buf.len());
-            if self.pools[p]
-                .place(&mut buf, 0, &frame[at..at + n])
-                .is_err()
-            {
-                let _ = self.pools[p].recycle(buf);
-                return Err(NoBuffer {
-                    reason: DropReason::Fault,
-                    provider: p,
+            if buf.caps.contains(Capabilities::HOST_WRITABLE) {
+                if self.pools[p]
+                    .place(&mut buf, 0, &frame[at..at + n])
+                    .is_err()
+                {
+                    let _ = self.pools[p].recycle(buf);
+                    return Err(NoBuffer {
+                        reason: DropReason::Fault,
+                        provider: p,
+                    });
+                }
+            } else {
+                if fill_pool != p || fill_to != at {
+                    if let Err(short) = self.fill_pending(frame, fill_pool, fill_from, fill_to) {
+                        let _ = self.pools[p].recycle(buf);
+                        return Err(short);
+                    }
+                    (fill_pool, fill_from) = (p, at);
+                }
+                self.fill_ops.push(FillOp {
+                    buf: buf.netmem,
+                    offset: 0,
+                    len: n as u32,
                 });
+                fill_to = at + n;
             }
             self.parts.push(Part {
                 provider: p,
@@ -462,7 +489,29 @@ impl Worker {
             provider = if head { route.frags } else { route.frags_rest };
             head = false;
         }
-        Ok(())
+        self.fill_pending(frame, fill_pool, fill_from, fill_to)
+    }
+
+    /// Sends the parts waiting in `fill_ops` (the frame's bytes `from..to`) to pool
+    /// `pool` in one `fill_bulk`. The buffers are in `parts` already: on a failure the
+    /// caller recycles them with the rest of the frame.
+    #[inline]
+    fn fill_pending(
+        &mut self,
+        frame: &[u8],
+        pool: usize,
+        from: usize,
+        to: usize,
+    ) -> Result<(), NoBuffer> {
+        if self.fill_ops.is_empty() {
+            return Ok(());
+        }
+        let result = self.pools[pool].fill_bulk(&self.fill_ops, &frame[from..to]);
+        self.fill_ops.clear();
+        result.map_err(|_| NoBuffer {
+            reason: DropReason::Fault,
+            provider: pool,
+        })
     }
 
     /// Gives the staged frames to a sink that takes them, as owned frames.
