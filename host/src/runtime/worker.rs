@@ -489,13 +489,16 @@ impl Worker {
             provider = if head { route.frags } else { route.frags_rest };
             head = false;
         }
+        if self.fill_ops.is_empty() {
+            return Ok(());
+        }
         self.fill_pending(frame, fill_pool, fill_from, fill_to)
     }
 
     /// Sends the parts waiting in `fill_ops` (the frame's bytes `from..to`) to pool
     /// `pool` in one `fill_bulk`. The buffers are in `parts` already: on a failure the
     /// caller recycles them with the rest of the frame.
-    #[inline]
+    #[inline(never)]
     fn fill_pending(
         &mut self,
         frame: &[u8],

@@ -53,6 +53,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub const MIN_LEN: usize = 20;
 
     /// Wraps after checking the data offset and that the options fit the buffer.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         let b = buffer.as_ref();
         if b.len() < Self::MIN_LEN {
@@ -69,16 +70,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
+    #[inline]
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[0], self.buffer.as_ref()[1]])
     }
 
     /// Destination port.
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[2], self.buffer.as_ref()[3]])
     }
 
     /// Header length with options: the data offset in bytes.
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[12] >> 4) * 4
     }
@@ -95,6 +99,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     pub const HEADER_LEN: usize = 8;
 
     /// Wraps after checking the header fits and its length field is at least 8.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self, Error> {
         if buffer.as_ref().len() < Self::HEADER_LEN {
             return Err(Error::Truncated);
@@ -107,17 +112,20 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
+    #[inline]
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[0], self.buffer.as_ref()[1]])
     }
 
     /// Destination port.
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[2], self.buffer.as_ref()[3]])
     }
 
     /// The length field (header + payload; 0 in GSO super-frames).
     #[allow(clippy::len_without_is_empty)]
+    #[inline]
     pub fn len(&self) -> usize {
         usize::from(u16::from_be_bytes([
             self.buffer.as_ref()[4],
