@@ -386,11 +386,12 @@ fn walk_l4(
             let tcp = transport::TcpPacket::new_checked(rest).map_err(map)?;
             let l4_end = at + tcp.header_len();
             w.l4_end = Some(l4_end);
+            let (src, dst) = (tcp.src_port(), tcp.dst_port());
             if outer {
-                w.meta.src_port = Some(tcp.src_port());
-                w.meta.dst_port = Some(tcp.dst_port());
+                w.meta.src_port = Some(src);
+                w.meta.dst_port = Some(dst);
             }
-            if let Some(app) = App::for_ports(tcp.src_port(), tcp.dst_port()) {
+            if let Some(app) = App::for_ports(src, dst) {
                 if outer {
                     w.meta.app = Some(app);
                 }

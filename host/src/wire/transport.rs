@@ -70,19 +70,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[0], self.buffer.as_ref()[1]])
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[2], self.buffer.as_ref()[3]])
     }
 
     /// Header length with options: the data offset in bytes.
-    #[inline]
+    #[inline(always)]
     pub fn header_len(&self) -> usize {
         usize::from(self.buffer.as_ref()[12] >> 4) * 4
     }
@@ -112,13 +112,13 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
-    #[inline]
+    #[inline(always)]
     pub fn src_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[0], self.buffer.as_ref()[1]])
     }
 
     /// Destination port.
-    #[inline]
+    #[inline(always)]
     pub fn dst_port(&self) -> u16 {
         u16::from_be_bytes([self.buffer.as_ref()[2], self.buffer.as_ref()[3]])
     }
