@@ -192,6 +192,18 @@ impl Ring {
         self.size
     }
 
+    /// Where `len` bytes from the entry of `index` on lie in the ring's `total` bytes of
+    /// entries: the first byte's offset, how many fit before the ring's end (the rest
+    /// wrap to its start), and `len` cut to `total`. So `first + head <= total` and
+    /// `len - head <= total`.
+    #[inline]
+    fn span(&self, index: u32, len: usize) -> (usize, usize, usize) {
+        let total = self.size as usize * self.entry_size;
+        let len = len.min(total);
+        let first = (index & (self.size - 1)) as usize * self.entry_size;
+        (first, len.min(total - first), len)
+    }
+
     fn slot(&self, index: u32) -> *mut u8 {
         let at = (index & (self.size - 1)) as usize * self.entry_size;
         self.entries.wrapping_add(at)
@@ -266,14 +278,9 @@ impl Producer {
     /// [`free`](Self::free) said; `bytes` is cut to the ring's size.
     #[inline]
     pub fn write_staged(&mut self, i: u32, bytes: &[u8]) {
-        let total = self.ring.size as usize * self.ring.entry_size;
-        let len = bytes.len().min(total);
-        let first =
-            (self.prod.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
-        let head = len.min(total - first);
-        // SAFETY: `first + head <= total` and `len - head <= total`: both copies stay in
-        // the ring's entries, which the consumer does not read before the release store
-        // in `publish`.
+        let (first, head, len) = self.ring.span(self.prod.wrapping_add(i), bytes.len());
+        // SAFETY: `span` keeps both copies inside the ring's entries, which the consumer
+        // does not read before the release store in `publish`.
         unsafe {
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.entries.add(first), head);
             std::ptr::copy_nonoverlapping(bytes.as_ptr().add(head), self.ring.entries, len - head);
@@ -444,14 +451,9 @@ impl Consumer {
     /// copies. `dst` is cut to the ring's size.
     #[inline]
     pub fn read_bytes(&self, i: u32, dst: &mut [u8]) {
-        let total = self.ring.size as usize * self.ring.entry_size;
-        let dst_len = dst.len().min(total);
-        let first =
-            (self.cons.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
-        let head = dst_len.min(total - first);
-        // SAFETY: `first + head <= total` and `dst_len - head <= total`: both copies stay
-        // inside the ring's entries, which the producer published and does not rewrite
-        // before we release them; `dst` is ours.
+        let (first, head, dst_len) = self.ring.span(self.cons.wrapping_add(i), dst.len());
+        // SAFETY: `span` keeps both copies inside the ring's entries, which the producer
+        // published and does not rewrite before we release them; `dst` is ours.
         unsafe {
             std::ptr::copy_nonoverlapping(self.ring.entries.add(first), dst.as_mut_ptr(), head);
             std::ptr::copy_nonoverlapping(
