@@ -489,8 +489,8 @@ impl QueueDelivery {
             }
             described.push((r.index as u16, addr - r.base));
         }
-        // Nothing can fail from here on. The frame's descriptors go straight into the
-        // ring: the inline run (if any) first, then each part as it is lent.
+        // Nothing can fail from here on. The frame's descriptors go to the burst's stage:
+        // the inline run (if any) first, then each part as it is lent.
         let mask = ch.starts.len() - 1;
         let first = ch.completion.position().wrapping_add(ch.pending) as usize & mask;
         if !inline.is_empty() {
