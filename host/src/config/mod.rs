@@ -835,6 +835,27 @@ impl Config {
                     "copy = true only with deliver = \"NAME\"".into(),
                 ));
             }
+            // A copied frame takes 1 + len / 16 descriptors: a GSO super-frame of up to
+            // 64 KiB needs a ring of more than 4096 of them, or it is always dropped.
+            let gso = (0..self.device_names().len())
+                .filter_map(|d| self.device_at(d))
+                .any(|d| d.gso);
+            if let (true, true, Some(c)) = (
+                r.copy,
+                gso,
+                r.deliver.as_ref().and_then(|n| self.consumers.get(n)),
+            ) {
+                if c.ring_entries < 8192 {
+                    return Err(invalid(
+                        format!("route[{i}].copy"),
+                        format!(
+                            "copies GSO super-frames (a device has gso = true) into a ring of {} descriptors; a 64 KiB frame takes 4097",
+                            c.ring_entries
+                        ),
+                        "ring_entries = 8192 or more for that consumer, or gso = false".into(),
+                    ));
+                }
+            }
         }
         for (name, c) in &self.consumers {
             let key = |k: &str| format!("consumers.{name}.{k}");

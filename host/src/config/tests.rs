@@ -222,3 +222,21 @@ fn every_number_is_checked_and_its_key_named() {
         .to_string();
     assert!(e.contains("pool_size") && e.contains("whole number"), "{e}");
 }
+
+#[test]
+fn a_copy_route_of_gso_super_frames_needs_a_ring_they_fit_in() {
+    let config = |gso: bool, ring: u32| {
+        format!(
+            "[device]\nkind = \"tap\"\ninterface = \"mpx0\"\ngso = {gso}\n\n[providers.h]\nplugin = \"heap\"\nbuf_size = 2048\n\n[consumers.c]\nsocket = \"/tmp/c.sock\"\nring_entries = {ring}\n\n[[route]]\nhead = \"h\"\nfrags = \"h\"\ndeliver = \"c\"\ncopy = true\n"
+        )
+    };
+    let e = err(&config(true, 4096));
+    assert!(
+        e.contains("route[0].copy")
+            && e.contains("a 64 KiB frame takes 4097")
+            && e.contains("ring_entries = 8192 or more"),
+        "{e}"
+    );
+    load(&config(true, 8192), &[]).unwrap();
+    load(&config(false, 4096), &[]).unwrap();
+}
