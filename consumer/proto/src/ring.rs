@@ -294,20 +294,21 @@ impl Producer {
     pub fn prefetch(&self, i: u32, n: u32) {
         #[cfg(target_arch = "x86_64")]
         {
-            let total = self.ring.size as usize * self.ring.entry_size;
-            let bytes = (n as usize * self.ring.entry_size).min(total);
-            let first =
-                (self.prod.wrapping_add(i) & (self.ring.size - 1)) as usize * self.ring.entry_size;
-            let mut at = 0;
-            while at < bytes {
-                let p = self.ring.entries.wrapping_add((first + at) % total);
-                // SAFETY: a prefetch never faults, and `p` is inside the mapping anyway.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
-                        p.cast::<i8>(),
-                    )
-                };
-                at += 64;
+            let (first, head, len) = self
+                .ring
+                .span(self.prod.wrapping_add(i), n as usize * self.ring.entry_size);
+            // The lines up to the ring's end, then those wrapped to its start.
+            for (from, bytes) in [(first, head), (0, len - head)] {
+                for at in (from..from + bytes).step_by(64) {
+                    let p = self.ring.entries.wrapping_add(at);
+                    // SAFETY: a prefetch never faults, and `p` is inside the mapping
+                    // anyway (`span`).
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
+                            p.cast::<i8>(),
+                        )
+                    };
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -324,20 +325,6 @@ impl Producer {
         // `bytes` is no longer than an entry; the consumer does not read it before the
         // release store in `publish`.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, bytes.len()) };
-    }
-
-    /// Writes `bytes` (at most an entry's worth) as entry `i` after our index, the rest of
-    /// the entry zeroed: what an entry of inline bytes is, without staging it first.
-    pub fn write_bytes(&mut self, i: u32, bytes: &[u8]) {
-        let n = bytes.len().min(self.ring.entry_size);
-        let slot = self.ring.slot(self.prod.wrapping_add(i));
-        // SAFETY: the slot is inside the ring and holds `entry_size` bytes, of which `n`
-        // are copied and the rest zeroed; the consumer does not read it before the
-        // release store in `publish`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, n);
-            std::ptr::write_bytes(slot.add(n), 0, self.ring.entry_size - n);
-        }
     }
 
     /// Makes `n` written entries visible to the consumer.

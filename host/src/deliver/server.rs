@@ -379,16 +379,6 @@ fn admit(
             ),
         ));
     }
-    if hello.version != memplex_proto::VERSION {
-        return Err(refuse(
-            &sock,
-            format!(
-                "protocol version {} is not {}",
-                hello.version,
-                memplex_proto::VERSION
-            ),
-        ));
-    }
     let name = msg::text(&hello.name);
     if !name.is_empty() && name != l.name {
         return Err(refuse(
