@@ -124,6 +124,7 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
     .join()
     .unwrap();
     assert_eq!(pool.stats().recycle_ring, 200);
+    assert_eq!(pool.stats().recycle_cached, 0, "nothing went back on this thread");
     // The cache still holds what was left of the bulk calls; drain it, then the ring.
     let calls = pool.provider().counters().alloc_calls;
     let again: Vec<PoolBuf> = (0..200).map(|_| pool.alloc().unwrap()).collect();
@@ -136,6 +137,14 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
     for b in again {
         pool.recycle(b).unwrap();
     }
+    // Counted from the cache's fill and the slow paths (the fast path does not count
+    // recycles): exactly what fit in the cache, the rest spilled. The first 200 came
+    // from 4 bulk calls (56 left over); the next 200 took those 56 and 3 ring refills
+    // of 64 (48 left over), so the cache had room for 80.
+    let s = pool.stats();
+    assert_eq!((s.alloc_slow, s.alloc_refill), (4, 3), "{s:?}");
+    assert_eq!(s.recycle_cached + s.recycle_cache_full, 200, "{s:?}");
+    assert_eq!(s.recycle_cached, (CACHE_SIZE - 48) as u64, "{s:?}");
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
