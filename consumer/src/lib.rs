@@ -394,12 +394,18 @@ impl Frame<'_> {
         if m.flags & layout::F_CHECKSUM == 0 {
             return None;
         }
+        Some(self.crc32() == m.checksum)
+    }
+
+    /// The CRC-32 (IEEE, as zlib's) of the frame's bytes, head then frags, read in
+    /// place: the checksum of the frame as memplex received it. Needs no metadata.
+    pub fn crc32(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
         h.update(self.head());
         for f in self.frags() {
             h.update(f);
         }
-        Some(h.finalize() == m.checksum)
+        h.finalize()
     }
 }
 

@@ -17,7 +17,7 @@
 //!  pool        Pool::alloc ──(slow path, 64 at a time)──> CheckedProvider ──> provider
 //!  provider    Pool::place: one copy of each byte range into its buffer
 //!    │
-//!  runtime     worker: a burst of PlacedFrames ──> Sink (count, verify, pcap, stream)
+//!  runtime     worker: a burst of PlacedFrames ──> Sink (count, verify, checksum, pcap, stream)
 //!    │         then every buffer back to its pool's per-queue cache
 //!  stats       counters per queue, route and provider: JSON, totals, Prometheus families
 //! ```

@@ -69,6 +69,7 @@ macro_rules! counters {
     (@add $a:expr, $b:expr) => { $a += $b };
     (@add $a:expr, $b:expr, gauge) => { $a += $b };
     (@add $a:expr, $b:expr, max) => { $a = $a.max($b) };
+    (@add $a:expr, $b:expr, sum32) => { $a = ($a + $b) & 0xffff_ffff };
     (@kind) => { $crate::stats::Kind::Counter };
     (@kind $other:ident) => { $crate::stats::Kind::Gauge };
 }
@@ -112,6 +113,12 @@ counters! {
         unreadable,
         /// Frames written (pcap, stream).
         written,
+        /// Frames whose every byte was read for a CRC-32 (checksum).
+        checksummed,
+        /// The sum, modulo 2^32, of those frames' CRC-32s (checksum): it does not
+        /// depend on the order frames came in or the queues they took, so two runs over
+        /// the same frames (or a run and a consumer process) agree.
+        digest: sum32,
     }
 }
 

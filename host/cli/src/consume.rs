@@ -1,9 +1,10 @@
 //! `memplex consume`: the reference consumer process. It connects to a running memplex's
 //! consumer socket, reads every frame in place and counts it, verifies it against the
-//! checksum memplex put in its entry, or writes it to a pcap. `--hold` and `--delay`
-//! make it a slow consumer, for tests and benchmarks. `--forward` makes it an inline
-//! middlebox: each frame's verdict is "forward" (sent back out through the transmit
-//! ring, from the buffers it is in) or, every `--drop-every`th frame, "drop".
+//! checksum memplex put in its entry, checksums all its bytes, or writes it to a pcap.
+//! `--hold` and `--delay` make it a slow consumer, for tests and benchmarks. `--forward`
+//! makes it an inline middlebox: each frame's verdict is "forward" (sent back out
+//! through the transmit ring, from the buffers it is in) or, every `--drop-every`th
+//! frame, "drop".
 
 use anyhow::{bail, Context, Result};
 use memplex_consumer::{Consumer, Error, Frame, Options};
@@ -22,6 +23,10 @@ pub enum Mode {
     /// Check every frame's bytes against the CRC-32 in its entry (needs `checksum =
     /// true` in the consumer's config); exits 1 on a mismatch.
     Verify,
+    /// Read every byte of every frame, in place, for a CRC-32 per frame, summed into a
+    /// digest (as the in-process `checksum` sink does): an application that touches
+    /// all of its data. Needs no checksum from memplex, and no metadata.
+    Checksum,
     /// Write every frame to a pcap file (`--out`), with its capture timestamp.
     Pcap,
 }
@@ -46,7 +51,7 @@ pub struct ConsumeArgs {
     busy_poll: bool,
     /// Ask memplex for no metadata ring: frames are counted from their descriptors
     /// alone, and the report has no latency, routes, flows or sequence gaps (`--mode
-    /// count` only). memplex then writes 16 bytes per part and nothing else per frame.
+    /// count` or `checksum` only). memplex then writes 16 bytes per part and nothing else per frame.
     #[arg(long)]
     no_metadata: bool,
     /// Keep this many frames (and their buffers) before giving the oldest back: a
@@ -86,6 +91,11 @@ struct Report {
     bytes: u64,
     verified: u64,
     mismatched: u64,
+    /// Frames read whole for their CRC-32 (`--mode checksum`), and the sum of those
+    /// CRC-32s modulo 2^32 (the in-process `checksum` sink's `digest` for the same
+    /// frames).
+    checksummed: u64,
+    digest: u32,
     head_inline: u64,
     copied: u64,
     /// Parts read in place, in provider memory.
@@ -134,8 +144,8 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     crate::signal::stop_on_signal_thread(Arc::clone(&stop))?;
-    if args.no_metadata && args.mode != Mode::Count {
-        bail!("--no-metadata goes with --mode count only: verify needs each frame's checksum and pcap its timestamps, which come in the metadata");
+    if args.no_metadata && matches!(args.mode, Mode::Verify | Mode::Pcap) {
+        bail!("--no-metadata goes with --mode count or checksum only: verify needs each frame's checksum and pcap its timestamps, which come in the metadata");
     }
     let mut opts = Options::new(&args.name);
     if args.no_metadata {
@@ -258,6 +268,10 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
                 Some(true) => r.verified += 1,
                 _ => r.mismatched += 1,
             },
+            Mode::Checksum => {
+                r.digest = r.digest.wrapping_add(frame.crc32());
+                r.checksummed += 1;
+            }
             Mode::Pcap => {
                 frame.copy_to(&mut buf);
                 if let Some(w) = pcap.as_mut() {
@@ -355,6 +369,12 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             r.parts_in_place,
             r.seq_gaps
         );
+        if args.mode == Mode::Checksum {
+            println!(
+                "checksummed {} frames, digest {:#010x} (the sum of their CRC-32s)",
+                r.checksummed, r.digest
+            );
+        }
         if args.forward {
             println!(
                 "verdicts: {} forwarded, {} dropped, {} could not be forwarded",

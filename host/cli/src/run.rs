@@ -319,8 +319,13 @@ pub fn print_report(r: &RunReport, json: bool) {
     }
     if t.sink != Default::default() {
         println!(
-            "sink: verified {}, mismatched {}, unreadable {}, written {}",
-            t.sink.verified, t.sink.mismatched, t.sink.unreadable, t.sink.written
+            "sink: verified {}, mismatched {}, unreadable {}, written {}, checksummed {} (digest {:#010x})",
+            t.sink.verified,
+            t.sink.mismatched,
+            t.sink.unreadable,
+            t.sink.written,
+            t.sink.checksummed,
+            t.sink.digest
         );
     }
     let mut routes = table(&["route", "frames", "bytes"]);

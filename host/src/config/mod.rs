@@ -343,6 +343,10 @@ pub enum SinkKind {
     Count,
     /// Check that head + frags reassemble to the frame as received.
     Verify,
+    /// Read every placed byte for a CRC-32 per frame, summed into a digest: what an
+    /// application that touches all of its data costs (`memplex consume --mode
+    /// checksum` does the same in a consumer process).
+    Checksum,
     /// Write the reassembled frames to a pcap file.
     Pcap,
 }

@@ -1,7 +1,7 @@
 //! The engine: a config made ready to run (providers loaded, routes compiled), which
 //! runs a device's queues on one worker thread each.
 
-use super::sink::{ChannelSink, CountSink, PcapOut, PcapSink, Sink, VerifySink};
+use super::sink::{ChannelSink, ChecksumSink, CountSink, PcapOut, PcapSink, Sink, VerifySink};
 use super::worker::{run_queue, Worker};
 use super::{FrameStream, RunControl, RunError, RunReport, StreamRun};
 use crate::config::{Config, SinkKind};
@@ -271,6 +271,7 @@ impl Engine {
     fn sink(&self, shared: &Option<PcapOut>) -> Box<dyn Sink> {
         match (self.config.runtime.sink, shared) {
             (SinkKind::Verify, _) => Box::new(VerifySink::default()),
+            (SinkKind::Checksum, _) => Box::new(ChecksumSink::default()),
             (SinkKind::Pcap, Some(w)) => Box::new(PcapSink::new(
                 Arc::clone(w),
                 self.config

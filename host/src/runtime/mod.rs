@@ -13,8 +13,8 @@
 //! - the worker (`worker.rs`): one queue's loop, a burst at a time;
 //! - frames (`frame.rs`): [`PlacedBurst`] and [`PlacedFrame`] for sinks that look in
 //!   place, [`OwnedFrame`] for consumers on other threads;
-//! - sinks (`sink.rs`): [`CountSink`], [`VerifySink`], [`PcapSink`], and the channel
-//!   behind `stream`.
+//! - sinks (`sink.rs`): [`CountSink`], [`VerifySink`], [`ChecksumSink`], [`PcapSink`],
+//!   and the channel behind `stream`.
 //!
 //! A sink of one's own sees every frame's receive metadata and split decision:
 //!
@@ -70,7 +70,7 @@ mod worker;
 
 pub use engine::Engine;
 pub use frame::{OwnedFrame, Part, PlacedBurst, PlacedFrame};
-pub use sink::{CountSink, PcapOut, PcapSink, Sink, VerifySink};
+pub use sink::{ChecksumSink, CountSink, PcapOut, PcapSink, Sink, VerifySink};
 
 use crate::device::DeviceError;
 use crate::pool::PoolReport;

@@ -124,7 +124,11 @@ fn buffers_returned_from_other_threads_refill_the_cache() {
     .join()
     .unwrap();
     assert_eq!(pool.stats().recycle_ring, 200);
-    assert_eq!(pool.stats().recycle_cached, 0, "nothing went back on this thread");
+    assert_eq!(
+        pool.stats().recycle_cached,
+        0,
+        "nothing went back on this thread"
+    );
     // The cache still holds what was left of the bulk calls; drain it, then the ring.
     let calls = pool.provider().counters().alloc_calls;
     let again: Vec<PoolBuf> = (0..200).map(|_| pool.alloc().unwrap()).collect();

@@ -62,6 +62,7 @@ fn start_consumer(
         .arg("--mode")
         .arg(match args.consumer {
             Some(super::ConsumerMode::Verify) => "verify",
+            Some(super::ConsumerMode::Checksum) => "checksum",
             _ => "count",
         })
         .stdout(std::process::Stdio::piped())
@@ -69,7 +70,10 @@ fn start_consumer(
     if args.wake == super::WakeArg::BusyPoll {
         cmd.arg("--busy-poll");
     }
-    if args.consumer == Some(super::ConsumerMode::Count) {
+    if matches!(
+        args.consumer,
+        Some(super::ConsumerMode::Count | super::ConsumerMode::Checksum)
+    ) {
         cmd.arg("--no-metadata");
     }
     Ok(Some(cmd.spawn()?))

@@ -114,8 +114,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Also run each config delivering every frame to a consumer process (`memplex
-    /// consume`) that counts frames or verifies every byte, beside the in-process sink
-    /// doing the same (`count`, or `verify`), interleaved; with latency percentiles.
+    /// consume`) that counts frames, verifies or checksums every byte, beside the
+    /// in-process sink doing the same (`count`, `verify` or `checksum`), interleaved;
+    /// with latency percentiles where the consumer reads metadata.
     #[arg(long, value_enum)]
     pub consumer: Option<ConsumerMode>,
     /// How the consumer waits: busy-poll (default) or eventfd.
@@ -149,8 +150,13 @@ pub enum ConsumerMode {
     /// the latency percentiles); the in-process sink is `count`.
     Meta,
     /// Read every byte (a CRC-32 checked against the entry's); the in-process sink is
-    /// `verify`, which also reads every placed byte.
+    /// `verify`, which also reads every placed byte. memplex computes each frame's
+    /// CRC-32 for the entry, so the host does more here than in-process.
     Verify,
+    /// Read every byte for a CRC-32 per frame, with no metadata ring; the in-process
+    /// sink is `checksum`, which does the same on the worker. Both sides touch all the
+    /// data and nothing else.
+    Checksum,
 }
 
 /// `--wake`.

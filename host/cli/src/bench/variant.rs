@@ -132,6 +132,7 @@ pub fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
             config.runtime.profile = args.profile;
             config.runtime.sink = match args.consumer {
                 Some(super::ConsumerMode::Verify) => SinkKind::Verify,
+                Some(super::ConsumerMode::Checksum) => SinkKind::Checksum,
                 _ => SinkKind::Count,
             };
             if args.consumer.is_some() {
