@@ -556,6 +556,77 @@ mod tests {
     }
 
     #[test]
+    fn the_first_rule_whose_every_test_passes_wins() {
+        let rule = |m: &str, device: Option<&str>, head: &str| RouteConfig {
+            matches: Matcher {
+                device: device.map(Into::into),
+                ..matcher(m).unwrap()
+            },
+            head: head.into(),
+            frags: head.into(),
+            frags_rest: None,
+            deliver: None,
+            copy: false,
+            forward: None,
+        };
+        let routes = [
+            rule(r#"{ l4 = "udp", port = 4789, vni = 7 }"#, None, "a"),
+            rule(r#"{ dst = "10.1.0.0/16", src_port = "1000-1999" }"#, None, "b"),
+            rule(r#"{ l4 = "tcp" }"#, Some("b"), "c"),
+            rule(r#"{ vlan = 5, app = "nvme-tcp" }"#, None, "d"),
+            rule("{}", None, "e"),
+        ];
+        let names: Vec<String> = ["a", "b", "c", "d", "e"].map(Into::into).to_vec();
+        let t = RouteTable::new(&routes, &names, &[], &["main".into(), "b".into()]).unwrap();
+        let tcp = FrameMeta {
+            ethertype: 0x0800,
+            protocol: Some(6),
+            dst: Some("10.1.2.3".parse().unwrap()),
+            src_port: Some(1500),
+            dst_port: Some(80),
+            ..FrameMeta::default()
+        };
+        let vxlan = FrameMeta {
+            protocol: Some(17),
+            src_port: Some(50_000),
+            dst_port: Some(4789),
+            vni: Some(7),
+            ..FrameMeta::default()
+        };
+        let nvme = FrameMeta {
+            vlan: Some(5),
+            app: Some(App::NvmeTcp),
+            ..tcp
+        };
+        let rule_of = |m: &FrameMeta, device| t.rule(m, device);
+        // `port` matches either port; every test of a rule must pass.
+        assert_eq!(rule_of(&vxlan, 0), Some(0));
+        assert_eq!(rule_of(&FrameMeta { vni: Some(8), ..vxlan }, 0), Some(4));
+        // Prefix and range; then the same frame past its range falls through to the
+        // device rule, on that device (`b`, index 1; `main` is 0) only.
+        assert_eq!(rule_of(&tcp, 0), Some(1));
+        let out_of_range = FrameMeta {
+            src_port: Some(2000),
+            ..tcp
+        };
+        assert_eq!(rule_of(&out_of_range, 1), Some(2));
+        assert_eq!(rule_of(&out_of_range, 0), Some(4));
+        assert_eq!(
+            rule_of(
+                &FrameMeta {
+                    src_port: Some(2000),
+                    ..nvme
+                },
+                0
+            ),
+            Some(3)
+        );
+        // A field the frame does not have never passes a test on it.
+        assert_eq!(rule_of(&FrameMeta::default(), 1), Some(4));
+        assert_eq!(t.get(3).head, 3);
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let e = matcher(r#"{ l4 = "sctpx" }"#).unwrap_err();
         assert!(e.contains("match.l4") && e.contains("tcp, udp"), "{e}");
