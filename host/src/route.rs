@@ -571,7 +571,11 @@ mod tests {
         };
         let routes = [
             rule(r#"{ l4 = "udp", port = 4789, vni = 7 }"#, None, "a"),
-            rule(r#"{ dst = "10.1.0.0/16", src_port = "1000-1999" }"#, None, "b"),
+            rule(
+                r#"{ dst = "10.1.0.0/16", src_port = "1000-1999" }"#,
+                None,
+                "b",
+            ),
             rule(r#"{ l4 = "tcp" }"#, Some("b"), "c"),
             rule(r#"{ vlan = 5, app = "nvme-tcp" }"#, None, "d"),
             rule("{}", None, "e"),
@@ -601,7 +605,16 @@ mod tests {
         let rule_of = |m: &FrameMeta, device| t.rule(m, device);
         // `port` matches either port; every test of a rule must pass.
         assert_eq!(rule_of(&vxlan, 0), Some(0));
-        assert_eq!(rule_of(&FrameMeta { vni: Some(8), ..vxlan }, 0), Some(4));
+        assert_eq!(
+            rule_of(
+                &FrameMeta {
+                    vni: Some(8),
+                    ..vxlan
+                },
+                0
+            ),
+            Some(4)
+        );
         // Prefix and range; then the same frame past its range falls through to the
         // device rule, on that device (`b`, index 1; `main` is 0) only.
         assert_eq!(rule_of(&tcp, 0), Some(1));

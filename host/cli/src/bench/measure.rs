@@ -221,7 +221,7 @@ pub fn round(
     let cpu = (cpu_secs() - cpu0 - sender_cpu).max(0.0);
     let (mut frames, mut bytes, bare_drops, stats) = outcome;
     // A consumer round counts what the consumer read, and reports its latency.
-    let (mut latency, mut cores) = (None, None);
+    let (mut latency, mut cores, mut consumer_idle) = (None, None, None);
     if let Some(child) = consumer_child {
         let out = child.wait_with_output()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -245,6 +245,10 @@ pub fn round(
             secs = s;
         }
         latency = serde_json::from_value(report["latency_ns"].clone()).ok();
+        consumer_idle = report["idle_spins"]
+            .as_u64()
+            .filter(|_| frames > 0 && args.wake == super::WakeArg::BusyPoll)
+            .map(|idle| idle as f64 / frames as f64);
         cores = Some(if pinning {
             "host workers on CPU 0, consumer on CPU 1".to_string()
         } else {
@@ -285,6 +289,7 @@ pub fn round(
         hit_rate,
         providers,
         latency,
+        consumer_idle,
         cores,
         profile,
     })

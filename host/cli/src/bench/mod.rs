@@ -203,6 +203,9 @@ pub struct Round {
     providers: BTreeMap<String, u64>,
     /// For a consumer variant: placement-to-consumer latency percentiles, in ns.
     latency: Option<measure::Latency>,
+    /// For a busy-polling consumer: turns that found no frame, per frame read (near 0,
+    /// the consumer never waited on the host: it was the slower side).
+    consumer_idle: Option<f64>,
     /// Where the host's workers and the consumer ran, for a consumer variant.
     cores: Option<String>,
     /// With --profile: the host's time per stage, summed over the bursts measured.
@@ -317,7 +320,7 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
     );
     println!("{header}");
     if let Some(cores) = rounds.iter().find_map(|r| r.cores.as_deref()) {
-        println!("consumer variants: {cores}; frames counted as the consumer read them");
+        println!("consumer variants: {cores}; frames counted as the consumer read them; idle/frame: the consumer's busy-poll turns that found nothing, per frame it read (near 0: the consumer never waited, it was the slower side)");
     }
     println!("{}", report::table(&summaries));
     if args.profile {

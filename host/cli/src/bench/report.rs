@@ -32,6 +32,9 @@ pub struct Summary {
     of_memcpy: Option<f64>,
     /// Consumer variants: median over rounds of each round's latency percentiles, ns.
     latency_ns: Option<super::measure::Latency>,
+    /// Busy-polling consumer variants: median over rounds of the consumer's idle turns
+    /// per frame read.
+    consumer_idle_per_frame: Option<f64>,
     /// Consumer variants: where each side ran.
     cores: Option<String>,
     /// With --profile: the host's ns per frame in each stage, over every round's bursts
@@ -132,6 +135,10 @@ pub fn summarise(
                         samples: l.iter().map(|x| x.samples).sum(),
                     })
                 },
+                consumer_idle_per_frame: {
+                    let idle: Vec<f64> = rs.iter().filter_map(|r| r.consumer_idle).collect();
+                    (!idle.is_empty()).then(|| median(idle))
+                },
                 cores: rs.iter().find_map(|r| r.cores.clone()),
                 profile_ns_per_frame: rs
                     .iter()
@@ -169,6 +176,7 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         "peak RSS MiB",
         "pool hit rate",
         "latency p50/p99/p99.9 us",
+        "idle/frame",
         "buffers per provider",
     ];
     let rows = s
@@ -196,6 +204,8 @@ fn rows(s: &[Summary]) -> (Vec<&'static str>, Vec<Vec<String>>) {
                         l.p999 as f64 / 1e3
                     )
                 }),
+                s.consumer_idle_per_frame
+                    .map_or("-".into(), |i| format!("{i:.2}")),
                 s.providers
                     .iter()
                     .map(|(n, b)| format!("{n} {b}"))

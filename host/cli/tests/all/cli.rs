@@ -546,7 +546,44 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
     assert!(consumer("deliver") > inproc("deliver"), "{doc}");
     assert!(consumer("refill") > inproc("refill"), "{doc}");
     assert!(inproc("sink") > 0.0 && consumer("sink") == 0.0, "{doc}");
+    // The busy-polling consumer's idle turns per frame: measured on its variant only.
+    let idle = |variant: &str| {
+        doc["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["variant"] == variant)
+            .map(|s| s["consumer_idle_per_frame"].clone())
+            .unwrap()
+    };
+    assert!(idle("deliver -> consumer").as_f64().is_some(), "{doc}");
+    assert!(idle("deliver").is_null(), "{doc}");
+    assert!(out.contains("idle/frame"), "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bench_sets_a_checksumming_consumer_against_the_checksum_sink() {
+    let (code, out) = bench(&[
+        "deliver.toml",
+        "--consumer",
+        "checksum",
+        "--no-bare",
+        "--frame-size",
+        "256",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0.3",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("256 B")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    // Both variants moved frames: the consumer read them (a figure, not 0.000).
+    for r in rows {
+        let mpps: f64 = r.split('┆').nth(2).unwrap().trim().parse().unwrap();
+        assert!(mpps > 0.01, "{r}");
+    }
 }
 
 #[test]
