@@ -498,15 +498,13 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn bench_profile_breaks_each_frame_down_by_stage() {
-    let dir = std::env::temp_dir().join(format!("memplex-bench-profile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("b.json");
-    let (code, out) = bench(&[
+/// One short round of `deliver.toml` at 256 B, in-process and to a `consumer` process,
+/// with `extra` arguments.
+fn bench_delivering(consumer: &str, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
         "deliver.toml",
         "--consumer",
-        "count",
+        consumer,
         "--no-bare",
         "--frame-size",
         "256",
@@ -514,10 +512,17 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
         "1",
         "--seconds",
         "0.3",
-        "--profile",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    bench(&args)
+}
+
+#[test]
+fn bench_profile_breaks_each_frame_down_by_stage() {
+    let dir = std::env::temp_dir().join(format!("memplex-bench-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("b.json");
+    let (code, out) = bench_delivering("count", &["--profile", "--json", json.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("per-stage breakdown"), "{out}");
     for stage in [
@@ -564,18 +569,7 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
 
 #[test]
 fn bench_sets_a_checksumming_consumer_against_the_checksum_sink() {
-    let (code, out) = bench(&[
-        "deliver.toml",
-        "--consumer",
-        "checksum",
-        "--no-bare",
-        "--frame-size",
-        "256",
-        "--repeats",
-        "1",
-        "--seconds",
-        "0.3",
-    ]);
+    let (code, out) = bench_delivering("checksum", &[]);
     assert_eq!(code, 0, "{out}");
     let rows: Vec<&str> = out.lines().filter(|l| l.contains("256 B")).collect();
     assert_eq!(rows.len(), 2, "{out}");
