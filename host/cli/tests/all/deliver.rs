@@ -251,18 +251,20 @@ fn a_checksumming_consumer_and_the_checksum_sink_read_exactly_the_frames_receive
     assert_eq!(u(&sink["digest"]), digest_of(&crcs, 0, frames), "{sink}");
 
     // A consumer process, without metadata: it reads the frames from the first it was
-    // given, in order, one queue; the ones before it connected were dropped as
-    // no_consumer, and nothing else was.
+    // given, in order, one queue; the ones before it connected (if any: memplex waits
+    // for it) were dropped as no_consumer, and nothing else was. The policy is `wait`,
+    // and the rate one a debug build reads with room to spare on a loaded machine, so
+    // that no frame is dropped for a full ring.
     let body = format!(
-        "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
+        "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\npolicy = \"wait\"\nwait_ms = 2000\n\n[[route]]\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
     );
-    let run = Run::start("checksum", &body, 100_000, 2.0);
+    let run = Run::start("checksum", &body, 20_000, 2.0);
     let (code, got) = consume(&run.socket("all"), &["--mode", "checksum", "--no-metadata"]);
     let (rc, report, err) = run.finish();
     assert_eq!(rc, 0, "{err}");
     assert_eq!(code, 0, "{got}");
     let frames = u(&got["checksummed"]);
-    assert!(frames > 10_000, "{got}");
+    assert!(frames > 5_000, "{got}");
     assert_eq!(u(&got["frames"]), frames, "{got}");
     let dropped = &report["total"]["dropped"];
     let before = u(&dropped["no_consumer"]);
