@@ -310,7 +310,15 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         .baseline
         .clone()
         .unwrap_or_else(|| labels[0].to_string());
-    let summaries = report::summarise(&rounds, &workloads, &labels, &baseline);
+    // The bare and memcpy loops read the first variant's device, with its queues: a
+    // variant with another number of queues gets no ratio to them.
+    let queues = variants[0].config.device.queues;
+    let other_queues: Vec<&str> = variants
+        .iter()
+        .filter(|v| v.config.device.queues != queues)
+        .map(|v| v.label.as_str())
+        .collect();
+    let summaries = report::summarise(&rounds, &workloads, &labels, &baseline, &other_queues);
     let header = format!(
         "{} source, {} round{} of {} s per variant, interleaved; medians (spread = (max - min) / median); ratios against `{baseline}`",
         format!("{:?}", args.source).to_lowercase(),
@@ -319,6 +327,16 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         args.seconds,
     );
     println!("{header}");
+    if !args.no_bare && !other_queues.is_empty() {
+        println!(
+            "the bare and memcpy loops read {queues} queue{} as `{}` does; {} read{} another number, so `of bare` and `of memcpy` are left out for {}",
+            if queues == 1 { "" } else { "s" },
+            variants[0].label,
+            other_queues.join(", "),
+            if other_queues.len() == 1 { "s" } else { "" },
+            if other_queues.len() == 1 { "it" } else { "them" },
+        );
+    }
     if let Some(cores) = rounds.iter().find_map(|r| r.cores.as_deref()) {
         println!("consumer variants: {cores}; frames counted as the consumer read them; idle/frame: the consumer's busy-poll turns that found nothing, per frame it read (near 0: the consumer never waited, it was the slower side)");
     }

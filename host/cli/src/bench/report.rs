@@ -51,11 +51,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Medians per variant and traffic; `other_queues` are variants whose device has another
+/// number of queues than the bare and memcpy loops read, so have no ratio to them.
 pub fn summarise(
     rounds: &[Round],
     workloads: &[Workload],
     labels: &[&str],
     baseline: &str,
+    other_queues: &[&str],
 ) -> Vec<Summary> {
     let mut out = Vec::new();
     for t in workloads {
@@ -115,8 +118,12 @@ pub fn summarise(
                     })
                     .collect(),
                 vs_baseline: base.map(|b| m / b),
-                of_bare: bare.map(|b| m / b),
-                of_memcpy: memcpy.map(|b| m / b),
+                of_bare: bare
+                    .filter(|_| !other_queues.contains(label))
+                    .map(|b| m / b),
+                of_memcpy: memcpy
+                    .filter(|_| !other_queues.contains(label))
+                    .map(|b| m / b),
                 latency_ns: {
                     // A consumer without metadata has no receive times: no latency.
                     let l: Vec<_> = rs

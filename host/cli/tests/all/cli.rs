@@ -581,6 +581,49 @@ fn bench_sets_a_checksumming_consumer_against_the_checksum_sink() {
 }
 
 #[test]
+fn bench_gives_no_loop_ratio_to_a_variant_with_other_queues() {
+    let dir = std::env::temp_dir().join(format!("memplex-bench-queues-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("b.json");
+    let (code, out) = bench(&[
+        "tcp-split.toml",
+        "--vary",
+        "device.queues=1,2",
+        "--frame-size",
+        "256",
+        "--repeats",
+        "1",
+        "--seconds",
+        "0.2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("the bare and memcpy loops read 1 queue as `1` does; 2 reads another number"),
+        "{out}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let of = |variant: &str| {
+        doc["summary"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["variant"] == variant)
+            .cloned()
+            .unwrap_or_else(|| panic!("no `{variant}` in {doc}"))
+    };
+    // The loops ran on one queue: a ratio for the one-queue variant only.
+    assert!(of("1")["of_memcpy"].as_f64().is_some(), "{doc}");
+    assert!(
+        of("2")["of_memcpy"].is_null() && of("2")["of_bare"].is_null(),
+        "{doc}"
+    );
+    assert!(of("2")["vs_baseline"].as_f64().is_some(), "{doc}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_refuses_bad_input_with_the_reason() {
     for (args, want) in [
         (
