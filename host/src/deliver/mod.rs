@@ -186,9 +186,12 @@ struct Channel {
     stage: Vec<layout::Desc>,
     /// This burst's metadata entries, likewise.
     meta_stage: Vec<FrameMeta>,
-    /// Per completion ring slot: a frame starts there (not a continuation), so the
-    /// frames a session never read can be counted as `consumer_gone` when it ends.
-    starts: Box<[bool]>,
+    /// Where each of the last frames starts in the completion ring, by frame number
+    /// (`delivered`) modulo the ring's size (a frame takes one descriptor at least, so
+    /// every frame in the ring has its entry): the frames a session never read are
+    /// counted as `consumer_gone` when it ends. One store per frame, not one per
+    /// descriptor.
+    starts: Box<[u32]>,
     /// Regions this session has been told about, by index.
     announced: Vec<bool>,
     /// Frames delivered to it on this queue.
@@ -355,7 +358,7 @@ impl QueueDelivery {
                 lent: LentTable::default(),
                 pending: 0,
                 starts: vec![
-                    false;
+                    0;
                     n.map.header().rings[RingKind::Completion as usize - 1].entries
                         as usize
                 ]
@@ -491,8 +494,7 @@ impl QueueDelivery {
         }
         // Nothing can fail from here on. The frame's descriptors go to the burst's stage:
         // the inline run (if any) first, then each part as it is lent.
-        let mask = ch.starts.len() - 1;
-        let first = ch.completion.position().wrapping_add(ch.pending) as usize & mask;
+        let first = ch.completion.position().wrapping_add(ch.pending);
         if !inline.is_empty() {
             let d = layout::Desc::inline(inline.len() as u32, copied, lent > 0);
             ch.stage.push(d);
@@ -575,10 +577,8 @@ impl QueueDelivery {
         if copied {
             c.stats.counters.copied += 1;
         }
-        ch.starts[first] = true;
-        for k in ch.pending + 1..at {
-            ch.starts[ch.completion.position().wrapping_add(k) as usize & mask] = false;
-        }
+        let mask = ch.starts.len() - 1;
+        ch.starts[ch.delivered as usize & mask] = first;
         ch.pending = at;
         ch.delivered += 1;
         // Delivered: a later full ring or quota is waited for again.
@@ -928,9 +928,12 @@ fn close(mut ch: Channel, why: Disconnect, pools: &mut [Pool], stats: &mut Consu
         .position()
         .wrapping_sub(ch.completion.in_flight());
     let mask = ch.starts.len().wrapping_sub(1);
-    // Published or not: an entry written this burst was never read either.
-    let gone = (0..ch.completion.in_flight() + ch.pending)
-        .filter(|&k| ch.starts[read_to.wrapping_add(k) as usize & mask])
+    // Published or not: an entry written this burst was never read either. Frames are
+    // in ring order, so counting back from the newest stops at the first one read.
+    let unread = ch.completion.in_flight().wrapping_add(ch.pending);
+    let gone = (1..=ch.delivered.min(ch.starts.len() as u64))
+        .map(|k| ch.starts[ch.delivered.wrapping_sub(k) as usize & mask])
+        .take_while(|&start| start.wrapping_sub(read_to) < unread)
         .count();
     stats.counters.gone += gone as u64;
     stats.disconnects.add(why);
