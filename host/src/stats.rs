@@ -100,6 +100,13 @@ impl Volume {
         self.frames += 1;
         self.bytes += bytes as u64;
     }
+
+    /// Takes back one frame of `bytes` bytes counted by [`add`](Self::add).
+    #[inline]
+    pub fn undo(&mut self, bytes: usize) {
+        self.frames = self.frames.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes as u64);
+    }
 }
 
 counters! {
@@ -420,9 +427,10 @@ pub enum Stage {
     Split,
     /// Routing every frame of a vector.
     Route,
-    /// Taking buffers from the pools and copying the frames into them.
+    /// Taking buffers from the pools and copying the frames into them (and counting
+    /// each placed frame for its route and its parts for their providers).
     Place,
-    /// The vector's counters (drops, fallbacks, routes, providers).
+    /// The vector's other counters (drops, fallbacks).
     Count,
     /// Frames handed to consumer processes or sent out of devices, and publishing them.
     Deliver,

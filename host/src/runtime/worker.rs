@@ -272,6 +272,13 @@ impl Worker {
                 break;
             }
             quarantined = now;
+            // What this round placed was counted as it was placed: not any more.
+            for s in &self.staged {
+                self.stats.routes[s.rule].undo(burst[s.rx].data.len());
+            }
+            for part in &self.parts {
+                self.stats.providers[part.provider].placed.undo(part.len);
+            }
             self.recycle_from(0);
             self.staged.clear();
             self.drops.clear();
@@ -290,12 +297,6 @@ impl Worker {
             self.stats.providers[p].fallbacks += 1;
         }
         self.fell_back.clear();
-        for s in &self.staged {
-            self.stats.routes[s.rule].add(burst[s.rx].data.len());
-        }
-        for part in &self.parts {
-            self.stats.providers[part.provider].placed.add(part.len);
-        }
         self.lap(Stage::Count);
         if (self.delivery.is_some() || !self.tx.is_empty())
             && self.staged.iter().any(|s| {
@@ -402,11 +403,19 @@ impl Worker {
             let route = self.routes.get(rule);
             let first = self.parts.len();
             match self.place(frame.data, self.splits[i].head_len, route) {
-                Ok(()) => self.staged.push(Staged {
-                    rx: i,
-                    rule,
-                    parts: first..self.parts.len(),
-                }),
+                Ok(()) => {
+                    // Counted here, while the frame and its parts are at hand (a
+                    // round undone after a quarantine takes its counts back).
+                    self.stats.routes[rule].add(frame.data.len());
+                    for part in &self.parts[first..] {
+                        self.stats.providers[part.provider].placed.add(part.len);
+                    }
+                    self.staged.push(Staged {
+                        rx: i,
+                        rule,
+                        parts: first..self.parts.len(),
+                    })
+                }
                 Err(short) => {
                     self.drops.push((short.reason, Some(short.provider)));
                     self.recycle_from(first);

@@ -148,6 +148,12 @@ fn assert_nothing_lost(r: &RunReport, want: &str, at_first_call: bool) {
         "every frame reassembles: {:?}",
         t.sink
     );
+    // Counted once each, though a vector placed when the provider faulted was placed
+    // again: the route's frames, and every byte in exactly one provider's buffer.
+    assert_eq!(t.routes[0].frames, 400, "{:?}", t.routes);
+    assert_eq!(t.routes[0].bytes, t.received.bytes, "{:?}", t.routes);
+    let placed: u64 = t.providers.iter().map(|p| p.placed.bytes).sum();
+    assert_eq!(placed, t.received.bytes, "{:?}", t.providers);
     let faulting = t.providers.iter().find(|p| p.name == "faulting").unwrap();
     let fault = faulting.fault.as_deref().unwrap_or_default();
     assert!(fault.contains(want), "quarantined for {want}: {fault:?}");
