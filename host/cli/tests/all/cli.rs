@@ -498,6 +498,16 @@ fn bench_compares_providers_in_memory_and_writes_every_output() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The summary of `variant` in a `memplex bench --json` document.
+fn summary_of<'a>(doc: &'a serde_json::Value, variant: &str) -> &'a serde_json::Value {
+    doc["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["variant"] == variant)
+        .unwrap_or_else(|| panic!("no `{variant}` in {doc}"))
+}
+
 /// One short round of `deliver.toml` at 256 B, in-process and to a `consumer` process,
 /// with `extra` arguments.
 fn bench_delivering(consumer: &str, extra: &[&str]) -> (i32, String) {
@@ -532,12 +542,7 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
     }
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let of = |variant: &str| {
-        let s = doc["summary"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["variant"] == variant)
-            .unwrap_or_else(|| panic!("no `{variant}` in {doc}"));
+        let s = summary_of(&doc, variant);
         let p = s["profile_ns_per_frame"].clone();
         assert!(p.is_object(), "`{variant}` has no profile: {s}");
         move |stage: &str| p[stage].as_f64().unwrap_or_else(|| panic!("{stage}: {p}"))
@@ -552,15 +557,7 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
     assert!(consumer("refill") > inproc("refill"), "{doc}");
     assert!(inproc("sink") > 0.0 && consumer("sink") == 0.0, "{doc}");
     // The busy-polling consumer's idle turns per frame: measured on its variant only.
-    let idle = |variant: &str| {
-        doc["summary"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["variant"] == variant)
-            .map(|s| s["consumer_idle_per_frame"].clone())
-            .unwrap()
-    };
+    let idle = |variant: &str| summary_of(&doc, variant)["consumer_idle_per_frame"].clone();
     assert!(idle("deliver -> consumer").as_f64().is_some(), "{doc}");
     assert!(idle("deliver").is_null(), "{doc}");
     assert!(out.contains("idle/frame"), "{out}");
@@ -604,15 +601,7 @@ fn bench_gives_no_loop_ratio_to_a_variant_with_other_queues() {
         "{out}"
     );
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let of = |variant: &str| {
-        doc["summary"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["variant"] == variant)
-            .cloned()
-            .unwrap_or_else(|| panic!("no `{variant}` in {doc}"))
-    };
+    let of = |variant: &str| summary_of(&doc, variant);
     // The loops ran on one queue: a ratio for the one-queue variant only.
     assert!(of("1")["of_memcpy"].as_f64().is_some(), "{doc}");
     assert!(
