@@ -101,11 +101,8 @@ impl Run {
         let out = self.child.take().unwrap().wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let last = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| v["final"] == true)
-            .unwrap_or_else(|| panic!("no final report\n{stdout}\n{stderr}"));
+        let last =
+            final_report(&stdout).unwrap_or_else(|| panic!("no final report\n{stdout}\n{stderr}"));
         (out.status.code().unwrap_or(-1), last, stderr)
     }
 }
@@ -118,6 +115,14 @@ impl Drop for Run {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The final report among the JSON lines `memplex run --json` printed.
+fn final_report(stdout: &str) -> Option<Value> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["final"] == true)
 }
 
 /// `memplex consume` with `args`, to its end: exit code and JSON report.
@@ -239,11 +244,7 @@ fn a_checksumming_consumer_and_the_checksum_sink_read_exactly_the_frames_receive
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(code, 0, "{out}");
-    let report: Value = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["final"] == true)
-        .unwrap_or_else(|| panic!("no final report: {out}"));
+    let report = final_report(&out).unwrap_or_else(|| panic!("no final report: {out}"));
     let sink = &report["total"]["sink"];
     let frames = 3 * crcs.len() as u64;
     assert_eq!(u(&sink["checksummed"]), frames, "{sink}");
