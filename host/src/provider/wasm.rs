@@ -36,7 +36,7 @@ use wasmtime::{
     Config, Engine, Instance, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
     TypedFunc,
 };
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 // Descriptors cross the boundary as the host's own bytes; wasm is little-endian.
 const _: () = assert!(
@@ -536,6 +536,47 @@ impl WasmProvider {
     }
 }
 
+impl WasmProvider {
+    /// Whether any descriptor in `raw` (guest memory, `WasmNetmem`s) may lie outside
+    /// memory of `size` bytes or overlap the descriptor area `area..area_end`: `false`
+    /// means every one is clear. A wasm32 offset has a zero high word, so the pass works
+    /// on 32-bit words (a low word plus a length that wraps is suspect), and it takes
+    /// four descriptors at a time as four lanes with no branch, which the compiler turns
+    /// into vector code: 64 descriptors took 48 ns one at a time (scalar, about 15
+    /// instructions each), a third of a bulk round.
+    fn any_suspect(raw: &[u8], size: u64, area: u64, area_end: u64) -> bool {
+        // The guest's descriptor area is a `Vec<WasmNetmem>` (8-byte aligned); were it
+        // not aligned, every descriptor would be looked at with the exact rule.
+        let Ok(descs) = <[[u32; 4]]>::ref_from_bytes(raw) else {
+            return true;
+        };
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        let (size, area, area_end) = (clamp(size), clamp(area), clamp(area_end));
+        let suspect = |lo: u32, hi: u32, len: u32| {
+            let end = lo.wrapping_add(len);
+            hi | u32::from(end < lo)
+                | u32::from(end > size)
+                | (u32::from(lo < area_end) & u32::from(end > area))
+        };
+        let mut lanes = [0u32; 4];
+        let mut fours = descs.chunks_exact(4);
+        for four in &mut fours {
+            let word = |w: usize| -> [u32; 4] { std::array::from_fn(|i| u32::from_le(four[i][w])) };
+            let (lo, hi, len) = (word(0), word(1), word(2));
+            for i in 0..4 {
+                lanes[i] |= suspect(lo[i], hi[i], len[i]);
+            }
+        }
+        let rest = fours
+            .remainder()
+            .iter()
+            .fold(0, |acc, &[lo, hi, len, _id]| {
+                acc | suspect(u32::from_le(lo), u32::from_le(hi), u32::from_le(len))
+            });
+        (rest | lanes[0] | lanes[1] | lanes[2] | lanes[3]) != 0
+    }
+}
+
 impl MemoryProvider for WasmProvider {
     fn info(&self) -> ProviderInfo {
         // The host may not write guest memory through an address: bytes go in by `fill`.
@@ -567,9 +608,6 @@ impl MemoryProvider for WasmProvider {
                     self.scratch
                 ))
             })?;
-        // WasmNetmem has Netmem's layout: one copy, then one branch-free bounds pass.
-        let out = &mut out[..n];
-        out.as_mut_bytes().copy_from_slice(raw);
         // A buffer must lie in guest memory, clear of the host's descriptor area (where
         // the host writes released descriptors: frame bytes there would be overwritten).
         let (area, area_end) = (
@@ -580,9 +618,16 @@ impl MemoryProvider for WasmProvider {
             let end = d.addr.saturating_add(u64::from(d.len));
             end > size || (d.addr < area_end && end > area)
         };
-        let any_bad = out.iter().fold(false, |any, d| any | bad(d));
-        if any_bad {
-            let d = out.iter().find(|d| bad(d)).expect("one descriptor is bad");
+        let out = &mut out[..n];
+        let suspect = Self::any_suspect(raw, size, area, area_end);
+        out.as_mut_bytes().copy_from_slice(raw);
+        // A suspect is looked at again with the exact rule (the fast pass also refuses a
+        // buffer ending at exactly 4 GiB, which the exact rule allows).
+        let culprit = match suspect {
+            true => out.iter().find(|d| bad(d)),
+            false => None,
+        };
+        if let Some(d) = culprit {
             let why = if d.addr.saturating_add(u64::from(d.len)) > size {
                 format!("outside its memory of {size} bytes")
             } else {

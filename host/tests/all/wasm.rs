@@ -5,7 +5,8 @@
 use super::*;
 use memplex::pool::{Pool, PoolError};
 use memplex::provider::wasm::WasmLimits;
-use memplex::provider::Fault;
+use memplex::provider::{Fault, Netmem};
+use memplex_abi::ErrorKind;
 use std::time::{Duration, Instant};
 
 fn wasm(name: &str) -> ProviderPlugin {
@@ -59,7 +60,7 @@ fn guest_declaring(alloc: &str, release: i32, version: i32, capacity: u32) -> Pr
 }
 
 /// Writes descriptor `i` = (offset, id) at $out.
-fn desc(i: u32, offset: u32, id: u32) -> String {
+fn desc(i: u32, offset: u64, id: u32) -> String {
     let at = i * 16;
     format!(
         "(i64.store offset={at} (local.get $out) (i64.const {offset})) (i32.store offset={} (local.get $out) (i32.const 2048)) (i32.store offset={} (local.get $out) (i32.const {id}))",
@@ -402,6 +403,99 @@ fn a_buffer_over_the_hosts_descriptor_area_is_refused() {
             .contains("overlapping the host's descriptor area"),
         "{fault}"
     );
+}
+
+#[test]
+fn a_bad_descriptor_anywhere_in_a_batch_is_refused() {
+    // The host checks a batch four descriptors at a time on 32-bit words, then the rest
+    // one by one: a bad one must be caught in every position, for every way to be bad.
+    let cases: [(u64, &str); 4] = [
+        (10_000_000, "outside its memory"),
+        // A high word set: at 4 GiB + 64 KiB, though its low word is a good offset.
+        ((1 << 32) + 65536, "outside its memory"),
+        // The low word plus the length wraps past 4 GiB.
+        (0xFFFF_FC00, "outside its memory"),
+        (1024, "overlapping the host's descriptor area"),
+    ];
+    for (offset, why) in cases {
+        for bad in [0, 3, 4, 6, 8] {
+            let alloc = (0..9)
+                .map(|i| match i == bad {
+                    true => desc(i, offset, i),
+                    false => desc(i, 65536 + u64::from(i) * 2048, i),
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            let (fault, _) = quarantined(&guest(&format!("{alloc} i32.const 9"), 0, 1));
+            let fault = fault.to_string();
+            assert!(
+                fault.contains(why) && fault.contains(&format!("buffer id {bad} ")),
+                "descriptor {bad} at {offset:#x}: {fault}"
+            );
+        }
+    }
+    // The same nine, all good, are taken.
+    let alloc = (0..9)
+        .map(|i| desc(i, 65536 + u64::from(i) * 2048, i))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut pool = Pool::new(
+        guest(&format!("{alloc} i32.const 9"), 0, 1)
+            .instantiate(&params(&[]))
+            .unwrap(),
+        64,
+    );
+    let b = pool.alloc().unwrap();
+    pool.recycle(b).unwrap();
+}
+
+#[test]
+fn shipped_wasm_providers_refuse_a_foreign_descriptor_anywhere_in_a_release() {
+    // The SDK checks released descriptors eight at a time, then the rest one by one.
+    for name in ["slab", "ring"] {
+        let mut p = wasm(name).instantiate_unchecked(&params(&[])).unwrap();
+        let mut out = [Netmem::EMPTY; 64];
+        let n = p.alloc_bulk(&mut out).unwrap();
+        assert_eq!(n, 64, "{name}");
+        let capacity = p.info().capacity;
+        for at in [0, 5, 7, 8, 31, 60, 63] {
+            for (field, bad) in [
+                (
+                    "an id out of range",
+                    Netmem {
+                        id: capacity,
+                        ..out[at]
+                    },
+                ),
+                (
+                    "another length",
+                    Netmem {
+                        len: out[at].len - 1,
+                        ..out[at]
+                    },
+                ),
+                (
+                    "a longer length",
+                    Netmem {
+                        len: out[at].len + 64,
+                        ..out[at]
+                    },
+                ),
+            ] {
+                let mut batch = out;
+                batch[at] = bad;
+                let err = p
+                    .release_bulk(&batch)
+                    .expect_err(&format!("{name} took descriptor {at} with {field}"));
+                assert_eq!(err.kind, ErrorKind::BAD_BUFFER, "{name}: {err}");
+            }
+        }
+        // The remainder path alone: fewer than eight.
+        let mut few = [out[0], out[1], out[2]];
+        few[2].id = capacity;
+        assert!(p.release_bulk(&few).is_err(), "{name} took a foreign id");
+        p.release_bulk(&out).unwrap();
+    }
 }
 
 #[test]
