@@ -40,6 +40,17 @@ fn fast_path(c: &mut Criterion) {
             pool.recycle(black_box(buf)).unwrap();
         })
     });
+    // The target's ratio, measured in alternating blocks (see `Paired`).
+    memplex_benches::interleaved(
+        "pool_fast_path/alloc_recycle_over_atomic",
+        || {
+            black_box(black_box(&counter).fetch_add(1, Ordering::Relaxed));
+        },
+        || {
+            let buf = pool.alloc().unwrap();
+            pool.recycle(black_box(buf)).unwrap();
+        },
+    );
     // A burst of 32 allocations, then 32 recycles, as a receive poll does: per buffer.
     g.throughput(criterion::Throughput::Elements(32));
     let mut burst = arrayvec::ArrayVec::<memplex::pool::PoolBuf, 32>::new();

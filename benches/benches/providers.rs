@@ -8,19 +8,20 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use memplex::provider::Netmem;
 use std::hint::black_box;
 
-/// Times alloc_bulk + release_bulk of 64 through `p` as benchmark `label` in `g`.
+/// One alloc_bulk + release_bulk of 64 through `p`.
+fn round(p: &mut dyn memplex::provider::MemoryProvider, out: &mut [Netmem; 64]) {
+    let n = p.alloc_bulk(black_box(out)).unwrap();
+    p.release_bulk(black_box(&out[..n])).unwrap();
+}
+
+/// Times [`round`] through `p` as benchmark `label` in `g`.
 fn bench_bulk(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     label: &str,
     p: &mut dyn memplex::provider::MemoryProvider,
 ) {
     let mut out = [Netmem::EMPTY; 64];
-    g.bench_function(label, |b| {
-        b.iter(|| {
-            let n = p.alloc_bulk(black_box(&mut out)).unwrap();
-            p.release_bulk(black_box(&out[..n])).unwrap();
-        })
-    });
+    g.bench_function(label, |b| b.iter(|| round(p, &mut out)));
 }
 
 fn bulk64(c: &mut Criterion) {
@@ -28,12 +29,14 @@ fn bulk64(c: &mut Criterion) {
         let (builtin, native) = memplex_benches::both(name);
         let mut g = c.benchmark_group(format!("bulk64/{name}"));
         g.throughput(Throughput::Elements(64));
-        for (label, plugin) in [("builtin", &builtin), ("so", &native)] {
-            let mut p = plugin
-                .instantiate_unchecked(&memplex_benches::params())
-                .unwrap();
-            bench_bulk(&mut g, label, &mut *p);
-        }
+        let mut pb = builtin
+            .instantiate_unchecked(&memplex_benches::params())
+            .unwrap();
+        let mut ps = native
+            .instantiate_unchecked(&memplex_benches::params())
+            .unwrap();
+        bench_bulk(&mut g, "builtin", &mut *pb);
+        bench_bulk(&mut g, "so", &mut *ps);
         let mut checked = native.instantiate(&memplex_benches::params()).unwrap();
         let mut out = [Netmem::EMPTY; 64];
         g.bench_function("so_checked", |b| {
@@ -43,6 +46,13 @@ fn bulk64(c: &mut Criterion) {
             })
         });
         g.finish();
+        // The target's ratio, measured in alternating blocks (see `Paired`).
+        let (mut ob, mut os) = ([Netmem::EMPTY; 64], [Netmem::EMPTY; 64]);
+        memplex_benches::interleaved(
+            &format!("bulk64/{name}/so_over_builtin"),
+            || round(&mut *pb, &mut ob),
+            || round(&mut *ps, &mut os),
+        );
     }
 }
 
@@ -62,12 +72,13 @@ fn wasm_vs_native(c: &mut Criterion) {
         .expect("ring.wasm (run `cargo xtask bench`)");
     let mut g = c.benchmark_group("wasm_vs_native");
     g.throughput(Throughput::Elements(64));
-    for (label, plugin) in [("so", &native), ("wasm", &wasm), ("ring_wasm", &ring)] {
-        let mut p = plugin
-            .instantiate_unchecked(&memplex_benches::params())
-            .unwrap();
-        bench_bulk(&mut g, label, &mut *p);
-    }
+    let params = memplex_benches::params();
+    let mut so = native.instantiate_unchecked(&params).unwrap();
+    let mut sandboxed = wasm.instantiate_unchecked(&params).unwrap();
+    let mut fifo = ring.instantiate_unchecked(&params).unwrap();
+    bench_bulk(&mut g, "so", &mut *so);
+    bench_bulk(&mut g, "wasm", &mut *sandboxed);
+    bench_bulk(&mut g, "ring_wasm", &mut *fifo);
     // The floor: two calls into a guest that returns at once (alloc and release).
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
@@ -90,6 +101,12 @@ fn wasm_vs_native(c: &mut Criterion) {
         })
     });
     g.finish();
+    let (mut on, mut ow) = ([Netmem::EMPTY; 64], [Netmem::EMPTY; 64]);
+    memplex_benches::interleaved(
+        "wasm_vs_native/wasm_over_so",
+        || round(&mut *so, &mut on),
+        || round(&mut *sandboxed, &mut ow),
+    );
 }
 
 criterion_group!(wasm, wasm_vs_native);
