@@ -77,6 +77,27 @@ fn place(c: &mut Criterion) {
             })
         });
         g.finish();
+        // The target's ratio, measured in alternating blocks (see `Paired`): `a` places
+        // a block of frames through the engine (big enough that starting its worker is
+        // a small part), `b` copies as many.
+        let block = ((512 << 20) / size) as u64;
+        memplex_benches::interleaved(
+            &format!("place/{size}/memplex_over_memcpy_throughput"),
+            || {
+                let rx = replay::queues("bench", replayed.clone(), 1, u32::MAX, None).unwrap();
+                let rx = memplex::device::boxed(rx.into_iter().map(|q| q.limit(block)));
+                let report = engine.run(rx, &RunControl::default()).unwrap();
+                assert_eq!(report.total().received.frames, block);
+            },
+            || {
+                for _ in 0..block {
+                    ring[dst].copy_from_slice(black_box(&frames[src][..]));
+                    black_box(&mut ring[dst]);
+                    src = (src + 1) % frames.len();
+                    dst = (dst + 1) % depth;
+                }
+            },
+        );
     }
 }
 
