@@ -534,9 +534,7 @@ impl WasmProvider {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), len) };
         Ok(())
     }
-}
 
-impl WasmProvider {
     /// Whether any descriptor in `raw` (guest memory, `WasmNetmem`s) may lie outside
     /// memory of `size` bytes or overlap the descriptor area `area..area_end`: `false`
     /// means every one is clear. A wasm32 offset has a zero high word, so the pass works
