@@ -371,10 +371,11 @@ impl QueueDelivery {
     }
 
     /// Delivers one placed frame to consumer `consumer`: its `n` parts, the next `n` of
-    /// `parts`, are lent (or, for a head whose memory cannot be shared, copied inline
-    /// and recycled; for a `copy` route whose memory cannot be shared, the whole frame
-    /// copied). All `n` are taken from `parts` either way: what is not lent goes back to
-    /// `pools`. The entry is published by [`flush`](Self::flush), once per burst.
+    /// `parts`, are lent. The frame's bytes before its first part (a head the worker
+    /// left out because its provider cannot share) are copied inline from the frame, as
+    /// is a first part in memory that cannot be shared (then recycled); for a `copy`
+    /// route whose memory cannot be shared, the whole frame is copied. All `n` are taken
+    /// from `parts` either way: what is not lent goes back to `pools`. The entry is published by [`flush`](Self::flush), once per burst.
     ///
     /// One pass over the parts finds their regions (a provider's first region is tried
     /// first: most have one); the entry is written once, from the frame's own bytes,
@@ -418,8 +419,16 @@ impl QueueDelivery {
     ) -> Result<(), DropReason> {
         let view = &parts.as_slice()[..n];
         let shared = |p: &Part| matches!(self.pools[p.provider], PoolMemory::Shared(_));
-        let head_inline = !view.first().is_some_and(shared);
-        let copied = !view.iter().skip(1).all(shared);
+        // The bytes before the first part: a head the worker left for the ring (its
+        // provider cannot share, so it was not placed at all).
+        let skipped = frame
+            .data
+            .len()
+            .saturating_sub(view.iter().map(|p| p.len).sum());
+        // Else a first part in memory that cannot be shared is a head to copy inline.
+        let head_part = skipped == 0 && !view.first().is_some_and(shared);
+        let head_inline = skipped > 0 || head_part;
+        let copied = !view.iter().skip(usize::from(head_part)).all(shared);
         if copied && !copy {
             // Refused at start (config check); a fault if it happens anyway.
             return Err(DropReason::Fault);
@@ -444,7 +453,9 @@ impl QueueDelivery {
         // What goes in the ring as bytes, and the parts lent from `lend_from` on.
         let (inline, lend_from): (&[u8], usize) = if copied {
             (frame.data, n)
-        } else if head_inline {
+        } else if skipped > 0 {
+            (&frame.data[..skipped], 0)
+        } else if head_part {
             (&frame.data[..view.first().map_or(0, |p| p.len)], 1)
         } else {
             (&[], 0)

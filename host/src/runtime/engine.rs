@@ -154,7 +154,7 @@ impl Engine {
                 )));
             }
             // Buffers a consumer can hold: those of providers whose memory is lent (an
-            // inline head is copied and its buffer recycled at once).
+            // inline head is copied from the frame and takes no buffer).
             for p in [Some(&r.head), Some(&r.frags), r.frags_rest.as_ref()]
                 .into_iter()
                 .flatten()

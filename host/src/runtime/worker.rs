@@ -90,6 +90,12 @@ pub(super) struct Worker {
     pub tx_error_logged: bool,
     /// This vector's route decisions, made for all its frames before any is placed.
     pub routed: Vec<Option<usize>>,
+    /// Per rule: the most head bytes that go inline into a consumer's ring rather than
+    /// into a buffer, for a route that delivers a head whose provider cannot share its
+    /// memory. Such a head is copied from the frame straight into the ring: placed in a
+    /// buffer first, it was a buffer taken, filled and given back per frame for bytes
+    /// nobody reads there.
+    pub inline_heads: Vec<Option<usize>>,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
 }
@@ -144,6 +150,17 @@ impl Worker {
         delivery: Option<QueueDelivery>,
     ) -> Worker {
         let recyclers = pools.iter().map(Pool::recycler).collect();
+        let inline_heads = (0..routes.len())
+            .map(|i| {
+                let r = routes.get(i);
+                let head = pools.get(r.head)?.provider();
+                (delivery.is_some()
+                    && r.deliver.is_some()
+                    && r.forward.is_none()
+                    && head.not_exportable().is_some())
+                .then(|| head.info().buf_size as usize)
+            })
+            .collect();
         let stats = QueueStats {
             queue: name.clone(),
             routes: vec![Default::default(); routes.len()],
@@ -192,6 +209,7 @@ impl Worker {
             tx: Arc::from(Vec::new()),
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
+            inline_heads,
             profiler: None,
         }
     }
@@ -402,7 +420,8 @@ impl Worker {
             };
             let route = self.routes.get(rule);
             let first = self.parts.len();
-            match self.place(frame.data, self.splits[i].head_len, route) {
+            let inline = self.inline_heads[rule];
+            match self.place(frame.data, self.splits[i].head_len, route, inline) {
                 Ok(()) => {
                     // Counted here, while the frame and its parts are at hand (a
                     // round undone after a quarantine takes its counts back).
@@ -437,16 +456,22 @@ impl Worker {
 
     /// Places one frame: the head buffer takes the headers (as much of them as fits);
     /// the frags take the rest, from `frags` then `frags_rest`. One copy per byte.
+    ///
+    /// With `inline_head`, the route delivers its heads inline: up to that many bytes of
+    /// the headers are left out (the delivery copies them from the frame into the ring)
+    /// and the frags start after them.
     #[inline]
     fn place(
         &mut self,
         frame: &[u8],
         head_len: usize,
         route: crate::route::Route,
+        inline_head: Option<usize>,
     ) -> Result<(), NoBuffer> {
-        let mut at = 0;
-        let mut provider = route.head;
-        let mut head = true;
+        let (mut at, mut provider, mut head) = match inline_head {
+            Some(max) => (head_len.min(max).min(frame.len()), route.frags, false),
+            None => (0, route.head, true),
+        };
         // Parts for providers the host may not write wait here, and go to their
         // provider in one `fill_bulk` per run: a run is one provider's parts whose bytes
         // follow each other in the frame (`fill_from..fill_to`), so usually one call per

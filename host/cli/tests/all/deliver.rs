@@ -198,6 +198,26 @@ fn a_consumer_process_reads_every_frame_in_place_and_verifies_it() {
     assert_eq!(leaked(&report), 0);
     // The other route's frames stayed in-process and were verified by the sink.
     assert!(u(&report["total"]["sink"]["verified"]) > 10_000, "{report}");
+    // A head that goes inline is copied from the frame into the ring and takes no
+    // buffer: `hdr` holds exactly the in-process route's bytes (head and frags), and
+    // `payload` the delivered frames' bytes after their heads.
+    let placed = |name: &str| {
+        let p = report["total"]["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap();
+        u(&p["placed"]["bytes"])
+    };
+    let routes = report["total"]["routes"].as_array().unwrap();
+    assert_eq!(placed("hdr"), u(&routes[1]["bytes"]), "{report}");
+    let delivered = u(&routes[0]["bytes"]);
+    assert!(
+        placed("payload") < delivered && placed("payload") > delivered / 2,
+        "payload {} of {delivered}: {report}",
+        placed("payload")
+    );
 }
 
 /// The CRC-32 of every frame of the default capture, in order.
