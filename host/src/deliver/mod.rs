@@ -733,32 +733,25 @@ fn wait_for_room(
 /// the frame's end takes its last slot through a byte copy.
 #[inline]
 fn stage_inline(stage: &mut Vec<layout::Desc>, bytes: &[u8], len: usize) {
-    use zerocopy::FromBytes;
     debug_assert!(len <= bytes.len());
-    let mut at = 0;
-    while at < len {
-        let word = match bytes.get(at..at + layout::DESC) {
-            Some(whole) => {
-                let mut raw = [0u8; layout::DESC];
-                raw.copy_from_slice(whole);
-                u128::from_le_bytes(raw)
-            }
-            None => {
-                let mut raw = [0u8; layout::DESC];
-                let tail = &bytes[at..len];
-                raw[..tail.len()].copy_from_slice(tail);
-                u128::from_le_bytes(raw)
-            }
-        };
+    // An exact-size iterator: one capacity check for the run, not one per slot.
+    stage.extend((0..len.div_ceil(layout::DESC)).map(|k| {
+        let at = k * layout::DESC;
+        let mut raw = [0u8; layout::DESC];
+        match bytes.get(at..at + layout::DESC) {
+            Some(whole) => raw.copy_from_slice(whole),
+            None => raw[..len - at].copy_from_slice(&bytes[at..len]),
+        }
         let keep = len - at;
+        let word = u128::from_le_bytes(raw);
         let word = if keep >= layout::DESC {
             word
         } else {
             word & ((1u128 << (keep * 8)) - 1)
         };
-        stage.push(layout::Desc::read_from_bytes(&word.to_le_bytes()).unwrap_or_default());
-        at += layout::DESC;
-    }
+        let desc: layout::Desc = zerocopy::transmute!(word.to_le_bytes());
+        desc
+    }));
 }
 
 /// Tells the session about region `r` the first time an entry points into it.
