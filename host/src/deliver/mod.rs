@@ -820,17 +820,21 @@ fn refill(
                 return;
             }
         };
-        for (i, t) in tokens[..n].iter_mut().enumerate() {
-            *t = ch.refill.read::<u64>(i as u32);
-        }
+        // Refill entries are whole tokens, back to back (the host made the ring): the
+        // batch is read in one copy (two across the ring's end).
+        ch.refill.read_bytes(0, tokens[..n].as_mut_bytes());
         ch.refill.release(n as u32);
+        let mut returned = 0;
         for &t in &tokens[..n] {
-            let token = Token::from_u64(t);
-            if !ch.lent.give_back(token, pools) {
+            if !ch.lent.give_back(Token::from_u64(t), pools) {
                 ch.session.end(Disconnect::BadToken);
-                return;
+                break;
             }
-            counters.returned += 1;
+            returned += 1;
+        }
+        counters.returned += returned;
+        if returned < n as u64 {
+            return;
         }
     }
 }
