@@ -605,16 +605,20 @@ impl Consumer {
     /// stopping is [`Error::is_shutdown`]).
     #[inline]
     pub fn next(&self, timeout: Option<Duration>) -> Result<Option<Frame<'_>>, Error> {
-        // The common case first, without reading the clock.
-        if let Some(f) = self.try_next()? {
-            return Ok(Some(f));
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // One place where a frame is taken and returned: with two (a first try before
+        // the clock is read, then the loop), each was a 256-byte move of the frame, one
+        // of them a `memmove` call. The clock is first read after a try that found
+        // nothing.
+        let mut deadline = None;
         let mut spins = 0u32;
         loop {
             if let Some(f) = self.try_next()? {
                 return Ok(Some(f));
             }
+            if spins == 0 && deadline.is_none() {
+                deadline = Some(timeout.map(|t| Instant::now() + t));
+            }
+            let deadline = deadline.flatten();
             // A spinning consumer reads the clock once in 64 turns: a clock read costs
             // as much as a frame.
             let timed = self.wake == Wake::EventFd || spins.is_multiple_of(64);

@@ -218,12 +218,19 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         if args.frames > 0 && r.frames >= args.frames {
             break "frame limit".to_string();
         }
-        let frame = match c.next(Some(Duration::from_millis(100))) {
+        // The frame is used where `next` left it, and moved out only to be held or
+        // sent: a frame is 256 bytes, and taking it out of the result was a `memmove`
+        // per frame.
+        let got = c.next(Some(Duration::from_millis(100)));
+        let frame = match &got {
             Ok(Some(f)) => f,
             Ok(None) => continue,
             Err(e) if e.is_shutdown() => break "memplex stopped".to_string(),
             Err(Error::Closed) => break "memplex closed the connection".to_string(),
-            Err(e) => return Err(e).context("receiving frames"),
+            Err(_) => {
+                let Err(e) = got else { continue };
+                return Err(e).context("receiving frames");
+            }
         };
         // The clock is read per frame only until the warm-up is over.
         if warming && start.elapsed().as_secs_f64() < args.warmup {
@@ -288,25 +295,31 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         if args.delay_us > 0 {
             std::thread::sleep(Duration::from_micros(args.delay_us));
         }
-        if args.forward {
-            if args.drop_every.is_some_and(|n| r.frames.is_multiple_of(n)) {
-                r.verdict_dropped += 1;
-                drop(frame);
-            } else {
-                match frame.transmit() {
-                    Ok(()) => r.forwarded += 1,
-                    Err(e) => {
-                        if r.forward_refused == 0 {
-                            eprintln!("memplex consume: a frame was not forwarded: {e}");
+        // Only a frame held or sent leaves the result (a move).
+        if args.forward || args.hold > 0 {
+            let Ok(Some(frame)) = got else {
+                continue;
+            };
+            if args.forward {
+                if args.drop_every.is_some_and(|n| r.frames.is_multiple_of(n)) {
+                    r.verdict_dropped += 1;
+                    drop(frame);
+                } else {
+                    match frame.transmit() {
+                        Ok(()) => r.forwarded += 1,
+                        Err(e) => {
+                            if r.forward_refused == 0 {
+                                eprintln!("memplex consume: a frame was not forwarded: {e}");
+                            }
+                            r.forward_refused += 1;
                         }
-                        r.forward_refused += 1;
                     }
                 }
-            }
-        } else if args.hold > 0 {
-            held.push_back(frame);
-            if held.len() > args.hold as usize {
-                held.pop_front();
+            } else {
+                held.push_back(frame);
+                if held.len() > args.hold as usize {
+                    held.pop_front();
+                }
             }
         }
         if tty && turns.is_multiple_of(4096) && progress.elapsed() >= Duration::from_secs(1) {
