@@ -28,6 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::Duration;
 
 /// The most one read returns: a 64 KiB GSO frame, its vnet header, and room for BIG TCP.
@@ -85,15 +86,32 @@ fn attach(name: &str, flags: libc::c_int) -> Result<File, std::io::Error> {
 
 /// Other processes with a queue of TAP device `name` open, by pid: the kernel names a
 /// TUN file descriptor's device in its `/proc/PID/fdinfo` entry (`iff:\tNAME`).
+///
+/// Only processes in this process's network namespace count: a device of the same name
+/// in another namespace is another device (the fdinfo names it without its namespace,
+/// so a process's own namespace stands for its device's, as it does when it opened it).
 pub fn readers(name: &str) -> Vec<u32> {
+    readers_in(name, Path::new("/proc/self/ns/net"))
+}
+
+/// [`readers`] in the network namespace of the namespace file `netns`
+/// (`/proc/PID/ns/net`, or `/run/netns/NAME` as `ip netns add` makes).
+pub fn readers_in(name: &str, netns: &Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
     let me = std::process::id();
     let want = format!("iff:\t{name}\n");
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    // A namespace is its file's inode (the `[N]` of `net:[N]`).
+    let inode = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let wanted = inode(netns);
+    let in_ns =
+        |pid: u32| wanted.is_none() || inode(Path::new(&format!("/proc/{pid}/ns/net"))) == wanted;
     let mut pids: Vec<u32> = procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
+        .filter(|&pid| in_ns(pid))
         .filter(|pid| {
             std::fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|fds| {
                 fds.filter_map(Result::ok)

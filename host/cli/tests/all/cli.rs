@@ -993,7 +993,8 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
         .unwrap();
     // Wait until the first run has the device's queues open.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while memplex::device::tap::readers(&net.tap).is_empty() {
+    let ns_a = std::path::PathBuf::from(format!("/run/netns/{}", net.ns_a));
+    while memplex::device::tap::readers_in(&net.tap, &ns_a).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the first run never opened the TAP"
@@ -1014,6 +1015,30 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
         shared.status.success(),
         "attach = true shares the device: {}",
         String::from_utf8_lossy(&shared.stderr)
+    );
+    // A TAP of the same name in another namespace is another device: a run there is not
+    // refused while the first reads its own.
+    let other = TestNet::create(2).expect("a second test network");
+    assert_eq!(other.tap, net.tap, "both networks name their TAP alike");
+    let elsewhere = Command::new("ip")
+        .args(["netns", "exec", &other.ns_a])
+        .arg(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "run",
+            "-c",
+            &configs("default.toml"),
+            "--json",
+            "--duration",
+            "1",
+        ])
+        .env("MEMPLEX_PLUGIN_PATH", build_dir())
+        .env("MEMPLEX_DEVICE__INTERFACE", &other.tap)
+        .output()
+        .unwrap();
+    assert!(
+        elsewhere.status.success(),
+        "a same-named TAP in another namespace: {}",
+        String::from_utf8_lossy(&elsewhere.stderr)
     );
     let _ = first.kill();
     let _ = first.wait();
