@@ -969,9 +969,10 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
     }
     TestNet::sweep_stale();
     let net = TestNet::create(2).expect("the test network");
-    let run = |seconds: &str, attach: bool| {
+    // A run on the TAP `net.tap` in namespace `ns`.
+    let run = |ns: &str, seconds: &str, attach: bool| {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &net.ns_a])
+        c.args(["netns", "exec", ns])
             .arg(env!("CARGO_BIN_EXE_memplex"))
             .args([
                 "run",
@@ -986,7 +987,7 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
             .env("MEMPLEX_DEVICE__ATTACH", attach.to_string());
         c
     };
-    let mut first = run("20", false)
+    let mut first = run(&net.ns_a, "20", false)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1001,7 +1002,7 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let second = run("1", false).output().unwrap();
+    let second = run(&net.ns_a, "1", false).output().unwrap();
     let text = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{text}");
     assert!(
@@ -1010,7 +1011,7 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
             && text.contains("device.attach = true"),
         "{text}"
     );
-    let shared = run("1", true).output().unwrap();
+    let shared = run(&net.ns_a, "1", true).output().unwrap();
     assert!(
         shared.status.success(),
         "attach = true shares the device: {}",
@@ -1020,21 +1021,7 @@ fn a_second_run_on_the_same_tap_is_refused_unless_it_attaches() {
     // refused while the first reads its own.
     let other = TestNet::create(2).expect("a second test network");
     assert_eq!(other.tap, net.tap, "both networks name their TAP alike");
-    let elsewhere = Command::new("ip")
-        .args(["netns", "exec", &other.ns_a])
-        .arg(env!("CARGO_BIN_EXE_memplex"))
-        .args([
-            "run",
-            "-c",
-            &configs("default.toml"),
-            "--json",
-            "--duration",
-            "1",
-        ])
-        .env("MEMPLEX_PLUGIN_PATH", build_dir())
-        .env("MEMPLEX_DEVICE__INTERFACE", &other.tap)
-        .output()
-        .unwrap();
+    let elsewhere = run(&other.ns_a, "1", false).output().unwrap();
     assert!(
         elsewhere.status.success(),
         "a same-named TAP in another namespace: {}",
