@@ -227,11 +227,79 @@ pub struct PoolReport {
     pub waited: Duration,
 }
 
+/// The per-queue cache as two arrays of words: each buffer's address, and its length and
+/// id packed in one `u64` (a struct of arrays).
+///
+/// With an array of `Netmem`, a buffer recycled from pieces (its fields held in registers
+/// or on the stack, as a `PoolBuf` is) was stored as three narrow writes and taken by the
+/// next `alloc` as one 16-byte read. No store can forward to a read wider than itself, so
+/// that read waited for the stores to reach the cache: about half of a one-buffer round
+/// trip. Here every read is one word, as wide as the write it meets.
+struct Cache {
+    addr: [u64; CACHE_SIZE],
+    len_id: [u64; CACHE_SIZE],
+}
+
+#[inline]
+fn pack(netmem: Netmem) -> (u64, u64) {
+    (
+        netmem.addr,
+        u64::from(netmem.len) | u64::from(netmem.id) << 32,
+    )
+}
+
+#[inline]
+fn unpack(addr: u64, len_id: u64) -> Netmem {
+    Netmem {
+        addr,
+        len: len_id as u32,
+        id: (len_id >> 32) as u32,
+    }
+}
+
+impl Cache {
+    fn new() -> Self {
+        Cache {
+            addr: [0; CACHE_SIZE],
+            len_id: [0; CACHE_SIZE],
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: usize) -> Netmem {
+        unpack(self.addr[i], self.len_id[i])
+    }
+
+    /// The buffers in `range`, in order: one bounds check for the run, not per buffer.
+    #[inline]
+    fn run(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = Netmem> + '_ {
+        let addr = &self.addr[range.clone()];
+        let len_id = &self.len_id[range];
+        addr.iter().zip(len_id).map(|(&a, &l)| unpack(a, l))
+    }
+
+    /// Writes `bufs` from slot `at` on; the caller has checked they fit.
+    #[inline]
+    fn set_run(&mut self, at: usize, bufs: impl ExactSizeIterator<Item = Netmem>) {
+        let end = at + bufs.len();
+        let addr = &mut self.addr[at..end];
+        let len_id = &mut self.len_id[at..end];
+        for ((a, l), netmem) in addr.iter_mut().zip(len_id).zip(bufs) {
+            (*a, *l) = pack(netmem);
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, i: usize, netmem: Netmem) {
+        (self.addr[i], self.len_id[i]) = pack(netmem);
+    }
+}
+
 /// A pool of one provider instance's buffers, owned by one queue. See the module docs.
 pub struct Pool {
     /// The pool's id, copied out of `shared` so the fast path needs no pointer chase.
     id: NonZeroU32,
-    cache: [Netmem; CACHE_SIZE],
+    cache: Cache,
     count: usize,
     /// How many buffers the cache may hold: [`CACHE_SIZE`], or 0 once the provider is
     /// quarantined, so nothing of it is cached (and so handed out) again.
@@ -260,7 +328,7 @@ impl Pool {
         let id = NonZeroU32::new(NEXT_POOL_ID.fetch_add(1, Relaxed)).unwrap_or(NonZeroU32::MIN);
         Pool {
             id,
-            cache: [Netmem::EMPTY; CACHE_SIZE],
+            cache: Cache::new(),
             count: 0,
             cache_limit: CACHE_SIZE,
             alloc_fast: 0,
@@ -310,7 +378,7 @@ impl Pool {
         let i = self.count.checked_sub(1)?;
         self.count = i;
         self.alloc_fast += 1;
-        Some(self.wrap(self.cache[i]))
+        Some(self.wrap(self.cache.get(i)))
     }
 
     /// Takes a buffer: from the cache when it has one, else through the slow path.
@@ -319,7 +387,7 @@ impl Pool {
         if let Some(i) = self.count.checked_sub(1) {
             self.count = i;
             self.alloc_fast += 1;
-            return Ok(self.wrap(self.cache[i]));
+            return Ok(self.wrap(self.cache.get(i)));
         }
         self.alloc_slow()
     }
@@ -338,7 +406,7 @@ impl Pool {
             let k = want.min(self.count);
             let from = self.count - k;
             let (pool, caps) = (self.id, self.caps);
-            out.extend(self.cache[from..self.count].iter().map(|&netmem| PoolBuf {
+            out.extend(self.cache.run(from..self.count).map(|netmem| PoolBuf {
                 netmem,
                 pool,
                 caps,
@@ -371,7 +439,7 @@ impl Pool {
         while self.count < REFILL {
             match self.shared.ring.pop() {
                 Some(n) => {
-                    self.cache[self.count] = n;
+                    self.cache.set(self.count, n);
                     self.count += 1;
                 }
                 None => break,
@@ -380,7 +448,7 @@ impl Pool {
         if self.count > 0 {
             self.slow.alloc_refill += 1;
             self.count -= 1;
-            return Ok(self.wrap(self.cache[self.count]));
+            return Ok(self.wrap(self.cache.get(self.count)));
         }
         self.slow.alloc_empty += 1;
         let mut batch = [Netmem::EMPTY; REFILL];
@@ -407,7 +475,9 @@ impl Pool {
             }
             Ok(n) => {
                 self.slow.alloc_slow += 1;
-                self.cache[..n - 1].copy_from_slice(&batch[1..n]);
+                for (i, &netmem) in batch[1..n].iter().enumerate() {
+                    self.cache.set(i, netmem);
+                }
                 self.count = n - 1;
                 Ok(self.wrap(batch[0]))
             }
@@ -458,12 +528,8 @@ impl Pool {
             return;
         }
         let k = bufs.len().min(self.cache_limit.saturating_sub(self.count));
-        for (slot, b) in self.cache[self.count..self.count + k]
-            .iter_mut()
-            .zip(&*bufs)
-        {
-            *slot = b.netmem;
-        }
+        self.cache
+            .set_run(self.count, bufs[..k].iter().map(|b| b.netmem));
         self.count += k;
         self.recycle_cached += k as u64;
         for b in &bufs[k..] {
@@ -476,7 +542,7 @@ impl Pool {
     #[inline]
     fn recycle_one(&mut self, netmem: Netmem) {
         if self.count < self.cache_limit {
-            self.cache[self.count] = netmem;
+            self.cache.set(self.count, netmem);
             self.count += 1;
             self.recycle_cached += 1;
         } else {
@@ -675,7 +741,7 @@ impl Pool {
             while n < REFILL {
                 if self.count > 0 {
                     self.count -= 1;
-                    batch[n] = self.cache[self.count];
+                    batch[n] = self.cache.get(self.count);
                 } else if let Some(b) = self.shared.ring.pop() {
                     batch[n] = b;
                 } else {
