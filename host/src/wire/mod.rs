@@ -279,6 +279,95 @@ struct Ends {
 
 #[inline]
 fn walk_into(frame: &[u8], meta: &mut FrameMeta) -> Ends {
+    match fast_walk(frame, meta) {
+        Some(ends) => ends,
+        None => walk_headers(frame, meta),
+    }
+}
+
+/// Where the first IPv4 header starts on an untagged frame.
+const FAST_L3: usize = ethernet::HEADER_LEN;
+/// Where the transport header starts after an IPv4 header without options.
+const FAST_L4: usize = FAST_L3 + ipv4::MIN_HEADER_LEN;
+
+/// The walk of the commonest frame in straight-line code: untagged Ethernet, IPv4
+/// without options, not a fragment, then TCP or UDP with no tunnel or application port.
+/// Anything else, or anything the general walk would judge (a short or inconsistent
+/// header), gives `None` and takes the general walk, [`walk_headers`]. When it answers,
+/// the answer is the general walk's, field for field: `fast_walk_agrees_with_the_walk`
+/// checks that on every kind of frame and on arbitrary bytes.
+///
+/// Why a second walk: the general one chains a view per layer, each with its own checks,
+/// enum dispatch and optional fields, which measured about 9 ns a frame; the common
+/// frame needs a dozen loads and compares.
+#[inline]
+fn fast_walk(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
+    // Ethernet, IPv4 and the first 4 bytes of the transport header (its ports).
+    let h: &[u8; FAST_L4 + 4] = frame.get(..FAST_L4 + 4)?.try_into().ok()?;
+    let be16 = |at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
+    // IPv4 (version 4, a 20-byte header) and not a later fragment.
+    if be16(12) != 0x0800 || h[FAST_L3] != 0x45 || be16(FAST_L3 + 6) & 0x1fff != 0 {
+        return None;
+    }
+    let end = FAST_L3 + usize::from(be16(FAST_L3 + 2));
+    if end < FAST_L4 || end > frame.len() {
+        return None;
+    }
+    let protocol = h[FAST_L3 + 9];
+    let (src_port, dst_port) = (be16(FAST_L4), be16(FAST_L4 + 2));
+    let l4_end = match IpProtocol::from(protocol) {
+        IpProtocol::Tcp => {
+            let min = FAST_L4 + transport::TcpPacket::<&[u8]>::MIN_LEN;
+            let header_len = usize::from(*frame.get(FAST_L4 + 12)? >> 4) * 4;
+            let l4_end = FAST_L4 + header_len;
+            if end < min || header_len < transport::TcpPacket::<&[u8]>::MIN_LEN || end < l4_end {
+                return None;
+            }
+            if App::for_ports(src_port, dst_port).is_some() {
+                return None;
+            }
+            l4_end
+        }
+        IpProtocol::Udp => {
+            let l4_end = FAST_L4 + transport::UdpPacket::<&[u8]>::HEADER_LEN;
+            let udp_len = u16::from_be_bytes([*frame.get(FAST_L4 + 4)?, *frame.get(FAST_L4 + 5)?]);
+            if end < l4_end
+                || (usize::from(udp_len) < transport::UdpPacket::<&[u8]>::HEADER_LEN
+                    && udp_len != 0)
+                || matches!(dst_port, tunnel::VXLAN_PORT | tunnel::GENEVE_PORT)
+            {
+                return None;
+            }
+            l4_end
+        }
+        _ => return None,
+    };
+    let addr = |at: usize| {
+        Some(IpAddr::V4(Ipv4Addr::new(
+            h[at],
+            h[at + 1],
+            h[at + 2],
+            h[at + 3],
+        )))
+    };
+    meta.ethertype = 0x0800;
+    meta.src = addr(FAST_L3 + 12);
+    meta.dst = addr(FAST_L3 + 16);
+    meta.protocol = Some(protocol);
+    meta.src_port = Some(src_port);
+    meta.dst_port = Some(dst_port);
+    Some(Ends {
+        l2_end: Some(FAST_L3),
+        l3_end: Some(FAST_L4),
+        l4_end: Some(l4_end),
+        app_end: None,
+        end,
+        stop: None,
+    })
+}
+
+/// The general walk: every layer through its view, from Ethernet on.
+fn walk_headers(frame: &[u8], meta: &mut FrameMeta) -> Ends {
     let mut w = Walker {
         meta,
         l2_end: None,

@@ -271,3 +271,131 @@ proptest! {
         prop_assert_eq!(&f[s.head_len..], &payload[..]);
     }
 }
+
+/// Both walks of `frame`: the straight-line one (if it answers) must equal the general one.
+fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
+    let mut fast_meta = FrameMeta::default();
+    let Some(fast) = fast_walk(frame, &mut fast_meta) else {
+        return false;
+    };
+    let mut meta = FrameMeta::default();
+    let general = walk_headers(frame, &mut meta);
+    assert_eq!(fast_meta, meta, "routing fields of {frame:02x?}");
+    assert_eq!(
+        (
+            fast.l2_end,
+            fast.l3_end,
+            fast.l4_end,
+            fast.app_end,
+            fast.end,
+            fast.stop
+        ),
+        (
+            general.l2_end,
+            general.l3_end,
+            general.l4_end,
+            general.app_end,
+            general.end,
+            general.stop
+        ),
+        "layer ends of {frame:02x?}"
+    );
+    true
+}
+
+#[test]
+fn fast_walk_agrees_with_the_walk() {
+    // The frames it takes.
+    assert!(assert_fast_walk_agrees(&udp4(b"hello", 53)));
+    let mut tcp = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .tcp(50000, 80, 1, 65535)
+        .options(&[TcpOptionElement::MaximumSegmentSize(1460)])
+        .unwrap()
+        .write(&mut tcp, &[7; 100])
+        .unwrap();
+    assert!(assert_fast_walk_agrees(&tcp));
+    // Padded past the datagram (a short frame on the wire), and a UDP length of 0.
+    let mut padded = udp4(b"", 9);
+    padded.extend([0; 20]);
+    assert!(assert_fast_walk_agrees(&padded));
+    let mut zero = udp4(b"abc", 9);
+    zero[38..40].copy_from_slice(&[0, 0]);
+    assert!(assert_fast_walk_agrees(&zero));
+    // Application headers are looked for after TCP only.
+    assert!(assert_fast_walk_agrees(&udp4(&[0; 16], app::NVME_TCP_PORT)));
+    // The frames it leaves to the general walk: tagged, options, fragments, tunnels,
+    // application ports, other protocols, and short or inconsistent headers.
+    let mut leaves = vec![
+        tcp4_opts(b"x", 80),
+        udp4(b"vxlan", tunnel::VXLAN_PORT),
+        udp4(b"geneve", tunnel::GENEVE_PORT),
+    ];
+    let mut nvme = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_A, V4_B, 64)
+        .tcp(50000, app::NVME_TCP_PORT, 1, 65535)
+        .write(&mut nvme, &[0; 24])
+        .unwrap();
+    leaves.push(nvme);
+    let mut options = udp4(b"x", 9);
+    options[14] = 0x46;
+    leaves.push(options);
+    let mut fragment = udp4(b"x", 9);
+    fragment[20..22].copy_from_slice(&[0x00, 0x10]);
+    leaves.push(fragment);
+    let mut icmp = udp4(b"xxxxxxxx", 9);
+    icmp[23] = 1;
+    leaves.push(icmp);
+    let mut long = udp4(b"x", 9);
+    long[16..18].copy_from_slice(&[0x05, 0xdc]);
+    leaves.push(long);
+    let mut short_udp = udp4(b"x", 9);
+    short_udp[38..40].copy_from_slice(&[0, 4]);
+    leaves.push(short_udp);
+    let mut short_tcp = tcp.clone();
+    short_tcp[46] = 0x40;
+    leaves.push(short_tcp);
+    leaves.push(tcp[..50].to_vec());
+    for f in &leaves {
+        assert!(!assert_fast_walk_agrees(f), "taken: {f:02x?}");
+    }
+}
+
+proptest! {
+    /// Valid IPv4 TCP and UDP frames with bytes of their headers overwritten and their
+    /// ends cut: wherever the straight-line walk answers, it answers as the general one.
+    #[test]
+    fn fast_walk_agrees_on_damaged_frames(
+        payload_len in 0usize..80, tcp in any::<bool>(), dport in any::<u16>(),
+        damage in proptest::collection::vec((0usize..60, any::<u8>()), 0..4),
+        cut in 0usize..140,
+    ) {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_A, V4_B, 9);
+        let payload = vec![0xa5; payload_len];
+        if tcp {
+            b.tcp(1000, dport, 3, 4).write(&mut f, &payload).unwrap();
+        } else {
+            b.udp(1000, dport).write(&mut f, &payload).unwrap();
+        }
+        for (at, byte) in damage {
+            if let Some(b) = f.get_mut(at) {
+                *b = byte;
+            }
+        }
+        f.truncate(f.len().saturating_sub(cut % 20).max(cut.min(f.len())));
+        assert_fast_walk_agrees(&f);
+    }
+
+    #[test]
+    fn fast_walk_agrees_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
+        let mut f = bytes;
+        // Mostly IPv4 with a plain header, so the checks after those are reached.
+        if f.len() > 14 {
+            f[12..15].copy_from_slice(&[0x08, 0x00, 0x45]);
+        }
+        assert_fast_walk_agrees(&f);
+    }
+}
