@@ -275,9 +275,13 @@ impl Worker {
         self.lap(Stage::Split);
         // Every frame is routed before any is placed.
         self.routed.clear();
-        for split in &self.splits[..burst.len()] {
-            self.routed.push(self.routes.rule(&split.meta, self.device));
-        }
+        let (routes, device) = (&self.routes, self.device);
+        // An exact-size run: one capacity check for the vector, not one per frame.
+        self.routed.extend(
+            self.splits[..burst.len()]
+                .iter()
+                .map(|split| routes.rule(&split.meta, device)),
+        );
         self.lap(Stage::Route);
         // A provider quarantined while the vector was placed may hold parts of frames
         // placed before it faulted: place the whole vector again, so they complete on the
