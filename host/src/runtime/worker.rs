@@ -427,12 +427,10 @@ impl Worker {
             let inline = self.inline_heads[rule];
             match self.place(frame.data, self.splits[i].head_len, route, inline) {
                 Ok(()) => {
-                    // Counted here, while the frame and its parts are at hand (a
-                    // round undone after a quarantine takes its counts back).
+                    // Counted here, while the frame is at hand (its parts were counted
+                    // as they were placed; a round undone after a quarantine takes its
+                    // counts back).
                     self.stats.routes[rule].add(frame.data.len());
-                    for part in &self.parts[first..] {
-                        self.stats.providers[part.provider].placed.add(part.len);
-                    }
                     self.staged.push(Staged {
                         rx: i,
                         rule,
@@ -441,6 +439,9 @@ impl Worker {
                 }
                 Err(short) => {
                     self.drops.push((short.reason, Some(short.provider)));
+                    for part in &self.parts[first..] {
+                        self.stats.providers[part.provider].placed.undo(part.len);
+                    }
                     self.recycle_from(first);
                     if self.quarantined() != quarantined {
                         return;
@@ -523,6 +524,10 @@ impl Worker {
                 buf,
                 len: n,
             });
+            // Counted from the values at hand: read back from `parts`, the length came
+            // from a narrow load of the wide store that had just written it (a
+            // store-forwarding stall per part).
+            self.stats.providers[p].placed.add(n);
             at += n;
             provider = if head { route.frags } else { route.frags_rest };
             head = false;
