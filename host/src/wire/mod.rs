@@ -350,12 +350,16 @@ fn fast_walk(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
             h[at + 3],
         )))
     };
-    meta.ethertype = 0x0800;
-    meta.src = addr(FAST_L3 + 12);
-    meta.dst = addr(FAST_L3 + 16);
-    meta.protocol = Some(protocol);
-    meta.src_port = Some(src_port);
-    meta.dst_port = Some(dst_port);
+    // Every field, in one assignment: the caller's `meta` may hold another frame's.
+    *meta = FrameMeta {
+        ethertype: 0x0800,
+        src: addr(FAST_L3 + 12),
+        dst: addr(FAST_L3 + 16),
+        protocol: Some(protocol),
+        src_port: Some(src_port),
+        dst_port: Some(dst_port),
+        ..FrameMeta::default()
+    };
     Some(Ends {
         l2_end: Some(FAST_L3),
         l3_end: Some(FAST_L4),
@@ -580,9 +584,14 @@ impl Splitter {
     /// store-forwarding stall that measured a third of the decision.)
     #[inline]
     pub fn split_into(&self, frame: &[u8], split: &mut Split) {
-        split.meta = FrameMeta::default();
         split.head_len = frame.len();
-        let w = walk_into(frame, &mut split.meta);
+        let w = match fast_walk(frame, &mut split.meta) {
+            Some(ends) => ends,
+            None => {
+                split.meta = FrameMeta::default();
+                walk_headers(frame, &mut split.meta)
+            }
+        };
         // Offsets of at most 64 KiB fit; a BIG TCP frame's offsets are still header offsets.
         split.l3_offset = w.l2_end.map(|o| o as u16);
         split.l4_offset = w.l3_end.map(|o| o as u16);
