@@ -347,25 +347,19 @@ fn fast_walk_agrees_with_the_walk() {
         .write(&mut nvme, &[0; 24])
         .unwrap();
     leaves.push(nvme);
-    let mut options = udp4(b"x", 9);
-    options[14] = 0x46;
-    leaves.push(options);
-    let mut fragment = udp4(b"x", 9);
-    fragment[20..22].copy_from_slice(&[0x00, 0x10]);
-    leaves.push(fragment);
-    let mut icmp = udp4(b"xxxxxxxx", 9);
-    icmp[23] = 1;
-    leaves.push(icmp);
-    let mut long = udp4(b"x", 9);
-    long[16..18].copy_from_slice(&[0x05, 0xdc]);
-    leaves.push(long);
-    let mut short_udp = udp4(b"x", 9);
-    short_udp[38..40].copy_from_slice(&[0, 4]);
-    leaves.push(short_udp);
-    let mut short_tcp = tcp.clone();
-    short_tcp[46] = 0x40;
-    leaves.push(short_tcp);
-    leaves.push(tcp[..50].to_vec());
+    let patched = |mut f: Vec<u8>, at: usize, bytes: &[u8]| {
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        f
+    };
+    leaves.extend([
+        patched(udp4(b"x", 9), 14, &[0x46]),       // IPv4 options
+        patched(udp4(b"x", 9), 20, &[0x00, 0x10]), // a later fragment
+        patched(udp4(b"xxxxxxxx", 9), 23, &[1]),   // ICMP
+        patched(udp4(b"x", 9), 16, &[0x05, 0xdc]), // a datagram past the frame
+        patched(udp4(b"x", 9), 38, &[0, 4]),       // a UDP length below 8
+        patched(tcp.clone(), 46, &[0x40]),         // a TCP header past the datagram
+        tcp[..50].to_vec(),                        // a TCP header cut short
+    ]);
     for f in &leaves {
         assert!(!assert_fast_walk_agrees(f), "taken: {f:02x?}");
     }
