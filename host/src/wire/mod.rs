@@ -277,6 +277,8 @@ struct Ends {
     stop: Option<Unsplit>,
 }
 
+/// The walk of [`walk`], into `meta`, which must hold the defaults: the straight-line
+/// walk writes every field, the general one only those it finds.
 #[inline]
 fn walk_into(frame: &[u8], meta: &mut FrameMeta) -> Ends {
     match fast_walk(frame, meta) {
