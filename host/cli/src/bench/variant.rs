@@ -31,6 +31,8 @@ fn delivering(config: &Config, socket: &Path, args: &BenchArgs) -> Config {
     for r in &mut c.routes {
         r.deliver = Some(BENCH_CONSUMER.into());
     }
+    // The config's own consumers would listen on their sockets for nobody.
+    c.consumers.clear();
     c.consumers.insert(
         BENCH_CONSUMER.into(),
         ConsumerConfig {
@@ -142,6 +144,13 @@ pub fn variants(args: &BenchArgs) -> Result<Vec<Variant>> {
                     out.len()
                 ));
                 let delivered = delivering(&config, &socket, args);
+                // The in-process side keeps every frame in the process: a route of the
+                // config that delivers would drop its frames, with nobody connected.
+                let mut config = config;
+                for r in &mut config.routes {
+                    r.deliver = None;
+                }
+                config.consumers.clear();
                 out.push(Variant {
                     label: label.clone(),
                     config,

@@ -565,6 +565,30 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
 }
 
 #[test]
+fn bench_keeps_the_in_process_side_of_a_delivering_route_in_process() {
+    // TCP frames take `deliver.toml`'s delivering route: the in-process side must sink
+    // them, not drop them for want of a consumer.
+    let dir = std::env::temp_dir().join(format!("memplex-bench-inproc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("b.json");
+    let (code, out) = bench_delivering(
+        "count",
+        &["--proto", "tcp", "--json", json.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    for variant in ["deliver", "deliver -> consumer"] {
+        let s = summary_of(&doc, variant);
+        assert_eq!(s["drops"].as_u64(), Some(0), "{variant}: {s}");
+        assert!(
+            s["pps"].as_f64().is_some_and(|p| p > 10_000.0),
+            "{variant}: {s}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_sets_a_checksumming_consumer_against_the_checksum_sink() {
     let (code, out) = bench_delivering("checksum", &[]);
     assert_eq!(code, 0, "{out}");
