@@ -475,9 +475,7 @@ impl Pool {
             }
             Ok(n) => {
                 self.slow.alloc_slow += 1;
-                for (i, &netmem) in batch[1..n].iter().enumerate() {
-                    self.cache.set(i, netmem);
-                }
+                self.cache.set_run(0, batch[1..n].iter().copied());
                 self.count = n - 1;
                 Ok(self.wrap(batch[0]))
             }
