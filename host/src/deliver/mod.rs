@@ -52,6 +52,16 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session on `sock`, for tests that feed a worker's channel themselves.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, sock: OwnedFd) -> Session {
+        Session {
+            id,
+            sock,
+            end: AtomicU8::new(0),
+        }
+    }
+
     fn ended(&self) -> Option<Disconnect> {
         match self.end.load(Ordering::Acquire) {
             0 => None,

@@ -303,6 +303,16 @@ impl Engine {
         Ok(pools)
     }
 
+    /// Queue 0's worker, for tests that drive it by hand.
+    #[cfg(test)]
+    pub(super) fn test_worker(
+        &self,
+        sink: Box<dyn Sink>,
+        inbox: Option<Arc<crate::deliver::Inbox>>,
+    ) -> Result<Worker, RunError> {
+        self.worker(0, "test".into(), sink, inbox)
+    }
+
     fn worker(
         &self,
         queue: u16,

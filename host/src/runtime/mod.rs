@@ -65,6 +65,8 @@
 
 mod engine;
 mod frame;
+#[cfg(test)]
+mod one_core;
 mod sink;
 mod worker;
 

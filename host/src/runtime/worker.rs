@@ -657,6 +657,12 @@ impl Worker {
 
     /// Serves the consumers between polls: new sessions, returned buffers, sessions that
     /// ended (their unread frames counted as dropped, `consumer_gone`).
+    /// Takes back what consumers returned (as a worker does between polls), for tests.
+    #[cfg(test)]
+    pub(super) fn service(&mut self) {
+        self.service_delivery();
+    }
+
     fn service_delivery(&mut self) {
         if let Some(d) = self.delivery.as_mut() {
             d.service(&mut self.pools);

@@ -1,0 +1,237 @@
+//! A worker that delivers, driven by hand with its consumer in the same thread: the
+//! delivery path end to end (split, place, lend, stage, publish, read, give back, take
+//! back) without a socket, a second process or a second core.
+//!
+//! It is a test (every frame delivered and checked, every buffer back) and a
+//! measurement. `MEMPLEX_ONE_CORE_ROUNDS=300 cargo test --release -p memplex --lib
+//! one_core -- --nocapture` prints the worker's ns per frame delivering against the same
+//! worker with an in-process count sink, alternating, medians of 7. Nothing crosses
+//! cores here, so the gap is the host's own work per frame; against `memplex bench
+//! --consumer count`'s ratio on two cores it says how much of that gap is lines shared
+//! between cores (docs/delivery.md, "Cost").
+
+use super::{CountSink, Engine};
+use crate::config::Config;
+use crate::deliver::{Inbox, NewChannel, Session};
+use crate::device::{RxFrame, RxMeta};
+use crate::provider::PluginPath;
+use memplex_proto::layout::{self, Desc, RingKind};
+use memplex_proto::ring::{ChannelMap, Consumer, Producer};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zerocopy::IntoBytes;
+
+const CONFIG: &str = r#"
+[device]
+kind = "pcap"
+path = "(in memory)"
+
+[split]
+mode = "l4"
+
+[providers.hdr]
+plugin = "builtin:heap"
+buf_size = 256
+unverified = true
+
+[providers.payload]
+plugin = "builtin:shm"
+buf_size = 2048
+pool_size = 1024
+settings = { buffers = 16384 }
+
+[consumers.app]
+socket = "/nonexistent/one-core.sock"
+ring_entries = 4096
+quota = 2048
+policy = "drop"
+
+[[route]]
+head = "hdr"
+frags = "payload"
+"#;
+
+/// The consumer's end, in this thread: reads each frame's descriptors, checks them
+/// against the frame, and gives its tokens back in batches of 128.
+struct Reader {
+    completion: Consumer,
+    refill: Producer,
+    tokens: Vec<u64>,
+    frames: u64,
+}
+
+impl Reader {
+    fn read(&mut self, sent: &[RxFrame<'_>], check: bool) {
+        let avail = self.completion.available().expect("an honest host");
+        let mut i = 0;
+        let mut inline = [0u8; 256];
+        while i < avail {
+            let frame = sent[self.frames as usize % sent.len()].data;
+            let mut seen = 0;
+            loop {
+                let d: Desc = self.completion.read(i);
+                i += 1;
+                if d.is_inline() {
+                    let len = d.len() as usize;
+                    self.completion.read_bytes(i, &mut inline[..len]);
+                    i += layout::inline_slots(len) as u32;
+                    if check {
+                        assert_eq!(seen, 0, "inline bytes first");
+                        assert_eq!(&inline[..len], &frame[..len], "frame {}", self.frames);
+                    }
+                    seen += len;
+                } else {
+                    assert_ne!(d.token, 0, "a part has a token");
+                    self.tokens.push(d.token);
+                    seen += d.len() as usize;
+                }
+                if !d.more() {
+                    break;
+                }
+            }
+            if check {
+                assert_eq!(seen, frame.len(), "frame {}", self.frames);
+            }
+            self.frames += 1;
+        }
+        self.completion.release(avail);
+    }
+
+    fn give_back(&mut self, at_least: usize) {
+        if self.tokens.len() >= at_least && !self.tokens.is_empty() {
+            let n = self.tokens.len() as u32;
+            assert!(self.refill.has_room(0, n).expect("an honest host"));
+            self.refill.write_staged(0, self.tokens.as_bytes());
+            self.refill.publish(n);
+            self.tokens.clear();
+        }
+    }
+}
+
+/// Runs `rounds` passes over `frames` through one worker, delivering (with the reader
+/// above) or to the count sink; the worker's ns per frame (the reader's time left out).
+fn run(deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bool) -> f64 {
+    let text = CONFIG.replace(
+        "frags = \"payload\"\n",
+        if deliver {
+            "frags = \"payload\"\ndeliver = \"app\"\n"
+        } else {
+            "frags = \"payload\"\n"
+        },
+    );
+    let config = Config::from_toml(&text, "one core", Default::default(), None).expect("valid");
+    let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
+    let inbox = Arc::new(Inbox::default());
+    let mut worker = engine
+        .test_worker(Box::new(CountSink), deliver.then(|| Arc::clone(&inbox)))
+        .expect("a worker");
+    let mut reader = None;
+    if deliver {
+        // Regions are announced on this socket; its other end is kept, unread.
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .expect("a socket pair");
+        let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, false).expect("a channel");
+        let map = Arc::new(map);
+        reader = Some((
+            Reader {
+                completion: Consumer::new(map.ring(RingKind::Completion)),
+                refill: Producer::new(map.ring(RingKind::Refill)),
+                tokens: Vec::with_capacity(256),
+                frames: 0,
+            },
+            theirs,
+        ));
+        inbox.push(NewChannel {
+            consumer: 0,
+            session: Arc::new(Session::for_test(1, ours)),
+            map,
+            eventfd: None,
+        });
+    }
+    let rx: Vec<RxFrame<'_>> = frames
+        .iter()
+        .map(|f| RxFrame {
+            data: f,
+            meta: RxMeta {
+                orig_len: f.len() as u32,
+                cap_len: f.len() as u32,
+                ..Default::default()
+            },
+        })
+        .collect();
+    worker.service();
+    let (mut spent, mut sent) = (Duration::ZERO, 0u64);
+    for _ in 0..rounds {
+        for burst in rx.chunks(32) {
+            let t = Instant::now();
+            worker.handle(burst);
+            worker.service();
+            spent += t.elapsed();
+            sent += burst.len() as u64;
+            if let Some((r, _)) = reader.as_mut() {
+                r.read(&rx, check);
+                r.give_back(128);
+            }
+        }
+    }
+    assert_eq!(worker.stats.dropped.sum(), 0, "no frame dropped");
+    if let Some((mut r, _)) = reader {
+        r.give_back(1);
+        worker.service();
+        assert_eq!(r.frames, sent, "every frame delivered");
+        let stats = worker.delivery.as_ref().expect("delivering").stats();
+        let c = &stats[0].counters;
+        assert_eq!(
+            (c.frames, c.returned, c.lent),
+            (sent, sent, 0),
+            "every buffer back"
+        );
+    } else {
+        assert_eq!(worker.stats.routes[0].frames, sent, "every frame placed");
+    }
+    spent.as_nanos() as f64 / sent as f64
+}
+
+fn frames() -> Vec<Vec<u8>> {
+    memplex_testkit::traffic::generate(memplex_testkit::traffic::Shape {
+        frame_size: 64,
+        flows: 4096,
+        proto: memplex_testkit::traffic::Proto::Udp,
+        vlan: None,
+    })
+    .expect("64 B UDP frames")
+}
+
+/// Every frame delivered, its head inline and equal to the frame's, its payload lent
+/// once; every buffer given back and taken back.
+#[test]
+fn one_core_delivery_lends_every_payload_and_takes_every_buffer_back() {
+    let frames = frames();
+    run(true, &frames, 2, true);
+    run(false, &frames, 2, false);
+    let rounds: usize = std::env::var("MEMPLEX_ONE_CORE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if rounds == 0 {
+        return;
+    }
+    let (mut sink, mut delivering) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        sink.push(run(false, &frames, rounds, false));
+        delivering.push(run(true, &frames, rounds, false));
+    }
+    sink.sort_by(f64::total_cmp);
+    delivering.sort_by(f64::total_cmp);
+    println!(
+        "64 B UDP, one core, medians of 7: count sink {:.1} ns/frame, delivering {:.1} ns/frame, ratio {:.2}",
+        sink[3],
+        delivering[3],
+        sink[3] / delivering[3]
+    );
+}
