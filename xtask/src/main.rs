@@ -74,9 +74,10 @@ fn main() {
         Some("lint") => lint(&root),
         Some("fuzz") => fuzz(&root, &rest),
         Some("soak") => build(&root, "release").and_then(|()| soak(&root, &rest)),
+        Some("instructions") => instructions(&root, &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS]>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...]>"
             );
             exit(2);
         }
@@ -222,10 +223,14 @@ fn setup() -> Result<(), String> {
         "xtask: installing {} for the tests and the demo",
         missing.join(", ")
     );
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
@@ -610,4 +615,146 @@ fn soak(root: &Path, args: &[&str]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The workloads of `host/src/runtime/one_core.rs` (`WORKLOADS` there), in its order.
+const WORKLOADS: [&str; 6] = [
+    "count-64",
+    "deliver-64",
+    "count-1500",
+    "deliver-1500",
+    "tcp-split-128",
+    "tcp-split-1500",
+];
+
+/// Counts the instructions the worker executes per frame, exactly: each workload of the
+/// one-core test runs under callgrind, which counts only inside `measured_burst` (one
+/// burst handled, consumers' returns taken back). Prints the count per frame and the
+/// source lines that execute the most, per frame; the callgrind files stay in
+/// `target/instructions/` for `callgrind_annotate`.
+fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
+    if let Some(bad) = names.iter().find(|n| !WORKLOADS.contains(n)) {
+        return Err(format!(
+            "no workload {bad}: the workloads are {}",
+            WORKLOADS.join(", ")
+        ));
+    }
+    let have = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("xtask: installing valgrind (callgrind counts the instructions)");
+        apt_install(&["valgrind"])?;
+    }
+    let test_binary = release_lib_test(root)?;
+    let out_dir = root.join("target/instructions");
+    std::fs::create_dir_all(&out_dir)
+        .map_err(|e| format!("cannot make {}: {e}", out_dir.display()))?;
+    let chosen: Vec<&str> = if names.is_empty() {
+        WORKLOADS.to_vec()
+    } else {
+        names.to_vec()
+    };
+    let mut table = Vec::new();
+    for name in chosen {
+        let out = out_dir.join(format!("{name}.callgrind"));
+        eprintln!("xtask: counting {name} under callgrind");
+        let run = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--toggle-collect=*measured_burst*")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&test_binary)
+            .args([
+                "runtime::one_core::workloads",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("MEMPLEX_WORKLOAD", name)
+            .output()
+            .map_err(|e| format!("could not start valgrind: {e}"))?;
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        if !run.status.success() {
+            return Err(format!(
+                "{name} failed under callgrind ({}):\n{stdout}\n{}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+            ));
+        }
+        let frames: u64 = stdout
+            .split("frames ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("{name}: no frame count in the test's output:\n{stdout}"))?;
+        let text = std::fs::read_to_string(&out)
+            .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+        let total: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("{}: no summary line", out.display()))?;
+        let per_frame = total as f64 / frames as f64;
+        println!("\n{name}: {per_frame:.0} instructions a frame ({frames} frames)");
+        // The source lines that execute the most (callgrind_annotate, self cost).
+        let annotate = Command::new("callgrind_annotate")
+            .args(["--auto=no", "--threshold=100"])
+            .arg(&out)
+            .output()
+            .map_err(|e| format!("could not start callgrind_annotate: {e}"))?;
+        let lines = String::from_utf8_lossy(&annotate.stdout);
+        for (count, place) in lines
+            .lines()
+            .filter_map(|l| {
+                let (n, rest) = l.trim_start().split_once(' ')?;
+                let n: u64 = n.replace(',', "").parse().ok()?;
+                let place = rest.trim_start().split_once(')').map_or(rest, |(_, p)| p);
+                Some((n, place.trim().to_string()))
+            })
+            .filter(|(_, p)| !p.is_empty() && !p.starts_with("PROGRAM"))
+            .take(12)
+        {
+            let short = place.split(" [").next().unwrap_or(&place);
+            let short = short.rsplit_once("/src/").map_or(short, |(_, s)| s);
+            println!("  {:7.1}  {short}", count as f64 / frames as f64);
+        }
+        table.push((name, per_frame));
+    }
+    println!(
+        "\ninstructions a frame (exact; the worker's work per burst, consumers' returns included)"
+    );
+    for (name, n) in table {
+        println!("  {name:<16} {n:>8.0}");
+    }
+    Ok(())
+}
+
+/// The host library's unit-test binary, built with the release profile.
+fn release_lib_test(root: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "memplex",
+            "--lib",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"]["name"] == "memplex" && v["profile"]["test"] == true)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo named no test binary for memplex's library".to_string())
 }

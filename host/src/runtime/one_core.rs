@@ -2,13 +2,21 @@
 //! delivery path end to end (split, place, lend, stage, publish, read, give back, take
 //! back) without a socket, a second process or a second core.
 //!
-//! It is a test (every frame delivered and checked, every buffer back) and a
-//! measurement. `MEMPLEX_ONE_CORE_ROUNDS=300 cargo test --release -p memplex --lib
-//! one_core -- --nocapture` prints the worker's ns per frame delivering against the same
-//! worker with an in-process count sink, alternating, medians of 7. Nothing crosses
-//! cores here, so the gap is the host's own work per frame; against `memplex bench
-//! --consumer count`'s ratio on two cores it says how much of that gap is lines shared
-//! between cores (docs/delivery.md, "Cost").
+//! It is a test (every frame delivered and checked, every buffer back) and two
+//! measurements:
+//!
+//! - `MEMPLEX_ONE_CORE_ROUNDS=300 cargo test --release -p memplex --lib one_core --
+//!   --nocapture` prints the worker's ns per frame delivering against the same worker
+//!   with an in-process count sink, alternating, medians of 7. Nothing crosses cores
+//!   here, so the gap is the host's own work per frame; against `memplex bench
+//!   --consumer count`'s ratio on two cores it says how much of that gap is lines shared
+//!   between cores (docs/delivery.md, "Cost").
+//! - `cargo xtask instructions` runs one [`WORKLOADS`] entry at a time
+//!   (`MEMPLEX_WORKLOAD`) under callgrind, counting only inside [`measured_burst`]: the
+//!   instructions the worker executes per frame, exactly, run after run. On a CPU that
+//!   retires five or six instructions a cycle, as the AMD EPYC VM of family 26 does on
+//!   this path, that count is most of the time per frame, and unlike the time it does
+//!   not move with the machine's noise.
 
 use super::{CountSink, Engine};
 use crate::config::Config;
@@ -21,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
 
-const CONFIG: &str = r#"
+/// Heads on the heap (inline when delivered), payload in shared memory: the pair
+/// `memplex bench configs/deliver.toml --consumer count` compares.
+const DELIVER: &str = r#"
 [device]
 kind = "pcap"
 path = "(in memory)"
@@ -50,6 +60,47 @@ policy = "drop"
 head = "hdr"
 frags = "payload"
 "#;
+
+/// `configs/tcp-split.toml` in memory with the count sink: TCP splits into a heap head
+/// and a slab payload.
+const TCP_SPLIT: &str = r#"
+[device]
+kind = "pcap"
+path = "(in memory)"
+
+[split]
+mode = "l4"
+hds_threshold = 64
+
+[providers.hdr]
+plugin = "builtin:heap"
+buf_size = 256
+unverified = true
+
+[providers.payload]
+plugin = "builtin:slab"
+buf_size = 2048
+pool_size = 2048
+
+[[route]]
+match = { l4 = "tcp" }
+head = "hdr"
+frags = "payload"
+
+[[route]]
+head = "hdr"
+frags = "hdr"
+"#;
+
+/// What `cargo xtask instructions` counts: name, config, delivering, frame size, TCP.
+pub(crate) const WORKLOADS: [(&str, &str, bool, usize, bool); 6] = [
+    ("count-64", DELIVER, false, 64, false),
+    ("deliver-64", DELIVER, true, 64, false),
+    ("count-1500", DELIVER, false, 1500, false),
+    ("deliver-1500", DELIVER, true, 1500, false),
+    ("tcp-split-128", TCP_SPLIT, false, 128, true),
+    ("tcp-split-1500", TCP_SPLIT, false, 1500, true),
+];
 
 /// The consumer's end, in this thread: reads each frame's descriptors, checks them
 /// against the frame, and gives its tokens back in batches of 128.
@@ -110,8 +161,8 @@ impl Reader {
 
 /// Runs `rounds` passes over `frames` through one worker, delivering (with the reader
 /// above) or to the count sink; the worker's ns per frame (the reader's time left out).
-fn run(deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bool) -> f64 {
-    let text = CONFIG.replace(
+fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bool) -> f64 {
+    let text = config.replace(
         "frags = \"payload\"\n",
         if deliver {
             "frags = \"payload\"\ndeliver = \"app\"\n"
@@ -169,8 +220,7 @@ fn run(deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bool) -> f64 {
     for _ in 0..rounds {
         for burst in rx.chunks(32) {
             let t = Instant::now();
-            worker.handle(burst);
-            worker.service();
+            measured_burst(&mut worker, burst);
             spent += t.elapsed();
             sent += burst.len() as u64;
             if let Some((r, _)) = reader.as_mut() {
@@ -197,14 +247,57 @@ fn run(deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bool) -> f64 {
     spent.as_nanos() as f64 / sent as f64
 }
 
-fn frames() -> Vec<Vec<u8>> {
+/// What the worker does for one burst, as it would between two polls of its device:
+/// handle it, then take back what consumers returned. Out of line, so that callgrind
+/// can count inside it alone.
+#[inline(never)]
+fn measured_burst(worker: &mut super::worker::Worker, burst: &[RxFrame<'_>]) {
+    worker.handle(burst);
+    worker.service();
+}
+
+/// 4096 flows of `size`-byte frames.
+fn frames_of(size: usize, tcp: bool) -> Vec<Vec<u8>> {
+    use memplex_testkit::traffic::Proto;
     memplex_testkit::traffic::generate(memplex_testkit::traffic::Shape {
-        frame_size: 64,
+        frame_size: size,
         flows: 4096,
-        proto: memplex_testkit::traffic::Proto::Udp,
+        proto: if tcp { Proto::Tcp } else { Proto::Udp },
         vlan: None,
     })
-    .expect("64 B UDP frames")
+    .expect("frames of a valid size")
+}
+
+fn frames() -> Vec<Vec<u8>> {
+    frames_of(64, false)
+}
+
+/// Every workload runs clean (all frames placed or delivered and checked); with
+/// `MEMPLEX_WORKLOAD` set, only that one, for `MEMPLEX_ROUNDS` passes (default 20) over
+/// its frames, then the frame count for `cargo xtask instructions`.
+#[test]
+fn workloads() {
+    let only = std::env::var("MEMPLEX_WORKLOAD").ok();
+    let rounds: usize = std::env::var("MEMPLEX_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    if let Some(name) = &only {
+        assert!(
+            WORKLOADS.iter().any(|w| w.0 == name),
+            "no workload {name}: {:?}",
+            WORKLOADS.map(|w| w.0)
+        );
+    }
+    for (name, config, deliver, size, tcp) in WORKLOADS {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let frames = frames_of(size, tcp);
+        let rounds = if only.is_some() { rounds } else { 1 };
+        run(config, deliver, &frames, rounds, true);
+        println!("workload {name}: frames {}", frames.len() * rounds);
+    }
 }
 
 /// Every frame delivered, its head inline and equal to the frame's, its payload lent
@@ -212,8 +305,8 @@ fn frames() -> Vec<Vec<u8>> {
 #[test]
 fn one_core_delivery_lends_every_payload_and_takes_every_buffer_back() {
     let frames = frames();
-    run(true, &frames, 2, true);
-    run(false, &frames, 2, false);
+    run(DELIVER, true, &frames, 2, true);
+    run(DELIVER, false, &frames, 2, false);
     let rounds: usize = std::env::var("MEMPLEX_ONE_CORE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -223,8 +316,8 @@ fn one_core_delivery_lends_every_payload_and_takes_every_buffer_back() {
     }
     let (mut sink, mut delivering) = (Vec::new(), Vec::new());
     for _ in 0..7 {
-        sink.push(run(false, &frames, rounds, false));
-        delivering.push(run(true, &frames, rounds, false));
+        sink.push(run(DELIVER, false, &frames, rounds, false));
+        delivering.push(run(DELIVER, true, &frames, rounds, false));
     }
     sink.sort_by(f64::total_cmp);
     delivering.sort_by(f64::total_cmp);
