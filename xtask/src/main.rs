@@ -75,9 +75,10 @@ fn main() {
         Some("fuzz") => fuzz(&root, &rest),
         Some("soak") => build(&root, "release").and_then(|()| soak(&root, &rest)),
         Some("instructions") => instructions(&root, &rest),
+        Some("ab") => ab(&root, &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...]>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...] | ab REV [--pairs N] BENCH_ARGS...>"
             );
             exit(2);
         }
@@ -757,4 +758,169 @@ fn release_lib_test(root: &Path) -> Result<PathBuf, String> {
         .filter(|v| v["target"]["name"] == "memplex" && v["profile"]["test"] == true)
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
         .ok_or_else(|| "cargo named no test binary for memplex's library".to_string())
+}
+
+/// A/B of two builds: `memplex bench BENCH_ARGS` from revision `REV` (built in a git
+/// worktree under `target/ab/`) and from the working tree, run alternately, `--pairs`
+/// times (default 6). Per row of the bench's summary: the median rate of each build,
+/// the median of the per-pair ratios (new / base) and the pairs the new build won, and
+/// the medians of each build's same-run ratios (`x baseline`, `of memcpy`). On a noisy
+/// machine, alternating builds and taking ratios pair by pair is what makes a few
+/// percent visible.
+fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
+    let usage = "usage: cargo xtask ab REV [--pairs N] BENCH_ARGS... (e.g. cargo xtask ab HEAD~1 --pairs 8 configs/tcp-split.toml --frame-size 128 --proto tcp)";
+    let (rev, mut rest) = args.split_first().ok_or(usage)?;
+    let mut pairs = 6usize;
+    if rest.first() == Some(&"--pairs") {
+        pairs = rest
+            .get(1)
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+            .ok_or(format!("--pairs wants a positive number of pairs\n{usage}"))?;
+        rest = &rest[2..];
+    }
+    if rest.is_empty() {
+        return Err(format!("no bench arguments\n{usage}"));
+    }
+    if rest.iter().any(|a| a.starts_with("--json")) {
+        return Err("ab writes the bench's --json itself; leave it out".into());
+    }
+    // The base revision, built in a worktree of its own with its own target directory.
+    let tree = root.join("target/ab/base");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .map_err(|e| format!("could not start git: {e}"))
+    };
+    let commit = git(&["rev-parse", "--verify", &format!("{rev}^{{commit}}")])?;
+    if !commit.status.success() {
+        return Err(format!("`{rev}` is not a revision of this repository"));
+    }
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_string();
+    if tree.join(".git").exists() {
+        run(Command::new("git")
+            .current_dir(&tree)
+            .args(["checkout", "--quiet", "--detach", "--force", &commit]))?;
+    } else {
+        let _ = git(&["worktree", "prune"]);
+        run(Command::new("git").current_dir(root).args([
+            "worktree",
+            "add",
+            "--quiet",
+            "--detach",
+            "--force",
+            tree.to_str().ok_or("target path is not UTF-8")?,
+            &commit,
+        ]))?;
+    }
+    eprintln!("xtask: building {rev} ({commit:.12}) in {}", tree.display());
+    run(Command::new(env!("CARGO"))
+        .current_dir(&tree)
+        .args(["xtask", "build", "--release"]))?;
+    eprintln!("xtask: building the working tree");
+    build(root, "release")?;
+    let bins = [
+        ("base", tree.join("target/release/memplex")),
+        ("new", root.join("target/release/memplex")),
+    ];
+    // rows[(traffic, variant)][build] = per pair (pps, vs_baseline, of_memcpy)
+    type Reading = (f64, Option<f64>, Option<f64>);
+    type Row = [Vec<Reading>; 2];
+    let mut rows: Vec<((String, String), Row)> = Vec::new();
+    for pair in 1..=pairs {
+        for (k, (name, bin)) in bins.iter().enumerate() {
+            let json = root.join(format!("target/ab/{name}.json"));
+            eprintln!("xtask: pair {pair}/{pairs}: {name}");
+            let out = Command::new(bin)
+                .current_dir(root)
+                .arg("bench")
+                .args(rest)
+                .arg("--json")
+                .arg(&json)
+                .output()
+                .map_err(|e| format!("could not start {}: {e}", bin.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "the {name} build's bench failed ({}):\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let text = std::fs::read_to_string(&json)
+                .map_err(|e| format!("cannot read {}: {e}", json.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("{}: not JSON: {e}", json.display()))?;
+            for r in v["summary"].as_array().into_iter().flatten() {
+                let key = (
+                    r["traffic"].as_str().unwrap_or("?").to_string(),
+                    r["variant"].as_str().unwrap_or("?").to_string(),
+                );
+                let at = match rows.iter().position(|(k2, _)| *k2 == key) {
+                    Some(i) => i,
+                    None => {
+                        rows.push((key, [Vec::new(), Vec::new()]));
+                        rows.len() - 1
+                    }
+                };
+                rows[at].1[k].push((
+                    r["pps"].as_f64().unwrap_or(0.0),
+                    r["vs_baseline"].as_f64(),
+                    r["of_memcpy"].as_f64(),
+                ));
+            }
+        }
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    };
+    let show =
+        |x: Option<f64>, digits: usize| x.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    println!("\n{pairs} pairs, base = {rev} ({commit:.12}), new = the working tree; medians\n");
+    println!(
+        "{:<14} {:<28} {:>10} {:>10} {:>9} {:>5}   {:>15}   {:>15}",
+        "traffic",
+        "variant",
+        "base Mpps",
+        "new Mpps",
+        "new/base",
+        "wins",
+        "x baseline b/n",
+        "of memcpy b/n"
+    );
+    for ((traffic, variant), [base, new]) in rows {
+        let ratios: Vec<f64> = base
+            .iter()
+            .zip(&new)
+            .filter(|(b, _)| b.0 > 0.0)
+            .map(|(b, n)| n.0 / b.0)
+            .collect();
+        let wins = ratios.iter().filter(|&&r| r > 1.0).count();
+        let of = |v: &[Reading], f: fn(&Reading) -> Option<f64>| {
+            median(v.iter().filter_map(f).collect())
+        };
+        println!(
+            "{traffic:<14} {variant:<28} {:>10} {:>10} {:>9} {:>5}   {:>15}   {:>15}",
+            show(median(base.iter().map(|r| r.0 / 1e6).collect()), 2),
+            show(median(new.iter().map(|r| r.0 / 1e6).collect()), 2),
+            show(median(ratios.clone()), 3),
+            format!("{wins}/{}", ratios.len()),
+            format!(
+                "{} / {}",
+                show(of(&base, |r| r.1), 3),
+                show(of(&new, |r| r.1), 3)
+            ),
+            format!(
+                "{} / {}",
+                show(of(&base, |r| r.2), 3),
+                show(of(&new, |r| r.2), 3)
+            ),
+        );
+    }
+    Ok(())
 }
