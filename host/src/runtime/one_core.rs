@@ -14,8 +14,9 @@
 //! - `cargo xtask instructions` runs one [`WORKLOADS`] entry at a time
 //!   (`MEMPLEX_WORKLOAD`) under callgrind, counting only inside [`measured_burst`]: the
 //!   instructions the worker executes per frame, exactly, run after run. On a CPU that
-//!   retires five or six instructions a cycle, as the AMD EPYC VM of family 26 does on
-//!   this path, that count is most of the time per frame, and unlike the time it does
+//!   retires about five instructions a cycle, as the AMD EPYC VM of family 26 does on
+//!   this path, that count is most of the time per frame (less so for instructions the
+//!   core runs beside others: docs/delivery.md, "Cost"), and unlike the time it does
 //!   not move with the machine's noise.
 
 use super::{CountSink, Engine};
@@ -93,7 +94,8 @@ frags = "hdr"
 "#;
 
 /// What `cargo xtask instructions` counts: name, config, delivering, frame size, TCP.
-pub(crate) const WORKLOADS: [(&str, &str, bool, usize, bool); 6] = [
+/// (`xtask/src/main.rs` lists the names too; a name only one side knows fails loudly.)
+const WORKLOADS: [(&str, &str, bool, usize, bool); 6] = [
     ("count-64", DELIVER, false, 64, false),
     ("deliver-64", DELIVER, true, 64, false),
     ("count-1500", DELIVER, false, 1500, false),

@@ -661,14 +661,15 @@ impl Worker {
         s
     }
 
-    /// Serves the consumers between polls: new sessions, returned buffers, sessions that
-    /// ended (their unread frames counted as dropped, `consumer_gone`).
-    /// Takes back what consumers returned (as a worker does between polls), for tests.
+    /// [`service_delivery`](Self::service_delivery), for tests that drive a worker by
+    /// hand.
     #[cfg(test)]
     pub(super) fn service(&mut self) {
         self.service_delivery();
     }
 
+    /// Serves the consumers between polls: new sessions, returned buffers, sessions that
+    /// ended (their unread frames counted as dropped, `consumer_gone`).
     fn service_delivery(&mut self) {
         if let Some(d) = self.delivery.as_mut() {
             d.service(&mut self.pools);
