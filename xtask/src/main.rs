@@ -645,6 +645,15 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !have {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+        if !root {
+            return Err(
+                "valgrind is missing and this is not root: install the `valgrind` package".into(),
+            );
+        }
         eprintln!("xtask: installing valgrind (callgrind counts the instructions)");
         apt_install(&["valgrind"])?;
     }
