@@ -773,7 +773,8 @@ fn release_lib_test(root: &Path) -> Result<PathBuf, String> {
 /// worktree under `target/ab/`) and from the working tree, run alternately, `--pairs`
 /// times (default 6). Per row of the bench's summary: the median rate of each build,
 /// the median of the per-pair ratios (new / base) and the pairs the new build won, and
-/// the medians of each build's same-run ratios (`x baseline`, `of memcpy`). On a noisy
+/// the medians of each build's bit rate and same-run ratios (`x baseline`, `of
+/// memcpy`). On a noisy
 /// machine, alternating builds and taking ratios pair by pair is what makes a few
 /// percent visible.
 fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
@@ -834,8 +835,8 @@ fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
         ("base", tree.join("target/release/memplex")),
         ("new", root.join("target/release/memplex")),
     ];
-    // rows[(traffic, variant)][build] = per pair (pps, vs_baseline, of_memcpy)
-    type Reading = (f64, Option<f64>, Option<f64>);
+    // rows[(traffic, variant)][build] = per pair (pps, vs_baseline, of_memcpy, Gbit/s)
+    type Reading = (f64, Option<f64>, Option<f64>, f64);
     type Row = [Vec<Reading>; 2];
     let mut rows: Vec<((String, String), Row)> = Vec::new();
     for pair in 1..=pairs {
@@ -877,6 +878,7 @@ fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
                     r["pps"].as_f64().unwrap_or(0.0),
                     r["vs_baseline"].as_f64(),
                     r["of_memcpy"].as_f64(),
+                    r["gbps"].as_f64().unwrap_or(0.0),
                 ));
             }
         }
@@ -892,11 +894,12 @@ fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
         |x: Option<f64>, digits: usize| x.map_or("-".to_string(), |x| format!("{x:.digits$}"));
     println!("\n{pairs} pairs, base = {rev} ({commit:.12}), new = the working tree; medians\n");
     println!(
-        "{:<14} {:<28} {:>10} {:>10} {:>9} {:>5}   {:>15}   {:>15}",
+        "{:<14} {:<28} {:>10} {:>10} {:>11} {:>9} {:>5}   {:>15}   {:>15}",
         "traffic",
         "variant",
         "base Mpps",
         "new Mpps",
+        "Gbit/s b/n",
         "new/base",
         "wins",
         "x baseline b/n",
@@ -914,9 +917,14 @@ fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
             median(v.iter().filter_map(f).collect())
         };
         println!(
-            "{traffic:<14} {variant:<28} {:>10} {:>10} {:>9} {:>5}   {:>15}   {:>15}",
+            "{traffic:<14} {variant:<28} {:>10} {:>10} {:>11} {:>9} {:>5}   {:>15}   {:>15}",
             show(median(base.iter().map(|r| r.0 / 1e6).collect()), 2),
             show(median(new.iter().map(|r| r.0 / 1e6).collect()), 2),
+            format!(
+                "{} / {}",
+                show(median(base.iter().map(|r| r.3).collect()), 1),
+                show(median(new.iter().map(|r| r.3).collect()), 1)
+            ),
             show(median(ratios.clone()), 3),
             format!("{wins}/{}", ratios.len()),
             format!(
