@@ -86,7 +86,7 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
                     Some(t) => format!("consumer {d}; its verdicts out of device {t}"),
                     None => format!("consumer {d}"),
                 },
-                (None, None) => format!("sink ({:?})", c.runtime.sink).to_lowercase(),
+                (None, None) => format!("sink ({})", config_name(&c.runtime.sink)),
             },
         ]);
     }
@@ -104,8 +104,8 @@ pub fn check(path: &PluginPath, file: &Path) -> Result<i32> {
                     t => format!("{} / refill {} / transmit {t}", k.ring_entries, k.refill()),
                 },
                 format!("{} x {} sessions", k.quota(), k.max_sessions),
-                format!("{:?}", k.wake).to_lowercase(),
-                format!("{:?}", k.policy).to_lowercase(),
+                config_name(&k.wake),
+                config_name(&k.policy),
                 k.checksum.to_string(),
             ]);
         }
@@ -413,5 +413,13 @@ pub fn print_report(r: &RunReport, json: bool) {
             ]);
         }
         println!("{c}");
+    }
+}
+
+/// A config value as the config file spells it (`busy_poll`, not `BusyPoll`).
+fn config_name<T: serde::Serialize + std::fmt::Debug>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{v:?}"),
     }
 }

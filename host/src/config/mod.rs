@@ -76,6 +76,7 @@ pub enum ConfigError {
 #[serde(rename_all = "snake_case")]
 pub enum DeviceKind {
     /// An AF_PACKET socket with a TPACKET_V3 ring.
+    #[serde(alias = "af-packet")]
     AfPacket,
     /// A TAP device.
     Tap,
@@ -428,6 +429,42 @@ fn dotted_keys(message: &str) -> String {
     out
 }
 
+/// The config crate's message for a value that is none of an enum's, which names the
+/// Rust type and leaves out what is allowed ("enum WakeMode does not have variant
+/// constructor busy for key `consumers.app.wake`"), said as the rest of the errors are:
+/// "`consumers.app.wake` = "busy" is not known; expected one of `eventfd`, `busy_poll`".
+/// Any other message is returned as it is.
+fn known_values(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("enum ") else {
+        return message.to_string();
+    };
+    let Some((name, rest)) = rest.split_once(" does not have variant constructor ") else {
+        return message.to_string();
+    };
+    let Some((value, key)) = rest.rsplit_once(" for key ") else {
+        return message.to_string();
+    };
+    // serde's own message for the value, which lists the variants.
+    fn expected<T: serde::de::DeserializeOwned>(value: &str) -> Option<String> {
+        let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(value);
+        let e = T::deserialize(de).err()?.to_string();
+        Some(e.split_once(", expected ")?.1.to_string())
+    }
+    let allowed = match name {
+        "DeviceKind" => expected::<DeviceKind>(value),
+        "OnDry" => expected::<OnDry>(value),
+        "SinkKind" => expected::<SinkKind>(value),
+        "DeliverPolicy" => expected::<DeliverPolicy>(value),
+        "WakeMode" => expected::<WakeMode>(value),
+        "SplitMode" => expected::<crate::wire::SplitMode>(value),
+        _ => None,
+    };
+    match allowed {
+        Some(allowed) => format!("{key} = \"{value}\" is not known; expected {allowed}"),
+        None => message.to_string(),
+    }
+}
+
 /// The largest AF_PACKET ring per queue (block_size * block_count).
 const MAX_RING: u64 = 1 << 30;
 
@@ -478,7 +515,9 @@ pub enum WakeMode {
     /// An eventfd per queue, written once per batch when the consumer asked for it.
     #[default]
     Eventfd,
-    /// No eventfds: consumers poll their rings.
+    /// No eventfds: consumers poll their rings. (`busy-poll` too, as the command
+    /// line spells it.)
+    #[serde(alias = "busy-poll")]
     BusyPoll,
 }
 
@@ -639,7 +678,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let parse = |e: config::ConfigError| ConfigError::Parse {
             path: origin.to_string(),
-            message: dotted_keys(&e.to_string()),
+            message: dotted_keys(&known_values(&e.to_string())),
         };
         // Parsed once here first for its errors alone: they give the line, the column and
         // the text around a mistake (a number too large, a missing quote), which the

@@ -240,3 +240,68 @@ fn a_copy_route_of_gso_super_frames_needs_a_ring_they_fit_in() {
     load(&config(true, 8192), &[]).unwrap();
     load(&config(false, 4096), &[]).unwrap();
 }
+
+#[test]
+fn a_value_no_enum_has_is_named_with_its_key_and_the_values_allowed() {
+    let with = |from: &str, to: &str| err(&GOOD.replace(from, to));
+    assert_eq!(
+        with("mode = \"app\"", "mode = \"l5\""),
+        "test.toml: `split.mode` = \"l5\" is not known; expected one of `none`, `fixed`, `l2`, `l3`, `l4`, `app`"
+    );
+    assert_eq!(
+        with("kind = \"pcap\"", "kind = \"netmap\""),
+        "test.toml: `device.kind` = \"netmap\" is not known; expected one of `af-packet`, `af_packet`, `tap`, `pcap`"
+    );
+    let consumer = |line: &str| {
+        err(&format!(
+            "{GOOD}\n[consumers.app]\nsocket = \"/tmp/a.sock\"\n{line}\n"
+        ))
+    };
+    assert_eq!(
+        consumer("policy = \"block\""),
+        "test.toml: `consumers.app.policy` = \"block\" is not known; expected `drop` or `wait`"
+    );
+    assert!(
+        consumer("wake = \"spin\"").ends_with("`eventfd`, `busy-poll`, `busy_poll`"),
+        "{}",
+        consumer("wake = \"spin\"")
+    );
+    // Every enum the message knows is still called what it was.
+    for name in [
+        "DeviceKind",
+        "OnDry",
+        "SinkKind",
+        "DeliverPolicy",
+        "WakeMode",
+        "SplitMode",
+    ] {
+        let m = known_values(&format!(
+            "enum {name} does not have variant constructor zz for key `k`"
+        ));
+        assert!(
+            m.starts_with("`k` = \"zz\" is not known; expected "),
+            "{name}: {m}"
+        );
+    }
+    // Anything else goes through as it was.
+    assert_eq!(known_values("invalid type: string"), "invalid type: string");
+}
+
+#[test]
+fn the_command_line_spellings_of_wake_and_kind_are_accepted() {
+    let c = load(
+        &format!("{GOOD}\n[consumers.app]\nsocket = \"/tmp/a.sock\"\nwake = \"busy-poll\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.consumers["app"].wake, WakeMode::BusyPoll);
+    let c = load(
+        &GOOD.replace(
+            "kind = \"pcap\"\npath = \"t.pcap\"",
+            "kind = \"af-packet\"\ninterface = \"eth0\"",
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.device.kind, DeviceKind::AfPacket);
+}
