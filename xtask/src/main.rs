@@ -447,9 +447,14 @@ fn summary(root: &Path) -> Result<(), String> {
             ));
         }
     }
-    for size in ["1500", "65535"] {
+    for size in ["128", "1500", "65535"] {
         let m = median(root, &format!("place_{size}/memplex"));
         let c = median(root, &format!("place_{size}/memcpy"));
+        let target = match size {
+            "128" => ">= 0.35x",
+            "1500" => ">= 0.8x",
+            _ => "-",
+        };
         if let (Some(m), Some(c)) = (m, c) {
             let r = ratio_cell(
                 root,
@@ -458,7 +463,19 @@ fn summary(root: &Path) -> Result<(), String> {
                 "memcpy throughput",
             );
             lines.push(format!(
-                "| placing {size} B frames (split + pools + copy) / plain memcpy, per frame | {m:.1} / {c:.1} ns | {r} | >= 0.8x (1500 B) |"
+                "| placing {size} B frames (split + pools + copy) / plain memcpy, per frame | {m:.1} / {c:.1} ns | {r} | {target} |"
+            ));
+        }
+        let b = median(root, &format!("place_{size}/bare"));
+        if let (Some(b), Some(c)) = (b, c) {
+            let r = ratio_cell(
+                root,
+                &format!("place/{size}/bare_over_memcpy_throughput"),
+                c / b,
+                "memcpy throughput",
+            );
+            lines.push(format!(
+                "| the least work for the same {size} B frames (`bare`, no device) / plain memcpy | {b:.1} / {c:.1} ns | {r} | (for scale) |"
             ));
         }
     }
