@@ -165,7 +165,9 @@ pub fn generate(shape: Shape) -> Result<Vec<Vec<u8>>, String> {
     let mut rng = Rng(0x6d70_7862_656e_6368);
     let frames = (0..shape.flows)
         .map(|i| {
-            let sport = 10_000 + i;
+            // Source ports from 10000; past 50000 flows the destination port moves on
+            // too, so every flow of the 65535 a `u16` allows is its own 5-tuple.
+            let (sport, dport) = (10_000 + i % 50_000, 9000 + i / 50_000);
             let kind = match shape.proto {
                 Proto::Mix => [Proto::Udp, Proto::Tcp, Proto::Mix][usize::from(i) % 3],
                 p => p,
@@ -184,34 +186,34 @@ pub fn generate(shape: Shape) -> Result<Vec<Vec<u8>>, String> {
                 match (kind, vlan) {
                     (Proto::Udp, None) => b
                         .ipv4(V4_A, V4_B, 64)
-                        .udp(sport, 9000)
+                        .udp(sport, dport)
                         .write(&mut f, payload),
                     (Proto::Udp, Some(v)) => b
                         .single_vlan(v)
                         .ipv4(V4_A, V4_B, 64)
-                        .udp(sport, 9000)
+                        .udp(sport, dport)
                         .write(&mut f, payload),
                     (Proto::Tcp, None) => b
                         .ipv4(V4_A, V4_B, 64)
-                        .tcp(sport, 9000, 1, 65535)
+                        .tcp(sport, dport, 1, 65535)
                         .options(&opts)
                         .expect("options fit")
                         .write(&mut f, payload),
                     (Proto::Tcp, Some(v)) => b
                         .single_vlan(v)
                         .ipv4(V4_A, V4_B, 64)
-                        .tcp(sport, 9000, 1, 65535)
+                        .tcp(sport, dport, 1, 65535)
                         .options(&opts)
                         .expect("options fit")
                         .write(&mut f, payload),
                     (Proto::Mix, None) => b
                         .ipv6(V6_A, V6_B, 64)
-                        .udp(sport, 9000)
+                        .udp(sport, dport)
                         .write(&mut f, payload),
                     (Proto::Mix, Some(v)) => b
                         .single_vlan(v)
                         .ipv6(V6_A, V6_B, 64)
-                        .udp(sport, 9000)
+                        .udp(sport, dport)
                         .write(&mut f, payload),
                 }
                 .expect("valid frame");
@@ -359,6 +361,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_flow_a_u16_allows_is_its_own_five_tuple() {
+        let frames = generate(Shape {
+            frame_size: 128,
+            flows: u16::MAX,
+            proto: Proto::Tcp,
+            vlan: None,
+        })
+        .unwrap();
+        let tuples: std::collections::HashSet<_> = frames
+            .iter()
+            .map(|f| {
+                match etherparse::SlicedPacket::from_ethernet(f)
+                    .unwrap()
+                    .transport
+                {
+                    Some(etherparse::TransportSlice::Tcp(t)) => {
+                        (t.source_port(), t.destination_port())
+                    }
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(tuples.len(), usize::from(u16::MAX));
     }
 
     #[test]
