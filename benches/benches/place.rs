@@ -132,6 +132,34 @@ impl Bare {
     }
 }
 
+/// The memcpy loop: each frame copied once into a ring of about 1 MiB, in turn.
+struct Memcpy {
+    ring: Vec<Vec<u8>>,
+    src: usize,
+    dst: usize,
+}
+
+impl Memcpy {
+    fn new(size: usize) -> Memcpy {
+        let depth = ((1 << 20) / size).max(8);
+        Memcpy {
+            ring: vec![vec![0u8; size]; depth],
+            src: 0,
+            dst: 0,
+        }
+    }
+
+    /// Copies the next `n` frames of `frames`.
+    fn run(&mut self, frames: &[Vec<u8>], n: u64) {
+        for _ in 0..n {
+            self.ring[self.dst].copy_from_slice(black_box(&frames[self.src][..]));
+            black_box(&mut self.ring[self.dst]);
+            self.src = (self.src + 1) % frames.len();
+            self.dst = (self.dst + 1) % self.ring.len();
+        }
+    }
+}
+
 fn place(c: &mut Criterion) {
     let config = Config::from_toml(CONFIG, "place bench", Default::default(), None).unwrap();
     let engine = Engine::new(config, &PluginPath::from_env()).unwrap();
@@ -156,17 +184,8 @@ fn place(c: &mut Criterion) {
                 report.elapsed.max(Duration::from_nanos(1))
             })
         });
-        let depth = ((1 << 20) / size).max(8);
-        let mut ring = vec![vec![0u8; size]; depth];
-        let (mut src, mut dst) = (0, 0);
-        g.bench_function("memcpy", |b| {
-            b.iter(|| {
-                ring[dst].copy_from_slice(black_box(&frames[src][..]));
-                black_box(&mut ring[dst]);
-                src = (src + 1) % frames.len();
-                dst = (dst + 1) % depth;
-            })
-        });
+        let mut memcpy = Memcpy::new(size);
+        g.bench_function("memcpy", |b| b.iter(|| memcpy.run(&frames, 1)));
         let mut bare = Bare::new();
         let mut at = 0;
         g.bench_function("bare", |b| {
@@ -192,27 +211,13 @@ fn place(c: &mut Criterion) {
                 let report = engine.run(rx, &RunControl::default()).unwrap();
                 assert_eq!(report.total().received.frames, block);
             },
-            || {
-                for _ in 0..block {
-                    ring[dst].copy_from_slice(black_box(&frames[src][..]));
-                    black_box(&mut ring[dst]);
-                    src = (src + 1) % frames.len();
-                    dst = (dst + 1) % depth;
-                }
-            },
+            || memcpy.run(&frames, block),
         );
         // How much of the memcpy loop's rate the least work reaches here.
         memplex_benches::interleaved(
             &format!("place/{size}/bare_over_memcpy_throughput"),
             || bare.run(&frames, &mut at, block),
-            || {
-                for _ in 0..block {
-                    ring[dst].copy_from_slice(black_box(&frames[src][..]));
-                    black_box(&mut ring[dst]);
-                    src = (src + 1) % frames.len();
-                    dst = (dst + 1) % depth;
-                }
-            },
+            || memcpy.run(&frames, block),
         );
     }
 }
