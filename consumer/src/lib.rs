@@ -21,8 +21,9 @@
 //! ```
 //!
 //! - Frames borrow the [`Consumer`], so several can be held at once (up to the session's
-//!   quota). Their buffers go back to memplex in batches, through each queue's refill
-//!   ring, when they are dropped or when [`Consumer::flush`] is called.
+//!   quota). Their buffers go back to memplex in batches (of at most half the quota),
+//!   through each queue's refill ring, when they are dropped; what is left goes back
+//!   whenever a poll finds nothing to read, or when [`Consumer::flush`] is called.
 //! - [`Wake::EventFd`] sleeps on an eventfd that memplex writes at most once per batch,
 //!   and only while this side sleeps. [`Wake::BusyPoll`] spins on the rings and makes no
 //!   system calls.
@@ -109,7 +110,8 @@ pub struct Options {
     pub name: String,
     /// How to wait for frames.
     pub wake: Wake,
-    /// Buffers given back per refill batch.
+    /// Buffers given back per refill batch (at most half the session's quota; they
+    /// also go back whenever a poll finds nothing to read).
     pub batch: usize,
     /// Ask for each frame's metadata (a second ring, 64 bytes a frame).
     pub metadata: bool,
@@ -528,7 +530,10 @@ impl Consumer {
             metadata,
             quota: welcome.quota,
             wake,
-            batch: opts.batch.max(1),
+            // A batch no larger than half the quota: a consumer sitting on a batch it
+            // never fills (memplex stops lending at the quota) would have its buffers
+            // back only when it next went idle.
+            batch: opts.batch.max(1).min((welcome.quota as usize / 2).max(1)),
             channels,
             regions: map::RegionTable::default(),
             region_fds: RefCell::new(Vec::new()),
@@ -558,6 +563,11 @@ impl Consumer {
     /// Buffers this session may hold per queue.
     pub fn quota(&self) -> u32 {
         self.quota
+    }
+
+    /// Buffers given back per refill batch: [`Options::batch`], at most half the quota.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     /// True when frames carry their metadata ([`Frame::meta`]).
@@ -629,6 +639,12 @@ impl Consumer {
                 Wake::BusyPoll => {
                     spins = spins.wrapping_add(1);
                     self.idle_spins.set(self.idle_spins.get() + 1);
+                    // Nothing to read: give back what was dropped, rather than sit on
+                    // it until a batch fills (as a sleeping consumer does before it
+                    // sleeps).
+                    if spins == 1 {
+                        self.flush();
+                    }
                     if spins.is_multiple_of(4096) {
                         self.flush();
                         self.read_socket(false)?;
