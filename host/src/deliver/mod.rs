@@ -188,12 +188,15 @@ struct Channel {
     transmit: Option<Consumer>,
     eventfd: Option<OwnedFd>,
     lent: LentTable,
-    /// Descriptors written since the last publish (all in `stage`).
+    /// Descriptors written since the last publish: `stage[..pending]`.
     pending: u32,
     /// This burst's descriptors, written to the ring at once when it is published:
     /// written one at a time among the rest of the work, each line the consumer's core
     /// held stalled every store behind it.
-    stage: Vec<layout::Desc>,
+    /// As large as the completion ring, which `pending` never outgrows (a frame is
+    /// staged only when the ring has room for it and every staged frame before it): a
+    /// frame takes its slots in one bounds check, and each descriptor is one store.
+    stage: Box<[layout::Desc]>,
     /// This burst's metadata entries, likewise.
     meta_stage: Vec<FrameMeta>,
     /// Where each of the last frames starts in the completion ring, by frame number
@@ -358,9 +361,11 @@ impl QueueDelivery {
                 refill: Consumer::new(n.map.ring(RingKind::Refill)),
                 meta: (n.map.header().rings[RingKind::Meta as usize - 1].entries > 0)
                     .then(|| Producer::new(n.map.ring(RingKind::Meta))),
-                stage: Vec::with_capacity(
-                    n.map.header().rings[RingKind::Completion as usize - 1].entries as usize,
-                ),
+                stage: vec![
+                    layout::Desc::default();
+                    n.map.header().rings[RingKind::Completion as usize - 1].entries as usize
+                ]
+                .into_boxed_slice(),
                 meta_stage: Vec::new(),
                 transmit: (n.map.header().rings[RingKind::Transmit as usize - 1].entries > 0)
                     .then(|| Consumer::new(n.map.ring(RingKind::Transmit))),
@@ -381,8 +386,9 @@ impl QueueDelivery {
     }
 
     /// Delivers one placed frame to consumer `consumer`: its `n` parts, the next `n` of
-    /// `parts`, are lent. The frame's bytes before its first part (a head the worker
-    /// left out because its provider cannot share) are copied inline from the frame, as
+    /// `parts`, are lent. The frame's first `skipped` bytes, before its first part (a
+    /// head the worker left out because its provider cannot share), are copied inline
+    /// from the frame, as
     /// is a first part in memory that cannot be shared (then recycled); for a `copy`
     /// route whose memory cannot be shared, the whole frame is copied. All `n` are taken
     /// from `parts` either way: what is not lent goes back to `pools`. The entry is
@@ -400,11 +406,13 @@ impl QueueDelivery {
         frame: &RxFrame<'_>,
         split: &Split,
         rule: usize,
+        skipped: usize,
         parts: &mut std::vec::Drain<'_, Part>,
         n: usize,
         pools: &mut [Pool],
     ) -> Result<(), DropReason> {
-        let result = self.try_deliver(consumer, copy, frame, split, rule, parts, n, pools);
+        let result =
+            self.try_deliver(consumer, copy, frame, split, rule, skipped, parts, n, pools);
         if result.is_err() {
             for p in parts.take(n) {
                 let _ = pools[p.provider].recycle(p.buf);
@@ -424,26 +432,17 @@ impl QueueDelivery {
         frame: &RxFrame<'_>,
         split: &Split,
         rule: usize,
+        skipped: usize,
         parts: &mut std::vec::Drain<'_, Part>,
         n: usize,
         pools: &mut [Pool],
     ) -> Result<(), DropReason> {
         let view = &parts.as_slice()[..n];
-        let shared = |p: &Part| matches!(self.pools[p.provider], PoolMemory::Shared(_));
-        // The bytes before the first part: a head the worker left for the ring (its
-        // provider cannot share, so it was not placed at all).
-        let skipped = frame
-            .data
-            .len()
-            .saturating_sub(view.iter().map(|p| p.len).sum());
-        // Else a first part in memory that cannot be shared is a head to copy inline.
-        let head_part = skipped == 0 && !view.first().is_some_and(shared);
-        let head_inline = skipped > 0 || head_part;
-        let copied = !view.iter().skip(usize::from(head_part)).all(shared);
-        if copied && !copy {
-            // Refused at start (config check); a fault if it happens anyway.
-            return Err(DropReason::Fault);
-        }
+        debug_assert_eq!(
+            skipped + view.iter().map(|p| p.len).sum::<usize>(),
+            frame.data.len(),
+            "the parts follow the bytes left for the ring"
+        );
         let ci = usize::from(consumer);
         if self.consumers[ci].channels.is_empty() && !self.wait_for_consumer(ci) {
             return Err(DropReason::NoConsumer);
@@ -461,16 +460,52 @@ impl QueueDelivery {
         };
         let pick = ((u64::from(flow) * sessions as u64) >> 32) as usize;
         let ch = &mut c.channels[pick];
-        // What goes in the ring as bytes, and the parts lent from `lend_from` on.
-        let (inline, lend_from): (&[u8], usize) = if copied {
-            (frame.data, n)
-        } else if skipped > 0 {
-            (&frame.data[..skipped], 0)
+        // With no bytes left for the ring (the worker leaves a head there when its
+        // provider cannot share), a first part in memory that cannot be shared is a head
+        // to copy inline.
+        let head_part = skipped == 0
+            && view
+                .first()
+                .is_some_and(|p| matches!(self.pools[p.provider], PoolMemory::Private));
+        let mut lend_from = usize::from(head_part);
+        // Where each part to lend is, in one pass; regions are announced before any
+        // descriptor names them (the consumer must know a region first). A part in memory
+        // that cannot be shared makes the frame a copy, whole, into the ring.
+        let described = &mut self.described;
+        described.clear();
+        let mut copied = false;
+        for p in &view[lend_from..] {
+            let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
+                copied = true;
+                break;
+            };
+            let addr = p.buf.netmem().addr;
+            let r = match regions.first() {
+                Some(r) if addr.wrapping_sub(r.base) < r.len => r,
+                _ => regions
+                    .iter()
+                    .find(|r| addr.wrapping_sub(r.base) < r.len)
+                    .ok_or(DropReason::Fault)?,
+            };
+            if !ch.announced.get(r.index as usize).is_some_and(|&a| a) {
+                announce_to(ch, r, &mut c.stats.counters)?;
+            }
+            described.push((r.index as u16, addr - r.base));
+        }
+        // What goes in the ring as bytes.
+        let inline: &[u8] = if copied {
+            if !copy {
+                // Refused at start (config check); a fault if it happens anyway.
+                return Err(DropReason::Fault);
+            }
+            lend_from = n;
+            frame.data
         } else if head_part {
-            (&frame.data[..view.first().map_or(0, |p| p.len)], 1)
+            &frame.data[..view[0].len]
         } else {
-            (&[], 0)
+            &frame.data[..skipped]
         };
+        let head_inline = !copied && !inline.is_empty();
         let lent = n - lend_from;
         if ch.lent.held() + lent as u32 > c.cfg.quota() {
             wait_for_quota(
@@ -493,51 +528,31 @@ impl QueueDelivery {
         if !room {
             wait_for_room(ch, need, &c.cfg, &mut c.stats.counters)?;
         }
-        // Where each lent part is, in one pass; regions are announced before any
-        // descriptor names them (the consumer must know a region first).
-        let described = &mut self.described;
-        described.clear();
-        for p in &view[lend_from..] {
-            let PoolMemory::Shared(regions) = &self.pools[p.provider] else {
-                return Err(DropReason::Fault);
-            };
-            let addr = p.buf.netmem().addr;
-            let r = match regions.first() {
-                Some(r) if addr.wrapping_sub(r.base) < r.len => r,
-                _ => regions
-                    .iter()
-                    .find(|r| addr.wrapping_sub(r.base) < r.len)
-                    .ok_or(DropReason::Fault)?,
-            };
-            if !ch.announced.get(r.index as usize).is_some_and(|&a| a) {
-                announce_to(ch, r, &mut c.stats.counters)?;
-            }
-            described.push((r.index as u16, addr - r.base));
-        }
-        // Nothing can fail from here on. The frame's descriptors go to the burst's stage:
-        // the inline run (if any) first, then each part as it is lent.
+        // The frame's slots in the burst's stage: the inline run (if any) first, then
+        // each part as it is lent.
+        let from = ch.pending as usize;
+        let Some(slots) = ch.stage.get_mut(from..from + need as usize) else {
+            // The ring had room, so the stage has: a fault if not.
+            return Err(DropReason::Fault);
+        };
+        // Nothing can fail from here on.
         let first = ch.completion.position().wrapping_add(ch.pending);
-        if !inline.is_empty() {
-            let d = layout::Desc::inline(inline.len() as u32, copied, lent > 0);
-            ch.stage.push(d);
-            stage_inline(&mut ch.stage, frame.data, inline.len());
+        let (run, descs) = slots.split_at_mut(need as usize - lent);
+        if let [d, bytes @ ..] = run {
+            *d = layout::Desc::inline(inline.len() as u32, copied, lent > 0);
+            stage_inline(bytes, frame.data, inline.len());
         }
-        for (k, p) in parts.take(n).enumerate() {
-            match k.checked_sub(lend_from) {
-                Some(j) => {
-                    let (region, offset) = described[j];
-                    let len = p.len as u32;
-                    let token = ch.lent.lend(region, p.provider as u16, p.buf);
-                    ch.stage
-                        .push(layout::Desc::part(token, offset, len, j + 1 < lent));
-                }
-                None => {
-                    let _ = pools[p.provider].recycle(p.buf);
-                }
-            }
+        // What went inline from buffers (a head, or a copied frame's every part) goes
+        // back to its pool now.
+        for p in parts.take(lend_from) {
+            let _ = pools[p.provider].recycle(p.buf);
         }
-        let at = ch.stage.len() as u32;
-        debug_assert_eq!(at - ch.pending, need);
+        for (j, (d, p)) in descs.iter_mut().zip(parts.take(lent)).enumerate() {
+            let (region, offset) = described[j];
+            let len = p.len as u32;
+            let token = ch.lent.lend(region, p.provider as u16, p.buf);
+            *d = layout::Desc::part(token, offset, len, j + 1 < lent);
+        }
         if ch.meta.is_some() {
             let m = &frame.meta;
             let mut flags = 0;
@@ -593,7 +608,7 @@ impl QueueDelivery {
         }
         let mask = ch.starts.len() - 1;
         ch.starts[ch.delivered as usize & mask] = first;
-        ch.pending = at;
+        ch.pending += need;
         ch.delivered += 1;
         // Delivered: a later full ring or quota is waited for again.
         ch.stalled = false;
@@ -733,36 +748,41 @@ fn wait_for_room(
     }
 }
 
-/// Appends the first `len` bytes of `bytes` to `stage` as inline slots, the last one
-/// padded with zeros.
+/// Writes the first `len` bytes of `bytes` into `slots` (as many as the run takes), the
+/// last one padded with zeros.
 ///
-/// Each slot is one 16-byte load from the frame, masked where the inline run ends, and
-/// one store: a head is a few slots, and zeroing them (`memset`) and then copying the
-/// run (`memmove`), as this did before, were two library calls per frame. (Before that,
-/// a slot at a time through a local that was read back whole after a byte-sized copy
-/// into it: a store-forwarding stall per slot.) Only a run that ends within 16 bytes of
-/// the frame's end takes its last slot through a byte copy.
+/// The whole slots are 16-byte copies; the last, partial one is one 16-byte load from
+/// the frame, masked where the run ends. A head is a few slots, and zeroing them
+/// (`memset`) and then copying the run (`memmove`), as this did first, were two library
+/// calls per frame; one masked load per slot, as it did next, tested every slot for the
+/// end of the run. (Before that, a slot at a time through a local that was read back
+/// whole after a byte-sized copy into it: a store-forwarding stall per slot.) Only a run
+/// that ends within 16 bytes of the frame's end takes its last slot through a byte copy.
 #[inline]
-fn stage_inline(stage: &mut Vec<layout::Desc>, bytes: &[u8], len: usize) {
+fn stage_inline(slots: &mut [layout::Desc], bytes: &[u8], len: usize) {
     debug_assert!(len <= bytes.len());
-    // An exact-size iterator: one capacity check for the run, not one per slot.
-    stage.extend((0..len.div_ceil(layout::DESC)).map(|k| {
-        let at = k * layout::DESC;
-        let mut raw = [0u8; layout::DESC];
-        match bytes.get(at..at + layout::DESC) {
-            Some(whole) => raw.copy_from_slice(whole),
-            None => raw[..len - at].copy_from_slice(&bytes[at..len]),
+    debug_assert_eq!(slots.len(), layout::inline_slots(len));
+    let whole = len / layout::DESC * layout::DESC;
+    let (full, last) = slots.split_at_mut(whole / layout::DESC);
+    for (slot, c) in full.iter_mut().zip(bytes[..whole].chunks_exact(layout::DESC)) {
+        let raw: [u8; layout::DESC] = c.try_into().unwrap_or_default();
+        *slot = zerocopy::transmute!(raw);
+    }
+    let (Some(slot), keep @ 1..) = (last.first_mut(), len - whole) else {
+        return;
+    };
+    let word = match bytes.get(whole..whole + layout::DESC) {
+        Some(run) => {
+            let raw: [u8; layout::DESC] = run.try_into().unwrap_or_default();
+            u128::from_le_bytes(raw) & ((1u128 << (keep * 8)) - 1)
         }
-        let keep = len - at;
-        let word = u128::from_le_bytes(raw);
-        let word = if keep >= layout::DESC {
-            word
-        } else {
-            word & ((1u128 << (keep * 8)) - 1)
-        };
-        let desc: layout::Desc = zerocopy::transmute!(word.to_le_bytes());
-        desc
-    }));
+        None => {
+            let mut raw = [0u8; layout::DESC];
+            raw[..keep].copy_from_slice(&bytes[whole..len]);
+            u128::from_le_bytes(raw)
+        }
+    };
+    *slot = zerocopy::transmute!(word.to_le_bytes());
 }
 
 /// Tells the session about region `r` the first time an entry points into it.
@@ -799,11 +819,11 @@ fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
         meta.publish(ch.meta_stage.len() as u32);
         ch.meta_stage.clear();
     }
-    ch.completion.write_staged(0, ch.stage.as_bytes());
+    ch.completion
+        .write_staged(0, ch.stage[..ch.pending as usize].as_bytes());
     ch.completion.publish(ch.pending);
     // The next burst's lines, taken from the consumer's core while this one is read.
     ch.completion.prefetch(0, ch.pending);
-    ch.stage.clear();
     ch.pending = 0;
     counters.batches += 1;
     if wake == WakeMode::Eventfd && ch.completion.needs_wakeup() {
@@ -1054,7 +1074,8 @@ mod tests {
         for frame_len in 0..=frame.len() {
             let bytes = &frame[..frame_len];
             for len in 0..=frame_len {
-                let mut stage = vec![layout::Desc::part(
+                // The run's slots between two that must stay as they are.
+                let fence = layout::Desc::part(
                     Token {
                         region: 1,
                         generation: 1,
@@ -1063,17 +1084,19 @@ mod tests {
                     0,
                     1,
                     true,
-                )];
-                stage_inline(&mut stage, bytes, len);
-                assert_eq!(stage.len(), 1 + len.div_ceil(layout::DESC));
-                let got = stage[1..].as_bytes();
+                );
+                let slots = layout::inline_slots(len);
+                let mut stage = vec![fence; slots + 2];
+                stage_inline(&mut stage[1..=slots], bytes, len);
+                let got = stage[1..=slots].as_bytes();
                 assert_eq!(&got[..len], &bytes[..len], "{len} of {frame_len}");
                 assert!(
                     got[len..].iter().all(|&b| b == 0),
                     "padding after {len} of {frame_len}: {:?}",
                     &got[len..]
                 );
-                assert_eq!(stage[0].len(), 1, "the entry before is untouched");
+                assert_eq!(stage[slots + 1], fence, "the entry after is untouched");
+                assert_eq!(stage[0], fence, "the entry before is untouched");
             }
         }
     }

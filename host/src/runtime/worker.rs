@@ -390,6 +390,11 @@ impl Worker {
                     &burst[s.rx],
                     &self.splits[s.rx],
                     s.rule,
+                    left_for_ring(
+                        self.inline_heads[s.rule],
+                        self.splits[s.rx].head_len,
+                        burst[s.rx].data.len(),
+                    ),
                     &mut parts,
                     n,
                     &mut self.pools,
@@ -480,7 +485,11 @@ impl Worker {
         inline_head: Option<usize>,
     ) -> Result<(), NoBuffer> {
         let (mut at, mut provider, mut head) = match inline_head {
-            Some(max) => (head_len.min(max).min(frame.len()), route.frags, false),
+            Some(_) => (
+                left_for_ring(inline_head, head_len, frame.len()),
+                route.frags,
+                false,
+            ),
             None => (0, route.head, true),
         };
         // Parts for providers the host may not write wait here, and go to their
@@ -679,6 +688,14 @@ impl Worker {
             }
         }
     }
+}
+
+/// The head bytes [`Worker::place`] leaves out of a frame of `len` bytes whose head is
+/// `head_len`, for the delivery to copy into the ring: up to `inline_head` (a route's
+/// [`Worker::inline_heads`]), none without.
+#[inline]
+fn left_for_ring(inline_head: Option<usize>, head_len: usize, len: usize) -> usize {
+    inline_head.map_or(0, |max| head_len.min(max).min(len))
 }
 
 /// Sends one placed frame out of `tx`: its parts as they lie in provider memory, one
