@@ -411,8 +411,7 @@ impl QueueDelivery {
         n: usize,
         pools: &mut [Pool],
     ) -> Result<(), DropReason> {
-        let result =
-            self.try_deliver(consumer, copy, frame, split, rule, skipped, parts, n, pools);
+        let result = self.try_deliver(consumer, copy, frame, split, rule, skipped, parts, n, pools);
         if result.is_err() {
             for p in parts.take(n) {
                 let _ = pools[p.provider].recycle(p.buf);
@@ -764,7 +763,10 @@ fn stage_inline(slots: &mut [layout::Desc], bytes: &[u8], len: usize) {
     debug_assert_eq!(slots.len(), layout::inline_slots(len));
     let whole = len / layout::DESC * layout::DESC;
     let (full, last) = slots.split_at_mut(whole / layout::DESC);
-    for (slot, c) in full.iter_mut().zip(bytes[..whole].chunks_exact(layout::DESC)) {
+    for (slot, c) in full
+        .iter_mut()
+        .zip(bytes[..whole].chunks_exact(layout::DESC))
+    {
         let raw: [u8; layout::DESC] = c.try_into().unwrap_or_default();
         *slot = zerocopy::transmute!(raw);
     }
