@@ -747,6 +747,18 @@ fn wait_for_room(
     }
 }
 
+/// `KEEP[k]` keeps the first `k` bytes of a little-endian 16-byte word (a table: a
+/// 128-bit shift by a variable amount is a sequence of instructions).
+const KEEP: [u128; layout::DESC] = {
+    let mut m = [0u128; layout::DESC];
+    let mut k = 1;
+    while k < layout::DESC {
+        m[k] = (1u128 << (k * 8)) - 1;
+        k += 1;
+    }
+    m
+};
+
 /// Writes the first `len` bytes of `bytes` into `slots` (as many as the run takes), the
 /// last one padded with zeros.
 ///
@@ -776,7 +788,7 @@ fn stage_inline(slots: &mut [layout::Desc], bytes: &[u8], len: usize) {
     let word = match bytes.get(whole..whole + layout::DESC) {
         Some(run) => {
             let raw: [u8; layout::DESC] = run.try_into().unwrap_or_default();
-            u128::from_le_bytes(raw) & ((1u128 << (keep * 8)) - 1)
+            u128::from_le_bytes(raw) & KEEP[keep]
         }
         None => {
             let mut raw = [0u8; layout::DESC];
