@@ -61,23 +61,4 @@ impl PoolBuf {
             .contains(Capabilities::HOST_WRITABLE)
             .then(|| unsafe { bytes_mut(&mut self.netmem) })
     }
-
-    /// Asks the CPU for the first `lines` cache lines of the buffer, for writing
-    /// (PREFETCHW on x86-64), when the host writes its memory directly: a hint, for a
-    /// buffer about to be written that another core may hold (a consumer that read it).
-    #[inline]
-    pub fn prefetch_for_write(&self, lines: usize) {
-        if !self.caps.contains(Capabilities::HOST_WRITABLE) {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        for k in 0..lines.min(self.netmem.len as usize / 64) {
-            let p = (self.netmem.addr as usize).wrapping_add(k * 64) as *const i8;
-            // SAFETY: a prefetch never faults whatever the address; this one is in the
-            // buffer anyway (mem.rs fact 1).
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(p) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = lines;
-    }
 }

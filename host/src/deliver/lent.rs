@@ -112,7 +112,7 @@ impl LentTable {
     /// moved through the stack at odd offsets (a store-forwarding stall per buffer that
     /// measured most of the refill path).
     #[inline]
-    pub(super) fn give_back(&mut self, token: Token, pools: &mut [Pool], warm: bool) -> bool {
+    pub(super) fn give_back(&mut self, token: Token, pools: &mut [Pool]) -> bool {
         let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
         let Some(slot) = self
             .regions
@@ -133,9 +133,6 @@ impl LentTable {
             return false;
         };
         self.held -= 1;
-        if warm {
-            buf.prefetch_for_write(2);
-        }
         let _ = pool.recycle(buf);
         true
     }

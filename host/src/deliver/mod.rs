@@ -239,10 +239,6 @@ pub struct QueueDelivery {
     tx_error_logged: bool,
 }
 
-/// Buffers per refill pass whose first lines are fetched for writing as they come back:
-/// about a burst's worth.
-const WARM: usize = 64;
-
 /// Tokens read from a refill ring per pass.
 const REFILL_BATCH: usize = 256;
 
@@ -874,12 +870,8 @@ fn refill(
         ch.refill.read_bytes(0, tokens[..n].as_mut_bytes());
         ch.refill.release(n as u32);
         let mut returned = 0;
-        // The last buffers given back are the first the pools hand out again (their
-        // caches are stacks): their first lines are fetched for writing now, from the
-        // consumer's core if it read them, rather than when the next frames are placed.
-        let warm_from = n.saturating_sub(WARM);
-        for (j, &t) in tokens[..n].iter().enumerate() {
-            if !ch.lent.give_back(Token::from_u64(t), pools, j >= warm_from) {
+        for &t in &tokens[..n] {
+            if !ch.lent.give_back(Token::from_u64(t), pools) {
                 ch.session.end(Disconnect::BadToken);
                 break;
             }
