@@ -192,7 +192,10 @@ impl std::fmt::Debug for Consumer {
 /// A frame, read in place. Dropping it gives its buffers back.
 pub struct Frame<'c> {
     consumer: &'c Consumer,
-    queue: usize,
+    queue: u32,
+    /// Bytes of the frame, inline and in parts, summed as it was read (saturating: only
+    /// a host that lies about its parts comes near 4 GiB).
+    len: u32,
     meta: Option<FrameMeta>,
     /// The inline run: a head whose memory could not be shared, or a copied frame.
     inline: smallvec::SmallVec<[u8; INLINE_HELD]>,
@@ -240,7 +243,7 @@ impl Frame<'_> {
     /// be shared, so memplex holds no buffer to send it from), or when the ring stays
     /// full.
     pub fn transmit(mut self) -> Result<(), Error> {
-        let ch = &self.consumer.channels[self.queue];
+        let ch = &self.consumer.channels[self.queue as usize];
         let Some(tx) = &ch.transmit else {
             return Err(Error::Transmit(
                 "this session has no transmit ring (the consumer's config names no `transmit` device)",
@@ -314,17 +317,12 @@ impl Frame<'_> {
 
     /// The queue it came from.
     pub fn queue(&self) -> usize {
-        self.queue
+        self.queue as usize
     }
 
     /// Bytes of the frame: inline bytes and parts.
     pub fn len(&self) -> usize {
-        self.inline.len()
-            + self
-                .parts
-                .iter()
-                .map(|(p, _)| p.len() as usize)
-                .sum::<usize>()
+        self.len as usize
     }
 
     /// True for a frame of no bytes.
@@ -425,7 +423,7 @@ impl Frame<'_> {
 
 impl Drop for Frame<'_> {
     fn drop(&mut self) {
-        let ch = &self.consumer.channels[self.queue];
+        let ch = &self.consumer.channels[self.queue as usize];
         let mut r = ch.returned.borrow_mut();
         // A push per part: `extend` over the parts' tokens was 44 instructions for a
         // frame of one part (its capacity check and the iterator's set-up).
@@ -435,7 +433,7 @@ impl Drop for Frame<'_> {
         let full = r.len() >= self.consumer.batch;
         drop(r);
         if full {
-            self.consumer.flush_queue(self.queue);
+            self.consumer.flush_queue(self.queue as usize);
         }
     }
 }
@@ -875,6 +873,7 @@ impl Consumer {
         let mut inline = smallvec::SmallVec::<[u8; INLINE_HELD]>::new();
         let mut copied = false;
         let mut mapped = smallvec::SmallVec::new();
+        let mut len = 0u32;
         let mut at = 0;
         loop {
             if at >= avail {
@@ -885,14 +884,14 @@ impl Consumer {
             let d: Desc = ring.read(at);
             at += 1;
             if d.is_inline() {
-                let len = d.len() as usize;
-                let slots = layout::inline_slots(len) as u32;
+                let run = d.len() as usize;
+                let slots = layout::inline_slots(run) as u32;
                 if !inline.is_empty() || slots > avail - at {
                     return Err(Error::Protocol(format!(
-                        "an inline run of {len} bytes past the {avail} descriptors published, or a second one"
+                        "an inline run of {run} bytes past the {avail} descriptors published, or a second one"
                     )));
                 }
-                if len <= INLINE_HELD {
+                if run <= INLINE_HELD {
                     // Into a zeroed array (a few wide stores), which becomes the frame's
                     // run: `resize` zeroed it a byte at a time, about 100 instructions
                     // for a 42-byte UDP head. Whole slots, one 16-byte load each: a copy
@@ -906,12 +905,13 @@ impl Consumer {
                         let slot: [u8; layout::DESC] = ring.read(at + k as u32);
                         chunk.copy_from_slice(&slot);
                     }
-                    inline = smallvec::SmallVec::from_buf_and_len(held, len);
+                    inline = smallvec::SmallVec::from_buf_and_len(held, run);
                 } else {
-                    inline.resize(len, 0);
+                    inline.resize(run, 0);
                     ring.read_bytes(at, &mut inline);
                 }
                 at += slots;
+                len = len.saturating_add(run as u32);
                 copied = d.copied();
             } else {
                 // Its region, as the part is read (a region is announced on the socket
@@ -927,6 +927,7 @@ impl Consumer {
                     )));
                 }
                 mapped.push((d, r));
+                len = len.saturating_add(d.len());
             }
             if !d.more() {
                 break;
@@ -946,7 +947,8 @@ impl Consumer {
         self.frames_read.set(self.frames_read.get() + 1);
         Ok(Some(Frame {
             consumer: self,
-            queue: q,
+            queue: q as u32,
+            len,
             meta,
             inline,
             copied,
