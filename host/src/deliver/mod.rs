@@ -388,11 +388,10 @@ impl QueueDelivery {
     /// Delivers one placed frame to consumer `consumer`: its `n` parts, the next `n` of
     /// `parts`, are lent. The frame's first `skipped` bytes, before its first part (a
     /// head the worker left out because its provider cannot share), are copied inline
-    /// from the frame, as
-    /// is a first part in memory that cannot be shared (then recycled); for a `copy`
-    /// route whose memory cannot be shared, the whole frame is copied. All `n` are taken
-    /// from `parts` either way: what is not lent goes back to `pools`. The entry is
-    /// published by [`flush`](Self::flush), once per burst.
+    /// from the frame, as is a first part in memory that cannot be shared (then
+    /// recycled); for a `copy` route whose memory cannot be shared, the whole frame is
+    /// copied. All `n` are taken from `parts` either way: what is not lent goes back to
+    /// `pools`. The entry is published by [`flush`](Self::flush), once per burst.
     ///
     /// One pass over the parts finds their regions (a provider's first region is tried
     /// first: most have one); the entry is written once, from the frame's own bytes,
