@@ -651,10 +651,14 @@ const WORKLOADS: [&str; 6] = [
 /// source lines that execute the most, per frame; the callgrind files stay in
 /// `target/instructions/` for `callgrind_annotate`.
 fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
-    if let Some(bad) = names.iter().find(|n| !WORKLOADS.contains(n)) {
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !WORKLOADS.contains(n) && !CONSUMER_WORKLOADS.contains(n))
+    {
         return Err(format!(
-            "no workload {bad}: the workloads are {}",
-            WORKLOADS.join(", ")
+            "no workload {bad}: the workloads are {} (the worker's) and {} (the consumer's)",
+            WORKLOADS.join(", "),
+            CONSUMER_WORKLOADS.join(", ")
         ));
     }
     let have = Command::new("valgrind")
@@ -679,12 +683,20 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot make {}: {e}", out_dir.display()))?;
     let chosen: Vec<&str> = if names.is_empty() {
-        WORKLOADS.to_vec()
+        WORKLOADS
+            .iter()
+            .chain(&CONSUMER_WORKLOADS)
+            .copied()
+            .collect()
     } else {
         names.to_vec()
     };
     let mut table = Vec::new();
     for name in chosen {
+        if let Some(mode) = name.strip_prefix("consume-") {
+            table.push((name, consumer_instructions(root, &out_dir, mode)?));
+            continue;
+        }
         let out = out_dir.join(format!("{name}.callgrind"));
         eprintln!("xtask: counting {name} under callgrind");
         let run = Command::new("valgrind")
@@ -749,12 +761,137 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         table.push((name, per_frame));
     }
     println!(
-        "\ninstructions a frame (exact; the worker's work per burst, consumers' returns included)"
+        "\ninstructions a frame (exact; the worker's work per burst, consumers' returns included; a consumer's reading and giving back)"
     );
     for (name, n) in table {
         println!("  {name:<16} {n:>8.0}");
     }
     Ok(())
+}
+
+/// `memplex consume`'s workloads: `--mode count` and `--mode checksum`, under callgrind.
+const CONSUMER_WORKLOADS: [&str; 2] = ["consume-count", "consume-checksum"];
+
+/// The instructions `memplex consume --mode MODE --no-metadata --busy-poll` executes per
+/// frame, against a `memplex run` of the default capture that delivers every frame
+/// (heads inline, payload in `shm`, as `configs/deliver.toml` has them) as fast as it
+/// can, waiting for the consumer when its ring is full. The consumer reads `FEW` and
+/// then `FEW + MANY` frames under callgrind; the difference over `MANY` takes out what
+/// connecting and starting cost, so the figure is the per-frame path's alone (a few
+/// turns that found the ring empty are in it).
+fn consumer_instructions(root: &Path, out_dir: &Path, mode: &str) -> Result<f64, String> {
+    const FEW: u64 = 20_000;
+    const MANY: u64 = 200_000;
+    cargo(&["build", "--release", "-p", "memplex-cli"], &[])?;
+    let memplex = root.join("target/release/memplex");
+    let socket = out_dir.join("consume.sock");
+    let config = out_dir.join("consume.toml");
+    let capture = root.join("configs/captures/default.pcap");
+    std::fs::write(
+        &config,
+        format!(
+            r#"# Written by `cargo xtask instructions` for the consumer's workloads.
+[device]
+kind = "pcap"
+path = "{}"
+repeat = 1000000
+
+[split]
+mode = "l4"
+
+[providers.hdr]
+plugin = "builtin:heap"
+buf_size = 256
+unverified = true
+
+[providers.payload]
+plugin = "builtin:shm"
+buf_size = 2048
+pool_size = 1024
+settings = {{ buffers = 16384 }}
+
+[consumers.app]
+socket = "{}"
+ring_entries = 4096
+quota = 2048
+policy = "wait"
+wake = "busy-poll"
+
+[runtime]
+sink = "count"
+
+[[route]]
+head = "hdr"
+frags = "payload"
+deliver = "app"
+"#,
+            capture.display(),
+            socket.display()
+        ),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let mut counts = Vec::new();
+    for frames in [FEW, FEW + MANY] {
+        let _ = std::fs::remove_file(&socket);
+        let mut host = Command::new(&memplex)
+            .args(["run", "-c"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("could not start {}: {e}", memplex.display()))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = out_dir.join(format!("consume-{mode}-{frames}.callgrind"));
+        eprintln!("xtask: counting consume-{mode} ({frames} frames) under callgrind");
+        let run = if socket.exists() {
+            Command::new("valgrind")
+                .arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&memplex)
+                .args(["consume", "--socket"])
+                .arg(&socket)
+                .args(["--mode", mode, "--no-metadata", "--busy-poll", "--json"])
+                .args(["--frames", &frames.to_string()])
+                .output()
+                .map_err(|e| format!("could not start valgrind: {e}"))
+        } else {
+            Err(format!(
+                "memplex run never made its socket {}",
+                socket.display()
+            ))
+        };
+        let _ = host.kill();
+        let host_out = host.wait_with_output();
+        let run = run.map_err(|e| match &host_out {
+            Ok(o) => format!(
+                "{e}; memplex run said:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(_) => e,
+        })?;
+        if !run.status.success() {
+            return Err(format!(
+                "consume-{mode} failed under callgrind ({}):\n{}",
+                run.status,
+                String::from_utf8_lossy(&run.stderr)
+            ));
+        }
+        let text = std::fs::read_to_string(&out)
+            .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+        let total: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("summary:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("{}: no summary line", out.display()))?;
+        counts.push(total);
+    }
+    let _ = std::fs::remove_file(&socket);
+    let per_frame = counts[1].saturating_sub(counts[0]) as f64 / MANY as f64;
+    println!("\nconsume-{mode}: {per_frame:.0} instructions a frame ({MANY} frames past the first {FEW})");
+    Ok(per_frame)
 }
 
 /// The host library's unit-test binary, built with the release profile.
