@@ -196,6 +196,8 @@ struct Channel {
     /// As large as the completion ring, which `pending` never outgrows (a frame is
     /// staged only when the ring has room for it and every staged frame before it): a
     /// frame takes its slots in one bounds check, and each descriptor is one store.
+    /// (16 bytes a ring entry: 64 KiB for the default 4096, 1 MiB for the largest ring
+    /// config check allows.)
     stage: Box<[layout::Desc]>,
     /// This burst's metadata entries, likewise.
     meta_stage: Vec<FrameMeta>,
