@@ -78,6 +78,10 @@ pub struct ConsumeArgs {
     /// With --forward: drop every Nth frame instead (its verdict "drop").
     #[arg(long, requires = "forward", value_parser = clap::value_parser!(u64).range(1..))]
     drop_every: Option<u64>,
+    /// Give buffers back this many at a time (memplex lowers it to half the session's
+    /// quota; they also go back whenever a poll finds nothing to read).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch: u32,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -87,6 +91,9 @@ pub struct ConsumeArgs {
 #[derive(Debug, Default, Serialize)]
 struct Report {
     session: u64,
+    /// Buffers given back per refill batch, as the session has it (`--batch`, at most
+    /// half the quota).
+    batch: usize,
     frames: u64,
     bytes: u64,
     verified: u64,
@@ -148,6 +155,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         bail!("--no-metadata goes with --mode count or checksum only: verify needs each frame's checksum and pcap its timestamps, which come in the metadata");
     }
     let mut opts = Options::new(&args.name);
+    opts.batch = args.batch as usize;
     if args.no_metadata {
         opts = opts.without_metadata();
     }
@@ -192,6 +200,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     };
     let mut r = Report {
         session: c.session(),
+        batch: c.batch(),
         ..Default::default()
     };
     let start = Instant::now();

@@ -416,12 +416,24 @@ fn a_consumer_without_metadata_gets_descriptors_only_and_an_older_version_is_ref
         err.contains("--no-metadata goes with --mode count or checksum only"),
         "{err}"
     );
-    let (code, out) = consume(&run.socket("all"), &["--no-metadata", "--frames", "500"]);
+    // A refill batch of nothing is refused, by name.
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", &run.socket("all"), "--batch", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--batch"), "{err}");
+    let (code, out) = consume(
+        &run.socket("all"),
+        &["--no-metadata", "--frames", "500", "--batch", "16"],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(
         u(&out["frames"]) >= 500 && u(&out["bytes"]) >= 500 * 42,
         "{out}"
     );
+    assert_eq!(u(&out["batch"]), 16, "the refill batch asked for: {out}");
     assert_eq!(
         u(&out["latency_ns"]["samples"]),
         0,
