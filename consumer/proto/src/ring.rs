@@ -300,14 +300,7 @@ impl Producer {
             // The lines up to the ring's end, then those wrapped to its start.
             for (from, bytes) in [(first, head), (0, len - head)] {
                 for at in (from..from + bytes).step_by(64) {
-                    let p = self.ring.entries.wrapping_add(at);
-                    // SAFETY: a prefetch never faults, and `p` is inside the mapping
-                    // anyway (`span`).
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(
-                            p.cast::<i8>(),
-                        )
-                    };
+                    prefetch_for_write(self.ring.entries.wrapping_add(at));
                 }
             }
         }
@@ -507,6 +500,25 @@ impl Consumer {
     pub fn size(&self) -> u32 {
         self.ring.size
     }
+}
+
+
+/// PREFETCHW: asks the CPU for the line at `p` in a state it may write (owned), so a
+/// later store does not wait for other cores to give it up. A hint that never faults.
+///
+/// In assembly because `_mm_prefetch` with `_MM_HINT_ET0` compiles to PREFETCHT0 (a
+/// read, which leaves the line shared) unless the `prfchw` target feature is enabled
+/// for the whole build. CPUs without PREFETCHW run the instruction as a no-op.
+#[inline(always)]
+pub fn prefetch_for_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHW reads and writes no memory the program sees and never faults,
+    // whatever the address.
+    unsafe {
+        std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 #[cfg(test)]
