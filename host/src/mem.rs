@@ -61,4 +61,18 @@ impl PoolBuf {
             .contains(Capabilities::HOST_WRITABLE)
             .then(|| unsafe { bytes_mut(&mut self.netmem) })
     }
+
+    /// Asks the CPU for the lines of the buffer's first `bytes`, for writing
+    /// (PREFETCHW), when the host writes its memory directly: a hint, for a buffer about
+    /// to be written that another core may hold (a consumer that read it).
+    #[inline]
+    pub fn prefetch_for_write(&self, bytes: usize) {
+        if !self.caps.contains(Capabilities::HOST_WRITABLE) {
+            return;
+        }
+        let base = self.netmem.addr as usize;
+        for at in (0..bytes.min(self.netmem.len as usize)).step_by(64) {
+            memplex_proto::ring::prefetch_for_write(base.wrapping_add(at) as *const u8);
+        }
+    }
 }

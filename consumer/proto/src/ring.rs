@@ -502,7 +502,6 @@ impl Consumer {
     }
 }
 
-
 /// PREFETCHW: asks the CPU for the line at `p` in a state it may write (owned), so a
 /// later store does not wait for other cores to give it up. A hint that never faults.
 ///

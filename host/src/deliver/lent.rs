@@ -13,13 +13,21 @@ use memplex_proto::layout::Token;
 /// Slots per page.
 const PAGE: usize = 256;
 
+/// The most bytes of a returned buffer fetched for writing: its first two lines.
+const WARM_BYTES: usize = 128;
+
 #[derive(Default)]
 struct Slot {
     buf: Option<PoolBuf>,
     generation: u16,
     /// The pool it goes back to.
     pool: u16,
+    /// Bytes of the frame it held: as many as the next frame placed in it will likely
+    /// write, so as many lines as are fetched for writing when it comes back.
+    len: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 type Page = Box<[Slot; PAGE]>;
 
@@ -41,7 +49,7 @@ impl LentTable {
     /// Lends `buf`, which is in region `region` of pool `pool`; the token that gives it
     /// back.
     #[inline]
-    pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf) -> Token {
+    pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf, len: u32) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
         self.held += 1;
@@ -59,6 +67,7 @@ impl LentTable {
         slot.generation = slot.generation.wrapping_add(1).max(1);
         slot.buf = Some(buf);
         slot.pool = pool;
+        slot.len = len;
         Token {
             region,
             generation: slot.generation,
@@ -107,12 +116,13 @@ impl LentTable {
     }
 
     /// Gives the buffer `token` names back to its pool in `pools`, in place; false when
-    /// the token is stale, foreign or forged. The refill path: the buffer goes from its
+    /// the token is stale, foreign or forged. With `warm`, the lines it held are fetched
+    /// for writing on the way (see `refill`). The refill path: the buffer goes from its
     /// slot to the pool without travelling through a returned tuple, which the compiler
     /// moved through the stack at odd offsets (a store-forwarding stall per buffer that
     /// measured most of the refill path).
     #[inline]
-    pub(super) fn give_back(&mut self, token: Token, pools: &mut [Pool]) -> bool {
+    pub(super) fn give_back(&mut self, token: Token, pools: &mut [Pool], warm: bool) -> bool {
         let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
         let Some(slot) = self
             .regions
@@ -133,6 +143,9 @@ impl LentTable {
             return false;
         };
         self.held -= 1;
+        if warm {
+            buf.prefetch_for_write((slot.len as usize).min(WARM_BYTES));
+        }
         let _ = pool.recycle(buf);
         true
     }

@@ -241,6 +241,10 @@ pub struct QueueDelivery {
     tx_error_logged: bool,
 }
 
+/// Buffers per refill pass whose lines are fetched for writing as they come back: about
+/// a burst's worth.
+const WARM: usize = 64;
+
 /// Tokens read from a refill ring per pass.
 const REFILL_BATCH: usize = 256;
 
@@ -550,7 +554,7 @@ impl QueueDelivery {
         for (j, (d, p)) in descs.iter_mut().zip(parts.take(lent)).enumerate() {
             let (region, offset) = described[j];
             let len = p.len as u32;
-            let token = ch.lent.lend(region, p.provider as u16, p.buf);
+            let token = ch.lent.lend(region, p.provider as u16, p.buf, len);
             *d = layout::Desc::part(token, offset, len, j + 1 < lent);
         }
         if ch.meta.is_some() {
@@ -871,8 +875,13 @@ fn refill(
         ch.refill.read_bytes(0, tokens[..n].as_mut_bytes());
         ch.refill.release(n as u32);
         let mut returned = 0;
-        for &t in &tokens[..n] {
-            if !ch.lent.give_back(Token::from_u64(t), pools) {
+        // The last buffers given back are the first the pools hand out again (their
+        // caches are stacks): the lines they held are fetched for writing now (from the
+        // consumer's core, when it read them), not when the next frames are written
+        // there, where each line's wait filled the store buffer and stalled placement.
+        let warm_from = n.saturating_sub(WARM);
+        for (j, &t) in tokens[..n].iter().enumerate() {
+            if !ch.lent.give_back(Token::from_u64(t), pools, j >= warm_from) {
                 ch.session.end(Disconnect::BadToken);
                 break;
             }
