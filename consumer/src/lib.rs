@@ -1022,6 +1022,11 @@ pub mod testing {
         c.ended.borrow().clone()
     }
 
+    /// Tokens of dropped frames on queue `q` not written to its refill ring yet.
+    pub fn unreturned(c: &Consumer, q: usize) -> usize {
+        c.channels[q].returned.borrow().len()
+    }
+
     /// Takes the tokens of a frame without giving them back when it is dropped.
     pub fn keep_tokens(f: super::Frame<'_>) -> Vec<u64> {
         let mut f = std::mem::ManuallyDrop::new(f);

@@ -955,25 +955,39 @@ fn a_polling_consumer_whose_batch_exceeds_its_quota_still_gives_buffers_back() {
     let c = memplex_consumer::Consumer::connect(run.socket("tcp"), &opts).unwrap();
     assert_eq!((c.quota(), c.batch()), (64, 32));
     let mut read = 0u64;
+    let mut most = 0;
     while read < 20_000 {
         match c.next(Some(Duration::from_secs(5))).unwrap() {
             Some(f) => {
                 assert!(!f.is_empty());
+                let q = f.queue();
+                drop(f);
                 read += 1;
+                // Dropped frames' buffers wait for less than a batch, never for the
+                // quota: memplex always gets them back before the consumer holds it all.
+                let waiting = memplex_consumer::testing::unreturned(&c, q);
+                assert!(
+                    waiting < c.batch(),
+                    "{waiting} buffers held back after {read}"
+                );
+                most = most.max(waiting);
             }
             None => panic!("no frame within 5 s after {read}"),
         }
     }
+    assert_eq!(most, c.batch() - 1, "the buffers go back by the batch");
     c.close();
     let (rc, report, err) = run.finish();
     assert_eq!(rc, 0, "{err}");
-    let quota_drops = u(&report["total"]["dropped"]["consumer_quota"]);
-    // A VM's pause can bring a burst larger than the batch, and a few frames go
-    // (about 20 in 20000 here); a consumer that gave back only by the full batch or
-    // after 4096 empty polls lost about 650.
+    // Every frame read was given back (how many memplex dropped for the quota meanwhile
+    // depends on how often this process ran on a loaded machine, so it is not asserted:
+    // a consumer that gave back only by the full batch or after 4096 empty polls lost
+    // about 650 of 20000 to the quota on an idle one, a good one about 20, and on a
+    // loaded one both lose hundreds).
+    let returned = u(&report["total"]["consumers"][0]["returned"]);
     assert!(
-        quota_drops * 50 < read,
-        "{quota_drops} frames dropped for the quota, {read} read: {report}"
+        returned >= read,
+        "{returned} returned, {read} read: {report}"
     );
     assert_eq!(leaked(&report), 0);
 }
