@@ -48,7 +48,7 @@ impl LentTable {
 
     /// Lends `buf`, which is in region `region` of pool `pool`; the token that gives it
     /// back.
-    #[inline]
+    #[inline(always)]
     pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf, len: u32) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
@@ -115,39 +115,54 @@ impl LentTable {
         Some((slot.pool, buf))
     }
 
-    /// Gives the buffer `token` names back to its pool in `pools`, in place; false when
-    /// the token is stale, foreign or forged. With `warm`, the lines it held are fetched
-    /// for writing on the way (see `refill`). The refill path: the buffer goes from its
-    /// slot to the pool without travelling through a returned tuple, which the compiler
-    /// moved through the stack at odd offsets (a store-forwarding stall per buffer that
-    /// measured most of the refill path).
+    /// Gives the buffers `tokens` name back to their pools in `pools`, in order, up to
+    /// the first token that is stale, foreign or forged: how many went back. Those from
+    /// `warm_from` on have the lines they held fetched for writing on the way (see
+    /// `refill`).
+    ///
+    /// Each buffer goes from its slot to the pool without travelling through a returned
+    /// tuple, which the compiler moved through the stack at odd offsets (a
+    /// store-forwarding stall per buffer that measured most of the refill path); the
+    /// count of buffers held is kept in a register and stored once.
     #[inline]
-    pub(super) fn give_back(&mut self, token: Token, pools: &mut [Pool], warm: bool) -> bool {
-        let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
-        let Some(slot) = self
-            .regions
-            .get_mut(token.region as usize)
-            .and_then(|p| p.get_mut(page))
-            .and_then(|p| p.as_mut())
-            .and_then(|p| p.get_mut(at))
-        else {
-            return false;
-        };
-        if slot.generation != token.generation || token.generation == 0 {
-            return false;
+    pub(super) fn give_back(
+        &mut self,
+        tokens: &[u64],
+        pools: &mut [Pool],
+        warm_from: usize,
+    ) -> usize {
+        let mut back = 0;
+        for (j, &t) in tokens.iter().enumerate() {
+            let token = Token::from_u64(t);
+            let (page, at) = (token.id as usize / PAGE, token.id as usize % PAGE);
+            let Some(slot) = self
+                .regions
+                .get_mut(token.region as usize)
+                .and_then(|p| p.get_mut(page))
+                .and_then(|p| p.as_mut())
+                .and_then(|p| p.get_mut(at))
+            else {
+                break;
+            };
+            // A slot never lent has generation 0 and no buffer: a token of generation 0
+            // fails on the buffer.
+            if slot.generation != token.generation {
+                break;
+            }
+            let Some(pool) = pools.get_mut(usize::from(slot.pool)) else {
+                break;
+            };
+            let Some(buf) = slot.buf.take() else {
+                break;
+            };
+            if j >= warm_from {
+                buf.prefetch_for_write((slot.len as usize).min(WARM_BYTES));
+            }
+            let _ = pool.recycle(buf);
+            back += 1;
         }
-        let Some(pool) = pools.get_mut(usize::from(slot.pool)) else {
-            return false;
-        };
-        let Some(buf) = slot.buf.take() else {
-            return false;
-        };
-        self.held -= 1;
-        if warm {
-            buf.prefetch_for_write((slot.len as usize).min(WARM_BYTES));
-        }
-        let _ = pool.recycle(buf);
-        true
+        self.held -= back as u32;
+        back
     }
 
     /// Every buffer still lent, for a session that ended.

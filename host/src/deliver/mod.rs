@@ -27,7 +27,7 @@ use crate::config::{ConsumerConfig, DeliverPolicy, WakeMode};
 use crate::device::{RxFrame, TxQueue};
 use crate::pool::Pool;
 use crate::runtime::Part;
-use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason};
+use crate::stats::{ConsumerStats, DeliveryCounters, Disconnect, DropReason, Tally};
 use crate::wire::Split;
 use lent::LentTable;
 use memplex_proto::layout::{
@@ -209,11 +209,23 @@ struct Channel {
     starts: Box<[u32]>,
     /// Regions this session has been told about, by index.
     announced: Vec<bool>,
+    /// Per provider, its first region once this session has been told about it: a part
+    /// in it is lent by [`QueueDelivery::deliver_run`] with one compare. Empty (`len`
+    /// 0) for a provider whose memory cannot be shared.
+    fast: Box<[FastRegion]>,
     /// Frames delivered to it on this queue.
     delivered: u64,
     /// A wait (for room, or for returns under the quota) timed out: drop at once until
     /// a frame gets through again.
     stalled: bool,
+}
+
+/// A provider's first region, as [`Channel::fast`] keeps it.
+#[derive(Clone, Copy, Default)]
+struct FastRegion {
+    base: u64,
+    len: u64,
+    index: u16,
 }
 
 struct QueueConsumer {
@@ -385,6 +397,7 @@ impl QueueDelivery {
                 ]
                 .into_boxed_slice(),
                 announced: Vec::new(),
+                fast: vec![FastRegion::default(); self.pools.len()].into_boxed_slice(),
                 delivered: 0,
                 stalled: false,
             });
@@ -423,6 +436,63 @@ impl QueueDelivery {
             }
         }
         result
+    }
+
+    /// Delivers a run of placed frames that all go to consumer `consumer` (none by a
+    /// `copy` route), in order: as [`deliver`](Self::deliver) would one at a time, each
+    /// frame's `n` parts the next `n` of `parts`, drops counted in `dropped`.
+    ///
+    /// With one session and no metadata ring (the usual case), the consumer and its
+    /// session are found once for the run, and a frame whose parts are all in their
+    /// provider's first region, already announced (one compare each, against
+    /// [`Channel::fast`]), that fits in the ring and under the quota is staged right
+    /// here: no region search, no list of where parts are, counters added once per
+    /// run. Any other frame, or any session layout, takes the full path.
+    pub(crate) fn deliver_run<'a, 'f: 'a>(
+        &mut self,
+        consumer: u16,
+        frames: impl Iterator<Item = RunFrame<'a, 'f>>,
+        parts: &mut std::vec::Drain<'_, Part>,
+        pools: &mut [Pool],
+        dropped: &mut Tally<DropReason>,
+    ) {
+        let ci = usize::from(consumer);
+        let mut frames = frames;
+        loop {
+            let left = match self.consumers.get_mut(ci) {
+                Some(c) if c.channels.len() == 1 && c.channels[0].meta.is_none() => {
+                    let quota = c.cfg.quota();
+                    let ch = &mut c.channels[0];
+                    let (mut count, mut bytes) = (0u64, 0u64);
+                    let mut left = None;
+                    for f in frames.by_ref() {
+                        if !stage_lent(ch, &f, parts, quota) {
+                            left = Some(f);
+                            break;
+                        }
+                        count += 1;
+                        bytes += f.frame.data.len() as u64;
+                    }
+                    if count > 0 {
+                        c.gave_up = false;
+                        ch.stalled = false;
+                        c.stats.counters.frames += count;
+                        c.stats.counters.bytes += bytes;
+                    }
+                    left
+                }
+                _ => frames.next(),
+            };
+            let Some(f) = left else {
+                return;
+            };
+            let result = self.deliver(
+                consumer, false, f.frame, f.split, f.rule, f.skipped, parts, f.n, pools,
+            );
+            if let Err(reason) = result {
+                dropped.add(reason);
+            }
+        }
     }
 
     /// [`deliver`](Self::deliver): takes all `n` parts when it succeeds, none when it
@@ -493,6 +563,13 @@ impl QueueDelivery {
             };
             if !ch.announced.get(r.index as usize).is_some_and(|&a| a) {
                 announce_to(ch, r, &mut c.stats.counters)?;
+                if std::ptr::eq(r, &regions[0]) {
+                    ch.fast[p.provider] = FastRegion {
+                        base: r.base,
+                        len: r.len,
+                        index: r.index as u16,
+                    };
+                }
             }
             described.push((r.index as u16, addr - r.base));
         }
@@ -764,6 +841,85 @@ const KEEP: [u128; layout::DESC] = {
     m
 };
 
+/// One frame of a run for [`QueueDelivery::deliver_run`].
+pub(crate) struct RunFrame<'a, 'f> {
+    pub(crate) frame: &'a RxFrame<'f>,
+    pub(crate) split: &'a Split,
+    pub(crate) rule: usize,
+    /// Its first bytes, before its first part, that go inline.
+    pub(crate) skipped: usize,
+    /// Its parts: the next `n` of the run's.
+    pub(crate) n: usize,
+}
+
+/// [`QueueDelivery::deliver_run`]'s short path: stages frame `f` for session `ch`, its
+/// first `f.skipped` bytes inline and every part lent, and takes the parts; or, when a
+/// part is not in its provider's announced first region, or the frame does not fit in
+/// the ring or under `quota`, does nothing and says so (the full path decides then).
+#[inline(never)]
+fn stage_lent(
+    ch: &mut Channel,
+    f: &RunFrame<'_, '_>,
+    parts: &mut std::vec::Drain<'_, Part>,
+    quota: u32,
+) -> bool {
+    let lent = f.n;
+    let fast = &ch.fast;
+    let lendable = |p: &Part| {
+        fast.get(p.provider)
+            .is_some_and(|r| p.buf.netmem().addr.wrapping_sub(r.base) < r.len)
+    };
+    // One part (the usual frame) is checked without a loop.
+    let ok = match parts.as_slice() {
+        [p, ..] if lent == 1 => lendable(p),
+        all => all.get(..lent).is_some_and(|v| v.iter().all(lendable)),
+    };
+    if !ok || f.skipped > f.frame.data.len() {
+        return false;
+    }
+    let need = layout::slots_for(lent, f.skipped);
+    if need == 0
+        || ch.lent.held() + lent as u32 > quota
+        || !matches!(ch.completion.has_room(ch.pending, need as u32), Ok(true))
+    {
+        return false;
+    }
+    let from = ch.pending as usize;
+    let Some(slots) = ch.stage.get_mut(from..from + need) else {
+        return false;
+    };
+    let first = ch.completion.position().wrapping_add(ch.pending);
+    let (run, descs) = slots.split_at_mut(need - lent);
+    if let [d, bytes @ ..] = run {
+        *d = layout::Desc::inline(f.skipped as u32, false, lent > 0);
+        stage_inline(bytes, f.frame.data, f.skipped);
+    }
+    if let [d] = descs {
+        if let Some(p) = parts.next() {
+            *d = lend(&mut ch.lent, fast, p, false);
+        }
+    } else {
+        for (j, (d, p)) in descs.iter_mut().zip(parts.take(lent)).enumerate() {
+            *d = lend(&mut ch.lent, fast, p, j + 1 < lent);
+        }
+    }
+    let mask = ch.starts.len() - 1;
+    ch.starts[ch.delivered as usize & mask] = first;
+    ch.pending += need as u32;
+    ch.delivered += 1;
+    true
+}
+
+/// Lends part `p`, in its provider's first region (as `fast` has it): its descriptor.
+#[inline(always)]
+fn lend(table: &mut LentTable, fast: &[FastRegion], p: Part, more: bool) -> layout::Desc {
+    let r = fast.get(p.provider).copied().unwrap_or_default();
+    let offset = p.buf.netmem().addr.wrapping_sub(r.base);
+    let len = p.len as u32;
+    let token = table.lend(r.index, p.provider as u16, p.buf, len);
+    layout::Desc::part(token, offset, len, more)
+}
+
 /// Writes the first `len` bytes of `bytes` into `slots` (as many as the run takes), the
 /// last one padded with zeros.
 ///
@@ -774,7 +930,7 @@ const KEEP: [u128; layout::DESC] = {
 /// end of the run. (Before that, a slot at a time through a local that was read back
 /// whole after a byte-sized copy into it: a store-forwarding stall per slot.) Only a run
 /// that ends within 16 bytes of the frame's end takes its last slot through a byte copy.
-#[inline]
+#[inline(always)]
 fn stage_inline(slots: &mut [layout::Desc], bytes: &[u8], len: usize) {
     debug_assert!(len <= bytes.len());
     debug_assert_eq!(slots.len(), layout::inline_slots(len));
@@ -874,21 +1030,16 @@ fn refill(
         // batch is read in one copy (two across the ring's end).
         ch.refill.read_bytes(0, tokens[..n].as_mut_bytes());
         ch.refill.release(n as u32);
-        let mut returned = 0;
         // The last buffers given back are the first the pools hand out again (their
         // caches are stacks): the lines they held are fetched for writing now (from the
         // consumer's core, when it read them), not when the next frames are written
         // there, where each line's wait filled the store buffer and stalled placement.
-        let warm_from = n.saturating_sub(WARM);
-        for (j, &t) in tokens[..n].iter().enumerate() {
-            if !ch.lent.give_back(Token::from_u64(t), pools, j >= warm_from) {
-                ch.session.end(Disconnect::BadToken);
-                break;
-            }
-            returned += 1;
-        }
-        counters.returned += returned;
-        if returned < n as u64 {
+        let returned = ch
+            .lent
+            .give_back(&tokens[..n], pools, n.saturating_sub(WARM));
+        counters.returned += returned as u64;
+        if returned < n {
+            ch.session.end(Disconnect::BadToken);
             return;
         }
     }

@@ -111,6 +111,8 @@ struct Reader {
     refill: Producer,
     tokens: Vec<u64>,
     frames: u64,
+    /// Parts read (tokens to give back).
+    parts: u64,
 }
 
 impl Reader {
@@ -136,6 +138,7 @@ impl Reader {
                 } else {
                     assert_ne!(d.token, 0, "a part has a token");
                     self.tokens.push(d.token);
+                    self.parts += 1;
                     seen += d.len() as usize;
                 }
                 if !d.more() {
@@ -196,6 +199,7 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
                 refill: Producer::new(map.ring(RingKind::Refill)),
                 tokens: Vec::with_capacity(256),
                 frames: 0,
+                parts: 0,
             },
             theirs,
         ));
@@ -238,9 +242,10 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
         assert_eq!(r.frames, sent, "every frame delivered");
         let stats = worker.delivery.as_ref().expect("delivering").stats();
         let c = &stats[0].counters;
+        assert!(r.parts >= sent, "a part at least per frame");
         assert_eq!(
             (c.frames, c.returned, c.lent),
-            (sent, sent, 0),
+            (sent, r.parts, 0),
             "every buffer back"
         );
     } else {
@@ -324,4 +329,14 @@ fn one_core_delivery_lends_every_payload_and_takes_every_buffer_back() {
         delivering[3],
         sink[3] / delivering[3]
     );
+}
+
+/// Frames of several parts (1500 B into 512 B payload buffers: a head inline, then three
+/// parts): every descriptor chain ends where its frame does, and every buffer comes back.
+#[test]
+fn one_core_delivery_lends_every_part_of_frames_of_several_parts() {
+    let frames = frames_of(1500, false);
+    let config = DELIVER.replace("buf_size = 2048", "buf_size = 512");
+    assert_ne!(config, DELIVER);
+    run(&config, true, &frames, 2, true);
 }

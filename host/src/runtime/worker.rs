@@ -17,7 +17,7 @@
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
-use crate::deliver::QueueDelivery;
+use crate::deliver::{QueueDelivery, RunFrame};
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
 use crate::route::RouteTable;
@@ -96,6 +96,9 @@ pub(super) struct Worker {
     /// buffer first, it was a buffer taken, filled and given back per frame for bytes
     /// nobody reads there.
     pub inline_heads: Vec<Option<usize>>,
+    /// Per rule: the consumer its frames go to in runs ([`QueueDelivery::deliver_run`]),
+    /// for a route that delivers without copying or forwarding.
+    pub runs_to: Vec<Option<u16>>,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
 }
@@ -150,6 +153,12 @@ impl Worker {
         delivery: Option<QueueDelivery>,
     ) -> Worker {
         let recyclers = pools.iter().map(Pool::recycler).collect();
+        let runs_to = (0..routes.len())
+            .map(|i| {
+                let r = routes.get(i);
+                r.deliver.filter(|_| r.forward.is_none() && !r.copy)
+            })
+            .collect();
         let inline_heads = (0..routes.len())
             .map(|i| {
                 let r = routes.get(i);
@@ -210,6 +219,7 @@ impl Worker {
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
             inline_heads,
+            runs_to,
             profiler: None,
         }
     }
@@ -357,10 +367,43 @@ impl Worker {
         self.kept_parts.clear();
         self.kept_staged.clear();
         let mut parts = self.parts.drain(..);
-        for s in self.staged.drain(..) {
+        let staged = std::mem::take(&mut self.staged);
+        let mut i = 0;
+        while let Some(s) = staged.get(i).cloned() {
+            i += 1;
             let n = s.parts.len();
             let route = self.routes.get(s.rule);
             let result = match (route.forward, route.deliver, self.delivery.as_mut()) {
+                // This frame and those right after it that go to the same consumer, in
+                // one run.
+                (None, Some(consumer), Some(d)) if !route.copy => {
+                    let runs_to = &self.runs_to;
+                    let end = i + staged[i..]
+                        .iter()
+                        .take_while(|t| runs_to[t.rule] == Some(consumer))
+                        .count();
+                    let (splits, heads) = (&self.splits, &self.inline_heads);
+                    let run = staged[i - 1..end].iter().map(|t| RunFrame {
+                        frame: &burst[t.rx],
+                        split: &splits[t.rx],
+                        rule: t.rule,
+                        skipped: left_for_ring(
+                            heads[t.rule],
+                            splits[t.rx].head_len,
+                            burst[t.rx].data.len(),
+                        ),
+                        n: t.parts.len(),
+                    });
+                    d.deliver_run(
+                        consumer,
+                        run,
+                        &mut parts,
+                        &mut self.pools,
+                        &mut self.stats.dropped,
+                    );
+                    i = end;
+                    Ok(())
+                }
                 (Some(to), _, _) => {
                     self.frame_parts.clear();
                     self.frame_parts.extend(parts.by_ref().take(n));
@@ -414,8 +457,10 @@ impl Worker {
             }
         }
         drop(parts);
+        let mut staged = staged;
+        staged.clear();
         std::mem::swap(&mut self.parts, &mut self.kept_parts);
-        std::mem::swap(&mut self.staged, &mut self.kept_staged);
+        self.staged = std::mem::replace(&mut self.kept_staged, staged);
     }
 
     /// Places every frame of a vector as routed: placed ones are staged, the others'
