@@ -177,3 +177,65 @@ impl LentTable {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::{InitParams, ProviderPlugin};
+
+    fn pool() -> Pool {
+        let plugin = ProviderPlugin::builtin("slab").expect("built in");
+        let provider = plugin
+            .instantiate(&InitParams::new(0, 2048, 256))
+            .expect("a slab");
+        Pool::new(provider, 64)
+    }
+
+    /// Tokens go back in order up to the first bad one: a stale token (given back
+    /// already), a forged generation, generation 0, an id never lent and a region that
+    /// does not exist all stop the batch there, and what went back before it stays back.
+    #[test]
+    fn a_batch_of_tokens_goes_back_up_to_the_first_bad_one() {
+        let mut pools = vec![pool()];
+        let mut table = LentTable::default();
+        let mut tokens = Vec::new();
+        for _ in 0..4 {
+            let buf = pools[0].alloc().expect("a buffer");
+            tokens.push(table.lend(0, 0, buf, 100).to_u64());
+        }
+        assert_eq!(table.held(), 4);
+        let t = |i: usize| Token::from_u64(tokens[i]);
+        let forged = Token {
+            generation: t(1).generation.wrapping_add(1),
+            ..t(1)
+        };
+        let never = Token {
+            id: t(0).id ^ 1 << 20,
+            ..t(0)
+        };
+        let bad = [
+            Token {
+                generation: 0,
+                ..t(1)
+            },
+            forged,
+            never,
+            Token { region: 7, ..t(1) },
+        ];
+        for b in bad {
+            assert_eq!(
+                table.give_back(&[tokens[0], b.to_u64()], &mut pools, 0),
+                1,
+                "{b:?}"
+            );
+            // The good one went back: now it is stale.
+            assert_eq!(table.give_back(&[tokens[0]], &mut pools, 0), 0);
+            let buf = pools[0].alloc().expect("a buffer");
+            tokens[0] = table.lend(0, 0, buf, 100).to_u64();
+        }
+        assert_eq!(table.held(), 4);
+        assert_eq!(table.give_back(&tokens, &mut pools, 2), 4);
+        assert_eq!(table.held(), 0);
+        assert_eq!(table.give_back(&tokens[3..], &mut pools, 0), 0, "stale");
+    }
+}
