@@ -727,13 +727,7 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
             .and_then(|t| t.split_whitespace().next())
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| format!("{name}: no frame count in the test's output:\n{stdout}"))?;
-        let text = std::fs::read_to_string(&out)
-            .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
-        let total: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("summary:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("{}: no summary line", out.display()))?;
+        let total = callgrind_total(&out)?;
         let per_frame = total as f64 / frames as f64;
         println!("\n{name}: {per_frame:.0} instructions a frame ({frames} frames)");
         // The source lines that execute the most (callgrind_annotate, self cost).
@@ -767,6 +761,16 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         println!("  {name:<16} {n:>8.0}");
     }
     Ok(())
+}
+
+/// The instructions a callgrind output file counted in all (its `summary:` line).
+fn callgrind_total(out: &Path) -> Result<u64, String> {
+    std::fs::read_to_string(out)
+        .map_err(|e| format!("cannot read {}: {e}", out.display()))?
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{}: no summary line", out.display()))
 }
 
 /// `memplex consume`'s workloads: `--mode count` and `--mode checksum`, under callgrind.
@@ -879,14 +883,7 @@ deliver = "app"
                 String::from_utf8_lossy(&run.stderr)
             ));
         }
-        let text = std::fs::read_to_string(&out)
-            .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
-        let total: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("summary:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("{}: no summary line", out.display()))?;
-        counts.push(total);
+        counts.push(callgrind_total(&out)?);
     }
     let _ = std::fs::remove_file(&socket);
     let per_frame = counts[1].saturating_sub(counts[0]) as f64 / MANY as f64;
