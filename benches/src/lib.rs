@@ -106,13 +106,17 @@ pub fn interleaved(id: &str, mut a: impl FnMut(), mut b: impl FnMut()) -> Option
         true => (31, std::time::Duration::from_millis(20)),
         false => (2, std::time::Duration::from_micros(200)),
     };
-    let time = |f: &mut dyn FnMut(), n: u64| {
+    // Generic, so each routine is inlined into its timing loop as criterion's
+    // `Bencher::iter` inlines it: through `&mut dyn FnMut` every iteration was a call and
+    // a stack frame, a cost of the harness that skewed the ratio of a short routine (the
+    // pool's round trip read 1.5x the atomic here against 0.95x under criterion).
+    fn time(f: &mut impl FnMut(), n: u64) -> f64 {
         let start = std::time::Instant::now();
         for _ in 0..n {
             f();
         }
         start.elapsed().as_secs_f64()
-    };
+    }
     // Iterations per block: doubled until a block of `a` takes `block`.
     let mut n = 1u64;
     while time(&mut a, n) < block.as_secs_f64() && n < 1 << 40 {

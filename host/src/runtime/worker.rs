@@ -19,7 +19,7 @@ use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
 use crate::deliver::{QueueDelivery, RunFrame};
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
-use crate::pool::{Pool, PoolBuf, PoolError, Recycler};
+use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
 use crate::route::RouteTable;
 use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
@@ -666,9 +666,9 @@ impl Worker {
     /// fallback; on a miss, why is left in `short`.
     #[cold]
     fn take_slow(&mut self, p: usize) -> Option<(usize, PoolBuf)> {
-        let first = match self.pools[p].alloc() {
+        let first = match self.pools[p].alloc_or_why() {
             Ok(b) => return Some((p, b)),
-            Err(PoolError::Exhausted { .. }) if self.on_dry == OnDry::Wait => {
+            Err(PoolErrorKind::Exhausted { .. }) if self.on_dry == OnDry::Wait => {
                 let deadline = Instant::now() + self.wait;
                 loop {
                     std::thread::yield_now();
@@ -676,25 +676,25 @@ impl Worker {
                     if let Some(d) = self.delivery.as_mut() {
                         d.service(&mut self.pools);
                     }
-                    match self.pools[p].alloc() {
+                    match self.pools[p].alloc_or_why() {
                         Ok(b) => return Some((p, b)),
-                        Err(e @ PoolError::Exhausted { .. }) if Instant::now() >= deadline => {
+                        Err(e @ PoolErrorKind::Exhausted { .. }) if Instant::now() >= deadline => {
                             break e
                         }
-                        Err(PoolError::Exhausted { .. }) => {}
+                        Err(PoolErrorKind::Exhausted { .. }) => {}
                         Err(e) => break e,
                     }
                 }
             }
             Err(e) => e,
         };
-        self.short = if matches!(first, PoolError::Exhausted { .. }) {
+        self.short = if matches!(first, PoolErrorKind::Exhausted { .. }) {
             DropReason::Dry
         } else {
             DropReason::Fault
         };
         let f = self.fallback[p]?;
-        let b = self.pools[f].alloc().ok()?;
+        let b = self.pools[f].alloc_or_why().ok()?;
         self.fell_back.push(p);
         Some((f, b))
     }

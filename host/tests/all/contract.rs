@@ -2,7 +2,7 @@
 //! running and loses track of no buffer.
 
 use super::*;
-use memplex::pool::{Pool, PoolError};
+use memplex::pool::{Pool, PoolError, PoolErrorKind};
 use memplex::provider::Fault;
 use std::time::Duration;
 
@@ -23,8 +23,8 @@ fn run_until_fault(fault: &str) -> (Pool, Vec<memplex::pool::PoolBuf>, PoolError
 
 fn assert_quarantined(fault: &str, check: impl Fn(&Fault) -> bool) {
     let (mut pool, held, err) = run_until_fault(fault);
-    let found = match &err {
-        PoolError::Quarantined { fault, provider } => {
+    let found = match err.kind() {
+        PoolErrorKind::Quarantined { fault, provider } => {
             assert!(
                 provider.contains("faulty"),
                 "error names the provider: {provider}"
@@ -44,7 +44,10 @@ fn assert_quarantined(fault: &str, check: impl Fn(&Fault) -> bool) {
         "{counters:?}"
     );
     // Further allocations fail fast with the same fault; the host keeps going.
-    assert!(matches!(pool.alloc(), Err(PoolError::Quarantined { .. })));
+    assert!(matches!(
+        pool.alloc().map_err(PoolError::into_kind),
+        Err(PoolErrorKind::Quarantined { .. })
+    ));
     // Every buffer is accounted for: all come back, nothing leaks.
     let counters = pool.provider().counters();
     assert!(
@@ -115,7 +118,7 @@ fn overcount() {
     // it, hiding the bug); the host refuses it, reading only the slice it passed.
     let err = pool.alloc().unwrap_err();
     assert!(
-        matches!(&err, PoolError::Quarantined { fault: Fault::Overcount { claimed, room }, .. } if claimed > room),
+        matches!(err.kind(), PoolErrorKind::Quarantined { fault: Fault::Overcount { claimed, room }, .. } if claimed > room),
         "{err}"
     );
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
@@ -135,8 +138,8 @@ fn panic_in_alloc_is_caught_and_quarantines() {
         }
     };
     assert_eq!(held.len(), 64, "the first bulk call was good");
-    match err {
-        PoolError::Quarantined {
+    match err.into_kind() {
+        PoolErrorKind::Quarantined {
             fault: Fault::Panicked { op, message },
             ..
         } => {
@@ -191,8 +194,8 @@ fn an_error_from_alloc_is_reported_without_quarantine() {
         .instantiate(&params(&[("fault", "error-alloc")]))
         .unwrap();
     let mut pool = Pool::new(provider, 64);
-    match pool.alloc() {
-        Err(PoolError::Failed {
+    match pool.alloc().map_err(PoolError::into_kind) {
+        Err(PoolErrorKind::Failed {
             fault:
                 Fault::Error {
                     op: "alloc_bulk",
@@ -216,8 +219,8 @@ fn a_provider_that_runs_dry_is_not_a_fault() {
     let mut pool = Pool::new(provider, 64);
     let held: Vec<_> = (0..64).map(|_| pool.alloc().unwrap()).collect();
     assert!(matches!(
-        pool.alloc(),
-        Err(PoolError::Exhausted { held: 64, .. })
+        pool.alloc().map_err(PoolError::into_kind),
+        Err(PoolErrorKind::Exhausted { held: 64, .. })
     ));
     assert!(pool.provider().fault().is_none());
     for b in held {

@@ -272,7 +272,7 @@ fn a_quarantined_pool_hands_out_nothing_it_had_cached() {
         }
     };
     assert!(
-        matches!(err, memplex::pool::PoolError::Quarantined { .. }),
+        matches!(err.kind(), memplex::pool::PoolErrorKind::Quarantined { .. }),
         "{err}"
     );
     // Giving back what it held does not make any of it available again.

@@ -1,7 +1,7 @@
 //! The page_pool equivalent: counters, recycling paths, in-flight accounting, shutdown.
 
 use super::*;
-use memplex::pool::{Pool, PoolBuf, PoolError, CACHE_SIZE, REFILL};
+use memplex::pool::{Pool, PoolBuf, PoolErrorKind, CACHE_SIZE, REFILL};
 use std::time::Duration;
 
 fn slab_pool(buffers: u32) -> Pool {
@@ -104,7 +104,10 @@ fn a_burst_from_a_dry_provider_keeps_what_it_got() {
     let mut pool = slab_pool(100);
     let mut burst = Vec::new();
     let err = pool.alloc_burst(150, &mut burst).unwrap_err();
-    assert!(matches!(err, PoolError::Exhausted { .. }), "{err}");
+    assert!(
+        matches!(err.kind(), PoolErrorKind::Exhausted { .. }),
+        "{err}"
+    );
     assert_eq!(burst.len(), 100, "every buffer the provider had");
     assert_eq!(pool.stats().inflight, 100);
     pool.recycle_burst(&mut burst);

@@ -3,7 +3,7 @@
 //! the host keeps running and loses no buffer.
 
 use super::*;
-use memplex::pool::{Pool, PoolError};
+use memplex::pool::{Pool, PoolErrorKind};
 use memplex::provider::wasm::WasmLimits;
 use memplex::provider::{Fault, Netmem};
 use memplex_abi::ErrorKind;
@@ -90,8 +90,8 @@ fn quarantined(plugin: &ProviderPlugin) -> (Fault, Pool) {
     for b in held {
         pool.recycle(b).unwrap();
     }
-    match err {
-        PoolError::Quarantined { fault, .. } => (fault, pool),
+    match err.into_kind() {
+        PoolErrorKind::Quarantined { fault, .. } => (fault, pool),
         other => panic!("expected quarantine, got {other:?}"),
     }
 }
