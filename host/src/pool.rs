@@ -9,8 +9,10 @@
 //!   Recycler::recycle() from another thread: ring --full--> overflow queue (drained by the owner)
 //! ```
 //!
-//! The fast path is a bounds-checked array pop or push and one plain counter increment:
-//! no atomics, locks, allocation or provider calls. The provider is called in bulk on the
+//! The fast path is a bounds-checked array pop or push; a push also counts
+//! `recycle_cached`, and `alloc_fast` is derived from the counters the slow paths keep
+//! (see [`Pool::stats`]), so a pop stores nothing but the cache's count: no atomics,
+//! locks, allocation or provider calls. The provider is called in bulk on the
 //! slow path only. Counters keep page_pool's names (`alloc_fast`, `alloc_slow`,
 //! `alloc_empty`, `alloc_refill`, `recycle_cached`, `recycle_cache_full`, `recycle_ring`,
 //! `recycle_ring_full`, `recycle_released`).
@@ -338,7 +340,12 @@ pub struct Pool {
     /// How many buffers the cache may hold: [`CACHE_SIZE`], or 0 once the provider is
     /// quarantined, so nothing of it is cached (and so handed out) again.
     cache_limit: usize,
-    alloc_fast: u64,
+    /// Buffers put into the cache by the slow paths (refills from the ring and the
+    /// provider), and taken out of it by them (the refill's first buffer, release).
+    /// With `recycle_cached` and `count` they give `alloc_fast` (see
+    /// [`stats`](Self::stats)), so the fast path's pop stores nothing but `count`.
+    slow_in: u64,
+    slow_out: u64,
     recycle_cached: u64,
     slow: PoolStats,
     caps: Capabilities,
@@ -365,7 +372,8 @@ impl Pool {
             cache: Cache::new(),
             count: 0,
             cache_limit: CACHE_SIZE,
-            alloc_fast: 0,
+            slow_in: 0,
+            slow_out: 0,
             recycle_cached: 0,
             slow: PoolStats::default(),
             caps: provider.info().caps,
@@ -411,7 +419,6 @@ impl Pool {
     pub fn alloc_cached(&mut self) -> Option<PoolBuf> {
         let i = self.count.checked_sub(1)?;
         self.count = i;
-        self.alloc_fast += 1;
         Some(self.wrap(self.cache.get(i)))
     }
 
@@ -454,7 +461,6 @@ impl Pool {
                 caps,
             }));
             self.count = from;
-            self.alloc_fast += k as u64;
             want -= k;
             if want > 0 {
                 // The cache is empty: one buffer by the slow path, which refills it.
@@ -483,6 +489,7 @@ impl Pool {
                 Some(n) => {
                     self.cache.set(self.count, n);
                     self.count += 1;
+                    self.slow_in += 1;
                 }
                 None => break,
             }
@@ -490,6 +497,7 @@ impl Pool {
         if self.count > 0 {
             self.slow.alloc_refill += 1;
             self.count -= 1;
+            self.slow_out += 1;
             return Ok(self.wrap(self.cache.get(self.count)));
         }
         self.slow.alloc_empty += 1;
@@ -519,6 +527,7 @@ impl Pool {
                 self.slow.alloc_slow += 1;
                 self.cache.set_run(0, batch[1..n].iter().copied());
                 self.count = n - 1;
+                self.slow_in += n as u64 - 1;
                 Ok(self.wrap(batch[0]))
             }
             Err(fault) => {
@@ -741,7 +750,9 @@ impl Pool {
     /// The pool's counters now.
     pub fn stats(&self) -> PoolStats {
         let mut s = self.slow;
-        s.alloc_fast = self.alloc_fast;
+        // Every buffer in the cache came in by a recycle or a slow-path refill, and left
+        // by a fast-path pop, a slow path, or is still there.
+        s.alloc_fast = (self.recycle_cached + self.slow_in) - (self.slow_out + self.count as u64);
         s.recycle_cached = self.recycle_cached;
         s.recycle_ring += self.shared.recycle_ring.load(Relaxed);
         s.recycle_ring_full += self.shared.recycle_ring_full.load(Relaxed);
@@ -793,6 +804,7 @@ impl Pool {
             while n < REFILL {
                 if self.count > 0 {
                     self.count -= 1;
+                    self.slow_out += 1;
                     batch[n] = self.cache.get(self.count);
                 } else if let Some(b) = self.shared.ring.pop() {
                     batch[n] = b;

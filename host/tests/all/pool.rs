@@ -50,6 +50,20 @@ fn full_cache_spills_to_the_ring_then_to_the_provider() {
     assert_eq!(s.recycle_ring_full, REFILL as u64);
     assert_eq!(s.recycle_released, REFILL as u64);
     assert_eq!(s.inflight, 0);
+    // Taken again: the full cache by the fast path, then refills from the ring (one
+    // buffer each through the slow path, the rest of each refill by the fast path).
+    let fast = s.alloc_fast;
+    let held: Vec<PoolBuf> = (0..CACHE_SIZE + REFILL + 1)
+        .map(|_| pool.alloc().unwrap())
+        .collect();
+    let s = pool.stats();
+    assert_eq!(s.alloc_refill, 2, "{s:?}");
+    assert_eq!(s.alloc_fast - fast, (CACHE_SIZE + REFILL - 1) as u64, "{s:?}");
+    assert_eq!(s.inflight, held.len() as u64);
+    for b in held {
+        pool.recycle(b).unwrap();
+    }
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
 #[test]
