@@ -565,8 +565,23 @@ impl Pool {
     /// Gives back every buffer of `bufs` that belongs to this pool, in one copy into the
     /// cache as far as it has room (the rest as [`recycle`](Self::recycle) would); buffers
     /// of other pools stay in `bufs`, which is otherwise left empty.
+    ///
+    /// The buffers that fit are copied into the cache's free slots while their pool is
+    /// checked, in one pass: the copy counts only once `count` moves past it, so a
+    /// foreign buffer among them just leaves it uncounted (then the burst goes back one
+    /// by one). A pass to check and another to copy cost a load and a loop a buffer more.
     pub fn recycle_burst(&mut self, bufs: &mut Vec<PoolBuf>) {
-        if bufs.iter().any(|b| b.pool != self.id) {
+        let id = self.id;
+        let at = self.count;
+        let k = bufs.len().min(self.cache_limit.saturating_sub(at));
+        let mut foreign = false;
+        let addr = &mut self.cache.addr[at..at + k];
+        let len_id = &mut self.cache.len_id[at..at + k];
+        for ((a, l), b) in addr.iter_mut().zip(len_id).zip(&bufs[..k]) {
+            foreign |= b.pool != id;
+            (*a, *l) = pack(b.netmem);
+        }
+        if foreign || bufs[k..].iter().any(|b| b.pool != id) {
             bufs.retain(|b| {
                 let foreign = b.pool != self.id;
                 if !foreign {
@@ -576,10 +591,7 @@ impl Pool {
             });
             return;
         }
-        let k = bufs.len().min(self.cache_limit.saturating_sub(self.count));
-        self.cache
-            .set_run(self.count, bufs[..k].iter().map(|b| b.netmem));
-        self.count += k;
+        self.count = at + k;
         self.recycle_cached += k as u64;
         for b in &bufs[k..] {
             self.recycle_slow(b.netmem);

@@ -58,7 +58,11 @@ fn full_cache_spills_to_the_ring_then_to_the_provider() {
         .collect();
     let s = pool.stats();
     assert_eq!(s.alloc_refill, 2, "{s:?}");
-    assert_eq!(s.alloc_fast - fast, (CACHE_SIZE + REFILL - 1) as u64, "{s:?}");
+    assert_eq!(
+        s.alloc_fast - fast,
+        (CACHE_SIZE + REFILL - 1) as u64,
+        "{s:?}"
+    );
     assert_eq!(s.inflight, held.len() as u64);
     for b in held {
         pool.recycle(b).unwrap();
@@ -237,4 +241,35 @@ fn placed_bytes_land_in_provider_memory() {
         "{err}"
     );
     pool.recycle(buf).unwrap();
+}
+
+/// A foreign buffer past the cache's room (where the burst spills to the ring) is found
+/// as one among the buffers that fit is: it stays with the caller, every buffer of the
+/// pool's own goes back, and nothing is counted twice.
+#[test]
+fn a_foreign_buffer_where_a_burst_spills_stays_with_the_caller() {
+    let mut pool = slab_pool(1024);
+    let mut other = slab_pool(64);
+    let mut burst = Vec::new();
+    pool.alloc_burst(CACHE_SIZE + 8, &mut burst).unwrap();
+    // Room in the cache now: what the provider calls left there.
+    let room = CACHE_SIZE - (3 * REFILL - (CACHE_SIZE + 8));
+    assert!(room < burst.len(), "the burst spills past the cache");
+    let foreign = other.alloc().unwrap();
+    burst.push(foreign);
+    let before = pool.stats();
+    pool.recycle_burst(&mut burst);
+    assert_eq!(burst.len(), 1, "only the foreign buffer stays");
+    assert_eq!(burst[0].pool_id(), other.id());
+    let s = pool.stats();
+    assert_eq!(s.inflight, 0, "{s:?}");
+    assert_eq!(
+        (s.recycle_cached - before.recycle_cached)
+            + (s.recycle_cache_full - before.recycle_cache_full),
+        (CACHE_SIZE + 8) as u64,
+        "each of the pool's buffers went back once: {s:?}"
+    );
+    other.recycle(burst.pop().unwrap()).unwrap();
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+    assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
 }
