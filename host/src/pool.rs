@@ -575,12 +575,13 @@ impl Pool {
         let at = self.count;
         let k = bufs.len().min(self.cache_limit.saturating_sub(at));
         let mut foreign = false;
-        let addr = &mut self.cache.addr[at..at + k];
-        let len_id = &mut self.cache.len_id[at..at + k];
-        for ((a, l), b) in addr.iter_mut().zip(len_id).zip(&bufs[..k]) {
-            foreign |= b.pool != id;
-            (*a, *l) = pack(b.netmem);
-        }
+        self.cache.set_run(
+            at,
+            bufs[..k].iter().map(|b| {
+                foreign |= b.pool != id;
+                b.netmem
+            }),
+        );
         if foreign || bufs[k..].iter().any(|b| b.pool != id) {
             bufs.retain(|b| {
                 let foreign = b.pool != self.id;
@@ -764,7 +765,8 @@ impl Pool {
         let mut s = self.slow;
         // Every buffer in the cache came in by a recycle or a slow-path refill, and left
         // by a fast-path pop, a slow path, or is still there.
-        s.alloc_fast = (self.recycle_cached + self.slow_in) - (self.slow_out + self.count as u64);
+        s.alloc_fast =
+            (self.recycle_cached + self.slow_in).saturating_sub(self.slow_out + self.count as u64);
         s.recycle_cached = self.recycle_cached;
         s.recycle_ring += self.shared.recycle_ring.load(Relaxed);
         s.recycle_ring_full += self.shared.recycle_ring_full.load(Relaxed);
