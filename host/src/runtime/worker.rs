@@ -258,9 +258,11 @@ impl Worker {
             self.stats.profile.frames += burst.len() as u64;
             self.stats.profile.bursts += 1;
         }
+        // Each vector asks for the next one's frames as it places its own (see
+        // `place_vector`); the first asks for its own.
         let mut vectors = burst.chunks(VECTOR).peekable();
-        if let Some(first) = vectors.peek() {
-            prefetch_headers(first);
+        for frame in vectors.peek().copied().unwrap_or_default() {
+            prefetch_frame(frame.data);
         }
         while let Some(vector) = vectors.next() {
             self.handle_vector(vector, vectors.peek().copied().unwrap_or_default());
@@ -469,6 +471,13 @@ impl Worker {
 
     /// Places every frame of a vector as routed: placed ones are staged, the others'
     /// reasons noted in `drops`. Stops early when a provider gets quarantined.
+    ///
+    /// Before placing its `i`-th frame it asks for every line of the `i`-th frame of
+    /// `next` (the next vector), so the next vector's split and copies find their frames
+    /// in cache while this one works. Measured on 1500 B TCP from 4096 frames in memory
+    /// (6 MB, more than L2): x1.076 of the same build without it (median of 10 pairs, 8
+    /// won; `cargo xtask ab`), placement 0.47 to 0.52 of the memcpy loop. Prefetching
+    /// only the headers' two lines measured no change: the copies wait, not the split.
     ///
     /// Out of line: inlined into `handle`, its locals competed for registers with the
     /// whole vector's, and spilled. On its own it does 2% fewer instructions and 8-10%
@@ -742,20 +751,14 @@ impl Worker {
     }
 }
 
-/// Asks for the first two cache lines of every frame of `vector` (where the split reads
-/// the headers), so that splitting one vector overlaps the misses of the next.
-#[inline]
-fn prefetch_headers(vector: &[RxFrame<'_>]) {
-    for frame in vector {
-        prefetch_frame(frame.data);
-    }
-}
-
+/// Asks the CPU for every cache line of `data` (a prefetch per line, a hint only).
 #[inline]
 fn prefetch_frame(data: &[u8]) {
-    let p = data.as_ptr();
-    for at in (0..data.len()).step_by(64) {
-        memplex_proto::ring::prefetch_for_read(p.wrapping_add(at));
+    let span = data.as_ptr_range();
+    let mut line = span.start.wrapping_sub(span.start as usize % 64);
+    while line < span.end {
+        memplex_proto::ring::prefetch_for_read(line);
+        line = line.wrapping_add(64);
     }
 }
 
