@@ -520,15 +520,16 @@ pub fn prefetch_for_write(p: *const u8) {
     let _ = p;
 }
 
-/// PREFETCHT0: asks the CPU for the line at `p` in every cache level, to be read soon.
-/// A hint that never faults, whatever the address.
+/// PREFETCHT1: asks the CPU for the line at `p` in its L2 cache (and the levels past it),
+/// not L1: for data read soon but not next, so L1 keeps what is in use. (CPUs that do
+/// not tell the hints apart bring the line into L1 as well.) A hint that never faults.
 #[inline(always)]
-pub fn prefetch_for_read(p: *const u8) {
+pub fn prefetch_to_l2(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 reads and writes no memory the program sees and never faults,
+    // SAFETY: PREFETCHT1 reads and writes no memory the program sees and never faults,
     // whatever the address.
     unsafe {
-        std::arch::asm!("prefetcht0 [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
+        std::arch::asm!("prefetcht1 [{0}]", in(reg) p, options(nostack, preserves_flags, readonly))
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

@@ -258,14 +258,24 @@ impl Worker {
             self.stats.profile.frames += burst.len() as u64;
             self.stats.profile.bursts += 1;
         }
-        // Each vector asks for the next one's frames as it places its own (see
-        // `place_vector`); the first asks for its own.
+        // Before a vector is handled, the CPU is asked for every line of the next one's
+        // frames, into L2 (the first vector asks for its own), so the next split and
+        // copies find their frames near while this vector works. Measured with `cargo
+        // xtask ab` (10 pairs, medians) on TCP from 4096 frames in memory (1500 B: 6 MB,
+        // more than L2): x1.136 at 1500 B (7 pairs won), x1.035 at 128 B (6). Into L1
+        // instead (PREFETCHT0) it won as much there but lost 4 to 6% where the frames
+        // fit in L2 (64 flows), evicting from L1 what the copies were using; into L2 that
+        // case measured x1.009. Only the headers' two lines: no change (the copies
+        // wait, not the split).
         let mut vectors = burst.chunks(VECTOR).peekable();
         for frame in vectors.peek().copied().unwrap_or_default() {
             prefetch_frame(frame.data);
         }
         while let Some(vector) = vectors.next() {
-            self.handle_vector(vector, vectors.peek().copied().unwrap_or_default());
+            for frame in vectors.peek().copied().unwrap_or_default() {
+                prefetch_frame(frame.data);
+            }
+            self.handle_vector(vector);
         }
         // Deliveries are published once per burst: the index line crosses to the
         // consumer's core once, not once per vector.
@@ -277,7 +287,7 @@ impl Worker {
 
     /// Handles one vector: split and route every frame, place them, hand the placed ones
     /// to the sink, recycle their buffers.
-    fn handle_vector(&mut self, burst: &[RxFrame<'_>], next: &[RxFrame<'_>]) {
+    fn handle_vector(&mut self, burst: &[RxFrame<'_>]) {
         debug_assert!(burst.len() <= BURST);
         for (i, frame) in burst.iter().enumerate() {
             self.stats.received.add(frame.data.len());
@@ -304,7 +314,7 @@ impl Worker {
         // fallback. Each round needs a new provider to fault, so this ends.
         let mut quarantined = self.quarantined();
         for _ in 0..=self.pools.len() {
-            self.place_vector(burst, next);
+            self.place_vector(burst);
             let now = self.quarantined();
             if now == quarantined {
                 break;
@@ -472,24 +482,14 @@ impl Worker {
     /// Places every frame of a vector as routed: placed ones are staged, the others'
     /// reasons noted in `drops`. Stops early when a provider gets quarantined.
     ///
-    /// Before placing its `i`-th frame it asks for every line of the `i`-th frame of
-    /// `next` (the next vector), so the next vector's split and copies find their frames
-    /// in cache while this one works. Measured on 1500 B TCP from 4096 frames in memory
-    /// (6 MB, more than L2): x1.076 of the same build without it (median of 10 pairs, 8
-    /// won; `cargo xtask ab`), placement 0.47 to 0.52 of the memcpy loop. Prefetching
-    /// only the headers' two lines measured no change: the copies wait, not the split.
-    ///
     /// Out of line: inlined into `handle`, its locals competed for registers with the
     /// whole vector's, and spilled. On its own it does 2% fewer instructions and 8-10%
     /// fewer loads and stores a frame (`cargo xtask instructions`: tcp-split at 128 B,
     /// 449 to 437 and 235 to 217), and placement runs 5-6% faster (`cargo xtask ab`).
     #[inline(never)]
-    fn place_vector(&mut self, burst: &[RxFrame<'_>], next: &[RxFrame<'_>]) {
+    fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
-            if let Some(ahead) = next.get(i) {
-                prefetch_frame(ahead.data);
-            }
             let Some(rule) = self.routed[i] else {
                 self.drops.push((DropReason::NoRoute, None));
                 continue;
@@ -751,13 +751,13 @@ impl Worker {
     }
 }
 
-/// Asks the CPU for every cache line of `data` (a prefetch per line, a hint only).
+/// Asks the CPU for every cache line of `data`, into L2 (a hint only).
 #[inline]
 fn prefetch_frame(data: &[u8]) {
     let span = data.as_ptr_range();
     let mut line = span.start.wrapping_sub(span.start as usize % 64);
     while line < span.end {
-        memplex_proto::ring::prefetch_for_read(line);
+        memplex_proto::ring::prefetch_to_l2(line);
         line = line.wrapping_add(64);
     }
 }
