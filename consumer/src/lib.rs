@@ -115,6 +115,9 @@ pub struct Options {
     pub batch: usize,
     /// Ask for each frame's metadata (a second ring, 64 bytes a frame).
     pub metadata: bool,
+    /// Ask the CPU for the next published frame's parts while handing out one (see
+    /// [`Options::read_ahead`]).
+    pub read_ahead: bool,
 }
 
 impl Options {
@@ -125,6 +128,7 @@ impl Options {
             wake: Wake::EventFd,
             batch: 128,
             metadata: true,
+            read_ahead: false,
         }
     }
 
@@ -139,6 +143,16 @@ impl Options {
     /// The same, busy-polling.
     pub fn busy_poll(mut self) -> Options {
         self.wake = Wake::BusyPoll;
+        self
+    }
+
+    /// The same, reading ahead: as [`Consumer::next`] hands out a frame, the CPU is asked
+    /// (a prefetch into L2, one per cache line) for the parts of the frame published
+    /// after it, so that their lines travel from memplex's core while this one is used.
+    /// For consumers that read every payload byte (a checksum, a copy, a parser); one
+    /// that reads only heads or metadata would pull lines it never reads.
+    pub fn read_ahead(mut self) -> Options {
+        self.read_ahead = true;
         self
     }
 }
@@ -165,6 +179,7 @@ pub struct Consumer {
     quota: u32,
     wake: Wake,
     batch: usize,
+    read_ahead: bool,
     channels: Vec<Channel>,
     regions: map::RegionTable,
     /// The regions' descriptors, kept for `testing::try_map_writable`.
@@ -536,6 +551,7 @@ impl Consumer {
             // never fills (memplex stops lending at the quota) would have its buffers
             // back only when it next went idle.
             batch: opts.batch.max(1).min((welcome.quota as usize / 2).max(1)),
+            read_ahead: opts.read_ahead,
             channels,
             regions: map::RegionTable::default(),
             region_fds: RefCell::new(Vec::new()),
@@ -860,6 +876,33 @@ impl Consumer {
         )))
     }
 
+    /// Asks the CPU for the parts of the frame whose descriptors start at `at` (up to
+    /// `avail`, published): a hint only, so descriptors it cannot use (a region not yet
+    /// announced, a part outside its region) are passed over, and the next read checks
+    /// them as usual. Inline runs are in the ring already.
+    #[inline(never)]
+    fn prefetch_frame(&self, ring: &RingReader, mut at: u32, avail: u32) {
+        while at < avail {
+            let d: Desc = ring.read(at);
+            at += 1;
+            if d.is_inline() {
+                at = at.saturating_add(layout::inline_slots(d.len() as usize) as u32);
+            } else if let Some(r) = self.regions.get(usize::from(d.region())) {
+                if r.contains(d.offset(), d.len()) {
+                    let part = r.slice(d.offset(), d.len()).as_ptr_range();
+                    let mut line = part.start.wrapping_sub(part.start as usize % 64);
+                    while line < part.end {
+                        memplex_proto::ring::prefetch_to_l2(line);
+                        line = line.wrapping_add(64);
+                    }
+                }
+            }
+            if !d.more() {
+                break;
+            }
+        }
+    }
+
     #[inline]
     fn read_frame(&self, q: usize) -> Result<Option<Frame<'_>>, Error> {
         let ch = &self.channels[q];
@@ -932,6 +975,9 @@ impl Consumer {
             if !d.more() {
                 break;
             }
+        }
+        if self.read_ahead && at < avail {
+            self.prefetch_frame(&ring, at, avail);
         }
         ring.release_lazily(at);
         drop(ring);

@@ -162,6 +162,10 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     if args.busy_poll {
         opts = opts.busy_poll();
     }
+    // The modes that read every byte ask for the next frame's lines while using one.
+    if matches!(args.mode, Mode::Verify | Mode::Checksum | Mode::Pcap) {
+        opts = opts.read_ahead();
+    }
     let c = Consumer::connect(&args.socket, &opts).map_err(|e| match e {
         // The system's words are in the message already.
         Error::Connect { path, source } => {
