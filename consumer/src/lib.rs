@@ -147,7 +147,7 @@ impl Options {
     }
 
     /// The same, reading ahead: as [`Consumer::next`] hands out a frame, the CPU is asked
-    /// (a prefetch into L2, one per cache line) for the parts of the frame published
+    /// (a prefetch into L2, one per cache line, up to 4 KiB a part) for the parts of the frame published
     /// after it, so that their lines travel from memplex's core while this one is used.
     /// For consumers that read every payload byte (a checksum, a copy, a parser); one
     /// that reads only heads or metadata would pull lines it never reads.
@@ -889,12 +889,7 @@ impl Consumer {
                 at = at.saturating_add(layout::inline_slots(d.len() as usize) as u32);
             } else if let Some(r) = self.regions.get(usize::from(d.region())) {
                 if r.contains(d.offset(), d.len()) {
-                    let part = r.slice(d.offset(), d.len()).as_ptr_range();
-                    let mut line = part.start.wrapping_sub(part.start as usize % 64);
-                    while line < part.end {
-                        memplex_proto::ring::prefetch_to_l2(line);
-                        line = line.wrapping_add(64);
-                    }
+                    memplex_proto::ring::prefetch_bytes_to_l2(r.slice(d.offset(), d.len()));
                 }
             }
             if !d.more() {

@@ -535,6 +535,22 @@ pub fn prefetch_to_l2(p: *const u8) {
     let _ = p;
 }
 
+/// Asks for the lines of `bytes` into L2 ([`prefetch_to_l2`], one per line), up to
+/// [`PREFETCH_MAX`] bytes: a frame's worth to read ahead, not a GSO super-frame's or a
+/// region's (a cap set without measuring past 1500-byte frames).
+#[inline]
+pub fn prefetch_bytes_to_l2(bytes: &[u8]) {
+    let span = bytes[..bytes.len().min(PREFETCH_MAX)].as_ptr_range();
+    let mut line = span.start.wrapping_sub(span.start as usize % 64);
+    while line < span.end {
+        prefetch_to_l2(line);
+        line = line.wrapping_add(64);
+    }
+}
+
+/// The most bytes [`prefetch_bytes_to_l2`] asks for.
+pub const PREFETCH_MAX: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -258,9 +258,9 @@ impl Worker {
             self.stats.profile.frames += burst.len() as u64;
             self.stats.profile.bursts += 1;
         }
-        // Before a vector is handled, the CPU is asked for every line of the next one's
-        // frames, into L2 (the first vector asks for its own), so the next split and
-        // copies find their frames near while this vector works. Measured with `cargo
+        // Before a vector is handled, the CPU is asked for the lines of the next one's
+        // frames (up to 4 KiB each), into L2 (the first vector asks for its own), so the
+        // next split and copies find their frames near while this vector works. Measured with `cargo
         // xtask ab` (10 pairs, medians) on TCP from 4096 frames in memory (1500 B: 6 MB,
         // more than L2): x1.136 at 1500 B (7 pairs won), x1.035 at 128 B (6). Into L1
         // instead (PREFETCHT0) it won as much there but lost 4 to 6% where the frames
@@ -269,11 +269,11 @@ impl Worker {
         // wait, not the split).
         let mut vectors = burst.chunks(VECTOR).peekable();
         for frame in vectors.peek().copied().unwrap_or_default() {
-            prefetch_frame(frame.data);
+            memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
         }
         while let Some(vector) = vectors.next() {
             for frame in vectors.peek().copied().unwrap_or_default() {
-                prefetch_frame(frame.data);
+                memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
             }
             self.handle_vector(vector);
         }
@@ -748,17 +748,6 @@ impl Worker {
                 self.stats.dropped.add_n(DropReason::ConsumerGone, gone);
             }
         }
-    }
-}
-
-/// Asks the CPU for every cache line of `data`, into L2 (a hint only).
-#[inline]
-fn prefetch_frame(data: &[u8]) {
-    let span = data.as_ptr_range();
-    let mut line = span.start.wrapping_sub(span.start as usize % 64);
-    while line < span.end {
-        memplex_proto::ring::prefetch_to_l2(line);
-        line = line.wrapping_add(64);
     }
 }
 
