@@ -30,6 +30,18 @@ fn pin(pid: Option<rustix::process::Pid>, cpu: usize) -> bool {
     rustix::thread::sched_setaffinity(pid, &set).is_ok()
 }
 
+/// The CPU a consumer variant's consumer process is pinned to (the host's workers are
+/// on CPU 0).
+pub const CONSUMER_CPU: usize = 1;
+
+/// How long the consumer's CPU is probed for stalls before a round that measures
+/// latency.
+const STALL_PROBE: Duration = Duration::from_millis(250);
+
+/// How often the wake-up probe wakes the consumer's CPU: often enough for a few hundred
+/// wake-ups a round, rarely enough that the thread is fully asleep by the next.
+const WAKEUP_EVERY: Duration = Duration::from_micros(500);
+
 fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -145,6 +157,21 @@ pub fn round(
     // Consumer benchmarks pin the host's workers to CPU 0 in every variant, and the
     // consumer process to CPU 1, so each side has a core of its own.
     let pinning = args.consumer.is_some() && cpus() >= 2;
+    // Where latency is measured, what the machine takes from the consumer's CPU on its
+    // own, just before (see `stalls`).
+    let stalls = (pinning
+        && variant.consumer.is_some()
+        && matches!(
+            args.consumer,
+            Some(super::ConsumerMode::Meta | super::ConsumerMode::Verify)
+        ))
+    .then(|| super::stalls::probe(CONSUMER_CPU, STALL_PROBE))
+    .flatten();
+    // With eventfd wake-ups, how long the machine takes to wake a thread asleep there.
+    let wakeups = stalls
+        .as_ref()
+        .filter(|_| args.wake == super::WakeArg::Eventfd)
+        .and_then(|_| super::stalls::wakeups(0, CONSUMER_CPU, WAKEUP_EVERY, STALL_PROBE));
     let mut consumer_child = None;
     let (outcome, sender_cpu) = std::thread::scope(|s| -> Result<_> {
         let reader = s.spawn(
@@ -166,7 +193,7 @@ pub fn round(
             match start_consumer(socket, args, || reader.is_finished())? {
                 Some(child) => {
                     if pinning {
-                        pin(Some(rustix::process::Pid::from_child(&child)), 1);
+                        pin(Some(rustix::process::Pid::from_child(&child)), CONSUMER_CPU);
                     }
                     consumer_child = Some(child);
                 }
@@ -291,6 +318,8 @@ pub fn round(
         latency,
         consumer_idle,
         cores,
+        stalls,
+        wakeups,
         profile,
     })
 }

@@ -19,6 +19,7 @@
 mod forward;
 mod measure;
 mod report;
+mod stalls;
 mod variant;
 
 use anyhow::{ensure, Context, Result};
@@ -208,6 +209,14 @@ pub struct Round {
     consumer_idle: Option<f64>,
     /// Where the host's workers and the consumer ran, for a consumer variant.
     cores: Option<String>,
+    /// For a consumer variant that measures latency: the consumer's CPU probed alone,
+    /// just before the round.
+    #[serde(skip)]
+    stalls: Option<stalls::Sample>,
+    /// With eventfd wake-ups, also the delays (ns, sorted) of waking a thread asleep on
+    /// the consumer's CPU, just before the round.
+    #[serde(skip)]
+    wakeups: Option<Vec<u64>>,
     /// With --profile: the host's time per stage, summed over the bursts measured.
     #[serde(skip)]
     profile: Option<memplex::stats::StageTimes>,
@@ -341,6 +350,11 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         println!("consumer variants: {cores}; frames counted as the consumer read them; idle/frame: the consumer's busy-poll turns that found nothing, per frame it read (near 0: the consumer never waited, it was the slower side)");
     }
     println!("{}", report::table(&summaries));
+    for s in &summaries {
+        for line in s.machine_lines() {
+            println!("{line}");
+        }
+    }
     if args.profile {
         println!(
             "per-stage breakdown (--profile): ns per frame, one burst in {} timed, clock reads taken off; `measured` is 1 / the median pps",

@@ -37,9 +37,25 @@ pub struct Summary {
     consumer_idle_per_frame: Option<f64>,
     /// Consumer variants: where each side ran.
     cores: Option<String>,
+    /// Consumer variants that measure latency: the stalls of the consumer's CPU, probed
+    /// alone before each round, over all the rounds.
+    stalls: Option<super::stalls::Stalls>,
+    /// Consumer variants with eventfd wake-ups: the delays of waking a thread asleep on
+    /// the consumer's CPU, probed before each round, over all the rounds.
+    wakeups: Option<super::stalls::Wakeups>,
     /// With --profile: the host's ns per frame in each stage, over every round's bursts
     /// measured.
     profile_ns_per_frame: Option<BTreeMap<&'static str, f64>>,
+}
+
+impl Summary {
+    /// What the machine alone takes from the consumer's CPU (and how long it takes to
+    /// wake it), for a variant that measured latency.
+    pub fn machine_lines(&self) -> impl Iterator<Item = String> + '_ {
+        let stalls = self.stalls.map(|s| s.line(&self.variant));
+        let wakeups = self.wakeups.map(|w| w.line(&self.variant));
+        stalls.into_iter().chain(wakeups)
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -147,6 +163,25 @@ pub fn summarise(
                     (!idle.is_empty()).then(|| median(idle))
                 },
                 cores: rs.iter().find_map(|r| r.cores.clone()),
+                stalls: rs
+                    .iter()
+                    .filter_map(|r| r.stalls.as_ref())
+                    .fold(None, |all: Option<super::stalls::Sample>, s| {
+                        let mut all = all.unwrap_or_default();
+                        all.merge(s);
+                        Some(all)
+                    })
+                    .and_then(|all| super::stalls::Stalls::of(super::measure::CONSUMER_CPU, &all)),
+                wakeups: {
+                    let mut all: Vec<u64> = rs
+                        .iter()
+                        .filter_map(|r| r.wakeups.as_deref())
+                        .flatten()
+                        .copied()
+                        .collect();
+                    all.sort_unstable();
+                    super::stalls::Wakeups::of(super::measure::CONSUMER_CPU, &all)
+                },
                 profile_ns_per_frame: rs
                     .iter()
                     .filter_map(|r| r.profile)

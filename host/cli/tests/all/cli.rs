@@ -565,6 +565,54 @@ fn bench_profile_breaks_each_frame_down_by_stage() {
 }
 
 #[test]
+fn bench_measures_what_the_machine_takes_from_the_consumers_cpu() {
+    // A consumer that reads receive times, woken by eventfd: beside its latency, the
+    // stalls of its CPU probed alone and the delays of waking a thread asleep there.
+    let dir = std::env::temp_dir().join(format!("memplex-bench-stalls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("b.json");
+    let (code, out) = bench_delivering(
+        "meta",
+        &["--wake", "eventfd", "--json", json.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let consumer = summary_of(&doc, "deliver -> consumer");
+    assert!(
+        consumer["latency_ns"]["samples"].as_u64() > Some(0),
+        "{consumer}"
+    );
+    // The in-process side has no consumer CPU to probe.
+    let inproc = summary_of(&doc, "deliver");
+    assert!(
+        inproc["stalls"].is_null() && inproc["wakeups"].is_null(),
+        "{inproc}"
+    );
+    let two_cpus = std::thread::available_parallelism().map_or(1, usize::from) >= 2;
+    if two_cpus {
+        // The consumer is pinned to CPU 1, and that is the CPU probed.
+        let (st, wk) = (&consumer["stalls"], &consumer["wakeups"]);
+        assert_eq!(st["cpu"], 1, "{consumer}");
+        assert!(st["seconds"].as_f64().is_some_and(|s| s >= 0.25), "{st}");
+        let lost = st["lost"].as_f64().unwrap();
+        assert!((0.0..1.0).contains(&lost), "{st}");
+        assert!(
+            st["floor_p999_ns"].as_u64() >= st["floor_p99_ns"].as_u64(),
+            "{st}"
+        );
+        assert!(wk["count"].as_u64() > Some(10), "{wk}");
+        assert!(wk["p99_ns"].as_u64() >= wk["p50_ns"].as_u64(), "{wk}");
+        assert!(out.contains("stalls a second of 20 us or more"), "{out}");
+        assert!(out.contains("woken through an eventfd"), "{out}");
+    } else {
+        // One CPU: nothing is pinned, so there is no consumer CPU of its own to probe.
+        assert!(consumer["stalls"].is_null(), "{consumer}");
+        assert!(!out.contains("stalls a second"), "{out}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn bench_keeps_the_in_process_side_of_a_delivering_route_in_process() {
     // TCP frames take `deliver.toml`'s delivering route: the in-process side must sink
     // them, not drop them for want of a consumer.
