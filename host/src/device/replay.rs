@@ -58,6 +58,14 @@ pub struct ReplayQueue {
 }
 
 /// Replay at a fixed rate: frames due by now, counted from the first poll.
+///
+/// The polling thread's timer slack is set to 1 us at the first poll, so a sleep until
+/// the next frame is due ends near when asked: with Linux's default 50 us, a replay at
+/// 100 kpps woke every 60 to 100 us and handed over bursts of 6 to 10 frames, each one
+/// stamped as it was handed over. Measured with `memplex bench configs/deliver.toml
+/// --consumer meta --rate 100000` (4 alternating pairs, a busy-polling consumer on a
+/// 2-vCPU AMD EPYC VM): latency p50 from 4.9-6.5 to 1.6-2.5 us, p99 from 66-163 to
+/// 34-73 us, lower in every pair.
 struct Pace {
     per_sec: f64,
     start: Option<Instant>,
@@ -67,7 +75,11 @@ struct Pace {
 impl Pace {
     /// How many frames may go now (at most `budget`), and how long to wait when none may.
     fn allowance(&mut self, budget: usize) -> (usize, Duration) {
-        let start = *self.start.get_or_insert_with(Instant::now);
+        let start = *self.start.get_or_insert_with(|| {
+            // Best effort: without it the pace is only burstier.
+            let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
+            Instant::now()
+        });
         let due = (start.elapsed().as_secs_f64() * self.per_sec) as u64 + 1;
         let n = due.saturating_sub(self.sent).min(budget as u64) as usize;
         let wait = Duration::from_secs_f64((self.sent + 1) as f64 / self.per_sec)
@@ -215,5 +227,24 @@ mod tests {
         );
         assert_eq!((seen[0].orig_len, seen[0].cap_len), (1500, 60));
         assert!(seen[0].rx_mono_ns > 0);
+    }
+
+    #[test]
+    fn a_paced_replay_sleeps_with_a_fine_timer_slack() {
+        let frames: Arc<[Recorded]> = Recorded::synthetic([vec![0u8; 60]]).into();
+        // On a thread of its own: the slack is the polling thread's.
+        std::thread::spawn(move || {
+            let before = rustix::thread::current_timer_slack().unwrap();
+            assert!(before > 1_000, "Linux's default is 50 us: {before} ns");
+            // Unpaced: the thread is left as it was.
+            let mut q = queues("t", Arc::clone(&frames), 1, 1, None).unwrap().remove(0);
+            let _ = q.poll(Duration::ZERO, &mut |_| {}).unwrap();
+            assert_eq!(rustix::thread::current_timer_slack().unwrap(), before);
+            let mut q = queues("t", frames, 1, 10, Some(1_000)).unwrap().remove(0);
+            let _ = q.poll(Duration::ZERO, &mut |_| {}).unwrap();
+            assert_eq!(rustix::thread::current_timer_slack().unwrap(), 1_000);
+        })
+        .join()
+        .unwrap();
     }
 }
