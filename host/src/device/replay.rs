@@ -61,7 +61,7 @@ pub struct ReplayQueue {
 ///
 /// The polling thread's timer slack is set to 1 us at the first poll, so a sleep until
 /// the next frame is due ends near when asked: with Linux's default 50 us, a replay at
-/// 100 kpps woke every 60 to 100 us and handed over bursts of 6 to 10 frames, each one
+/// 100 kpps woke about every 100 us and handed over bursts of about 10 frames, each one
 /// stamped as it was handed over. Measured with `memplex bench configs/deliver.toml
 /// --consumer meta --rate 100000` (4 alternating pairs, a busy-polling consumer on a
 /// 2-vCPU AMD EPYC VM): latency p50 from 4.9-6.5 to 1.6-2.5 us, p99 from 66-163 to
@@ -237,7 +237,9 @@ mod tests {
             let before = rustix::thread::current_timer_slack().unwrap();
             assert!(before > 1_000, "Linux's default is 50 us: {before} ns");
             // Unpaced: the thread is left as it was.
-            let mut q = queues("t", Arc::clone(&frames), 1, 1, None).unwrap().remove(0);
+            let mut q = queues("t", Arc::clone(&frames), 1, 1, None)
+                .unwrap()
+                .remove(0);
             let _ = q.poll(Duration::ZERO, &mut |_| {}).unwrap();
             assert_eq!(rustix::thread::current_timer_slack().unwrap(), before);
             let mut q = queues("t", frames, 1, 10, Some(1_000)).unwrap().remove(0);
