@@ -118,6 +118,9 @@ pub struct Options {
     /// Ask the CPU for the next published frame's parts while handing out one (see
     /// [`Options::read_ahead`]).
     pub read_ahead: bool,
+    /// With eventfd wake-ups: how long to keep polling the rings, once they are empty,
+    /// before asking to be woken (see [`Options::spin`]).
+    pub spin: Duration,
 }
 
 impl Options {
@@ -129,6 +132,7 @@ impl Options {
             batch: 128,
             metadata: true,
             read_ahead: false,
+            spin: Duration::ZERO,
         }
     }
 
@@ -143,6 +147,17 @@ impl Options {
     /// The same, busy-polling.
     pub fn busy_poll(mut self) -> Options {
         self.wake = Wake::BusyPoll;
+        self
+    }
+
+    /// The same, polling the rings for up to `time` once they are empty before sleeping
+    /// on the eventfds: a frame that comes within `time` is read without a wake-up (no
+    /// system call on either side, and none of the machine's delay in waking a sleeping
+    /// CPU), and a consumer with nothing to read for longer sleeps. As NAPI's busy-poll
+    /// budget or io_uring's SQPOLL idle time, traded here for the latency of the next
+    /// frame. No effect when busy-polling.
+    pub fn spin(mut self, time: Duration) -> Options {
+        self.spin = time;
         self
     }
 
@@ -180,6 +195,7 @@ pub struct Consumer {
     wake: Wake,
     batch: usize,
     read_ahead: bool,
+    spin: Duration,
     channels: Vec<Channel>,
     regions: map::RegionTable,
     /// The regions' descriptors, kept for `testing::try_map_writable`.
@@ -552,6 +568,7 @@ impl Consumer {
             // back only when it next went idle.
             batch: opts.batch.max(1).min((welcome.quota as usize / 2).max(1)),
             read_ahead: opts.read_ahead,
+            spin: opts.spin,
             channels,
             regions: map::RegionTable::default(),
             region_fds: RefCell::new(Vec::new()),
@@ -639,21 +656,38 @@ impl Consumer {
         // nothing.
         let mut deadline = None;
         let mut spins = 0u32;
+        // With eventfd wake-ups and `Options::spin`: when the rings stop being polled
+        // and the consumer sleeps (set at the first empty turn).
+        let mut spin_until = None;
         loop {
             if let Some(f) = self.try_next()? {
                 return Ok(Some(f));
             }
             if spins == 0 && deadline.is_none() {
-                deadline = Some(timeout.map(|t| Instant::now() + t));
+                let spin = self.wake == Wake::EventFd && !self.spin.is_zero();
+                let now = (timeout.is_some() || spin).then(Instant::now);
+                deadline = Some(timeout.zip(now).map(|(t, now)| now + t));
+                spin_until = now.filter(|_| spin).map(|now| now + self.spin);
             }
             let deadline = deadline.flatten();
-            // A spinning consumer reads the clock once in 64 turns: a clock read costs
-            // as much as a frame.
-            let timed = self.wake == Wake::EventFd || spins.is_multiple_of(64);
-            if timed && deadline.is_some_and(|d| Instant::now() >= d) {
+            // A spinning consumer reads the clock once in 64 turns (a clock read costs
+            // as much as a frame), and only for a deadline or the end of its spin.
+            let timed =
+                spins.is_multiple_of(64) || (self.wake == Wake::EventFd && spin_until.is_none());
+            let now = (timed && (deadline.is_some() || spin_until.is_some())).then(Instant::now);
+            if now.is_some_and(|now| deadline.is_some_and(|d| now >= d)) {
                 return Ok(None);
             }
-            match self.wake {
+            if let (Some(now), Some(until)) = (now, spin_until) {
+                if now >= until {
+                    spin_until = None;
+                }
+            }
+            let wake = match spin_until {
+                Some(_) => Wake::BusyPoll,
+                None => self.wake,
+            };
+            match wake {
                 Wake::BusyPoll => {
                     spins = spins.wrapping_add(1);
                     self.idle_spins.set(self.idle_spins.get() + 1);

@@ -49,6 +49,10 @@ pub struct ConsumeArgs {
     /// Spin on the rings instead of sleeping on eventfds.
     #[arg(long)]
     busy_poll: bool,
+    /// With eventfd wake-ups: keep polling the rings for this many microseconds once
+    /// they are empty before sleeping (a frame within it needs no wake-up).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000), conflicts_with = "busy_poll")]
+    spin_us: u64,
     /// Ask memplex for no metadata ring: frames are counted from their descriptors
     /// alone, and the report has no latency, routes, flows or sequence gaps (`--mode
     /// count` or `checksum` only). memplex then writes 16 bytes per part and nothing else per frame.
@@ -162,6 +166,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     if args.busy_poll {
         opts = opts.busy_poll();
     }
+    opts = opts.spin(Duration::from_micros(args.spin_us));
     // The modes that read every byte ask for the next frame's lines while using one.
     if matches!(args.mode, Mode::Verify | Mode::Checksum | Mode::Pcap) {
         opts = opts.read_ahead();

@@ -81,6 +81,8 @@ fn start_consumer(
         .stderr(std::process::Stdio::piped());
     if args.wake == super::WakeArg::BusyPoll {
         cmd.arg("--busy-poll");
+    } else if args.spin_us > 0 {
+        cmd.arg("--spin-us").arg(args.spin_us.to_string());
     }
     if matches!(
         args.consumer,

@@ -123,6 +123,10 @@ pub struct BenchArgs {
     /// How the consumer waits: busy-poll (default) or eventfd.
     #[arg(long, value_enum, default_value = "busy-poll")]
     pub wake: WakeArg,
+    /// With `--wake eventfd`: the consumer polls its rings this many microseconds once
+    /// they are empty before it sleeps (`memplex consume --spin-us`).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    pub spin_us: u64,
     /// With --source forward: iperf3 TCP, small UDP, or both.
     #[arg(long, value_enum, default_value = "both")]
     pub forward_traffic: ForwardTraffic,
@@ -229,6 +233,10 @@ pub fn bench(path: &PluginPath, args: &BenchArgs) -> Result<i32> {
         args.seconds > 0.0 && args.seconds <= 3600.0,
         "--seconds must be above 0 and at most 3600, not {}",
         args.seconds
+    );
+    ensure!(
+        args.spin_us == 0 || (args.consumer.is_some() && args.wake == WakeArg::Eventfd),
+        "--spin-us is how long an eventfd consumer polls before it sleeps: it goes with --consumer and --wake eventfd"
     );
     if args.source == Source::Forward {
         return forward::bench(path, args);

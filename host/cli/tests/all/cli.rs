@@ -613,6 +613,26 @@ fn bench_measures_what_the_machine_takes_from_the_consumers_cpu() {
 }
 
 #[test]
+fn bench_spins_an_eventfd_consumer_only() {
+    // A busy-polling consumer never sleeps, so it has no spin before sleeping.
+    let (code, out) = bench_delivering("meta", &["--spin-us", "50"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("--spin-us") && out.contains("--wake eventfd"),
+        "{out}"
+    );
+    // With eventfd it runs, and the consumer reads frames.
+    let (code, out) = bench_delivering("count", &["--wake", "eventfd", "--spin-us", "50"]);
+    assert_eq!(code, 0, "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("deliver -> consumer"))
+        .unwrap();
+    let mpps: f64 = row.split('┆').nth(2).unwrap().trim().parse().unwrap();
+    assert!(mpps > 0.01, "{row}");
+}
+
+#[test]
 fn bench_keeps_the_in_process_side_of_a_delivering_route_in_process() {
     // TCP frames take `deliver.toml`'s delivering route: the in-process side must sink
     // them, not drop them for want of a consumer.

@@ -1107,4 +1107,32 @@ fn wake_ups_are_one_per_batch_at_most_and_none_for_a_polling_consumer_and_pcap_k
     let c = consumer(&report, "tcp");
     assert!(u(&c["batches"]) > 0 && u(&c["frames"]) > 0, "{c}");
     assert_eq!(u(&c["wakeups"]), 0, "{c}");
+    // An eventfd consumer that polls for a second before it sleeps: frames come every
+    // 50 us, so it never asks to be woken, and memplex never writes its eventfd.
+    let run = Run::start("wake-spin", &body("eventfd"), 20_000, 2.0);
+    let (code, got) = consume(&run.socket("tcp"), &["--spin-us", "1000000"]);
+    assert_eq!(code, 0, "{got}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let c = consumer(&report, "tcp");
+    assert!(u(&c["frames"]) > 1000, "{c}");
+    assert_eq!(u(&c["wakeups"]), 0, "{c}");
+    // It cannot be asked of a busy-polling consumer, which never sleeps.
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "consume",
+            "--socket",
+            "/nonexistent.sock",
+            "--busy-poll",
+            "--spin-us",
+            "5",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--spin-us") && err.contains("--busy-poll"),
+        "{err}"
+    );
 }
