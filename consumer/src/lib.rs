@@ -155,7 +155,8 @@ impl Options {
     /// system call on either side, and none of the machine's delay in waking a sleeping
     /// CPU), and a consumer with nothing to read for longer sleeps. As NAPI's busy-poll
     /// budget or io_uring's SQPOLL idle time, traded here for the latency of the next
-    /// frame. No effect when busy-polling.
+    /// frame. No effect when busy-polling, nor on `AsyncConsumer`, which never blocks a
+    /// task's thread to poll: it waits on the eventfds through tokio's reactor.
     pub fn spin(mut self, time: Duration) -> Options {
         self.spin = time;
         self
