@@ -535,17 +535,23 @@ impl WasmProvider {
         Ok(())
     }
 
-    /// Whether any descriptor in `raw` (guest memory, `WasmNetmem`s) may lie outside
-    /// memory of `size` bytes or overlap the descriptor area `area..area_end`: `false`
-    /// means every one is clear. A wasm32 offset has a zero high word, so the pass works
-    /// on 32-bit words (a low word plus a length that wraps is suspect), and it takes
-    /// four descriptors at a time as four lanes with no branch, which the compiler turns
-    /// into vector code: 64 descriptors took 48 ns one at a time (scalar, about 15
-    /// instructions each), a third of a bulk round.
-    fn any_suspect(raw: &[u8], size: u64, area: u64, area_end: u64) -> bool {
+    /// Copies the descriptors `raw` (guest memory, `WasmNetmem`s) into `out` (as long)
+    /// and says whether any may lie outside memory of `size` bytes or overlap the
+    /// descriptor area `area..area_end`: `false` means every one is clear. A wasm32
+    /// offset has a zero high word, so the pass works on 32-bit words (a low word plus a
+    /// length that wraps is suspect), and it takes four descriptors at a time as four
+    /// lanes with no branch, which the compiler turns into vector code: 64 descriptors
+    /// took 48 ns one at a time (scalar, about 15 instructions each), a third of a bulk
+    /// round. The copy rides on the check's loads, rather than reading the kilobyte
+    /// again through `memcpy`.
+    fn copy_checked(raw: &[u8], out: &mut [Netmem], size: u64, area: u64, area_end: u64) -> bool {
         // The guest's descriptor area is a `Vec<WasmNetmem>` (8-byte aligned); were it
         // not aligned, every descriptor would be looked at with the exact rule.
-        let Ok(descs) = <[[u32; 4]]>::ref_from_bytes(raw) else {
+        let (Ok(descs), Ok(dst)) = (
+            <[[u32; 4]]>::ref_from_bytes(raw),
+            <[[u32; 4]]>::mut_from_bytes(out.as_mut_bytes()),
+        ) else {
+            out.as_mut_bytes().copy_from_slice(raw);
             return true;
         };
         let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
@@ -558,19 +564,20 @@ impl WasmProvider {
         };
         let mut lanes = [0u32; 4];
         let mut fours = descs.chunks_exact(4);
-        for four in &mut fours {
+        let mut into = dst.chunks_exact_mut(4);
+        for (four, to) in (&mut fours).zip(&mut into) {
+            to.copy_from_slice(four);
             let word = |w: usize| -> [u32; 4] { std::array::from_fn(|i| u32::from_le(four[i][w])) };
             let (lo, hi, len) = (word(0), word(1), word(2));
             for i in 0..4 {
                 lanes[i] |= suspect(lo[i], hi[i], len[i]);
             }
         }
-        let rest = fours
-            .remainder()
-            .iter()
-            .fold(0, |acc, &[lo, hi, len, _id]| {
-                acc | suspect(u32::from_le(lo), u32::from_le(hi), u32::from_le(len))
-            });
+        let (rest, rest_to) = (fours.remainder(), into.into_remainder());
+        rest_to.copy_from_slice(rest);
+        let rest = rest.iter().fold(0, |acc, &[lo, hi, len, _id]| {
+            acc | suspect(u32::from_le(lo), u32::from_le(hi), u32::from_le(len))
+        });
         (rest | lanes[0] | lanes[1] | lanes[2] | lanes[3]) != 0
     }
 }
@@ -617,8 +624,7 @@ impl MemoryProvider for WasmProvider {
             end > size || (d.addr < area_end && end > area)
         };
         let out = &mut out[..n];
-        let suspect = Self::any_suspect(raw, size, area, area_end);
-        out.as_mut_bytes().copy_from_slice(raw);
+        let suspect = Self::copy_checked(raw, out, size, area, area_end);
         // A suspect is looked at again with the exact rule (the fast pass also refuses a
         // buffer ending at exactly 4 GiB, which the exact rule allows).
         let culprit = match suspect {
