@@ -19,8 +19,9 @@
 //! tick), CPU 1 spinning alone: 350 to 420 stalls a second of 20 us or more, 2.1 to 2.6%
 //! of its time lost, a floor p99 of 23 to 24 us; in a noisy hour 4.7% lost, stalls up to
 //! 2.2 ms and a floor p99 of 709 us. A thread asleep there woke through an eventfd with
-//! a p99 of 190 to 620 us. Neither latency target (20 us busy-polling, 100 us with
-//! eventfd) can be met on that machine by any consumer.
+//! a p99 of 98 to 620 us (over 100 us in 8 of 9 probes). No consumer can meet the
+//! busy-polling target (20 us) on that machine, and the eventfd one (100 us) only in a
+//! rare quiet window.
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
