@@ -146,21 +146,12 @@ pub fn round(
     net: Option<&TestNet>,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<Round> {
-    let control = RunControl::default();
-    let seconds = Duration::from_secs_f64(args.seconds);
-    let rx = super::variant::open_queues(&variant.config, t, args, net)?;
-    let tap_dropped = net
-        .filter(|_| args.source == Source::Tap)
-        .map(TestNet::tap_dropped);
-    let peak_reset = reset_peak_rss();
-    let cpu0 = cpu_secs();
-    let start = Instant::now();
-    let stop = control.stop.clone();
     // Consumer benchmarks pin the host's workers to CPU 0 in every variant, and the
     // consumer process to CPU 1, so each side has a core of its own.
     let pinning = args.consumer.is_some() && cpus() >= 2;
     // Where latency is measured, what the machine takes from the consumer's CPU on its
-    // own, just before (see `stalls`).
+    // own, just before the round (see `stalls`): before its clock, CPU time and device
+    // start, so the probes take none of the round's time.
     let stalls = (pinning
         && variant.consumer.is_some()
         && matches!(
@@ -174,6 +165,16 @@ pub fn round(
         .as_ref()
         .filter(|_| args.wake == super::WakeArg::Eventfd)
         .and_then(|_| super::stalls::wakeups(0, CONSUMER_CPU, WAKEUP_EVERY, STALL_PROBE));
+    let control = RunControl::default();
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let rx = super::variant::open_queues(&variant.config, t, args, net)?;
+    let tap_dropped = net
+        .filter(|_| args.source == Source::Tap)
+        .map(TestNet::tap_dropped);
+    let peak_reset = reset_peak_rss();
+    let cpu0 = cpu_secs();
+    let start = Instant::now();
+    let stop = control.stop.clone();
     let mut consumer_child = None;
     let (outcome, sender_cpu) = std::thread::scope(|s| -> Result<_> {
         let reader = s.spawn(
