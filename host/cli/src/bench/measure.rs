@@ -30,8 +30,10 @@ fn pin(pid: Option<rustix::process::Pid>, cpu: usize) -> bool {
     rustix::thread::sched_setaffinity(pid, &set).is_ok()
 }
 
-/// The CPU a consumer variant's consumer process is pinned to (the host's workers are
-/// on CPU 0).
+/// The CPU a consumer variant's host workers are pinned to, in every variant.
+const HOST_CPU: usize = 0;
+
+/// The CPU a consumer variant's consumer process is pinned to.
 pub const CONSUMER_CPU: usize = 1;
 
 /// How long the consumer's CPU is probed for stalls before a round that measures
@@ -164,7 +166,7 @@ pub fn round(
     let wakeups = stalls
         .as_ref()
         .filter(|_| args.wake == super::WakeArg::Eventfd)
-        .and_then(|_| super::stalls::wakeups(0, CONSUMER_CPU, WAKEUP_EVERY, STALL_PROBE));
+        .and_then(|_| super::stalls::wakeups(HOST_CPU, CONSUMER_CPU, WAKEUP_EVERY, STALL_PROBE));
     let control = RunControl::default();
     let seconds = Duration::from_secs_f64(args.seconds);
     let rx = super::variant::open_queues(&variant.config, t, args, net)?;
@@ -180,7 +182,7 @@ pub fn round(
         let reader = s.spawn(
             || -> Result<(u64, u64, u64, Option<memplex::stats::QueueStats>)> {
                 if pinning {
-                    pin(None, 0);
+                    pin(None, HOST_CPU);
                 }
                 if let Some(copy) = bare {
                     let c = crate::bare::bare_read(rx, &control.stop, copy);
