@@ -258,23 +258,15 @@ impl Worker {
             self.stats.profile.frames += burst.len() as u64;
             self.stats.profile.bursts += 1;
         }
-        // Before a vector is handled, the CPU is asked for the lines of the next one's
-        // frames (up to 4 KiB each), into L2 (the first vector asks for its own), so the
-        // next split and copies find their frames near while this vector works. Measured with `cargo
-        // xtask ab` (10 pairs, medians) on TCP from 4096 frames in memory (1500 B: 6 MB,
-        // more than L2): x1.136 at 1500 B (7 pairs won), x1.035 at 128 B (6). Into L1
-        // instead (PREFETCHT0) it won as much there but lost 4 to 6% where the frames
-        // fit in L2 (64 flows), evicting from L1 what the copies were using; into L2 that
-        // case measured x1.009. Only the headers' two lines: no change (the copies
-        // wait, not the split).
-        let mut vectors = burst.chunks(VECTOR).peekable();
-        for frame in vectors.peek().copied().unwrap_or_default() {
-            memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
-        }
-        while let Some(vector) = vectors.next() {
-            for frame in vectors.peek().copied().unwrap_or_default() {
-                memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
-            }
+        // No software prefetch of the next vector's frames. Asking for their lines into
+        // L2 (PREFETCHT1) won x1.136 at 1500 B in an earlier session, but on the AMD EPYC
+        // of family 25 model 17 (`cargo xtask ab`, 8 pairs, medians, TCP in memory)
+        // taking it out won x1.157 at 128 B and x1.280 at 1500 B over 64 flows (7 and 8
+        // pairs of 8) and x1.206 at 128 B over 4096 flows (6); at 1500 B over 4096 flows
+        // (6 MB of frames, past L2) it was even (x1.019). Prefetching only the headers'
+        // line lost 3.5% against none (both sizes, 8 pairs).
+        // The hardware prefetcher follows the replay's frames on its own.
+        for vector in burst.chunks(VECTOR) {
             self.handle_vector(vector);
         }
         // Deliveries are published once per burst: the index line crosses to the
