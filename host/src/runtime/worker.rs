@@ -281,8 +281,11 @@ impl Worker {
     /// to the sink, recycle their buffers.
     fn handle_vector(&mut self, burst: &[RxFrame<'_>]) {
         debug_assert!(burst.len() <= BURST);
+        // Received counted once per vector: a frame's count and bytes added in registers,
+        // not read from and written back to the counters a frame.
+        let mut bytes = 0;
         for (i, frame) in burst.iter().enumerate() {
-            self.stats.received.add(frame.data.len());
+            bytes += frame.data.len() as u64;
             let split = &mut self.splits[i];
             self.splitter.split_into(frame.data, split);
             match split.outcome {
@@ -290,6 +293,8 @@ impl Worker {
                 Err(reason) => self.stats.unsplit.add(reason),
             }
         }
+        self.stats.received.frames += burst.len() as u64;
+        self.stats.received.bytes += bytes;
         self.lap(Stage::Split);
         // Every frame is routed before any is placed.
         self.routed.clear();
