@@ -282,6 +282,14 @@ pub trait RxQueue: Send {
     fn transmitter(&self) -> Option<std::sync::Arc<dyn TxQueue>> {
         None
     }
+
+    /// True when the frames it hands over are likely out of the CPU's caches: a replay
+    /// whose frames take more memory than an L2 holds. The worker then asks for each
+    /// vector's frames one vector ahead. False for frames a kernel or a NIC just wrote,
+    /// which are near already, and where the asking costs more than it saves.
+    fn frames_cold(&self) -> bool {
+        false
+    }
 }
 
 /// A queue of the config's device of index `device` (a `[devices.NAME]`).
@@ -319,6 +327,10 @@ impl RxQueue for OnDevice {
 
     fn transmitter(&self) -> Option<std::sync::Arc<dyn TxQueue>> {
         self.queue.transmitter()
+    }
+
+    fn frames_cold(&self) -> bool {
+        self.queue.frames_cold()
     }
 }
 

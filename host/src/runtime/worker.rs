@@ -101,6 +101,9 @@ pub(super) struct Worker {
     pub runs_to: Vec<Option<u16>>,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
+    /// Ask for the next vector's frames ahead (the device's frames are likely out of
+    /// cache: [`RxQueue::frames_cold`]).
+    pub prefetch_ahead: bool,
 }
 
 /// Times the stages of one burst in [`PROFILE_EVERY`] (`runtime.profile`): a clock read
@@ -221,6 +224,7 @@ impl Worker {
             inline_heads,
             runs_to,
             profiler: None,
+            prefetch_ahead: false,
         }
     }
 
@@ -258,16 +262,31 @@ impl Worker {
             self.stats.profile.frames += burst.len() as u64;
             self.stats.profile.bursts += 1;
         }
-        // No software prefetch of the next vector's frames. Asking for their lines into
-        // L2 (PREFETCHT1) won x1.136 at 1500 B in an earlier session, but on the AMD EPYC
-        // of family 25 model 17 (`cargo xtask ab`, 8 pairs, medians, TCP in memory)
-        // taking it out won x1.157 at 128 B and x1.280 at 1500 B over 64 flows (7 and 8
-        // pairs of 8) and x1.206 at 128 B over 4096 flows (6); at 1500 B over 4096 flows
-        // (6 MB of frames, past L2) it was even (x1.019). Prefetching only the headers'
-        // line lost 3.5% against none (both sizes, 8 pairs).
-        // The hardware prefetcher follows the replay's frames on its own.
-        for vector in burst.chunks(VECTOR) {
-            self.handle_vector(vector);
+        // For a device whose frames are likely out of cache (`RxQueue::frames_cold`: a
+        // replay larger than L2), the CPU is asked for the lines of the next vector's
+        // frames (up to 4 KiB each, into L2) before a vector is handled, so the next
+        // split and copies find them near. Measured on the AMD EPYC of family 25 model
+        // 17, alternating builds: with frames past L2 (the `place` bench's 8 MiB) the
+        // prefetch won x1.11 at 1500 B (0.524 against 0.471 of memcpy, medians of 7
+        // pairs, 6 won) and about x1.08 at 128 B (3 of 4); with frames in L2 it lost
+        // (`cargo xtask ab`, 8 pairs: x1.28 without it at 1500 B over 64 flows, 8 won;
+        // x1.16 at 128 B, 7 won), most of its cost the prefetch instructions themselves.
+        // Prefetching only the headers' line lost 3.5% against none.
+        if self.prefetch_ahead {
+            let mut vectors = burst.chunks(VECTOR).peekable();
+            for frame in vectors.peek().copied().unwrap_or_default() {
+                memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
+            }
+            while let Some(vector) = vectors.next() {
+                for frame in vectors.peek().copied().unwrap_or_default() {
+                    memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
+                }
+                self.handle_vector(vector);
+            }
+        } else {
+            for vector in burst.chunks(VECTOR) {
+                self.handle_vector(vector);
+            }
         }
         // Deliveries are published once per burst: the index line crosses to the
         // consumer's core once, not once per vector.
@@ -792,6 +811,7 @@ pub(super) fn run_queue(
     mut w: Worker,
     control: &RunControl,
 ) -> (QueueStats, Vec<Pool>, Option<RunError>) {
+    w.prefetch_ahead = rx.frames_cold();
     let mut published = Instant::now();
     let publish = |w: &Worker| {
         if let Ok(mut live) = control.live.try_lock() {
