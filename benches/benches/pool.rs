@@ -1,6 +1,6 @@
 //! The pool's fast path (alloc + recycle of one buffer from the per-queue cache) against
 //! one uncontended atomic fetch_add, in the same run. Targets: <= 1.0x the atomic, and
-//! <= 0.3x per buffer in bursts of 32 (the burst API, as the worker takes a vector's).
+//! <= 0.3x per buffer in bursts of 32 (the burst API, as a device's fill ring takes one pool's buffers).
 //! The slow path (a bulk provider call per 64 buffers) is measured beside it.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -65,16 +65,32 @@ fn fast_path(c: &mut Criterion) {
             }
         })
     });
-    // The same burst through the burst API, as the worker takes a vector's buffers:
-    // one copy off the cache and one back, one count update each way.
-    let mut bufs = Vec::with_capacity(32);
+    // The same burst through the burst API, as a device's fill ring takes buffers of
+    // one pool: one copy of each cache array off the cache and one back, one pool check
+    // and one count update each way.
+    let mut bufs = pool.burst(32);
     g.bench_function("alloc_recycle_burst32_bulk", |b| {
         b.iter(|| {
             pool.alloc_burst(32, &mut bufs).unwrap();
             black_box(&mut bufs);
-            pool.recycle_burst(&mut bufs);
+            pool.recycle_burst(&mut bufs).unwrap();
         })
     });
+    // The target's ratio per buffer, in alternating blocks: 32 atomic adds against one
+    // burst of 32 there and back.
+    memplex_benches::interleaved(
+        "pool_fast_path/burst32_per_buffer_over_atomic",
+        || {
+            for _ in 0..32 {
+                black_box(black_box(&counter).fetch_add(1, Ordering::Relaxed));
+            }
+        },
+        || {
+            pool.alloc_burst(32, &mut bufs).unwrap();
+            black_box(&mut bufs);
+            pool.recycle_burst(&mut bufs).unwrap();
+        },
+    );
     g.finish();
 
     // The slow path: cache empty, every 64th alloc is a bulk provider call and the cache

@@ -394,7 +394,15 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!("| pool alloc+recycle, burst of 32 one by one, per buffer | {b:.2} ns | {:.2}x atomic | - |", b / a));
         }
         if let Some(b) = bulk {
-            lines.push(format!("| pool alloc_burst+recycle_burst of 32, per buffer | {b:.2} ns | {:.2}x atomic | <= 0.3x |", b / a));
+            let r = ratio_cell(
+                root,
+                "pool_fast_path/burst32_per_buffer_over_atomic",
+                b / a,
+                "atomic",
+            );
+            lines.push(format!(
+                "| pool alloc_burst+recycle_burst of 32, per buffer | {b:.2} ns | {r} | <= 0.3x |"
+            ));
         }
     }
     for name in ["heap", "slab", "hugepage", "shm"] {

@@ -73,21 +73,23 @@ fn full_cache_spills_to_the_ring_then_to_the_provider() {
 #[test]
 fn a_burst_takes_what_single_allocations_would_and_goes_back_in_one_piece() {
     let mut pool = slab_pool(1024);
-    let mut burst = Vec::new();
+    let mut burst = pool.burst(32);
+    assert_eq!(burst.pool_id(), pool.id());
     // More than one bulk provider call's worth: the cache runs out twice on the way.
     pool.alloc_burst(2 * REFILL + 5, &mut burst).unwrap();
     assert_eq!(burst.len(), 2 * REFILL + 5);
-    let mut ids: Vec<u32> = burst.iter().map(|b| b.netmem().id).collect();
+    let mut ids: Vec<u32> = burst.iter().map(|n| n.id).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), burst.len(), "every buffer once");
+    assert!(burst.iter().all(|n| n.len > 0 && n.addr != 0));
     let s = pool.stats();
     assert_eq!(s.alloc_slow, 3, "{s:?}");
     assert_eq!(s.alloc_fast, (2 * REFILL + 5 - 3) as u64, "{s:?}");
     assert_eq!(s.inflight, burst.len() as u64);
-    // All the pool's own: one copy into the cache as far as it has room (it kept what
-    // the third bulk call left over), the rest to the ring as single recycles would.
-    pool.recycle_burst(&mut burst);
+    // One copy into the cache as far as it has room (it kept what the third bulk call
+    // left over), the rest to the ring as single recycles would.
+    pool.recycle_burst(&mut burst).unwrap();
     assert!(burst.is_empty());
     let s = pool.stats();
     assert_eq!(s.inflight, 0, "{s:?}");
@@ -98,21 +100,63 @@ fn a_burst_takes_what_single_allocations_would_and_goes_back_in_one_piece() {
         (2 * REFILL + 5 - (CACHE_SIZE - left)) as u64,
         "{s:?}"
     );
-    // Served again from the cache, with no provider call.
+    // Served again from the cache, with no provider call. Recycling a burst and taking
+    // one back keeps the cache's stack order: popping gives what single recycles of the
+    // same buffers, then single allocations, would (the last one in comes out first).
     let calls = pool.provider().counters().alloc_calls;
+    let single: Vec<u32> = (0..REFILL)
+        .map(|_| pool.alloc().unwrap())
+        .map(|b| {
+            let id = b.netmem().id;
+            burst.push(b).unwrap();
+            id
+        })
+        .collect();
+    pool.recycle_burst(&mut burst).unwrap();
     pool.alloc_burst(REFILL, &mut burst).unwrap();
     assert_eq!(pool.provider().counters().alloc_calls, calls);
-    // A foreign buffer in the burst stays with the caller; the pool's own go back.
-    let mut other = slab_pool(64);
-    let foreign = other.alloc().unwrap();
-    let foreign_id = foreign.netmem().id;
-    burst.insert(7, foreign);
-    pool.recycle_burst(&mut burst);
-    assert_eq!(burst.len(), 1);
-    assert_eq!(burst[0].pool_id(), other.id());
-    assert_eq!(burst[0].netmem().id, foreign_id);
-    other.recycle(burst.pop().unwrap()).unwrap();
+    let popped: Vec<u32> = std::iter::from_fn(|| burst.pop())
+        .map(|b| {
+            let id = b.netmem().id;
+            pool.recycle(b).unwrap();
+            id
+        })
+        .collect();
+    assert_eq!(popped, single.into_iter().rev().collect::<Vec<_>>());
     assert_eq!(pool.stats().inflight, 0);
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+}
+
+#[test]
+fn a_burst_holds_one_pools_buffers_and_goes_back_only_to_it() {
+    let mut pool = slab_pool(1024);
+    let mut other = slab_pool(64);
+    let mut burst = pool.burst(8);
+    pool.alloc_burst(4, &mut burst).unwrap();
+    // Another pool's buffer is handed back, not taken in.
+    let foreign = other.alloc().unwrap();
+    let foreign = burst.push(foreign).unwrap_err();
+    assert_eq!(foreign.pool_id(), other.id());
+    other.recycle(foreign).unwrap();
+    // Another pool neither fills nor takes the burst, and leaves it as it was.
+    let err = other.alloc_burst(2, &mut burst).unwrap_err();
+    assert!(
+        matches!(err.kind(), PoolErrorKind::ForeignBurst { burst_pool, pool: p }
+            if *burst_pool == pool.id() && *p == other.id()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("burst of pool"), "{err}");
+    let err = other.recycle_burst(&mut burst).unwrap_err();
+    assert!(
+        matches!(err.kind(), PoolErrorKind::ForeignBurst { .. }),
+        "{err}"
+    );
+    assert_eq!(burst.len(), 4);
+    assert_eq!(other.stats().inflight, 0);
+    assert_eq!(pool.stats().inflight, 4);
+    assert_eq!(burst.get(3), burst.iter().nth(3));
+    assert_eq!(burst.get(4), None);
+    pool.recycle_burst(&mut burst).unwrap();
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
     assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
 }
@@ -120,7 +164,7 @@ fn a_burst_takes_what_single_allocations_would_and_goes_back_in_one_piece() {
 #[test]
 fn a_burst_from_a_dry_provider_keeps_what_it_got() {
     let mut pool = slab_pool(100);
-    let mut burst = Vec::new();
+    let mut burst = pool.burst(0);
     let err = pool.alloc_burst(150, &mut burst).unwrap_err();
     assert!(
         matches!(err.kind(), PoolErrorKind::Exhausted { .. }),
@@ -128,7 +172,7 @@ fn a_burst_from_a_dry_provider_keeps_what_it_got() {
     );
     assert_eq!(burst.len(), 100, "every buffer the provider had");
     assert_eq!(pool.stats().inflight, 100);
-    pool.recycle_burst(&mut burst);
+    pool.recycle_burst(&mut burst).unwrap();
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
@@ -243,33 +287,31 @@ fn placed_bytes_land_in_provider_memory() {
     pool.recycle(buf).unwrap();
 }
 
-/// A foreign buffer past the cache's room (where the burst spills to the ring) is found
-/// as one among the buffers that fit is: it stays with the caller, every buffer of the
-/// pool's own goes back, and nothing is counted twice.
+/// A burst larger than the cache's room goes back in part by copy and in part to the
+/// ring, each buffer once.
 #[test]
-fn a_foreign_buffer_where_a_burst_spills_stays_with_the_caller() {
+fn a_burst_that_spills_past_the_cache_goes_back_once_each() {
     let mut pool = slab_pool(1024);
-    let mut other = slab_pool(64);
-    let mut burst = Vec::new();
+    let mut burst = pool.burst(CACHE_SIZE + 8);
     pool.alloc_burst(CACHE_SIZE + 8, &mut burst).unwrap();
     // Room in the cache now: what the provider calls left there.
     let room = CACHE_SIZE - (3 * REFILL - (CACHE_SIZE + 8));
     assert!(room < burst.len(), "the burst spills past the cache");
-    let foreign = other.alloc().unwrap();
-    burst.push(foreign);
     let before = pool.stats();
-    pool.recycle_burst(&mut burst);
-    assert_eq!(burst.len(), 1, "only the foreign buffer stays");
-    assert_eq!(burst[0].pool_id(), other.id());
+    pool.recycle_burst(&mut burst).unwrap();
+    assert!(burst.is_empty());
     let s = pool.stats();
     assert_eq!(s.inflight, 0, "{s:?}");
+    assert_eq!(
+        s.recycle_cached - before.recycle_cached,
+        room as u64,
+        "{s:?}"
+    );
     assert_eq!(
         (s.recycle_cached - before.recycle_cached)
             + (s.recycle_cache_full - before.recycle_cache_full),
         (CACHE_SIZE + 8) as u64,
         "each of the pool's buffers went back once: {s:?}"
     );
-    other.recycle(burst.pop().unwrap()).unwrap();
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
-    assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
 }
