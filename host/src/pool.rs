@@ -90,6 +90,23 @@ impl PoolBuf {
 ///
 /// Single buffers come out with [`pop`](Self::pop) and go in with [`push`](Self::push);
 /// a burst dropped with buffers in it leaks them, which the pool reports at shutdown.
+///
+/// ```
+/// use memplex::pool::Pool;
+/// use memplex::provider::{InitParams, ProviderPlugin};
+///
+/// let plugin = ProviderPlugin::builtin("slab").unwrap();
+/// let mut pool = Pool::new(plugin.instantiate(&InitParams::new(0, 2048, 256)).unwrap(), 256);
+/// let mut burst = pool.burst(32); // once: it is reused
+/// pool.alloc_burst(32, &mut burst).unwrap();
+/// // What a device's fill ring would take: each buffer's address, length and id.
+/// assert!(burst.iter().all(|netmem| netmem.len == 2048));
+/// let one = burst.pop().unwrap(); // a single buffer, to place a frame in
+/// burst.push(one).unwrap();
+/// pool.recycle_burst(&mut burst).unwrap();
+/// assert!(burst.is_empty());
+/// assert_eq!(pool.shutdown(std::time::Duration::ZERO).leaked, 0);
+/// ```
 #[must_use = "a burst's buffers must go back to their pool; dropped ones are reported as leaks"]
 pub struct Burst {
     pool: NonZeroU32,
