@@ -82,7 +82,7 @@ impl PoolBuf {
 ///
 /// It keeps the cache's layout (a structure of arrays: the addresses, then each length
 /// and id packed in one word) and one pool id for all its buffers, so a burst moves in
-/// and out of the cache as two `memcpy`s with one pool check. A burst of [`PoolBuf`]
+/// and out of the cache as two runs of word copies with one pool check. A burst of [`PoolBuf`]
 /// values cannot: each carries its pool, which has to be written and checked per buffer,
 /// and its address and length sit side by side, where the compiler reads them as one
 /// 16-byte load that the two word stores of a recycle cannot forward to (measured on an
