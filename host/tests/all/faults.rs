@@ -288,3 +288,33 @@ fn a_quarantined_pool_hands_out_nothing_it_had_cached() {
     let c = report.provider_counters;
     assert_eq!(c.handed_out, c.released + c.stranded, "{c:?}");
 }
+
+/// The burst API keeps the same promise: once the provider is quarantined, a burst
+/// given back goes to the provider, not to the cache, and no burst is served again.
+#[test]
+fn a_quarantined_pool_takes_a_burst_back_without_caching_it() {
+    let plugin = faulty();
+    let params = params(&[("fault", "duplicate"), ("after", "2")]);
+    let mut pool = memplex::pool::Pool::new(plugin.instantiate(&params).unwrap(), 64);
+    let mut burst = pool.burst(256);
+    let err = pool.alloc_burst(256, &mut burst).unwrap_err();
+    assert!(
+        matches!(err.kind(), memplex::pool::PoolErrorKind::Quarantined { .. }),
+        "{err}"
+    );
+    assert!(!burst.is_empty(), "the first, good batch was taken");
+    let held = burst.len() as u64;
+    pool.recycle_burst(&mut burst).unwrap();
+    assert!(burst.is_empty());
+    let s = pool.stats();
+    assert_eq!(s.recycle_cached, 0, "nothing cached after the fault: {s:?}");
+    assert!(s.recycle_released >= held, "{s:?}");
+    assert!(
+        pool.alloc_burst(1, &mut burst).is_err() && burst.is_empty(),
+        "a quarantined pool hands out nothing"
+    );
+    let report = pool.shutdown(std::time::Duration::from_millis(10));
+    assert_eq!(report.leaked, 0);
+    let c = report.provider_counters;
+    assert_eq!(c.handed_out, c.released + c.stranded, "{c:?}");
+}
