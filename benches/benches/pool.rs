@@ -1,7 +1,8 @@
 //! The pool's fast path (alloc + recycle of one buffer from the per-queue cache) against
 //! one uncontended atomic fetch_add, in the same run. Targets: <= 1.0x the atomic, and
-//! <= 0.3x per buffer in bursts of 32 (the burst API, as a device's fill ring takes one pool's buffers).
-//! The slow path (a bulk provider call per 64 buffers) is measured beside it.
+//! <= 0.3x per buffer in bursts of 32 (the burst API, as a device's fill ring takes one
+//! pool's buffers). The slow path (a bulk provider call per 64 buffers) is measured
+//! beside it.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use memplex::pool::Pool;
