@@ -557,6 +557,11 @@ impl Pool {
         }
     }
 
+    /// What its provider's memory allows (every buffer of the pool carries the same).
+    pub fn caps(&self) -> Capabilities {
+        self.caps
+    }
+
     /// A buffer from the cache, if it holds one: the fast path alone (an array pop and a
     /// counter), for callers that take the slow path ([`alloc`](Self::alloc)) themselves
     /// when this gives `None`. No error type travels on this path.

@@ -96,6 +96,10 @@ pub(super) struct Worker {
     /// buffer first, it was a buffer taken, filled and given back per frame for bytes
     /// nobody reads there.
     pub inline_heads: Vec<Option<usize>>,
+    /// Per rule: every part it places goes to memory the host writes (its providers and
+    /// the fallbacks they draw on when dry) and no head goes inline, so its frames take
+    /// [`Worker::place_direct`].
+    pub direct: Vec<bool>,
     /// Per rule: the consumer its frames go to in runs ([`QueueDelivery::deliver_run`]),
     /// for a route that delivers without copying or forwarding.
     pub runs_to: Vec<Option<u16>>,
@@ -162,7 +166,7 @@ impl Worker {
                 r.deliver.filter(|_| r.forward.is_none() && !r.copy)
             })
             .collect();
-        let inline_heads = (0..routes.len())
+        let inline_heads: Vec<Option<usize>> = (0..routes.len())
             .map(|i| {
                 let r = routes.get(i);
                 let head = pools.get(r.head)?.provider();
@@ -171,6 +175,23 @@ impl Worker {
                     && r.forward.is_none()
                     && head.not_exportable().is_some())
                 .then(|| head.info().buf_size as usize)
+            })
+            .collect();
+        // A buffer comes from a provider's pool or, when that is dry, from its fallback's
+        // (one step: `take_slow`).
+        let writable = |p: usize| {
+            let host_writes = |p: usize| {
+                pools
+                    .get(p)
+                    .is_some_and(|pool| pool.caps().contains(Capabilities::HOST_WRITABLE))
+            };
+            host_writes(p) && fallback.get(p).copied().flatten().is_none_or(host_writes)
+        };
+        let direct = (0..routes.len())
+            .zip(&inline_heads)
+            .map(|(i, inline)| {
+                let r = routes.get(i);
+                inline.is_none() && [r.head, r.frags, r.frags_rest].into_iter().all(writable)
             })
             .collect();
         let stats = QueueStats {
@@ -222,6 +243,7 @@ impl Worker {
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
             inline_heads,
+            direct,
             runs_to,
             profiler: None,
             prefetch_ahead: false,
@@ -512,8 +534,13 @@ impl Worker {
             };
             let route = self.routes.get(rule);
             let first = self.parts.len();
-            let inline = self.inline_heads[rule];
-            match self.place(frame.data, self.splits[i].head_len, route, inline) {
+            let head_len = self.splits[i].head_len;
+            let placed = if self.direct[rule] {
+                self.place_direct(frame.data, head_len, route)
+            } else {
+                self.place(frame.data, head_len, route, self.inline_heads[rule])
+            };
+            match placed {
                 Ok(()) => {
                     // Counted here, while the frame is at hand (its parts were counted
                     // as they were placed; a round undone after a quarantine takes its
@@ -545,6 +572,61 @@ impl Worker {
     #[inline]
     fn quarantined(&self) -> u64 {
         crate::provider::quarantines()
+    }
+
+    /// [`place`](Self::place) for a rule whose memory the host writes throughout
+    /// ([`Worker::direct`]): the same parts and counts, without the bookkeeping of fill
+    /// runs and inline heads, whose state the general loop carries (and spills) for
+    /// every part.
+    ///
+    /// Measured on the AMD EPYC of family 25 model 17: tcp-split at 128 B from 410 to 373
+    /// instructions a frame (`cargo xtask instructions`), and x1.074 frames placed at
+    /// 128 B (6 of 6 pairs; the memcpy loop x0.992 in the same pairs) and x1.072 at
+    /// 1500 B (`cargo xtask ab`, 4096 flows).
+    #[inline(always)]
+    fn place_direct(
+        &mut self,
+        frame: &[u8],
+        head_len: usize,
+        route: crate::route::Route,
+    ) -> Result<(), NoBuffer> {
+        let mut at = self.place_part(route.head, &frame[..head_len.min(frame.len())], 0)?;
+        if at < frame.len() {
+            at = self.place_part(route.frags, frame, at)?;
+            while at < frame.len() {
+                at = self.place_part(route.frags_rest, frame, at)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One part of [`place_direct`](Self::place_direct): a buffer of `provider` (or its
+    /// fallback) takes as much of `bytes[at..]` as fits; where the next part starts.
+    #[inline(always)]
+    fn place_part(&mut self, provider: usize, bytes: &[u8], at: usize) -> Result<usize, NoBuffer> {
+        let Some((p, mut buf)) = self.take(provider) else {
+            return Err(NoBuffer {
+                reason: self.short,
+                provider,
+            });
+        };
+        let n = (bytes.len() - at).min(buf.len());
+        let Some(mem) = buf.as_mut_slice() else {
+            // Not reached: `direct` rules only take memory the host writes.
+            let _ = self.pools[p].recycle(buf);
+            return Err(NoBuffer {
+                reason: DropReason::Fault,
+                provider: p,
+            });
+        };
+        mem[..n].copy_from_slice(&bytes[at..at + n]);
+        self.parts.push(Part {
+            provider: p,
+            buf,
+            len: n,
+        });
+        self.stats.providers[p].placed.add(n);
+        Ok(at + n)
     }
 
     /// Places one frame: the head buffer takes the headers (as much of them as fits);

@@ -83,6 +83,16 @@ fn wat_guest(fault: GuestFault, after: u32) -> std::path::PathBuf {
 /// Runs 400 frames of 1500 B TCP: heads to `native` (slab), payload to `faulting` in
 /// 64-byte frags, with `native` as its fallback when `fallback`; every frame verified.
 fn run(faulting: &str, settings: &str, fallback: bool) -> RunReport {
+    run_falling_to(faulting, settings, fallback.then_some("native"), "")
+}
+
+/// [`run`] with `faulting`'s fallback named (`extra` defines more providers).
+fn run_falling_to(
+    faulting: &str,
+    settings: &str,
+    fallback: Option<&str>,
+    extra: &str,
+) -> RunReport {
     let toml = format!(
         r#"
 [device]
@@ -100,6 +110,7 @@ pool_size = 64
 call_deadline_ms = 20
 settings = {{ {settings} }}
 {}
+{extra}
 
 [[route]]
 head = "native"
@@ -108,11 +119,7 @@ frags = "faulting"
 [runtime]
 sink = "verify"
 "#,
-        if fallback {
-            r#"fallback = "native""#
-        } else {
-            ""
-        }
+        fallback.map_or(String::new(), |f| format!("fallback = {f:?}"))
     );
     let mut config = Config::from_toml(&toml, "faults.toml", Default::default(), None).unwrap();
     config.runtime.sink = SinkKind::Verify;
@@ -234,6 +241,33 @@ fn a_native_provider_handing_out_bad_descriptors_mid_run_loses_no_frame() {
         let r = run(&faulty, &format!(r#"fault = "{fault}", after = 3"#), true);
         assert_nothing_lost(&r, want, false);
     }
+}
+
+/// A provider whose memory the host writes, falling back to one it may not write (a
+/// WASM guest, whose buffers are filled through the provider): the worker places a
+/// rule's frames directly only when every provider it may end up in, fallbacks
+/// included, takes direct writes, so these are filled, not dropped.
+#[test]
+fn a_native_provider_falling_back_to_a_guest_loses_no_frame() {
+    let faulty = so("memplex_fixture_faulty").display().to_string();
+    let sandboxed = r#"
+[providers.sandboxed]
+plugin = "slab.wasm"
+buf_size = 2048
+"#;
+    let r = run_falling_to(
+        &faulty,
+        r#"fault = "panic-alloc", after = 3"#,
+        Some("sandboxed"),
+        sandboxed,
+    );
+    assert_nothing_lost(&r, "panic", false);
+    let t = r.total();
+    let guest = t.providers.iter().find(|p| p.name == "sandboxed").unwrap();
+    assert!(
+        guest.placed.bytes > 0 && guest.fallbacks == 0,
+        "the guest took the payload: {guest:?}"
+    );
 }
 
 #[test]
