@@ -454,8 +454,15 @@ impl Cache {
         }
     }
 
+    /// Slot `i` (below [`CACHE_SIZE`]: a pool's `count` never passes it).
+    ///
+    /// The index is masked, which for such an `i` changes nothing, so the compiler
+    /// knows it is in bounds: one `and` in place of a compare and branch per buffer on
+    /// the fast path.
     #[inline]
     fn get(&self, i: usize) -> Netmem {
+        debug_assert!(i < CACHE_SIZE);
+        let i = i % CACHE_SIZE;
         unpack(self.addr[i], self.len_id[i])
     }
 
@@ -470,11 +477,22 @@ impl Cache {
         }
     }
 
+    /// Writes slot `i` (below [`CACHE_SIZE`]; masked as in [`get`](Self::get)).
     #[inline]
     fn set(&mut self, i: usize, netmem: Netmem) {
-        (self.addr[i], self.len_id[i]) = pack(netmem);
+        self.set_packed(i, pack(netmem));
+    }
+
+    #[inline]
+    fn set_packed(&mut self, i: usize, (addr, len_id): (u64, u64)) {
+        debug_assert!(i < CACHE_SIZE);
+        let i = i % CACHE_SIZE;
+        (self.addr[i], self.len_id[i]) = (addr, len_id);
     }
 }
+
+// The slot masks above are the identity only for a power of two.
+const _: () = assert!(CACHE_SIZE.is_power_of_two());
 
 /// A pool of one provider instance's buffers, owned by one queue. See the module docs.
 pub struct Pool {
@@ -581,14 +599,34 @@ impl Pool {
         }
     }
 
-    /// [`alloc`](Self::alloc) with the reason for a miss unboxed, for the worker's slow
-    /// path, which looks at the kind of a miss and drops it: nothing is allocated per
-    /// frame while a provider is dry.
-    pub(crate) fn alloc_or_why(&mut self) -> Result<PoolBuf, PoolErrorKind> {
-        match self.alloc_cached() {
-            Some(buf) => Ok(buf),
-            None => self.alloc_slow(),
-        }
+    /// Whether [`alloc_cached`](Self::alloc_cached) has a buffer to give.
+    #[inline]
+    pub(crate) fn has_cached(&self) -> bool {
+        self.count > 0
+    }
+
+    /// The slow path of [`alloc`](Self::alloc) for a caller that pops the buffer itself
+    /// next, with [`alloc_cached`](Self::alloc_cached): the cache is refilled and the
+    /// buffer the slow path hands out is left on top of it, so that after the pop the
+    /// counters read as if `alloc` had handed it out.
+    ///
+    /// This is how the worker takes buffers: its fast path and this one then meet at one
+    /// pop, with nothing to merge. When its slow path returned the buffer (through
+    /// memory, as a 24-byte value is), that buffer met the fast path's in a stack slot,
+    /// and every buffer of the fast path went through the slot too: nine instructions
+    /// and a store-forwarding wait a part. The reason for a miss comes back unboxed, for
+    /// a caller that counts it and drops the frame: nothing is allocated per frame while
+    /// a provider is dry.
+    #[cold]
+    pub(crate) fn refill_for_pop(&mut self) -> Result<(), PoolErrorKind> {
+        let buf = self.alloc_slow()?;
+        // The slow path leaves at most `REFILL - 1` buffers in the cache.
+        debug_assert!(self.count < CACHE_SIZE);
+        // Back on top, with no counter moved: once `alloc_cached` pops it (uncounted),
+        // the counters are where `alloc_slow` left them.
+        self.cache.set(self.count, buf.netmem);
+        self.count += 1;
+        Ok(())
     }
 
     /// An empty [`Burst`] of this pool with room for `capacity` buffers before it grows.
@@ -778,8 +816,7 @@ impl Pool {
         let (addr, len_id) = pack(netmem);
         let i = self.count;
         if i < self.cache_limit {
-            self.cache.addr[i] = addr;
-            self.cache.len_id[i] = len_id;
+            self.cache.set_packed(i, (addr, len_id));
             self.count = i + 1;
             self.recycle_cached += 1;
         } else {

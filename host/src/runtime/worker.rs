@@ -767,21 +767,25 @@ impl Worker {
     ///
     /// No error type crosses this path: carrying one, the compiler moved every buffer
     /// through the stack in byte-split pieces (a store-forwarding stall per buffer that
-    /// measured a quarter of the time of a 1500-byte frame).
-    #[inline]
+    /// measured a quarter of the time of a 1500-byte frame). Nor does a buffer: the slow
+    /// path only says which pool's cache now holds one, and both paths end in the same
+    /// pop ([`Pool::refill_for_pop`] says why).
+    #[inline(always)]
     fn take(&mut self, p: usize) -> Option<(usize, PoolBuf)> {
-        match self.pools[p].alloc_cached() {
-            Some(b) => Some((p, b)),
-            None => self.take_slow(p),
+        if let Some(b) = self.pools[p].alloc_cached() {
+            return Some((p, b));
         }
+        let p = self.take_slow(p)?;
+        Some((p, self.pools[p].alloc_cached()?))
     }
 
-    /// A buffer from provider `p`'s slow path, waiting if configured, else from its
-    /// fallback; on a miss, why is left in `short`.
+    /// Readies a buffer on top of a cache for [`take`](Self::take): provider `p`'s slow
+    /// path, waiting if configured, else its fallback's. The pool whose cache holds it;
+    /// on a miss, why is left in `short`.
     #[cold]
-    fn take_slow(&mut self, p: usize) -> Option<(usize, PoolBuf)> {
-        let first = match self.pools[p].alloc_or_why() {
-            Ok(b) => return Some((p, b)),
+    fn take_slow(&mut self, p: usize) -> Option<usize> {
+        let first = match self.pools[p].refill_for_pop() {
+            Ok(()) => return Some(p),
             Err(PoolErrorKind::Exhausted { .. }) if self.on_dry == OnDry::Wait => {
                 let deadline = Instant::now() + self.wait;
                 loop {
@@ -790,8 +794,11 @@ impl Worker {
                     if let Some(d) = self.delivery.as_mut() {
                         d.service(&mut self.pools);
                     }
-                    match self.pools[p].alloc_or_why() {
-                        Ok(b) => return Some((p, b)),
+                    if self.pools[p].has_cached() {
+                        return Some(p);
+                    }
+                    match self.pools[p].refill_for_pop() {
+                        Ok(()) => return Some(p),
                         Err(e @ PoolErrorKind::Exhausted { .. }) if Instant::now() >= deadline => {
                             break e
                         }
@@ -808,9 +815,11 @@ impl Worker {
             DropReason::Fault
         };
         let f = self.fallback[p]?;
-        let b = self.pools[f].alloc_or_why().ok()?;
+        if !self.pools[f].has_cached() {
+            self.pools[f].refill_for_pop().ok()?;
+        }
         self.fell_back.push(p);
-        Some((f, b))
+        Some(f)
     }
 
     /// The queue's counters now.
