@@ -449,9 +449,14 @@ fn summary(root: &Path) -> Result<(), String> {
         let m = median(root, &format!("split_{kind}/memplex"));
         let e = median(root, &format!("split_{kind}/etherparse"));
         if let (Some(m), Some(e)) = (m, e) {
+            let r = ratio_cell(
+                root,
+                &format!("split/{kind}/memplex_over_etherparse"),
+                m / e,
+                "etherparse",
+            );
             lines.push(format!(
-                "| header-split decision, {kind}: memplex / etherparse slicing | {m:.2} / {e:.2} ns | {:.2}x etherparse | <= 1.0x |",
-                m / e
+                "| header-split decision, {kind}: memplex / etherparse slicing | {m:.2} / {e:.2} ns | {r} | <= 1.0x |"
             ));
         }
     }
