@@ -1075,3 +1075,77 @@ fn placeholder() -> CheckedProvider {
     CheckedProvider::new(Box::new(Nothing), "none".into(), 0, Default::default())
         .expect("placeholder info is valid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::ProviderPlugin;
+    use memplex_abi::InitParams;
+
+    fn slab(buffers: u32) -> Pool {
+        let params = InitParams::new(0, 2048, 256).set("buffers", &buffers.to_string());
+        let provider = ProviderPlugin::builtin("slab")
+            .expect("the built-in slab")
+            .instantiate(&params)
+            .expect("a slab of that size");
+        Pool::new(provider, 256)
+    }
+
+    /// The worker's way of taking a buffer (`refill_for_pop` on a miss, then the pop)
+    /// hands out the buffers `alloc` would, in the same order, with the same counters,
+    /// through refills from the provider and from the ring.
+    #[test]
+    fn refill_then_pop_counts_as_alloc_does() {
+        let (mut a, mut b) = (slab(512), slab(512));
+        let mut held = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            for _ in 0..(CACHE_SIZE + REFILL + 1) {
+                let x = a.alloc().expect("a buffer by alloc");
+                if !b.has_cached() {
+                    b.refill_for_pop().expect("a refill");
+                }
+                let y = b.alloc_cached().expect("the buffer the refill left on top");
+                assert_eq!(
+                    (x.netmem().id, x.netmem().len),
+                    (y.netmem().id, y.netmem().len),
+                    "round {round}"
+                );
+                held.0.push(x);
+                held.1.push(y);
+            }
+            assert_eq!(a.stats(), b.stats(), "round {round}");
+            // Given back (past the cache, so the next round refills from the ring too).
+            for x in held.0.drain(..) {
+                a.recycle(x).expect("its own pool");
+            }
+            for y in held.1.drain(..) {
+                b.recycle(y).expect("its own pool");
+            }
+            assert_eq!(a.stats(), b.stats(), "round {round}, given back");
+        }
+        assert_eq!(a.stats().inflight, 0);
+        assert!(
+            a.stats().alloc_refill > 0,
+            "a refill from the ring was taken"
+        );
+        assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
+        assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+
+    /// A dry provider: the reason comes back, and nothing is left on top of the cache.
+    #[test]
+    fn refill_from_a_dry_provider_says_why() {
+        let mut pool = slab(REFILL as u32);
+        let held: Vec<PoolBuf> = (0..REFILL).map(|_| pool.alloc().expect("one")).collect();
+        assert!(!pool.has_cached());
+        assert!(matches!(
+            pool.refill_for_pop(),
+            Err(PoolErrorKind::Exhausted { .. })
+        ));
+        assert!(!pool.has_cached());
+        for b in held {
+            pool.recycle(b).expect("its own pool");
+        }
+        assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+}
