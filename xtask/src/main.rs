@@ -661,8 +661,9 @@ const WORKLOADS: [&str; 6] = [
 /// Counts the instructions the worker executes per frame, exactly: each workload of the
 /// one-core test runs under callgrind, which counts only inside `measured_burst` (one
 /// burst handled, consumers' returns taken back). Prints the count per frame and the
-/// source lines that execute the most, per frame; the callgrind files stay in
-/// `target/instructions/` for `callgrind_annotate`.
+/// source files and functions that execute the most, per frame (a function with all
+/// that was inlined into it); the callgrind files stay in `target/instructions/` for
+/// `callgrind_annotate`.
 fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
     if let Some(bad) = names
         .iter()
@@ -750,20 +751,38 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
             .output()
             .map_err(|e| format!("could not start callgrind_annotate: {e}"))?;
         let lines = String::from_utf8_lossy(&annotate.stdout);
-        for (count, place) in lines
+        // `file:function` entries, the file being where inlined code came from.
+        let entries: Vec<(u64, String)> = lines
             .lines()
             .filter_map(|l| {
                 let (n, rest) = l.trim_start().split_once(' ')?;
                 let n: u64 = n.replace(',', "").parse().ok()?;
                 let place = rest.trim_start().split_once(')').map_or(rest, |(_, p)| p);
-                Some((n, place.trim().to_string()))
+                let place = place.split(" [").next().unwrap_or(place).trim();
+                Some((n, place.to_string()))
             })
             .filter(|(_, p)| !p.is_empty() && !p.starts_with("PROGRAM"))
-            .take(12)
-        {
-            let short = place.split(" [").next().unwrap_or(&place);
-            let short = short.rsplit_once("/src/").map_or(short, |(_, s)| s);
-            println!("  {:7.1}  {short}", count as f64 / frames as f64);
+            .collect();
+        for (count, place) in entries.iter().take(12) {
+            let short = place
+                .rsplit_once("/src/")
+                .map_or(place.as_str(), |(_, s)| s);
+            println!("  {:7.1}  {short}", *count as f64 / frames as f64);
+        }
+        // The same per function, everything inlined into it included: where a change
+        // moved the count.
+        let mut by_function: Vec<(u64, &str)> = Vec::new();
+        for (count, place) in &entries {
+            let function = place.split_once(':').map_or(place.as_str(), |(_, f)| f);
+            match by_function.iter_mut().find(|(_, f)| *f == function) {
+                Some((n, _)) => *n += count,
+                None => by_function.push((*count, function)),
+            }
+        }
+        by_function.sort_by(|a, b| b.0.cmp(&a.0));
+        println!("  by function (its own code and what was inlined into it):");
+        for (count, function) in by_function.iter().take(8) {
+            println!("  {:7.1}  {function}", *count as f64 / frames as f64);
         }
         table.push((name, per_frame));
     }
