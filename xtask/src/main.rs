@@ -779,7 +779,7 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
                 None => by_function.push((*count, function)),
             }
         }
-        by_function.sort_by(|a, b| b.0.cmp(&a.0));
+        by_function.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
         println!("  by function (its own code and what was inlined into it):");
         for (count, function) in by_function.iter().take(8) {
             println!("  {:7.1}  {function}", *count as f64 / frames as f64);
