@@ -599,6 +599,14 @@ impl Pool {
         }
     }
 
+    /// The buffer [`alloc_cached`](Self::alloc_cached) would give next, left in place:
+    /// for a caller that checks where a buffer is before it takes it.
+    #[inline]
+    pub(crate) fn peek_cached(&self) -> Option<Netmem> {
+        let i = self.count.checked_sub(1)?;
+        Some(self.cache.get(i))
+    }
+
     /// Whether [`alloc_cached`](Self::alloc_cached) has a buffer to give.
     #[inline]
     pub(crate) fn has_cached(&self) -> bool {

@@ -50,6 +50,20 @@ impl LentTable {
     /// back.
     #[inline(always)]
     pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf, len: u32) -> Token {
+        self.lend_with(region, pool, buf, len, |_| {})
+    }
+
+    /// [`lend`](Self::lend), then `write` on the buffer where it now lies: for a caller
+    /// that fills it after lending it (a copy last, when little else is live across it).
+    #[inline(always)]
+    pub(super) fn lend_with(
+        &mut self,
+        region: u16,
+        pool: u16,
+        buf: PoolBuf,
+        len: u32,
+        write: impl FnOnce(&mut PoolBuf),
+    ) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
         self.held += 1;
@@ -65,14 +79,15 @@ impl LentTable {
         let slot = &mut slots[at];
         debug_assert!(slot.buf.is_none(), "a buffer lent twice");
         slot.generation = slot.generation.wrapping_add(1).max(1);
-        slot.buf = Some(buf);
         slot.pool = pool;
         slot.len = len;
-        Token {
+        let token = Token {
             region,
             generation: slot.generation,
             id,
-        }
+        };
+        write(slot.buf.insert(buf));
+        token
     }
 
     /// The page of slots `page` of region `region`, made on first use. Out of line: a

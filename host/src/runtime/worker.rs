@@ -17,7 +17,7 @@
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
-use crate::deliver::{QueueDelivery, RunFrame};
+use crate::deliver::{Lanes, PlaceAndLend, QueueDelivery, RunFrame};
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
 use crate::route::RouteTable;
@@ -106,6 +106,10 @@ pub(super) struct Worker {
     /// Per rule: the consumer its frames go to in runs ([`QueueDelivery::deliver_run`]),
     /// for a route that delivers without copying or forwarding.
     pub runs_to: Vec<Option<u16>>,
+    /// Per rule: how [`QueueDelivery::place_and_lend`] places and delivers its frames
+    /// in one pass, for a route that delivers its head inline and the rest in memory
+    /// the host writes and a consumer maps.
+    pub lanes: Lanes,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
     /// Ask for the next vector's frames ahead (the device's frames are likely out of
@@ -163,7 +167,7 @@ impl Worker {
         delivery: Option<QueueDelivery>,
     ) -> Worker {
         let recyclers = pools.iter().map(Pool::recycler).collect();
-        let runs_to = (0..routes.len())
+        let runs_to: Vec<Option<u16>> = (0..routes.len())
             .map(|i| {
                 let r = routes.get(i);
                 r.deliver.filter(|_| r.forward.is_none() && !r.copy)
@@ -197,6 +201,20 @@ impl Worker {
                 inline.is_none() && [r.head, r.frags, r.frags_rest].into_iter().all(writable)
             })
             .collect();
+        let lanes = Lanes::new((0..routes.len()).map(|i| {
+            let r = routes.get(i);
+            let delivers = r.deliver.filter(|_| r.forward.is_none());
+            let lane = pools.get(r.frags).and_then(|pool| {
+                (pool.caps().contains(Capabilities::HOST_WRITABLE)
+                    && pool.provider().not_exportable().is_none())
+                .then_some(PlaceAndLend {
+                    consumer: runs_to[i]?,
+                    pool: r.frags,
+                    inline: inline_heads[i]?,
+                })
+            });
+            (delivers, lane)
+        }));
         let stats = QueueStats {
             queue: name.clone(),
             routes: vec![Default::default(); routes.len()],
@@ -248,6 +266,7 @@ impl Worker {
             inline_heads,
             direct,
             runs_to,
+            lanes,
             profiler: None,
             prefetch_ahead: false,
         }
@@ -350,12 +369,26 @@ impl Worker {
                 .map(|split| routes.rule(&split.meta, device)),
         );
         self.lap(Stage::Route);
+        // Frames that deliver their head inline and the rest in shared memory, from the
+        // vector's start: placed and delivered in one pass; the rest go the general way.
+        let taken = match self.delivery.as_mut() {
+            Some(d) if self.lanes.any() => d.place_and_lend(
+                burst,
+                &self.splits[..burst.len()],
+                &self.routed,
+                &self.lanes,
+                &mut self.pools,
+                &mut self.stats,
+            ),
+            _ => 0,
+        };
         // A provider quarantined while the vector was placed may hold parts of frames
         // placed before it faulted: place the whole vector again, so they complete on the
-        // fallback. Each round needs a new provider to fault, so this ends.
+        // fallback. Each round needs a new provider to fault, so this ends. (The frames
+        // placed and delivered above took buffers from caches only, calling no provider.)
         let mut quarantined = self.quarantined();
         for _ in 0..=self.pools.len() {
-            self.place_vector(burst);
+            self.place_vector(burst, taken);
             let now = self.quarantined();
             if now == quarantined {
                 break;
@@ -520,7 +553,8 @@ impl Worker {
         self.staged = std::mem::replace(&mut self.kept_staged, staged);
     }
 
-    /// Places every frame of a vector as routed: placed ones are staged, the others'
+    /// Places every frame of a vector as routed but those already `taken` (bit `i` for
+    /// frame `i`, by [`QueueDelivery::place_and_lend`]): placed ones are staged, the others'
     /// reasons noted in `drops`. Stops early when a provider gets quarantined.
     ///
     /// Out of line: inlined into `handle`, its locals competed for registers with the
@@ -528,9 +562,12 @@ impl Worker {
     /// fewer loads and stores a frame (`cargo xtask instructions`: tcp-split at 128 B,
     /// 449 to 437 and 235 to 217), and placement runs 5-6% faster (`cargo xtask ab`).
     #[inline(never)]
-    fn place_vector(&mut self, burst: &[RxFrame<'_>]) {
+    fn place_vector(&mut self, burst: &[RxFrame<'_>], taken: u64) {
         let quarantined = self.quarantined();
         for (i, frame) in burst.iter().enumerate() {
+            if taken >> i & 1 != 0 {
+                continue;
+            }
             let Some(rule) = self.routed[i] else {
                 self.drops.push((DropReason::NoRoute, None));
                 continue;
