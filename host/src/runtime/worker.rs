@@ -49,6 +49,9 @@ struct NoBuffer {
 /// 6 pairs each, the memcpy loop x1.015 and x1.062 in the same pairs.
 pub(super) const VECTOR: usize = 8;
 
+// `QueueDelivery::place_and_lend` says which frames of a vector it took in a `u64`.
+const _: () = assert!(VECTOR <= 64);
+
 /// One queue's worker.
 pub(super) struct Worker {
     pub name: String,
