@@ -504,11 +504,13 @@ impl QueueDelivery {
     /// Places and delivers, in one pass, the frames of a routed vector that go to the
     /// consumer of its first delivering frame, as long as they have that frame's lane
     /// ([`Lanes`]): which frames it took, bit `i` for frame `i` (a vector has at most
-    /// 64). The others go the general way (placed and staged, then
-    /// [`deliver_run`](Self::deliver_run) or the sink). The pass stops at the first frame
-    /// for that consumer it cannot take, so the consumer sees its frames in order.
+    /// 64), and whether its consumer wants metadata (which
+    /// [`stage_meta_of_taken`](Self::stage_meta_of_taken) then writes). The others go
+    /// the general way (placed and staged, then [`deliver_run`](Self::deliver_run) or
+    /// the sink). The pass stops at the first frame for that consumer it cannot take, so
+    /// the consumer sees its frames in order.
     ///
-    /// A frame is taken when its consumer has one session without metadata, the bytes
+    /// A frame is taken when its consumer has one session (with metadata or not), the bytes
     /// after its inline head fit in the buffer on top of the lane's pool cache, that
     /// buffer is in the pool's first region as the session knows it (announced), and the
     /// frame fits in the ring and under the quota. It is then copied once (the head
@@ -535,7 +537,7 @@ impl QueueDelivery {
         lanes: &Lanes,
         pools: &mut [Pool],
         stats: &mut QueueStats,
-    ) -> u64 {
+    ) -> Took {
         debug_assert!(burst.len() <= 64);
         // The first delivering frame names the consumer and the lane.
         let key = routed
@@ -548,21 +550,21 @@ impl QueueDelivery {
             .checked_sub(1)
             .and_then(|l| lanes.lanes.get(usize::from(l)))
         else {
-            return 0;
+            return Took::NONE;
         };
         let c = match self.consumers.get_mut(usize::from(lane.consumer)) {
-            Some(c) if c.channels.len() == 1 && c.channels[0].meta.is_none() => c,
-            _ => return 0,
+            Some(c) if c.channels.len() == 1 => c,
+            _ => return Took::NONE,
         };
         let ch = &mut c.channels[0];
         let (Some(pool), Some(&region)) = (pools.get_mut(lane.pool), ch.fast.get(lane.pool)) else {
-            return 0;
+            return Took::NONE;
         };
         if !pool
             .caps()
             .contains(crate::provider::Capabilities::HOST_WRITABLE)
         {
-            return 0;
+            return Took::NONE;
         }
         let mut lendable = c.cfg.quota().saturating_sub(ch.lent.held());
         let mut room = ch
@@ -659,7 +661,65 @@ impl QueueDelivery {
             p.frames += frames;
             p.bytes += placed;
         }
-        taken
+        Took {
+            frames: taken,
+            metadata: ch.meta.is_some(),
+        }
+    }
+
+    /// The metadata entries of the frames [`place_and_lend`](Self::place_and_lend) took
+    /// from `burst` (`took`, as it returned it), for a consumer with metadata; in the
+    /// frames' order, before any frame the general way delivers after them.
+    ///
+    /// Its own call, after the pass: its few lines in the pass's loop, or after the loop
+    /// in the same function (which kept the vector's slices live across it), made the
+    /// compiler spill more in the loop, about 20 instructions a frame for a consumer
+    /// without metadata (deliver-64).
+    #[inline(never)]
+    pub(crate) fn stage_meta_of_taken(
+        &mut self,
+        took: u64,
+        burst: &[RxFrame<'_>],
+        splits: &[Split],
+        routed: &[Option<usize>],
+        lanes: &Lanes,
+    ) {
+        let Some(lane) = routed
+            .iter()
+            .flatten()
+            .map(|&r| lanes.keys[r])
+            .find(|&k| k != 0)
+            .and_then(|key| (key as u16).checked_sub(1))
+            .and_then(|l| lanes.lanes.get(usize::from(l)))
+        else {
+            return;
+        };
+        let Some(c) = self.consumers.get_mut(usize::from(lane.consumer)) else {
+            return;
+        };
+        let checksum = c.cfg.checksum;
+        let Some(ch) = c.channels.first_mut().filter(|ch| ch.meta.is_some()) else {
+            return;
+        };
+        let mut left = took;
+        while left != 0 {
+            let i = left.trailing_zeros() as usize;
+            left &= left - 1;
+            if let (Some(frame), Some(split), Some(&Some(rule))) =
+                (burst.get(i), splits.get(i), routed.get(i))
+            {
+                let skipped = split.head_len.min(lane.inline).min(frame.data.len());
+                let flags = if skipped > 0 {
+                    layout::F_HEAD_INLINE
+                } else {
+                    0
+                };
+                let flow = flow_hash(split);
+                ch.meta_stage.push(meta_entry(
+                    frame, split, self.queue, rule, flow, flags, checksum, 1, skipped,
+                ));
+            }
+        }
     }
 
     /// [`deliver`](Self::deliver): takes all `n` parts when it succeeds, none when it
@@ -802,53 +862,23 @@ impl QueueDelivery {
             *d = layout::Desc::part(token, offset, len, j + 1 < lent);
         }
         if ch.meta.is_some() {
-            let m = &frame.meta;
             let mut flags = 0;
-            let mut checksum = 0;
             if copied {
                 flags |= layout::F_COPIED;
             } else if head_inline {
                 flags |= layout::F_HEAD_INLINE;
             }
-            if c.cfg.checksum {
-                flags |= layout::F_CHECKSUM;
-                checksum = crc32fast::hash(frame.data);
-            }
-            let e = FrameMeta {
-                seq: m.seq,
-                timestamp_ns: m.timestamp_ns,
-                rx_mono_ns: m.rx_mono_ns,
-                orig_len: m.orig_len,
-                cap_len: m.cap_len,
-                flow_hash: flow,
-                checksum,
-                queue: self.queue,
-                route: rule as u16,
+            let e = meta_entry(
+                frame,
+                split,
+                self.queue,
+                rule,
+                flow,
                 flags,
-                head_len: split.head_len.min(usize::from(u16::MAX)) as u16,
-                parts: lent as u16,
-                inline_len: inline.len() as u16,
-                gso_size: m.vnet.gso_size,
-                csum_start: m.vnet.csum_start,
-                csum_offset: m.vnet.csum_offset,
-                layer: match split.outcome {
-                    Ok(crate::wire::Layer::L2) => 2,
-                    Ok(crate::wire::Layer::L3) => 3,
-                    Ok(crate::wire::Layer::L4) => 4,
-                    Ok(crate::wire::Layer::Tunnel) => 5,
-                    Ok(crate::wire::Layer::App) => 7,
-                    Err(_) => 0,
-                },
-                gso_type: m.vnet.gso_type,
-                csum: if m.vnet.flags & 1 != 0 {
-                    1
-                } else if m.vnet.flags & 2 != 0 {
-                    2
-                } else {
-                    0
-                },
-                reserved: [0; 3],
-            };
+                c.cfg.checksum,
+                lent,
+                inline.len(),
+            );
             ch.meta_stage.push(e);
         }
         if copied {
@@ -996,6 +1026,65 @@ fn wait_for_room(
     }
 }
 
+/// The metadata entry of a delivered frame (docs/delivery.md, "Metadata"): `flags`
+/// says how its head travels (inline, or the frame copied), `checksum` asks for the
+/// frame's CRC-32, and `parts` of its bytes are lent after `inline_len` in the ring.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn meta_entry(
+    frame: &RxFrame<'_>,
+    split: &Split,
+    queue: u16,
+    rule: usize,
+    flow: u32,
+    mut flags: u16,
+    checksum: bool,
+    parts: usize,
+    inline_len: usize,
+) -> FrameMeta {
+    let m = &frame.meta;
+    let mut crc = 0;
+    if checksum {
+        flags |= layout::F_CHECKSUM;
+        crc = crc32fast::hash(frame.data);
+    }
+    FrameMeta {
+        seq: m.seq,
+        timestamp_ns: m.timestamp_ns,
+        rx_mono_ns: m.rx_mono_ns,
+        orig_len: m.orig_len,
+        cap_len: m.cap_len,
+        flow_hash: flow,
+        checksum: crc,
+        queue,
+        route: rule as u16,
+        flags,
+        head_len: split.head_len.min(usize::from(u16::MAX)) as u16,
+        parts: parts as u16,
+        inline_len: inline_len as u16,
+        gso_size: m.vnet.gso_size,
+        csum_start: m.vnet.csum_start,
+        csum_offset: m.vnet.csum_offset,
+        layer: match split.outcome {
+            Ok(crate::wire::Layer::L2) => 2,
+            Ok(crate::wire::Layer::L3) => 3,
+            Ok(crate::wire::Layer::L4) => 4,
+            Ok(crate::wire::Layer::Tunnel) => 5,
+            Ok(crate::wire::Layer::App) => 7,
+            Err(_) => 0,
+        },
+        gso_type: m.vnet.gso_type,
+        csum: if m.vnet.flags & 1 != 0 {
+            1
+        } else if m.vnet.flags & 2 != 0 {
+            2
+        } else {
+            0
+        },
+        reserved: [0; 3],
+    }
+}
+
 /// `KEEP[k]` keeps the first `k` bytes of a little-endian 16-byte word (a table: a
 /// 128-bit shift by a variable amount is a sequence of instructions).
 const KEEP: [u128; layout::DESC] = {
@@ -1049,6 +1138,22 @@ impl Lanes {
     pub(crate) fn any(&self) -> bool {
         !self.lanes.is_empty()
     }
+}
+
+/// What [`QueueDelivery::place_and_lend`] took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Took {
+    /// Bit `i` for frame `i` of the vector.
+    pub(crate) frames: u64,
+    /// Their consumer wants a metadata entry per frame.
+    pub(crate) metadata: bool,
+}
+
+impl Took {
+    const NONE: Took = Took {
+        frames: 0,
+        metadata: false,
+    };
 }
 
 /// A route whose frames [`QueueDelivery::place_and_lend`] can take: it delivers to

@@ -341,14 +341,21 @@ fn one_core_delivery_lends_every_part_of_frames_of_several_parts() {
     run(&config, true, &frames, 2, true);
 }
 
-/// What a consumer saw of one frame: its inline bytes and the length of each lent part.
-type Entry = (Vec<u8>, Vec<u32>);
+/// What a consumer saw of one frame: its inline bytes, the length of each lent part,
+/// and its metadata entry's bytes (empty without metadata).
+type Entry = (Vec<u8>, Vec<u32>, Vec<u8>);
 
 /// Runs `frames` (in bursts of 32) through a worker of `config` whose consumer reads in
-/// this thread, with [`QueueDelivery::place_and_lend`](crate::deliver::QueueDelivery)
-/// on (`lanes`) or off: every entry the consumer saw, in order, the worker's route,
-/// provider, drop and delivery counters, and the frames the one-pass path took.
-fn entries_of(config: &str, frames: &[Vec<u8>], lanes: bool) -> (Vec<Entry>, String, u64) {
+/// this thread (with a metadata ring when `meta`), with
+/// [`QueueDelivery::place_and_lend`](crate::deliver::QueueDelivery) on (`lanes`) or off:
+/// every entry the consumer saw, in order, the worker's route, provider, drop and
+/// delivery counters, and the frames the one-pass path took.
+fn entries_of(
+    config: &str,
+    frames: &[Vec<u8>],
+    lanes: bool,
+    meta: bool,
+) -> (Vec<Entry>, String, u64) {
     let config = Config::from_toml(config, "one core", Default::default(), None).expect("valid");
     let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
     let inbox = Arc::new(Inbox::default());
@@ -365,9 +372,10 @@ fn entries_of(config: &str, frames: &[Vec<u8>], lanes: bool) -> (Vec<Entry>, Str
         None,
     )
     .expect("a socket pair");
-    let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, false).expect("a channel");
+    let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, meta).expect("a channel");
     let map = Arc::new(map);
     let mut completion = Consumer::new(map.ring(RingKind::Completion));
+    let mut metadata = meta.then(|| Consumer::new(map.ring(RingKind::Meta)));
     let mut refill = Producer::new(map.ring(RingKind::Refill));
     inbox.push(NewChannel {
         consumer: 0,
@@ -395,7 +403,7 @@ fn entries_of(config: &str, frames: &[Vec<u8>], lanes: bool) -> (Vec<Entry>, Str
         let avail = completion.available().expect("an honest host");
         let mut i = 0;
         while i < avail {
-            let mut entry: Entry = (Vec::new(), Vec::new());
+            let mut entry: Entry = (Vec::new(), Vec::new(), Vec::new());
             loop {
                 let d: Desc = completion.read(i);
                 i += 1;
@@ -411,6 +419,11 @@ fn entries_of(config: &str, frames: &[Vec<u8>], lanes: bool) -> (Vec<Entry>, Str
                 if !d.more() {
                     break;
                 }
+            }
+            if let Some(m) = metadata.as_mut() {
+                let e: layout::FrameMeta = m.read(0);
+                m.release(1);
+                entry.2 = e.as_bytes().to_vec();
             }
             entries.push(entry);
         }
@@ -442,7 +455,8 @@ fn entries_of(config: &str, frames: &[Vec<u8>], lanes: bool) -> (Vec<Entry>, Str
 /// count the same, on a mix the pass takes only part of: UDP frames that fit one payload
 /// buffer (taken), 1500 B ones that need three (left to the general way: the pass stops
 /// there, so the frames after them go the general way too), and TCP frames that stay in
-/// process (skipped, the pass goes on past them), in bursts of four vectors.
+/// process (skipped, the pass goes on past them), in bursts of four vectors; for a
+/// consumer without metadata, and for one with it and a CRC-32 of each frame there.
 #[test]
 fn placing_and_lending_in_one_pass_matches_the_general_way() {
     let config = DELIVER.replace("buf_size = 2048", "buf_size = 512").replace(
@@ -460,9 +474,25 @@ fn placing_and_lending_in_one_pass_matches_the_general_way() {
     let mix: Vec<Vec<u8>> = (0..400).map(|i| pattern[i % 7][i % 4096].clone()).collect();
     // UDP (IPv4 protocol 17) is delivered, TCP stays in process.
     let is_udp = |f: &&Vec<u8>| f[23] == 17;
+    for meta in [false, true] {
+        let config = if meta {
+            config.replace("policy = \"drop\"", "policy = \"drop\"\nchecksum = true")
+        } else {
+            config.clone()
+        };
+        one_pass_against_the_general_way(&config, &mix, meta, is_udp);
+    }
+}
+
+fn one_pass_against_the_general_way(
+    config: &str,
+    mix: &[Vec<u8>],
+    meta: bool,
+    is_udp: impl Fn(&&Vec<u8>) -> bool + Copy,
+) {
     let delivered = mix.iter().filter(is_udp).count();
-    let (one_pass, counts, taken) = entries_of(&config, &mix, true);
-    let (general, general_counts, none) = entries_of(&config, &mix, false);
+    let (one_pass, counts, taken) = entries_of(config, mix, true, meta);
+    let (general, general_counts, none) = entries_of(config, mix, false, meta);
     assert_eq!(none, 0, "no lanes, no one-pass path");
     assert!(taken > 100, "the one-pass path took {taken} frames");
     assert!(taken < delivered as u64, "and left some to the general way");
@@ -477,7 +507,17 @@ fn placing_and_lending_in_one_pass_matches_the_general_way() {
     assert_eq!(counts, general_counts);
     // Each entry is its frame: the head inline, the rest in parts of at most 512 bytes.
     let udp = mix.iter().filter(is_udp);
-    for ((inline, parts), frame) in one_pass.iter().zip(udp) {
+    for ((inline, parts, metadata), frame) in one_pass.iter().zip(udp) {
+        assert_eq!(metadata.is_empty(), !meta);
+        if meta {
+            use zerocopy::FromBytes;
+            let m = layout::FrameMeta::read_from_bytes(metadata).expect("an entry");
+            assert_eq!(m.checksum, crc32fast::hash(frame));
+            assert_eq!(
+                (usize::from(m.inline_len), usize::from(m.parts)),
+                (inline.len(), parts.len())
+            );
+        }
         assert_eq!(&frame[..inline.len()], &inline[..]);
         assert_eq!(
             inline.len() + parts.iter().sum::<u32>() as usize,

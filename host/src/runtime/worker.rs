@@ -375,14 +375,21 @@ impl Worker {
         // Frames that deliver their head inline and the rest in shared memory, from the
         // vector's start: placed and delivered in one pass; the rest go the general way.
         let taken = match self.delivery.as_mut() {
-            Some(d) if self.lanes.any() => d.place_and_lend(
-                burst,
-                &self.splits[..burst.len()],
-                &self.routed,
-                &self.lanes,
-                &mut self.pools,
-                &mut self.stats,
-            ),
+            Some(d) if self.lanes.any() => {
+                let splits = &self.splits[..burst.len()];
+                let took = d.place_and_lend(
+                    burst,
+                    splits,
+                    &self.routed,
+                    &self.lanes,
+                    &mut self.pools,
+                    &mut self.stats,
+                );
+                if took.metadata && took.frames != 0 {
+                    d.stage_meta_of_taken(took.frames, burst, splits, &self.routed, &self.lanes);
+                }
+                took.frames
+            }
             _ => 0,
         };
         // A provider quarantined while the vector was placed may hold parts of frames
