@@ -607,6 +607,14 @@ impl Pool {
         Some(self.cache.get(i))
     }
 
+    /// The buffer the `k`-th [`alloc_cached`](Self::alloc_cached) from now would give
+    /// (0: the next), left in place.
+    #[inline]
+    pub(crate) fn peek_cached_at(&self, k: usize) -> Option<Netmem> {
+        let i = self.count.checked_sub(k + 1)?;
+        Some(self.cache.get(i))
+    }
+
     /// Whether [`alloc_cached`](Self::alloc_cached) has a buffer to give.
     #[inline]
     pub(crate) fn has_cached(&self) -> bool {

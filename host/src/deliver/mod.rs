@@ -557,6 +557,32 @@ impl QueueDelivery {
             _ => return Took::NONE,
         };
         let ch = &mut c.channels[0];
+        if let Some(head) = lane.head {
+            let quota = c.cfg.quota();
+            let (taken, bytes) = lend_two(
+                ch,
+                (burst, splits, routed),
+                (&lanes.keys, key, lane, head),
+                quota,
+                pools,
+                stats,
+            );
+            if taken != 0 {
+                let frames = u64::from(taken.count_ones());
+                #[cfg(test)]
+                {
+                    self.taken_in_one_pass += frames;
+                }
+                c.gave_up = false;
+                ch.stalled = false;
+                c.stats.counters.frames += frames;
+                c.stats.counters.bytes += bytes;
+            }
+            return Took {
+                frames: taken,
+                metadata: ch.meta.is_some(),
+            };
+        }
         let (Some(pool), Some(&region)) = (pools.get_mut(lane.pool), ch.fast.get(lane.pool)) else {
             return Took::NONE;
         };
@@ -708,7 +734,11 @@ impl QueueDelivery {
             if let (Some(frame), Some(split), Some(&Some(rule))) =
                 (burst.get(i), splits.get(i), routed.get(i))
             {
-                let skipped = split.head_len.min(lane.inline).min(frame.data.len());
+                let len = frame.data.len();
+                let (skipped, parts) = match lane.head {
+                    None => (split.head_len.min(lane.inline).min(len), 1),
+                    Some(_) => (0, 1 + usize::from(split.head_len < len)),
+                };
                 let flags = if skipped > 0 {
                     layout::F_HEAD_INLINE
                 } else {
@@ -716,7 +746,7 @@ impl QueueDelivery {
                 };
                 let flow = flow_hash(split);
                 ch.meta_stage.push(meta_entry(
-                    frame, split, self.queue, rule, flow, flags, checksum, 1, skipped,
+                    frame, split, self.queue, rule, flow, flags, checksum, parts, skipped,
                 ));
             }
         }
@@ -1026,6 +1056,138 @@ fn wait_for_room(
     }
 }
 
+/// [`QueueDelivery::place_and_lend`] for a lane whose head is lent too (from pool
+/// `head`): a frame's head goes to a buffer of `head`, the rest (if any) to one of
+/// `lane.pool`, both lent, as the general way places and lends them (`place_direct`,
+/// then `stage_lent`). A frame with no head bytes, a head longer than its buffer or a
+/// rest longer than one buffer ends the pass, as does anything `place_and_lend` stops
+/// at. Which frames it took, and their bytes. Its own function, so the loop of the
+/// usual lane (an inline head) is compiled as it was.
+#[inline(never)]
+fn lend_two(
+    ch: &mut Channel,
+    (burst, splits, routed): (&[RxFrame<'_>], &[Split], &[Option<usize>]),
+    (keys, key, lane, head): (&[u32], u32, PlaceAndLend, usize),
+    quota: u32,
+    pools: &mut [Pool],
+    stats: &mut QueueStats,
+) -> (u64, u64) {
+    let frags = lane.pool;
+    let writable = |p: usize| {
+        pools.get(p).is_some_and(|pool| {
+            pool.caps()
+                .contains(crate::provider::Capabilities::HOST_WRITABLE)
+        })
+    };
+    let (Some(&head_region), Some(&frags_region)) = (ch.fast.get(head), ch.fast.get(frags)) else {
+        return (0, 0);
+    };
+    if !writable(head) || !writable(frags) {
+        return (0, 0);
+    }
+    let mut lendable = quota.saturating_sub(ch.lent.held());
+    let (mut taken, mut bytes) = (0u64, 0u64);
+    for (i, ((frame, split), &rule)) in burst.iter().zip(splits).zip(routed).enumerate() {
+        let Some(rule) = rule else {
+            continue;
+        };
+        let k = keys[rule];
+        if k >> 16 != key >> 16 {
+            continue;
+        }
+        if k != key {
+            break;
+        }
+        let data = frame.data;
+        let at = split.head_len.min(data.len());
+        let (head_bytes, rest) = data.split_at(at);
+        let parts = 1 + u32::from(!rest.is_empty());
+        if head_bytes.is_empty() || lendable < parts {
+            break;
+        }
+        // The buffers the pops below will give: the head's first, so from one pool
+        // (head and frags may share it) the rest's is the one under it.
+        let Some(h) = pools[head].peek_cached() else {
+            break;
+        };
+        let h_offset = h.addr.wrapping_sub(head_region.base);
+        if head_bytes.len() > h.len as usize || h_offset >= head_region.len {
+            break;
+        }
+        let mut f_offset = 0;
+        if !rest.is_empty() {
+            let Some(f) = pools[frags].peek_cached_at(usize::from(frags == head)) else {
+                break;
+            };
+            f_offset = f.addr.wrapping_sub(frags_region.base);
+            if rest.len() > f.len as usize || f_offset >= frags_region.len {
+                break;
+            }
+        }
+        if !matches!(ch.completion.has_room(ch.pending, parts), Ok(true)) {
+            break;
+        }
+        let from = ch.pending as usize;
+        let Some(slots) = ch.stage.get_mut(from..from + parts as usize) else {
+            break;
+        };
+        // Both buffers are taken before either is lent: the frame goes out whole or not
+        // at all.
+        let Some(hbuf) = pools[head].alloc_cached() else {
+            break;
+        };
+        let fbuf = match rest.is_empty() {
+            true => None,
+            false => match pools[frags].alloc_cached() {
+                Some(b) => Some(b),
+                None => {
+                    // Not reached: peeked above, under the head's buffer when the two
+                    // share a pool.
+                    let _ = pools[head].recycle(hbuf);
+                    break;
+                }
+            },
+        };
+        let hlen = head_bytes.len() as u32;
+        let token = ch.lent.lend_with(
+            head_region.index,
+            head as u16,
+            hbuf,
+            hlen,
+            copy_in(head_bytes),
+        );
+        slots[0] = layout::Desc::part(token, h_offset, hlen, fbuf.is_some());
+        stats.providers[head].placed.add(head_bytes.len());
+        if let (Some(fbuf), Some(d)) = (fbuf, slots.get_mut(1)) {
+            let flen = rest.len() as u32;
+            let token =
+                ch.lent
+                    .lend_with(frags_region.index, frags as u16, fbuf, flen, copy_in(rest));
+            *d = layout::Desc::part(token, f_offset, flen, false);
+            stats.providers[frags].placed.add(rest.len());
+        }
+        let mask = ch.starts.len() - 1;
+        ch.starts[ch.delivered as usize & mask] = ch.completion.position().wrapping_add(ch.pending);
+        ch.pending += parts;
+        ch.delivered += 1;
+        lendable -= parts;
+        stats.routes[rule].add(data.len());
+        taken |= 1 << i;
+        bytes += data.len() as u64;
+    }
+    (taken, bytes)
+}
+
+/// Copies `bytes` to the start of a buffer the host writes ([`lend_two`]'s lanes have
+/// only such memory).
+fn copy_in(bytes: &[u8]) -> impl FnOnce(&mut crate::pool::PoolBuf) + '_ {
+    move |b| {
+        if let Some(mem) = b.as_mut_slice() {
+            mem[..bytes.len()].copy_from_slice(bytes);
+        }
+    }
+}
+
 /// The metadata entry of a delivered frame (docs/delivery.md, "Metadata"): `flags`
 /// says how its head travels (inline, or the frame copied), `checksum` asks for the
 /// frame's CRC-32, and `parts` of its bytes are lent after `inline_len` in the ring.
@@ -1157,14 +1319,16 @@ impl Took {
 }
 
 /// A route whose frames [`QueueDelivery::place_and_lend`] can take: it delivers to
-/// consumer `consumer` without copying or forwarding, up to `inline` bytes of its head go
-/// inline into the ring, and the rest goes to pool `pool`, memory the host writes and a
-/// consumer may map.
+/// consumer `consumer` without copying or forwarding, and the rest of the frame after
+/// its head goes to pool `pool`, memory the host writes and a consumer may map. The
+/// head goes inline into the ring (up to `inline` bytes) when `head` is `None`, else to
+/// pool `head`, memory of the same kind, lent as the frame's first part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PlaceAndLend {
     pub(crate) consumer: u16,
     pub(crate) pool: usize,
     pub(crate) inline: usize,
+    pub(crate) head: Option<usize>,
 }
 
 /// One frame of a run for [`QueueDelivery::deliver_run`].

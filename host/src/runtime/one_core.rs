@@ -342,8 +342,9 @@ fn one_core_delivery_lends_every_part_of_frames_of_several_parts() {
 }
 
 /// What a consumer saw of one frame: its inline bytes, the length of each lent part,
-/// and its metadata entry's bytes (empty without metadata).
-type Entry = (Vec<u8>, Vec<u32>, Vec<u8>);
+/// its metadata entry's bytes (empty without metadata), and each part's region and
+/// offset.
+type Entry = (Vec<u8>, Vec<u32>, Vec<u8>, Vec<(u16, u64)>);
 
 /// Runs `frames` (in bursts of 32) through a worker of `config` whose consumer reads in
 /// this thread (with a metadata ring when `meta`), with
@@ -403,7 +404,7 @@ fn entries_of(
         let avail = completion.available().expect("an honest host");
         let mut i = 0;
         while i < avail {
-            let mut entry: Entry = (Vec::new(), Vec::new(), Vec::new());
+            let mut entry: Entry = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             loop {
                 let d: Desc = completion.read(i);
                 i += 1;
@@ -415,6 +416,9 @@ fn entries_of(
                 } else {
                     tokens.push(d.token);
                     entry.1.push(d.len());
+                    entry
+                        .3
+                        .push((layout::Token::from_u64(d.token).region, d.offset()));
                 }
                 if !d.more() {
                     break;
@@ -456,7 +460,9 @@ fn entries_of(
 /// buffer (taken), 1500 B ones that need three (left to the general way: the pass stops
 /// there, so the frames after them go the general way too), and TCP frames that stay in
 /// process (skipped, the pass goes on past them), in bursts of four vectors; for a
-/// consumer without metadata, and for one with it and a CRC-32 of each frame there.
+/// consumer without metadata, and for one with it and a CRC-32 of each frame there;
+/// with heads inline, and with heads lent from shared memory (two buffers a frame, from
+/// two pools or from one).
 #[test]
 fn placing_and_lending_in_one_pass_matches_the_general_way() {
     let config = DELIVER.replace("buf_size = 2048", "buf_size = 512").replace(
@@ -474,13 +480,27 @@ fn placing_and_lending_in_one_pass_matches_the_general_way() {
     let mix: Vec<Vec<u8>> = (0..400).map(|i| pattern[i % 7][i % 4096].clone()).collect();
     // UDP (IPv4 protocol 17) is delivered, TCP stays in process.
     let is_udp = |f: &&Vec<u8>| f[23] == 17;
-    for meta in [false, true] {
-        let config = if meta {
-            config.replace("policy = \"drop\"", "policy = \"drop\"\nchecksum = true")
-        } else {
-            config.clone()
-        };
-        one_pass_against_the_general_way(&config, &mix, meta, is_udp);
+    // Heads inline (heap cannot be shared), and heads lent from shared memory too.
+    let shared_heads = config.replace(
+        "plugin = \"builtin:heap\"\nbuf_size = 256\nunverified = true",
+        "plugin = \"builtin:shm\"\nbuf_size = 256\nsettings = { buffers = 16384 }",
+    );
+    assert_ne!(shared_heads, config);
+    // Heads and the rest from one pool: two buffers off the same cache a frame.
+    let one_pool = config.replace(
+        "match = { l4 = \"udp\" }\nhead = \"hdr\"",
+        "match = { l4 = \"udp\" }\nhead = \"payload\"",
+    );
+    assert_ne!(one_pool, config);
+    for config in [config, shared_heads, one_pool] {
+        for meta in [false, true] {
+            let config = if meta {
+                config.replace("policy = \"drop\"", "policy = \"drop\"\nchecksum = true")
+            } else {
+                config.clone()
+            };
+            one_pass_against_the_general_way(&config, &mix, meta, is_udp);
+        }
     }
 }
 
@@ -498,7 +518,14 @@ fn one_pass_against_the_general_way(
     assert!(taken < delivered as u64, "and left some to the general way");
     assert_eq!(one_pass.len(), delivered, "every UDP frame delivered");
     assert_eq!(one_pass.len(), general.len());
-    if let Some(at) = one_pass.iter().zip(&general).position(|(a, b)| a != b) {
+    // Where each part lies is not compared: frames the pass skips take their buffers
+    // after the ones it took, so the two ways hand the same buffers to other frames.
+    let what = |e: &Entry| (e.0.clone(), e.1.clone(), e.2.clone());
+    if let Some(at) = one_pass
+        .iter()
+        .zip(&general)
+        .position(|(a, b)| what(a) != what(b))
+    {
         panic!(
             "entry {at} differs: {:?} in one pass, {:?} the general way",
             one_pass[at], general[at]
@@ -507,8 +534,11 @@ fn one_pass_against_the_general_way(
     assert_eq!(counts, general_counts);
     // Each entry is its frame: the head inline, the rest in parts of at most 512 bytes.
     let udp = mix.iter().filter(is_udp);
-    for ((inline, parts, metadata), frame) in one_pass.iter().zip(udp) {
+    for ((inline, parts, metadata, offsets), frame) in one_pass.iter().zip(udp) {
         assert_eq!(metadata.is_empty(), !meta);
+        // A frame's parts are in different buffers (a head and the rest from one pool
+        // are two buffers off its cache, not the same one twice).
+        assert!(offsets.len() < 2 || offsets[0] != offsets[1], "{offsets:?}");
         if meta {
             use zerocopy::FromBytes;
             let m = layout::FrameMeta::read_from_bytes(metadata).expect("an entry");

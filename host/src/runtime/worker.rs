@@ -204,17 +204,30 @@ impl Worker {
                 inline.is_none() && [r.head, r.frags, r.frags_rest].into_iter().all(writable)
             })
             .collect();
+        // Memory the host writes and a consumer may map.
+        let lendable = |p: usize| {
+            pools.get(p).is_some_and(|pool| {
+                pool.caps().contains(Capabilities::HOST_WRITABLE)
+                    && pool.provider().not_exportable().is_none()
+            })
+        };
         let lanes = Lanes::new((0..routes.len()).map(|i| {
             let r = routes.get(i);
             let delivers = r.deliver.filter(|_| r.forward.is_none());
-            let lane = pools.get(r.frags).and_then(|pool| {
-                (pool.caps().contains(Capabilities::HOST_WRITABLE)
-                    && pool.provider().not_exportable().is_none())
-                .then_some(PlaceAndLend {
-                    consumer: runs_to[i]?,
+            let consumer = runs_to[i].filter(|_| lendable(r.frags));
+            let lane = consumer.and_then(|consumer| match inline_heads[i] {
+                Some(inline) => Some(PlaceAndLend {
+                    consumer,
                     pool: r.frags,
-                    inline: inline_heads[i]?,
-                })
+                    inline,
+                    head: None,
+                }),
+                None => lendable(r.head).then_some(PlaceAndLend {
+                    consumer,
+                    pool: r.frags,
+                    inline: 0,
+                    head: Some(r.head),
+                }),
             });
             (delivers, lane)
         }));
