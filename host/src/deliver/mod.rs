@@ -236,6 +236,20 @@ struct QueueConsumer {
     gave_up: bool,
 }
 
+impl QueueConsumer {
+    /// Counts `frames` frames of `bytes` bytes delivered to its session by
+    /// [`QueueDelivery::place_and_lend`], as a delivery counts (a later absence, full
+    /// ring or quota is waited for again).
+    fn delivered_in_one_pass(&mut self, frames: u64, bytes: u64) {
+        self.gave_up = false;
+        if let Some(ch) = self.channels.first_mut() {
+            ch.stalled = false;
+        }
+        self.stats.counters.frames += frames;
+        self.stats.counters.bytes += bytes;
+    }
+}
+
 /// One queue's delivery: owned by its worker.
 pub struct QueueDelivery {
     queue: u16,
@@ -567,20 +581,18 @@ impl QueueDelivery {
                 pools,
                 stats,
             );
+            let metadata = ch.meta.is_some();
             if taken != 0 {
                 let frames = u64::from(taken.count_ones());
                 #[cfg(test)]
                 {
                     self.taken_in_one_pass += frames;
                 }
-                c.gave_up = false;
-                ch.stalled = false;
-                c.stats.counters.frames += frames;
-                c.stats.counters.bytes += bytes;
+                c.delivered_in_one_pass(frames, bytes);
             }
             return Took {
                 frames: taken,
-                metadata: ch.meta.is_some(),
+                metadata,
             };
         }
         let (Some(pool), Some(&region)) = (pools.get_mut(lane.pool), ch.fast.get(lane.pool)) else {
@@ -673,23 +685,21 @@ impl QueueDelivery {
             taken |= 1 << i;
             bytes += data.len() as u64;
         }
+        let metadata = ch.meta.is_some();
         if taken != 0 {
             let frames = u64::from(taken.count_ones());
             #[cfg(test)]
             {
                 self.taken_in_one_pass += frames;
             }
-            c.gave_up = false;
-            ch.stalled = false;
-            c.stats.counters.frames += frames;
-            c.stats.counters.bytes += bytes;
+            c.delivered_in_one_pass(frames, bytes);
             let p = &mut stats.providers[lane.pool].placed;
             p.frames += frames;
             p.bytes += placed;
         }
         Took {
             frames: taken,
-            metadata: ch.meta.is_some(),
+            metadata,
         }
     }
 

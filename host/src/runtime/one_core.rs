@@ -183,16 +183,7 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
         .expect("a worker");
     let mut reader = None;
     if deliver {
-        // Regions are announced on this socket; its other end is kept, unread.
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-            None,
-        )
-        .expect("a socket pair");
-        let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, false).expect("a channel");
-        let map = Arc::new(map);
+        let (map, theirs) = open_session(&inbox, false);
         reader = Some((
             Reader {
                 completion: Consumer::new(map.ring(RingKind::Completion)),
@@ -203,24 +194,8 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
             },
             theirs,
         ));
-        inbox.push(NewChannel {
-            consumer: 0,
-            session: Arc::new(Session::for_test(1, ours)),
-            map,
-            eventfd: None,
-        });
     }
-    let rx: Vec<RxFrame<'_>> = frames
-        .iter()
-        .map(|f| RxFrame {
-            data: f,
-            meta: RxMeta {
-                orig_len: f.len() as u32,
-                cap_len: f.len() as u32,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let rx = received(frames);
     worker.service();
     let (mut spent, mut sent) = (Duration::ZERO, 0u64);
     for _ in 0..rounds {
@@ -273,6 +248,43 @@ fn frames_of(size: usize, tcp: bool) -> Vec<Vec<u8>> {
         vlan: None,
     })
     .expect("frames of a valid size")
+}
+
+/// A session of consumer 0 for the worker `inbox` feeds, with a metadata ring when
+/// `meta`: its channel (for the consumer's ends of the rings) and the socket's other end
+/// (regions are announced on it; kept, unread).
+fn open_session(inbox: &Inbox, meta: bool) -> (Arc<ChannelMap>, std::os::fd::OwnedFd) {
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .expect("a socket pair");
+    let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, meta).expect("a channel");
+    let map = Arc::new(map);
+    inbox.push(NewChannel {
+        consumer: 0,
+        session: Arc::new(Session::for_test(1, ours)),
+        map: Arc::clone(&map),
+        eventfd: None,
+    });
+    (map, theirs)
+}
+
+/// `frames` as a device hands them over, whole.
+fn received(frames: &[Vec<u8>]) -> Vec<RxFrame<'_>> {
+    frames
+        .iter()
+        .map(|f| RxFrame {
+            data: f,
+            meta: RxMeta {
+                orig_len: f.len() as u32,
+                cap_len: f.len() as u32,
+                ..Default::default()
+            },
+        })
+        .collect()
 }
 
 /// Every workload runs clean (all frames placed or delivered and checked); with
@@ -366,35 +378,11 @@ fn entries_of(
     if !lanes {
         worker.lanes = crate::deliver::Lanes::default();
     }
-    let (ours, _theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-        None,
-    )
-    .expect("a socket pair");
-    let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, meta).expect("a channel");
-    let map = Arc::new(map);
+    let (map, _theirs) = open_session(&inbox, meta);
     let mut completion = Consumer::new(map.ring(RingKind::Completion));
     let mut metadata = meta.then(|| Consumer::new(map.ring(RingKind::Meta)));
     let mut refill = Producer::new(map.ring(RingKind::Refill));
-    inbox.push(NewChannel {
-        consumer: 0,
-        session: Arc::new(Session::for_test(1, ours)),
-        map,
-        eventfd: None,
-    });
-    let rx: Vec<RxFrame<'_>> = frames
-        .iter()
-        .map(|f| RxFrame {
-            data: f,
-            meta: RxMeta {
-                orig_len: f.len() as u32,
-                cap_len: f.len() as u32,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let rx = received(frames);
     worker.service();
     let mut entries: Vec<Entry> = Vec::new();
     let mut tokens: Vec<u64> = Vec::new();
