@@ -234,19 +234,31 @@ struct QueueConsumer {
     stats: ConsumerStats,
     /// A wait for a consumer timed out: drop at once until one connects.
     gave_up: bool,
+    /// Frames [`QueueDelivery::place_and_lend`] took, for tests that check it did.
+    #[cfg(test)]
+    taken_in_one_pass: u64,
 }
 
 impl QueueConsumer {
-    /// Counts `frames` frames of `bytes` bytes delivered to its session by
-    /// [`QueueDelivery::place_and_lend`], as a delivery counts (a later absence, full
-    /// ring or quota is waited for again).
-    fn delivered_in_one_pass(&mut self, frames: u64, bytes: u64) {
+    /// Counts the frames [`QueueDelivery::place_and_lend`] `took` (a bit each), of
+    /// `bytes` bytes, as delivered to its session, as a delivery counts (a later
+    /// absence, full ring or quota is waited for again): how many.
+    fn delivered_in_one_pass(&mut self, took: u64, bytes: u64) -> u64 {
+        let frames = u64::from(took.count_ones());
+        if frames == 0 {
+            return 0;
+        }
+        #[cfg(test)]
+        {
+            self.taken_in_one_pass += frames;
+        }
         self.gave_up = false;
         if let Some(ch) = self.channels.first_mut() {
             ch.stalled = false;
         }
         self.stats.counters.frames += frames;
         self.stats.counters.bytes += bytes;
+        frames
     }
 }
 
@@ -265,10 +277,6 @@ pub struct QueueDelivery {
     tx: Vec<Option<Arc<dyn TxQueue>>>,
     /// A refusal from a transmitter has been logged (once; the rest are counted).
     tx_error_logged: bool,
-    /// Frames [`place_and_lend`](Self::place_and_lend) took, for tests that check it
-    /// did.
-    #[cfg(test)]
-    pub(crate) taken_in_one_pass: u64,
 }
 
 /// Buffers per refill pass whose lines are fetched for writing as they come back: about
@@ -294,6 +302,8 @@ impl QueueDelivery {
                     cfg: cfg.clone(),
                     channels: Vec::new(),
                     gave_up: false,
+                    #[cfg(test)]
+                    taken_in_one_pass: 0,
                     stats: ConsumerStats {
                         name: name.clone(),
                         ..Default::default()
@@ -306,8 +316,6 @@ impl QueueDelivery {
             gone: 0,
             tx: vec![None; consumers.len()],
             tx_error_logged: false,
-            #[cfg(test)]
-            taken_in_one_pass: 0,
         }
     }
 
@@ -331,6 +339,12 @@ impl QueueDelivery {
     /// Frames that sessions ended before reading, since the last call.
     pub(crate) fn take_gone(&mut self) -> u64 {
         std::mem::take(&mut self.gone)
+    }
+
+    /// Frames [`place_and_lend`](Self::place_and_lend) took, all consumers together.
+    #[cfg(test)]
+    pub(crate) fn taken_in_one_pass(&self) -> u64 {
+        self.consumers.iter().map(|c| c.taken_in_one_pass).sum()
     }
 
     /// The consumers' counters on this queue.
@@ -582,14 +596,7 @@ impl QueueDelivery {
                 stats,
             );
             let metadata = ch.meta.is_some();
-            if taken != 0 {
-                let frames = u64::from(taken.count_ones());
-                #[cfg(test)]
-                {
-                    self.taken_in_one_pass += frames;
-                }
-                c.delivered_in_one_pass(frames, bytes);
-            }
+            c.delivered_in_one_pass(taken, bytes);
             return Took {
                 frames: taken,
                 metadata,
@@ -686,13 +693,8 @@ impl QueueDelivery {
             bytes += data.len() as u64;
         }
         let metadata = ch.meta.is_some();
-        if taken != 0 {
-            let frames = u64::from(taken.count_ones());
-            #[cfg(test)]
-            {
-                self.taken_in_one_pass += frames;
-            }
-            c.delivered_in_one_pass(frames, bytes);
+        let frames = c.delivered_in_one_pass(taken, bytes);
+        if frames != 0 {
             let p = &mut stats.providers[lane.pool].placed;
             p.frames += frames;
             p.bytes += placed;

@@ -440,7 +440,7 @@ fn entries_of(
         worker.stats.dropped,
         d.stats()[0].counters,
     );
-    (entries, counts, d.taken_in_one_pass)
+    (entries, counts, d.taken_in_one_pass())
 }
 
 /// The one-pass path and the general one deliver the same entries in the same order and
