@@ -617,7 +617,8 @@ impl QueueDelivery {
             .size()
             .saturating_sub(ch.completion.in_flight())
             .saturating_sub(ch.pending);
-        let (mut taken, mut bytes, mut placed) = (0u64, 0u64, 0u64);
+        // Frames taken, their bytes, and the buffers lent and bytes placed in them.
+        let (mut taken, mut bytes, mut buffers, mut placed) = (0u64, 0u64, 0u64, 0u64);
         for (i, ((frame, split), &rule)) in burst.iter().zip(splits).zip(routed).enumerate() {
             let Some(rule) = rule else {
                 continue;
@@ -633,15 +634,22 @@ impl QueueDelivery {
             let data = frame.data;
             let skipped = split.head_len.min(lane.inline).min(data.len());
             let rest = &data[skipped..];
+            if rest.is_empty() {
+                // All head (a frame under the split's `hds_threshold`): all inline, no
+                // buffer.
+                if skipped == 0 || !stage_all_inline(ch, data, &mut room) {
+                    break;
+                }
+                stats.routes[rule].add(data.len());
+                taken |= 1 << i;
+                bytes += data.len() as u64;
+                continue;
+            }
             let Some(top) = pool.peek_cached() else {
                 break;
             };
             let offset = top.addr.wrapping_sub(region.base);
-            if rest.is_empty()
-                || rest.len() > top.len as usize
-                || offset >= region.len
-                || lendable == 0
-            {
+            if rest.len() > top.len as usize || offset >= region.len || lendable == 0 {
                 break;
             }
             let need = layout::slots_for(1, skipped) as u32;
@@ -688,15 +696,16 @@ impl QueueDelivery {
             room -= need;
             lendable -= 1;
             stats.routes[rule].add(data.len());
+            buffers += 1;
             placed += u64::from(len);
             taken |= 1 << i;
             bytes += data.len() as u64;
         }
         let metadata = ch.meta.is_some();
-        let frames = c.delivered_in_one_pass(taken, bytes);
-        if frames != 0 {
+        c.delivered_in_one_pass(taken, bytes);
+        if buffers != 0 {
             let p = &mut stats.providers[lane.pool].placed;
-            p.frames += frames;
+            p.frames += buffers;
             p.bytes += placed;
         }
         Took {
@@ -748,7 +757,10 @@ impl QueueDelivery {
             {
                 let len = frame.data.len();
                 let (skipped, parts) = match lane.head {
-                    None => (split.head_len.min(lane.inline).min(len), 1),
+                    None => {
+                        let skipped = split.head_len.min(lane.inline).min(len);
+                        (skipped, usize::from(skipped < len))
+                    }
                     Some(_) => (0, 1 + usize::from(split.head_len < len)),
                 };
                 let flags = if skipped > 0 {
@@ -1066,6 +1078,40 @@ fn wait_for_room(
             return Err(DropReason::ConsumerGone);
         }
     }
+}
+
+/// [`QueueDelivery::place_and_lend`] for a frame that is all head, inline: its bytes in
+/// the ring and no part (as `stage_lent` stages it), when the ring has room (`room`
+/// slots after those staged, read again from the consumer's index when short, and
+/// counted down). Out of line: the pass's loop stays as it was for frames with a part.
+#[inline(never)]
+fn stage_all_inline(ch: &mut Channel, data: &[u8], room: &mut u32) -> bool {
+    let need = layout::slots_for(0, data.len()) as u32;
+    if need > *room {
+        match ch.completion.free() {
+            Ok(free) => *room = free.saturating_sub(ch.pending),
+            Err(_) => return false,
+        }
+        if need > *room {
+            return false;
+        }
+    }
+    let from = ch.pending as usize;
+    let Some((d, run)) = ch
+        .stage
+        .get_mut(from..from + need as usize)
+        .and_then(|s| s.split_first_mut())
+    else {
+        return false;
+    };
+    *d = layout::Desc::inline(data.len() as u32, false, false);
+    stage_inline(run, data, data.len());
+    let mask = ch.starts.len() - 1;
+    ch.starts[ch.delivered as usize & mask] = ch.completion.position().wrapping_add(ch.pending);
+    ch.pending += need;
+    ch.delivered += 1;
+    *room -= need;
+    true
 }
 
 /// [`QueueDelivery::place_and_lend`] for a lane whose head is lent too (from pool

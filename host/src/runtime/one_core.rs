@@ -449,8 +449,8 @@ fn entries_of(
 /// there, so the frames after them go the general way too), and TCP frames that stay in
 /// process (skipped, the pass goes on past them), in bursts of four vectors; for a
 /// consumer without metadata, and for one with it and a CRC-32 of each frame there;
-/// with heads inline, and with heads lent from shared memory (two buffers a frame, from
-/// two pools or from one).
+/// with heads inline, with heads lent from shared memory (two buffers a frame, from
+/// two pools or from one), and with small frames all head (all inline, no buffer).
 #[test]
 fn placing_and_lending_in_one_pass_matches_the_general_way() {
     let config = DELIVER.replace("buf_size = 2048", "buf_size = 512").replace(
@@ -480,24 +480,37 @@ fn placing_and_lending_in_one_pass_matches_the_general_way() {
         "match = { l4 = \"udp\" }\nhead = \"payload\"",
     );
     assert_ne!(one_pool, config);
-    for config in [config, shared_heads, one_pool] {
+    // Frames under 65 bytes not split (the kernel's hds-thresh): the 64 B ones are all
+    // head, all inline, with no buffer.
+    let all_head = config.replace("mode = \"l4\"\n", "mode = \"l4\"\nhds_threshold = 65\n");
+    assert_ne!(all_head, config);
+    for (config, whole) in [
+        (config, false),
+        (shared_heads, false),
+        (one_pool, false),
+        (all_head, true),
+    ] {
         for meta in [false, true] {
             let config = if meta {
                 config.replace("policy = \"drop\"", "policy = \"drop\"\nchecksum = true")
             } else {
                 config.clone()
             };
-            one_pass_against_the_general_way(&config, &mix, meta, is_udp);
+            let entries = one_pass_against_the_general_way(&config, &mix, meta, is_udp);
+            let all_inline = entries.iter().filter(|e| e.1.is_empty()).count();
+            assert_eq!(all_inline > 0, whole, "{all_inline} frames all inline");
         }
     }
 }
 
+/// The checks of [`placing_and_lending_in_one_pass_matches_the_general_way`] on one
+/// config; the entries the one-pass worker's consumer saw.
 fn one_pass_against_the_general_way(
     config: &str,
     mix: &[Vec<u8>],
     meta: bool,
     is_udp: impl Fn(&&Vec<u8>) -> bool + Copy,
-) {
+) -> Vec<Entry> {
     let delivered = mix.iter().filter(is_udp).count();
     let (one_pass, counts, taken) = entries_of(config, mix, true, meta);
     let (general, general_counts, none) = entries_of(config, mix, false, meta);
@@ -543,4 +556,5 @@ fn one_pass_against_the_general_way(
         );
         assert!(parts.iter().all(|&p| (1..=512).contains(&p)), "{parts:?}");
     }
+    one_pass
 }
