@@ -110,8 +110,9 @@ pub(super) struct Worker {
     /// for a route that delivers without copying or forwarding.
     pub runs_to: Vec<Option<u16>>,
     /// Per rule: how [`QueueDelivery::place_and_lend`] places and delivers its frames
-    /// in one pass, for a route that delivers its head inline and the rest in memory
-    /// the host writes and a consumer maps.
+    /// in one pass, for a route that delivers without copying or forwarding into memory
+    /// the host writes and a consumer maps (its head inline, or lent from such memory
+    /// too).
     pub lanes: Lanes,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
@@ -385,8 +386,9 @@ impl Worker {
                 .map(|split| routes.rule(&split.meta, device)),
         );
         self.lap(Stage::Route);
-        // Frames that deliver their head inline and the rest in shared memory, from the
-        // vector's start: placed and delivered in one pass; the rest go the general way.
+        // The frames the pass can take for the vector's first consumer, placed and
+        // delivered at once (their metadata entries right after); the rest go the general
+        // way below.
         let taken = match self.delivery.as_mut() {
             Some(d) if self.lanes.any() => {
                 let splits = &self.splits[..burst.len()];
