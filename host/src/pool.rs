@@ -603,8 +603,7 @@ impl Pool {
     /// for a caller that checks where a buffer is before it takes it.
     #[inline]
     pub(crate) fn peek_cached(&self) -> Option<Netmem> {
-        let i = self.count.checked_sub(1)?;
-        Some(self.cache.get(i))
+        self.peek_cached_at(0)
     }
 
     /// The buffer the `k`-th [`alloc_cached`](Self::alloc_cached) from now would give

@@ -50,19 +50,34 @@ impl LentTable {
     /// back.
     #[inline(always)]
     pub(super) fn lend(&mut self, region: u16, pool: u16, buf: PoolBuf, len: u32) -> Token {
-        self.lend_with(region, pool, buf, len, |_| {})
+        self.lend_copying(region, pool, buf, len, &[])
     }
 
-    /// [`lend`](Self::lend), then `write` on the buffer where it now lies: for a caller
-    /// that fills it after lending it (a copy last, when little else is live across it).
+    /// [`lend`](Self::lend) of a buffer that then gets `bytes` at its start (its `len`),
+    /// copied where the lent table holds it: for a caller that fills a buffer after
+    /// lending it (a copy last, when little else is live across it). The buffer must be
+    /// memory the host writes; `bytes` goes nowhere otherwise.
     #[inline(always)]
-    pub(super) fn lend_with(
+    pub(super) fn lend_filled(
+        &mut self,
+        region: u16,
+        pool: u16,
+        buf: PoolBuf,
+        bytes: &[u8],
+    ) -> Token {
+        self.lend_copying(region, pool, buf, bytes.len() as u32, bytes)
+    }
+
+    /// Both of the above: lends `buf`, recording `len` bytes of frame in it, and copies
+    /// `bytes` (none, or those `len`) to its start.
+    #[inline(always)]
+    fn lend_copying(
         &mut self,
         region: u16,
         pool: u16,
         buf: PoolBuf,
         len: u32,
-        write: impl FnOnce(&mut PoolBuf),
+        bytes: &[u8],
     ) -> Token {
         let id = buf.netmem().id;
         let (page, at) = (id as usize / PAGE, id as usize % PAGE);
@@ -86,7 +101,11 @@ impl LentTable {
             generation: slot.generation,
             id,
         };
-        write(slot.buf.insert(buf));
+        if let (Some(mem), false) = (slot.buf.insert(buf).as_mut_slice(), bytes.is_empty()) {
+            if let Some(to) = mem.get_mut(..bytes.len()) {
+                to.copy_from_slice(bytes);
+            }
+        }
         token
     }
 

@@ -220,6 +220,48 @@ struct Channel {
     stalled: bool,
 }
 
+impl Channel {
+    /// Records a frame just staged in its `need` slots from `stage[pending..]`: where it
+    /// starts in the ring, and the slots and frame counted.
+    #[inline(always)]
+    fn staged(&mut self, need: u32) {
+        let mask = self.starts.len() - 1;
+        self.starts[self.delivered as usize & mask] =
+            self.completion.position().wrapping_add(self.pending);
+        self.pending += need;
+        self.delivered += 1;
+    }
+
+    /// Whether `need` more slots fit, with `room` the ring's free slots after those
+    /// staged as last read; the consumer's index is read again only when that reading
+    /// leaves too little (a consumer that moved it wildly gets `false`: the general way
+    /// then ends its session). `room` is counted down when they fit.
+    #[inline(always)]
+    fn fits(&mut self, need: u32, room: &mut u32) -> bool {
+        if need > *room {
+            match self.completion.free() {
+                Ok(free) => *room = free.saturating_sub(self.pending),
+                Err(_) => return false,
+            }
+            if need > *room {
+                return false;
+            }
+        }
+        *room -= need;
+        true
+    }
+
+    /// The ring's free slots after those staged, as last read (the start of a `fits`
+    /// countdown).
+    #[inline(always)]
+    fn room(&self) -> u32 {
+        self.completion
+            .size()
+            .saturating_sub(self.completion.in_flight())
+            .saturating_sub(self.pending)
+    }
+}
+
 /// A provider's first region, as [`Channel::fast`] keeps it.
 #[derive(Clone, Copy, Default)]
 struct FastRegion {
@@ -568,16 +610,7 @@ impl QueueDelivery {
     ) -> Took {
         debug_assert!(burst.len() <= 64);
         // The first delivering frame names the consumer and the lane.
-        let key = routed
-            .iter()
-            .flatten()
-            .map(|&r| lanes.keys[r])
-            .find(|&k| k != 0)
-            .unwrap_or(0);
-        let Some(&lane) = (key as u16)
-            .checked_sub(1)
-            .and_then(|l| lanes.lanes.get(usize::from(l)))
-        else {
+        let Some((key, lane)) = lanes.first(routed) else {
             return Took::NONE;
         };
         let c = match self.consumers.get_mut(usize::from(lane.consumer)) {
@@ -585,23 +618,26 @@ impl QueueDelivery {
             _ => return Took::NONE,
         };
         let ch = &mut c.channels[0];
-        if let Some(head) = lane.head {
-            let quota = c.cfg.quota();
-            let (taken, bytes) = lend_two(
-                ch,
-                (burst, splits, routed),
-                (&lanes.keys, key, lane, head),
-                quota,
-                pools,
-                stats,
-            );
-            let metadata = ch.meta.is_some();
-            c.delivered_in_one_pass(taken, bytes);
-            return Took {
-                frames: taken,
-                metadata,
-            };
-        }
+        let inline = match lane.head {
+            LaneHead::Inline(inline) => inline,
+            LaneHead::Lent(head) => {
+                let quota = c.cfg.quota();
+                let (taken, bytes) = lend_two(
+                    ch,
+                    (burst, splits, routed),
+                    (&lanes.keys, key, lane, head),
+                    quota,
+                    pools,
+                    stats,
+                );
+                let metadata = ch.meta.is_some();
+                c.delivered_in_one_pass(taken, bytes);
+                return Took {
+                    frames: taken,
+                    metadata,
+                };
+            }
+        };
         let (Some(pool), Some(&region)) = (pools.get_mut(lane.pool), ch.fast.get(lane.pool)) else {
             return Took::NONE;
         };
@@ -612,11 +648,7 @@ impl QueueDelivery {
             return Took::NONE;
         }
         let mut lendable = c.cfg.quota().saturating_sub(ch.lent.held());
-        let mut room = ch
-            .completion
-            .size()
-            .saturating_sub(ch.completion.in_flight())
-            .saturating_sub(ch.pending);
+        let mut room = ch.room();
         // Frames taken, their bytes, and the buffers lent and bytes placed in them.
         let (mut taken, mut bytes, mut buffers, mut placed) = (0u64, 0u64, 0u64, 0u64);
         for (i, ((frame, split), &rule)) in burst.iter().zip(splits).zip(routed).enumerate() {
@@ -632,7 +664,7 @@ impl QueueDelivery {
                 break;
             }
             let data = frame.data;
-            let skipped = split.head_len.min(lane.inline).min(data.len());
+            let skipped = split.head_len.min(inline).min(data.len());
             let rest = &data[skipped..];
             if rest.is_empty() {
                 // All head (a frame under the split's `hds_threshold`): all inline, no
@@ -653,16 +685,8 @@ impl QueueDelivery {
                 break;
             }
             let need = layout::slots_for(1, skipped) as u32;
-            if need > room {
-                // The consumer's index is read when the last reading of it leaves too
-                // little room.
-                match ch.completion.free() {
-                    Ok(free) => room = free.saturating_sub(ch.pending),
-                    Err(_) => break,
-                }
-                if need > room {
-                    break;
-                }
+            if !ch.fits(need, &mut room) {
+                break;
             }
             let from = ch.pending as usize;
             let Some(slots) = ch.stage.get_mut(from..from + need as usize) else {
@@ -680,20 +704,11 @@ impl QueueDelivery {
             // Checked above: the pool's memory is the host's to write.
             let token = ch
                 .lent
-                .lend_with(region.index, lane.pool as u16, buf, len, |b| {
-                    if let Some(mem) = b.as_mut_slice() {
-                        mem[..rest.len()].copy_from_slice(rest);
-                    }
-                });
+                .lend_filled(region.index, lane.pool as u16, buf, rest);
             if let [d] = desc {
                 *d = layout::Desc::part(token, offset, len, false);
             }
-            let mask = ch.starts.len() - 1;
-            ch.starts[ch.delivered as usize & mask] =
-                ch.completion.position().wrapping_add(ch.pending);
-            ch.pending += need;
-            ch.delivered += 1;
-            room -= need;
+            ch.staged(need);
             lendable -= 1;
             stats.routes[rule].add(data.len());
             buffers += 1;
@@ -731,14 +746,7 @@ impl QueueDelivery {
         routed: &[Option<usize>],
         lanes: &Lanes,
     ) {
-        let Some(lane) = routed
-            .iter()
-            .flatten()
-            .map(|&r| lanes.keys[r])
-            .find(|&k| k != 0)
-            .and_then(|key| (key as u16).checked_sub(1))
-            .and_then(|l| lanes.lanes.get(usize::from(l)))
-        else {
+        let Some((_, lane)) = lanes.first(routed) else {
             return;
         };
         let Some(c) = self.consumers.get_mut(usize::from(lane.consumer)) else {
@@ -757,11 +765,11 @@ impl QueueDelivery {
             {
                 let len = frame.data.len();
                 let (skipped, parts) = match lane.head {
-                    None => {
-                        let skipped = split.head_len.min(lane.inline).min(len);
+                    LaneHead::Inline(inline) => {
+                        let skipped = split.head_len.min(inline).min(len);
                         (skipped, usize::from(skipped < len))
                     }
-                    Some(_) => (0, 1 + usize::from(split.head_len < len)),
+                    LaneHead::Lent(_) => (0, 1 + usize::from(split.head_len < len)),
                 };
                 let flags = if skipped > 0 {
                     layout::F_HEAD_INLINE
@@ -898,7 +906,6 @@ impl QueueDelivery {
             return Err(DropReason::Fault);
         };
         // Nothing can fail from here on.
-        let first = ch.completion.position().wrapping_add(ch.pending);
         let (run, descs) = slots.split_at_mut(need as usize - lent);
         if let [d, bytes @ ..] = run {
             *d = layout::Desc::inline(inline.len() as u32, copied, lent > 0);
@@ -938,10 +945,7 @@ impl QueueDelivery {
         if copied {
             c.stats.counters.copied += 1;
         }
-        let mask = ch.starts.len() - 1;
-        ch.starts[ch.delivered as usize & mask] = first;
-        ch.pending += need;
-        ch.delivered += 1;
+        ch.staged(need);
         // Delivered: a later full ring or quota is waited for again.
         ch.stalled = false;
         c.stats.counters.frames += 1;
@@ -1087,14 +1091,8 @@ fn wait_for_room(
 #[inline(never)]
 fn stage_all_inline(ch: &mut Channel, data: &[u8], room: &mut u32) -> bool {
     let need = layout::slots_for(0, data.len()) as u32;
-    if need > *room {
-        match ch.completion.free() {
-            Ok(free) => *room = free.saturating_sub(ch.pending),
-            Err(_) => return false,
-        }
-        if need > *room {
-            return false;
-        }
+    if !ch.fits(need, room) {
+        return false;
     }
     let from = ch.pending as usize;
     let Some((d, run)) = ch
@@ -1106,11 +1104,7 @@ fn stage_all_inline(ch: &mut Channel, data: &[u8], room: &mut u32) -> bool {
     };
     *d = layout::Desc::inline(data.len() as u32, false, false);
     stage_inline(run, data, data.len());
-    let mask = ch.starts.len() - 1;
-    ch.starts[ch.delivered as usize & mask] = ch.completion.position().wrapping_add(ch.pending);
-    ch.pending += need;
-    ch.delivered += 1;
-    *room -= need;
+    ch.staged(need);
     true
 }
 
@@ -1144,6 +1138,7 @@ fn lend_two(
         return (0, 0);
     }
     let mut lendable = quota.saturating_sub(ch.lent.held());
+    let mut room = ch.room();
     let (mut taken, mut bytes) = (0u64, 0u64);
     for (i, ((frame, split), &rule)) in burst.iter().zip(splits).zip(routed).enumerate() {
         let Some(rule) = rule else {
@@ -1182,7 +1177,7 @@ fn lend_two(
                 break;
             }
         }
-        if !matches!(ch.completion.has_room(ch.pending, parts), Ok(true)) {
+        if !ch.fits(parts, &mut room) {
             break;
         }
         let from = ch.pending as usize;
@@ -1207,43 +1202,26 @@ fn lend_two(
             },
         };
         let hlen = head_bytes.len() as u32;
-        let token = ch.lent.lend_with(
-            head_region.index,
-            head as u16,
-            hbuf,
-            hlen,
-            copy_in(head_bytes),
-        );
+        let token = ch
+            .lent
+            .lend_filled(head_region.index, head as u16, hbuf, head_bytes);
         slots[0] = layout::Desc::part(token, h_offset, hlen, fbuf.is_some());
         stats.providers[head].placed.add(head_bytes.len());
         if let (Some(fbuf), Some(d)) = (fbuf, slots.get_mut(1)) {
             let flen = rest.len() as u32;
-            let token =
-                ch.lent
-                    .lend_with(frags_region.index, frags as u16, fbuf, flen, copy_in(rest));
+            let token = ch
+                .lent
+                .lend_filled(frags_region.index, frags as u16, fbuf, rest);
             *d = layout::Desc::part(token, f_offset, flen, false);
             stats.providers[frags].placed.add(rest.len());
         }
-        let mask = ch.starts.len() - 1;
-        ch.starts[ch.delivered as usize & mask] = ch.completion.position().wrapping_add(ch.pending);
-        ch.pending += parts;
-        ch.delivered += 1;
+        ch.staged(parts);
         lendable -= parts;
         stats.routes[rule].add(data.len());
         taken |= 1 << i;
         bytes += data.len() as u64;
     }
     (taken, bytes)
-}
-
-/// Copies `bytes` to the start of a buffer the host writes ([`lend_two`]'s lanes have
-/// only such memory).
-fn copy_in(bytes: &[u8]) -> impl FnOnce(&mut crate::pool::PoolBuf) + '_ {
-    move |b| {
-        if let Some(mem) = b.as_mut_slice() {
-            mem[..bytes.len()].copy_from_slice(bytes);
-        }
-    }
 }
 
 /// The metadata entry of a delivered frame (docs/delivery.md, "Metadata"): `flags`
@@ -1358,6 +1336,21 @@ impl Lanes {
     pub(crate) fn any(&self) -> bool {
         !self.lanes.is_empty()
     }
+
+    /// The key and lane of the first of `routed`'s frames that is delivered, when its
+    /// rule has a lane: whose frames a pass of [`QueueDelivery::place_and_lend`] takes.
+    #[inline]
+    fn first(&self, routed: &[Option<usize>]) -> Option<(u32, PlaceAndLend)> {
+        let key = routed
+            .iter()
+            .flatten()
+            .map(|&r| self.keys[r])
+            .find(|&k| k != 0)?;
+        let lane = (key as u16)
+            .checked_sub(1)
+            .and_then(|l| self.lanes.get(usize::from(l)))?;
+        Some((key, *lane))
+    }
 }
 
 /// What [`QueueDelivery::place_and_lend`] took.
@@ -1378,15 +1371,21 @@ impl Took {
 
 /// A route whose frames [`QueueDelivery::place_and_lend`] can take: it delivers to
 /// consumer `consumer` without copying or forwarding, and the rest of the frame after
-/// its head goes to pool `pool`, memory the host writes and a consumer may map. The
-/// head goes inline into the ring (up to `inline` bytes) when `head` is `None`, else to
-/// pool `head`, memory of the same kind, lent as the frame's first part.
+/// its head goes to pool `pool`, memory the host writes and a consumer may map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct PlaceAndLend {
     pub(crate) consumer: u16,
     pub(crate) pool: usize,
-    pub(crate) inline: usize,
-    pub(crate) head: Option<usize>,
+    pub(crate) head: LaneHead,
+}
+
+/// Where a [`PlaceAndLend`] lane's heads go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LaneHead {
+    /// Into the ring, up to this many bytes (its provider's memory cannot be shared).
+    Inline(usize),
+    /// To a buffer of this pool, memory of the lane's kind, lent as the first part.
+    Lent(usize),
 }
 
 /// One frame of a run for [`QueueDelivery::deliver_run`].
@@ -1436,7 +1435,6 @@ fn stage_lent(
     let Some(slots) = ch.stage.get_mut(from..from + need) else {
         return false;
     };
-    let first = ch.completion.position().wrapping_add(ch.pending);
     let (run, descs) = slots.split_at_mut(need - lent);
     if let [d, bytes @ ..] = run {
         *d = layout::Desc::inline(f.skipped as u32, false, lent > 0);
@@ -1451,10 +1449,7 @@ fn stage_lent(
             *d = lend(&mut ch.lent, fast, p, j + 1 < lent);
         }
     }
-    let mask = ch.starts.len() - 1;
-    ch.starts[ch.delivered as usize & mask] = first;
-    ch.pending += need as u32;
-    ch.delivered += 1;
+    ch.staged(need as u32);
     true
 }
 

@@ -17,7 +17,7 @@
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
-use crate::deliver::{Lanes, PlaceAndLend, QueueDelivery, RunFrame};
+use crate::deliver::{LaneHead, Lanes, PlaceAndLend, QueueDelivery, RunFrame};
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
 use crate::route::RouteTable;
@@ -216,19 +216,14 @@ impl Worker {
             let r = routes.get(i);
             let delivers = r.deliver.filter(|_| r.forward.is_none());
             let consumer = runs_to[i].filter(|_| lendable(r.frags));
-            let lane = consumer.and_then(|consumer| match inline_heads[i] {
-                Some(inline) => Some(PlaceAndLend {
-                    consumer,
-                    pool: r.frags,
-                    inline,
-                    head: None,
-                }),
-                None => lendable(r.head).then_some(PlaceAndLend {
-                    consumer,
-                    pool: r.frags,
-                    inline: 0,
-                    head: Some(r.head),
-                }),
+            let head = match inline_heads[i] {
+                Some(inline) => Some(LaneHead::Inline(inline)),
+                None => lendable(r.head).then_some(LaneHead::Lent(r.head)),
+            };
+            let lane = consumer.zip(head).map(|(consumer, head)| PlaceAndLend {
+                consumer,
+                pool: r.frags,
+                head,
             });
             (delivers, lane)
         }));
