@@ -439,6 +439,49 @@ impl Consumer {
         out
     }
 
+    /// Copies the `n` entries from `i` after our index into the first `n` chunks of
+    /// `dst`, for a ring of [`layout::DESC`](crate::layout::DESC)-byte entries (the
+    /// completion ring); `n` must be at most what [`available`](Self::available) said
+    /// past `i`, and chunks past `n` are left as they are.
+    ///
+    /// For short inline runs (a head of up to `N` bytes): the entries' address is worked
+    /// out once, and each is two loads and two stores, unrolled over the `N / 16`
+    /// chunks. Reading them one by one with [`read`](Self::read) masked and multiplied
+    /// the index again per entry, 12 instructions each; a copy of `n` entries' bytes was
+    /// a call to `memcpy`.
+    #[inline]
+    pub fn read_entries<const N: usize>(&self, i: u32, n: usize, dst: &mut [u8; N]) {
+        const E: usize = crate::layout::DESC;
+        let (chunks, _) = dst.as_chunks_mut::<E>();
+        let n = n.min(chunks.len());
+        let size = self.ring.size;
+        let first = self.cons.wrapping_add(i) & (size - 1);
+        if self.ring.entry_size != E || first as usize + n > size as usize {
+            // Another entry size, or a run across the ring's end: entry by entry.
+            for (k, chunk) in chunks.iter_mut().take(n).enumerate() {
+                *chunk = self.read(i.wrapping_add(k as u32));
+            }
+            return;
+        }
+        let base = self.ring.entries.wrapping_add(first as usize * E);
+        for (k, chunk) in chunks.iter_mut().enumerate() {
+            if k >= n {
+                break;
+            }
+            // Two volatile 8-byte loads: plain ones, unrolled as they are, were turned
+            // back into a `memcpy` call of `n * 16` bytes.
+            let at = base.wrapping_add(k * E).cast::<u64>();
+            // SAFETY: entries `first..first + n` lie inside the ring (checked above:
+            // they do not pass its end), each `E` bytes, 8-byte aligned (entries start
+            // on a cache line and are 16 bytes each); the producer published them
+            // (acquire in `available`) and does not rewrite them before we release them.
+            // Any bytes are valid `u64`s, so a hostile producer can only choose them.
+            let (lo, hi) = unsafe { (at.read_volatile(), at.add(1).read_volatile()) };
+            chunk[..8].copy_from_slice(&lo.to_ne_bytes());
+            chunk[8..].copy_from_slice(&hi.to_ne_bytes());
+        }
+    }
+
     /// Copies `dst.len()` bytes from the entries starting at `i` (entry after entry,
     /// across the ring's end): inline bytes that span several entries, in at most two
     /// copies. `dst` is cut to the ring's size.
@@ -555,6 +598,58 @@ pub const PREFETCH_MAX: usize = 4096;
 mod tests {
     use super::*;
     use crate::layout::{Desc, RingKind, Token};
+
+    #[test]
+    fn runs_of_entries_read_the_same_wherever_they_lie() {
+        // An 8-entry ring: runs of 1 to 6 entries from every position, so some lie
+        // before the ring's end and some wrap to its start.
+        let (map, fd) = ChannelMap::create(0, 8, 16, 0, true).unwrap();
+        let map = Arc::new(map);
+        let peer = Arc::new(ChannelMap::open(fd, map.len()).unwrap());
+        let mut tx = Producer::new(map.ring(RingKind::Completion));
+        let mut rx = Consumer::new(peer.ring(RingKind::Completion));
+        let mut next = 0u8;
+        for start in 0..16u32 {
+            for n in 1..=6usize {
+                // Entries the reader will skip past, then the run, each byte numbered.
+                let skip = start % 2;
+                let bytes: Vec<u8> = (0..(skip as usize + n) * 16)
+                    .map(|_| {
+                        next = next.wrapping_add(1);
+                        next
+                    })
+                    .collect();
+                tx.write_staged(0, &bytes);
+                tx.publish(skip + n as u32);
+                assert_eq!(rx.available(), Ok(skip + n as u32));
+                // Chunks past the run keep what they held.
+                let mut got = [0xAAu8; 96];
+                rx.read_entries(skip, n, &mut got);
+                assert_eq!(
+                    &got[..n * 16],
+                    &bytes[skip as usize * 16..],
+                    "run of {n} at {start}"
+                );
+                assert!(
+                    got[n * 16..].iter().all(|&b| b == 0xAA),
+                    "past a run of {n}"
+                );
+                // The one-by-one way reads the same.
+                for k in 0..n {
+                    let e: [u8; 16] = rx.read(skip + k as u32);
+                    assert_eq!(e[..], got[k * 16..(k + 1) * 16]);
+                }
+                rx.release(skip + n as u32);
+                assert_eq!(tx.free(), Ok(8));
+            }
+        }
+        // A run longer than the destination is cut to it.
+        tx.write_staged(0, &[7u8; 128]);
+        tx.publish(8);
+        let mut small = [0u8; 32];
+        rx.read_entries(0, 8, &mut small);
+        assert_eq!(small, [7u8; 32]);
+    }
 
     #[test]
     fn entries_cross_and_wild_indexes_are_caught() {

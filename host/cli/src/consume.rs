@@ -149,6 +149,9 @@ fn mono_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Frames handed over per turn of the loop at most (`Consumer::next_burst`).
+const BURST: usize = 64;
+
 pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     if args.mode == Mode::Pcap && args.out.is_none() {
         bail!("--mode pcap needs --out FILE");
@@ -224,100 +227,102 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     let mut warming = args.warmup > 0.0;
     let mut routes: Vec<u64> = Vec::new();
     let mut flows: rustc_hash::FxHashMap<u32, u64> = Default::default();
+    // A frame's work, where `next_burst` hands it over: moved only to be held or sent
+    // (a frame is 256 bytes, and taking it out of a `Result` was a `memmove`). An error
+    // (writing the pcap) is kept for the loop to stop on.
+    let mut failed: Option<anyhow::Error> = None;
+    // A consumer slowed on purpose (`--delay-us`) reads a frame a turn, so that its time
+    // limit holds to the frame.
+    let slowed = args.delay_us > 0;
+    let burst = if slowed { 1 } else { BURST };
     let ended = loop {
         if stop.load(Relaxed) {
             break "stopped (signal)".to_string();
         }
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
         turns += 1;
-        // The clock is read every 256th turn (it costs as much as a small frame).
-        if turns.is_multiple_of(256) && limit.is_some_and(|l| start.elapsed() >= l) {
+        // The clock is read every 256th turn (it costs as much as a small frame), or every
+        // turn for a consumer slowed on purpose (whose turns are a frame and a sleep).
+        if (slowed || turns.is_multiple_of(256)) && limit.is_some_and(|l| start.elapsed() >= l) {
             break "time limit".to_string();
         }
         if args.frames > 0 && r.frames >= args.frames {
             break "frame limit".to_string();
         }
-        // The frame is used where `next` left it, and moved out only to be held or
-        // sent: a frame is 256 bytes, and taking it out of the result was a `memmove`
-        // per frame.
-        let got = c.next(Some(Duration::from_millis(100)));
-        let frame = match &got {
-            Ok(Some(f)) => f,
-            Ok(None) => continue,
-            Err(e) if e.is_shutdown() => break "memplex stopped".to_string(),
-            Err(Error::Closed) => break "memplex closed the connection".to_string(),
-            Err(_) => {
-                let Err(e) = got else { continue };
-                return Err(e).context("receiving frames");
-            }
+        // Up to a burst of frames a turn, never past the frame limit.
+        let max = match args.frames {
+            0 => burst,
+            n => (n - r.frames).min(burst as u64) as usize,
         };
-        // The clock is read per frame only until the warm-up is over.
-        if warming && start.elapsed().as_secs_f64() < args.warmup {
-            continue;
-        }
-        warming = false;
-        r.frames += 1;
-        if let Some(&m) = frame.meta() {
-            // Latency of every 8th frame (a clock read per frame would slow a fast
-            // consumer).
-            if r.frames.is_multiple_of(8) && lat.len() < lat.capacity() {
-                lat.push(mono_ns().saturating_sub(m.rx_mono_ns));
+        let got = c.next_burst(max, Some(Duration::from_millis(100)), |frame| {
+            // The clock is read per frame only until the warm-up is over.
+            if warming && start.elapsed().as_secs_f64() < args.warmup {
+                return;
             }
-            let q = usize::from(m.queue).min(last_seq.len().saturating_sub(1));
-            if let Some(prev) = last_seq[q] {
-                if m.seq > prev + 1 {
-                    r.seq_gaps += 1;
+            warming = false;
+            r.frames += 1;
+            if let Some(&m) = frame.meta() {
+                // Latency of every 8th frame (a clock read per frame would slow a fast
+                // consumer).
+                if r.frames.is_multiple_of(8) && lat.len() < lat.capacity() {
+                    lat.push(mono_ns().saturating_sub(m.rx_mono_ns));
+                }
+                let q = usize::from(m.queue).min(last_seq.len().saturating_sub(1));
+                if let Some(prev) = last_seq[q] {
+                    if m.seq > prev + 1 {
+                        r.seq_gaps += 1;
+                    }
+                }
+                last_seq[q] = Some(m.seq);
+                r.bytes += u64::from(m.cap_len);
+                let route = usize::from(m.route);
+                if routes.len() <= route {
+                    routes.resize(route + 1, 0);
+                }
+                routes[route] += 1;
+                // A hash map with a fast hasher while frames arrive (a B-tree lookup per
+                // frame showed in profiles of a fast consumer); sorted into the report at
+                // the end.
+                if flows.len() < 4096 || flows.contains_key(&m.flow_hash) {
+                    *flows.entry(m.flow_hash).or_default() += 1;
+                }
+            } else {
+                r.bytes += frame.len() as u64;
+            }
+            r.head_inline += u64::from(frame.head_inline());
+            r.copied += u64::from(frame.copied());
+            r.parts_in_place += frame.parts().count() as u64;
+            match args.mode {
+                Mode::Count => {}
+                Mode::Verify => match frame.verify() {
+                    Some(true) => r.verified += 1,
+                    _ => r.mismatched += 1,
+                },
+                Mode::Checksum => {
+                    r.digest = r.digest.wrapping_add(frame.crc32());
+                    r.checksummed += 1;
+                }
+                Mode::Pcap => {
+                    frame.copy_to(&mut buf);
+                    if let Some(w) = pcap.as_mut() {
+                        // Pcap mode asks for metadata (checked at the start).
+                        let (ts, orig) = frame
+                            .meta()
+                            .map_or((0, buf.len() as u32), |m| (m.timestamp_ns, m.orig_len));
+                        let ts = Duration::from_nanos(ts);
+                        if let Err(e) =
+                            w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, orig, &buf))
+                        {
+                            failed.get_or_insert(anyhow::Error::new(e).context("writing the pcap"));
+                        }
+                    }
                 }
             }
-            last_seq[q] = Some(m.seq);
-            r.bytes += u64::from(m.cap_len);
-            let route = usize::from(m.route);
-            if routes.len() <= route {
-                routes.resize(route + 1, 0);
+            if args.delay_us > 0 {
+                std::thread::sleep(Duration::from_micros(args.delay_us));
             }
-            routes[route] += 1;
-            // A hash map with a fast hasher while frames arrive (a B-tree lookup per
-            // frame showed in profiles of a fast consumer); sorted into the report at
-            // the end.
-            if flows.len() < 4096 || flows.contains_key(&m.flow_hash) {
-                *flows.entry(m.flow_hash).or_default() += 1;
-            }
-        } else {
-            r.bytes += frame.len() as u64;
-        }
-        r.head_inline += u64::from(frame.head_inline());
-        r.copied += u64::from(frame.copied());
-        r.parts_in_place += frame.parts().count() as u64;
-        match args.mode {
-            Mode::Count => {}
-            Mode::Verify => match frame.verify() {
-                Some(true) => r.verified += 1,
-                _ => r.mismatched += 1,
-            },
-            Mode::Checksum => {
-                r.digest = r.digest.wrapping_add(frame.crc32());
-                r.checksummed += 1;
-            }
-            Mode::Pcap => {
-                frame.copy_to(&mut buf);
-                if let Some(w) = pcap.as_mut() {
-                    // Pcap mode asks for metadata (checked at the start).
-                    let (ts, orig) = frame
-                        .meta()
-                        .map_or((0, buf.len() as u32), |m| (m.timestamp_ns, m.orig_len));
-                    let ts = Duration::from_nanos(ts);
-                    w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, orig, &buf))
-                        .context("writing the pcap")?;
-                }
-            }
-        }
-        if args.delay_us > 0 {
-            std::thread::sleep(Duration::from_micros(args.delay_us));
-        }
-        // Only a frame held or sent leaves the result (a move).
-        if args.forward || args.hold > 0 {
-            let Ok(Some(frame)) = got else {
-                continue;
-            };
             if args.forward {
                 if args.drop_every.is_some_and(|n| r.frames.is_multiple_of(n)) {
                     r.verdict_dropped += 1;
@@ -333,12 +338,18 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
                         }
                     }
                 }
-            } else {
+            } else if args.hold > 0 {
                 held.push_back(frame);
                 if held.len() > args.hold as usize {
                     held.pop_front();
                 }
             }
+        });
+        match got {
+            Ok(_) => {}
+            Err(e) if e.is_shutdown() => break "memplex stopped".to_string(),
+            Err(Error::Closed) => break "memplex closed the connection".to_string(),
+            Err(e) => return Err(e).context("receiving frames"),
         }
         if tty && turns.is_multiple_of(4096) && progress.elapsed() >= Duration::from_secs(1) {
             eprint!(
@@ -350,6 +361,9 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             progress = Instant::now();
         }
     };
+    if let Some(e) = failed {
+        return Err(e);
+    }
     drop(held);
     if tty {
         eprintln!();

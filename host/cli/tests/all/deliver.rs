@@ -342,6 +342,92 @@ fn frag_slices_point_into_the_providers_memory_as_mapped_here() {
 }
 
 #[test]
+fn frames_handed_over_in_bursts_come_in_order_verified_and_all_go_back() {
+    // Two queues, frames read with `next_burst` (at most 7 a call) and now and then with
+    // `next`, the last 10 held across calls: in order per queue with no gap (the policy
+    // waits), each frame's checksum right, every buffer back at the end.
+    let body = format!(
+        "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\nchecksum = true\npolicy = \"wait\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
+    );
+    let run = Run::start_with_env(
+        "burst",
+        &body,
+        50_000,
+        2.0,
+        &[("MEMPLEX_DEVICE__QUEUES", "2".into())],
+    );
+    let c = memplex_consumer::Consumer::connect(
+        run.socket("all"),
+        &memplex_consumer::Options::new("all"),
+    )
+    .unwrap();
+    assert_eq!(c.queues(), 2);
+    let mut held = std::collections::VecDeque::new();
+    let mut last_seq = [None::<u64>; 2];
+    let (mut frames, mut calls, mut most, mut bad) = (0u64, 0u64, 0usize, 0u64);
+    let mut per_queue = [0u64; 2];
+    let mut check = |f: &memplex_consumer::Frame<'_>| {
+        let m = *f.meta().expect("metadata was asked for");
+        let q = usize::from(m.queue);
+        assert_eq!(q, f.queue());
+        if let Some(prev) = last_seq[q] {
+            assert_eq!(
+                m.seq,
+                prev + 1,
+                "queue {q}: a frame out of order or missing"
+            );
+        }
+        last_seq[q] = Some(m.seq);
+        per_queue[q] += 1;
+        if f.verify() != Some(true) {
+            bad += 1;
+        }
+    };
+    while frames < 6000 {
+        calls += 1;
+        let n = if calls % 5 == 0 {
+            let f = c
+                .next(Some(Duration::from_secs(5)))
+                .unwrap()
+                .expect("a frame within 5 s");
+            check(&f);
+            held.push_back(f);
+            1
+        } else {
+            c.next_burst(7, Some(Duration::from_secs(5)), |f| {
+                check(&f);
+                held.push_back(f);
+            })
+            .unwrap()
+        };
+        assert!(n > 0, "no frame within 5 s after {frames}");
+        most = most.max(n);
+        frames += n as u64;
+        while held.len() > 10 {
+            held.pop_front();
+        }
+    }
+    assert!(most <= 7, "a burst of {most} frames, past the 7 asked for");
+    assert!(
+        most > 1,
+        "frames came one at a time: bursts were never filled"
+    );
+    assert_eq!(bad, 0, "frames whose checksum did not match");
+    assert!(
+        per_queue.iter().all(|&n| n > 0),
+        "a queue never read: {per_queue:?}"
+    );
+    drop(held);
+    c.close();
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(leaked(&report), 0);
+    let all = consumer(&report, "all");
+    assert_eq!(u(&all["lent"]), 0, "{all}");
+    assert!(u(&all["returned"]) >= frames, "{all}");
+}
+
+#[test]
 fn a_consumer_without_metadata_gets_descriptors_only_and_an_older_version_is_refused() {
     let body = format!(
         "{PROVIDERS}\n[consumers.all]\nsocket = \"{{dir}}/all.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"all\"\n\n[[route]]\nhead = \"payload\"\nfrags = \"payload\"\ndeliver = \"all\"\n"
