@@ -64,16 +64,38 @@ impl AsyncConsumer {
 
     /// The next frame; an error when the session ends.
     pub async fn next(&self) -> Result<Frame<'_>, Error> {
+        self.wait_for(|| self.inner.try_next()).await
+    }
+
+    /// Hands `f` the frames ready, up to `max`, once at least one is (see
+    /// [`Consumer::next_burst`]); returns how many. An error when the session ends.
+    pub async fn next_burst<'c>(
+        &'c self,
+        max: usize,
+        mut f: impl FnMut(Frame<'c>),
+    ) -> Result<usize, Error> {
+        self.wait_for(|| {
+            let n = self.inner.try_next_burst(max, &mut f)?;
+            Ok((n > 0).then_some(n))
+        })
+        .await
+    }
+
+    /// Waits until `attempt` finds something, on the eventfds and the socket.
+    async fn wait_for<T>(
+        &self,
+        mut attempt: impl FnMut() -> Result<Option<T>, Error>,
+    ) -> Result<T, Error> {
         loop {
-            if let Some(f) = self.inner.try_next()? {
-                return Ok(f);
+            if let Some(got) = attempt()? {
+                return Ok(got);
             }
             self.inner.flush();
             for ch in &self.inner.channels {
                 ch.completion.borrow().want_wakeup();
             }
-            if let Some(f) = self.inner.try_next()? {
-                return Ok(f);
+            if let Some(got) = attempt()? {
+                return Ok(got);
             }
             // Any eventfd or the socket: whichever becomes readable first.
             let waits = self.watch.iter().map(|w| Box::pin(w.readable()));

@@ -1111,10 +1111,31 @@ fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
             assert_eq!(f.verify(), Some(true));
             verified += 1;
         }
+        // Then by the burst, at most 5 a call.
+        let mut most = 0;
+        while verified < 6000 {
+            let mut bad = 0;
+            let n = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.next_burst(5, |f| bad += usize::from(f.verify() != Some(true))),
+            )
+            .await
+            .expect("frames within 5 s")
+            .unwrap();
+            assert_eq!(bad, 0, "frames whose checksum did not match");
+            assert!((1..=5).contains(&n), "a burst of {n}");
+            most = most.max(n);
+            verified += n;
+        }
         c.close();
-        verified
+        (verified, most)
     });
-    assert_eq!(verified, 3000);
+    let (verified, most) = verified;
+    assert!(verified >= 6000);
+    assert!(
+        most > 1,
+        "frames came one at a time: bursts were never filled"
+    );
     // The live metrics carry the consumer's counters (published every 100 ms).
     std::thread::sleep(Duration::from_millis(500));
     let metrics = {
@@ -1136,7 +1157,7 @@ fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
     }
     let (rc, report, err) = run.finish();
     assert_eq!(rc, 0, "{err}");
-    assert!(u(&consumer(&report, "tcp")["frames"]) >= 3000);
+    assert!(u(&consumer(&report, "tcp")["frames"]) >= 6000);
     assert_eq!(leaked(&report), 0);
 }
 
