@@ -665,7 +665,8 @@ impl Consumer {
     }
 
     /// Hands `f` the frames ready now, up to `max`, waiting up to `timeout` (forever with
-    /// `None`) for the first; returns how many it handed over (0 when the time ran out).
+    /// `None`) for the first; returns how many it handed over (0 when the time ran out, or
+    /// at once for a `max` of 0).
     /// An error when the session ended (memplex stopping is [`Error::is_shutdown`]).
     ///
     /// The batch form of [`next`](Self::next), for consumers that read fast: each frame
@@ -688,6 +689,10 @@ impl Consumer {
         timeout: Option<Duration>,
         mut f: impl FnMut(Frame<'c>),
     ) -> Result<usize, Error> {
+        if max == 0 {
+            // Nothing asked for: nothing to wait for.
+            return self.check_ended().map(|()| 0);
+        }
         let got = self.wait_for(timeout, || {
             let n = self.try_next_burst(max, &mut f)?;
             Ok((n > 0).then_some(n))

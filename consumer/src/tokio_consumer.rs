@@ -68,12 +68,16 @@ impl AsyncConsumer {
     }
 
     /// Hands `f` the frames ready, up to `max`, once at least one is (see
-    /// [`Consumer::next_burst`]); returns how many. An error when the session ends.
+    /// [`Consumer::next_burst`]); returns how many (0 at once for a `max` of 0). An error
+    /// when the session ends.
     pub async fn next_burst<'c>(
         &'c self,
         max: usize,
         mut f: impl FnMut(Frame<'c>),
     ) -> Result<usize, Error> {
+        if max == 0 {
+            return self.inner.try_next_burst(0, f);
+        }
         self.wait_for(|| {
             let n = self.inner.try_next_burst(max, &mut f)?;
             Ok((n > 0).then_some(n))

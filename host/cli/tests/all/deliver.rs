@@ -362,6 +362,13 @@ fn frames_handed_over_in_bursts_come_in_order_verified_and_all_go_back() {
     )
     .unwrap();
     assert_eq!(c.queues(), 2);
+    // Asking for no frames returns at once, not after the timeout.
+    let t = Instant::now();
+    let none = c.next_burst(0, Some(Duration::from_secs(3)), |_| {
+        panic!("a frame when none was asked for")
+    });
+    assert_eq!(none.unwrap(), 0);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let mut held = std::collections::VecDeque::new();
     let mut last_seq = [None::<u64>; 2];
     let (mut frames, mut calls, mut most, mut bad) = (0u64, 0u64, 0usize, 0u64);
