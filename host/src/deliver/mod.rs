@@ -190,6 +190,9 @@ struct Channel {
     lent: LentTable,
     /// Descriptors written since the last publish: `stage[..pending]`.
     pending: u32,
+    /// The ring index (free-running) up to which the completion ring's lines have been
+    /// fetched for writing ([`fetch_ahead`](Self::fetch_ahead)).
+    ahead: u32,
     /// This burst's descriptors, written to the ring at once when it is published:
     /// written one at a time among the rest of the work, each line the consumer's core
     /// held stalled every store behind it.
@@ -251,6 +254,34 @@ impl Channel {
         true
     }
 
+    /// Fetches the completion ring's lines for writing (PREFETCHW) up to
+    /// [`FETCH_LEAD`] entries past those staged, from where the last call stopped, never
+    /// past what the consumer has released (as last read): lines it may still read are
+    /// left alone.
+    ///
+    /// Called once a vector and after each publish, so a burst's lines are asked for a
+    /// few at a time while its frames are placed, and are the host's by the time the
+    /// burst is published. Asked for all at once after a publish (80 lines for 64
+    /// frames of 64 B, each line held by the consumer's core), the requests queued on
+    /// the core's few line-fill buffers: the publish took 10.8 ns a frame at 64 B
+    /// (`memplex bench --profile`, the `deliver` stage), against 5 to 6 this way.
+    #[inline(always)]
+    fn fetch_ahead(&mut self) {
+        let c = &self.completion;
+        let free = c.size().saturating_sub(c.in_flight());
+        let end = self.pending.saturating_add(FETCH_LEAD).min(free);
+        let mut start = self.ahead.wrapping_sub(c.position());
+        // Behind what is staged (or a stale index from before a wrap): from there.
+        if start < self.pending || start > c.size() {
+            start = self.pending;
+        }
+        if start >= end {
+            return;
+        }
+        c.prefetch(start, end - start);
+        self.ahead = c.position().wrapping_add(end);
+    }
+
     /// The ring's free slots after those staged, as last read (the start of a `fits`
     /// countdown).
     #[inline(always)]
@@ -261,6 +292,10 @@ impl Channel {
             .saturating_sub(self.pending)
     }
 }
+
+/// Entries past those staged whose lines [`Channel::fetch_ahead`] asks for: a vector's
+/// worth of 64 B frames with inline heads (8 frames of 5 entries) and some.
+const FETCH_LEAD: u32 = 64;
 
 /// A provider's first region, as [`Channel::fast`] keeps it.
 #[derive(Clone, Copy, Default)]
@@ -461,6 +496,7 @@ impl QueueDelivery {
                 ]
                 .into_boxed_slice(),
                 meta_stage: Vec::new(),
+                ahead: 0,
                 transmit: (n.map.header().rings[RingKind::Transmit as usize - 1].entries > 0)
                     .then(|| Consumer::new(n.map.ring(RingKind::Transmit))),
                 eventfd: n.eventfd,
@@ -539,6 +575,7 @@ impl QueueDelivery {
                 Some(c) if c.channels.len() == 1 && c.channels[0].meta.is_none() => {
                     let quota = c.cfg.quota();
                     let ch = &mut c.channels[0];
+                    ch.fetch_ahead();
                     let (mut count, mut bytes) = (0u64, 0u64);
                     let mut left = None;
                     for f in frames.by_ref() {
@@ -618,6 +655,8 @@ impl QueueDelivery {
             _ => return Took::NONE,
         };
         let ch = &mut c.channels[0];
+        // This vector's lines, a few at a time.
+        ch.fetch_ahead();
         let inline = match lane.head {
             LaneHead::Inline(inline) => inline,
             LaneHead::Lent(head) => {
@@ -1540,9 +1579,9 @@ fn publish(ch: &mut Channel, counters: &mut DeliveryCounters, wake: WakeMode) {
     ch.completion
         .write_staged(0, ch.stage[..ch.pending as usize].as_bytes());
     ch.completion.publish(ch.pending);
-    // The next burst's lines, taken from the consumer's core while this one is read.
-    ch.completion.prefetch(0, ch.pending);
     ch.pending = 0;
+    // The first lines of the next burst; the rest are asked for as it is placed.
+    ch.fetch_ahead();
     counters.batches += 1;
     if wake == WakeMode::Eventfd && ch.completion.needs_wakeup() {
         if let Some(fd) = &ch.eventfd {
