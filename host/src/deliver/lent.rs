@@ -103,7 +103,7 @@ impl LentTable {
         };
         if let (Some(mem), false) = (slot.buf.insert(buf).as_mut_slice(), bytes.is_empty()) {
             if let Some(to) = mem.get_mut(..bytes.len()) {
-                to.copy_from_slice(bytes);
+                crate::mem::copy_bytes(to, bytes);
             }
         }
         token

@@ -679,7 +679,7 @@ impl Worker {
                 provider: p,
             });
         };
-        mem[..n].copy_from_slice(&bytes[at..at + n]);
+        crate::mem::copy_bytes(&mut mem[..n], &bytes[at..at + n]);
         self.parts.push(Part {
             provider: p,
             buf,
