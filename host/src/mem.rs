@@ -86,7 +86,8 @@ impl PoolBuf {
 pub(crate) fn copy_bytes(dst: &mut [u8], src: &[u8]) {
     let n = src.len();
     if dst.len() != n {
-        // Not reached: callers pass runs of one length. (This panics, as it says.)
+        // Not reached: callers pass runs of one length. `copy_from_slice` panics on
+        // two, as the copy this replaced did.
         dst.copy_from_slice(src);
         return;
     }
