@@ -14,7 +14,7 @@ use memplex_proto::layout::Token;
 const PAGE: usize = 256;
 
 /// The most bytes of a returned buffer fetched for writing: its first two lines.
-const WARM_BYTES: usize = 128;
+pub(super) const WARM_BYTES: usize = 128;
 
 #[derive(Default)]
 struct Slot {

@@ -734,6 +734,7 @@ impl QueueDelivery {
             let Some(buf) = pool.alloc_cached() else {
                 break;
             };
+            prefetch_next(pool, 0, rest.len());
             let (run, desc) = slots.split_at_mut(need as usize - 1);
             if let [d, head @ ..] = run {
                 *d = layout::Desc::inline(skipped as u32, false, true);
@@ -1240,6 +1241,7 @@ fn lend_two(
                 }
             },
         };
+        prefetch_next(&pools[frags], usize::from(frags == head), rest.len());
         let hlen = head_bytes.len() as u32;
         let token = ch
             .lent
@@ -1261,6 +1263,27 @@ fn lend_two(
         bytes += data.len() as u64;
     }
     (taken, bytes)
+}
+
+/// Asks for the lines of the buffer `pool` hands out `k` buffers from now (0: next),
+/// for writing, from its third
+/// line (the first two were asked for when it came back, see [`refill`]) up to `bytes`:
+/// for a caller about to copy `bytes` into the buffer it just took, when the next frame
+/// is likely as long.
+///
+/// A lent buffer comes back after a trip around the rings, long enough for its lines
+/// to have left the host's L1; each was fetched as the copy reached it, and at 1500 B
+/// placing took 14 to 19 ns more than in-process, where a buffer is back before the
+/// next frame. Asked for one frame ahead, they arrive while this frame is copied.
+/// Asked for when the buffer came back, 64 buffers at a time, they did not: the time
+/// moved from placing to the refill (`--profile`).
+#[inline(always)]
+fn prefetch_next(pool: &Pool, k: usize, bytes: usize) {
+    if let Some(next) = pool.peek_cached_at(k) {
+        for at in (lent::WARM_BYTES..bytes.min(next.len as usize)).step_by(64) {
+            memplex_proto::ring::prefetch_for_write(next.addr.wrapping_add(at as u64) as *const u8);
+        }
+    }
 }
 
 /// The metadata entry of a delivered frame (docs/delivery.md, "Metadata"): `flags`
