@@ -1279,9 +1279,16 @@ fn lend_two(
 /// moved from placing to the refill (`--profile`).
 #[inline(always)]
 fn prefetch_next(pool: &Pool, k: usize, bytes: usize) {
+    // A small frame's lines are all warm already: one compare.
+    if bytes <= lent::WARM_BYTES {
+        return;
+    }
     if let Some(next) = pool.peek_cached_at(k) {
-        for at in (lent::WARM_BYTES..bytes.min(next.len as usize)).step_by(64) {
+        let end = bytes.min(next.len as usize);
+        let mut at = lent::WARM_BYTES;
+        while at < end {
             memplex_proto::ring::prefetch_for_write(next.addr.wrapping_add(at as u64) as *const u8);
+            at += 64;
         }
     }
 }
