@@ -1266,30 +1266,24 @@ fn lend_two(
 }
 
 /// Asks for the lines of the buffer `pool` hands out `k` buffers from now (0: next),
-/// for writing, from its third
-/// line (the first two were asked for when it came back, see [`refill`]) up to `bytes`:
-/// for a caller about to copy `bytes` into the buffer it just took, when the next frame
-/// is likely as long.
+/// for writing, from its third line up to `bytes` (the first two were asked for as it
+/// came back, in [`refill`]): for a caller that has just taken a buffer for a frame of
+/// `bytes`, when the next frame is likely as long.
 ///
 /// A lent buffer comes back after a trip around the rings, long enough for its lines
-/// to have left the host's L1; each was fetched as the copy reached it, and at 1500 B
-/// placing took 14 to 19 ns more than in-process, where a buffer is back before the
-/// next frame. Asked for one frame ahead, they arrive while this frame is copied.
-/// Asked for when the buffer came back, 64 buffers at a time, they did not: the time
-/// moved from placing to the refill (`--profile`).
+/// to have left the host's L1, and the copy into it fetched each as it reached it: at
+/// 1500 B placing took 14 to 19 ns a frame more than in-process, where a buffer is back
+/// before the next frame. Asked for one frame ahead, the lines arrive while this frame
+/// is copied. Asked for as the buffers came back, 64 at a time, they did not: the time
+/// moved from placing to the refill (`--profile`; docs/delivery.md, "Session 27").
 #[inline(always)]
 fn prefetch_next(pool: &Pool, k: usize, bytes: usize) {
-    // A small frame's lines are all warm already: one compare.
+    // A small frame's lines are warm already: one compare.
     if bytes <= lent::WARM_BYTES {
         return;
     }
     if let Some(next) = pool.peek_cached_at(k) {
-        let end = bytes.min(next.len as usize);
-        let mut at = lent::WARM_BYTES;
-        while at < end {
-            memplex_proto::ring::prefetch_for_write(next.addr.wrapping_add(at as u64) as *const u8);
-            at += 64;
-        }
+        crate::mem::prefetch_lines_for_write(next, lent::WARM_BYTES, bytes);
     }
 }
 
