@@ -5,6 +5,8 @@
 //! - `cargo xtask demo [ARGS]`: build (release), then `memplex demo ARGS`;
 //! - `cargo xtask test`: build, then every test in the workspace and the example;
 //! - `cargo xtask bench [ARGS]`: build (release), then the criterion benchmarks;
+//! - `cargo xtask targets [--criterion] [--repeats N] [--seconds S]`: every benchmark
+//!   target of the open issues measured on this CPU, each with whether it holds;
 //! - `cargo xtask lint`: rustfmt and clippy with warnings as errors;
 //! - `cargo xtask soak [SECONDS]`: a long run (default 600 s) of `configs/wasm.toml` on
 //!   a capture replayed without end, a WASM and a native provider, every frame verified;
@@ -12,6 +14,8 @@
 //!   or a drop. Not part of `test` (CI has no ten minutes to spare);
 //! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default,
 //!   `config`, or `wasm_boundary`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
+
+mod targets;
 
 use std::path::{Path, PathBuf};
 use std::process::{exit, Command};
@@ -51,26 +55,9 @@ fn main() {
             }),
         Some("test") => test(&root),
         Some("bench") => build(&root, "bench")
-            .and_then(|()| {
-                cargo(
-                    &[
-                        "bench",
-                        "-p",
-                        "memplex-benches",
-                        "--bench",
-                        "pool",
-                        "--bench",
-                        "providers",
-                        "--bench",
-                        "split",
-                        "--bench",
-                        "place",
-                        "--",
-                    ],
-                    &rest,
-                )
-            })
-            .and_then(|()| summary(&root)),
+            .and_then(|()| criterion(&root, &rest))
+            .and_then(|()| summary(&root).map(drop)),
+        Some("targets") => build(&root, "release").and_then(|()| targets::targets(&root, &rest)),
         Some("lint") => lint(&root),
         Some("fuzz") => fuzz(&root, &rest),
         Some("soak") => build(&root, "release").and_then(|()| soak(&root, &rest)),
@@ -78,7 +65,7 @@ fn main() {
         Some("ab") => ab(&root, &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...] | ab REV [--pairs N] BENCH_ARGS...>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | targets [--criterion] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...] | ab REV [--pairs N] BENCH_ARGS...>"
             );
             exit(2);
         }
@@ -364,9 +351,94 @@ fn ratio_cell(root: &Path, id: &str, of_medians: f64, unit: &str) -> String {
     }
 }
 
+/// The criterion benchmarks (ARGS after `--`), with the CPU they measure recorded for
+/// `cargo xtask targets`.
+fn criterion(root: &Path, rest: &[&str]) -> Result<(), String> {
+    let cpu = root.join(targets::CRITERION_CPU);
+    // Whatever the last run left is not this run's until this run is over.
+    let _ = std::fs::remove_file(&cpu);
+    cargo(
+        &[
+            "bench",
+            "-p",
+            "memplex-benches",
+            "--bench",
+            "pool",
+            "--bench",
+            "providers",
+            "--bench",
+            "split",
+            "--bench",
+            "place",
+            "--",
+        ],
+        rest,
+    )?;
+    std::fs::write(&cpu, targets::cpu() + "\n")
+        .map_err(|e| format!("writing {}: {e}", cpu.display()))
+}
+
+/// A target an issue sets for a ratio, and what a run measured.
+pub(crate) struct Verdict {
+    what: String,
+    measured: f64,
+    /// The bound, and whether the ratio must stay under it (else reach it).
+    bound: f64,
+    at_most: bool,
+}
+
+impl Verdict {
+    pub(crate) fn at_most(what: impl Into<String>, measured: f64, bound: f64) -> Self {
+        Verdict {
+            what: what.into(),
+            measured,
+            bound,
+            at_most: true,
+        }
+    }
+
+    pub(crate) fn at_least(what: impl Into<String>, measured: f64, bound: f64) -> Self {
+        Verdict {
+            what: what.into(),
+            measured,
+            bound,
+            at_most: false,
+        }
+    }
+
+    /// Whether the target holds (a measurement that is not a number does not).
+    pub(crate) fn met(&self) -> bool {
+        if self.at_most {
+            self.measured <= self.bound
+        } else {
+            self.measured >= self.bound
+        }
+    }
+
+    /// A Markdown table row.
+    pub(crate) fn row(&self) -> String {
+        format!(
+            "| {} | {:.3} | {} {} | {} |",
+            self.what,
+            self.measured,
+            if self.at_most { "<=" } else { ">=" },
+            self.bound,
+            if self.met() { "yes" } else { "**no**" }
+        )
+    }
+}
+
+/// The ratio [`ratio_cell`] shows: the interleaved one where the bench measured it, else
+/// the ratio of the medians.
+fn ratio_value(root: &Path, id: &str, of_medians: f64) -> f64 {
+    paired(root, id).map_or(of_medians, |(r, _)| r)
+}
+
 /// Prints the same-run ratios the issues set targets for, from criterion's medians, or
-/// where a bench also measured a pair in alternating blocks, from that.
-fn summary(root: &Path) -> Result<(), String> {
+/// where a bench also measured a pair in alternating blocks, from that; the targets,
+/// with what was measured against each.
+fn summary(root: &Path) -> Result<Vec<Verdict>, String> {
+    let mut verdicts = Vec::new();
     let mut lines = vec![
         "| measurement | median | ratio | target |".to_string(),
         "|---|---|---|---|".to_string(),
@@ -389,6 +461,11 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!(
                 "| pool alloc+recycle, one buffer, barrier between | {s:.2} ns | {r} | <= 1.0x |"
             ));
+            verdicts.push(Verdict::at_most(
+                "13: pool alloc+recycle of one buffer / an atomic add (criterion)",
+                ratio_value(root, "pool_fast_path/alloc_recycle_over_atomic", s / a),
+                1.0,
+            ));
         }
         if let Some(b) = burst {
             lines.push(format!("| pool alloc+recycle, burst of 32 one by one, per buffer | {b:.2} ns | {:.2}x atomic | - |", b / a));
@@ -402,6 +479,11 @@ fn summary(root: &Path) -> Result<(), String> {
             );
             lines.push(format!(
                 "| pool alloc_burst+recycle_burst of 32, per buffer | {b:.2} ns | {r} | <= 0.3x |"
+            ));
+            verdicts.push(Verdict::at_most(
+                "13: pool in bursts of 32, per buffer / an atomic add (criterion)",
+                ratio_value(root, "pool_fast_path/burst32_per_buffer_over_atomic", b / a),
+                0.3,
             ));
         }
     }
@@ -418,6 +500,11 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!(
                 "| {name}: same, loaded as .so | {so:.2} ns | {r} | <= 1.1x |"
             ));
+            verdicts.push(Verdict::at_most(
+                format!("13: {name} bulk of 64 as .so / built in (criterion)"),
+                ratio_value(root, &format!("bulk64/{name}/so_over_builtin"), so / b),
+                1.1,
+            ));
             if let Some(c) = per("so_checked") {
                 lines.push(format!("| {name}: .so behind the host's descriptor checks | {c:.2} ns | {:.2}x built-in | (cost of checks) |", c / b));
             }
@@ -429,6 +516,11 @@ fn summary(root: &Path) -> Result<(), String> {
         let r = ratio_cell(root, "wasm_vs_native/wasm_over_so", w / so, ".so");
         lines.push(format!(
             "| slab.wasm, same strategy, sandboxed | {w:.2} ns | {r} | <= 2x |"
+        ));
+        verdicts.push(Verdict::at_most(
+            "13: slab.wasm bulk of 64 / slab.so (criterion)",
+            ratio_value(root, "wasm_vs_native/wasm_over_so", w / so),
+            2.0,
         ));
         if let Some(floor) = median(root, "wasm_vs_native/bare_typed_call_x2") {
             lines.push(format!("| floor: two bare wasmtime typed calls, per 64 buffers | {:.2} ns | {:.2}x .so | (floor) |", floor / 64.0, floor / 64.0 / so));
@@ -458,6 +550,15 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!(
                 "| header-split decision, {kind}: memplex / etherparse slicing | {m:.2} / {e:.2} ns | {r} | <= 1.0x |"
             ));
+            verdicts.push(Verdict::at_most(
+                format!("split decision, {kind} / etherparse (criterion)"),
+                ratio_value(
+                    root,
+                    &format!("split/{kind}/memplex_over_etherparse"),
+                    m / e,
+                ),
+                1.0,
+            ));
         }
     }
     for size in ["128", "1500", "65535"] {
@@ -478,6 +579,22 @@ fn summary(root: &Path) -> Result<(), String> {
             lines.push(format!(
                 "| placing {size} B frames (split + pools + copy) / plain memcpy, per frame | {m:.1} / {c:.1} ns | {r} | {target} |"
             ));
+            let least = match size {
+                "128" => Some(0.35),
+                "1500" => Some(0.8),
+                _ => None,
+            };
+            if let Some(least) = least {
+                verdicts.push(Verdict::at_least(
+                    format!("13: placing {size} B frames / memcpy throughput (criterion)"),
+                    ratio_value(
+                        root,
+                        &format!("place/{size}/memplex_over_memcpy_throughput"),
+                        c / m,
+                    ),
+                    least,
+                ));
+            }
         }
         let b = median(root, &format!("place_{size}/bare"));
         if let (Some(b), Some(c)) = (b, c) {
@@ -497,7 +614,7 @@ fn summary(root: &Path) -> Result<(), String> {
     let out = root.join("target/criterion/memplex-summary.md");
     std::fs::write(&out, table + "\n").map_err(|e| format!("writing {}: {e}", out.display()))?;
     println!("\n(also written to {})", out.display());
-    Ok(())
+    Ok(verdicts)
 }
 
 /// The fuzz targets, each with its seed corpus in `fuzz/seeds/TARGET`.

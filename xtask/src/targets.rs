@@ -1,0 +1,246 @@
+//! `cargo xtask targets`: every benchmark target the open issues set, measured in one
+//! run on this machine's CPU, each beside its target with whether it holds.
+//!
+//! The machine's CPU changes from one session to the next, and a target holds only if
+//! it holds on whichever CPU it is (issue 13). This runs what the targets are stated
+//! in (`memplex bench` on the shipped configs, and the criterion benches), names the
+//! CPU, and writes the table to `target/targets.md` for the README.
+
+use crate::{run, summary, Verdict};
+use std::path::Path;
+use std::process::Command;
+
+/// Where `cargo xtask bench` records the CPU its criterion run measured.
+pub(crate) const CRITERION_CPU: &str = "target/criterion/memplex-cpu.txt";
+
+/// This machine's CPU as the issues name one: vendor, family, model, and model name
+/// (from `/proc/cpuinfo`, the fields `lscpu` shows).
+pub(crate) fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!(
+        "{} family {} model {} ({}), {} CPUs",
+        field("vendor_id"),
+        field("cpu family"),
+        field("model"),
+        field("model name"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )
+}
+
+/// `cargo xtask targets [--criterion] [--repeats N] [--seconds S]`.
+pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
+    let mut criterion = false;
+    let (mut repeats, mut seconds) = ("5".to_string(), "1".to_string());
+    let mut it = args.iter();
+    while let Some(&a) = it.next() {
+        match a {
+            "--criterion" => criterion = true,
+            "--repeats" | "--seconds" => {
+                let v = it.next().ok_or(format!("{a} needs a value"))?;
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| *x > 0.0)
+                    .ok_or(format!("{a} {v}: not a positive number"))?;
+                *(if a == "--repeats" {
+                    &mut repeats
+                } else {
+                    &mut seconds
+                }) = v.to_string();
+            }
+            other => {
+                return Err(format!(
+                "unknown argument `{other}`; usage: cargo xtask targets [--criterion] [--repeats N] [--seconds S]"
+            ))
+            }
+        }
+    }
+    let cpu = cpu();
+    eprintln!("xtask: measuring every target on {cpu}");
+    let out = root.join("target/targets");
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let mut verdicts = Vec::new();
+
+    // Issue 13: placement through the shipped l4 config against the memcpy loop, which
+    // reads one queue as it does (`default.toml` reads two, and the bench gives it no
+    // ratio to memcpy).
+    let placing = out.join("placement.json");
+    bench(
+        root,
+        &[
+            "configs/tcp-split.toml",
+            "--frame-size",
+            "128,1500",
+            "--proto",
+            "tcp",
+            "--flows",
+            "4096",
+        ],
+        (&repeats, &seconds),
+        &placing,
+    )?;
+    let placed = rows(&placing)?;
+    for (size, least) in [("128", 0.35), ("1500", 0.8)] {
+        let traffic = format!("{size} B tcp");
+        verdicts.push(Verdict::at_least(
+            format!("13: placing {traffic}, tcp-split.toml, 4096 flows / the memcpy loop"),
+            field(&placed, "tcp-split", &traffic, "of_memcpy")?,
+            least,
+        ));
+    }
+
+    // Issue 11: a consumer process against the in-process sink doing the same.
+    for consumer in ["count", "checksum"] {
+        let file = out.join(format!("consumer-{consumer}.json"));
+        bench(
+            root,
+            &[
+                "configs/deliver.toml",
+                "--consumer",
+                consumer,
+                "--frame-size",
+                "64,1500",
+                "--no-bare",
+            ],
+            (&repeats, &seconds),
+            &file,
+        )?;
+        let rows = rows(&file)?;
+        for size in ["64", "1500"] {
+            let traffic = format!("{size} B udp");
+            verdicts.push(Verdict::at_least(
+                format!("11: `{consumer}` consumer, {traffic} / the in-process sink"),
+                field(&rows, "deliver -> consumer", &traffic, "vs_baseline")?,
+                0.9,
+            ));
+        }
+    }
+
+    // The criterion benches: run now, or the last run's when it measured this CPU.
+    let recorded = std::fs::read_to_string(root.join(CRITERION_CPU)).ok();
+    let criterion_note = if criterion {
+        crate::build(root, "bench")?;
+        crate::criterion(root, &["--warm-up-time", "1", "--measurement-time", "2"])?;
+        verdicts.extend(summary(root)?);
+        "criterion: measured in this run".to_string()
+    } else if recorded.as_deref().map(str::trim) == Some(cpu.as_str()) {
+        verdicts.extend(summary(root)?);
+        "criterion: the last `cargo xtask bench` on this CPU (not measured again; `--criterion` does)".to_string()
+    } else {
+        format!(
+            "criterion: not measured on this CPU ({}); `cargo xtask targets --criterion` measures it",
+            match recorded {
+                Some(r) => format!("the last run measured {}", r.trim()),
+                None => "no run recorded".into(),
+            }
+        )
+    };
+
+    let met = verdicts.iter().filter(|v| v.met()).count();
+    let mut table = vec![
+        format!("Targets on {cpu}; medians of {repeats} rounds of {seconds} s, ratios from the same run; {criterion_note}."),
+        String::new(),
+        "| target | measured | wanted | holds |".to_string(),
+        "|---|---|---|---|".to_string(),
+    ];
+    table.extend(verdicts.iter().map(Verdict::row));
+    table.push(String::new());
+    table.push(format!("{met} of {} targets hold.", verdicts.len()));
+    let text = table.join("\n");
+    println!("\n{text}");
+    let md = root.join("target/targets.md");
+    std::fs::write(&md, text + "\n").map_err(|e| format!("writing {}: {e}", md.display()))?;
+    println!("\n(also written to {})", md.display());
+    Ok(())
+}
+
+/// `memplex bench ARGS --repeats R --seconds S --json FILE`.
+fn bench(
+    root: &Path,
+    args: &[&str],
+    (repeats, seconds): (&str, &str),
+    json: &Path,
+) -> Result<(), String> {
+    run(Command::new(root.join("target/release/memplex"))
+        .arg("bench")
+        .args(args)
+        .args(["--repeats", repeats, "--seconds", seconds, "--json"])
+        .arg(json))
+}
+
+/// The summary rows of a `memplex bench --json` file.
+fn rows(json: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let text =
+        std::fs::read_to_string(json).map_err(|e| format!("reading {}: {e}", json.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+    value["summary"]
+        .as_array()
+        .cloned()
+        .ok_or_else(|| format!("{}: no `summary` array", json.display()))
+}
+
+/// Field `name` of the row for `variant` on `traffic`.
+fn field(
+    rows: &[serde_json::Value],
+    variant: &str,
+    traffic: &str,
+    name: &str,
+) -> Result<f64, String> {
+    rows.iter()
+        .find(|r| r["variant"] == variant && r["traffic"] == traffic)
+        .and_then(|r| r[name].as_f64())
+        .ok_or_else(|| format!("the bench reported no `{name}` for `{variant}` on {traffic}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound is met at the bound itself, on its side only; a ratio that is not a
+    /// number meets none.
+    #[test]
+    fn a_verdict_holds_on_its_side_of_the_bound_only() {
+        assert!(Verdict::at_least("x", 0.9, 0.9).met());
+        assert!(!Verdict::at_least("x", 0.899, 0.9).met());
+        assert!(Verdict::at_most("x", 1.1, 1.1).met());
+        assert!(!Verdict::at_most("x", 1.101, 1.1).met());
+        assert!(!Verdict::at_least("x", f64::NAN, 0.9).met());
+        assert!(!Verdict::at_most("x", f64::NAN, 1.1).met());
+        assert!(Verdict::at_least("x", 0.5, 0.9)
+            .row()
+            .ends_with("| **no** |"));
+    }
+
+    /// The field of the row for that variant and traffic, and an error naming what is
+    /// missing when the bench did not report it.
+    #[test]
+    fn fields_are_found_by_variant_and_traffic() {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"variant": "deliver", "traffic": "64 B udp", "vs_baseline": 1.0},
+                {"variant": "deliver -> consumer", "traffic": "64 B udp", "vs_baseline": 0.61},
+                {"variant": "deliver -> consumer", "traffic": "1500 B udp", "vs_baseline": null}]"#,
+        )
+        .expect("JSON");
+        assert_eq!(
+            field(&rows, "deliver -> consumer", "64 B udp", "vs_baseline"),
+            Ok(0.61)
+        );
+        assert_eq!(field(&rows, "deliver", "64 B udp", "vs_baseline"), Ok(1.0));
+        let missing = field(&rows, "deliver -> consumer", "1500 B udp", "vs_baseline");
+        assert_eq!(
+            missing,
+            Err(
+                "the bench reported no `vs_baseline` for `deliver -> consumer` on 1500 B udp"
+                    .into()
+            )
+        );
+        assert!(field(&rows, "memcpy", "64 B udp", "of_memcpy").is_err());
+    }
+}
