@@ -36,30 +36,35 @@ pub(crate) fn cpu() -> String {
 
 /// `cargo xtask targets [--criterion] [--repeats N] [--seconds S]`.
 pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
+    let usage = "usage: cargo xtask targets [--criterion] [--repeats N] [--seconds S]";
     let mut criterion = false;
-    let (mut repeats, mut seconds) = ("5".to_string(), "1".to_string());
+    let (mut repeats, mut seconds) = ("5", "1");
     let mut it = args.iter();
     while let Some(&a) = it.next() {
-        match a {
-            "--criterion" => criterion = true,
-            "--repeats" | "--seconds" => {
-                let v = it.next().ok_or(format!("{a} needs a value"))?;
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|x| *x > 0.0)
-                    .ok_or(format!("{a} {v}: not a positive number"))?;
-                *(if a == "--repeats" {
-                    &mut repeats
-                } else {
-                    &mut seconds
-                }) = v.to_string();
+        let slot = match a {
+            "--criterion" => {
+                criterion = true;
+                continue;
             }
-            other => {
-                return Err(format!(
-                "unknown argument `{other}`; usage: cargo xtask targets [--criterion] [--repeats N] [--seconds S]"
-            ))
-            }
+            "--repeats" => &mut repeats,
+            "--seconds" => &mut seconds,
+            other => return Err(format!("unknown argument `{other}`; {usage}")),
+        };
+        let v = *it.next().ok_or(format!("{a} needs a value; {usage}"))?;
+        let positive = match a {
+            "--repeats" => v.parse::<u32>().is_ok_and(|n| n > 0),
+            _ => v.parse::<f64>().is_ok_and(|x| x > 0.0 && x.is_finite()),
+        };
+        if !positive {
+            return Err(format!(
+                "{a} {v}: not a positive number{}",
+                match a {
+                    "--repeats" => " of rounds",
+                    _ => " of seconds",
+                }
+            ));
         }
+        *slot = v;
     }
     let cpu = cpu();
     eprintln!("xtask: measuring every target on {cpu}");
@@ -82,7 +87,7 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
             "--flows",
             "4096",
         ],
-        (&repeats, &seconds),
+        (repeats, seconds),
         &placing,
     )?;
     let placed = rows(&placing)?;
@@ -108,7 +113,7 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
                 "64,1500",
                 "--no-bare",
             ],
-            (&repeats, &seconds),
+            (repeats, seconds),
             &file,
         )?;
         let rows = rows(&file)?;
@@ -131,7 +136,7 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
         "criterion: measured in this run".to_string()
     } else if recorded.as_deref().map(str::trim) == Some(cpu.as_str()) {
         verdicts.extend(summary(root)?);
-        "criterion: the last `cargo xtask bench` on this CPU (not measured again; `--criterion` does)".to_string()
+        "criterion: the figures in target/criterion, last measured on this CPU (not measured again; `--criterion` does)".to_string()
     } else {
         format!(
             "criterion: not measured on this CPU ({}); `cargo xtask targets --criterion` measures it",
