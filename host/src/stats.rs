@@ -513,6 +513,23 @@ impl AddAssign for StageTimes {
     }
 }
 
+/// What a queue decided about asking for its frames ahead of handling them (for a
+/// device whose frames are likely out of cache; see `runtime/read_ahead.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadAheadStats {
+    /// Probes finished.
+    pub probes: u64,
+    /// Probes that chose to read ahead.
+    pub chose_ahead: u64,
+}
+
+impl AddAssign for ReadAheadStats {
+    fn add_assign(&mut self, o: ReadAheadStats) {
+        self.probes += o.probes;
+        self.chose_ahead += o.chose_ahead;
+    }
+}
+
 /// One queue's figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -542,6 +559,8 @@ pub struct QueueStats {
     pub device: DeviceStats,
     /// Time per stage, with `runtime.profile` (all zero without).
     pub profile: StageTimes,
+    /// Whether the queue asked for frames ahead of handling them, as it measured.
+    pub read_ahead: ReadAheadStats,
 }
 
 impl AddAssign<&QueueStats> for QueueStats {
@@ -558,6 +577,7 @@ impl AddAssign<&QueueStats> for QueueStats {
         add_each(&mut self.consumers, &q.consumers, |a, b| *a += b);
         self.device += q.device;
         self.profile += q.profile;
+        self.read_ahead += q.read_ahead;
     }
 }
 

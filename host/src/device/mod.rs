@@ -284,9 +284,10 @@ pub trait RxQueue: Send {
     }
 
     /// True when the frames it hands over are likely out of the CPU's caches: a replay
-    /// whose frames take more memory than an L2 holds. The worker then asks for each
-    /// vector's frames one vector ahead. False for frames a kernel or a NIC just wrote,
-    /// which are near already, and where the asking costs more than it saves.
+    /// whose frames take more memory than an L2 holds. The worker then measures whether
+    /// asking for each vector's frames one vector ahead pays on this CPU, and asks when it
+    /// does (`runtime/read_ahead.rs`). False for frames a kernel or a NIC just wrote, which
+    /// are near already, and where the asking costs more than it saves.
     fn frames_cold(&self) -> bool {
         false
     }

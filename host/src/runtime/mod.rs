@@ -67,6 +67,7 @@ mod engine;
 mod frame;
 #[cfg(test)]
 mod one_core;
+mod read_ahead;
 mod sink;
 mod worker;
 

@@ -15,6 +15,7 @@
 //! or wait, bounded, as configured, then try the provider's fallback.
 
 use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
+use super::read_ahead::ReadAhead;
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
 use crate::deliver::{LaneHead, Lanes, PlaceAndLend, QueueDelivery, RunFrame};
@@ -116,9 +117,9 @@ pub(super) struct Worker {
     pub lanes: Lanes,
     /// Timing of stages, with `runtime.profile`.
     pub profiler: Option<Profiler>,
-    /// Ask for the next vector's frames ahead (the device's frames are likely out of
-    /// cache: [`RxQueue::frames_cold`]).
-    pub prefetch_ahead: bool,
+    /// Whether to ask for the next vector's frames ahead, measured per queue (for a
+    /// device whose frames are likely out of cache: [`RxQueue::frames_cold`]).
+    pub(crate) read_ahead: ReadAhead,
 }
 
 /// Times the stages of one burst in [`PROFILE_EVERY`] (`runtime.profile`): a clock read
@@ -280,7 +281,7 @@ impl Worker {
             runs_to,
             lanes,
             profiler: None,
-            prefetch_ahead: false,
+            read_ahead: ReadAhead::new(false),
         }
     }
 
@@ -319,16 +320,16 @@ impl Worker {
             self.stats.profile.bursts += 1;
         }
         // For a device whose frames are likely out of cache (`RxQueue::frames_cold`: a
-        // replay larger than L2), the CPU is asked for the lines of the next vector's
-        // frames (up to 4 KiB each, into L2) before a vector is handled, so the next
-        // split and copies find them near. Measured on the AMD EPYC of family 25 model
-        // 17, alternating builds: with frames past L2 (the `place` bench's 8 MiB) the
-        // prefetch won x1.11 at 1500 B (0.524 against 0.471 of memcpy, medians of 7
-        // pairs, 6 won) and about x1.08 at 128 B (3 of 4); with frames in L2 it lost
-        // (`cargo xtask ab`, 8 pairs: x1.28 without it at 1500 B over 64 flows, 8 won;
-        // x1.16 at 128 B, 7 won), most of its cost the prefetch instructions themselves.
-        // Prefetching only the headers' line lost 3.5% against none.
-        if self.prefetch_ahead {
+        // replay larger than L2), the CPU may be asked for the lines of the next vector's
+        // frames (up to 4 KiB each, into L2) before a vector is handled, so the next split
+        // and copies find them near: whether that pays depends on the CPU, so the queue
+        // measures it (`read_ahead.rs`). With frames in L2 it only lost (`cargo xtask ab`
+        // on the AMD EPYC of family 25 model 17, 8 pairs: x1.28 without it at 1500 B over
+        // 64 flows, 8 won; x1.16 at 128 B, 7 won), most of its cost the prefetch
+        // instructions themselves; prefetching only the headers' line lost 3.5% there
+        // against none.
+        let timed = self.read_ahead.timing().then(Instant::now);
+        if self.read_ahead.on() {
             let mut vectors = burst.chunks(VECTOR).peekable();
             for frame in vectors.peek().copied().unwrap_or_default() {
                 memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
@@ -349,6 +350,10 @@ impl Worker {
         if let Some(d) = self.delivery.as_mut() {
             d.flush();
             self.lap(Stage::Deliver);
+        }
+        if let Some(start) = timed {
+            let bytes = burst.iter().map(|f| f.data.len() as u64).sum();
+            self.read_ahead.handled(start.elapsed(), bytes);
         }
     }
 
@@ -892,6 +897,7 @@ impl Worker {
             p.quarantined = u64::from(p.fault.is_some());
         }
         s.sink = self.sink.counters();
+        s.read_ahead = self.read_ahead.stats();
         if let Some(d) = &self.delivery {
             s.consumers = d.stats();
         }
@@ -962,7 +968,7 @@ pub(super) fn run_queue(
     mut w: Worker,
     control: &RunControl,
 ) -> (QueueStats, Vec<Pool>, Option<RunError>) {
-    w.prefetch_ahead = rx.frames_cold();
+    w.read_ahead = ReadAhead::new(rx.frames_cold());
     let mut published = Instant::now();
     let publish = |w: &Worker| {
         if let Ok(mut live) = control.live.try_lock() {

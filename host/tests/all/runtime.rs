@@ -466,3 +466,68 @@ fn a_full_disk_under_the_pcap_sink_is_reported_with_the_path_and_the_os_error() 
         "{err}"
     );
 }
+
+/// A replay larger than L2 has each queue measure whether asking for its next frames
+/// ahead pays (`runtime/read_ahead.rs`), after a warm-up, and report what it chose; one
+/// that fits never measures. Either way every frame is placed and verified.
+#[test]
+fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
+    use memplex::device::{self, replay, RxQueue};
+    use memplex_testkit::traffic::{generate, Proto, Shape};
+    let toml = r#"
+        [device]
+        kind = "pcap"
+        path = "(in memory)"
+        [split]
+        mode = "l4"
+        [providers.hdr]
+        plugin = "builtin:slab"
+        buf_size = 256
+        [providers.payload]
+        plugin = "builtin:slab"
+        buf_size = 2048
+        [[route]]
+        head = "hdr"
+        frags = "payload"
+        [runtime]
+        sink = "verify"
+    "#;
+    let config = Config::from_toml(toml, "read-ahead.toml", Default::default(), None).unwrap();
+    let engine = Engine::new(config, &plugin_path()).unwrap();
+    // 4 MiB of distinct frames (cold), then 64 KiB (warm), each replayed for 120 MB:
+    // past the warm-up (512 bursts) and a probe (16 epochs of 2 MiB).
+    for (flows, cold) in [(2800u16, true), (44, false)] {
+        let frames = generate(Shape {
+            frame_size: 1500,
+            flows,
+            proto: Proto::Tcp,
+            vlan: None,
+        })
+        .unwrap();
+        let queues = replay::queues(
+            "read-ahead",
+            replay::Recorded::synthetic(frames).into(),
+            1,
+            u32::MAX,
+            None,
+        )
+        .unwrap();
+        assert_eq!(queues[0].frames_cold(), cold, "{flows} flows");
+        let n = 80_000;
+        let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
+        let r = engine.run(queues, &RunControl::default()).unwrap();
+        let t = r.total();
+        assert_eq!(t.received.frames, n);
+        assert_eq!(t.sink.verified, n, "{t:#?}");
+        assert_eq!(r.leaked(), 0);
+        let ra = t.read_ahead;
+        match cold {
+            true => assert_eq!(ra.probes, 1, "{ra:?}"),
+            false => assert_eq!(ra.probes, 0, "{ra:?}"),
+        }
+        assert!(ra.chose_ahead <= ra.probes, "{ra:?}");
+        // The report says it too.
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["read_ahead"]["probes"], ra.probes);
+    }
+}
