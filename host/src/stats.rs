@@ -642,6 +642,10 @@ pub fn families(queues: &[QueueStats]) -> Vec<Family> {
         }
         let help = "Buffers taken from a fallback provider.";
         out.counter("fallback", help, queue(), q.fallback);
+        let help = "Probes of whether asking for a replay's frames ahead pays, finished.";
+        out.counter("read_ahead_probes", help, queue(), q.read_ahead.probes);
+        let help = "Probes that chose to ask for a replay's frames ahead.";
+        out.counter("read_ahead_chosen", help, queue(), q.read_ahead.chose_ahead);
         let help = "Frames sent out of a device by routes that forward.";
         out.counter("forwarded_frames", help, queue(), q.forwarded.frames);
         let help = "Bytes sent out of a device by routes that forward.";

@@ -310,6 +310,12 @@ pub fn print_report(r: &RunReport, json: bool) {
             stages.join(", ")
         );
     }
+    if t.read_ahead.probes > 0 {
+        println!(
+            "read-ahead (a replay past L2): chosen by {} of {} probes of whether it pays here",
+            t.read_ahead.chose_ahead, t.read_ahead.probes
+        );
+    }
     if t.forwarded.frames > 0 {
         println!(
             "forwarded: {} frames, {:.2} MB",

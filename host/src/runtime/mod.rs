@@ -10,7 +10,8 @@
 //!
 //! - [`Engine`] (`engine.rs`): a config made ready (providers loaded, routes compiled);
 //!   `run` with the config's sink, `run_with` your own, `stream` as a tokio `Stream`;
-//! - the worker (`worker.rs`): one queue's loop, a burst at a time;
+//! - the worker (`worker.rs`): one queue's loop, a burst at a time, which for a replay
+//!   past L2 measures whether asking for frames ahead pays on this CPU (`read_ahead.rs`);
 //! - frames (`frame.rs`): [`PlacedBurst`] and [`PlacedFrame`] for sinks that look in
 //!   place, [`OwnedFrame`] for consumers on other threads;
 //! - sinks (`sink.rs`): [`CountSink`], [`VerifySink`], [`ChecksumSink`], [`PcapSink`],
