@@ -19,17 +19,16 @@
 //! [`EPOCHS`] epochs, and keeps the one whose median time per byte is lower; ahead must
 //! win by [`MARGIN`], as it costs instructions where it does not help. Then it handles
 //! [`SETTLED_BURSTS`] bursts without a clock, and measures again, as the traffic (and
-//! with it the answer) may change. A probe times one burst at a time with two clock
-//! reads, about 40 ns a burst of up to 64 frames, and only while it probes; settled, it
-//! costs one compare a burst.
+//! with it the answer) may change. A probe reads the clock twice a burst (of up to 64
+//! frames), and only while it probes; settled, it costs one compare a burst.
 //!
 //! The first probe waits [`WARM_BURSTS`] bursts, handled without reading ahead. In the
 //! `place` bench on the Intel VM, a probe from a run's first burst chose ahead in every
 //! run that started right after the memcpy loop (everything slower by a third for the
 //! first few MiB, and ahead faster then) and not in those that followed a run of the
-//! engine: a wrong choice, for the rest of the run, in half of them (0.78 to 0.91 of
-//! memcpy, against 0.92 to 1.01 with the first probe after 256, 512, 1024 or 2000
-//! bursts, where all 32 probes of each bench chose not to).
+//! engine: a wrong choice, for the rest of the run, in half of them (8 runs of the
+//! bench: 0.77 to 1.04 of memcpy, 3 of them under 0.82; with the first probe after 256,
+//! 512, 1024 or 2000 bursts, 0.92 to 1.01, and all 32 probes of each run chose not to).
 
 use crate::stats::ReadAheadStats;
 use std::time::Duration;
@@ -45,7 +44,7 @@ pub(crate) const EPOCHS: usize = 16;
 /// How much faster ahead must read (median ns per byte) to be kept: 3%.
 pub(crate) const MARGIN: f64 = 0.97;
 
-/// Bursts handled before the first probe: at 64 frames a burst of 1500 B, 48 MiB.
+/// Bursts handled before the first probe: at 64 frames of 1500 B a burst, about 47 MiB.
 pub(crate) const WARM_BURSTS: u32 = 512;
 
 /// Bursts handled between probes: at 64 frames a burst, about 4 million frames, a second
