@@ -16,8 +16,11 @@
 //! ([`ProviderMod`], [`FfiProvider`]): a revision adds an *extension module* under its own
 //! symbol ([`ProviderExtMod`], [`FfiProviderExt`], 0.1.1), which the host looks for first
 //! and checks the same way. A 0.1.0 plugin has no extension and is driven through its
-//! 0.1.0 vtable; a 0.1.1 plugin exports both, so a 0.1.0 host still loads it. Later
-//! revisions grow the extension after its last prefix field. See docs/abi.md.
+//! 0.1.0 vtable; a 0.1.1 plugin exports both, so a 0.1.0 host still loads it. The same
+//! rule refuses a 0.1.1 plugin in a host whose extension vtable grew, so each revision
+//! has its own extension module: 0.1.2 adds [`ProviderExt2Mod`] and [`FfiProviderExt2`]
+//! (gathered fill) under a third symbol, and a 0.1.2 plugin exports all three. See
+//! docs/abi.md.
 //!
 //! This is one of the few modules allowed `unsafe`: abi_stable's derives and `sabi_trait`
 //! expand to unsafe impls, and the library header below needs one unsafe call.
@@ -32,8 +35,8 @@
 
 pub use crate::netmem::{Delivery, Segment};
 use crate::{
-    ErrorKind, FillOp, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin, PluginDescription,
-    ProviderError, ProviderInfo, Stat,
+    ErrorKind, FillOp, GatherOp, InitParams, MemoryProvider, MemoryRegion, Netmem, Plugin,
+    PluginDescription, ProviderError, ProviderInfo, Stat,
 };
 use abi_stable::library::{LibHeader, RootModule, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -77,8 +80,8 @@ pub trait FfiProvider: Send {
 /// An owned provider instance from a plugin.
 pub type FfiProviderBox = FfiProvider_TO<'static, RBox<()>>;
 
-/// A provider instance through the 0.1.1 extension: every op of [`MemoryProvider`], and
-/// nothing reserved. Later revisions add methods after `fill_bulk`.
+/// A provider instance through the 0.1.1 extension: every op of [`MemoryProvider`] up to
+/// 0.1.1, and nothing reserved. Frozen: 0.1.2 is [`FfiProviderExt2`].
 #[sabi_trait]
 pub trait FfiProviderExt: Send {
     /// See [`MemoryProvider::info`].
@@ -111,6 +114,64 @@ pub trait FfiProviderExt: Send {
 
 /// An owned provider instance through the extension.
 pub type FfiProviderExtBox = FfiProviderExt_TO<'static, RBox<()>>;
+
+/// A provider instance through the 0.1.2 extension: the 0.1.1 ops and the gathered fill.
+/// Later revisions add a module of their own, as this one did.
+#[sabi_trait]
+pub trait FfiProviderExt2: Send {
+    /// See [`MemoryProvider::info`].
+    fn info(&self) -> RResult<ProviderInfo, ProviderError>;
+    /// See [`MemoryProvider::memory`].
+    fn memory(&self) -> RResult<RVec<MemoryRegion>, ProviderError>;
+    /// See [`MemoryProvider::alloc_bulk`]; returns the count written, unclamped.
+    fn alloc_bulk(&mut self, out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError>;
+    /// See [`MemoryProvider::release_bulk`].
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::fill`].
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::stats`].
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError>;
+    /// See [`MemoryProvider::destroy`].
+    fn destroy(&mut self) -> RResult<(), ProviderError>;
+    /// See [`MemoryProvider::fill_bulk`]; returns the count of ops done.
+    fn fill_bulk(
+        &mut self,
+        ops: RSlice<'_, FillOp>,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<u32, ProviderError>;
+    /// See [`MemoryProvider::fill_gather`]; returns the count of ops done.
+    #[sabi(last_prefix_field)]
+    fn fill_gather(&mut self, ops: RSlice<'_, GatherOp<'_>>) -> RResult<u32, ProviderError>;
+}
+
+/// An owned provider instance through the 0.1.2 extension.
+pub type FfiProviderExt2Box = FfiProviderExt2_TO<'static, RBox<()>>;
+
+/// The symbol under which a plugin exports its [`ProviderExt2Mod`] header.
+pub const EXT2_SYMBOL: &str = "memplex_provider_ext2";
+
+/// The extension module of 0.1.2 a plugin exports beside the root and 0.1.1 modules.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = ProviderExt2ModRef)))]
+#[sabi(missing_field(option))]
+pub struct ProviderExt2Mod {
+    /// Makes one provider instance, driven through the 0.1.2 vtable.
+    #[sabi(last_prefix_field)]
+    pub init: extern "C" fn(params: &InitParams) -> RResult<FfiProviderExt2Box, ProviderError>,
+}
+
+impl RootModule for ProviderExt2ModRef {
+    abi_stable::declare_root_module_statics! {ProviderExt2ModRef}
+    const BASE_NAME: &'static str = "memplex_provider_ext2";
+    const NAME: &'static str = "memplex provider extension 0.1.2";
+    const VERSION_STRINGS: VersionStrings = abi_stable::package_version_strings!();
+}
 
 /// The symbol under which a plugin exports its [`ProviderExtMod`] header.
 pub const EXT_SYMBOL: &str = "memplex_provider_ext";
@@ -311,6 +372,56 @@ impl<P: MemoryProvider> FfiProviderExt for Guarded<P> {
     }
 }
 
+impl<P: MemoryProvider> FfiProviderExt2 for Guarded<P> {
+    fn info(&self) -> RResult<ProviderInfo, ProviderError> {
+        FfiProvider::info(self)
+    }
+
+    fn memory(&self) -> RResult<RVec<MemoryRegion>, ProviderError> {
+        FfiProviderExt::memory(self)
+    }
+
+    fn alloc_bulk(&mut self, out: RSliceMut<'_, Netmem>) -> RResult<u32, ProviderError> {
+        FfiProvider::alloc_bulk(self, out)
+    }
+
+    fn release_bulk(&mut self, bufs: RSlice<'_, Netmem>) -> RResult<(), ProviderError> {
+        FfiProvider::release_bulk(self, bufs)
+    }
+
+    fn fill(
+        &mut self,
+        buf: Netmem,
+        offset: u32,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<(), ProviderError> {
+        FfiProvider::fill(self, buf, offset, bytes)
+    }
+
+    fn stats(&self) -> RResult<RVec<Stat>, ProviderError> {
+        FfiProvider::stats(self)
+    }
+
+    fn destroy(&mut self) -> RResult<(), ProviderError> {
+        FfiProvider::destroy(self)
+    }
+
+    fn fill_bulk(
+        &mut self,
+        ops: RSlice<'_, FillOp>,
+        bytes: RSlice<'_, u8>,
+    ) -> RResult<u32, ProviderError> {
+        FfiProviderExt::fill_bulk(self, ops, bytes)
+    }
+
+    fn fill_gather(&mut self, ops: RSlice<'_, GatherOp<'_>>) -> RResult<u32, ProviderError> {
+        self.call_mut(|p| {
+            let n = p.fill_gather(ops.as_slice())?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+    }
+}
+
 impl<P> Drop for Guarded<P> {
     fn drop(&mut self) {
         // A panic in the provider's own Drop must not unwind out of the vtable's drop.
@@ -346,6 +457,15 @@ extern "C" fn init_ext<P: Plugin>(
     })
 }
 
+extern "C" fn init_ext2<P: Plugin>(
+    params: &InitParams,
+) -> RResult<FfiProviderExt2Box, ProviderError> {
+    guard(|| {
+        let g = guarded::<P>(params)?;
+        Ok(FfiProviderExt2_TO::from_value(g, sabi_trait::TD_Opaque))
+    })
+}
+
 /// The root module for plugin type `P`.
 pub fn module_for<P: Plugin>() -> ProviderModRef {
     ProviderMod {
@@ -369,6 +489,32 @@ pub fn ext_module_for<P: Plugin>() -> ProviderExtModRef {
 
 extern "C" fn ext_module_loader<P: Plugin>() -> RootModuleResult {
     abi_stable::library::__call_root_module_loader(ext_module_for::<P>)
+}
+
+/// The 0.1.2 extension module for plugin type `P`.
+pub fn ext2_module_for<P: Plugin>() -> ProviderExt2ModRef {
+    ProviderExt2Mod {
+        init: init_ext2::<P>,
+    }
+    .leak_into_prefix()
+}
+
+extern "C" fn ext2_module_loader<P: Plugin>() -> RootModuleResult {
+    abi_stable::library::__call_root_module_loader(ext2_module_for::<P>)
+}
+
+/// The 0.1.2 extension header [`export_provider!`](crate::export_provider) puts in a
+/// plugin.
+#[doc(hidden)]
+pub const fn ext2_header<P: Plugin>() -> LibHeader {
+    // SAFETY: as for `lib_header`: `ext2_module_loader::<P>` returns the module of type
+    // `ProviderExt2ModRef`, the type named here.
+    unsafe {
+        LibHeader::from_constructor::<ProviderExt2ModRef>(
+            ext2_module_loader::<P>,
+            abi_stable::library::CheckTypeLayout::Yes,
+        )
+    }
 }
 
 /// The extension header [`export_provider!`](crate::export_provider) puts in a plugin.
@@ -419,6 +565,12 @@ macro_rules! export_provider {
         #[unsafe(export_name = "memplex_provider_ext")]
         pub static __MEMPLEX_PROVIDER_EXT_MODULE: $crate::ffi::__LibHeader =
             $crate::ffi::ext_header::<$plugin>();
+        /// The memplex provider ABI extension module (0.1.2).
+        #[doc(hidden)]
+        #[allow(unsafe_code, non_upper_case_globals)]
+        #[unsafe(export_name = "memplex_provider_ext2")]
+        pub static __MEMPLEX_PROVIDER_EXT2_MODULE: $crate::ffi::__LibHeader =
+            $crate::ffi::ext2_header::<$plugin>();
     };
 }
 
@@ -435,5 +587,6 @@ mod tests {
             "_1as_0lib_1header_0root_bmodule_bloader"
         );
         assert_eq!(super::EXT_SYMBOL, "memplex_provider_ext");
+        assert_eq!(super::EXT2_SYMBOL, "memplex_provider_ext2");
     }
 }

@@ -1,7 +1,7 @@
 //! What a provider says about itself.
 
 use crate::Netmem;
-use abi_stable::std_types::{RString, RVec};
+use abi_stable::std_types::{RSlice, RString, RVec};
 use abi_stable::StableAbi;
 use core::fmt;
 
@@ -215,6 +215,36 @@ pub struct FillOp {
     pub offset: u32,
     /// How many bytes.
     pub len: u32,
+}
+
+/// One write of a gathered fill (ABI 0.1.2): its own `bytes` go to `offset` in `buf`.
+/// Each op brings its bytes with it, so the parts of a whole vector of frames, which lie
+/// apart in the device's memory, reach a provider in one call without first being
+/// copied together (see [`MemoryProvider::fill_gather`](crate::MemoryProvider::fill_gather)).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatherOp<'a> {
+    /// The buffer written.
+    pub buf: Netmem,
+    /// Where in it.
+    pub offset: u32,
+    bytes: RSlice<'a, u8>,
+}
+
+impl<'a> GatherOp<'a> {
+    /// `bytes` to `offset` in `buf`.
+    pub fn new(buf: Netmem, offset: u32, bytes: &'a [u8]) -> Self {
+        GatherOp {
+            buf,
+            offset,
+            bytes: bytes.into(),
+        }
+    }
+
+    /// The bytes to write.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes.as_slice()
+    }
 }
 
 /// Static facts about a plugin, available before any instance is made.

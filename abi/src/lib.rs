@@ -10,7 +10,8 @@
 //!   impl MemoryProvider + Plugin     |
 //!   export_provider!(MyProvider) ----+--> root module, checked at load
 //!     alloc_bulk(64) / release_bulk  |      (ABI version + layout)
-//!     fill_bulk / memory / stats     |  Pool (cache 128, refill 64) -> frames
+//!     fill_bulk / fill_gather        |  Pool (cache 128, refill 64) -> frames
+//!     memory / stats                 |
 //! ```
 //!
 //! - [`Netmem`]: a buffer descriptor (id, address, length);
@@ -76,11 +77,12 @@ mod provider;
 pub use error::{ErrorKind, ProviderError};
 pub use ffi::ABI_VERSION;
 pub use info::{
-    Capabilities, FillOp, MemoryRegion, PluginDescription, ProviderInfo, Region, RegionKind, Stat,
+    Capabilities, FillOp, GatherOp, MemoryRegion, PluginDescription, ProviderInfo, Region,
+    RegionKind, Stat,
 };
 pub use netmem::Netmem;
 pub use params::InitParams;
-pub use provider::{fill_each, MemoryProvider, Plugin};
+pub use provider::{fill_each, gather_each, MemoryProvider, Plugin};
 
 /// abi_stable's string and vector types used in this contract, re-exported so authors need
 /// no direct dependency.

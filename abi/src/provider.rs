@@ -1,7 +1,8 @@
 //! The trait a provider author implements, in plain safe Rust.
 
 use crate::{
-    FillOp, InitParams, MemoryRegion, Netmem, PluginDescription, ProviderError, ProviderInfo, Stat,
+    FillOp, GatherOp, InitParams, MemoryRegion, Netmem, PluginDescription, ProviderError,
+    ProviderInfo, Stat,
 };
 
 /// A memory provider: the userspace `memory_provider_ops`.
@@ -62,6 +63,16 @@ pub trait MemoryProvider: Send {
         fill_each(self, ops, bytes)
     }
 
+    /// Writes a vector's parts (ABI 0.1.2): for each op in order, its bytes go to
+    /// `op.offset` in `op.buf`; returns how many ops were done. The host makes one such
+    /// call per vector of frames (up to 8) and provider, for memory it may not write, where
+    /// [`fill_bulk`](Self::fill_bulk) can take only one frame (its ops share one run of
+    /// bytes). A provider that moves bytes by DMA or by system call submits the whole
+    /// vector at once here. The default calls [`fill`](Self::fill) for each op.
+    fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<usize, ProviderError> {
+        gather_each(self, ops)
+    }
+
     /// Where the buffers lie, typed (ABI 0.1.1): host memory, host memory that can be
     /// shared by file descriptor, or device memory the host cannot map. Empty (the
     /// default) means what 0.1.0 said: `info().regions`, host memory, not shareable.
@@ -98,6 +109,18 @@ pub fn fill_each<P: MemoryProvider + ?Sized>(
         };
         provider.fill(op.buf, op.offset, src)?;
         at += op.len as usize;
+    }
+    Ok(ops.len())
+}
+
+/// [`MemoryProvider::fill_gather`] done one [`fill`](MemoryProvider::fill) per op: the
+/// default.
+pub fn gather_each<P: MemoryProvider + ?Sized>(
+    provider: &mut P,
+    ops: &[GatherOp<'_>],
+) -> Result<usize, ProviderError> {
+    for op in ops {
+        provider.fill(op.buf, op.offset, op.bytes())?;
     }
     Ok(ops.len())
 }

@@ -24,7 +24,7 @@
 
 use crate::provider::{Capabilities, CheckedProvider, Fault, Netmem, ProviderCounters};
 use crossbeam_queue::{ArrayQueue, SegQueue};
-use memplex_abi::FillOp;
+use memplex_abi::{FillOp, GatherOp};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -942,6 +942,28 @@ impl Pool {
             }
             PlaceError::Fill(fault)
         })
+    }
+
+    /// Places a vector's parts in this pool's buffers through one `fill_gather` call, for
+    /// a provider the host may not write that [`gathers`](Self::gathers): each op's bytes
+    /// go to `op.offset` in `op.buf`, buffers this pool handed out (as for
+    /// [`fill_bulk`](Self::fill_bulk)).
+    #[inline]
+    pub fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<(), PlaceError> {
+        self.provider.fill_gather(ops).map_err(|fault| {
+            if self.provider.fault().is_some() {
+                self.retire();
+            }
+            PlaceError::Fill(fault)
+        })
+    }
+
+    /// Whether a vector's parts reach this pool's provider in one
+    /// [`fill_gather`](Self::fill_gather), rather than a frame's in one
+    /// [`fill_bulk`](Self::fill_bulk) (a `.so` built before ABI 0.1.2).
+    #[inline]
+    pub fn gathers(&self) -> bool {
+        self.provider.gathers()
     }
 
     /// True once the provider is quarantined: the pool hands out nothing more.

@@ -23,6 +23,8 @@ use std::process::{exit, Command};
 const EXAMPLE: &str = "examples/third-party-provider/Cargo.toml";
 /// A provider built against the previous ABI, with its frozen copy of memplex-abi 0.1.0.
 const PREVIOUS_ABI: &str = "plugins/fixtures/abi-0.1.0/Cargo.toml";
+/// A plugin built against ABI 0.1.1 (a frozen copy), before gathered fill.
+const ABI_0_1_1: &str = "plugins/fixtures/abi-0.1.1/Cargo.toml";
 const WASM: &str = "wasm-plugins/Cargo.toml";
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 /// WASM providers: (crate's artifact, name it gets beside the memplex binary).
@@ -105,7 +107,7 @@ fn build(root: &Path, profile: &str) -> Result<(), String> {
     cargo(&["build", "-p", "memplex-consumer", "--examples"], args)?;
     let target = root.join("target");
     let target_dir = target.to_str().ok_or("target path is not UTF-8")?;
-    for manifest in [EXAMPLE, PREVIOUS_ABI] {
+    for manifest in [EXAMPLE, PREVIOUS_ABI, ABI_0_1_1] {
         cargo(
             &[
                 "build",

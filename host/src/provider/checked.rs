@@ -15,7 +15,7 @@
 
 use super::LoadError;
 use memplex_abi::{
-    Capabilities, ErrorKind, FillOp, MemoryProvider, MemoryRegion, Netmem, ProviderError,
+    Capabilities, ErrorKind, FillOp, GatherOp, MemoryProvider, MemoryRegion, Netmem, ProviderError,
     ProviderInfo, Stat,
 };
 use std::collections::BTreeMap;
@@ -246,8 +246,11 @@ crate::counters! {
         errors,
         /// `fill` calls made (one part each; a host placing frames uses `fill_bulk`).
         fill_calls,
-        /// `fill_bulk` calls made (one per frame and provider).
+        /// `fill_bulk` calls made (one per frame and provider, for a provider built
+        /// before ABI 0.1.2).
         fill_bulk_calls,
+        /// `fill_gather` calls made (one per vector and provider, ABI 0.1.2).
+        fill_gather_calls,
     }
 }
 
@@ -267,6 +270,9 @@ pub struct CheckedProvider {
     unverified: bool,
     /// Where the buffers lie, typed; every buffer is checked to lie in one.
     memory: Vec<MemoryRegion>,
+    /// Takes a vector's parts in one [`fill_gather`](Self::fill_gather) (ABI 0.1.2, or a
+    /// provider in the process); else a frame's in one [`fill_bulk`](Self::fill_bulk).
+    gathers: bool,
 }
 
 /// Instances quarantined in this process so far: a worker compares it before and after
@@ -388,6 +394,7 @@ impl CheckedProvider {
             fault: None,
             counters: ProviderCounters::default(),
             destroyed: false,
+            gathers: true,
         })
     }
 
@@ -674,17 +681,52 @@ impl CheckedProvider {
         self.counters.fill_bulk_calls += 1;
         match self.inner.fill_bulk(ops, bytes) {
             Ok(n) if n == ops.len() => Ok(()),
-            Ok(n) => Err(self.fill_short(n, ops.len())),
+            Ok(n) => Err(self.fill_short("fill_bulk", n, ops.len())),
             Err(e) => Err(self.fill_failed(e)),
         }
     }
 
+    /// Places a vector's parts for this provider in one call through its `fill_gather`
+    /// op: each op's bytes at its offset in its buffer (ABI 0.1.2). A provider that says
+    /// it did fewer ops than asked has broken the contract and is quarantined. Call it
+    /// only when [`gathers`](Self::gathers); a provider built before 0.1.2 would get one
+    /// `fill` per op from the trait's default, where `fill_bulk` takes a frame at once.
+    #[inline]
+    pub fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<(), Fault> {
+        if let Some(fault) = self.fault.as_ref().filter(|f| f.is_poisoning()) {
+            return Err(fault.clone());
+        }
+        self.counters.fill_gather_calls += 1;
+        match self.inner.fill_gather(ops) {
+            Ok(n) if n == ops.len() => Ok(()),
+            Ok(n) => Err(self.fill_short("fill_gather", n, ops.len())),
+            Err(e) => Err(self.fill_failed(e)),
+        }
+    }
+
+    /// Whether a vector's parts go to this provider in one
+    /// [`fill_gather`](Self::fill_gather) (a `.so` built against ABI 0.1.2 or later, and
+    /// built-in and WASM providers) rather than one [`fill_bulk`](Self::fill_bulk) per
+    /// frame.
+    #[inline]
+    pub fn gathers(&self) -> bool {
+        self.gathers
+    }
+
+    /// Says whether this instance takes [`fill_gather`](Self::fill_gather) (see
+    /// [`gathers`](Self::gathers)); true unless set otherwise.
+    #[must_use]
+    pub fn gathering(mut self, gathers: bool) -> Self {
+        self.gathers = gathers;
+        self
+    }
+
     #[cold]
-    fn fill_short(&mut self, done: usize, asked: usize) -> Fault {
+    fn fill_short(&mut self, op: &'static str, done: usize, asked: usize) -> Fault {
         let f = Fault::from_error(
-            "fill_bulk",
+            op,
             ProviderError::internal(format!(
-                "fill_bulk said it did {done} of the {asked} ops it was given"
+                "{op} said it did {done} of the {asked} ops it was given"
             )),
         );
         self.quarantine(f.clone());

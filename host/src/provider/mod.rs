@@ -324,8 +324,9 @@ impl ProviderPlugin {
         self.trust
     }
 
-    /// The provider ABI revision a native plugin is driven through (`0.1.0`, or `0.1.1`
-    /// with typed regions and bulk fill); `None` for built-ins and WASM modules.
+    /// The provider ABI revision a native plugin is driven through (`0.1.0`; `0.1.1` with
+    /// typed regions and bulk fill; `0.1.2` with gathered fill); `None` for built-ins and
+    /// WASM modules.
     pub fn abi_revision(&self) -> Option<&'static str> {
         match &self.kind {
             Kind::Native(m) => Some(m.revision()),
@@ -403,7 +404,8 @@ impl ProviderPlugin {
     ) -> Result<CheckedProvider, LoadError> {
         let inner = self.instantiate_unchecked(params)?;
         let label: Arc<str> = format!("{} q{}", self.label(), params.queue_id).into();
-        let provider = CheckedProvider::new(inner, label, params.buf_size, trust)?;
+        let provider = CheckedProvider::new(inner, label, params.buf_size, trust)?
+            .gathering(!matches!(&self.kind, Kind::Native(m) if !m.gathers()));
         let info = provider.info();
         tracing::info!(
             provider = %provider.label(),

@@ -8,58 +8,71 @@
 //! leaks them on purpose), so provider objects stay valid for the life of the process.
 //!
 //! A plugin built against ABI 0.1.1 or later also exports the extension module
-//! (`memplex_abi::ffi::ProviderExtMod`, typed regions and bulk fill); when it is there the
-//! host checks it like the root module and drives instances through it, and otherwise
-//! through the 0.1.0 vtable (see docs/abi.md). Looking the extension symbol up is the one
-//! `unsafe` call here.
+//! (`memplex_abi::ffi::ProviderExtMod`, typed regions and bulk fill), and one built
+//! against 0.1.2 or later the 0.1.2 extension too (`ProviderExt2Mod`, gathered fill). The
+//! host drives an instance through the newest module the library has, each checked like
+//! the root module, and otherwise through the 0.1.0 vtable (see docs/abi.md). Looking an
+//! extension symbol up is the one `unsafe` call here.
 #![allow(
     unsafe_code,
     reason = "reading the extension module's header from a loaded library"
 )]
 
 use super::LoadError;
+use abi_stable::library::RootModule;
 use abi_stable::library::{lib_header_from_path, AbiHeaderRef, LibraryError, RawLibrary};
 use abi_stable::std_types::RSliceMut;
-use memplex_abi::ffi::{FfiProviderBox, FfiProviderExtBox, ProviderExtModRef, ProviderModRef};
+use memplex_abi::ffi::{
+    FfiProviderBox, FfiProviderExt2Box, FfiProviderExtBox, ProviderExt2ModRef, ProviderExtModRef,
+    ProviderModRef,
+};
 use memplex_abi::{
-    FillOp, InitParams, MemoryProvider, MemoryRegion, Netmem, PluginDescription, ProviderError,
-    ProviderInfo, Stat, ABI_VERSION,
+    FillOp, GatherOp, InitParams, MemoryProvider, MemoryRegion, Netmem, PluginDescription,
+    ProviderError, ProviderInfo, Stat, ABI_VERSION,
 };
 use std::path::Path;
 
-/// A loaded plugin's modules: the 0.1.0 root, and the extension when it has one.
+/// A loaded plugin's modules: the 0.1.0 root, and the extensions it has.
 #[derive(Clone, Copy)]
 pub(super) struct Module {
     root: ProviderModRef,
     ext: Option<ProviderExtModRef>,
+    ext2: Option<ProviderExt2ModRef>,
 }
 
 impl Module {
     /// The ABI revision it is driven through.
     pub(super) fn revision(&self) -> &'static str {
-        if self.ext.is_some() {
-            "0.1.1"
-        } else {
-            "0.1.0"
+        match (self.ext2, self.ext) {
+            (Some(_), _) => "0.1.2",
+            (None, Some(_)) => "0.1.1",
+            (None, None) => "0.1.0",
         }
+    }
+
+    /// Whether its instances take a vector's parts in one `fill_gather` (0.1.2).
+    pub(super) fn gathers(&self) -> bool {
+        self.ext2.is_some()
     }
 }
 
 /// Opens `file` and returns its checked provider modules.
 pub(super) fn load(file: &Path) -> Result<Module, LoadError> {
     let root = load_root(file)?;
-    let ext = load_ext(file)?;
-    Ok(Module { root, ext })
+    let ext = load_ext::<ProviderExtModRef>(file, memplex_abi::ffi::EXT_SYMBOL)?;
+    let ext2 = load_ext::<ProviderExt2ModRef>(file, memplex_abi::ffi::EXT2_SYMBOL)?;
+    Ok(Module { root, ext, ext2 })
 }
 
-/// The extension module, if the library exports one; checked like the root module.
-fn load_ext(file: &Path) -> Result<Option<ProviderExtModRef>, LoadError> {
+/// The extension module `M` under `symbol`, if the library exports one; checked like the
+/// root module.
+fn load_ext<M: RootModule>(file: &Path, symbol: &str) -> Result<Option<M>, LoadError> {
     let path = file.to_path_buf();
     let raw = RawLibrary::load_at(file).map_err(|e| LoadError::Open {
         path: path.clone(),
         reason: e.to_string(),
     })?;
-    let symbol = format!("{}\0", memplex_abi::ffi::EXT_SYMBOL);
+    let symbol = format!("{symbol}\0");
     // SAFETY: a library exporting this symbol made it with `export_provider!`, as a static
     // `LibHeader`; libloading hands back its address, which is what an `AbiHeaderRef`
     // holds (abi_stable reads its own root-module symbol the same way). The header is
@@ -75,11 +88,11 @@ fn load_ext(file: &Path) -> Result<Option<ProviderExtModRef>, LoadError> {
         detail: e.to_string(),
     })?;
     header
-        .check_layout::<ProviderExtModRef>()
+        .check_layout::<M>()
         .map(Some)
         .map_err(|e| LoadError::Layout {
             path,
-            detail: format!("its ABI extension module: {e}"),
+            detail: format!("its ABI extension module `{symbol}`: {e}"),
         })
 }
 
@@ -169,6 +182,10 @@ pub(super) fn init(
     module: Module,
     params: &InitParams,
 ) -> Result<Box<dyn MemoryProvider>, ProviderError> {
+    if let Some(ext2) = module.ext2 {
+        let object = ext2.init()(params).into_result()?;
+        return Ok(Box::new(Ext2Provider(object)));
+    }
     if let Some(ext) = module.ext {
         let object = ext.init()(params).into_result()?;
         return Ok(Box::new(ExtProvider(object)));
@@ -246,6 +263,35 @@ impl MemoryProvider for ExtProvider {
     fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
         self.0
             .fill_bulk(ops.into(), bytes.into())
+            .into_result()
+            .map(|n| n as usize)
+    }
+}
+
+/// A provider object from a `.so` with the 0.1.2 extension.
+struct Ext2Provider(FfiProviderExt2Box);
+
+impl MemoryProvider for Ext2Provider {
+    forward_common_ops!();
+
+    fn memory(&self) -> Vec<MemoryRegion> {
+        self.0
+            .memory()
+            .into_result()
+            .map(Vec::from)
+            .unwrap_or_default()
+    }
+
+    fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
+        self.0
+            .fill_bulk(ops.into(), bytes.into())
+            .into_result()
+            .map(|n| n as usize)
+    }
+
+    fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<usize, ProviderError> {
+        self.0
+            .fill_gather(ops.into())
             .into_result()
             .map(|n| n as usize)
     }

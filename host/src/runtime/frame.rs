@@ -18,6 +18,17 @@ pub struct Part {
     pub len: usize,
 }
 
+/// A part of a vector that waits for its provider's one `fill_gather` of the vector: its
+/// pool and buffer, and where its bytes are in the vector's frame `rx`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gather {
+    pub pool: usize,
+    pub buf: memplex_abi::Netmem,
+    pub rx: usize,
+    pub from: u32,
+    pub len: u32,
+}
+
 /// One frame of a burst that made it into provider memory (the worker's bookkeeping).
 #[derive(Debug, Clone)]
 pub(super) struct Staged {

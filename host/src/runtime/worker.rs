@@ -14,7 +14,7 @@
 //! only on a pool's slow path. A provider that runs dry makes the worker drop the frame
 //! or wait, bounded, as configured, then try the provider's fallback.
 
-use super::frame::{OwnedFrame, Part, PlacedBurst, Staged};
+use super::frame::{Gather, OwnedFrame, Part, PlacedBurst, Staged};
 use super::read_ahead::ReadAhead;
 use super::{RunControl, RunError, Sink};
 use crate::config::OnDry;
@@ -24,7 +24,7 @@ use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
 use crate::route::RouteTable;
 use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
-use memplex_abi::{Capabilities, FillOp};
+use memplex_abi::{Capabilities, FillOp, GatherOp};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +86,8 @@ pub(super) struct Worker {
     pub kept_parts: Vec<Part>,
     /// The parts of the frame being placed that wait for one `fill_bulk`.
     pub fill_ops: Vec<FillOp>,
+    /// The parts of this vector that wait for one `fill_gather` per provider.
+    pub gathers: Vec<Gather>,
     pub kept_staged: Vec<Staged>,
     /// The device this queue belongs to (its index in the config), and the queue's
     /// index among that device's queues.
@@ -270,6 +272,7 @@ impl Worker {
             frame_parts: Vec::with_capacity(BURST * 4),
             kept_parts: Vec::with_capacity(BURST * 4),
             fill_ops: Vec::with_capacity(64),
+            gathers: Vec::with_capacity(4 * BURST),
             kept_staged: Vec::with_capacity(BURST),
             device: 0,
             queue: 0,
@@ -599,11 +602,12 @@ impl Worker {
             };
             let route = self.routes.get(rule);
             let first = self.parts.len();
+            let gathered = self.gathers.len();
             let head_len = self.splits[i].head_len;
             let placed = if self.direct[rule] {
                 self.place_direct(frame.data, head_len, route)
             } else {
-                self.place(frame.data, head_len, route, self.inline_heads[rule])
+                self.place(i, frame.data, head_len, route, self.inline_heads[rule])
             };
             match placed {
                 Ok(()) => {
@@ -622,11 +626,94 @@ impl Worker {
                     for part in &self.parts[first..] {
                         self.stats.providers[part.provider].placed.undo(part.len);
                     }
+                    // Its buffers go back: none of its parts may be filled later.
+                    self.gathers.truncate(gathered);
                     self.recycle_from(first);
                     if self.quarantined() != quarantined {
+                        // The caller places the whole vector again.
+                        self.gathers.clear();
                         return;
                     }
                 }
+            }
+        }
+        if !self.gathers.is_empty() {
+            self.fill_gathered(burst);
+        }
+    }
+
+    /// Sends this vector's parts for providers that gather (`Pool::gathers`) to each
+    /// provider in one `fill_gather` (ops on the stack, 64 a call), then drops the frames
+    /// with a part whose call failed. Each op's bytes are its frame's, where they lie in
+    /// the device's memory: no copy before the provider's own.
+    #[inline(never)]
+    fn fill_gathered(&mut self, burst: &[RxFrame<'_>]) {
+        // Usually one provider; with more, each provider's parts together.
+        let pool = self.gathers[0].pool;
+        if self.gathers.iter().any(|g| g.pool != pool) {
+            self.gathers.sort_unstable_by_key(|g| g.pool);
+        }
+        // The frames (by index in the vector) to drop, and the provider that failed.
+        let (mut failed, mut faulted) = (0u64, 0usize);
+        let mut at = 0;
+        while at < self.gathers.len() {
+            let pool = self.gathers[at].pool;
+            let mut ops = arrayvec::ArrayVec::<GatherOp<'_>, 64>::new();
+            let start = at;
+            while let Some(g) = self
+                .gathers
+                .get(at)
+                .filter(|g| g.pool == pool && !ops.is_full())
+            {
+                let bytes = burst
+                    .get(g.rx)
+                    .and_then(|f| f.data.get(g.from as usize..(g.from + g.len) as usize))
+                    .unwrap_or_default();
+                ops.push(GatherOp::new(g.buf, 0, bytes));
+                at += 1;
+            }
+            if self.pools[pool].fill_gather(&ops).is_err() {
+                for g in &self.gathers[start..at] {
+                    failed |= 1 << g.rx;
+                }
+                faulted = pool;
+            }
+        }
+        self.gathers.clear();
+        if failed != 0 {
+            self.drop_staged(burst, failed, faulted);
+        }
+    }
+
+    /// Drops the staged frames whose index in the vector is set in `failed` (their fill
+    /// by `provider` failed): counted as fault drops, their counts taken back, their
+    /// buffers recycled; the frames kept keep their parts in order.
+    #[cold]
+    fn drop_staged(&mut self, burst: &[RxFrame<'_>], failed: u64, provider: usize) {
+        std::mem::swap(&mut self.staged, &mut self.kept_staged);
+        std::mem::swap(&mut self.parts, &mut self.kept_parts);
+        self.staged.clear();
+        self.parts.clear();
+        let mut old = self.kept_parts.drain(..);
+        for s in self.kept_staged.drain(..) {
+            let keep = failed >> s.rx & 1 == 0;
+            let first = self.parts.len();
+            for part in old.by_ref().take(s.parts.len()) {
+                if keep {
+                    self.parts.push(part);
+                } else {
+                    self.stats.providers[part.provider].placed.undo(part.len);
+                    let _ = self.pools[part.provider].recycle(part.buf);
+                }
+            }
+            if keep {
+                self.staged.push(Staged {
+                    parts: first..self.parts.len(),
+                    ..s
+                });
+            } else {
+                self.stats.routes[s.rule].undo(burst[s.rx].data.len());
+                self.drops.push((DropReason::Fault, Some(provider)));
             }
         }
     }
@@ -703,6 +790,7 @@ impl Worker {
     #[inline]
     fn place(
         &mut self,
+        rx: usize,
         frame: &[u8],
         head_len: usize,
         route: crate::route::Route,
@@ -743,6 +831,15 @@ impl Worker {
                         provider: p,
                     });
                 }
+            } else if self.pools[p].gathers() {
+                // Filled with the rest of the vector's, in one call (`fill_gathered`).
+                self.gathers.push(Gather {
+                    pool: p,
+                    buf: buf.netmem,
+                    rx,
+                    from: at as u32,
+                    len: n as u32,
+                });
             } else {
                 if fill_pool != p || fill_to != at {
                     if let Err(short) = self.fill_pending(frame, fill_pool, fill_from, fill_to) {

@@ -274,8 +274,8 @@ fn a_plugin_built_against_the_previous_abi_loads_and_works() {
     let slab = ProviderPlugin::load("slab", &plugin_path()).unwrap();
     assert_eq!(
         slab.abi_revision(),
-        Some("0.1.1"),
-        "driven through the extension"
+        Some("0.1.2"),
+        "driven through the newest extension"
     );
     let p = plugin.instantiate(&params(&[])).unwrap();
     assert!(!p.is_unverified());
@@ -309,7 +309,7 @@ fn a_plugin_built_against_the_previous_abi_loads_and_works() {
 
 #[test]
 fn a_plugin_built_against_this_abi_loads_in_a_host_built_against_the_previous_one() {
-    // A 0.1.0 host (plugins/fixtures/abi-0.1.0/old-host) sees the root module a 0.1.1
+    // A 0.1.0 host (plugins/fixtures/abi-0.1.0/old-host) sees the root module a 0.1.2
     // plugin still exports, passes its layout check and gets buffers from it.
     let old_host = so("memplex_plugin_slab").with_file_name("memplex-fixture-old-host");
     for name in ["slab", "shm", "hugepage"] {
@@ -321,8 +321,37 @@ fn a_plugin_built_against_this_abi_loads_in_a_host_built_against_the_previous_on
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {text}");
         assert!(
-            text.contains(&format!("ok: {name} 0.1.1 loaded by a 0.1.0 host")),
+            text.contains(&format!("ok: {name} 0.1.2 loaded by a 0.1.0 host")),
             "{name}: {text}"
         );
+    }
+}
+
+#[test]
+fn a_plugin_built_against_this_abi_loads_in_a_host_built_against_abi_0_1_1() {
+    // A 0.1.1 host (plugins/fixtures/abi-0.1.1/old-host) drives a 0.1.2 plugin through
+    // the 0.1.1 extension the plugin still exports: its layout check passes, buffers go
+    // out and back, and memory the host may not write takes a fill_bulk.
+    let old_host = so("memplex_plugin_slab").with_file_name("memplex-fixture-old-host-0-1-1");
+    for lib in [
+        "memplex_plugin_slab",
+        "memplex_plugin_shm",
+        "memplex_plugin_hugepage",
+        "memplex_fixture_devmem",
+    ] {
+        let out = std::process::Command::new(&old_host)
+            .arg(so(lib))
+            .output()
+            .expect("the 0.1.1 old-host fixture runs (built by `cargo xtask build`)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{lib}: {text}");
+        assert!(
+            text.contains("0.1.2 loaded by a 0.1.1 host through its extension"),
+            "{lib}: {text}"
+        );
+        if lib == "memplex_fixture_devmem" {
+            assert!(text.contains("2 buffers filled in one fill_bulk"), "{text}");
+        }
     }
 }

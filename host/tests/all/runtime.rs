@@ -531,3 +531,135 @@ fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
         assert_eq!(json["read_ahead"]["probes"], ra.probes);
     }
 }
+
+/// Memory the host may not write (the devmem fixture: a `.so` built against ABI 0.1.2,
+/// mapped with no access in this process) takes each vector's parts in one
+/// `fill_gather`, not one `fill_bulk` per frame. A call that fails drops the frames of
+/// its vector alone, counted as faults, with no buffer lost; the rest are placed.
+#[test]
+fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
+    use memplex::device::{self, replay};
+    use memplex::stats::DropReason;
+    use memplex_testkit::traffic::{generate, Proto, Shape};
+    let frames = generate(Shape {
+        frame_size: 1500,
+        flows: 64,
+        proto: Proto::Tcp,
+        vlan: None,
+    })
+    .unwrap();
+    let n = 4096u64;
+    for fail_fill in [0u32, 3] {
+        let toml = format!(
+            r#"
+            [device]
+            kind = "pcap"
+            path = "(in memory)"
+            [split]
+            mode = "l4"
+            [providers.hdr]
+            plugin = "builtin:slab"
+            buf_size = 256
+            [providers.dev]
+            plugin = "{}"
+            buf_size = 2048
+            settings = {{ buffers = 4096, fail_fill = {fail_fill} }}
+            [[route]]
+            head = "hdr"
+            frags = "dev"
+            [runtime]
+            allow_fault_drops = true
+            "#,
+            so("memplex_fixture_devmem").display()
+        );
+        let config = Config::from_toml(&toml, "gather.toml", Default::default(), None).unwrap();
+        let engine = Engine::new(config, &plugin_path()).unwrap();
+        let queues = replay::queues(
+            "gather",
+            replay::Recorded::synthetic(frames.clone()).into(),
+            1,
+            u32::MAX,
+            None,
+        )
+        .unwrap();
+        let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
+        let r = engine.run(queues, &RunControl::default()).unwrap();
+        let t = r.total();
+        let dev = t.providers.iter().find(|p| p.name == "dev").unwrap();
+        // Bursts of 64 handled in vectors of 8: 512 vectors, one call each, and every
+        // frame's payload in one op of its vector's call.
+        assert_eq!(dev.checks.fill_gather_calls, n / 8, "{dev:#?}");
+        assert_eq!(dev.checks.fill_bulk_calls, 0, "{dev:#?}");
+        assert_eq!(dev.checks.fill_calls, 0, "{dev:#?}");
+        assert_eq!(t.received.frames, n);
+        let dropped = u64::from(fail_fill != 0) * 8;
+        assert_eq!(t.dropped.get(DropReason::Fault), dropped, "{t:#?}");
+        assert_eq!(dev.dropped.get(DropReason::Fault), dropped, "{dev:#?}");
+        assert_eq!(dev.placed.frames, n - dropped, "{dev:#?}");
+        assert_eq!(t.routes[0].frames, n - dropped, "{t:#?}");
+        assert_eq!(
+            dev.quarantined, 0,
+            "an error that is not fatal quarantines nothing"
+        );
+        assert_eq!(r.leaked(), 0);
+    }
+}
+
+/// A plugin built against ABI 0.1.1 (before gathered fill, `plugins/fixtures/abi-0.1.1`),
+/// whose memory the host may not write, still loads and works: the host fills it a frame
+/// at a time through 0.1.1's `fill_bulk`, as it did before 0.1.2.
+#[test]
+fn a_plugin_built_against_abi_0_1_1_is_filled_a_frame_at_a_time() {
+    use memplex::device::{self, replay};
+    use memplex_testkit::traffic::{generate, Proto, Shape};
+    let file = so("memplex_fixture_abi_0_1_1");
+    let plugin = ProviderPlugin::open(&file).unwrap();
+    assert_eq!(plugin.abi_revision(), Some("0.1.1"));
+    let toml = format!(
+        r#"
+        [device]
+        kind = "pcap"
+        path = "(in memory)"
+        [split]
+        mode = "l4"
+        [providers.hdr]
+        plugin = "builtin:slab"
+        buf_size = 256
+        [providers.old]
+        plugin = "{}"
+        buf_size = 2048
+        [[route]]
+        head = "hdr"
+        frags = "old"
+        "#,
+        file.display()
+    );
+    let config = Config::from_toml(&toml, "old-fill.toml", Default::default(), None).unwrap();
+    let engine = Engine::new(config, &plugin_path()).unwrap();
+    let frames = generate(Shape {
+        frame_size: 1500,
+        flows: 64,
+        proto: Proto::Tcp,
+        vlan: None,
+    })
+    .unwrap();
+    let n = 1024u64;
+    let queues = replay::queues(
+        "old-fill",
+        replay::Recorded::synthetic(frames).into(),
+        1,
+        u32::MAX,
+        None,
+    )
+    .unwrap();
+    let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
+    let r = engine.run(queues, &RunControl::default()).unwrap();
+    let t = r.total();
+    let old = t.providers.iter().find(|p| p.name == "old").unwrap();
+    assert_eq!(old.placed.frames, n, "{old:#?}");
+    assert_eq!(old.checks.fill_bulk_calls, n, "{old:#?}");
+    assert_eq!(old.checks.fill_gather_calls, 0, "{old:#?}");
+    assert_eq!(old.checks.fill_calls, 0, "{old:#?}");
+    assert_eq!(t.dropped.sum(), 0, "{t:#?}");
+    assert_eq!(r.leaked(), 0);
+}

@@ -74,7 +74,7 @@ fn inspect_shows_info() {
         "capacity",
         "100",
         "sealed memfd",
-        "abi            ┆ 0.1.1",
+        "abi            ┆ 0.1.2",
         "exportable     ┆ yes",
     ] {
         assert!(out.contains(want), "`{want}` in:\n{out}");
