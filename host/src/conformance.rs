@@ -414,13 +414,17 @@ fn check_exhaustion(s: &mut Suite<'_>, capacity: u32) {
 
 /// Writes a different pattern into every buffer, then reads them all back: buffers that
 /// share memory show up. Memory the host may not write by address is written with the
-/// provider's `fill` and read with its `read` (a WASM provider's guest memory).
+/// provider's `fill` (even buffers) and with the bulk op the host places frames with
+/// (odd buffers): `fill_gather`, 64 buffers a call (ABI 0.1.2, built-in and WASM), or
+/// one `fill_bulk` a buffer (a plugin built against 0.1.1); and read with its `read` (a
+/// WASM provider's guest memory), where it has one.
 fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
     let rw = Capabilities::HOST_WRITABLE | Capabilities::CPU_READABLE;
-    let via = if caps.contains(rw) {
+    let by_address = caps.contains(rw);
+    let via = if by_address {
         "by address"
     } else if caps.contains(Capabilities::NEEDS_FILL) {
-        "through the provider's fill and read ops"
+        "through the provider's fill and bulk fill ops (read back with its read op)"
     } else {
         return s.record(
             "memory",
@@ -438,12 +442,20 @@ fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
         }
     }
     let pattern = |i: usize, len: usize| vec![i as u8 ^ 0x5a; len];
+    let bulk = match (by_address, pool.gathers()) {
+        (true, _) => "",
+        (false, true) => ", odd buffers by fill_gather (64 a call)",
+        (false, false) => ", odd buffers by fill_bulk",
+    };
     let mut detail = Ok(format!(
-        "wrote and read back a pattern in {} buffers, {via}",
+        "wrote and read back a pattern in {} buffers, {via}{bulk}",
         bufs.len()
     ));
     for (i, b) in bufs.iter_mut().enumerate() {
         let len = b.len();
+        if !by_address && i % 2 == 1 {
+            continue;
+        }
         if let Err(e) = pool.place(b, 0, &pattern(i, len)) {
             detail = Err(format!(
                 "writing buffer {i} (id {}) failed: {e}",
@@ -452,12 +464,17 @@ fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
             break;
         }
     }
+    if !by_address && detail.is_ok() {
+        if let Err(e) = fill_odd_in_bulk(&mut pool, &bufs, &pattern) {
+            detail = Err(e);
+        }
+    }
     let mut back = Vec::new();
     for (i, b) in bufs.iter().enumerate().filter(|_| detail.is_ok()) {
         back.clear();
         if !pool.read(b, b.len(), &mut back) {
             detail = Ok(format!(
-                "wrote {} buffers; skipped reading back: the provider has no read op",
+                "wrote {} buffers, {via}{bulk}; skipped reading back: the provider has no read op",
                 bufs.len()
             ));
             break;
@@ -476,6 +493,45 @@ fn check_memory(s: &mut Suite<'_>, caps: Capabilities) {
         (Err(e), None) => s.record("memory", Outcome::Fail, e),
         (Ok(d), None) => s.record("memory", Outcome::Pass, d),
     }
+}
+
+/// Writes the odd buffers of `bufs` with `pattern` through the bulk op the host places
+/// frames with: `fill_gather`, 64 buffers a call, or one `fill_bulk` a buffer for a
+/// provider built before ABI 0.1.2.
+fn fill_odd_in_bulk(
+    pool: &mut Pool,
+    bufs: &[crate::pool::PoolBuf],
+    pattern: &dyn Fn(usize, usize) -> Vec<u8>,
+) -> Result<(), String> {
+    let odd: Vec<(usize, Vec<u8>)> = bufs
+        .iter()
+        .enumerate()
+        .skip(1)
+        .step_by(2)
+        .map(|(i, b)| (i, pattern(i, b.len())))
+        .collect();
+    if pool.gathers() {
+        for chunk in odd.chunks(64) {
+            let ops: Vec<memplex_abi::GatherOp<'_>> = chunk
+                .iter()
+                .map(|(i, bytes)| memplex_abi::GatherOp::new(bufs[*i].netmem(), 0, bytes))
+                .collect();
+            pool.fill_gather(&ops)
+                .map_err(|e| format!("fill_gather of {} buffers failed: {e}", ops.len()))?;
+        }
+    } else {
+        for (i, bytes) in &odd {
+            let b = bufs[*i].netmem();
+            let op = memplex_abi::FillOp {
+                buf: b,
+                offset: 0,
+                len: bytes.len() as u32,
+            };
+            pool.fill_bulk(&[op], bytes)
+                .map_err(|e| format!("fill_bulk of buffer {i} (id {}) failed: {e}", b.id))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_empty_ops(s: &mut Suite<'_>) {

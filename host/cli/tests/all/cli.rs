@@ -194,6 +194,31 @@ fn check_provider_fails_each_broken_provider_with_a_named_reason() {
 }
 
 #[test]
+fn check_provider_passes_providers_of_memory_the_host_may_not_write() {
+    // devmem (ABI 0.1.2) is written with fill and one fill_gather per 64 buffers; the
+    // fixture built against 0.1.1 with fill and a fill_bulk per buffer. Neither can be
+    // read by the host, so nothing is read back, and both keep the contract.
+    for (lib, bulk) in [
+        (
+            "memplex_fixture_devmem",
+            "odd buffers by fill_gather (64 a call)",
+        ),
+        ("memplex_fixture_abi_0_1_1", "odd buffers by fill_bulk"),
+    ] {
+        let (code, out) = memplex(&["check-provider", &so(lib).display().to_string()]);
+        assert_eq!(code, 0, "{lib}:\n{out}");
+        assert!(
+            out.contains("result    PASS: 12 checks passed, 0 warned, 0 failed"),
+            "{lib}:\n{out}"
+        );
+        assert!(
+            out.contains(bulk) && out.contains("skipped reading back"),
+            "{lib}:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn check_provider_refuses_what_is_not_a_provider() {
     for (lib, reason) in [
         ("memplex_fixture_old_abi", "built against memplex-abi 0.0.1"),
@@ -834,9 +859,12 @@ fn check_provider_runs_on_wasm_providers() {
             text.contains("WASM limits: 256 MiB of memory, 100 ms per call"),
             "{text}"
         );
-        // Guest memory is written with fill and read back with read, not skipped.
+        // Guest memory is written with fill and with the gathered fill the host places
+        // frames with, and read back with read, not skipped.
         assert!(
-            text.contains("read back a pattern in") && text.contains("fill and read ops"),
+            text.contains("read back a pattern in")
+                && text.contains("fill and bulk fill ops (read back with its read op)")
+                && text.contains("odd buffers by fill_gather (64 a call)"),
             "{text}"
         );
     }
