@@ -45,7 +45,10 @@ const STALL_PROBE: Duration = Duration::from_millis(250);
 const WAKEUP_EVERY: Duration = Duration::from_micros(500);
 
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    // Counted once, before any round pins this thread to the host's CPU (which would
+    // leave it one to count).
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The consumer process of a consumer variant, connected to `socket` once it exists.
@@ -151,6 +154,11 @@ pub fn round(
     // Consumer benchmarks pin the host's workers to CPU 0 in every variant, and the
     // consumer process to CPU 1, so each side has a core of its own.
     let pinning = args.consumer.is_some() && cpus() >= 2;
+    // This thread too (it waits out the round in 10 ms sleeps): left to the scheduler,
+    // each wake-up could land on the consumer's CPU and preempt it.
+    if pinning {
+        pin(None, HOST_CPU);
+    }
     // Where latency is measured, what the machine takes from the consumer's CPU on its
     // own, just before the round (see `stalls`): before its clock, CPU time and device
     // start, so the probes take none of the round's time.
