@@ -246,26 +246,33 @@ impl MemoryProvider for NativeProvider {
     forward_common_ops!();
 }
 
+/// The ops both extensions (0.1.1 and 0.1.2) add to the 0.1.0 vtable's, forwarded the
+/// same way.
+macro_rules! forward_extension_ops {
+    () => {
+        fn memory(&self) -> Vec<MemoryRegion> {
+            self.0
+                .memory()
+                .into_result()
+                .map(Vec::from)
+                .unwrap_or_default()
+        }
+
+        fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
+            self.0
+                .fill_bulk(ops.into(), bytes.into())
+                .into_result()
+                .map(|n| n as usize)
+        }
+    };
+}
+
 /// A provider object from a `.so` with the 0.1.1 extension.
 struct ExtProvider(FfiProviderExtBox);
 
 impl MemoryProvider for ExtProvider {
     forward_common_ops!();
-
-    fn memory(&self) -> Vec<MemoryRegion> {
-        self.0
-            .memory()
-            .into_result()
-            .map(Vec::from)
-            .unwrap_or_default()
-    }
-
-    fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
-        self.0
-            .fill_bulk(ops.into(), bytes.into())
-            .into_result()
-            .map(|n| n as usize)
-    }
+    forward_extension_ops!();
 }
 
 /// A provider object from a `.so` with the 0.1.2 extension.
@@ -273,21 +280,7 @@ struct Ext2Provider(FfiProviderExt2Box);
 
 impl MemoryProvider for Ext2Provider {
     forward_common_ops!();
-
-    fn memory(&self) -> Vec<MemoryRegion> {
-        self.0
-            .memory()
-            .into_result()
-            .map(Vec::from)
-            .unwrap_or_default()
-    }
-
-    fn fill_bulk(&mut self, ops: &[FillOp], bytes: &[u8]) -> Result<usize, ProviderError> {
-        self.0
-            .fill_bulk(ops.into(), bytes.into())
-            .into_result()
-            .map(|n| n as usize)
-    }
+    forward_extension_ops!();
 
     fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<usize, ProviderError> {
         self.0

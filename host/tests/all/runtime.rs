@@ -532,15 +532,36 @@ fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
     }
 }
 
-/// Memory the host may not write (the devmem fixture: a `.so` built against ABI 0.1.2,
-/// mapped with no access in this process) takes each vector's parts in one
-/// `fill_gather`, not one `fill_bulk` per frame. A call that fails drops the frames of
-/// its vector alone, counted as faults, with no buffer lost; the rest are placed.
-#[test]
-fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
+/// `n` generated 1500 B TCP frames (64 flows) through a config whose head goes to a
+/// built-in slab and whose frags go to `frags` (a plugin file, with `settings`), in
+/// memory on one queue, with the count sink.
+fn run_to_frags(frags: &Path, settings: &str, n: u64) -> RunReport {
     use memplex::device::{self, replay};
-    use memplex::stats::DropReason;
     use memplex_testkit::traffic::{generate, Proto, Shape};
+    let toml = format!(
+        r#"
+        [device]
+        kind = "pcap"
+        path = "(in memory)"
+        [split]
+        mode = "l4"
+        [providers.hdr]
+        plugin = "builtin:slab"
+        buf_size = 256
+        [providers.frags]
+        plugin = "{}"
+        buf_size = 2048
+        settings = {{ {settings} }}
+        [[route]]
+        head = "hdr"
+        frags = "frags"
+        [runtime]
+        allow_fault_drops = true
+        "#,
+        frags.display()
+    );
+    let config = Config::from_toml(&toml, "frags.toml", Default::default(), None).unwrap();
+    let engine = Engine::new(config, &plugin_path()).unwrap();
     let frames = generate(Shape {
         frame_size: 1500,
         flows: 64,
@@ -548,44 +569,34 @@ fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
         vlan: None,
     })
     .unwrap();
+    let queues = replay::queues(
+        "frags",
+        replay::Recorded::synthetic(frames).into(),
+        1,
+        u32::MAX,
+        None,
+    )
+    .unwrap();
+    let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
+    engine.run(queues, &RunControl::default()).unwrap()
+}
+
+/// Memory the host may not write (the devmem fixture: a `.so` built against ABI 0.1.2,
+/// mapped with no access in this process) takes each vector's parts in one
+/// `fill_gather`, not one `fill_bulk` per frame. A call that fails drops the frames of
+/// its vector alone, counted as faults, with no buffer lost; the rest are placed.
+#[test]
+fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
+    use memplex::stats::DropReason;
     let n = 4096u64;
     for fail_fill in [0u32, 3] {
-        let toml = format!(
-            r#"
-            [device]
-            kind = "pcap"
-            path = "(in memory)"
-            [split]
-            mode = "l4"
-            [providers.hdr]
-            plugin = "builtin:slab"
-            buf_size = 256
-            [providers.dev]
-            plugin = "{}"
-            buf_size = 2048
-            settings = {{ buffers = 4096, fail_fill = {fail_fill} }}
-            [[route]]
-            head = "hdr"
-            frags = "dev"
-            [runtime]
-            allow_fault_drops = true
-            "#,
-            so("memplex_fixture_devmem").display()
+        let r = run_to_frags(
+            &so("memplex_fixture_devmem"),
+            &format!("buffers = 4096, fail_fill = {fail_fill}"),
+            n,
         );
-        let config = Config::from_toml(&toml, "gather.toml", Default::default(), None).unwrap();
-        let engine = Engine::new(config, &plugin_path()).unwrap();
-        let queues = replay::queues(
-            "gather",
-            replay::Recorded::synthetic(frames.clone()).into(),
-            1,
-            u32::MAX,
-            None,
-        )
-        .unwrap();
-        let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
-        let r = engine.run(queues, &RunControl::default()).unwrap();
         let t = r.total();
-        let dev = t.providers.iter().find(|p| p.name == "dev").unwrap();
+        let dev = t.providers.iter().find(|p| p.name == "frags").unwrap();
         // Bursts of 64 handled in vectors of 8: 512 vectors, one call each, and every
         // frame's payload in one op of its vector's call.
         assert_eq!(dev.checks.fill_gather_calls, n / 8, "{dev:#?}");
@@ -610,52 +621,13 @@ fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
 /// at a time through 0.1.1's `fill_bulk`, as it did before 0.1.2.
 #[test]
 fn a_plugin_built_against_abi_0_1_1_is_filled_a_frame_at_a_time() {
-    use memplex::device::{self, replay};
-    use memplex_testkit::traffic::{generate, Proto, Shape};
     let file = so("memplex_fixture_abi_0_1_1");
     let plugin = ProviderPlugin::open(&file).unwrap();
     assert_eq!(plugin.abi_revision(), Some("0.1.1"));
-    let toml = format!(
-        r#"
-        [device]
-        kind = "pcap"
-        path = "(in memory)"
-        [split]
-        mode = "l4"
-        [providers.hdr]
-        plugin = "builtin:slab"
-        buf_size = 256
-        [providers.old]
-        plugin = "{}"
-        buf_size = 2048
-        [[route]]
-        head = "hdr"
-        frags = "old"
-        "#,
-        file.display()
-    );
-    let config = Config::from_toml(&toml, "old-fill.toml", Default::default(), None).unwrap();
-    let engine = Engine::new(config, &plugin_path()).unwrap();
-    let frames = generate(Shape {
-        frame_size: 1500,
-        flows: 64,
-        proto: Proto::Tcp,
-        vlan: None,
-    })
-    .unwrap();
     let n = 1024u64;
-    let queues = replay::queues(
-        "old-fill",
-        replay::Recorded::synthetic(frames).into(),
-        1,
-        u32::MAX,
-        None,
-    )
-    .unwrap();
-    let queues = device::boxed(queues.into_iter().map(|q| q.limit(n)));
-    let r = engine.run(queues, &RunControl::default()).unwrap();
+    let r = run_to_frags(&file, "buffers = 4096", n);
     let t = r.total();
-    let old = t.providers.iter().find(|p| p.name == "old").unwrap();
+    let old = t.providers.iter().find(|p| p.name == "frags").unwrap();
     assert_eq!(old.placed.frames, n, "{old:#?}");
     assert_eq!(old.checks.fill_bulk_calls, n, "{old:#?}");
     assert_eq!(old.checks.fill_gather_calls, 0, "{old:#?}");
