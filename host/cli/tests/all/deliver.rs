@@ -881,6 +881,41 @@ fn device_memory_the_host_cannot_touch_is_delivered_as_descriptors_and_regions_a
 }
 
 #[test]
+fn a_failed_gathered_fill_drops_its_frames_and_the_consumer_sees_only_whole_ones() {
+    // devmem's 20th fill_gather fails: the frames of that vector are dropped as faults
+    // before they are delivered, the frames around them are delivered whole (the
+    // consumer verifies every one against its CRC-32), and nothing is lost.
+    let body = format!(
+        "[providers.hdr]\nplugin = \"heap\"\nbuf_size = 256\nunverified = true\n\n[providers.dev]\nplugin = \"{}\"\nbuf_size = 2048\nsettings = {{ buffers = 8192, fail_fill = 20 }}\n\n[consumers.app]\nsocket = \"{{dir}}/app.sock\"\nchecksum = true\nquota = 1024\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"dev\"\ndeliver = \"app\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n",
+        so("memplex_fixture_devmem").display()
+    );
+    let run = Run::start_with_env(
+        "gatherfail",
+        &body,
+        50_000,
+        2.0,
+        &[("MEMPLEX_RUNTIME__ALLOW_FAULT_DROPS", "true".into())],
+    );
+    let (code, got) = consume(&run.socket("app"), &["--mode", "verify"]);
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(code, 0, "{got}");
+    assert!(u(&got["verified"]) > 1000, "{got}");
+    assert_eq!(u(&got["verified"]), u(&got["frames"]), "{got}");
+    let dev = report["total"]["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "dev")
+        .unwrap();
+    let faults = u(&dev["dropped"]["fault"]);
+    assert!((1..=8).contains(&faults), "one vector's frames: {dev}");
+    assert_eq!(u(&report["total"]["dropped"]["fault"]), faults, "{report}");
+    assert_eq!(dev["quarantined"], 0, "{dev}");
+    assert_eq!(leaked(&report), 0);
+}
+
+#[test]
 fn a_route_delivering_memory_that_cannot_be_shared_is_refused_unless_it_copies() {
     let dir = std::env::temp_dir().join(format!("mpx-refuse-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
