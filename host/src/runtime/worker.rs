@@ -653,8 +653,9 @@ impl Worker {
         if self.gathers.iter().any(|g| g.pool != pool) {
             self.gathers.sort_unstable_by_key(|g| g.pool);
         }
-        // The frames (by index in the vector) to drop, and the provider that failed.
-        let (mut failed, mut faulted) = (0u64, 0usize);
+        // The frames (by index in the vector) to drop, and for each the provider whose
+        // call failed.
+        let (mut failed, mut faulted) = (0u64, [0usize; 64]);
         let mut at = 0;
         while at < self.gathers.len() {
             let pool = self.gathers[at].pool;
@@ -675,21 +676,21 @@ impl Worker {
             if self.pools[pool].fill_gather(&ops).is_err() {
                 for g in &self.gathers[start..at] {
                     failed |= 1 << g.rx;
+                    faulted[g.rx] = pool;
                 }
-                faulted = pool;
             }
         }
         self.gathers.clear();
         if failed != 0 {
-            self.drop_staged(burst, failed, faulted);
+            self.drop_staged(burst, failed, &faulted);
         }
     }
 
     /// Drops the staged frames whose index in the vector is set in `failed` (their fill
-    /// by `provider` failed): counted as fault drops, their counts taken back, their
-    /// buffers recycled; the frames kept keep their parts in order.
+    /// by `provider[index]` failed): counted as fault drops, their counts taken back,
+    /// their buffers recycled; the frames kept keep their parts in order.
     #[cold]
-    fn drop_staged(&mut self, burst: &[RxFrame<'_>], failed: u64, provider: usize) {
+    fn drop_staged(&mut self, burst: &[RxFrame<'_>], failed: u64, provider: &[usize; 64]) {
         std::mem::swap(&mut self.staged, &mut self.kept_staged);
         std::mem::swap(&mut self.parts, &mut self.kept_parts);
         self.staged.clear();
@@ -713,7 +714,7 @@ impl Worker {
                 });
             } else {
                 self.stats.routes[s.rule].undo(burst[s.rx].data.len());
-                self.drops.push((DropReason::Fault, Some(provider)));
+                self.drops.push((DropReason::Fault, Some(provider[s.rx])));
             }
         }
     }
