@@ -534,7 +534,8 @@ fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
 
 /// `n` generated TCP frames of `size` bytes (64 flows) through a config whose head goes
 /// to a built-in slab and whose frags go to 2 KiB buffers of `frags` (a plugin file, with
-/// `settings`), in memory on one queue, with the count sink.
+/// `settings`; the head's slab is its fallback), in memory on one queue, with the count
+/// sink.
 fn run_to_frags(frags: &Path, settings: &str, size: usize, n: u64) -> RunReport {
     use memplex::device::{self, replay};
     use memplex_testkit::traffic::{generate, Proto, Shape};
@@ -552,6 +553,10 @@ fn run_to_frags(frags: &Path, settings: &str, size: usize, n: u64) -> RunReport 
         plugin = "{}"
         buf_size = 2048
         settings = {{ {settings} }}
+        fallback = "spare"
+        [providers.spare]
+        plugin = "builtin:slab"
+        buf_size = 2048
         [[route]]
         head = "hdr"
         frags = "frags"
@@ -618,6 +623,39 @@ fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
         );
         assert_eq!(r.leaked(), 0);
     }
+}
+
+/// A provider whose `fill_gather` claims fewer ops than it was given breaks the contract:
+/// it is quarantined, and the vector whose call it was is placed again on its fallback,
+/// whole. No frame is lost, and every buffer comes back.
+#[test]
+fn a_gathered_fill_that_claims_too_few_quarantines_and_the_fallback_takes_the_vector() {
+    use memplex::stats::DropReason;
+    let n = 4096u64;
+    let r = run_to_frags(
+        &so("memplex_fixture_devmem"),
+        "buffers = 8192, short_fill = 5",
+        1500,
+        n,
+    );
+    let t = r.total();
+    let dev = t.providers.iter().find(|p| p.name == "frags").unwrap();
+    let spare = t.providers.iter().find(|p| p.name == "spare").unwrap();
+    assert_eq!(dev.quarantined, 1, "{dev:#?}");
+    assert!(
+        dev.fault
+            .as_deref()
+            .is_some_and(|f| f.contains("fill_gather said it did 7 of the 8 ops")),
+        "{dev:#?}"
+    );
+    // Four vectors filled before, the fifth placed again on the spare, and the rest
+    // there too: every frame counted once, none dropped.
+    assert_eq!(dev.checks.fill_gather_calls, 5, "{dev:#?}");
+    assert_eq!(dev.placed.frames, 4 * 8, "{dev:#?}");
+    assert_eq!(spare.placed.frames, n - 4 * 8, "{spare:#?}");
+    assert_eq!(t.routes[0].frames, n, "{t:#?}");
+    assert_eq!(t.dropped.get(DropReason::Fault), 0, "{t:#?}");
+    assert_eq!(r.leaked(), 0);
 }
 
 /// A plugin built against ABI 0.1.1 (before gathered fill, `plugins/fixtures/abi-0.1.1`),
