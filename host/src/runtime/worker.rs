@@ -666,10 +666,12 @@ impl Worker {
                 .get(at)
                 .filter(|g| g.pool == pool && !ops.is_full())
             {
+                // Recorded from this vector's frames as they were placed, so always there.
                 let bytes = burst
                     .get(g.rx)
-                    .and_then(|f| f.data.get(g.from as usize..(g.from + g.len) as usize))
-                    .unwrap_or_default();
+                    .and_then(|f| f.data.get(g.from as usize..(g.from + g.len) as usize));
+                debug_assert!(bytes.is_some(), "a gathered part outside its frame");
+                let bytes = bytes.unwrap_or_default();
                 ops.push(GatherOp::new(g.buf, 0, bytes));
                 at += 1;
             }
