@@ -48,10 +48,17 @@ struct NoBuffer {
 /// Vectors of 16 (AMD EPYC family 25, session 23) ran 13 fewer instructions a frame at
 /// 128 B (363 to 350) but placed no faster: x1.026 at 128 B and x1.002 at 1500 B, 3 of
 /// 6 pairs each, the memcpy loop x1.015 and x1.062 in the same pairs.
+///
+/// A worker whose routes place into memory the host may not write, filled by its
+/// provider's `fill_gather`, takes the whole burst as one vector instead
+/// ([`Worker::vector`]): one call per burst and provider, as issue 13 asks, and the
+/// reason for short vectors (the host's own copies staying in L1) does not hold for
+/// bytes the provider copies.
 pub(super) const VECTOR: usize = 8;
 
-// `QueueDelivery::place_and_lend` says which frames of a vector it took in a `u64`.
-const _: () = assert!(VECTOR <= 64);
+// `QueueDelivery::place_and_lend` says which frames of a vector it took in a `u64`, and
+// `fill_gathered` which failed.
+const _: () = assert!(VECTOR <= 64 && BURST <= 64);
 
 /// One queue's worker.
 pub(super) struct Worker {
@@ -71,7 +78,10 @@ pub(super) struct Worker {
     /// This burst's buffers, frame after frame.
     pub parts: Vec<Part>,
     /// Why this vector's unplaced frames were dropped, and which provider failed them.
-    pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), VECTOR>,
+    pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), BURST>,
+    /// Frames per vector: [`VECTOR`], or the whole burst when a route places into memory
+    /// the host may not write and its provider gathers (one `fill_gather` per burst).
+    pub vector: usize,
     /// Providers whose fallback supplied a buffer in this vector, once per buffer.
     pub fell_back: Vec<usize>,
     /// Why the last `take` found no buffer.
@@ -230,6 +240,22 @@ impl Worker {
             });
             (delivers, lane)
         }));
+        // Memory filled by `fill_gather`, placed into by some route (or by a fallback).
+        let gathered = |p: usize| {
+            pools.get(p).is_some_and(|pool| {
+                !pool.caps().contains(Capabilities::HOST_WRITABLE) && pool.gathers()
+            })
+        };
+        let vector = if (0..routes.len()).any(|i| {
+            let r = routes.get(i);
+            [r.head, r.frags, r.frags_rest]
+                .into_iter()
+                .any(|p| gathered(p) || fallback.get(p).copied().flatten().is_some_and(gathered))
+        }) {
+            BURST
+        } else {
+            VECTOR
+        };
         let stats = QueueStats {
             queue: name.clone(),
             routes: vec![Default::default(); routes.len()],
@@ -265,6 +291,7 @@ impl Worker {
             staged: Vec::with_capacity(BURST),
             parts: Vec::with_capacity(BURST * 4),
             drops: arrayvec::ArrayVec::new(),
+            vector,
             fell_back: Vec::with_capacity(BURST * 4),
             short: DropReason::Dry,
             stats,
@@ -333,7 +360,7 @@ impl Worker {
         // against none.
         let timed = self.read_ahead.timing().then(Instant::now);
         if self.read_ahead.on() {
-            let mut vectors = burst.chunks(VECTOR).peekable();
+            let mut vectors = burst.chunks(self.vector).peekable();
             for frame in vectors.peek().copied().unwrap_or_default() {
                 memplex_proto::ring::prefetch_bytes_to_l2(frame.data);
             }
@@ -344,7 +371,7 @@ impl Worker {
                 self.handle_vector(vector);
             }
         } else {
-            for vector in burst.chunks(VECTOR) {
+            for vector in burst.chunks(self.vector) {
                 self.handle_vector(vector);
             }
         }
@@ -659,7 +686,7 @@ impl Worker {
         let mut at = 0;
         while at < self.gathers.len() {
             let pool = self.gathers[at].pool;
-            let mut ops = arrayvec::ArrayVec::<GatherOp<'_>, 64>::new();
+            let mut ops = arrayvec::ArrayVec::<GatherOp<'_>, { 4 * BURST }>::new();
             let start = at;
             while let Some(g) = self
                 .gathers

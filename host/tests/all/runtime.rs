@@ -587,16 +587,28 @@ fn run_to_frags(frags: &Path, settings: &str, size: usize, n: u64) -> RunReport 
 }
 
 /// Memory the host may not write (the devmem fixture: a `.so` built against ABI 0.1.2,
-/// mapped with no access in this process) takes each vector's parts in one
-/// `fill_gather`, not one `fill_bulk` per frame. A call that fails drops the frames of
-/// its vector alone, counted as faults, with no buffer lost; the rest are placed. Jumbo
-/// frames (9000 B: five frag buffers each) make one call a vector too, and the frames
-/// after a dropped one keep all their parts.
+/// mapped with no access in this process) takes each burst's parts in one
+/// `fill_gather`, not one `fill_bulk` per frame. A call that fails drops the frames with
+/// a part in it alone, counted as faults, with no buffer lost; the rest are placed.
+/// Jumbo frames (9000 B: five frag buffers each, 320 parts a burst) take two calls a
+/// burst (256 ops, then 64), the first ending inside a frame: a failure of that call
+/// drops the frame it splits too, and the frames after it keep all their parts.
 #[test]
 fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
     use memplex::stats::DropReason;
     let n = 4096u64;
-    for (size, fail_fill) in [(1500, 0u32), (1500, 3), (9000, 0), (9000, 5)] {
+    // (frame size, the call that fails, calls a burst, frames that call drops)
+    for (size, fail_fill, calls, dropped) in [
+        (1500, 0u32, 1, 0u64),
+        (1500, 3, 1, 64),
+        (9000, 0, 2, 0),
+        // The 5th call is the third burst's first: 256 ops, 51 frames and the first of
+        // the 52nd's five parts.
+        (9000, 5, 2, 52),
+        // The 6th is that burst's second: the 52nd frame's other four parts, and the
+        // 12 frames after it.
+        (9000, 6, 2, 13),
+    ] {
         let r = run_to_frags(
             &so("memplex_fixture_devmem"),
             &format!("buffers = 8192, fail_fill = {fail_fill}"),
@@ -605,13 +617,12 @@ fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
         );
         let t = r.total();
         let dev = t.providers.iter().find(|p| p.name == "frags").unwrap();
-        // Bursts of 64 handled in vectors of 8: 512 vectors, one call each, and every
-        // frame's payload in one op of its vector's call.
-        assert_eq!(dev.checks.fill_gather_calls, n / 8, "{dev:#?}");
+        // Bursts of 64, each one vector: 64 bursts, and every part in one op of its
+        // burst's call (or calls).
+        assert_eq!(dev.checks.fill_gather_calls, n / 64 * calls, "{dev:#?}");
         assert_eq!(dev.checks.fill_bulk_calls, 0, "{dev:#?}");
         assert_eq!(dev.checks.fill_calls, 0, "{dev:#?}");
         assert_eq!(t.received.frames, n);
-        let dropped = u64::from(fail_fill != 0) * 8;
         assert_eq!(t.dropped.get(DropReason::Fault), dropped, "{t:#?}");
         assert_eq!(dev.dropped.get(DropReason::Fault), dropped, "{dev:#?}");
         let parts = if size > 2048 { 5 } else { 1 };
@@ -626,7 +637,7 @@ fn a_vectors_parts_reach_memory_the_host_cannot_write_in_one_gathered_fill() {
 }
 
 /// A provider whose `fill_gather` claims fewer ops than it was given breaks the contract:
-/// it is quarantined, and the vector whose call it was is placed again on its fallback,
+/// it is quarantined, and the burst whose call it was is placed again on its fallback,
 /// whole. No frame is lost, and every buffer comes back.
 #[test]
 fn a_gathered_fill_that_claims_too_few_quarantines_and_the_fallback_takes_the_vector() {
@@ -645,14 +656,14 @@ fn a_gathered_fill_that_claims_too_few_quarantines_and_the_fallback_takes_the_ve
     assert!(
         dev.fault
             .as_deref()
-            .is_some_and(|f| f.contains("fill_gather said it did 7 of the 8 ops")),
+            .is_some_and(|f| f.contains("fill_gather said it did 63 of the 64 ops")),
         "{dev:#?}"
     );
-    // Four vectors filled before, the fifth placed again on the spare, and the rest
+    // Four bursts filled before, the fifth placed again on the spare, and the rest
     // there too: every frame counted once, none dropped.
     assert_eq!(dev.checks.fill_gather_calls, 5, "{dev:#?}");
-    assert_eq!(dev.placed.frames, 4 * 8, "{dev:#?}");
-    assert_eq!(spare.placed.frames, n - 4 * 8, "{spare:#?}");
+    assert_eq!(dev.placed.frames, 4 * 64, "{dev:#?}");
+    assert_eq!(spare.placed.frames, n - 4 * 64, "{spare:#?}");
     assert_eq!(t.routes[0].frames, n, "{t:#?}");
     assert_eq!(t.dropped.get(DropReason::Fault), 0, "{t:#?}");
     assert_eq!(r.leaked(), 0);
