@@ -270,9 +270,29 @@ pub struct CheckedProvider {
     unverified: bool,
     /// Where the buffers lie, typed; every buffer is checked to lie in one.
     memory: Vec<MemoryRegion>,
-    /// Takes a vector's parts in one [`fill_gather`](Self::fill_gather) (ABI 0.1.2, or a
-    /// provider in the process); else a frame's in one [`fill_bulk`](Self::fill_bulk).
-    gathers: bool,
+    /// How many frames' parts one fill takes, for memory the host may not write.
+    gathering: Gathering,
+}
+
+/// How many frames' parts a provider the host may not write (`NEEDS_FILL` without
+/// `HOST_WRITABLE`) takes in one fill call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gathering {
+    /// One frame's, in one [`fill_bulk`](CheckedProvider::fill_bulk): a `.so` built
+    /// before ABI 0.1.2, which has no `fill_gather`.
+    Frames,
+    /// A worker's vector's (up to 8 frames), in one
+    /// [`fill_gather`](CheckedProvider::fill_gather): a provider in the process (WASM
+    /// guest memory, written by the host's own bounds-checked copies), for which a larger
+    /// call saves nothing and the copies lose their locality. Measured with whole bursts
+    /// instead (`slab.wasm` through `configs/wasm.toml`, 4 alternating pairs of builds):
+    /// x0.929 at 128 B and x0.916 at 1500 B, every pair lost.
+    Vectors,
+    /// A device's burst's (up to 64 frames), in one
+    /// [`fill_gather`](CheckedProvider::fill_gather): a `.so` built against ABI 0.1.2 or
+    /// later, whose call is where a provider of device memory submits a transfer, so the
+    /// fewer the better (the worker then takes the burst as one vector).
+    Bursts,
 }
 
 /// Instances quarantined in this process so far: a worker compares it before and after
@@ -394,7 +414,7 @@ impl CheckedProvider {
             fault: None,
             counters: ProviderCounters::default(),
             destroyed: false,
-            gathers: true,
+            gathering: Gathering::Vectors,
         })
     }
 
@@ -704,20 +724,26 @@ impl CheckedProvider {
         }
     }
 
-    /// Whether a vector's parts go to this provider in one
+    /// Whether parts of several frames go to this provider in one
     /// [`fill_gather`](Self::fill_gather) (a `.so` built against ABI 0.1.2 or later, and
     /// built-in and WASM providers) rather than one [`fill_bulk`](Self::fill_bulk) per
     /// frame.
     #[inline]
     pub fn gathers(&self) -> bool {
-        self.gathers
+        self.gathering != Gathering::Frames
     }
 
-    /// Says whether this instance takes [`fill_gather`](Self::fill_gather) (see
-    /// [`gathers`](Self::gathers)); true unless set otherwise.
+    /// How many frames' parts one fill takes (see [`Gathering`]).
+    #[inline]
+    pub fn gathering(&self) -> Gathering {
+        self.gathering
+    }
+
+    /// Says how many frames' parts one fill takes; [`Gathering::Vectors`] unless set
+    /// otherwise.
     #[must_use]
-    pub fn gathering(mut self, gathers: bool) -> Self {
-        self.gathers = gathers;
+    pub fn gathering_by(mut self, gathering: Gathering) -> Self {
+        self.gathering = gathering;
         self
     }
 

@@ -22,7 +22,7 @@ mod native;
 mod regions;
 pub mod wasm;
 
-pub use checked::{quarantines, CheckedProvider, Fault, ProviderCounters, Trust};
+pub use checked::{quarantines, CheckedProvider, Fault, Gathering, ProviderCounters, Trust};
 pub use discovery::{PluginPath, PluginSpec};
 pub use memplex_abi::{
     Capabilities, InitParams, MemoryProvider, Netmem, PluginDescription, ProviderError,
@@ -404,8 +404,13 @@ impl ProviderPlugin {
     ) -> Result<CheckedProvider, LoadError> {
         let inner = self.instantiate_unchecked(params)?;
         let label: Arc<str> = format!("{} q{}", self.label(), params.queue_id).into();
-        let provider = CheckedProvider::new(inner, label, params.buf_size, trust)?
-            .gathering(!matches!(&self.kind, Kind::Native(m) if !m.gathers()));
+        let provider = CheckedProvider::new(inner, label, params.buf_size, trust)?.gathering_by(
+            match &self.kind {
+                Kind::Native(m) if m.gathers() => Gathering::Bursts,
+                Kind::Native(_) => Gathering::Frames,
+                Kind::Builtin(_) | Kind::Wasm(..) => Gathering::Vectors,
+            },
+        );
         let info = provider.info();
         tracing::info!(
             provider = %provider.label(),

@@ -21,6 +21,7 @@ use crate::config::OnDry;
 use crate::deliver::{LaneHead, Lanes, PlaceAndLend, QueueDelivery, RunFrame};
 use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
+use crate::provider::Gathering;
 use crate::route::RouteTable;
 use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
 use crate::wire::{Split, Splitter};
@@ -49,11 +50,10 @@ struct NoBuffer {
 /// 128 B (363 to 350) but placed no faster: x1.026 at 128 B and x1.002 at 1500 B, 3 of
 /// 6 pairs each, the memcpy loop x1.015 and x1.062 in the same pairs.
 ///
-/// A worker whose routes place into memory the host may not write, filled by its
-/// provider's `fill_gather`, takes the whole burst as one vector instead
-/// ([`Worker::vector`]): one call per burst and provider, as issue 13 asks, and the
-/// reason for short vectors (the host's own copies staying in L1) does not hold for
-/// bytes the provider copies.
+/// A worker whose routes place into memory the host may not write, filled by a native
+/// provider's `fill_gather` ([`Gathering::Bursts`]), takes the whole burst as one vector
+/// instead ([`Worker::vector`]): one call per burst and provider, where a provider of
+/// device memory submits its transfers.
 pub(super) const VECTOR: usize = 8;
 
 // `QueueDelivery::place_and_lend` says which frames of a vector it took in a `u64`, and
@@ -80,7 +80,8 @@ pub(super) struct Worker {
     /// Why this vector's unplaced frames were dropped, and which provider failed them.
     pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), BURST>,
     /// Frames per vector: [`VECTOR`], or the whole burst when a route places into memory
-    /// the host may not write and its provider gathers (one `fill_gather` per burst).
+    /// the host may not write whose provider gathers a burst at a time
+    /// ([`Gathering::Bursts`]: one `fill_gather` per burst).
     pub vector: usize,
     /// Providers whose fallback supplied a buffer in this vector, once per buffer.
     pub fell_back: Vec<usize>,
@@ -240,10 +241,12 @@ impl Worker {
             });
             (delivers, lane)
         }));
-        // Memory filled by `fill_gather`, placed into by some route (or by a fallback).
+        // Memory filled by `fill_gather` a burst at a time, placed into by some route (or
+        // by a fallback).
         let gathered = |p: usize| {
             pools.get(p).is_some_and(|pool| {
-                !pool.caps().contains(Capabilities::HOST_WRITABLE) && pool.gathers()
+                !pool.caps().contains(Capabilities::HOST_WRITABLE)
+                    && pool.provider().gathering() == Gathering::Bursts
             })
         };
         let vector = if (0..routes.len()).any(|i| {
