@@ -63,12 +63,13 @@ pub trait MemoryProvider: Send {
         fill_each(self, ops, bytes)
     }
 
-    /// Writes a vector's parts (ABI 0.1.2): for each op in order, its bytes go to
-    /// `op.offset` in `op.buf`; returns how many ops were done. The host makes one such
-    /// call per vector of frames (up to 8) and provider, for memory it may not write, where
-    /// [`fill_bulk`](Self::fill_bulk) can take only one frame (its ops share one run of
-    /// bytes). A provider that moves bytes by DMA or by system call submits the whole
-    /// vector at once here. The default calls [`fill`](Self::fill) for each op.
+    /// Writes the parts of many frames (ABI 0.1.2): for each op in order, its bytes go to
+    /// `op.offset` in `op.buf`; returns how many ops were done. For memory it may not
+    /// write, the host makes one such call per device burst (up to 64 frames; 256 ops a
+    /// call) and provider, where [`fill_bulk`](Self::fill_bulk) can take only one frame
+    /// (its ops share one run of bytes). A provider that moves bytes by DMA or by system
+    /// call submits the whole burst at once here. The default calls [`fill`](Self::fill)
+    /// for each op.
     fn fill_gather(&mut self, ops: &[GatherOp<'_>]) -> Result<usize, ProviderError> {
         gather_each(self, ops)
     }
