@@ -143,9 +143,13 @@ pub fn generate(shape: Shape) -> Result<Vec<Vec<u8>>, String> {
     let min = min_frame(shape.proto, shape.vlan.is_some());
     if shape.frame_size < min || shape.frame_size > 65_535 {
         return Err(format!(
-            "frame size {} is out of range: {min} to 65535 bytes for {:?}{}",
+            "frame size {} is out of range: {min} to 65535 bytes for {} frames{}",
             shape.frame_size,
-            shape.proto,
+            match shape.proto {
+                Proto::Udp => "udp",
+                Proto::Tcp => "tcp",
+                Proto::Mix => "mix",
+            },
             if shape.vlan.is_some() {
                 " with a VLAN tag"
             } else {
