@@ -132,7 +132,7 @@ fn pair(size: usize, work: u32) -> (f64, f64) {
                 }
                 for i in 0..n {
                     let d = rx.read::<Desc>(i);
-                    seen += d.len() as u64;
+                    seen += u64::from(d.len());
                     while !back.has_room(pending, 1).expect("an honest host") {
                         std::hint::spin_loop();
                     }
@@ -156,7 +156,7 @@ fn pair(size: usize, work: u32) -> (f64, f64) {
     let mut stage = [Desc::default(); BURST];
     let start = Instant::now();
     let mut bursts = 0u64;
-    while bursts % 256 != 0 || start.elapsed() < ROUND {
+    while !bursts.is_multiple_of(256) || start.elapsed() < ROUND {
         let n = back.available().expect("an honest consumer");
         for i in 0..n {
             host.free.push(back.read::<u64>(i) as u32);
