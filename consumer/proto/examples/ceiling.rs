@@ -208,12 +208,10 @@ fn main() {
     for _ in 0..rounds.max(1) {
         let one = alone(size, work);
         let (two, empty) = pair(size, work);
-        (
-            a.push(one),
-            p.push(two),
-            r.push(two / one),
-            idle.push(empty),
-        );
+        a.push(one);
+        p.push(two);
+        r.push(two / one);
+        idle.push(empty);
     }
     let (a, p) = (median(&mut a), median(&mut p));
     println!(
