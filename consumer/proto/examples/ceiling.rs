@@ -3,23 +3,27 @@
 //! memplex's bookkeeping, against the same work ending in place.
 //!
 //! A producer thread on CPU 0 takes a buffer from a free stack, copies a frame into it
-//! (from 64 flows of `SIZE` bytes each) and counts it, a burst of 64 at a time.
+//! (from 64 flows of `--size` bytes each) and counts it, a burst of 64 at a time.
 //! - **alone**: the burst's buffers go back on the stack at once (the in-process sink).
-//! - **pair**: each frame is one 16-byte descriptor in a completion ring to a consumer
-//!   thread on CPU 1, published once a burst; the consumer busy-polls, reads every
+//! - **pair**: each frame is `--slots` 16-byte entries in a completion ring to a
+//!   consumer thread on CPU 1 (the first a descriptor of the buffer, the others standing
+//!   for a head inline), published once a burst; the consumer busy-polls, reads every
 //!   descriptor and writes its token back through a refill ring in batches of 32; the
 //!   producer takes the tokens back onto the stack before each burst. No tables, no
-//!   token checks, no metadata: one descriptor and one token a frame, the least
-//!   memplex's protocol carries (a whole frame in one lent buffer).
+//!   token checks, no metadata. One entry a frame is the least memplex's protocol
+//!   carries (a whole frame in one lent buffer); `configs/deliver.toml`'s frames are 5
+//!   (a descriptor and three slots for a 42-byte head inline, a payload descriptor).
 //!
-//! `WORK` adds that many rounds of dependent arithmetic per frame on the producer in
-//! both, to stand for the rest of a host's work (split, route, counters): the out-of-
-//! order core can overlap them with the ring's misses, so the ratio it gives is a
-//! ceiling, not an estimate. Rounds alternate alone and pair; the medians of each and
-//! of the per-pair ratios are printed, with the producer's extra nanoseconds a frame
-//! in the pair.
+//! `--work N` adds N rounds of dependent arithmetic per frame on the producer in both,
+//! to stand for the rest of a host's work (split, route, counters); `--like NS` finds
+//! the N that makes the producer alone take about NS nanoseconds a frame (the in-process
+//! sink's, from `memplex bench`). The out-of-order core can overlap that arithmetic with
+//! the ring's misses, so the ratio is a ceiling, not an estimate. Rounds alternate alone
+//! and pair; the medians of each and of the per-pair ratios are printed (`--json`: one
+//! object), with the producer's extra nanoseconds a frame in the pair.
 //!
-//! `cargo run --release -p memplex-proto --example ceiling [SIZE] [WORK] [ROUNDS]`
+//! `cargo run --release -p memplex-proto --example ceiling -- [--size 64] [--slots 1]
+//! [--work N | --like NS] [--rounds 5] [--json]`
 use memplex_proto::layout::{Desc, RingKind, Token};
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +36,8 @@ const BUFS: usize = 4096;
 const ENTRIES: u32 = 4096;
 const REFILL_BATCH: u32 = 32;
 const ROUND: Duration = Duration::from_millis(500);
+/// A round of the search for `--like`'s work.
+const PROBE: Duration = Duration::from_millis(60);
 
 fn pin(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -86,12 +92,12 @@ impl Host {
 }
 
 /// Frames a second placed and given back in place.
-fn alone(size: usize, work: u32) -> f64 {
+fn alone(size: usize, work: u32, round: Duration) -> f64 {
     pin(0);
     let mut host = Host::new(size, work);
     let mut ids = [0u32; BURST];
     let start = Instant::now();
-    while start.elapsed() < ROUND {
+    while start.elapsed() < round {
         for _ in 0..256 {
             for id in &mut ids {
                 *id = host.place().0;
@@ -105,7 +111,8 @@ fn alone(size: usize, work: u32) -> f64 {
 
 /// Frames a second placed and handed to a consumer thread, and the consumer's empty
 /// polls a frame.
-fn pair(size: usize, work: u32) -> (f64, f64) {
+fn pair(size: usize, work: u32, slots: usize) -> (f64, f64) {
+    let step = slots as u32;
     let (map, fd) = ChannelMap::create(0, ENTRIES, ENTRIES, 0, false).expect("a channel");
     let map = Arc::new(map);
     let peer = Arc::new(ChannelMap::open(fd, map.len()).expect("mapped"));
@@ -130,8 +137,10 @@ fn pair(size: usize, work: u32) -> (f64, f64) {
                     std::hint::spin_loop();
                     continue;
                 }
-                for i in 0..n {
+                let mut i = 0;
+                while i < n {
                     let d = rx.read::<Desc>(i);
+                    i += step;
                     seen += u64::from(d.len());
                     while !back.has_room(pending, 1).expect("an honest host") {
                         std::hint::spin_loop();
@@ -153,7 +162,7 @@ fn pair(size: usize, work: u32) -> (f64, f64) {
     let mut host = Host::new(size, work);
     let mut tx = Producer::new(map.ring(RingKind::Completion));
     let mut back = Consumer::new(map.ring(RingKind::Refill));
-    let mut stage = [Desc::default(); BURST];
+    let mut stage = vec![Desc::default(); BURST * slots];
     let start = Instant::now();
     let mut bursts = 0u64;
     while !bursts.is_multiple_of(256) || start.elapsed() < ROUND {
@@ -162,22 +171,22 @@ fn pair(size: usize, work: u32) -> (f64, f64) {
             host.free.push(back.read::<u64>(i) as u32);
         }
         back.release(n);
-        if host.free.len() < BURST || !tx.has_room(0, BURST as u32).expect("honest") {
+        if host.free.len() < BURST || !tx.has_room(0, (BURST * slots) as u32).expect("honest") {
             std::hint::spin_loop();
             continue;
         }
-        for d in &mut stage {
+        for d in stage.chunks_mut(slots) {
             let (id, len) = host.place();
             let token = Token {
                 id,
                 generation: 1,
                 region: 1,
             };
-            *d = Desc::part(token, u64::from(id) * BUF as u64, len as u32, false);
+            d[0] = Desc::part(token, u64::from(id) * BUF as u64, len as u32, false);
         }
         tx.write_staged(0, zerocopy::IntoBytes::as_bytes(&stage[..]));
-        tx.publish(BURST as u32);
-        tx.prefetch(0, BURST as u32);
+        tx.publish((BURST * slots) as u32);
+        tx.prefetch(0, (BURST * slots) as u32);
         bursts += 1;
     }
     let rate = host.frames_done as f64 / start.elapsed().as_secs_f64();
@@ -195,42 +204,139 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let arg = |i: usize, default: u64| {
-        std::env::args()
-            .nth(i)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(default)
+/// The work a frame that makes the producer alone take about `ns` a frame: a bisection
+/// over short rounds (time falls as work rises, give or take the noise).
+fn calibrate(size: usize, ns: f64) -> u32 {
+    let at = |work| 1e9 / alone(size, work, PROBE);
+    let (mut lo, mut hi) = (0u32, 1u32);
+    while at(hi) < ns && hi < 1 << 16 {
+        (lo, hi) = (hi, hi * 2);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if at(mid) < ns {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+struct Args {
+    size: usize,
+    slots: usize,
+    work: Option<u32>,
+    like: Option<f64>,
+    rounds: usize,
+    json: bool,
+}
+
+fn args() -> Result<Args, String> {
+    let mut a = Args {
+        size: 64,
+        slots: 1,
+        work: None,
+        like: None,
+        rounds: 5,
+        json: false,
     };
-    let (size, work, rounds) = (arg(1, 64) as usize, arg(2, 0) as u32, arg(3, 7) as usize);
-    assert!((16..=BUF).contains(&size), "SIZE is 16 to {BUF} bytes");
-    let (mut a, mut p, mut r, mut idle) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..rounds.max(1) {
-        let one = alone(size, work);
-        let (two, empty) = pair(size, work);
-        a.push(one);
-        p.push(two);
-        r.push(two / one);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--json" {
+            a.json = true;
+            continue;
+        }
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let bad = |what: &str| format!("{flag} {value}: not {what}");
+        match flag.as_str() {
+            "--size" => {
+                a.size = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (16..=BUF).contains(n))
+                    .ok_or(bad(&format!("a frame size of 16 to {BUF} bytes")))?;
+            }
+            "--slots" => {
+                a.slots = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or(bad("1 to 64 entries"))?;
+            }
+            "--work" => a.work = Some(value.parse().map_err(|_| bad("a number of rounds"))?),
+            "--like" => {
+                a.like = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|&x: &f64| x > 0.0 && x < 1e6)
+                        .ok_or(bad("a time a frame in ns"))?,
+                );
+            }
+            "--rounds" => {
+                a.rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or(bad("a positive number of rounds"))?;
+            }
+            _ => return Err(format!("unknown argument `{flag}`")),
+        }
+    }
+    if a.work.is_some() && a.like.is_some() {
+        return Err("--work and --like are one or the other".into());
+    }
+    Ok(a)
+}
+
+fn main() {
+    let a = match args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ceiling: {e}\nusage: ceiling [--size 64] [--slots 1] [--work N | --like NS] [--rounds 5] [--json]");
+            std::process::exit(2);
+        }
+    };
+    let work = match (a.work, a.like) {
+        (Some(w), _) => w,
+        (None, Some(ns)) => calibrate(a.size, ns),
+        (None, None) => 0,
+    };
+    let (mut alone_rates, mut pair_rates, mut ratios, mut idle) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..a.rounds {
+        let one = alone(a.size, work, ROUND);
+        let (two, empty) = pair(a.size, work, a.slots);
+        alone_rates.push(one);
+        pair_rates.push(two);
+        ratios.push(two / one);
         idle.push(empty);
     }
-    let (a, p) = (median(&mut a), median(&mut p));
+    let (one, two) = (median(&mut alone_rates), median(&mut pair_rates));
+    let (ratio, idle) = (median(&mut ratios), median(&mut idle));
+    let (size, slots, rounds) = (a.size, a.slots, a.rounds);
+    if a.json {
+        println!(
+            "{{\"size\": {size}, \"slots\": {slots}, \"work\": {work}, \"rounds\": {rounds}, \"alone_ns\": {:.2}, \"pair_ns\": {:.2}, \"ratio\": {ratio:.4}, \"consumer_idle\": {idle:.3}}}",
+            1e9 / one,
+            1e9 / two
+        );
+        return;
+    }
     println!(
-        "{rounds} pairs of {ROUND:?} rounds, {size} B frames, {work} rounds of arithmetic a frame; producer CPU 0, consumer CPU 1; medians"
+        "{rounds} pairs of {ROUND:?} rounds, {size} B frames, {slots} ring entries a frame, {work} rounds of arithmetic a frame; producer CPU 0, consumer CPU 1; medians"
     );
     println!(
         "alone (in place):     {:6.2} Mpps ({:.1} ns a frame)",
-        a / 1e6,
-        1e9 / a
+        one / 1e6,
+        1e9 / one
     );
     println!(
         "pair (to CPU 1):      {:6.2} Mpps ({:.1} ns a frame)",
-        p / 1e6,
-        1e9 / p
+        two / 1e6,
+        1e9 / two
     );
-    println!(
-        "pair / alone:         {:6.3} (median of the per-pair ratios)",
-        median(&mut r)
-    );
-    println!("extra a frame:        {:6.1} ns", 1e9 / p - 1e9 / a);
-    println!("consumer idle/frame:  {:6.2}", median(&mut idle));
+    println!("pair / alone:         {ratio:6.3} (median of the per-pair ratios)");
+    println!("extra a frame:        {:6.1} ns", 1e9 / two - 1e9 / one);
+    println!("consumer idle/frame:  {idle:6.2}");
 }
