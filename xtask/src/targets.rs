@@ -100,7 +100,11 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
         ));
     }
 
-    // Issue 11: a consumer process against the in-process sink doing the same.
+    // Issue 11: a consumer process against the in-process sink doing the same. Under
+    // the table, the ceiling this machine puts on the `count` pairs: the least host work
+    // a delivery does, with none of memplex's bookkeeping, as heavy as the in-process
+    // sink measured here (`consumer/proto/examples/ceiling`).
+    let mut ceilings = Vec::new();
     for consumer in ["count", "checksum"] {
         let file = out.join(format!("consumer-{consumer}.json"));
         bench(
@@ -124,6 +128,10 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
                 field(&rows, "deliver -> consumer", &traffic, "vs_baseline")?,
                 0.9,
             ));
+            if consumer == "count" {
+                let sink_ns = 1e9 / field(&rows, "deliver", &traffic, "pps")?;
+                ceilings.push(ceiling_line(size, sink_ns, &ceiling(root, size, sink_ns)?));
+            }
         }
     }
 
@@ -196,6 +204,8 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
     table.push(String::new());
     table.push(format!("{met} of {} targets hold.", verdicts.len()));
     table.push(String::new());
+    table.extend(ceilings);
+    table.push(String::new());
     table.extend(floors);
     let text = table.join("\n");
     println!("\n{text}");
@@ -217,6 +227,49 @@ fn bench(
         .args(args)
         .args(["--repeats", repeats, "--seconds", seconds, "--json"])
         .arg(json))
+}
+
+/// Ring entries a frame of `configs/deliver.toml` takes at 64 and 1500 B (UDP): a
+/// descriptor and three 16-byte slots for its 42-byte head inline, and a descriptor of
+/// its payload's buffer.
+const DELIVER_TOML_ENTRIES: u32 = 5;
+
+/// `ceiling --size SIZE --like SINK_NS --slots N --json` for one entry a frame (the
+/// least the protocol carries) and for `deliver.toml`'s: the ratio each keeps.
+fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 2], String> {
+    run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "memplex-proto",
+        "--example",
+        "ceiling",
+    ]))?;
+    let mut ratios = [f64::NAN; 2];
+    for (ratio, slots) in ratios.iter_mut().zip([1, DELIVER_TOML_ENTRIES]) {
+        let out = Command::new(root.join("target/release/examples/ceiling"))
+            .args(["--size", size, "--like", &format!("{sink_ns:.2}")])
+            .args(["--slots", &slots.to_string(), "--json"])
+            .output()
+            .map_err(|e| format!("could not start the ceiling example: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "the ceiling example failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("the ceiling example's output: {e}"))?;
+        *ratio = v["ratio"].as_f64().unwrap_or(f64::NAN);
+    }
+    Ok(ratios)
+}
+
+/// What the ceiling example found for frames of `size` bytes.
+fn ceiling_line(size: &str, sink_ns: f64, [least, shipped]: &[f64; 2]) -> String {
+    format!(
+        "The machine's ceiling under the `count` pair at {size} B, CPUs 0 and 1: a producer doing the in-process sink's {sink_ns:.1} ns a frame and handing each frame to the other core with nothing but the rings keeps {least:.3} of its rate with one ring entry a frame (the protocol's least) and {shipped:.3} with deliver.toml's {DELIVER_TOML_ENTRIES}."
+    )
 }
 
 /// The summary rows of a `memplex bench --json` file.
@@ -286,6 +339,15 @@ mod tests {
 
     /// A bound is met at the bound itself, on its side only; a ratio that is not a
     /// number meets none.
+    /// The ceiling line names the sink's time and both ratios, to three places.
+    #[test]
+    fn the_ceiling_line_names_the_sinks_time_and_both_ratios() {
+        assert_eq!(
+            ceiling_line("64", 26.44, &[0.8723, 0.75]),
+            "The machine's ceiling under the `count` pair at 64 B, CPUs 0 and 1: a producer doing the in-process sink's 26.4 ns a frame and handing each frame to the other core with nothing but the rings keeps 0.872 of its rate with one ring entry a frame (the protocol's least) and 0.750 with deliver.toml's 5."
+        );
+    }
+
     #[test]
     fn a_verdict_holds_on_its_side_of_the_bound_only() {
         assert!(Verdict::at_least("x", 0.9, 0.9).met());
