@@ -14,6 +14,10 @@
 //!   carries (a whole frame in one lent buffer); `configs/deliver.toml`'s frames are 5
 //!   (a descriptor and three slots for a 42-byte head inline, a payload descriptor).
 //!
+//! `--in-order`: the consumer gives buffers back in the order it got them, by its
+//! completion ring index alone (as an AF_PACKET ring's blocks go back), and writes no
+//! tokens: only the completion ring crosses between the cores.
+//!
 //! `--work N` adds N rounds of dependent arithmetic per frame on the producer in both,
 //! to stand for the rest of a host's work (split, route, counters); `--like NS` finds
 //! the N that makes the producer alone take about NS nanoseconds a frame (the in-process
@@ -23,7 +27,7 @@
 //! object), with the producer's extra nanoseconds a frame in the pair.
 //!
 //! `cargo run --release -p memplex-proto --example ceiling -- [--size 64] [--slots 1]
-//! [--work N | --like NS] [--rounds 5] [--json]`
+//! [--work N | --like NS] [--rounds 5] [--in-order] [--json]`
 use memplex_proto::layout::{Desc, RingKind, Token};
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -111,7 +115,7 @@ fn alone(size: usize, work: u32, round: Duration) -> f64 {
 
 /// Frames a second placed and handed to a consumer thread, and the consumer's empty
 /// polls a frame.
-fn pair(size: usize, work: u32, slots: usize) -> (f64, f64) {
+fn pair(size: usize, work: u32, slots: usize, in_order: bool) -> (f64, f64) {
     let step = slots as u32;
     let (map, fd) = ChannelMap::create(0, ENTRIES, ENTRIES, 0, false).expect("a channel");
     let map = Arc::new(map);
@@ -142,6 +146,10 @@ fn pair(size: usize, work: u32, slots: usize) -> (f64, f64) {
                     let d = rx.read::<Desc>(i);
                     i += step;
                     seen += u64::from(d.len());
+                    if in_order {
+                        // Given back by the ring's index alone.
+                        continue;
+                    }
                     while !back.has_room(pending, 1).expect("an honest host") {
                         std::hint::spin_loop();
                     }
@@ -163,14 +171,24 @@ fn pair(size: usize, work: u32, slots: usize) -> (f64, f64) {
     let mut tx = Producer::new(map.ring(RingKind::Completion));
     let mut back = Consumer::new(map.ring(RingKind::Refill));
     let mut stage = vec![Desc::default(); BURST * slots];
+    // With `in_order`, the buffers lent, oldest first.
+    let mut lent = std::collections::VecDeque::with_capacity(ENTRIES as usize);
     let start = Instant::now();
     let mut bursts = 0u64;
     while !bursts.is_multiple_of(256) || start.elapsed() < ROUND {
-        let n = back.available().expect("an honest consumer");
-        for i in 0..n {
-            host.free.push(back.read::<u64>(i) as u32);
+        if in_order {
+            tx.free().expect("an honest consumer");
+            let out = (tx.in_flight() / step) as usize;
+            while lent.len() > out {
+                host.free.extend(lent.pop_front());
+            }
+        } else {
+            let n = back.available().expect("an honest consumer");
+            for i in 0..n {
+                host.free.push(back.read::<u64>(i) as u32);
+            }
+            back.release(n);
         }
-        back.release(n);
         if host.free.len() < BURST || !tx.has_room(0, (BURST * slots) as u32).expect("honest") {
             std::hint::spin_loop();
             continue;
@@ -183,6 +201,9 @@ fn pair(size: usize, work: u32, slots: usize) -> (f64, f64) {
                 region: 1,
             };
             d[0] = Desc::part(token, u64::from(id) * BUF as u64, len as u32, false);
+            if in_order {
+                lent.push_back(id);
+            }
         }
         tx.write_staged(0, zerocopy::IntoBytes::as_bytes(&stage[..]));
         tx.publish((BURST * slots) as u32);
@@ -230,6 +251,7 @@ struct Args {
     like: Option<f64>,
     rounds: usize,
     json: bool,
+    in_order: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -240,11 +262,13 @@ fn args() -> Result<Args, String> {
         like: None,
         rounds: 5,
         json: false,
+        in_order: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--json" {
-            a.json = true;
+        if flag == "--json" || flag == "--in-order" {
+            a.json |= flag == "--json";
+            a.in_order |= flag == "--in-order";
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -294,7 +318,7 @@ fn main() {
     let a = match args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ceiling: {e}\nusage: ceiling [--size 64] [--slots 1] [--work N | --like NS] [--rounds 5] [--json]");
+            eprintln!("ceiling: {e}\nusage: ceiling [--size 64] [--slots 1] [--work N | --like NS] [--rounds 5] [--in-order] [--json]");
             std::process::exit(2);
         }
     };
@@ -306,7 +330,7 @@ fn main() {
     let (mut alone_rates, mut pair_rates, mut ratios, mut idle) = (vec![], vec![], vec![], vec![]);
     for _ in 0..a.rounds {
         let one = alone(a.size, work, ROUND);
-        let (two, empty) = pair(a.size, work, a.slots);
+        let (two, empty) = pair(a.size, work, a.slots, a.in_order);
         alone_rates.push(one);
         pair_rates.push(two);
         ratios.push(two / one);
@@ -317,14 +341,16 @@ fn main() {
     let (size, slots, rounds) = (a.size, a.slots, a.rounds);
     if a.json {
         println!(
-            "{{\"size\": {size}, \"slots\": {slots}, \"work\": {work}, \"rounds\": {rounds}, \"alone_ns\": {:.2}, \"pair_ns\": {:.2}, \"ratio\": {ratio:.4}, \"consumer_idle\": {idle:.3}}}",
+            "{{\"size\": {size}, \"slots\": {slots}, \"in_order\": {}, \"work\": {work}, \"rounds\": {rounds}, \"alone_ns\": {:.2}, \"pair_ns\": {:.2}, \"ratio\": {ratio:.4}, \"consumer_idle\": {idle:.3}}}",
+            a.in_order,
             1e9 / one,
             1e9 / two
         );
         return;
     }
     println!(
-        "{rounds} pairs of {ROUND:?} rounds, {size} B frames, {slots} ring entries a frame, {work} rounds of arithmetic a frame; producer CPU 0, consumer CPU 1; medians"
+        "{rounds} pairs of {ROUND:?} rounds, {size} B frames, {slots} ring entries a frame{}, {work} rounds of arithmetic a frame; producer CPU 0, consumer CPU 1; medians",
+        if a.in_order { ", given back in order" } else { "" }
     );
     println!(
         "alone (in place):     {:6.2} Mpps ({:.1} ns a frame)",
