@@ -234,9 +234,10 @@ fn bench(
 /// its payload's buffer.
 const DELIVER_TOML_ENTRIES: u32 = 5;
 
-/// `ceiling --size SIZE --like SINK_NS --slots N --json` for one entry a frame (the
-/// least the protocol carries) and for `deliver.toml`'s: the ratio each keeps.
-fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 2], String> {
+/// `ceiling --size SIZE --like SINK_NS --slots N --json` for `deliver.toml`'s entries a
+/// frame, for one (the least the protocol carries), and for one with no refill ring
+/// (`--in-order`): the ratio each keeps.
+fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
     run(Command::new(env!("CARGO")).current_dir(root).args([
         "build",
         "--release",
@@ -245,11 +246,13 @@ fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 2], String> {
         "--example",
         "ceiling",
     ]))?;
-    let mut ratios = [f64::NAN; 2];
-    for (ratio, slots) in ratios.iter_mut().zip([1, DELIVER_TOML_ENTRIES]) {
+    let mut ratios = [f64::NAN; 3];
+    let runs = [(DELIVER_TOML_ENTRIES, false), (1, false), (1, true)];
+    for (ratio, (slots, in_order)) in ratios.iter_mut().zip(runs) {
         let out = Command::new(root.join("target/release/examples/ceiling"))
             .args(["--size", size, "--like", &format!("{sink_ns:.2}")])
             .args(["--slots", &slots.to_string(), "--json"])
+            .args(in_order.then_some("--in-order"))
             .output()
             .map_err(|e| format!("could not start the ceiling example: {e}"))?;
         if !out.status.success() {
@@ -266,9 +269,9 @@ fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 2], String> {
 }
 
 /// What the ceiling example found for frames of `size` bytes.
-fn ceiling_line(size: &str, sink_ns: f64, [least, shipped]: &[f64; 2]) -> String {
+fn ceiling_line(size: &str, sink_ns: f64, [shipped, least, in_order]: &[f64; 3]) -> String {
     format!(
-        "The machine's ceiling under the `count` pair at {size} B, CPUs 0 and 1: a producer doing the in-process sink's {sink_ns:.1} ns a frame and handing each frame to the other core with nothing but the rings keeps {least:.3} of its rate with one ring entry a frame (the protocol's least) and {shipped:.3} with deliver.toml's {DELIVER_TOML_ENTRIES}."
+        "The machine's ceiling under the `count` pair at {size} B, CPUs 0 and 1: a producer doing the in-process sink's {sink_ns:.1} ns a frame and handing each frame to the other core with nothing but the rings (no bookkeeping) keeps {shipped:.3} of its rate with deliver.toml's {DELIVER_TOML_ENTRIES} ring entries a frame, {least:.3} with one (the protocol's least), and {in_order:.3} with one and no refill ring (buffers given back in order)."
     )
 }
 
@@ -343,8 +346,8 @@ mod tests {
     #[test]
     fn the_ceiling_line_names_the_sinks_time_and_both_ratios() {
         assert_eq!(
-            ceiling_line("64", 26.44, &[0.8723, 0.75]),
-            "The machine's ceiling under the `count` pair at 64 B, CPUs 0 and 1: a producer doing the in-process sink's 26.4 ns a frame and handing each frame to the other core with nothing but the rings keeps 0.872 of its rate with one ring entry a frame (the protocol's least) and 0.750 with deliver.toml's 5."
+            ceiling_line("64", 26.44, &[0.75, 0.8723, 0.9]),
+            "The machine's ceiling under the `count` pair at 64 B, CPUs 0 and 1: a producer doing the in-process sink's 26.4 ns a frame and handing each frame to the other core with nothing but the rings (no bookkeeping) keeps 0.750 of its rate with deliver.toml's 5 ring entries a frame, 0.872 with one (the protocol's least), and 0.900 with one and no refill ring (buffers given back in order)."
         );
     }
 
