@@ -14,6 +14,11 @@
 //!   carries (a whole frame in one lent buffer); `configs/deliver.toml`'s frames are 5
 //!   (a descriptor and three slots for a 42-byte head inline, a payload descriptor).
 //!
+//! `--checksum`: the sink of the `checksum` pairs. Alone, the producer takes a CRC-32 of
+//! each frame it placed, from its buffer; in the pair the consumer does, reading the
+//! buffer through its own read-only mapping of the buffers' memfd and asking for the
+//! next frame's lines as it takes a frame, as `memplex consume --mode checksum` does.
+//!
 //! `--in-order`: the consumer gives buffers back in the order it got them, by its
 //! completion ring index alone (as an AF_PACKET ring's blocks go back), and writes no
 //! tokens: only the completion ring crosses between the cores.
@@ -27,7 +32,11 @@
 //! object), with the producer's extra nanoseconds a frame in the pair.
 //!
 //! `cargo run --release -p memplex-proto --example ceiling -- [--size 64] [--slots 1]
-//! [--work N | --like NS] [--rounds 5] [--in-order] [--json]`
+//! [--work N | --like NS] [--rounds 5] [--in-order] [--checksum] [--json]`
+#![allow(
+    unsafe_code,
+    reason = "the buffers' memfd mapped twice, for the producer to write and the consumer to read"
+)]
 use memplex_proto::layout::{Desc, RingKind, Token};
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,9 +58,30 @@ fn pin(cpu: usize) {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
+/// The buffers' memory: a memfd, mapped for the producer to write and, apart, for the
+/// consumer to read.
+fn arena() -> (memmap2::MmapMut, memmap2::Mmap) {
+    let fd = rustix::fs::memfd_create("ceiling", rustix::fs::MemfdFlags::CLOEXEC).expect("a memfd");
+    let file = std::fs::File::from(fd);
+    file.set_len((BUF * BUFS) as u64).expect("sized");
+    // SAFETY: the memfd is this process's alone and never resized. The producer writes a
+    // buffer only while no descriptor of it is out (before the release store that
+    // publishes it, after the acquire load that saw its token come back); the consumer
+    // reads it only in between, so the two mappings never touch the same bytes at once.
+    unsafe {
+        (
+            memmap2::MmapMut::map_mut(&file).expect("mapped for writing"),
+            memmap2::Mmap::map(&file).expect("mapped for reading"),
+        )
+    }
+}
+
 /// The producer's side of either round: buffers, frames, counters.
 struct Host {
-    arena: Vec<u8>,
+    arena: memmap2::MmapMut,
+    /// Alone with `--checksum`: a CRC-32 of each frame placed, from its buffer.
+    checksum: bool,
+    digest: u32,
     free: Vec<u32>,
     frames: Vec<Vec<u8>>,
     next: usize,
@@ -62,12 +92,14 @@ struct Host {
 }
 
 impl Host {
-    fn new(size: usize, work: u32) -> Host {
+    fn new(size: usize, work: u32, arena: memmap2::MmapMut, checksum: bool) -> Host {
         let frames = (0..64u8)
             .map(|f| (0..size).map(|i| (i as u8).wrapping_mul(31) ^ f).collect())
             .collect();
         Host {
-            arena: vec![0; BUF * BUFS],
+            arena,
+            checksum,
+            digest: 0,
             free: (0..BUFS as u32).rev().collect(),
             frames,
             next: 0,
@@ -86,6 +118,10 @@ impl Host {
         self.next = (self.next + 1) % self.frames.len();
         let at = id as usize * BUF;
         self.arena[at..at + frame.len()].copy_from_slice(frame);
+        if self.checksum {
+            let crc = crc32fast::hash(&self.arena[at..at + frame.len()]);
+            self.digest = self.digest.wrapping_add(crc);
+        }
         self.frames_done += 1;
         self.bytes += frame.len() as u64;
         for _ in 0..self.work {
@@ -96,9 +132,9 @@ impl Host {
 }
 
 /// Frames a second placed and given back in place.
-fn alone(size: usize, work: u32, round: Duration) -> f64 {
+fn alone(size: usize, work: u32, checksum: bool, round: Duration) -> f64 {
     pin(0);
-    let mut host = Host::new(size, work);
+    let mut host = Host::new(size, work, arena().0, checksum);
     let mut ids = [0u32; BURST];
     let start = Instant::now();
     while start.elapsed() < round {
@@ -109,14 +145,15 @@ fn alone(size: usize, work: u32, round: Duration) -> f64 {
             host.free.extend(ids.iter().rev());
         }
     }
-    std::hint::black_box((host.mix, host.bytes));
+    std::hint::black_box((host.mix, host.bytes, host.digest));
     host.frames_done as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Frames a second placed and handed to a consumer thread, and the consumer's empty
 /// polls a frame.
-fn pair(size: usize, work: u32, slots: usize, in_order: bool) -> (f64, f64) {
+fn pair(size: usize, work: u32, slots: usize, in_order: bool, checksum: bool) -> (f64, f64) {
     let step = slots as u32;
+    let (arena, view) = arena();
     let (map, fd) = ChannelMap::create(0, ENTRIES, ENTRIES, 0, false).expect("a channel");
     let map = Arc::new(map);
     let peer = Arc::new(ChannelMap::open(fd, map.len()).expect("mapped"));
@@ -146,6 +183,17 @@ fn pair(size: usize, work: u32, slots: usize, in_order: bool) -> (f64, f64) {
                     let d = rx.read::<Desc>(i);
                     i += step;
                     seen += u64::from(d.len());
+                    if checksum {
+                        let bytes = |d: Desc| {
+                            let at = d.offset() as usize;
+                            view.get(at..at + d.len() as usize).unwrap_or_default()
+                        };
+                        if i < n {
+                            let next = rx.read::<Desc>(i);
+                            memplex_proto::ring::prefetch_bytes_to_l2(bytes(next));
+                        }
+                        seen += u64::from(crc32fast::hash(bytes(d)));
+                    }
                     if in_order {
                         // Given back by the ring's index alone.
                         continue;
@@ -167,7 +215,7 @@ fn pair(size: usize, work: u32, slots: usize, in_order: bool) -> (f64, f64) {
         })
     };
     pin(0);
-    let mut host = Host::new(size, work);
+    let mut host = Host::new(size, work, arena, false);
     let mut tx = Producer::new(map.ring(RingKind::Completion));
     let mut back = Consumer::new(map.ring(RingKind::Refill));
     let mut stage = vec![Desc::default(); BURST * slots];
@@ -227,8 +275,8 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// The work a frame that makes the producer alone take about `ns` a frame: a bisection
 /// over short rounds (time falls as work rises, give or take the noise).
-fn calibrate(size: usize, ns: f64) -> u32 {
-    let at = |work| 1e9 / alone(size, work, PROBE);
+fn calibrate(size: usize, ns: f64, checksum: bool) -> u32 {
+    let at = |work| 1e9 / alone(size, work, checksum, PROBE);
     let (mut lo, mut hi) = (0u32, 1u32);
     while at(hi) < ns && hi < 1 << 16 {
         (lo, hi) = (hi, hi * 2);
@@ -252,6 +300,7 @@ struct Args {
     rounds: usize,
     json: bool,
     in_order: bool,
+    checksum: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -263,12 +312,17 @@ fn args() -> Result<Args, String> {
         rounds: 5,
         json: false,
         in_order: false,
+        checksum: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--json" || flag == "--in-order" {
-            a.json |= flag == "--json";
-            a.in_order |= flag == "--in-order";
+        match flag.as_str() {
+            "--json" => a.json = true,
+            "--in-order" => a.in_order = true,
+            "--checksum" => a.checksum = true,
+            _ => {}
+        }
+        if matches!(flag.as_str(), "--json" | "--in-order" | "--checksum") {
             continue;
         }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -318,19 +372,19 @@ fn main() {
     let a = match args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ceiling: {e}\nusage: ceiling [--size 64] [--slots 1] [--work N | --like NS] [--rounds 5] [--in-order] [--json]");
+            eprintln!("ceiling: {e}\nusage: ceiling [--size 64] [--slots 1] [--work N | --like NS] [--rounds 5] [--in-order] [--checksum] [--json]");
             std::process::exit(2);
         }
     };
     let work = match (a.work, a.like) {
         (Some(w), _) => w,
-        (None, Some(ns)) => calibrate(a.size, ns),
+        (None, Some(ns)) => calibrate(a.size, ns, a.checksum),
         (None, None) => 0,
     };
     let (mut alone_rates, mut pair_rates, mut ratios, mut idle) = (vec![], vec![], vec![], vec![]);
     for _ in 0..a.rounds {
-        let one = alone(a.size, work, ROUND);
-        let (two, empty) = pair(a.size, work, a.slots, a.in_order);
+        let one = alone(a.size, work, a.checksum, ROUND);
+        let (two, empty) = pair(a.size, work, a.slots, a.in_order, a.checksum);
         alone_rates.push(one);
         pair_rates.push(two);
         ratios.push(two / one);
@@ -341,8 +395,9 @@ fn main() {
     let (size, slots, rounds) = (a.size, a.slots, a.rounds);
     if a.json {
         println!(
-            "{{\"size\": {size}, \"slots\": {slots}, \"in_order\": {}, \"work\": {work}, \"rounds\": {rounds}, \"alone_ns\": {:.2}, \"pair_ns\": {:.2}, \"ratio\": {ratio:.4}, \"consumer_idle\": {idle:.3}}}",
+            "{{\"size\": {size}, \"slots\": {slots}, \"in_order\": {}, \"checksum\": {}, \"work\": {work}, \"rounds\": {rounds}, \"alone_ns\": {:.2}, \"pair_ns\": {:.2}, \"ratio\": {ratio:.4}, \"consumer_idle\": {idle:.3}}}",
             a.in_order,
+            a.checksum,
             1e9 / one,
             1e9 / two
         );
@@ -350,7 +405,12 @@ fn main() {
     }
     println!(
         "{rounds} pairs of {ROUND:?} rounds, {size} B frames, {slots} ring entries a frame{}, {work} rounds of arithmetic a frame; producer CPU 0, consumer CPU 1; medians",
-        if a.in_order { ", given back in order" } else { "" }
+        match (a.in_order, a.checksum) {
+            (false, false) => "",
+            (true, false) => ", given back in order",
+            (false, true) => ", each checksummed",
+            (true, true) => ", each checksummed, given back in order",
+        }
     );
     println!(
         "alone (in place):     {:6.2} Mpps ({:.1} ns a frame)",
