@@ -101,9 +101,9 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
     }
 
     // Issue 11: a consumer process against the in-process sink doing the same. Under
-    // the table, the ceiling this machine puts on the `count` pairs: the least host work
-    // a delivery does, with none of memplex's bookkeeping, as heavy as the in-process
-    // sink measured here (`consumer/proto/examples/ceiling`).
+    // the table, the ceiling this machine puts on each pair: the least host work a
+    // delivery does, with none of memplex's bookkeeping, as heavy as the in-process sink
+    // measured here (`consumer/proto/examples/ceiling`).
     let mut ceilings = Vec::new();
     for consumer in ["count", "checksum"] {
         let file = out.join(format!("consumer-{consumer}.json"));
@@ -128,10 +128,9 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
                 field(&rows, "deliver -> consumer", &traffic, "vs_baseline")?,
                 0.9,
             ));
-            if consumer == "count" {
-                let sink_ns = 1e9 / field(&rows, "deliver", &traffic, "pps")?;
-                ceilings.push(ceiling_line(size, sink_ns, &ceiling(root, size, sink_ns)?));
-            }
+            let sink_ns = 1e9 / field(&rows, "deliver", &traffic, "pps")?;
+            let found = ceiling(root, consumer, size, sink_ns)?;
+            ceilings.push(ceiling_line(consumer, size, sink_ns, &found));
         }
     }
 
@@ -234,10 +233,11 @@ fn bench(
 /// its payload's buffer.
 const DELIVER_TOML_ENTRIES: u32 = 5;
 
-/// `ceiling --size SIZE --like SINK_NS --slots N --json` for `deliver.toml`'s entries a
-/// frame, for one (the least the protocol carries), and for one with no refill ring
-/// (`--in-order`): the ratio each keeps.
-fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
+/// `ceiling --size SIZE --like SINK_NS --slots N --json` (and `--checksum` for the
+/// `checksum` consumer) for `deliver.toml`'s entries a frame, for one (the least the
+/// protocol carries), and for one with no refill ring (`--in-order`): the ratio each
+/// keeps.
+fn ceiling(root: &Path, consumer: &str, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
     run(Command::new(env!("CARGO")).current_dir(root).args([
         "build",
         "--release",
@@ -253,6 +253,7 @@ fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
             .args(["--size", size, "--like", &format!("{sink_ns:.2}")])
             .args(["--slots", &slots.to_string(), "--json"])
             .args(in_order.then_some("--in-order"))
+            .args((consumer == "checksum").then_some("--checksum"))
             .output()
             .map_err(|e| format!("could not start the ceiling example: {e}"))?;
         if !out.status.success() {
@@ -269,9 +270,14 @@ fn ceiling(root: &Path, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
 }
 
 /// What the ceiling example found for frames of `size` bytes.
-fn ceiling_line(size: &str, sink_ns: f64, [shipped, least, in_order]: &[f64; 3]) -> String {
+fn ceiling_line(
+    consumer: &str,
+    size: &str,
+    sink_ns: f64,
+    [shipped, least, in_order]: &[f64; 3],
+) -> String {
     format!(
-        "The machine's ceiling under the `count` pair at {size} B, CPUs 0 and 1: a producer doing the in-process sink's {sink_ns:.1} ns a frame and handing each frame to the other core with nothing but the rings (no bookkeeping) keeps {shipped:.3} of its rate with deliver.toml's {DELIVER_TOML_ENTRIES} ring entries a frame, {least:.3} with one (the protocol's least), and {in_order:.3} with one and no refill ring (buffers given back in order)."
+        "The machine's ceiling under the `{consumer}` pair at {size} B, CPUs 0 and 1: a producer doing the in-process sink's {sink_ns:.1} ns a frame and handing each frame to the other core with nothing but the rings (no bookkeeping) keeps {shipped:.3} of its rate with deliver.toml's {DELIVER_TOML_ENTRIES} ring entries a frame, {least:.3} with one (the protocol's least), and {in_order:.3} with one and no refill ring (buffers given back in order)."
     )
 }
 
@@ -346,7 +352,7 @@ mod tests {
     #[test]
     fn the_ceiling_line_names_the_sinks_time_and_both_ratios() {
         assert_eq!(
-            ceiling_line("64", 26.44, &[0.75, 0.8723, 0.9]),
+            ceiling_line("count", "64", 26.44, &[0.75, 0.8723, 0.9]),
             "The machine's ceiling under the `count` pair at 64 B, CPUs 0 and 1: a producer doing the in-process sink's 26.4 ns a frame and handing each frame to the other core with nothing but the rings (no bookkeeping) keeps 0.750 of its rate with deliver.toml's 5 ring entries a frame, 0.872 with one (the protocol's least), and 0.900 with one and no refill ring (buffers given back in order)."
         );
     }
