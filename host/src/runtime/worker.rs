@@ -673,9 +673,10 @@ impl Worker {
     }
 
     /// Sends this vector's parts for providers that gather (`Pool::gathers`) to each
-    /// provider in one `fill_gather` (ops on the stack, 64 a call), then drops the frames
-    /// with a part whose call failed. Each op's bytes are its frame's, where they lie in
-    /// the device's memory: no copy before the provider's own.
+    /// provider in one `fill_gather` (ops on the stack, 256 a call: a whole burst of
+    /// frames of up to four parts), then drops the frames with a part whose call failed.
+    /// Each op's bytes are its frame's, where they lie in the device's memory: no copy
+    /// before the provider's own.
     #[inline(never)]
     fn fill_gathered(&mut self, burst: &[RxFrame<'_>]) {
         // Usually one provider; with more, each provider's parts together.
