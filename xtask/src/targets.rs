@@ -105,6 +105,14 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
     // delivery does, with none of memplex's bookkeeping, as heavy as the in-process sink
     // measured here (`consumer/proto/examples/ceiling`).
     let mut ceilings = Vec::new();
+    run(Command::new(env!("CARGO")).current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "memplex-proto",
+        "--example",
+        "ceiling",
+    ]))?;
     for consumer in ["count", "checksum"] {
         let file = out.join(format!("consumer-{consumer}.json"));
         bench(
@@ -236,16 +244,8 @@ const DELIVER_TOML_ENTRIES: u32 = 5;
 /// `ceiling --size SIZE --like SINK_NS --slots N --json` (and `--checksum` for the
 /// `checksum` consumer) for `deliver.toml`'s entries a frame, for one (the least the
 /// protocol carries), and for one with no refill ring (`--in-order`): the ratio each
-/// keeps.
+/// keeps. The example is built before the first call.
 fn ceiling(root: &Path, consumer: &str, size: &str, sink_ns: f64) -> Result<[f64; 3], String> {
-    run(Command::new(env!("CARGO")).current_dir(root).args([
-        "build",
-        "--release",
-        "-p",
-        "memplex-proto",
-        "--example",
-        "ceiling",
-    ]))?;
     let mut ratios = [f64::NAN; 3];
     let runs = [(DELIVER_TOML_ENTRIES, false), (1, false), (1, true)];
     for (ratio, (slots, in_order)) in ratios.iter_mut().zip(runs) {
