@@ -62,7 +62,7 @@ impl Session {
         }
     }
 
-    fn ended(&self) -> Option<Disconnect> {
+    pub(crate) fn ended(&self) -> Option<Disconnect> {
         match self.end.load(Ordering::Acquire) {
             0 => None,
             n => Some(DISCONNECTS[usize::from(n - 1)]),

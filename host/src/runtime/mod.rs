@@ -67,6 +67,8 @@
 mod engine;
 mod frame;
 #[cfg(test)]
+mod hostile;
+#[cfg(test)]
 mod one_core;
 mod read_ahead;
 mod sink;

@@ -1,0 +1,590 @@
+//! A consumer that does whatever a script of bytes says, honest or not, against a worker
+//! driven by hand in the same thread: reads its completion ring, gives tokens back,
+//! gives back tokens twice or made up, moves the shared ring indexes anywhere, leaves
+//! without a word and comes back. The named misbehaviours each have a test with real
+//! processes (`memplex-cli`'s `deliver` tests, with `consumer/examples/misbehave`);
+//! this one runs hundreds of mixtures of them, where one kind of lie follows another.
+//!
+//! After every script, three things must hold (see [`play`]):
+//! - nothing is lost: once every session has ended, every buffer is back in its pool,
+//!   and every frame the worker received was either delivered or dropped with a reason;
+//! - only a lie ends a session: a script with none ends no session but by leaving, and
+//!   every session a lie ended says why as `bad_token` or `bad_index`;
+//! - the host is unaffected: an honest consumer that connects afterwards gets every
+//!   frame of a burst, its bytes whole, and gives every buffer back.
+//!
+//! The scripts come from a fixed pseudo-random sequence, so a failure names the seed
+//! that reproduces it (`MEMPLEX_HOSTILE_SEED=N`); `MEMPLEX_HOSTILE_SCRIPTS` runs more.
+
+use super::worker::Worker;
+use super::{CountSink, Engine};
+use crate::config::Config;
+use crate::deliver::{Inbox, NewChannel, Session};
+use crate::device::{RxFrame, RxMeta};
+use crate::provider::PluginPath;
+use crate::stats::Disconnect;
+use memplex_proto::layout::{self, Desc, RingKind, Token};
+use memplex_proto::ring::{ChannelMap, Consumer, Producer};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// Heads inline (heap), payload in shared memory, every frame delivered. Small pools
+/// and quota, so that quota and full-ring drops happen within a script.
+const INLINE_HEADS: &str = r#"
+[device]
+kind = "pcap"
+path = "(in memory)"
+
+[split]
+mode = "l4"
+
+[providers.hdr]
+plugin = "builtin:heap"
+buf_size = 256
+unverified = true
+
+[providers.payload]
+plugin = "builtin:shm"
+buf_size = 512
+pool_size = 64
+settings = { buffers = 1024 }
+
+[consumers.app]
+socket = "/nonexistent/hostile.sock"
+ring_entries = 256
+quota = 160
+policy = "drop"
+
+[[route]]
+head = "hdr"
+frags = "payload"
+deliver = "app"
+"#;
+
+/// Frames per burst the worker handles.
+const BURST: usize = 32;
+
+/// Reads a script: bytes, then zeros once it is spent.
+struct Script<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Script<'_> {
+    fn done(&self) -> bool {
+        self.at >= self.bytes.len()
+    }
+
+    fn u8(&mut self) -> u8 {
+        let b = self.bytes.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        b
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+}
+
+/// The consumer's end of one session.
+struct Peer {
+    session: Arc<Session>,
+    /// The socket's other end (regions are announced on it; kept, unread).
+    _sock: OwnedFd,
+    /// The channel's memory (the rings below point into it).
+    _map: Arc<ChannelMap>,
+    completion: Consumer,
+    meta: Option<Consumer>,
+    refill: Producer,
+    /// Tokens read and not given back.
+    held: Vec<u64>,
+    /// Tokens given back (the last 64), to give back again.
+    returned: Vec<u64>,
+    /// Its completion index was moved by hand: its reads no longer line up with frames.
+    derailed: bool,
+    /// Its refill index was moved by hand: it gives nothing back after that.
+    refill_moved: bool,
+    /// It lied: the host may end its session.
+    lied: bool,
+    /// It told a lie the host must catch the next time it serves the session: a token
+    /// given back twice, or a refill index past what it wrote (stale tokens or zeros).
+    /// (A made-up token may name a buffer lent but not yet read, which the host cannot
+    /// tell from a true one.)
+    caught_next: bool,
+    /// Frames it read.
+    frames: u64,
+}
+
+impl Peer {
+    /// A new session of consumer 0 for the worker `inbox` feeds.
+    fn connect(inbox: &Inbox, meta: bool) -> Peer {
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+            None,
+        )
+        .expect("a socket pair");
+        let (map, _fd) = ChannelMap::create(0, 256, 512, 0, meta).expect("a channel");
+        let map = Arc::new(map);
+        let session = Arc::new(Session::for_test(1, ours));
+        inbox.push(NewChannel {
+            consumer: 0,
+            session: Arc::clone(&session),
+            map: Arc::clone(&map),
+            eventfd: None,
+        });
+        Peer {
+            session,
+            _sock: theirs,
+            completion: Consumer::new(map.ring(RingKind::Completion)),
+            meta: meta.then(|| Consumer::new(map.ring(RingKind::Meta))),
+            refill: Producer::new(map.ring(RingKind::Refill)),
+            _map: map,
+            held: Vec::new(),
+            returned: Vec::new(),
+            derailed: false,
+            refill_moved: false,
+            lied: false,
+            caught_next: false,
+            frames: 0,
+        }
+    }
+
+    /// Reads every frame published, as an honest consumer does, checking each against
+    /// the frames sent (when `sent` is given: frames in the order they were delivered);
+    /// its tokens join `held`.
+    fn read(&mut self, sent: Option<&[&[u8]]>) {
+        if self.derailed {
+            return;
+        }
+        let avail = self.completion.available().expect("an honest host");
+        let mut i = 0;
+        let mut inline = [0u8; 256];
+        while i < avail {
+            let mut seen = 0;
+            loop {
+                let d: Desc = self.completion.read(i);
+                i += 1;
+                if d.is_inline() {
+                    let len = d.len() as usize;
+                    assert!(len <= inline.len(), "an inline head of {len} bytes");
+                    self.completion.read_bytes(i, &mut inline[..len]);
+                    i += layout::inline_slots(len) as u32;
+                    if let Some(sent) = sent {
+                        let frame = sent[self.frames as usize];
+                        assert_eq!(&inline[..len], &frame[..len], "frame {}", self.frames);
+                    }
+                } else {
+                    assert_ne!(d.token, 0, "a part has a token");
+                    self.held.push(d.token);
+                }
+                seen += d.len() as usize;
+                if !d.more() {
+                    break;
+                }
+            }
+            if let Some(sent) = sent {
+                assert_eq!(
+                    seen,
+                    sent[self.frames as usize].len(),
+                    "frame {}",
+                    self.frames
+                );
+            }
+            if let Some(m) = self.meta.as_mut() {
+                let _: layout::FrameMeta = m.read(0);
+                m.release(1);
+            }
+            self.frames += 1;
+        }
+        assert!(i == avail, "a frame published in part");
+        self.completion.release(avail);
+    }
+
+    /// Writes `tokens` to the refill ring and publishes them, as many as fit: true when
+    /// all did.
+    fn give(&mut self, tokens: &[u64]) -> bool {
+        if self.refill_moved {
+            // Its next publish would write over the index it moved.
+            return false;
+        }
+        for &t in tokens {
+            match self.refill.has_room(0, 1) {
+                Ok(true) => {}
+                // Full (the host has not served it yet), or an index moved by hand.
+                _ => return false,
+            }
+            self.refill.write(0, &t);
+            self.refill.publish(1);
+            self.returned.push(t);
+            if self.returned.len() > 64 {
+                self.returned.remove(0);
+            }
+        }
+        true
+    }
+
+    /// Gives back `n` held tokens, the oldest or the newest first.
+    fn give_back(&mut self, n: usize, newest: bool) {
+        let n = n.min(self.held.len());
+        let tokens: Vec<u64> = if newest {
+            self.held.split_off(self.held.len() - n)
+        } else {
+            self.held.drain(..n).collect()
+        };
+        self.give(&tokens);
+    }
+
+    /// Whether the session has ended (the host caught a lie, or it left).
+    fn session_ended(&self) -> bool {
+        self.session.ended().is_some()
+    }
+}
+
+/// What the consumer does next.
+#[derive(Clone, Copy)]
+enum Op {
+    /// The worker handles a burst and serves its consumers.
+    Burst,
+    /// Reads what is published (honest).
+    Read,
+    /// Gives back some of the tokens it holds (honest).
+    GiveBack,
+    /// Gives back a token it gave back before.
+    Duplicate,
+    /// Gives back a made-up token, or a held one with a field changed.
+    Forge,
+    /// Moves the refill ring's producer index anywhere.
+    WildRefill,
+    /// Moves the completion ring's consumer index anywhere.
+    WildCompletion,
+    /// Dies: its session ends with what it holds. (Between sessions: connects.)
+    Leave,
+    /// The worker serves its consumers only.
+    Service,
+}
+
+/// Which setup a script runs on, from its first byte.
+fn setup(choice: u8) -> (String, bool, usize) {
+    let meta = choice & 1 != 0;
+    // Frames of one part after an inline head, or of several (1500 B into 512 B).
+    let size = if choice & 2 != 0 { 1500 } else { 64 };
+    let config = if choice & 4 != 0 {
+        // Heads lent from shared memory too: two buffers a frame, one pool.
+        INLINE_HEADS.replace("[[route]]\nhead = \"hdr\"", "[[route]]\nhead = \"payload\"")
+    } else {
+        INLINE_HEADS.to_string()
+    };
+    (config, meta, size)
+}
+
+/// What a script came to.
+#[derive(Debug)]
+struct Outcome {
+    /// Sessions the host ended for a lie.
+    caught: u64,
+    /// Frames delivered (into some session's completion ring).
+    delivered: u64,
+}
+
+/// Runs one script against a fresh worker and checks what must hold after it (the
+/// module's doc). Panics, naming what broke, when something does not.
+fn play(script: &[u8]) -> Outcome {
+    let mut s = Script {
+        bytes: script,
+        at: 0,
+    };
+    let (config, meta, size) = setup(s.u8());
+    let config = Config::from_toml(&config, "hostile", Default::default(), None).expect("valid");
+    let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
+    let inbox = Arc::new(Inbox::default());
+    let mut worker = engine
+        .test_worker(Box::new(CountSink), Some(Arc::clone(&inbox)))
+        .expect("a worker");
+    let frames = memplex_testkit::traffic::generate(memplex_testkit::traffic::Shape {
+        frame_size: size,
+        flows: 256,
+        proto: memplex_testkit::traffic::Proto::Udp,
+        vlan: None,
+    })
+    .expect("frames");
+    let rx: Vec<RxFrame<'_>> = frames
+        .iter()
+        .map(|f| RxFrame {
+            data: f,
+            meta: RxMeta {
+                orig_len: f.len() as u32,
+                cap_len: f.len() as u32,
+                ..Default::default()
+            },
+        })
+        .collect();
+    let mut next = 0;
+    let mut burst = |worker: &mut Worker| {
+        let at = next % rx.len();
+        let end = (at + BURST).min(rx.len());
+        worker.handle(&rx[at..end]);
+        next += end - at;
+        worker.service();
+    };
+    let mut peer = Some(Peer::connect(&inbox, meta));
+    // Sessions a lie may have ended, and sessions left on purpose.
+    let (mut lied, mut left) = (false, 0u64);
+    worker.service();
+    while !s.done() {
+        // Lies are an eighth of the ops, so sessions live long enough to fill their
+        // ring and quota between them.
+        let op = match s.u8() % 32 {
+            0..=9 => Op::Burst,
+            10..=15 => Op::Read,
+            16..=23 => Op::GiveBack,
+            24 => Op::Duplicate,
+            25 => Op::Forge,
+            26 => Op::WildRefill,
+            27 => Op::WildCompletion,
+            28 => Op::Leave,
+            _ => Op::Service,
+        };
+        let Some(p) = peer.as_mut() else {
+            // Between sessions: frames arrive with nobody to take them, until the
+            // script connects again.
+            match op {
+                Op::Burst | Op::Service => burst(&mut worker),
+                _ => peer = Some(Peer::connect(&inbox, meta)),
+            }
+            continue;
+        };
+        match op {
+            Op::Burst => burst(&mut worker),
+            Op::Read => p.read(None),
+            Op::GiveBack => {
+                let n = usize::from(s.u8() % 64) + 1;
+                p.give_back(n, s.u8() & 1 != 0);
+            }
+            Op::Duplicate => {
+                // A token given back already.
+                if !p.returned.is_empty() {
+                    let t = p.returned[usize::from(s.u8()) % p.returned.len()];
+                    if p.give(&[t]) {
+                        p.lied = true;
+                        p.caught_next = true;
+                    }
+                }
+            }
+            Op::Forge => {
+                // A made-up token, or a real one's fields changed: honest only if it
+                // happens to be one it holds.
+                let t = match (p.held.first(), s.u8() % 3) {
+                    (Some(&h), 0) => {
+                        let mut t = Token::from_u64(h);
+                        t.generation = t.generation.wrapping_add(1);
+                        t.to_u64()
+                    }
+                    (Some(&h), 1) => h ^ (1 << (s.u8() % 64)),
+                    _ => s.u64(),
+                };
+                let held = p.held.iter().position(|&h| h == t);
+                if p.give(&[t]) {
+                    match held {
+                        Some(at) => {
+                            p.held.swap_remove(at);
+                        }
+                        None => p.lied = true,
+                    }
+                }
+            }
+            Op::WildRefill => {
+                // The refill ring's producer index, anywhere: the entries it claims
+                // are stale tokens or zeros, or more than the ring holds.
+                let delta = s.u32();
+                if delta != 0 {
+                    p.lied = true;
+                    p.caught_next = true;
+                    p.refill_moved = true;
+                    p.refill
+                        .force_shared_index(p.refill.position().wrapping_add(delta));
+                }
+            }
+            Op::WildCompletion => {
+                // The completion ring's consumer index, anywhere. (Within what was
+                // published, the host cannot tell it from reading; past it, it can.)
+                let delta = s.u32();
+                if delta != 0 {
+                    p.lied = true;
+                    p.derailed = true;
+                    p.completion
+                        .force_shared_index(p.completion.position().wrapping_add(delta));
+                }
+            }
+            Op::Leave => {
+                // Killed: the session ends with whatever it held.
+                p.session.end(Disconnect::Left);
+                left += 1;
+                worker.service();
+                lied |= p.lied;
+                peer = None;
+            }
+            Op::Service => worker.service(),
+        }
+        if let Some(p) = peer.as_ref() {
+            if p.caught_next && matches!(op, Op::Burst | Op::Service) {
+                assert!(p.session_ended(), "a lie the host served was not caught");
+            }
+            if p.session_ended() {
+                // A lie was caught (the host ended the session): the consumer finds out
+                // and goes away.
+                lied |= p.lied;
+                assert!(p.lied, "an honest consumer's session ended");
+                peer = None;
+            }
+        }
+    }
+    if let Some(p) = peer.take() {
+        lied |= p.lied;
+        p.session.end(Disconnect::Left);
+        left += 1;
+    }
+    worker.service();
+
+    // The host is unaffected: an honest consumer now gets a whole burst, checked byte
+    // for byte, and gives everything back.
+    let mut honest = Peer::connect(&inbox, meta);
+    worker.service();
+    let at = next % rx.len();
+    let end = (at + BURST).min(rx.len());
+    worker.handle(&rx[at..end]);
+    let sent: Vec<&[u8]> = rx[at..end].iter().map(|f| f.data).collect();
+    honest.read(Some(&sent));
+    assert_eq!(
+        honest.frames,
+        sent.len() as u64,
+        "an honest consumer after the script"
+    );
+    let held = honest.held.len();
+    honest.give_back(held, false);
+    worker.service();
+    assert!(!honest.session_ended(), "the honest session goes on");
+    honest.session.end(Disconnect::Left);
+    left += 1;
+    worker.service();
+
+    // Nothing is lost.
+    let d = worker.delivery.as_mut().expect("delivering");
+    d.close_all(&mut worker.pools, std::time::Duration::ZERO);
+    worker.service();
+    for p in &worker.pools {
+        assert_eq!(p.stats().inflight, 0, "every buffer back in its pool");
+    }
+    let c = &worker.delivery.as_ref().expect("delivering").stats()[0];
+    assert_eq!(c.counters.lent, 0, "no buffer still lent");
+    let dropped = &worker.stats.dropped;
+    assert_eq!(
+        worker.stats.received.frames,
+        // Delivered frames a session never read are dropped too (`consumer_gone`).
+        c.counters.frames + dropped.sum() - c.counters.gone,
+        "every frame delivered or dropped with a reason: {dropped:?}, {:?}",
+        c.counters
+    );
+    // Only a lie ends a session but leaving, and it says why.
+    let d = &c.disconnects;
+    let caught = d.get(Disconnect::BadToken) + d.get(Disconnect::BadIndex);
+    assert_eq!(
+        d.sum(),
+        left + caught,
+        "sessions end by leaving or by a lie caught: {d:?}"
+    );
+    if !lied {
+        assert_eq!(caught, 0, "no lie, yet a session ended for one: {d:?}");
+    }
+    Outcome {
+        caught,
+        delivered: c.counters.frames,
+    }
+}
+
+/// A small pseudo-random generator (xorshift64*), for scripts that are the same run
+/// after run.
+fn script_of(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// Hundreds of scripts (each 64 to 512 bytes, over every setup), each checked as the
+/// module's doc says.
+#[test]
+fn hostile_consumers_lose_nothing_and_leave_the_host_unaffected() {
+    let only: Option<u64> = std::env::var("MEMPLEX_HOSTILE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let scripts: u64 = std::env::var("MEMPLEX_HOSTILE_SCRIPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(240);
+    for seed in only.map_or(0..scripts, |s| s..s + 1) {
+        let mut script = script_of(seed, 64 + (seed as usize * 37) % 449);
+        // Every setup in turn.
+        script[0] = seed as u8;
+        let result = std::panic::catch_unwind(|| {
+            play(&script);
+        });
+        if let Err(e) = result {
+            panic!(
+                "script of seed {seed} failed (rerun it alone: MEMPLEX_HOSTILE_SEED={seed}): {}",
+                e.downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| e.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic")
+            );
+        }
+    }
+}
+
+/// Script bytes of some ops (see `play`).
+const BURST_OP: u8 = 0;
+const READ_OP: u8 = 10;
+const GIVE_BACK_OP: u8 = 16;
+const DUPLICATE_OP: u8 = 24;
+const SERVICE_OP: u8 = 31;
+
+/// An honest script (reads, gives back, bursts) ends no session and loses nothing; a
+/// script that only lies is caught.
+#[test]
+fn an_honest_script_ends_no_session_and_a_lie_is_caught() {
+    // Bursts, reads, and give-backs of 64 from the oldest.
+    let honest: Vec<u8> = std::iter::once(0)
+        .chain((0..40).flat_map(|_| [BURST_OP, READ_OP, GIVE_BACK_OP, 63, 0]))
+        .collect();
+    let out = play(&honest);
+    assert_eq!(out.caught, 0);
+    // 40 bursts of 32 and the honest consumer's last one, none dropped.
+    assert_eq!(out.delivered, 41 * 32, "{out:?}");
+    // A burst, a read, a token given back (the oldest), then given back again.
+    let lying = [
+        0,
+        BURST_OP,
+        READ_OP,
+        GIVE_BACK_OP,
+        0,
+        0,
+        DUPLICATE_OP,
+        0,
+        SERVICE_OP,
+    ];
+    let out = play(&lying);
+    assert_eq!(
+        out.caught, 1,
+        "the duplicate token ended the session: {out:?}"
+    );
+}
