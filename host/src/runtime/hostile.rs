@@ -1,15 +1,20 @@
 //! A consumer that does whatever a script of bytes says, honest or not, against a worker
 //! driven by hand in the same thread: reads its completion ring, gives tokens back,
-//! gives back tokens twice or made up, moves the shared ring indexes anywhere, leaves
+//! sends frames through its transmit ring, gives back tokens twice or made up, moves the
+//! shared ring indexes anywhere, writes transmit entries that break the rules, leaves
 //! without a word and comes back. The named misbehaviours each have a test with real
 //! processes (`memplex-cli`'s `deliver` tests, with `consumer/examples/misbehave`);
 //! this one runs hundreds of mixtures of them, where one kind of lie follows another.
 //!
-//! After every script, three things must hold (see [`play`]):
+//! After every script, these must hold (see [`play`]):
 //! - nothing is lost: once every session has ended, every buffer is back in its pool,
 //!   and every frame the worker received was either delivered or dropped with a reason;
-//! - only a lie ends a session: a script with none ends no session but by leaving, and
-//!   every session a lie ended says why as `bad_token` or `bad_index`;
+//! - only a lie ends a session but leaving, and every session a lie ended says why as
+//!   `bad_token`, `bad_index` or `bad_entry`; the lies a host can always tell (a token
+//!   given back twice, a refill index past what was written, a bad transmit entry) end
+//!   the session the next time the host serves it;
+//! - the transmit counters say what the device took and refused, and with no lie every
+//!   frame sent reached it;
 //! - the host is unaffected: an honest consumer that connects afterwards gets every
 //!   frame of a burst, its bytes whole, and gives every buffer back.
 //!
@@ -23,7 +28,7 @@ use crate::deliver::{Inbox, NewChannel, Session};
 use crate::device::{RxFrame, RxMeta};
 use crate::provider::PluginPath;
 use crate::stats::Disconnect;
-use memplex_proto::layout::{self, Desc, RingKind, Token};
+use memplex_proto::layout::{self, Desc, RingKind, Token, TX_MAX_PARTS};
 use memplex_proto::ring::{ChannelMap, Consumer, Producer};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -100,8 +105,12 @@ struct Peer {
     completion: Consumer,
     meta: Option<Consumer>,
     refill: Producer,
-    /// Tokens read and not given back.
-    held: Vec<u64>,
+    /// Tokens read and not given back, with their parts' lengths.
+    held: Vec<(u64, u32)>,
+    /// Its transmit ring (with a setup that has one).
+    transmit: Option<Producer>,
+    /// Frames it published to send, while it told no lie.
+    sent: u64,
     /// Tokens given back (the last 64), to give back again.
     returned: Vec<u64>,
     /// Its completion index was moved by hand: its reads no longer line up with frames.
@@ -121,7 +130,7 @@ struct Peer {
 
 impl Peer {
     /// A new session of consumer 0 for the worker `inbox` feeds.
-    fn connect(inbox: &Inbox, meta: bool) -> Peer {
+    fn connect(inbox: &Inbox, meta: bool, transmit: bool) -> Peer {
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
             rustix::net::SocketType::SEQPACKET,
@@ -129,7 +138,8 @@ impl Peer {
             None,
         )
         .expect("a socket pair");
-        let (map, _fd) = ChannelMap::create(0, 256, 512, 0, meta).expect("a channel");
+        let tx_entries = if transmit { 64 } else { 0 };
+        let (map, _fd) = ChannelMap::create(0, 256, 512, tx_entries, meta).expect("a channel");
         let map = Arc::new(map);
         let session = Arc::new(Session::for_test(1, ours));
         inbox.push(NewChannel {
@@ -144,8 +154,10 @@ impl Peer {
             completion: Consumer::new(map.ring(RingKind::Completion)),
             meta: meta.then(|| Consumer::new(map.ring(RingKind::Meta))),
             refill: Producer::new(map.ring(RingKind::Refill)),
+            transmit: transmit.then(|| Producer::new(map.ring(RingKind::Transmit))),
             _map: map,
             held: Vec::new(),
+            sent: 0,
             returned: Vec::new(),
             derailed: false,
             refill_moved: false,
@@ -181,7 +193,7 @@ impl Peer {
                     }
                 } else {
                     assert_ne!(d.token, 0, "a part has a token");
-                    self.held.push(d.token);
+                    self.held.push((d.token, d.len()));
                 }
                 seen += d.len() as usize;
                 if !d.more() {
@@ -232,12 +244,53 @@ impl Peer {
     /// Gives back `n` held tokens, the oldest or the newest first.
     fn give_back(&mut self, n: usize, newest: bool) {
         let n = n.min(self.held.len());
-        let tokens: Vec<u64> = if newest {
+        let taken = if newest {
             self.held.split_off(self.held.len() - n)
         } else {
             self.held.drain(..n).collect()
         };
+        let tokens: Vec<u64> = taken.iter().map(|&(t, _)| t).collect();
         self.give(&tokens);
+    }
+
+    /// Publishes one frame to send, of `parts` (token, offset, length) and `count`
+    /// parts in its first entry (the true count, or a lie): true when it fit. The
+    /// tokens count as given back.
+    fn send(&mut self, parts: &[(u64, u32, u32)], count: u16) -> bool {
+        let Some(tx) = self.transmit.as_mut() else {
+            return false;
+        };
+        let need = layout::tx_entries_for(parts.len()) as u32;
+        if !matches!(tx.has_room(0, need), Ok(true)) {
+            return false;
+        }
+        let part = |&(token, offset, len): &(u64, u32, u32)| layout::TxPart { token, offset, len };
+        let mut first = layout::TxEntry {
+            parts: count,
+            flags: if need > 1 { layout::F_CONTINUED } else { 0 },
+            ..Default::default()
+        };
+        for (slot, p) in first.part.iter_mut().zip(parts) {
+            *slot = part(p);
+        }
+        tx.write(0, &first);
+        for (k, more) in parts
+            .get(layout::TX_PARTS..)
+            .unwrap_or_default()
+            .chunks(layout::TX_MORE_PARTS)
+            .enumerate()
+        {
+            let mut e = layout::TxPartsEntry::default();
+            for (slot, p) in e.part.iter_mut().zip(more) {
+                *slot = part(p);
+            }
+            tx.write(1 + k as u32, &e);
+        }
+        tx.publish(need);
+        for &(t, _, _) in parts {
+            self.returned.push(t);
+        }
+        true
     }
 
     /// Whether the session has ended (the host caught a lie, or it left).
@@ -263,24 +316,73 @@ enum Op {
     WildRefill,
     /// Moves the completion ring's consumer index anywhere.
     WildCompletion,
+    /// Sends a frame made of buffers it holds (honest).
+    Transmit,
+    /// Publishes a transmit entry that breaks the rules: no parts, too many, bytes
+    /// outside a buffer, or a token given back already.
+    TxLie,
     /// Dies: its session ends with what it holds. (Between sessions: connects.)
     Leave,
     /// The worker serves its consumers only.
     Service,
 }
 
-/// Which setup a script runs on, from its first byte.
-fn setup(choice: u8) -> (String, bool, usize) {
-    let meta = choice & 1 != 0;
-    // Frames of one part after an inline head, or of several (1500 B into 512 B).
-    let size = if choice & 2 != 0 { 1500 } else { 64 };
-    let config = if choice & 4 != 0 {
-        // Heads lent from shared memory too: two buffers a frame, one pool.
-        INLINE_HEADS.replace("[[route]]\nhead = \"hdr\"", "[[route]]\nhead = \"payload\"")
-    } else {
-        INLINE_HEADS.to_string()
-    };
-    (config, meta, size)
+/// What a script runs on, from its first byte.
+struct Setup {
+    config: String,
+    /// Sessions have a metadata ring.
+    meta: bool,
+    /// Sessions have a transmit ring, and the worker a device for it.
+    transmit: bool,
+    /// The consumer tells no lie (its lies are read as the worker serving it).
+    honest: bool,
+    /// Bytes a frame.
+    size: usize,
+}
+
+impl Setup {
+    /// Bits 0 to 3 choose metadata, frame size, lent heads and a transmit ring; a
+    /// quarter of the choices (bits 4 and 5 both set) are honest.
+    fn of(choice: u8) -> Setup {
+        let config = if choice & 4 != 0 {
+            // Heads lent from shared memory too: two buffers a frame, one pool.
+            INLINE_HEADS.replace("[[route]]\nhead = \"hdr\"", "[[route]]\nhead = \"payload\"")
+        } else {
+            INLINE_HEADS.to_string()
+        };
+        Setup {
+            config,
+            meta: choice & 1 != 0,
+            // Frames of one part after an inline head, or of several (1500 B into 512 B).
+            size: if choice & 2 != 0 { 1500 } else { 64 },
+            transmit: choice & 8 != 0,
+            honest: choice & 48 == 48,
+        }
+    }
+}
+
+/// A device that takes frames a consumer sends, refusing every fifth: what it took.
+#[derive(Default)]
+struct Device {
+    /// Frames taken, their bytes, frames refused.
+    log: std::sync::Mutex<(u64, u64, u64)>,
+}
+
+impl crate::device::TxQueue for Device {
+    fn send(&self, _: &crate::device::VnetHdr, parts: &[&[u8]]) -> std::io::Result<()> {
+        let mut log = self.log.lock().expect("not poisoned");
+        if (log.0 + log.2) % 5 == 4 {
+            log.2 += 1;
+            return Err(std::io::Error::other("refused (every fifth frame)"));
+        }
+        log.0 += 1;
+        log.1 += parts.iter().map(|p| p.len() as u64).sum::<u64>();
+        Ok(())
+    }
+
+    fn name(&self) -> &str {
+        "hostile-test"
+    }
 }
 
 /// What a script came to.
@@ -290,6 +392,8 @@ struct Outcome {
     caught: u64,
     /// Frames delivered (into some session's completion ring).
     delivered: u64,
+    /// Frames consumers sent that reached the device (taken or refused).
+    to_device: u64,
 }
 
 /// Runs one script against a fresh worker and checks what must hold after it (the
@@ -299,13 +403,24 @@ fn play(script: &[u8]) -> Outcome {
         bytes: script,
         at: 0,
     };
-    let (config, meta, size) = setup(s.u8());
+    let Setup {
+        config,
+        meta,
+        transmit,
+        honest,
+        size,
+    } = Setup::of(s.u8());
     let config = Config::from_toml(&config, "hostile", Default::default(), None).expect("valid");
     let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
     let inbox = Arc::new(Inbox::default());
     let mut worker = engine
         .test_worker(Box::new(CountSink), Some(Arc::clone(&inbox)))
         .expect("a worker");
+    let device = Arc::new(Device::default());
+    if transmit {
+        let d = worker.delivery.as_mut().expect("delivering");
+        d.set_transmitter(0, Arc::clone(&device) as Arc<dyn crate::device::TxQueue>);
+    }
     let frames = memplex_testkit::traffic::generate(memplex_testkit::traffic::Shape {
         frame_size: size,
         flows: 256,
@@ -332,9 +447,9 @@ fn play(script: &[u8]) -> Outcome {
         next += end - at;
         worker.service();
     };
-    let mut peer = Some(Peer::connect(&inbox, meta));
-    // Sessions a lie may have ended, and sessions left on purpose.
-    let (mut lied, mut left) = (false, 0u64);
+    let mut peer = Some(Peer::connect(&inbox, meta, transmit));
+    // A session lied; sessions left on purpose; frames honest sessions sent.
+    let (mut lied, mut left, mut sent) = (false, 0u64, 0u64);
     worker.service();
     while !s.done() {
         // Lies are an eighth of the ops, so sessions live long enough to fill their
@@ -343,11 +458,13 @@ fn play(script: &[u8]) -> Outcome {
             0..=9 => Op::Burst,
             10..=15 => Op::Read,
             16..=23 => Op::GiveBack,
-            24 => Op::Duplicate,
-            25 => Op::Forge,
-            26 => Op::WildRefill,
-            27 => Op::WildCompletion,
+            24 if !honest => Op::Duplicate,
+            25 if !honest => Op::Forge,
+            26 if !honest => Op::WildRefill,
+            27 if !honest => Op::WildCompletion,
             28 => Op::Leave,
+            29 if transmit => Op::Transmit,
+            30 if transmit && !honest => Op::TxLie,
             _ => Op::Service,
         };
         let Some(p) = peer.as_mut() else {
@@ -355,7 +472,7 @@ fn play(script: &[u8]) -> Outcome {
             // script connects again.
             match op {
                 Op::Burst | Op::Service => burst(&mut worker),
-                _ => peer = Some(Peer::connect(&inbox, meta)),
+                _ => peer = Some(Peer::connect(&inbox, meta, transmit)),
             }
             continue;
         };
@@ -379,16 +496,16 @@ fn play(script: &[u8]) -> Outcome {
             Op::Forge => {
                 // A made-up token, or a real one's fields changed: honest only if it
                 // happens to be one it holds.
-                let t = match (p.held.first(), s.u8() % 3) {
-                    (Some(&h), 0) => {
+                let t = match (p.held.first().map(|h| h.0), s.u8() % 3) {
+                    (Some(h), 0) => {
                         let mut t = Token::from_u64(h);
                         t.generation = t.generation.wrapping_add(1);
                         t.to_u64()
                     }
-                    (Some(&h), 1) => h ^ (1 << (s.u8() % 64)),
+                    (Some(h), 1) => h ^ (1 << (s.u8() % 64)),
                     _ => s.u64(),
                 };
-                let held = p.held.iter().position(|&h| h == t);
+                let held = p.held.iter().position(|h| h.0 == t);
                 if p.give(&[t]) {
                     match held {
                         Some(at) => {
@@ -421,12 +538,44 @@ fn play(script: &[u8]) -> Outcome {
                         .force_shared_index(p.completion.position().wrapping_add(delta));
                 }
             }
+            Op::Transmit => {
+                // Up to 9 parts (three entries), as held.
+                let n = (usize::from(s.u8() % 9) + 1).min(p.held.len());
+                let parts: Vec<(u64, u32, u32)> =
+                    p.held[..n].iter().map(|&(t, len)| (t, 0, len)).collect();
+                if n > 0 && p.send(&parts, n as u16) {
+                    p.held.drain(..n);
+                    p.sent += 1;
+                }
+            }
+            Op::TxLie => {
+                let written = match (s.u8() % 4, p.held.first().copied(), p.returned.last()) {
+                    (0, _, _) => p.send(&[(0, 0, 0)], 0),
+                    (1, _, _) => p.send(&[(0, 0, 0)], TX_MAX_PARTS as u16 + 1 + u16::from(s.u8())),
+                    (2, Some((t, _)), _) => {
+                        // Past the end of its 512-byte buffer.
+                        let (offset, len) = (u32::from(s.u8()) * 4, 513 + u32::from(s.u8()));
+                        let w = p.send(&[(t, offset, len)], 1);
+                        if w {
+                            p.held.remove(0);
+                        }
+                        w
+                    }
+                    (_, _, Some(&t)) => p.send(&[(t, 0, 1)], 1),
+                    _ => false,
+                };
+                if written {
+                    p.lied = true;
+                    p.caught_next = true;
+                }
+            }
             Op::Leave => {
                 // Killed: the session ends with whatever it held.
                 p.session.end(Disconnect::Left);
                 left += 1;
                 worker.service();
                 lied |= p.lied;
+                sent += p.sent;
                 peer = None;
             }
             Op::Service => worker.service(),
@@ -439,6 +588,7 @@ fn play(script: &[u8]) -> Outcome {
                 // A lie was caught (the host ended the session): the consumer finds out
                 // and goes away.
                 lied |= p.lied;
+                sent += p.sent;
                 assert!(p.lied, "an honest consumer's session ended");
                 peer = None;
             }
@@ -446,6 +596,7 @@ fn play(script: &[u8]) -> Outcome {
     }
     if let Some(p) = peer.take() {
         lied |= p.lied;
+        sent += p.sent;
         p.session.end(Disconnect::Left);
         left += 1;
     }
@@ -453,23 +604,23 @@ fn play(script: &[u8]) -> Outcome {
 
     // The host is unaffected: an honest consumer now gets a whole burst, checked byte
     // for byte, and gives everything back.
-    let mut honest = Peer::connect(&inbox, meta);
+    let mut newcomer = Peer::connect(&inbox, meta, transmit);
     worker.service();
     let at = next % rx.len();
     let end = (at + BURST).min(rx.len());
     worker.handle(&rx[at..end]);
-    let sent: Vec<&[u8]> = rx[at..end].iter().map(|f| f.data).collect();
-    honest.read(Some(&sent));
+    let burst_sent: Vec<&[u8]> = rx[at..end].iter().map(|f| f.data).collect();
+    newcomer.read(Some(&burst_sent));
     assert_eq!(
-        honest.frames,
-        sent.len() as u64,
+        newcomer.frames,
+        burst_sent.len() as u64,
         "an honest consumer after the script"
     );
-    let held = honest.held.len();
-    honest.give_back(held, false);
+    let held = newcomer.held.len();
+    newcomer.give_back(held, false);
     worker.service();
-    assert!(!honest.session_ended(), "the honest session goes on");
-    honest.session.end(Disconnect::Left);
+    assert!(!newcomer.session_ended(), "the honest session goes on");
+    newcomer.session.end(Disconnect::Left);
     left += 1;
     worker.service();
 
@@ -492,7 +643,8 @@ fn play(script: &[u8]) -> Outcome {
     );
     // Only a lie ends a session but leaving, and it says why.
     let d = &c.disconnects;
-    let caught = d.get(Disconnect::BadToken) + d.get(Disconnect::BadIndex);
+    let caught =
+        d.get(Disconnect::BadToken) + d.get(Disconnect::BadIndex) + d.get(Disconnect::BadEntry);
     assert_eq!(
         d.sum(),
         left + caught,
@@ -501,9 +653,25 @@ fn play(script: &[u8]) -> Outcome {
     if !lied {
         assert_eq!(caught, 0, "no lie, yet a session ended for one: {d:?}");
     }
+    // What the device took is what the counters say, and with no lie, every frame sent.
+    let (took, bytes, refused) = *device.log.lock().expect("not poisoned");
+    assert_eq!(
+        (
+            c.counters.transmitted,
+            c.counters.transmitted_bytes,
+            c.counters.tx_refused
+        ),
+        (took, bytes, refused),
+        "the transmit counters"
+    );
+    if !lied {
+        assert_eq!(took + refused, sent, "every frame sent went to the device");
+    }
+    assert!(!(honest && lied), "an honest setup lied");
     Outcome {
         caught,
         delivered: c.counters.frames,
+        to_device: took + refused,
     }
 }
 
@@ -556,20 +724,24 @@ const BURST_OP: u8 = 0;
 const READ_OP: u8 = 10;
 const GIVE_BACK_OP: u8 = 16;
 const DUPLICATE_OP: u8 = 24;
+const TRANSMIT_OP: u8 = 29;
 const SERVICE_OP: u8 = 31;
 
 /// An honest script (reads, gives back, bursts) ends no session and loses nothing; a
 /// script that only lies is caught.
 #[test]
 fn an_honest_script_ends_no_session_and_a_lie_is_caught() {
-    // Bursts, reads, and give-backs of 64 from the oldest.
-    let honest: Vec<u8> = std::iter::once(0)
-        .chain((0..40).flat_map(|_| [BURST_OP, READ_OP, GIVE_BACK_OP, 63, 0]))
+    // With a transmit ring (setup 8): bursts, reads, a frame of three parts sent, and
+    // give-backs of 64 from the oldest.
+    let honest: Vec<u8> = std::iter::once(8)
+        .chain((0..40).flat_map(|_| [BURST_OP, READ_OP, TRANSMIT_OP, 2, GIVE_BACK_OP, 63, 0]))
         .collect();
     let out = play(&honest);
     assert_eq!(out.caught, 0);
-    // 40 bursts of 32 and the honest consumer's last one, none dropped.
+    // 40 bursts of 32 and the honest consumer's last one, none dropped; 40 frames sent
+    // (every fifth refused: `play` checks the counts against the device's).
     assert_eq!(out.delivered, 41 * 32, "{out:?}");
+    assert_eq!(out.to_device, 40, "{out:?}");
     // A burst, a read, a token given back (the oldest), then given back again.
     let lying = [
         0,
