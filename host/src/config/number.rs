@@ -65,8 +65,9 @@ impl<T: Whole> Visitor<'_> for WholeVisitor<T> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        // Debug, not Display: `1e300` stays short (Display writes out all 301 digits).
         Err(E::custom(format_args!(
-            "{v} is not a whole number (a float is not rounded); write it as digits only"
+            "{v:?} is not a whole number (a float is not rounded); write it as digits only"
         )))
     }
 
@@ -147,7 +148,8 @@ mod tests {
         assert_eq!(parse("n = 7\nm = 9").unwrap().m, Some(9));
         for (text, want) in [
             ("n = 2048.5", "not a whole number"),
-            ("n = 1e3", "not a whole number"),
+            ("n = 1e3", "1000.0 is not a whole number"),
+            ("n = 1e300", "1e300 is not a whole number"),
             ("n = 70000", "out of range"),
             ("n = -1", "out of range"),
             ("n = nan", "not a whole number"),
