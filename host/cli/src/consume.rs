@@ -205,6 +205,7 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
             };
             Some(
                 pcap_file::pcap::PcapWriter::with_header(std::io::BufWriter::new(file), header)
+                    .map_err(memplex::device::pcap::io_error)
                     .with_context(|| format!("writing {}", path.display()))?,
             )
         }
@@ -315,7 +316,10 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
                         if let Err(e) =
                             w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, orig, &buf))
                         {
-                            failed.get_or_insert(anyhow::Error::new(e).context("writing the pcap"));
+                            failed.get_or_insert(
+                                anyhow::Error::new(memplex::device::pcap::io_error(e))
+                                    .context("writing the pcap"),
+                            );
                         }
                     }
                 }

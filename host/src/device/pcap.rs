@@ -11,6 +11,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The I/O error inside a pcap-file error, which is what went wrong (pcap-file's own
+/// text for it reads "Error reading bytes", even when writing to a full disk); any other
+/// pcap-file error as an I/O error with its text.
+pub fn io_error(e: pcap_file::PcapError) -> std::io::Error {
+    match e {
+        pcap_file::PcapError::IoError(io) => io,
+        other => std::io::Error::other(other.to_string()),
+    }
+}
+
 /// The largest capture replayed: it is held in memory.
 pub const MAX_CAPTURE: u64 = 4 << 30;
 

@@ -4,6 +4,7 @@
 
 use super::frame::{OwnedFrame, PlacedBurst};
 use super::RunError;
+use crate::device::pcap::io_error;
 use crate::stats::SinkCounters;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use std::fs::File;
@@ -37,14 +38,6 @@ pub trait Sink: Send {
     /// What the sink writes to, for errors (`pcap file out.pcap`).
     fn name(&self) -> String {
         "the sink".into()
-    }
-}
-
-/// The I/O error inside a pcap-file error (a full disk stays "No space left on device").
-fn io_error(e: pcap_file::PcapError) -> std::io::Error {
-    match e {
-        pcap_file::PcapError::IoError(io) => io,
-        other => std::io::Error::other(other.to_string()),
     }
 }
 

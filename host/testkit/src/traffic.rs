@@ -308,13 +308,13 @@ pub fn mix(name: &str, count: usize) -> Option<Vec<Vec<u8>>> {
 
 /// Writes `frames` to a pcap file.
 pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> std::io::Result<()> {
+    let io = memplex::device::pcap::io_error;
     let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut w =
-        pcap_file::pcap::PcapWriter::new(file).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut w = pcap_file::pcap::PcapWriter::new(file).map_err(io)?;
     for (i, f) in frames.iter().enumerate() {
         let ts = std::time::Duration::from_micros(i as u64 * 10);
         w.write_packet(&pcap_file::pcap::PcapPacket::new(ts, f.len() as u32, f))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+            .map_err(io)?;
     }
     w.into_writer().into_inner().map_err(|e| e.into_error())?;
     Ok(())

@@ -387,6 +387,18 @@ fn gen_pcap_refuses_an_unknown_mix() {
     );
 }
 
+/// A full disk is named as such (pcap-file's own words for any I/O error are "Error
+/// reading bytes", even when writing).
+#[test]
+fn gen_pcap_to_a_full_disk_says_the_disk_is_full() {
+    let (code, out) = memplex(&["gen-pcap", "--out", "/dev/full"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("writing /dev/full: No space left on device") && !out.contains("reading"),
+        "{out}"
+    );
+}
+
 #[test]
 fn demo_without_privileges_says_what_it_needs_and_replays_a_capture() {
     // Run as an unprivileged user when we are root (as in CI), from a world-readable

@@ -1206,6 +1206,37 @@ fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
     assert_eq!(leaked(&report), 0);
 }
 
+/// A consumer whose pcap cannot be written (a full disk) stops, says why, and gives
+/// back every buffer it held; the host runs on and leaks nothing.
+#[test]
+fn a_consumer_writing_its_pcap_to_a_full_disk_stops_with_the_reason_and_gives_everything_back() {
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start("full-disk", &body, 20_000, 2.0);
+    let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args(["consume", "--socket", &run.socket("tcp")])
+        .args(["--mode", "pcap", "--out", "/dev/full", "--seconds", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing the pcap: No space left on device") && !err.contains("reading"),
+        "{err}"
+    );
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    let c = consumer(&report, "tcp");
+    assert!(u(&c["frames"]) > 0, "{c}");
+    assert_eq!(u(&c["lent"]), 0, "{c}");
+    assert_eq!(leaked(&report), 0, "{report}");
+    assert!(
+        u(&report["total"]["received"]["frames"]) > u(&c["frames"]),
+        "{report}"
+    );
+}
+
 #[test]
 fn wake_ups_are_one_per_batch_at_most_and_none_for_a_polling_consumer_and_pcap_keeps_the_frames() {
     let body = |wake: &str| {
