@@ -64,3 +64,16 @@ pub mod route;
 pub mod runtime;
 pub mod stats;
 pub mod wire;
+
+/// Entry points for `fuzz/` (cargo-fuzz): built with the `fuzzing` feature only, not
+/// part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Plays `script` as a consumer that lies, dies and comes back, against a worker
+    /// driven by hand, and panics if anything is lost or the host is affected
+    /// (`runtime::hostile`).
+    pub fn hostile_consumer(script: &[u8]) {
+        crate::runtime::hostile::play(script);
+    }
+}

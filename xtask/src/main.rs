@@ -289,6 +289,20 @@ fn lint(root: &Path) -> Result<(), String> {
         ],
         &[],
     )?;
+    // The fuzz targets' entry points (not in the workspace's builds).
+    cargo(
+        &[
+            "clippy",
+            "-p",
+            "memplex",
+            "--features",
+            "fuzzing",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
     cargo(
         &[
             "clippy",
@@ -620,7 +634,7 @@ fn summary(root: &Path) -> Result<Vec<Verdict>, String> {
 }
 
 /// The fuzz targets, each with its seed corpus in `fuzz/seeds/TARGET`.
-const FUZZ_TARGETS: [&str; 3] = ["split", "config", "wasm_boundary"];
+const FUZZ_TARGETS: [&str; 4] = ["split", "config", "wasm_boundary", "hostile_consumer"];
 
 /// `cargo xtask fuzz [TARGET] [SECONDS]`: one target (default `split`) for SECONDS
 /// (default 60), on nightly, installing cargo-fuzz when missing.

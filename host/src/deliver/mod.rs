@@ -53,7 +53,7 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session on `sock`, for tests that feed a worker's channel themselves.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn for_test(id: u64, sock: OwnedFd) -> Session {
         Session {
             id,

@@ -304,7 +304,7 @@ impl Engine {
     }
 
     /// Queue 0's worker, for tests that drive it by hand.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn test_worker(
         &self,
         sink: Box<dyn Sink>,

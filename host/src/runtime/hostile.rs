@@ -387,7 +387,8 @@ impl crate::device::TxQueue for Device {
 
 /// What a script came to.
 #[derive(Debug)]
-struct Outcome {
+#[cfg_attr(not(test), allow(dead_code, reason = "read by the tests only"))]
+pub(crate) struct Outcome {
     /// Sessions the host ended for a lie.
     caught: u64,
     /// Frames delivered (into some session's completion ring).
@@ -398,7 +399,7 @@ struct Outcome {
 
 /// Runs one script against a fresh worker and checks what must hold after it (the
 /// module's doc). Panics, naming what broke, when something does not.
-fn play(script: &[u8]) -> Outcome {
+pub(crate) fn play(script: &[u8]) -> Outcome {
     let mut s = Script {
         bytes: script,
         at: 0,
@@ -421,13 +422,7 @@ fn play(script: &[u8]) -> Outcome {
         let d = worker.delivery.as_mut().expect("delivering");
         d.set_transmitter(0, Arc::clone(&device) as Arc<dyn crate::device::TxQueue>);
     }
-    let frames = memplex_testkit::traffic::generate(memplex_testkit::traffic::Shape {
-        frame_size: size,
-        flows: 256,
-        proto: memplex_testkit::traffic::Proto::Udp,
-        vlan: None,
-    })
-    .expect("frames");
+    let frames = udp_frames(size, 256);
     let rx: Vec<RxFrame<'_>> = frames
         .iter()
         .map(|f| RxFrame {
@@ -633,6 +628,7 @@ fn play(script: &[u8]) -> Outcome {
     }
     let c = &worker.delivery.as_ref().expect("delivering").stats()[0];
     assert_eq!(c.counters.lent, 0, "no buffer still lent");
+    assert_eq!(worker.stats.unsplit.sum(), 0, "every frame split at L4");
     let dropped = &worker.stats.dropped;
     assert_eq!(
         worker.stats.received.frames,
@@ -675,88 +671,150 @@ fn play(script: &[u8]) -> Outcome {
     }
 }
 
-/// A small pseudo-random generator (xorshift64*), for scripts that are the same run
-/// after run.
-fn script_of(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+/// `flows` UDP/IPv4 frames of `size` bytes (at least 42), one a flow (source ports
+/// from 40000), each payload byte its frame's number plus its offset: built here
+/// rather than by `memplex-testkit`, which the fuzz target cannot depend on.
+fn udp_frames(size: usize, flows: u16) -> Vec<Vec<u8>> {
+    let size = size.max(42);
+    (0..flows)
+        .map(|flow| {
+            let mut f = vec![0u8; size];
+            f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+            f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+            f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+            let ip = &mut f[14..34];
+            ip[0] = 0x45;
+            ip[2..4].copy_from_slice(&((size - 14) as u16).to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = 17;
+            ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
+            ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+            let sum = ip
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum::<u32>();
+            let sum = (sum & 0xffff) + (sum >> 16);
+            ip[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+            let udp = &mut f[34..42];
+            udp[0..2].copy_from_slice(&(40000 + flow).to_be_bytes());
+            udp[2..4].copy_from_slice(&9999u16.to_be_bytes());
+            udp[4..6].copy_from_slice(&((size - 34) as u16).to_be_bytes());
+            for (i, b) in f[42..].iter_mut().enumerate() {
+                *b = (flow as usize + i) as u8;
+            }
+            f
         })
         .collect()
 }
 
-/// Hundreds of scripts (each 64 to 512 bytes, over every setup), each checked as the
-/// module's doc says.
-#[test]
-fn hostile_consumers_lose_nothing_and_leave_the_host_unaffected() {
-    let only: Option<u64> = std::env::var("MEMPLEX_HOSTILE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok());
-    let scripts: u64 = std::env::var("MEMPLEX_HOSTILE_SCRIPTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(240);
-    for seed in only.map_or(0..scripts, |s| s..s + 1) {
-        let mut script = script_of(seed, 64 + (seed as usize * 37) % 449);
-        // Every setup in turn.
-        script[0] = seed as u8;
-        let result = std::panic::catch_unwind(|| {
-            play(&script);
-        });
-        if let Err(e) = result {
-            panic!(
-                "script of seed {seed} failed (rerun it alone: MEMPLEX_HOSTILE_SEED={seed}): {}",
-                e.downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| e.downcast_ref::<&str>().copied())
-                    .unwrap_or("a panic")
-            );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small pseudo-random generator (xorshift64*), for scripts that are the same run
+    /// after run.
+    fn script_of(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Hundreds of scripts (each 64 to 512 bytes, over every setup), each checked as the
+    /// module's doc says.
+    #[test]
+    fn hostile_consumers_lose_nothing_and_leave_the_host_unaffected() {
+        let only: Option<u64> = std::env::var("MEMPLEX_HOSTILE_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let scripts: u64 = std::env::var("MEMPLEX_HOSTILE_SCRIPTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(240);
+        for seed in only.map_or(0..scripts, |s| s..s + 1) {
+            let mut script = script_of(seed, 64 + (seed as usize * 37) % 449);
+            // Every setup in turn.
+            script[0] = seed as u8;
+            let result = std::panic::catch_unwind(|| {
+                play(&script);
+            });
+            if let Err(e) = result {
+                panic!(
+                    "script of seed {seed} failed (rerun it alone: MEMPLEX_HOSTILE_SEED={seed}): {}",
+                    e.downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| e.downcast_ref::<&str>().copied())
+                        .unwrap_or("a panic")
+                );
+            }
         }
     }
-}
 
-/// Script bytes of some ops (see `play`).
-const BURST_OP: u8 = 0;
-const READ_OP: u8 = 10;
-const GIVE_BACK_OP: u8 = 16;
-const DUPLICATE_OP: u8 = 24;
-const TRANSMIT_OP: u8 = 29;
-const SERVICE_OP: u8 = 31;
+    /// The fuzz target's seeds (`fuzz/seeds/hostile_consumer`), and any input it found
+    /// that failed once and was added there, still pass.
+    #[test]
+    fn every_fuzz_seed_plays_clean() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds/hostile_consumer");
+        let mut ran = 0;
+        for entry in std::fs::read_dir(&dir).expect("the seeds") {
+            let path = entry.expect("a seed").path();
+            let script = std::fs::read(&path).expect("readable");
+            if let Err(e) = std::panic::catch_unwind(|| {
+                play(&script);
+            }) {
+                panic!("{}: {e:?}", path.display());
+            }
+            ran += 1;
+        }
+        assert!(ran >= 7, "{ran} seeds in {}", dir.display());
+    }
 
-/// An honest script (reads, gives back, bursts) ends no session and loses nothing; a
-/// script that only lies is caught.
-#[test]
-fn an_honest_script_ends_no_session_and_a_lie_is_caught() {
-    // With a transmit ring (setup 8): bursts, reads, a frame of three parts sent, and
-    // give-backs of 64 from the oldest.
-    let honest: Vec<u8> = std::iter::once(8)
-        .chain((0..40).flat_map(|_| [BURST_OP, READ_OP, TRANSMIT_OP, 2, GIVE_BACK_OP, 63, 0]))
-        .collect();
-    let out = play(&honest);
-    assert_eq!(out.caught, 0);
-    // 40 bursts of 32 and the honest consumer's last one, none dropped; 40 frames sent
-    // (every fifth refused: `play` checks the counts against the device's).
-    assert_eq!(out.delivered, 41 * 32, "{out:?}");
-    assert_eq!(out.to_device, 40, "{out:?}");
-    // A burst, a read, a token given back (the oldest), then given back again.
-    let lying = [
-        0,
-        BURST_OP,
-        READ_OP,
-        GIVE_BACK_OP,
-        0,
-        0,
-        DUPLICATE_OP,
-        0,
-        SERVICE_OP,
-    ];
-    let out = play(&lying);
-    assert_eq!(
-        out.caught, 1,
-        "the duplicate token ended the session: {out:?}"
-    );
+    /// Script bytes of some ops (see `play`).
+    const BURST_OP: u8 = 0;
+    const READ_OP: u8 = 10;
+    const GIVE_BACK_OP: u8 = 16;
+    const DUPLICATE_OP: u8 = 24;
+    const TRANSMIT_OP: u8 = 29;
+    const SERVICE_OP: u8 = 31;
+
+    /// An honest script (reads, gives back, bursts) ends no session and loses nothing; a
+    /// script that only lies is caught.
+    #[test]
+    fn an_honest_script_ends_no_session_and_a_lie_is_caught() {
+        // With a transmit ring (setup 8): bursts, reads, a frame of three parts sent, and
+        // give-backs of 64 from the oldest.
+        let honest: Vec<u8> = std::iter::once(8)
+            .chain((0..40).flat_map(|_| [BURST_OP, READ_OP, TRANSMIT_OP, 2, GIVE_BACK_OP, 63, 0]))
+            .collect();
+        let out = play(&honest);
+        assert_eq!(out.caught, 0);
+        // 40 bursts of 32 and the honest consumer's last one, none dropped; 40 frames sent
+        // (every fifth refused: `play` checks the counts against the device's).
+        assert_eq!(out.delivered, 41 * 32, "{out:?}");
+        assert_eq!(out.to_device, 40, "{out:?}");
+        // A burst, a read, a token given back (the oldest), then given back again.
+        let lying = [
+            0,
+            BURST_OP,
+            READ_OP,
+            GIVE_BACK_OP,
+            0,
+            0,
+            DUPLICATE_OP,
+            0,
+            SERVICE_OP,
+        ];
+        let out = play(&lying);
+        assert_eq!(
+            out.caught, 1,
+            "the duplicate token ended the session: {out:?}"
+        );
+    }
 }

@@ -66,8 +66,8 @@
 
 mod engine;
 mod frame;
-#[cfg(test)]
-mod hostile;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod hostile;
 #[cfg(test)]
 mod one_core;
 mod read_ahead;

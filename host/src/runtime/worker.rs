@@ -1037,7 +1037,7 @@ impl Worker {
 
     /// [`service_delivery`](Self::service_delivery), for tests that drive a worker by
     /// hand.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(super) fn service(&mut self) {
         self.service_delivery();
     }
