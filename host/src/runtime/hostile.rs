@@ -760,8 +760,8 @@ mod tests {
     /// that failed once and was added there, still pass.
     #[test]
     fn every_fuzz_seed_plays_clean() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../fuzz/seeds/hostile_consumer");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/hostile_consumer");
         let mut ran = 0;
         for entry in std::fs::read_dir(&dir).expect("the seeds") {
             let path = entry.expect("a seed").path();
