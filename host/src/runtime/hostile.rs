@@ -128,26 +128,56 @@ struct Peer {
     frames: u64,
 }
 
+/// A session of consumer 0 for the worker `inbox` feeds, on a channel of `entries`
+/// completion entries (twice as many refill entries), with a metadata ring when `meta`
+/// and `transmit` transmit entries: the session, its channel (for the consumer's ends
+/// of the rings) and the socket's other end (regions are announced on it; kept,
+/// unread).
+pub(super) fn open_session(
+    inbox: &Inbox,
+    entries: u32,
+    meta: bool,
+    transmit: u32,
+) -> (Arc<Session>, Arc<ChannelMap>, OwnedFd) {
+    let (ours, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .expect("a socket pair");
+    let (map, _fd) =
+        ChannelMap::create(0, entries, 2 * entries, transmit, meta).expect("a channel");
+    let map = Arc::new(map);
+    let session = Arc::new(Session::for_test(1, ours));
+    inbox.push(NewChannel {
+        consumer: 0,
+        session: Arc::clone(&session),
+        map: Arc::clone(&map),
+        eventfd: None,
+    });
+    (session, map, theirs)
+}
+
+/// `frames` as a device hands them over, whole.
+pub(super) fn received(frames: &[Vec<u8>]) -> Vec<RxFrame<'_>> {
+    frames
+        .iter()
+        .map(|f| RxFrame {
+            data: f,
+            meta: RxMeta {
+                orig_len: f.len() as u32,
+                cap_len: f.len() as u32,
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
 impl Peer {
     /// A new session of consumer 0 for the worker `inbox` feeds.
     fn connect(inbox: &Inbox, meta: bool, transmit: bool) -> Peer {
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::SEQPACKET,
-            rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-            None,
-        )
-        .expect("a socket pair");
-        let tx_entries = if transmit { 64 } else { 0 };
-        let (map, _fd) = ChannelMap::create(0, 256, 512, tx_entries, meta).expect("a channel");
-        let map = Arc::new(map);
-        let session = Arc::new(Session::for_test(1, ours));
-        inbox.push(NewChannel {
-            consumer: 0,
-            session: Arc::clone(&session),
-            map: Arc::clone(&map),
-            eventfd: None,
-        });
+        let (session, map, theirs) = open_session(inbox, 256, meta, if transmit { 64 } else { 0 });
         Peer {
             session,
             _sock: theirs,
@@ -423,17 +453,7 @@ pub(crate) fn play(script: &[u8]) -> Outcome {
         d.set_transmitter(0, Arc::clone(&device) as Arc<dyn crate::device::TxQueue>);
     }
     let frames = udp_frames(size, 256);
-    let rx: Vec<RxFrame<'_>> = frames
-        .iter()
-        .map(|f| RxFrame {
-            data: f,
-            meta: RxMeta {
-                orig_len: f.len() as u32,
-                cap_len: f.len() as u32,
-                ..Default::default()
-            },
-        })
-        .collect();
+    let rx = received(&frames);
     let mut next = 0;
     let mut burst = |worker: &mut Worker| {
         let at = next % rx.len();

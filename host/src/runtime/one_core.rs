@@ -19,13 +19,14 @@
 //!   core runs beside others: docs/delivery.md, "Cost"), and unlike the time it does
 //!   not move with the machine's noise.
 
+use super::hostile::{open_session, received};
 use super::{CountSink, Engine};
 use crate::config::Config;
-use crate::deliver::{Inbox, NewChannel, Session};
-use crate::device::{RxFrame, RxMeta};
+use crate::deliver::Inbox;
+use crate::device::RxFrame;
 use crate::provider::PluginPath;
 use memplex_proto::layout::{self, Desc, RingKind};
-use memplex_proto::ring::{ChannelMap, Consumer, Producer};
+use memplex_proto::ring::{Consumer, Producer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zerocopy::IntoBytes;
@@ -183,7 +184,7 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
         .expect("a worker");
     let mut reader = None;
     if deliver {
-        let (map, theirs) = open_session(&inbox, false);
+        let (_, map, theirs) = open_session(&inbox, 4096, false, 0);
         reader = Some((
             Reader {
                 completion: Consumer::new(map.ring(RingKind::Completion)),
@@ -248,43 +249,6 @@ fn frames_of(size: usize, tcp: bool) -> Vec<Vec<u8>> {
         vlan: None,
     })
     .expect("frames of a valid size")
-}
-
-/// A session of consumer 0 for the worker `inbox` feeds, with a metadata ring when
-/// `meta`: its channel (for the consumer's ends of the rings) and the socket's other end
-/// (regions are announced on it; kept, unread).
-fn open_session(inbox: &Inbox, meta: bool) -> (Arc<ChannelMap>, std::os::fd::OwnedFd) {
-    let (ours, theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::SEQPACKET,
-        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-        None,
-    )
-    .expect("a socket pair");
-    let (map, _fd) = ChannelMap::create(0, 4096, 8192, 0, meta).expect("a channel");
-    let map = Arc::new(map);
-    inbox.push(NewChannel {
-        consumer: 0,
-        session: Arc::new(Session::for_test(1, ours)),
-        map: Arc::clone(&map),
-        eventfd: None,
-    });
-    (map, theirs)
-}
-
-/// `frames` as a device hands them over, whole.
-fn received(frames: &[Vec<u8>]) -> Vec<RxFrame<'_>> {
-    frames
-        .iter()
-        .map(|f| RxFrame {
-            data: f,
-            meta: RxMeta {
-                orig_len: f.len() as u32,
-                cap_len: f.len() as u32,
-                ..Default::default()
-            },
-        })
-        .collect()
 }
 
 /// Every workload runs clean (all frames placed or delivered and checked); with
@@ -378,7 +342,7 @@ fn entries_of(
     if !lanes {
         worker.lanes = crate::deliver::Lanes::default();
     }
-    let (map, _theirs) = open_session(&inbox, meta);
+    let (_, map, _theirs) = open_session(&inbox, 4096, meta, 0);
     let mut completion = Consumer::new(map.ring(RingKind::Completion));
     let mut metadata = meta.then(|| Consumer::new(map.ring(RingKind::Meta)));
     let mut refill = Producer::new(map.ring(RingKind::Refill));
