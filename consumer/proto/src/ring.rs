@@ -104,8 +104,15 @@ impl ChannelMap {
         if (size as usize) < len || len < CHANNEL_HEADER {
             return Err(format!("channel memory of {size} bytes, {len} announced"));
         }
-        // SAFETY: the host seals channel memfds against resizing before it sends them,
-        // and `len` is within the file's size (checked above), so the pages stay.
+        // Checked, not assumed: a descriptor that could shrink under the mapping would
+        // fault this process on its next read of the rings.
+        let seals = rustix::fs::fcntl_get_seals(&file)
+            .map_err(|e| format!("channel memory that is not a sealed memfd: {e}"))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err("channel memory not sealed against shrinking".into());
+        }
+        // SAFETY: the descriptor is sealed against shrinking (checked above), and `len`
+        // is within the file's size (checked above), so the pages stay.
         let map = unsafe { memmap2::MmapOptions::new().len(len).map_mut(&file) }
             .map_err(|e| format!("mapping the channel: {e}"))?;
         let header = ChannelHeader::read_from_prefix(&map[..])
@@ -597,6 +604,22 @@ pub const PREFETCH_MAX: usize = 4096;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The consumer maps only channel memory that cannot shrink under it: an unsealed
+    /// memfd (or a plain file) of the right size and header is refused.
+    #[test]
+    fn a_channel_that_could_shrink_is_refused() {
+        let (host, fd) = ChannelMap::create(0, 64, 64, 0, false).expect("a channel");
+        let ok = ChannelMap::open(fd, host.len()).expect("the host's own channel");
+        assert_eq!(ok.len(), host.len());
+        let unsealed =
+            rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).expect("a memfd");
+        let file = File::from(unsealed);
+        file.set_len(host.len() as u64).expect("sized");
+        std::io::Write::write_all(&mut &file, &host.map[..]).expect("a copy of the header");
+        let err = ChannelMap::open(file.into(), host.len()).expect_err("refused");
+        assert!(err.contains("sealed"), "{err}");
+    }
     use crate::layout::{Desc, RingKind, Token};
 
     #[test]
