@@ -109,7 +109,7 @@ struct Peer {
     held: Vec<(u64, u32)>,
     /// Its transmit ring (with a setup that has one).
     transmit: Option<Producer>,
-    /// Frames it published to send, while it told no lie.
+    /// Frames it published to send, in honest entries.
     sent: u64,
     /// Tokens given back (the last 64), to give back again.
     returned: Vec<u64>,
@@ -120,7 +120,8 @@ struct Peer {
     /// It lied: the host may end its session.
     lied: bool,
     /// It told a lie the host must catch the next time it serves the session: a token
-    /// given back twice, or a refill index past what it wrote (stale tokens or zeros).
+    /// given back twice, a refill index past what it wrote (stale tokens or zeros), or
+    /// a transmit entry that breaks the rules.
     /// (A made-up token may name a buffer lent but not yet read, which the host cannot
     /// tell from a true one.)
     caught_next: bool,
