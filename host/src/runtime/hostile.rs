@@ -117,6 +117,9 @@ struct Peer {
     derailed: bool,
     /// Its refill index was moved by hand: it gives nothing back after that.
     refill_moved: bool,
+    /// Its refill index when the worker last served it: the host has taken everything
+    /// up to there.
+    refill_served: u32,
     /// It lied: the host may end its session.
     lied: bool,
     /// It told a lie the host must catch the next time it serves the session: a token
@@ -192,6 +195,7 @@ impl Peer {
             returned: Vec::new(),
             derailed: false,
             refill_moved: false,
+            refill_served: 0,
             lied: false,
             caught_next: false,
             frames: 0,
@@ -532,12 +536,17 @@ pub(crate) fn play(script: &[u8]) -> Outcome {
                 }
             }
             Op::WildRefill => {
-                // The refill ring's producer index, anywhere: the entries it claims
-                // are stale tokens or zeros, or more than the ring holds.
+                // The refill ring's producer index, anywhere. Past what it wrote, the
+                // entries it claims are stale tokens or zeros, or more than the ring
+                // holds: caught. Back to between what the host took and what it wrote,
+                // it only hides tokens, which the host cannot tell from their not being
+                // written yet.
                 let delta = s.u32();
                 if delta != 0 {
+                    let (ours, served) = (p.refill.position(), p.refill_served);
                     p.lied = true;
-                    p.caught_next = true;
+                    p.caught_next |=
+                        ours.wrapping_add(delta).wrapping_sub(served) > ours.wrapping_sub(served);
                     p.refill_moved = true;
                     p.refill
                         .force_shared_index(p.refill.position().wrapping_add(delta));
@@ -596,7 +605,10 @@ pub(crate) fn play(script: &[u8]) -> Outcome {
             }
             Op::Service => worker.service(),
         }
-        if let Some(p) = peer.as_ref() {
+        if let Some(p) = peer.as_mut() {
+            if matches!(op, Op::Burst | Op::Service) {
+                p.refill_served = p.refill.position();
+            }
             if p.caught_next && matches!(op, Op::Burst | Op::Service) {
                 assert!(p.session_ended(), "a lie the host served was not caught");
             }
