@@ -10,7 +10,8 @@
  *   2. send MPX_HELLO (MPX_FEATURE_META in `features` for each frame's metadata);
  *      receive MPX_WELCOME, then one MPX_CHANNEL per queue (with two descriptors: the
  *      channel memory, and an eventfd when offered), then MPX_READY;
- *   3. mmap each channel (read-write, shared); read 16-byte descriptors from its
+ *   3. check each channel's descriptor is sealed against shrinking (F_GET_SEALS has
+ *      F_SEAL_SHRINK), then mmap it (read-write, shared); read 16-byte descriptors from its
  *      completion ring, a frame being a run of them up to one without MPX_D_MORE; an
  *      MPX_REGION message (with a read-only descriptor) arrives on the socket before the
  *      first descriptor that points into that region: mmap it read-only;

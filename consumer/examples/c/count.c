@@ -12,9 +12,13 @@
  * It prints one line at the end:
  *   frames N bytes B verified V mismatched M in_place P inline I ended REASON
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* F_GET_SEALS */
+#endif
 #include "memplex.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -224,6 +228,12 @@ int main(int argc, char **argv) {
             memcpy(&c, buf + sizeof(struct mpx_header), sizeof c);
             struct channel *ch = &channels[nchannels++];
             ch->len = c.len;
+            /* Memory that could shrink under the mapping would fault us on a ring read. */
+            int seals = fcntl(fds[0], F_GET_SEALS);
+            if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+                fprintf(stderr, "count: channel memory not sealed against shrinking\n");
+                return 2;
+            }
             ch->mem = mmap(NULL, c.len, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
             if (ch->mem == MAP_FAILED) die("mmap channel");
             close(fds[0]);
