@@ -75,6 +75,10 @@ pub struct ConsumeArgs {
     /// Stop after this many seconds (0: no limit).
     #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
     seconds: f64,
+    /// Wait up to this many seconds for memplex's socket to appear and answer, for a
+    /// consumer started before (or with) `memplex run` (0: try once).
+    #[arg(long, default_value_t = 0.0, value_parser = crate::seconds_or_zero, allow_negative_numbers = true)]
+    wait: f64,
     /// Be an inline middlebox: send every frame back out through the session's
     /// transmit ring (the consumer's config names the device in `transmit`).
     #[arg(long)]
@@ -174,13 +178,12 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
     if matches!(args.mode, Mode::Verify | Mode::Checksum | Mode::Pcap) {
         opts = opts.read_ahead();
     }
-    let c = Consumer::connect(&args.socket, &opts).map_err(|e| match e {
-        // The system's words are in the message already.
-        Error::Connect { path, source } => {
-            anyhow::anyhow!("cannot connect to memplex at {path}: {source}")
-        }
-        e => e.into(),
-    })?;
+    let c = connect(
+        &args.socket,
+        &opts,
+        Duration::from_secs_f64(args.wait),
+        &stop,
+    )?;
     if args.forward && !c.can_transmit() {
         bail!(
             "memplex gave this session no transmit ring: set transmit = \"DEVICE\" in the consumer's [consumers.NAME] table to forward"
@@ -440,4 +443,44 @@ pub fn consume(args: &ConsumeArgs) -> Result<i32> {
         );
     }
     Ok(if r.mismatched > 0 { 1 } else { 0 })
+}
+
+/// Connects to memplex at `socket`, trying again every 50 ms for up to `wait` while the
+/// socket is missing or nobody listens on it yet (a consumer started with, or before,
+/// `memplex run`), and not after a signal.
+fn connect(
+    socket: &std::path::Path,
+    opts: &Options,
+    wait: Duration,
+    stop: &AtomicBool,
+) -> Result<Consumer> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match Consumer::connect(socket, opts) {
+            Ok(c) => return Ok(c),
+            Err(Error::Connect { path, source }) => {
+                let absent = matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                );
+                if absent && Instant::now() < deadline && !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                // The system's words are in the message already.
+                let hint = if !absent {
+                    ""
+                } else if wait.is_zero() {
+                    " (is memplex running a config whose consumer has this `socket`? `--wait SECONDS` waits for it)"
+                } else {
+                    &format!(
+                        " (waited {:.1} s for it; is memplex running a config whose consumer has this `socket`?)",
+                        wait.as_secs_f64()
+                    )
+                };
+                bail!("cannot connect to memplex at {path}: {source}{hint}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

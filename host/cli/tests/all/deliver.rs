@@ -1206,6 +1206,69 @@ fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
     assert_eq!(leaked(&report), 0);
 }
 
+/// A consumer started before memplex waits for its socket (`--wait`) and then reads
+/// frames; without `--wait`, a missing socket is an error that says what to check.
+#[test]
+fn a_consumer_started_first_waits_for_the_socket() {
+    let (code, out) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
+            .args(["consume", "--socket", "/nonexistent/memplex.sock"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("/nonexistent/memplex.sock") && out.contains("--wait"),
+        "{out}"
+    );
+    let test = "wait-first";
+    let socket = std::env::temp_dir()
+        .join(format!("mpx-{test}-{}", std::process::id()))
+        .join("tcp.sock");
+    let consume = Command::new(env!("CARGO_BIN_EXE_memplex"))
+        .args([
+            "consume",
+            "--json",
+            "--wait",
+            "20",
+            "--seconds",
+            "1",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it find nothing for a while first.
+    std::thread::sleep(Duration::from_millis(300));
+    let body = format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    );
+    let run = Run::start(test, &body, 20_000, 3.0);
+    assert_eq!(run.socket("tcp"), socket.display().to_string());
+    let out = consume.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = text
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no report: {text}"));
+    assert!(u(&got["frames"]) > 0, "{got}");
+    let (rc, report, err) = run.finish();
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(leaked(&report), 0, "{report}");
+}
+
 /// A consumer whose pcap cannot be written (a full disk) stops, says why, and gives
 /// back every buffer it held; the host runs on and leaks nothing.
 #[test]
