@@ -161,15 +161,21 @@ fn leaked(report: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// A run's body: `PROVIDERS`, the consumer `tcp` with `settings` (lines of its table
+/// after its socket), a route delivering TCP to it, and the rest placed in process.
+fn tcp_delivered(settings: &str) -> String {
+    format!(
+        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n{settings}\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
+    )
+}
+
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
 #[test]
 fn a_consumer_process_reads_every_frame_in_place_and_verifies_it() {
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("checksum = true\n");
     let run = Run::start("verify", &body, 100_000, 3.0);
     let (code, got) = consume(&run.socket("tcp"), &["--mode", "verify"]);
     let (rc, report, err) = run.finish();
@@ -604,9 +610,7 @@ fn the_c_example_consumer_reads_frames_in_place() {
     ] {
         assert_eq!(c[key].as_u64(), Some(rust as u64), "{key}: C {c}");
     }
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("checksum = true\n");
     let run = Run::start("cexample", &body, 100_000, 2.0);
     let out = Command::new(&exe)
         .args([run.socket("tcp").as_str(), "--name", "tcp", "--verify"])
@@ -641,9 +645,7 @@ fn the_c_example_consumer_reads_frames_in_place() {
 
 #[test]
 fn a_consumer_killed_with_sigkill_gives_everything_back_and_a_new_session_starts() {
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 1024\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("ring_entries = 1024\nchecksum = true\n");
     let run = Run::start("sigkill", &body, 50_000, 4.0);
     // Slow, and sitting on 300 frames: when it dies it holds buffers, and frames wait
     // unread in its ring.
@@ -682,9 +684,7 @@ fn a_consumer_killed_with_sigkill_gives_everything_back_and_a_new_session_starts
 
 #[test]
 fn hostile_consumers_are_cut_off_with_the_reason_and_the_host_is_unaffected() {
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("checksum = true\n");
     let run = Run::start("hostile", &body, 50_000, 8.0);
     let misbehave = build_dir().join("examples/misbehave");
     assert!(
@@ -741,9 +741,7 @@ fn hostile_consumers_are_cut_off_with_the_reason_and_the_host_is_unaffected() {
 
 #[test]
 fn slow_absent_and_greedy_consumers_meet_the_policy_and_the_quota() {
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nring_entries = 128\nquota = 64\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("ring_entries = 128\nquota = 64\n");
     let run = Run::start("policy", &body, 50_000, 4.0);
     // Nobody yet: no_consumer.
     std::thread::sleep(Duration::from_millis(300));
@@ -1077,9 +1075,7 @@ fn a_polling_consumer_whose_batch_exceeds_its_quota_still_gives_buffers_back() {
     // A quota of 64 and the library's default batch of 128: a consumer that gave its
     // buffers back only by the batch (or after thousands of empty polls) would sit on
     // 64, and memplex would drop what came meanwhile as `consumer_quota`.
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nquota = 64\nwake = \"busy_poll\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("quota = 64\nwake = \"busy_poll\"\n");
     let run = Run::start("batch", &body, 50_000, 3.0);
     let opts = memplex_consumer::Options::new("tcp").busy_poll();
     assert_eq!(opts.batch, 128);
@@ -1126,9 +1122,7 @@ fn a_polling_consumer_whose_batch_exceeds_its_quota_still_gives_buffers_back() {
 #[test]
 fn the_tokio_consumer_awaits_frames_and_metrics_show_the_consumer() {
     let port = crate::free_port();
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nchecksum = true\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("checksum = true\n");
     let run = Run::start_with_env(
         "tokio",
         &body,
@@ -1246,9 +1240,7 @@ fn a_consumer_started_first_waits_for_the_socket() {
         .unwrap();
     // Let it find nothing for a while first.
     std::thread::sleep(Duration::from_millis(300));
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("");
     let run = Run::start(test, &body, 20_000, 3.0);
     assert_eq!(run.socket("tcp"), socket.display().to_string());
     let out = consume.wait_with_output().unwrap();
@@ -1273,9 +1265,7 @@ fn a_consumer_started_first_waits_for_the_socket() {
 /// back every buffer it held; the host runs on and leaks nothing.
 #[test]
 fn a_consumer_writing_its_pcap_to_a_full_disk_stops_with_the_reason_and_gives_everything_back() {
-    let body = format!(
-        "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-    );
+    let body = tcp_delivered("");
     let run = Run::start("full-disk", &body, 20_000, 2.0);
     let out = Command::new(env!("CARGO_BIN_EXE_memplex"))
         .args(["consume", "--socket", &run.socket("tcp")])
@@ -1302,11 +1292,7 @@ fn a_consumer_writing_its_pcap_to_a_full_disk_stops_with_the_reason_and_gives_ev
 
 #[test]
 fn wake_ups_are_one_per_batch_at_most_and_none_for_a_polling_consumer_and_pcap_keeps_the_frames() {
-    let body = |wake: &str| {
-        format!(
-            "{PROVIDERS}\n[consumers.tcp]\nsocket = \"{{dir}}/tcp.sock\"\nwake = \"{wake}\"\n\n[[route]]\nmatch = {{ l4 = \"tcp\" }}\nhead = \"hdr\"\nfrags = \"payload\"\ndeliver = \"tcp\"\n\n[[route]]\nhead = \"hdr\"\nfrags = \"hdr\"\n"
-        )
-    };
+    let body = |wake: &str| tcp_delivered(&format!("wake = \"{wake}\"\n"));
     // A consumer sleeping on its eventfd at a modest rate: woken, once per batch at most.
     let run = Run::start("wake-eventfd", &body("eventfd"), 20_000, 2.0);
     let out = run.dir.join("out.pcap");
