@@ -13,7 +13,13 @@
 //!   RSS sampled every second; fails on growth past 1 MiB after the first minute, a leak
 //!   or a drop. Not part of `test` (CI has no ten minutes to spare);
 //! - `cargo xtask fuzz [TARGET] [SECONDS]`: a fuzz target (`split`, the default,
-//!   `config`, or `wasm_boundary`) on nightly (installs cargo-fuzz if missing), seeded from `fuzz/seeds/TARGET`.
+//!   `config`, `wasm_boundary` or `hostile_consumer`) on nightly (installs cargo-fuzz if
+//!   missing), seeded from `fuzz/seeds/TARGET`;
+//! - `cargo xtask instructions [WORKLOAD...] [--asm FUNCTION]`: the worker's (or a
+//!   consumer's) instructions a frame under callgrind, by source line and function, and
+//!   with `--asm` each instruction of one function;
+//! - `cargo xtask ab REV [--pairs N] BENCH_ARGS...`: `memplex bench` from another
+//!   revision and from the working tree, alternately, with the ratio of each row.
 
 mod targets;
 
@@ -67,7 +73,7 @@ fn main() {
         Some("ab") => ab(&root, &rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | targets [--criterion] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...] | ab REV [--pairs N] BENCH_ARGS...>"
+                "usage: cargo xtask <build [--release] | demo [ARGS] | test | bench [ARGS] | targets [--criterion] | lint | soak [SECONDS] | fuzz [TARGET] [SECONDS] | instructions [WORKLOAD...] [--asm FUNCTION] | ab REV [--pairs N] BENCH_ARGS...>"
             );
             exit(2);
         }
@@ -797,7 +803,20 @@ const WORKLOADS: [&str; 6] = [
 /// source files and functions that execute the most, per frame (a function with all
 /// that was inlined into it); the callgrind files stay in `target/instructions/` for
 /// `callgrind_annotate`.
-fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
+fn instructions(root: &Path, args: &[&str]) -> Result<(), String> {
+    // `--asm FUNCTION`: also each instruction of that function, with its count a frame.
+    let (names, asm) = match args.iter().position(|a| *a == "--asm") {
+        Some(at) => {
+            let function = args.get(at + 1).copied().ok_or(
+                "--asm needs a function: the last part of its path, e.g. `--asm place_vector`",
+            )?;
+            let mut names = args[..at].to_vec();
+            names.extend_from_slice(&args[at + 2..]);
+            (names, Some(function))
+        }
+        None => (args.to_vec(), None),
+    };
+    let names = names.as_slice();
     if let Some(bad) = names
         .iter()
         .find(|n| !WORKLOADS.contains(n) && !CONSUMER_WORKLOADS.contains(n))
@@ -826,6 +845,10 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         apt_install(&["valgrind"])?;
     }
     let test_binary = release_lib_test(root)?;
+    // Found before anything runs, so a wrong name costs no callgrind run.
+    let asm_range = asm
+        .map(|function| find_function(&test_binary, function))
+        .transpose()?;
     let out_dir = root.join("target/instructions");
     std::fs::create_dir_all(&out_dir)
         .map_err(|e| format!("cannot make {}: {e}", out_dir.display()))?;
@@ -849,6 +872,8 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         let run = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--toggle-collect=*measured_burst*")
+            // Costs per instruction too, for `--asm`; callgrind_annotate reads either.
+            .arg("--dump-instr=yes")
             .arg(format!("--callgrind-out-file={}", out.display()))
             .arg(&test_binary)
             .args([
@@ -917,6 +942,15 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         for (count, function) in by_function.iter().take(8) {
             println!("  {:7.1}  {function}", *count as f64 / frames as f64);
         }
+        if let (Some(function), Some((full, lo, hi))) = (asm, &asm_range) {
+            let listing = out_dir.join(format!("{name}.{function}.asm"));
+            let (executed, lines) =
+                annotate_function(&out, &test_binary, (full, *lo, *hi), frames, &listing)?;
+            println!(
+                "  {function}: {executed:.1} a frame in its own code (inlined code included), {lines} instructions executed; each with its count a frame in {}",
+                listing.display()
+            );
+        }
         table.push((name, per_frame));
     }
     println!(
@@ -926,6 +960,163 @@ fn instructions(root: &Path, names: &[&str]) -> Result<(), String> {
         println!("  {name:<16} {n:>8.0}");
     }
     Ok(())
+}
+
+/// The function of `binary` whose path ends in `::function` (or is `function`): its
+/// demangled name and its addresses, to the next symbol. An error names the candidates
+/// when there is not exactly one.
+fn find_function(binary: &Path, function: &str) -> Result<(String, u64, u64), String> {
+    let symbols = Command::new("nm")
+        .args(["-C", "-n", "--defined-only"])
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("could not start nm (binutils): {e}"))?;
+    let symbols = String::from_utf8_lossy(&symbols.stdout);
+    let parsed: Vec<(u64, &str)> = symbols
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ' ');
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            let kind = f.next()?;
+            let name = f.next()?;
+            matches!(kind, "t" | "T").then_some((addr, name))
+        })
+        .collect();
+    let suffix = format!("::{function}");
+    let matches: Vec<usize> = (0..parsed.len())
+        .filter(|&i| parsed[i].1 == function || parsed[i].1.ends_with(&suffix))
+        .collect();
+    let at = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(format!(
+                "--asm: no function {function} in {} (inlined everywhere, or misspelt?)",
+                binary.display()
+            ))
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|&i| parsed[i].1).collect();
+            return Err(format!(
+                "--asm: {} functions end in {function}: {}; name more of the path",
+                many.len(),
+                names.join(", ")
+            ));
+        }
+    };
+    let lo = parsed[at].0;
+    let hi = parsed[at + 1..]
+        .iter()
+        .map(|(a, _)| *a)
+        .find(|&a| a > lo)
+        .unwrap_or(u64::MAX);
+    Ok((parsed[at].1.to_string(), lo, hi))
+}
+
+/// Writes to `listing` the disassembly of `binary` from `lo` to `hi` (one function,
+/// `name`), each instruction with the times a frame callgrind saw it execute (`out`
+/// was recorded with `--dump-instr=yes`), source lines between. Returns the
+/// instructions a frame in the function, and how many of its instructions ran at all.
+///
+/// callgrind_annotate gives costs per source line; after inlining, one line stands for
+/// many places, and what is a bounds check, a spill or a copy shows only per
+/// instruction (kcachegrind has that view, but needs a display).
+fn annotate_function(
+    out: &Path,
+    binary: &Path,
+    (name, lo, hi): (&str, u64, u64),
+    frames: u64,
+    listing: &Path,
+) -> Result<(f64, usize), String> {
+    let counts = per_instruction(out, lo, hi)?;
+    let disassembly = Command::new("objdump")
+        .args(["-d", "-l", "-C", "--no-show-raw-insn"])
+        .arg(format!("--start-address={lo:#x}"))
+        .arg(format!("--stop-address={hi:#x}"))
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("could not start objdump (binutils): {e}"))?;
+    let mut text = format!(
+        "# {name} in {}: times a frame each instruction ran ({frames} frames), source lines between\n",
+        binary.display()
+    );
+    let (mut sum, mut ran) = (0u64, 0usize);
+    for line in String::from_utf8_lossy(&disassembly.stdout).lines() {
+        let addr = line
+            .trim_start()
+            .split_once(':')
+            .and_then(|(a, _)| u64::from_str_radix(a, 16).ok());
+        match addr.filter(|_| line.starts_with(' ')) {
+            Some(addr) => {
+                let n = counts.get(&addr).copied().unwrap_or(0);
+                sum += n;
+                ran += usize::from(n > 0);
+                text += &format!("{:8.2} {line}\n", n as f64 / frames as f64);
+            }
+            None => text += &format!("         {line}\n"),
+        }
+    }
+    std::fs::write(listing, text)
+        .map_err(|e| format!("cannot write {}: {e}", listing.display()))?;
+    Ok((sum as f64 / frames as f64, ran))
+}
+
+/// Instructions executed per address in `lo..hi`, from a callgrind file recorded with
+/// `--dump-instr=yes` (positions `instr line`, each absolute, `+n`/`-n` from the last,
+/// or `*` for the same). A call's line after `calls=` is the callee's inclusive cost,
+/// not the caller's own, and is left out.
+fn per_instruction(
+    out: &Path,
+    lo: u64,
+    hi: u64,
+) -> Result<std::collections::HashMap<u64, u64>, String> {
+    let text =
+        std::fs::read_to_string(out).map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+    if !text.lines().any(|l| l.trim() == "positions: instr line") {
+        return Err(format!(
+            "{}: recorded without --dump-instr=yes: no costs per instruction",
+            out.display()
+        ));
+    }
+    let position = |token: &str, last: u64| -> Option<u64> {
+        match token.as_bytes().first()? {
+            b'*' => Some(last),
+            b'+' => last.checked_add(parse_number(&token[1..])?),
+            b'-' => last.checked_sub(parse_number(&token[1..])?),
+            _ => parse_number(token),
+        }
+    };
+    let (mut counts, mut addr, mut after_call) = (std::collections::HashMap::new(), 0, false);
+    for line in text.lines() {
+        let starts_cost = line
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'*'));
+        if !starts_cost {
+            after_call |= line.starts_with("calls=");
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        addr = fields
+            .next()
+            .and_then(|t| position(t, addr))
+            .ok_or_else(|| format!("{}: unreadable cost line {line:?}", out.display()))?;
+        if std::mem::take(&mut after_call) {
+            continue;
+        }
+        let ir = fields.nth(1).and_then(parse_number).unwrap_or(0);
+        if (lo..hi).contains(&addr) {
+            *counts.entry(addr).or_insert(0) += ir;
+        }
+    }
+    Ok(counts)
+}
+
+/// A callgrind number: decimal, or hexadecimal after `0x`.
+fn parse_number(token: &str) -> Option<u64> {
+    match token.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => token.parse().ok(),
+    }
 }
 
 /// The instructions a callgrind output file counted in all (its `summary:` line).
@@ -1256,4 +1447,37 @@ fn ab(root: &Path, args: &[&str]) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_instruction;
+
+    /// Positions absolute (decimal or hex), relative and repeated are followed; the
+    /// line after `calls=` moves the position but its cost is the callee's, left out;
+    /// only addresses in the range are kept.
+    #[test]
+    fn per_instruction_costs_follow_the_compressed_positions() {
+        let dir = std::env::temp_dir().join(format!("xtask-cg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("t.callgrind");
+        std::fs::write(
+            &file,
+            "# callgrind format\nversion: 1\npositions: instr line\nevents: Ir\n\
+             fn=(1) f\n0x1000 10 4\n+2 * 4\n+3 11 8\ncfn=(2) g\ncalls=1 0x2000 20\n\
+             +1 * 999\n* * 2\n-6 10 1\n0x3000 30 7\nfn=(2)\n0x2000 20 5\n",
+        )
+        .expect("write");
+        let counts = per_instruction(&file, 0x1000, 0x1010).expect("parsed");
+        let mut seen: Vec<(u64, u64)> = counts.into_iter().collect();
+        seen.sort();
+        // 0x1000: 4 + 1 (back by 6 from 0x1006); 0x1002: 4; 0x1005: 8; 0x1006: 2 (the
+        // call's 999 left out); 0x3000 and 0x2000 are outside.
+        assert_eq!(seen, [(0x1000, 5), (0x1002, 4), (0x1005, 8), (0x1006, 2)]);
+
+        std::fs::write(&file, "positions: line\nevents: Ir\nfn=(1) f\n10 4\n").expect("write");
+        let err = per_instruction(&file, 0, u64::MAX).expect_err("no instructions");
+        assert!(err.contains("--dump-instr=yes"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
