@@ -14,7 +14,9 @@
  *      F_SEAL_SHRINK), then mmap it (read-write, shared); read 16-byte descriptors from its
  *      completion ring, a frame being a run of them up to one without MPX_D_MORE; an
  *      MPX_REGION message (with a read-only descriptor) arrives on the socket before the
- *      first descriptor that points into that region: mmap it read-only;
+ *      first descriptor that points into that region: if it is a regular file, check it
+ *      is sealed against shrinking too (memplex shares only such memfds, or files of a
+ *      fixed size such as a dma-buf), then mmap it read-only;
  *   4. give each part's token back through the channel's refill ring when done;
  *   5. MPX_BYE ends the session, either way.
  *

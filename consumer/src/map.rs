@@ -1,6 +1,9 @@
 //! Provider memory mapped read-only: the one place this crate needs `unsafe`, because a
-//! mapping of a file is only as stable as the file. memplex seals its memfds against
-//! shrinking and sends a read-only descriptor, so the pages stay and cannot be written.
+//! mapping of a file is only as stable as the file. memplex shares only memfds sealed
+//! against shrinking (or files of a fixed size, such as a dma-buf) and sends a read-only
+//! descriptor, so the pages stay and cannot be written. A region whose file could still
+//! shrink is refused here too, before it is mapped: whatever sent it, this process does
+//! not take a mapping that a `truncate` elsewhere could turn into a SIGBUS.
 #![allow(unsafe_code, reason = "mapping provider memory memplex shares")]
 
 use memmap2::{Mmap, MmapOptions};
@@ -25,17 +28,28 @@ impl RegionMap {
         let start = offset - offset % page;
         let skew = (offset - start) as usize;
         let len = usize::try_from(len).map_err(|_| "region length".to_string())?;
-        let size = file.metadata().map_err(|e| e.to_string())?.len();
-        let file_sized = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let (size, file_sized) = (meta.len(), meta.is_file());
         if file_sized && u128::from(offset) + len as u128 > u128::from(size) {
             return Err(format!(
                 "a region of {len} bytes at {offset} in a descriptor of {size} bytes"
             ));
         }
+        if file_sized {
+            let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| {
+                format!("a region in a file that cannot be sealed against shrinking ({e}); memplex shares only sealed memfds")
+            })?;
+            if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+                return Err(
+                    "a region in a file not sealed against shrinking; memplex shares only sealed memfds"
+                        .into(),
+                );
+            }
+        }
         // SAFETY: the mapping is read-only and covers bytes the descriptor holds (checked
-        // above for files); memplex seals shareable memfds against shrinking, so no page
-        // of it can disappear while it is mapped. A provider that shares an unsealed file
-        // and truncates it would fault this process: that is the provider's contract.
+        // above for files). A file that can be resized is sealed against shrinking
+        // (checked above), so no page of it can disappear while it is mapped; one of a
+        // fixed size (a dma-buf, a device) cannot shrink at all.
         let map = unsafe { MmapOptions::new().offset(start).len(skew + len).map(&file) }
             .map_err(|e| format!("mapping region: {e}"))?;
         Ok(RegionMap { map, skew, len })
@@ -113,5 +127,42 @@ pub(crate) fn try_writable(fd: &OwnedFd) -> String {
     match unsafe { MmapOptions::new().len(4096).map_mut(&file) } {
         Ok(_) => "allowed".into(),
         Err(e) => format!("refused: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{MemfdFlags, SealFlags};
+
+    fn memfd(seals: SealFlags) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("memplex-consumer-test", MemfdFlags::ALLOW_SEALING)
+            .expect("a memfd");
+        rustix::fs::ftruncate(&fd, 8192).expect("sized");
+        if !seals.is_empty() {
+            rustix::fs::fcntl_add_seals(&fd, seals).expect("sealed");
+        }
+        fd
+    }
+
+    #[test]
+    fn only_files_sealed_against_shrinking_are_mapped() {
+        let map = RegionMap::new(memfd(SealFlags::SHRINK | SealFlags::GROW), 4096, 4096)
+            .expect("a sealed memfd maps");
+        assert_eq!(map.len(), 4096);
+        assert_eq!(map.slice(0, 16), &[0u8; 16]);
+        let err = RegionMap::new(memfd(SealFlags::GROW), 0, 4096)
+            .err()
+            .unwrap();
+        assert!(err.contains("not sealed against shrinking"), "{err}");
+        let err = RegionMap::new(memfd(SealFlags::empty()), 0, 4096)
+            .err()
+            .unwrap();
+        assert!(err.contains("not sealed against shrinking"), "{err}");
+        // Past the file's end, sealed or not.
+        let err = RegionMap::new(memfd(SealFlags::SHRINK), 4096, 8192)
+            .err()
+            .unwrap();
+        assert!(err.contains("in a descriptor of 8192 bytes"), "{err}");
     }
 }

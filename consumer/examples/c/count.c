@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -132,6 +133,17 @@ static void read_socket(int block) {
             long page = sysconf(_SC_PAGESIZE);
             uint64_t start = r.offset - r.offset % (uint64_t)page;
             uint64_t skew = r.offset - start;
+            /* A region in a regular file must not be able to shrink under the mapping
+             * (memplex shares sealed memfds); one of a fixed size (a dma-buf) need not. */
+            struct stat st;
+            if (fstat(fds[0], &st) < 0) die("fstat region");
+            if (S_ISREG(st.st_mode)) {
+                int seals = fcntl(fds[0], F_GET_SEALS);
+                if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+                    fprintf(stderr, "count: region %u not sealed against shrinking\n", r.index);
+                    exit(2);
+                }
+            }
             uint8_t *p = mmap(NULL, skew + r.len, PROT_READ, MAP_SHARED, fds[0], (off_t)start);
             if (p == MAP_FAILED) die("mmap region");
             close(fds[0]);

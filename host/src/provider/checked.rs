@@ -272,6 +272,9 @@ pub struct CheckedProvider {
     memory: Vec<MemoryRegion>,
     /// How many frames' parts one fill takes, for memory the host may not write.
     gathering: Gathering,
+    /// Why regions that could go to consumers may not after all (a file that is not
+    /// sealed against shrinking), found once when the instance was made.
+    share_refusal: Option<String>,
 }
 
 /// How many frames' parts a provider the host may not write (`NEEDS_FILL` without
@@ -391,7 +394,11 @@ impl CheckedProvider {
             caps.contains(Capabilities::CPU_READABLE) || caps.contains(Capabilities::HOST_WRITABLE);
         let write = caps.contains(Capabilities::HOST_WRITABLE);
         super::regions::check(&memory, by_address, write).map_err(bad)?;
-        if !memory.is_empty() && memory.iter().all(MemoryRegion::is_shareable) {
+        let share_refusal = super::regions::share_refusal(&memory);
+        if !memory.is_empty()
+            && memory.iter().all(MemoryRegion::is_shareable)
+            && share_refusal.is_none()
+        {
             info.caps = info.caps | Capabilities::EXPORTS;
         } else {
             info.caps = Capabilities(info.caps.0 & !Capabilities::EXPORTS.0);
@@ -415,6 +422,7 @@ impl CheckedProvider {
             counters: ProviderCounters::default(),
             destroyed: false,
             gathering: Gathering::Vectors,
+            share_refusal,
         })
     }
 
@@ -436,7 +444,8 @@ impl CheckedProvider {
     }
 
     /// Why its buffers cannot be shared with another process, or `None` when every
-    /// region has a file descriptor that a consumer can map.
+    /// region has a file descriptor that a consumer can map, and that cannot shrink
+    /// under the consumer's mapping.
     pub fn not_exportable(&self) -> Option<String> {
         if self.memory.is_empty() {
             return Some(if self.info.caps.contains(Capabilities::NEEDS_FILL) {
@@ -455,6 +464,7 @@ impl CheckedProvider {
                 )
             })
         })
+        .or_else(|| self.share_refusal.clone())
     }
 
     /// What the instance said about itself at start.

@@ -4,6 +4,12 @@
 //!
 //! Everything is read from `/proc/self/maps` and `/proc/self/fd`, so no `unsafe` is
 //! needed: a region's file descriptor is looked at through the `/proc` link, never used.
+//!
+//! A region that goes to consumers must also stay the size it is: a consumer maps the
+//! file, and a file that shrinks under a mapping faults (SIGBUS) whoever reads the pages
+//! past its new end. [`share_refusal`] asks a file that can be resized to be sealed
+//! against shrinking (`F_SEAL_SHRINK`, which a memfd can carry), and refuses to share it
+//! otherwise.
 
 use memplex_abi::{MemoryRegion, RegionKind};
 
@@ -156,6 +162,40 @@ pub(super) fn check(regions: &[MemoryRegion], by_address: bool, write: bool) -> 
     Ok(())
 }
 
+/// Why the shareable regions of `regions` may not go to another process, or `None`: a
+/// region whose descriptor is a file that can be resized (a memfd, a file on a disk)
+/// must be sealed against shrinking. Files of a fixed size (a dma-buf, a device node)
+/// need no seal. Called once per instance, on memory [`check`] accepted.
+pub(super) fn share_refusal(regions: &[MemoryRegion]) -> Option<String> {
+    regions.iter().enumerate().find_map(|(i, r)| {
+        if !r.is_shareable() {
+            return None;
+        }
+        let what = || describe(i, r);
+        match fd_file(r.fd) {
+            Ok(f) if !f.sized => return None,
+            Ok(_) => {}
+            Err(e) => return Some(format!("{}: file descriptor {}: {e}", what(), r.fd)),
+        }
+        let sealed = std::fs::File::open(format!("/proc/self/fd/{}", r.fd))
+            .map_err(|e| e.to_string())
+            .and_then(|f| rustix::fs::fcntl_get_seals(&f).map_err(|e| e.to_string()));
+        match sealed {
+            Ok(seals) if seals.contains(rustix::fs::SealFlags::SHRINK) => None,
+            Ok(_) => Some(format!(
+                "{}: its file descriptor {} is not sealed against shrinking, so a consumer's mapping of it would fault if the file were cut short (seal it: `fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK)`, as the shipped `shm` provider does)",
+                what(),
+                r.fd
+            )),
+            Err(e) => Some(format!(
+                "{}: its file descriptor {} is a file that cannot be sealed against shrinking ({e}), so a consumer's mapping of it would fault if the file were cut short (share a memfd sealed with `F_SEAL_SHRINK`)",
+                what(),
+                r.fd
+            )),
+        }
+    })
+}
+
 /// What `/proc/self/fd/N` leads to.
 struct FdFile {
     inode: u64,
@@ -244,6 +284,46 @@ mod tests {
         future.kind = RegionKind(9);
         assert!(check(&[future], true, true).unwrap_err().contains("kind 9"));
         drop(map);
+    }
+
+    #[test]
+    fn a_shared_file_must_be_sealed_against_shrinking() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        use std::os::fd::AsRawFd;
+        let memfd = |seals: SealFlags| {
+            let fd = rustix::fs::memfd_create(
+                "memplex-test",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )
+            .unwrap();
+            let file = std::fs::File::from(fd);
+            file.set_len(8192).unwrap();
+            if !seals.is_empty() {
+                rustix::fs::fcntl_add_seals(&file, seals).unwrap();
+            }
+            file
+        };
+        // The address is not looked at here, only the descriptor.
+        let region = |f: &std::fs::File| MemoryRegion::exportable(0x1000, 8192, f.as_raw_fd(), 0);
+        let sealed = memfd(SealFlags::SHRINK);
+        assert_eq!(share_refusal(&[region(&sealed)]), None);
+        let grow_only = memfd(SealFlags::GROW);
+        let why = share_refusal(&[region(&sealed), region(&grow_only)]).unwrap();
+        assert!(
+            why.contains("region 1") && why.contains("not sealed against shrinking"),
+            "{why}"
+        );
+        // A file on a disk cannot carry seals at all.
+        let disk = tempfile_of(8192);
+        let why = share_refusal(&[region(&disk)]).unwrap();
+        assert!(why.contains("cannot be sealed"), "{why}");
+        // Host memory is not shared, so it needs no seal; nor does a closed descriptor
+        // go unnoticed.
+        assert_eq!(share_refusal(&[MemoryRegion::host(0x1000, 8192)]), None);
+        let closed = MemoryRegion::exportable(0x1000, 4096, 1 << 20, 0);
+        assert!(share_refusal(&[closed])
+            .unwrap()
+            .contains("not open in this process"));
     }
 
     fn tempfile_of(len: u64) -> std::fs::File {

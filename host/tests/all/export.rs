@@ -65,3 +65,110 @@ fn private_and_sandboxed_memory_is_not_exportable_and_says_why() {
     let why = p.not_exportable().unwrap();
     assert!(why.contains("WASM guest's linear memory"), "{why}");
 }
+
+/// A provider that shares a memfd it has not sealed: everything else about its region is
+/// right (the descriptor is the memory, at the offset it names).
+struct Memfd {
+    map: memmap2::MmapMut,
+    file: std::fs::File,
+    free: Vec<u32>,
+}
+
+const MEMFD_BUF: u32 = 1024;
+
+impl Memfd {
+    fn new(seals: rustix::fs::SealFlags) -> Memfd {
+        use rustix::fs::MemfdFlags;
+        let fd = rustix::fs::memfd_create("memplex-unsealed", MemfdFlags::ALLOW_SEALING).unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(4 * u64::from(MEMFD_BUF)).unwrap();
+        if !seals.is_empty() {
+            rustix::fs::fcntl_add_seals(&file, seals).unwrap();
+        }
+        // SAFETY: the file is this test's, and nothing resizes it while it is mapped.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        Memfd {
+            map,
+            file,
+            free: (0..4).collect(),
+        }
+    }
+}
+
+impl memplex_abi::MemoryProvider for Memfd {
+    fn info(&self) -> memplex_abi::ProviderInfo {
+        memplex_abi::ProviderInfo::new("memfd", MEMFD_BUF, 4)
+    }
+
+    fn memory(&self) -> Vec<memplex_abi::MemoryRegion> {
+        use std::os::fd::AsRawFd;
+        let base = self.map.as_ptr() as u64;
+        vec![memplex_abi::MemoryRegion::exportable(
+            base,
+            self.map.len() as u64,
+            self.file.as_raw_fd(),
+            0,
+        )]
+    }
+
+    fn alloc_bulk(
+        &mut self,
+        out: &mut [memplex_abi::Netmem],
+    ) -> Result<usize, memplex_abi::ProviderError> {
+        let base = self.map.as_ptr() as u64;
+        let n = out.len().min(self.free.len());
+        for slot in &mut out[..n] {
+            let id = self.free.pop().unwrap();
+            *slot = memplex_abi::Netmem {
+                addr: base + u64::from(id * MEMFD_BUF),
+                len: MEMFD_BUF,
+                id,
+            };
+        }
+        Ok(n)
+    }
+
+    fn release_bulk(
+        &mut self,
+        bufs: &[memplex_abi::Netmem],
+    ) -> Result<(), memplex_abi::ProviderError> {
+        self.free.extend(bufs.iter().map(|b| b.id));
+        Ok(())
+    }
+}
+
+#[test]
+fn memory_that_could_shrink_under_a_consumer_is_not_shared() {
+    use memplex::provider::{CheckedProvider, Trust};
+    use memplex_abi::Capabilities;
+    use rustix::fs::SealFlags;
+    let checked = |seals| {
+        CheckedProvider::new(
+            Box::new(Memfd::new(seals)),
+            "memfd (test) q0".into(),
+            MEMFD_BUF,
+            Trust::Checked,
+        )
+        .expect("its region is checked and accepted")
+    };
+    // Placed into as any provider is, but not shared: the reason names the region and
+    // the seal it lacks.
+    for seals in [SealFlags::empty(), SealFlags::GROW] {
+        let p = checked(seals);
+        let why = p.not_exportable().expect("an unsealed memfd is not shared");
+        assert!(
+            why.contains("region 0") && why.contains("not sealed against shrinking"),
+            "{why}"
+        );
+        assert!(!p.info().caps.contains(Capabilities::EXPORTS));
+        let mut pool = Pool::new(p, 4);
+        let mut b = pool.alloc().unwrap();
+        pool.place(&mut b, 0, b"still placed into").unwrap();
+        pool.recycle(b).unwrap();
+        assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+    let p = checked(SealFlags::SHRINK);
+    assert_eq!(p.not_exportable(), None);
+    assert!(p.info().caps.contains(Capabilities::EXPORTS));
+}
