@@ -594,6 +594,14 @@ impl Splitter {
     /// `fast_walk` for what that measured).
     #[inline(always)]
     pub fn split_into(&self, frame: &[u8], split: &mut Split) {
+        self.split_into_as(self.mode, frame, split);
+    }
+
+    /// [`split_into`](Self::split_into) with `mode` in place of `self.mode`, for a
+    /// caller that decides the mode once for many frames: passed a constant, the
+    /// inlined decision has no dispatch on the mode left in it.
+    #[inline(always)]
+    pub(crate) fn split_into_as(&self, mode: SplitMode, frame: &[u8], split: &mut Split) {
         split.head_len = frame.len();
         let w = match fast_walk(frame, &mut split.meta) {
             Some(ends) => ends,
@@ -606,7 +614,7 @@ impl Splitter {
         split.l3_offset = w.l2_end.map(|o| o as u16);
         split.l4_offset = w.l3_end.map(|o| o as u16);
         let whole = |split: &mut Split, reason| split.outcome = Err(reason);
-        let (at, layer) = match self.mode {
+        let (at, layer) = match mode {
             SplitMode::None => return whole(split, Unsplit::Disabled),
             SplitMode::Fixed => (Some(self.fixed_offset.min(frame.len())), Layer::L2),
             SplitMode::L2 => (w.l2_end, Layer::L2),
@@ -622,7 +630,7 @@ impl Splitter {
             return whole(split, w.stop.unwrap_or(Unsplit::NotTransport));
         };
         // The payload the threshold compares is the datagram's, without link padding.
-        let payload = match self.mode {
+        let payload = match mode {
             SplitMode::Fixed | SplitMode::L2 => frame.len().saturating_sub(at),
             _ => w.end.saturating_sub(at),
         };
