@@ -967,9 +967,15 @@ impl Worker {
 
     /// Returns the buffers of `parts[from..]` to their pools.
     fn recycle_from(&mut self, from: usize) {
+        // The pools as a slice held in registers: read through `self` in the loop, their
+        // address and count were loaded again for every buffer, after each store to a
+        // cache.
+        let pools = &mut self.pools[..];
         for part in self.parts.drain(from..) {
             // Buffers only ever come from these pools, so the pool id always matches.
-            let _ = self.pools[part.provider].recycle(part.buf);
+            if let Some(pool) = pools.get_mut(part.provider) {
+                let _ = pool.recycle(part.buf);
+            }
         }
     }
 
