@@ -954,7 +954,13 @@ impl Consumer {
                         .next()
                         .ok_or_else(|| Error::Protocol("a Region without its descriptor".into()))?;
                     let kept = fd.try_clone().ok();
-                    let map = RegionMap::new(fd, r.offset, r.len).map_err(Error::Protocol)?;
+                    let map = RegionMap::new(fd, r.offset, r.len).map_err(|e| {
+                        Error::Protocol(format!(
+                            "region {} of provider `{}`: {e}",
+                            r.index,
+                            msg::text(&r.provider)
+                        ))
+                    })?;
                     let i = r.index as usize;
                     // Announced again (by another queue's worker, say): the first stands.
                     if self.regions.add(i, map) {
