@@ -1169,6 +1169,11 @@ pub mod testing {
         true
     }
 
+    /// How many regions the consumer has mapped.
+    pub fn mapped_regions(c: &Consumer) -> usize {
+        c.regions.count()
+    }
+
     /// Moves queue `q`'s refill producer index by `by`.
     pub fn move_refill_index(c: &Consumer, q: usize, by: u32) {
         let w = c.channels[q].refill.borrow();

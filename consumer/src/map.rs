@@ -103,6 +103,11 @@ impl RegionTable {
         true
     }
 
+    /// How many regions were added.
+    pub(crate) fn count(&self) -> usize {
+        self.slots.borrow().iter().flatten().count()
+    }
+
     /// Region `index`, if it was added.
     #[inline]
     pub(crate) fn get(&self, index: usize) -> Option<&RegionMap> {
