@@ -1,15 +1,18 @@
 //! The consumer library against a host that is not memplex: a peer on the socket that
-//! speaks the protocol's set-up, then sends what memplex never would. The library must
-//! refuse it with an error that names what was wrong, and must not map it.
+//! speaks the protocol's set-up as memplex does, then sends what memplex never would. The
+//! library must refuse it with an error that names what was wrong, and must neither map
+//! memory that could vanish under it nor read outside what it mapped.
 
 use memplex_consumer::{Consumer, Error, Options};
+use memplex_proto::layout::{Desc, RingKind, Token};
 use memplex_proto::msg::{self, Kind};
-use memplex_proto::ring::ChannelMap;
+use memplex_proto::ring::{ChannelMap, Producer};
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::net::{AddressFamily, RecvFlags, SocketAddrUnix, SocketFlags, SocketType};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A listening SOCK_SEQPACKET socket at a path of this test's own, removed on drop.
 struct Listener {
@@ -43,21 +46,35 @@ impl Drop for Listener {
     }
 }
 
-/// A memfd of `len` bytes carrying `seals`.
-fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+const REGION_LEN: u64 = 4096;
+
+/// A memfd of [`REGION_LEN`] bytes, each byte its offset's low 8 bits, carrying `seals`.
+fn memfd(seals: SealFlags) -> OwnedFd {
     let fd = rustix::fs::memfd_create("memplex-hostile-host", MemfdFlags::ALLOW_SEALING)
         .expect("a memfd");
-    rustix::fs::ftruncate(&fd, len).expect("sized");
+    let bytes: Vec<u8> = (0..REGION_LEN).map(|i| i as u8).collect();
+    rustix::io::write(&fd, &bytes).expect("written");
     if !seals.is_empty() {
         rustix::fs::fcntl_add_seals(&fd, seals).expect("sealed");
     }
     fd
 }
 
+/// A part of `region`: `len` bytes at `offset`, with `more` when the frame goes on.
+fn part(region: u16, offset: u64, len: u32, more: bool) -> Desc {
+    let token = Token {
+        id: 0,
+        generation: 1,
+        region,
+    };
+    Desc::part(token, offset, len, more)
+}
+
 /// Plays the host for one session on `listener`: the set-up as memplex does it (one
-/// queue, busy-polled), then a region of provider `bad` in `region`, then waits for the
-/// consumer to hang up, keeping the channel mapped until then.
-fn serve(listener: &Listener, region: OwnedFd) -> std::thread::JoinHandle<()> {
+/// queue, busy-polled), then region 0 (of provider `bad`) in `region`, then `descs`
+/// published on the completion ring, then waits for the consumer to hang up, keeping the
+/// channel mapped until then.
+fn serve(listener: &Listener, region: OwnedFd, descs: Vec<Desc>) -> std::thread::JoinHandle<()> {
     let listening = listener.sock.try_clone().expect("a duplicate");
     std::thread::spawn(move || {
         let sock = rustix::net::accept(&listening).expect("a consumer");
@@ -77,6 +94,7 @@ fn serve(listener: &Listener, region: OwnedFd) -> std::thread::JoinHandle<()> {
         };
         msg::send(&sock, Kind::Welcome, &welcome, &[]).expect("sent");
         let (map, channel) = ChannelMap::create(0, 64, 64, 0, false).expect("a channel");
+        let map = Arc::new(map);
         let body = msg::Channel {
             queue: 0,
             eventfd: 0,
@@ -91,11 +109,16 @@ fn serve(listener: &Listener, region: OwnedFd) -> std::thread::JoinHandle<()> {
         let body = msg::Region {
             index: 0,
             kind: 1,
-            len: 4096,
+            len: REGION_LEN,
             offset: 0,
             provider: msg::fixed("bad"),
         };
         msg::send(&sock, Kind::Region, &body, &[region.as_fd()]).expect("sent");
+        let mut completion = Producer::new(map.ring(RingKind::Completion));
+        for (i, d) in descs.iter().enumerate() {
+            completion.write(i as u32, d);
+        }
+        completion.publish(descs.len() as u32);
         // Until the consumer hangs up (or a minute passes, if it never does).
         let _ = rustix::net::sockopt::set_socket_timeout(
             &sock,
@@ -107,15 +130,51 @@ fn serve(listener: &Listener, region: OwnedFd) -> std::thread::JoinHandle<()> {
     })
 }
 
-/// Reads until the region is handled: an error, or nothing for `wait`.
-fn read(consumer: &Consumer, wait: Duration) -> Result<(), Error> {
-    let deadline = std::time::Instant::now() + wait;
-    while std::time::Instant::now() < deadline {
-        if consumer.next(Some(Duration::from_millis(50)))?.is_some() {
-            panic!("the fake host sent no frame");
+/// A session with the fake host: `region`'s memfd and `descs`, read until `check` has a
+/// frame's bytes or an error (or 20 s pass), then closed.
+fn session(
+    name: &str,
+    region: OwnedFd,
+    descs: Vec<Desc>,
+    check: impl FnOnce(&Consumer, Result<Vec<u8>, Error>),
+) {
+    let listener = Listener::new(name);
+    let host = serve(&listener, region, descs);
+    let consumer = Consumer::connect(&listener.path, &Options::new("probe").busy_poll())
+        .expect("the set-up is memplex's own");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        match consumer.next(Some(Duration::from_millis(50))) {
+            Ok(Some(frame)) => {
+                let mut bytes = Vec::new();
+                frame.copy_to(&mut bytes);
+                break Ok(bytes);
+            }
+            Ok(None) => assert!(Instant::now() < deadline, "{name}: nothing in 20 s"),
+            Err(e) => break Err(e),
         }
-    }
-    Ok(())
+    };
+    check(&consumer, got);
+    consumer.close();
+    host.join().expect("the fake host");
+}
+
+fn refused(what: &str, got: Result<Vec<u8>, Error>, want: &[&str]) {
+    let text = match got {
+        Ok(bytes) => panic!("{what}: read a frame of {} bytes", bytes.len()),
+        Err(e) => e.to_string(),
+    };
+    assert!(want.iter().all(|w| text.contains(w)), "{what}: {text}");
+}
+
+#[test]
+fn a_frame_in_a_sealed_region_reads_its_bytes_in_place() {
+    let descs = vec![part(0, 100, 50, true), part(0, 4000, 96, false)];
+    session("good", memfd(SealFlags::SHRINK), descs, |c, got| {
+        let want: Vec<u8> = (100..150).chain(4000..4096).map(|i| i as u8).collect();
+        assert_eq!(got.expect("a frame"), want);
+        assert_eq!(memplex_consumer::testing::mapped_regions(c), 1);
+    });
 }
 
 #[test]
@@ -124,40 +183,47 @@ fn a_region_that_could_shrink_under_the_mapping_is_refused() {
         (SealFlags::empty(), "unsealed"),
         (SealFlags::GROW, "sealed only against growing"),
     ] {
-        let listener = Listener::new(&format!("{}", seals.bits()));
-        let host = serve(&listener, memfd(4096, seals));
-        let consumer = Consumer::connect(&listener.path, &Options::new("probe").busy_poll())
-            .expect("the set-up is memplex's own");
-        let err = read(&consumer, Duration::from_secs(20))
-            .expect_err(&format!("an {what} region was mapped"));
-        let text = err.to_string();
-        assert!(
-            text.contains("region 0 of provider `bad`")
-                && text.contains("not sealed against shrinking"),
-            "{what}: {text}"
+        let descs = vec![part(0, 0, 64, false)];
+        session(
+            &format!("unsealed-{}", seals.bits()),
+            memfd(seals),
+            descs,
+            |c, got| {
+                refused(
+                    what,
+                    got,
+                    &["region 0 of provider `bad`", "not sealed against shrinking"],
+                );
+                assert_eq!(memplex_consumer::testing::mapped_regions(c), 0);
+            },
         );
-        assert_eq!(memplex_consumer::testing::mapped_regions(&consumer), 0);
-        consumer.close();
-        host.join().expect("the fake host");
     }
 }
 
 #[test]
-fn a_region_sealed_against_shrinking_is_mapped() {
-    let listener = Listener::new("sealed");
-    let host = serve(&listener, memfd(4096, SealFlags::SHRINK | SealFlags::GROW));
-    let consumer = Consumer::connect(&listener.path, &Options::new("probe").busy_poll())
-        .expect("the set-up is memplex's own");
-    // The library reads the socket every 4096 idle spins: until it has the region.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while memplex_consumer::testing::mapped_regions(&consumer) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the region never came"
+fn a_part_past_its_region_is_refused() {
+    let descs = vec![part(0, 4000, 200, false)];
+    session("past", memfd(SealFlags::SHRINK), descs, |_, got| {
+        refused(
+            "past",
+            got,
+            &["a part at 4000+200 past region 0's 4096 bytes"],
         );
-        read(&consumer, Duration::from_millis(50)).expect("a sealed region is taken");
-    }
-    assert_eq!(memplex_consumer::testing::mapped_regions(&consumer), 1);
-    consumer.close();
-    host.join().expect("the fake host");
+    });
+}
+
+#[test]
+fn a_part_in_a_region_never_announced_is_refused() {
+    let descs = vec![part(7, 0, 64, false)];
+    session("unknown", memfd(SealFlags::SHRINK), descs, |_, got| {
+        refused("unknown", got, &["region 7 was never announced"]);
+    });
+}
+
+#[test]
+fn a_frame_past_the_descriptors_published_is_refused() {
+    let descs = vec![part(0, 0, 64, true)];
+    session("unended", memfd(SealFlags::SHRINK), descs, |_, got| {
+        refused("unended", got, &["runs past the 1 descriptors published"]);
+    });
 }
