@@ -123,7 +123,9 @@ pub fn inspect(path: &PluginPath, spec: &str, args: &ParamArgs) -> Result<i32> {
         (
             "exportable",
             match inst.not_exportable() {
-                None => "yes: every region can be shared by file descriptor".into(),
+                None => {
+                    "yes: every region can be shared by a file descriptor that cannot shrink".into()
+                }
                 Some(why) => format!("no: {why}"),
             },
         ),
