@@ -320,18 +320,18 @@ impl Matcher {
                 (Some(_), None) => false,
             }
         }
-        self.ethertype.is_none_or(|e| e == meta.ethertype)
-            && opt(self.vlan, meta.vlan)
-            && opt(self.protocol, meta.protocol)
-            && net(&self.src, meta.src)
-            && net(&self.dst, meta.dst)
-            && self.src_port.is_none_or(|r| r.contains(meta.src_port))
-            && self.dst_port.is_none_or(|r| r.contains(meta.dst_port))
+        self.ethertype.is_none_or(|e| e == meta.ethertype())
+            && opt(self.vlan, meta.vlan())
+            && opt(self.protocol, meta.protocol())
+            && net(&self.src, meta.src())
+            && net(&self.dst, meta.dst())
+            && self.src_port.is_none_or(|r| r.contains(meta.src_port()))
+            && self.dst_port.is_none_or(|r| r.contains(meta.dst_port()))
             && self
                 .port
-                .is_none_or(|r| r.contains(meta.src_port) || r.contains(meta.dst_port))
-            && opt(self.vni, meta.vni)
-            && opt(self.app, meta.app)
+                .is_none_or(|r| r.contains(meta.src_port()) || r.contains(meta.dst_port()))
+            && opt(self.vni, meta.vni())
+            && opt(self.app, meta.app())
     }
 }
 
@@ -555,12 +555,12 @@ impl RouteTable {
     /// `device`.
     #[inline]
     pub fn rule(&self, meta: &FrameMeta, device: u16) -> Option<usize> {
-        let class = match meta.ethertype {
+        let class = match meta.ethertype() {
             0x0800 => 0,
             0x86dd => 1,
             _ => return self.walk(0, meta, device),
         };
-        let Some(protocol) = meta.protocol else {
+        let Some(protocol) = meta.protocol() else {
             return self.walk(0, meta, device);
         };
         let k = self.first[class][usize::from(protocol)] as usize;
@@ -578,8 +578,8 @@ impl RouteTable {
         let quick = self.quick.get(from..)?;
         let k = quick.iter().enumerate().position(|(i, q)| {
             q.device.is_none_or(|d| d == device)
-                && q.ethertype.is_none_or(|e| e == meta.ethertype)
-                && q.protocol.is_none_or(|p| Some(p) == meta.protocol)
+                && q.ethertype.is_none_or(|e| e == meta.ethertype())
+                && q.protocol.is_none_or(|p| Some(p) == meta.protocol())
                 && (!q.full || self.matches_rest(from + i, meta))
         })?;
         Some(from + k)
@@ -632,17 +632,12 @@ mod tests {
     #[test]
     fn names_become_wire_numbers_and_print_back() {
         let m = matcher(r#"{ l4 = "tcp", l3 = "ipv6", dst_port = "4420-4421" }"#).unwrap();
-        let meta = FrameMeta {
-            ethertype: 0x86dd,
-            protocol: Some(6),
-            dst_port: Some(4421),
-            ..FrameMeta::default()
-        };
+        let meta = FrameMeta::default()
+            .with_ethertype(0x86dd)
+            .with_protocol(6)
+            .with_ports(50_000, 4421);
         assert!(m.matches(&meta));
-        assert!(!m.matches(&FrameMeta {
-            dst_port: Some(4422),
-            ..meta
-        }));
+        assert!(!m.matches(&meta.with_ports(50_000, 4422)));
         assert_eq!(m.to_string(), "dst_port=4420-4421 ethertype=ipv6 l4=tcp");
         assert_eq!(Matcher::default().to_string(), "(every frame)");
     }
@@ -674,58 +669,27 @@ mod tests {
         ];
         let names: Vec<String> = ["a", "b", "c", "d", "e"].map(Into::into).to_vec();
         let t = RouteTable::new(&routes, &names, &[], &["main".into(), "b".into()]).unwrap();
-        let tcp = FrameMeta {
-            ethertype: 0x0800,
-            protocol: Some(6),
-            dst: Some("10.1.2.3".parse().unwrap()),
-            src_port: Some(1500),
-            dst_port: Some(80),
-            ..FrameMeta::default()
-        };
-        let vxlan = FrameMeta {
-            protocol: Some(17),
-            src_port: Some(50_000),
-            dst_port: Some(4789),
-            vni: Some(7),
-            ..FrameMeta::default()
-        };
-        let nvme = FrameMeta {
-            vlan: Some(5),
-            app: Some(App::NvmeTcp),
-            ..tcp
-        };
+        let tcp = FrameMeta::default()
+            .with_ethertype(0x0800)
+            .with_protocol(6)
+            .with_addrs("10.9.9.9".parse().unwrap(), "10.1.2.3".parse().unwrap())
+            .with_ports(1500, 80);
+        let vxlan = FrameMeta::default()
+            .with_protocol(17)
+            .with_ports(50_000, 4789)
+            .with_vni(7);
+        let nvme = tcp.with_vlan(5).with_app(App::NvmeTcp);
         let rule_of = |m: &FrameMeta, device| t.rule(m, device);
         // `port` matches either port; every test of a rule must pass.
         assert_eq!(rule_of(&vxlan, 0), Some(0));
-        assert_eq!(
-            rule_of(
-                &FrameMeta {
-                    vni: Some(8),
-                    ..vxlan
-                },
-                0
-            ),
-            Some(4)
-        );
+        assert_eq!(rule_of(&vxlan.with_vni(8), 0), Some(4));
         // Prefix and range; then the same frame past its range falls through to the
         // device rule, on that device (`b`, index 1; `main` is 0) only.
         assert_eq!(rule_of(&tcp, 0), Some(1));
-        let out_of_range = FrameMeta {
-            src_port: Some(2000),
-            ..tcp
-        };
+        let out_of_range = tcp.with_ports(2000, 80);
         assert_eq!(rule_of(&out_of_range, 1), Some(2));
         assert_eq!(rule_of(&out_of_range, 0), Some(4));
-        assert_eq!(
-            rule_of(
-                &FrameMeta {
-                    src_port: Some(2000),
-                    ..nvme
-                },
-                0
-            ),
-            Some(3)
-        );
+        assert_eq!(rule_of(&nvme.with_ports(2000, 80), 0), Some(3));
         // A field the frame does not have never passes a test on it.
         assert_eq!(rule_of(&FrameMeta::default(), 1), Some(4));
         assert_eq!(t.get(3).head, 3);
@@ -768,12 +732,12 @@ mod tests {
                 .collect();
             let t = RouteTable::new(&routes, &["a".into()], &[], &devices).unwrap();
             for (e, p, device, port) in frames {
-                let meta = FrameMeta {
-                    ethertype: ETHERTYPES[e].unwrap_or(0x88cc),
-                    protocol: p.and_then(|p| PROTOCOLS[p]),
-                    dst_port: Some(port),
-                    ..FrameMeta::default()
-                };
+                let mut meta = FrameMeta::default()
+                    .with_ethertype(ETHERTYPES[e].unwrap_or(0x88cc))
+                    .with_ports(0, port);
+                if let Some(protocol) = p.and_then(|p| PROTOCOLS[p]) {
+                    meta = meta.with_protocol(protocol);
+                }
                 let walked = t.rules.iter().position(|(m, d, _)| {
                     d.is_none_or(|d| d == device) && m.matches(&meta)
                 });

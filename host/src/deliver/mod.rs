@@ -1833,12 +1833,12 @@ fn flow_hash(split: &Split) -> u32 {
     }
     let m = &split.meta;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    h = addr(h, &m.src);
-    h = addr(h, &m.dst);
-    h = mix(h, u64::from(m.protocol.unwrap_or(0)));
+    h = addr(h, &m.src());
+    h = addr(h, &m.dst());
+    h = mix(h, u64::from(m.protocol().unwrap_or(0)));
     h = mix(
         h,
-        u64::from(m.src_port.unwrap_or(0)) << 16 | u64::from(m.dst_port.unwrap_or(0)),
+        u64::from(m.src_port().unwrap_or(0)) << 16 | u64::from(m.dst_port().unwrap_or(0)),
     );
     (h ^ (h >> 32)) as u32
 }

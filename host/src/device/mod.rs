@@ -441,12 +441,12 @@ pub fn flow_hash(frame: &[u8]) -> u64 {
         None => 0,
     };
     // Symmetric: both directions of a flow land on the same queue.
-    let (a, b) = (addr(m.src), addr(m.dst));
-    let (pa, pb) = (m.src_port.unwrap_or(0), m.dst_port.unwrap_or(0));
+    let (a, b) = (addr(m.src()), addr(m.dst()));
+    let (pa, pb) = (m.src_port().unwrap_or(0), m.dst_port().unwrap_or(0));
     mix(&(a ^ b).to_le_bytes());
     mix(&(pa ^ pb).to_le_bytes());
-    mix(&[m.protocol.unwrap_or(0)]);
-    mix(&m.ethertype.to_le_bytes());
+    mix(&[m.protocol().unwrap_or(0)]);
+    mix(&m.ethertype().to_le_bytes());
     h
 }
 

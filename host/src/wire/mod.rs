@@ -194,28 +194,223 @@ impl Unsplit {
 }
 
 /// The fields routing rules match on, from the outermost headers (and the VNI of a tunnel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// Read through accessors (`src()`, `protocol()` ...), each `None` when the walk did not
+/// get that far. Stored packed rather than as a struct of `Option`s, because the split
+/// writes one of these for every frame: as ten optional fields (two of them
+/// `Option<IpAddr>`) it took 17 stores a frame, most of the split's own; packed, the
+/// common frame's takes 5 (each address one 16-byte word, the L3/L4 fields one 8-byte
+/// word, the tags and VNI another, the application byte). Unset fields are zero, so
+/// equal metadata compares equal.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct FrameMeta {
-    /// The ethertype after any VLAN tags.
-    pub ethertype: u16,
+    /// Source address: an IPv4 address in the first 4 bytes, the rest zero.
+    src: [u8; 16],
+    /// Destination address, as `src`.
+    dst: [u8; 16],
+    /// The ethertype (bits 0-15), the IP protocol (16-23), the presence bits (24-31),
+    /// the source port (32-47) and the destination port (48-63).
+    l3l4: u64,
+    /// The outer VLAN id (bits 0-15), the inner one (16-31), the VNI (32-63).
+    tags: u64,
+    app: Option<App>,
+}
+
+/// Presence bits of [`FrameMeta::l3l4`], from bit 24.
+mod has {
+    pub const VLAN: u64 = 1 << 24;
+    pub const VLAN_INNER: u64 = 1 << 25;
+    pub const V4: u64 = 1 << 26;
+    pub const V6: u64 = 1 << 27;
+    pub const PROTOCOL: u64 = 1 << 28;
+    pub const PORTS: u64 = 1 << 29;
+    pub const VNI: u64 = 1 << 30;
+}
+
+impl FrameMeta {
+    #[inline(always)]
+    fn has(&self, bit: u64) -> bool {
+        self.l3l4 & bit != 0
+    }
+
+    /// The ethertype after any VLAN tags (0 when the frame had no Ethernet header).
+    #[inline]
+    pub fn ethertype(&self) -> u16 {
+        self.l3l4 as u16
+    }
+
     /// The outer VLAN id.
-    pub vlan: Option<u16>,
+    #[inline]
+    pub fn vlan(&self) -> Option<u16> {
+        self.has(has::VLAN).then_some(self.tags as u16)
+    }
+
     /// The inner VLAN id of a QinQ frame.
-    pub vlan_inner: Option<u16>,
+    #[inline]
+    pub fn vlan_inner(&self) -> Option<u16> {
+        self.has(has::VLAN_INNER)
+            .then_some((self.tags >> 16) as u16)
+    }
+
+    fn addr(&self, bytes: &[u8; 16]) -> Option<IpAddr> {
+        if self.has(has::V4) {
+            Some(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            )))
+        } else if self.has(has::V6) {
+            Some(IpAddr::V6(Ipv6Addr::from(*bytes)))
+        } else {
+            None
+        }
+    }
+
     /// Source address.
-    pub src: Option<IpAddr>,
+    #[inline]
+    pub fn src(&self) -> Option<IpAddr> {
+        self.addr(&self.src)
+    }
+
     /// Destination address.
-    pub dst: Option<IpAddr>,
+    #[inline]
+    pub fn dst(&self) -> Option<IpAddr> {
+        self.addr(&self.dst)
+    }
+
     /// IP protocol number of the transport header.
-    pub protocol: Option<u8>,
+    #[inline]
+    pub fn protocol(&self) -> Option<u8> {
+        self.has(has::PROTOCOL).then_some((self.l3l4 >> 16) as u8)
+    }
+
     /// Transport source port.
-    pub src_port: Option<u16>,
+    #[inline]
+    pub fn src_port(&self) -> Option<u16> {
+        self.has(has::PORTS).then_some((self.l3l4 >> 32) as u16)
+    }
+
     /// Transport destination port.
-    pub dst_port: Option<u16>,
+    #[inline]
+    pub fn dst_port(&self) -> Option<u16> {
+        self.has(has::PORTS).then_some((self.l3l4 >> 48) as u16)
+    }
+
     /// VXLAN / GENEVE virtual network id.
-    pub vni: Option<u32>,
+    #[inline]
+    pub fn vni(&self) -> Option<u32> {
+        self.has(has::VNI).then_some((self.tags >> 32) as u32)
+    }
+
     /// The application protocol recognised at the start of the TCP payload.
-    pub app: Option<App>,
+    #[inline]
+    pub fn app(&self) -> Option<App> {
+        self.app
+    }
+
+    /// With the ethertype `ethertype`.
+    pub fn with_ethertype(mut self, ethertype: u16) -> Self {
+        self.l3l4 = self.l3l4 & !0xffff | u64::from(ethertype);
+        self
+    }
+
+    /// With outer VLAN id `vid`.
+    pub fn with_vlan(mut self, vid: u16) -> Self {
+        self.tags = self.tags & !0xffff | u64::from(vid);
+        self.l3l4 |= has::VLAN;
+        self
+    }
+
+    /// With inner VLAN id `vid`.
+    pub fn with_vlan_inner(mut self, vid: u16) -> Self {
+        self.tags = self.tags & !0xffff_0000 | u64::from(vid) << 16;
+        self.l3l4 |= has::VLAN_INNER;
+        self
+    }
+
+    /// With source and destination addresses. (A walk always gives two of one family;
+    /// given one of each, the IPv4 address is kept in its IPv6-mapped form.)
+    pub fn with_addrs(mut self, src: IpAddr, dst: IpAddr) -> Self {
+        let v4 = |a: Ipv4Addr| {
+            let mut b = [0; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        };
+        let v6 = |a: IpAddr| match a {
+            IpAddr::V4(v) => v.to_ipv6_mapped(),
+            IpAddr::V6(v) => v,
+        };
+        let family;
+        (self.src, self.dst, family) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => (v4(s), v4(d), has::V4),
+            (s, d) => (v6(s).octets(), v6(d).octets(), has::V6),
+        };
+        self.l3l4 = self.l3l4 & !(has::V4 | has::V6) | family;
+        self
+    }
+
+    /// With IP protocol `protocol`.
+    pub fn with_protocol(mut self, protocol: u8) -> Self {
+        self.l3l4 = self.l3l4 & !0xff_0000 | u64::from(protocol) << 16 | has::PROTOCOL;
+        self
+    }
+
+    /// With transport ports `src` and `dst`.
+    pub fn with_ports(mut self, src: u16, dst: u16) -> Self {
+        self.l3l4 =
+            self.l3l4 & 0xffff_ffff | u64::from(src) << 32 | u64::from(dst) << 48 | has::PORTS;
+        self
+    }
+
+    /// With virtual network id `vni`.
+    pub fn with_vni(mut self, vni: u32) -> Self {
+        self.tags = self.tags & 0xffff_ffff | u64::from(vni) << 32;
+        self.l3l4 |= has::VNI;
+        self
+    }
+
+    /// With application protocol `app`.
+    pub fn with_app(mut self, app: App) -> Self {
+        self.app = Some(app);
+        self
+    }
+
+    /// The straight-line walk's metadata: untagged IPv4, `protocol`, ports, nothing
+    /// else. Each word is built in a register and stored once.
+    #[inline(always)]
+    fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, src_port: u16, dst_port: u16) -> Self {
+        // The 4 bytes then 12 zeros as one 16-byte word: one store (the array built in
+        // place took three).
+        let addr = |a: [u8; 4]| u128::from(u32::from_le_bytes(a)).to_le_bytes();
+        FrameMeta {
+            src: addr(src),
+            dst: addr(dst),
+            l3l4: 0x0800
+                | u64::from(protocol) << 16
+                | has::V4
+                | has::PROTOCOL
+                | has::PORTS
+                | u64::from(src_port) << 32
+                | u64::from(dst_port) << 48,
+            tags: 0,
+            app: None,
+        }
+    }
+}
+
+impl core::fmt::Debug for FrameMeta {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("FrameMeta")
+            .field("ethertype", &format_args!("{:#06x}", self.ethertype()))
+            .field("vlan", &self.vlan())
+            .field("vlan_inner", &self.vlan_inner())
+            .field("src", &self.src())
+            .field("dst", &self.dst())
+            .field("protocol", &self.protocol())
+            .field("src_port", &self.src_port())
+            .field("dst_port", &self.dst_port())
+            .field("vni", &self.vni())
+            .field("app", &self.app())
+            .finish()
+    }
 }
 
 /// Where each layer of a frame ends, as far as the walk got.
@@ -349,24 +544,15 @@ fn fast_walk(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
         }
         _ => return None,
     };
-    let addr = |at: usize| {
-        Some(IpAddr::V4(Ipv4Addr::new(
-            h[at],
-            h[at + 1],
-            h[at + 2],
-            h[at + 3],
-        )))
-    };
+    let addr = |at: usize| [h[at], h[at + 1], h[at + 2], h[at + 3]];
     // Every field, in one assignment: the caller's `meta` may hold another frame's.
-    *meta = FrameMeta {
-        ethertype: 0x0800,
-        src: addr(FAST_L3 + 12),
-        dst: addr(FAST_L3 + 16),
-        protocol: Some(protocol),
-        src_port: Some(src_port),
-        dst_port: Some(dst_port),
-        ..FrameMeta::default()
-    };
+    *meta = FrameMeta::ipv4(
+        addr(FAST_L3 + 12),
+        addr(FAST_L3 + 16),
+        protocol,
+        src_port,
+        dst_port,
+    );
     Some(Ends {
         l2_end: Some(FAST_L3),
         l3_end: Some(FAST_L4),
@@ -411,8 +597,8 @@ fn walk_l2(frame: &[u8], base: usize, w: &mut Walker<'_>, outer: bool) -> Result
         let tag = ethernet::Tag::new_checked(&frame[at..]).map_err(|e| e.at(layer))?;
         if outer {
             match tags {
-                0 => w.meta.vlan = Some(tag.vid()),
-                _ => w.meta.vlan_inner = Some(tag.vid()),
+                0 => *w.meta = w.meta.with_vlan(tag.vid()),
+                _ => *w.meta = w.meta.with_vlan_inner(tag.vid()),
             }
         }
         ethertype = tag.ethertype();
@@ -420,7 +606,7 @@ fn walk_l2(frame: &[u8], base: usize, w: &mut Walker<'_>, outer: bool) -> Result
         tags += 1;
     }
     if outer {
-        w.meta.ethertype = ethertype;
+        *w.meta = w.meta.with_ethertype(ethertype);
         w.l2_end = Some(at);
     }
     walk_l3(frame, at, ethertype, w, outer)
@@ -438,8 +624,10 @@ fn walk_l3(
         EtherType::Ipv4 => {
             let ip = ipv4::Packet::new_checked(&frame[at..]).map_err(|e| e.at(l3))?;
             if outer {
-                w.meta.src = Some(IpAddr::V4(Ipv4Addr::from(ip.src())));
-                w.meta.dst = Some(IpAddr::V4(Ipv4Addr::from(ip.dst())));
+                *w.meta = w.meta.with_addrs(
+                    IpAddr::V4(Ipv4Addr::from(ip.src())),
+                    IpAddr::V4(Ipv4Addr::from(ip.dst())),
+                );
             }
             (
                 ip.protocol(),
@@ -451,8 +639,10 @@ fn walk_l3(
         EtherType::Ipv6 => {
             let ip = ipv6::Packet::new_checked(&frame[at..]).map_err(|e| e.at(l3))?;
             if outer {
-                w.meta.src = Some(IpAddr::V6(Ipv6Addr::from(ip.src())));
-                w.meta.dst = Some(IpAddr::V6(Ipv6Addr::from(ip.dst())));
+                *w.meta = w.meta.with_addrs(
+                    IpAddr::V6(Ipv6Addr::from(ip.src())),
+                    IpAddr::V6(Ipv6Addr::from(ip.dst())),
+                );
             }
             let (protocol, upper, fragment) = ip.upper_layer().map_err(|e| e.at(l3))?;
             (protocol, at + upper, at + ip.end(), fragment)
@@ -461,7 +651,7 @@ fn walk_l3(
         _ => return Err(Unsplit::NotIp),
     };
     if outer {
-        w.meta.protocol = Some(protocol);
+        *w.meta = w.meta.with_protocol(protocol);
         w.l3_end = Some(l3_end);
         w.end = end;
     }
@@ -488,12 +678,11 @@ fn walk_l4(
             w.l4_end = Some(l4_end);
             let (src, dst) = (tcp.src_port(), tcp.dst_port());
             if outer {
-                w.meta.src_port = Some(src);
-                w.meta.dst_port = Some(dst);
+                *w.meta = w.meta.with_ports(src, dst);
             }
             if let Some(app) = App::for_ports(src, dst) {
                 if outer {
-                    w.meta.app = Some(app);
+                    *w.meta = w.meta.with_app(app);
                 }
                 w.app_end = app.header_len(&datagram[l4_end..]).map(|len| l4_end + len);
             }
@@ -506,15 +695,14 @@ fn walk_l4(
             if !outer {
                 return Ok(());
             }
-            w.meta.src_port = Some(udp.src_port());
-            w.meta.dst_port = Some(udp.dst_port());
+            *w.meta = w.meta.with_ports(udp.src_port(), udp.dst_port());
             let tunnel = match udp.dst_port() {
                 tunnel::VXLAN_PORT => tunnel::vxlan(&datagram[l4_end..]),
                 tunnel::GENEVE_PORT => tunnel::geneve(&datagram[l4_end..]),
                 _ => return Ok(()),
             };
             let t = tunnel.map_err(|e| e.at(Layer::Tunnel))?;
-            w.meta.vni = Some(t.vni);
+            *w.meta = w.meta.with_vni(t.vni);
             // From here the split point is the inner transport header's end.
             w.l4_end = None;
             let inner = l4_end + t.len;
