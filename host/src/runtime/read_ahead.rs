@@ -17,9 +17,11 @@
 //! next one. So each queue measures: [`ReadAhead`] times its handling of bursts, in
 //! epochs of [`EPOCH_BYTES`], alternating the two ways (on, off, off, on, ...) for
 //! [`EPOCHS`] epochs, and keeps the one whose median time per byte is lower; ahead must
-//! win by [`MARGIN`], as it costs instructions where it does not help. Then it handles
-//! [`SETTLED_BURSTS`] bursts without a clock, and measures again, as the traffic (and
-//! with it the answer) may change. A probe reads the clock twice a burst (of up to 64
+//! win by [`MARGIN`], as it costs instructions where it does not help. A probe that
+//! disagrees with the way the queue has kept is confirmed by a second probe, right
+//! after it, before the queue changes way. Then it handles [`SETTLED_BURSTS`] bursts
+//! without a clock, and measures again, as the traffic (and with it the answer) may
+//! change. A probe reads the clock twice a burst (of up to 64
 //! frames), and only while it probes; settled, it costs one compare a burst.
 //!
 //! The first probe waits [`WARM_BURSTS`] bursts, handled without reading ahead. In the
@@ -29,6 +31,12 @@
 //! engine: a wrong choice, for the rest of the run, in half of them (8 runs of the
 //! bench: 0.77 to 1.04 of memcpy, 3 of them under 0.82; with the first probe after 256,
 //! 512, 1024 or 2000 bursts, 0.92 to 1.01, and all 32 probes of each run chose not to).
+//!
+//! Why a second probe: on the AMD EPYC of family 23 model 49 reading ahead lost about
+//! 15% at 1500 B, and one probe in 9 of a run still chose it (session 34), for the
+//! 65,536 bursts until the next. With a confirmation, a wrong way needs two wrong
+//! probes in a row; a right change costs one probe more (32 MiB of frames), not a
+//! settled period.
 
 use crate::stats::ReadAheadStats;
 use std::time::Duration;
@@ -56,6 +64,11 @@ pub(crate) const SETTLED_BURSTS: u32 = 1 << 16;
 pub(crate) struct ReadAhead {
     /// Ask for the next vector's frames ahead, now.
     on: bool,
+    /// The way kept between probes (`on` alternates while probing).
+    kept: bool,
+    /// The last probe chose the other way than `kept`: the one now running confirms
+    /// it, or not.
+    confirming: bool,
     phase: Phase,
     /// What it decided so far.
     stats: ReadAheadStats,
@@ -90,6 +103,8 @@ impl ReadAhead {
     pub(crate) fn new(cold: bool) -> ReadAhead {
         ReadAhead {
             on: false,
+            kept: false,
+            confirming: false,
             phase: match cold {
                 true => Phase::Settled { left: WARM_BURSTS },
                 false => Phase::Off,
@@ -98,19 +113,16 @@ impl ReadAhead {
         }
     }
 
-    /// A probe from its first epoch.
-    fn probing(stats: ReadAheadStats) -> ReadAhead {
-        ReadAhead {
-            on: ahead_in(0),
-            phase: Phase::Probing {
-                epoch: 0,
-                ns: 0,
-                bytes: 0,
-                ahead: [0.0; EPOCHS / 2],
-                not: [0.0; EPOCHS / 2],
-            },
-            stats,
-        }
+    /// Starts a probe from its first epoch.
+    fn probe(&mut self) {
+        self.on = ahead_in(0);
+        self.phase = Phase::Probing {
+            epoch: 0,
+            ns: 0,
+            bytes: 0,
+            ahead: [0.0; EPOCHS / 2],
+            not: [0.0; EPOCHS / 2],
+        };
     }
 
     /// Ask for the next vector's frames ahead for this burst.
@@ -127,7 +139,7 @@ impl ReadAhead {
             Phase::Off => false,
             Phase::Probing { .. } => true,
             Phase::Settled { left: 0 } => {
-                *self = ReadAhead::probing(self.stats);
+                self.probe();
                 true
             }
             Phase::Settled { left } => {
@@ -166,10 +178,18 @@ impl ReadAhead {
             self.on = ahead_in(*epoch);
             return;
         }
-        let on = median(ahead) < median(not) * MARGIN;
+        let chose = median(ahead) < median(not) * MARGIN;
         self.stats.probes += 1;
-        self.stats.chose_ahead += u64::from(on);
-        self.on = on;
+        self.stats.chose_ahead += u64::from(chose);
+        if chose != self.kept && !self.confirming {
+            // Another way than the kept one: probed again before it is taken.
+            self.confirming = true;
+            self.probe();
+            return;
+        }
+        // Agreed with the kept way, or confirmed the other: either way, `chose`.
+        self.confirming = false;
+        (self.kept, self.on) = (chose, chose);
         self.phase = Phase::Settled {
             left: SETTLED_BURSTS,
         };
@@ -230,20 +250,22 @@ mod tests {
 
     #[test]
     fn a_probe_keeps_the_faster_way() {
-        // Each epoch is 32 bursts of 64 KiB; 16 epochs.
+        // Each epoch is 32 bursts of 64 KiB; 16 epochs. Ahead faster: another way than
+        // the kept one (off), so a second probe confirms it.
         let mut ra = warmed();
-        assert_eq!(probe(&mut ra, 0.05, 0.07, |_| 0), EPOCHS * 32);
+        assert_eq!(probe(&mut ra, 0.05, 0.07, |_| 0), 2 * EPOCHS * 32);
         assert!(ra.on(), "ahead was faster");
         assert_eq!(
             ra.stats(),
             ReadAheadStats {
-                probes: 1,
-                chose_ahead: 1
+                probes: 2,
+                chose_ahead: 2
             }
         );
 
+        // Ahead slower: the kept way, taken after one probe.
         let mut ra = warmed();
-        probe(&mut ra, 0.07, 0.05, |_| 0);
+        assert_eq!(probe(&mut ra, 0.07, 0.05, |_| 0), EPOCHS * 32);
         assert!(!ra.on(), "ahead was slower");
         assert_eq!(
             ra.stats(),
@@ -295,10 +317,40 @@ mod tests {
         assert_eq!(
             ra.stats(),
             ReadAheadStats {
+                probes: 4,
+                chose_ahead: 2
+            }
+        );
+    }
+
+    #[test]
+    fn one_probe_alone_does_not_change_the_way() {
+        // The first probe finds ahead faster (a fluke), its confirmation finds it
+        // slower: the queue stays as it was, off, and settles.
+        let mut ra = warmed();
+        let bytes = 64 << 10;
+        while ra.timing() {
+            let ahead_ns = if ra.stats().probes == 0 { 0.05 } else { 0.09 };
+            let per_byte = if ra.on() { ahead_ns } else { 0.07 };
+            ra.handled(
+                Duration::from_nanos((per_byte * bytes as f64) as u64),
+                bytes,
+            );
+        }
+        assert!(!ra.on());
+        assert_eq!(
+            ra.stats(),
+            ReadAheadStats {
                 probes: 2,
                 chose_ahead: 1
             }
         );
+        // Settled: the next probe comes after the settled bursts, not at once.
+        for _ in 1..SETTLED_BURSTS {
+            assert!(!ra.timing());
+            assert!(!ra.on());
+        }
+        assert!(ra.timing());
     }
 
     #[test]
