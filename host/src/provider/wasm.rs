@@ -17,11 +17,13 @@
 //! - a trap, a deadline, a failed grow or a descriptor outside memory comes back as an
 //!   [`ErrorKind::FAULTED`] error, which quarantines the instance.
 //!
-//! One `unsafe` block, on the per-frame path: `fill` copies into guest memory through a
-//! window (base and length) taken from wasmtime's safe slice after every guest call. Only
-//! a guest call can grow or move the memory, so the window is exact until the next one;
-//! looking the memory up through the store on every frame measured 3-4 ns of the ~8 ns a
-//! sandboxed frame cost over a native one. Everything else uses wasmtime's safe slices.
+//! Two `unsafe` blocks. On the per-frame path, `fill` copies into guest memory through a
+//! window (base and length) taken from wasmtime's safe slice at the first `fill` after
+//! a guest call. Only a guest call can grow or move the memory, so the window is exact
+//! until the next one; looking the memory up through the store on every frame measured
+//! 3-4 ns of the ~8 ns a sandboxed frame cost over a native one. And the check of a
+//! guest's descriptors calls an SSE2 function ([`suspect_fours`]). Everything else uses
+//! wasmtime's safe slices.
 
 use super::LoadError;
 use memplex_abi::{
@@ -55,7 +57,6 @@ macro_rules! call {
         WasmProvider::call(
             &mut $p.store,
             &mut $p.window,
-            &$p.memory,
             &mut $p.calls,
             &$p.sandbox,
             &$p.$f,
@@ -380,8 +381,11 @@ struct WasmProvider {
     f_error: Option<TypedFunc<(i32, i32), i32>>,
     /// Counts this instance against the module's limit until dropped.
     _slot: InstanceSlot,
-    /// Guest memory as of the last guest call, for `fill`.
-    window: Window,
+    /// Guest memory as of the last guest call, for `fill`: taken at the first `fill`
+    /// after each call (`None` until then), so a bulk call that no `fill` follows does
+    /// not pay the store's lookup of it (a chain of dependent loads, about a tenth of
+    /// `WasmProvider::call`'s samples in a profile of the WASM bulk bench).
+    window: Option<Window>,
 }
 
 /// Where guest memory is and how long it is, as of the last guest call. Kept as an
@@ -419,7 +423,6 @@ impl WasmProvider {
                     .map_err(|e| fault(format!("export `{}`: {e}", $name)))?
             };
         }
-        let window = Window::of(&memory, &mut store);
         Ok(WasmProvider {
             f_version: func!(exports::ABI_VERSION),
             f_scratch: func!(exports::SCRATCH),
@@ -436,7 +439,7 @@ impl WasmProvider {
             info: WasmInfo::default(),
             calls: 0,
             _slot: slot,
-            window,
+            window: None,
         })
     }
 
@@ -449,8 +452,7 @@ impl WasmProvider {
     #[allow(clippy::too_many_arguments)]
     fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         store: &mut Store<StoreLimits>,
-        window: &mut Window,
-        memory: &Memory,
+        window: &mut Option<Window>,
         calls: &mut u64,
         sandbox: &Sandbox,
         f: &TypedFunc<P, R>,
@@ -459,8 +461,9 @@ impl WasmProvider {
         *calls += 1;
         store.set_epoch_deadline(sandbox.ticks);
         let result = f.call(&mut *store, args);
-        // The guest may have grown (moved) its memory: take the window afresh.
-        *window = Window::of(memory, store);
+        // The guest may have grown (moved) its memory: the window is taken afresh at
+        // the next `fill`.
+        *window = None;
         result.map_err(|e| sandbox.failure(&e))
     }
 
@@ -472,7 +475,6 @@ impl WasmProvider {
         let n = WasmProvider::call(
             &mut self.store,
             &mut self.window,
-            &self.memory,
             &mut self.calls,
             &self.sandbox,
             &f,
@@ -518,17 +520,23 @@ impl WasmProvider {
     #[allow(unsafe_code)]
     fn write(&mut self, off: u32, bytes: &[u8]) -> Result<(), ProviderError> {
         let (off, len) = (off as usize, bytes.len());
-        if off.checked_add(len).is_none_or(|end| end > self.window.len) {
+        let window = match self.window {
+            Some(w) => w,
+            None => *self
+                .window
+                .insert(Window::of(&self.memory, &mut self.store)),
+        };
+        if off.checked_add(len).is_none_or(|end| end > window.len) {
             return Err(fault(format!(
                 "{len} bytes at guest offset {off:#x} lie outside its memory of {} bytes",
-                self.window.len
+                window.len
             )));
         }
-        let base = std::ptr::with_exposed_provenance_mut::<u8>(self.window.addr);
+        let base = std::ptr::with_exposed_provenance_mut::<u8>(window.addr);
         // SAFETY: `window` is the guest memory's base and length as wasmtime gave them
-        // after the last guest call (and at instantiation). Only a guest call can grow or
-        // move linear memory; none has run since, the host never grows it, and `&mut self`
-        // owns the store, so nothing else reads or writes it now. `off + len` is within
+        // since the last guest call (`call` clears it; it is taken again above). Only a
+        // guest call can grow or move linear memory; none has run since, the host never
+        // grows it, and `&mut self` owns the store, so nothing else reads or writes it now. `off + len` is within
         // the length (checked above), and `bytes` is host memory, not guest memory, so
         // the ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), len) };
