@@ -22,7 +22,7 @@
 //! a guest call. Only a guest call can grow or move the memory, so the window is exact
 //! until the next one; looking the memory up through the store on every frame measured
 //! 3-4 ns of the ~8 ns a sandboxed frame cost over a native one. And the check of a
-//! guest's descriptors calls an SSE2 function ([`suspect_fours`]). Everything else uses
+//! guest's descriptors calls an SSE2 function (`suspect_fours`). Everything else uses
 //! wasmtime's safe slices.
 
 use super::LoadError;
@@ -536,9 +536,9 @@ impl WasmProvider {
         // SAFETY: `window` is the guest memory's base and length as wasmtime gave them
         // since the last guest call (`call` clears it; it is taken again above). Only a
         // guest call can grow or move linear memory; none has run since, the host never
-        // grows it, and `&mut self` owns the store, so nothing else reads or writes it now. `off + len` is within
-        // the length (checked above), and `bytes` is host memory, not guest memory, so
-        // the ranges do not overlap.
+        // grows it, and `&mut self` owns the store, so nothing else reads or writes it
+        // now. `off + len` is within the length (checked above), and `bytes` is host
+        // memory, not guest memory, so the ranges do not overlap.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(off), len) };
         Ok(())
     }
@@ -548,7 +548,7 @@ impl WasmProvider {
     /// descriptor area `area..area_end`: `false` means every one is clear. A wasm32
     /// offset has a zero high word, so the pass works on 32-bit words (a low word plus a
     /// length that wraps is suspect), four descriptors at a time as four lanes with no
-    /// branch ([`suspect_four`]). The copy rides on the check's loads, rather than
+    /// branch ([`suspect_fours`]). The copy rides on the check's loads, rather than
     /// reading the kilobyte again through `memcpy`.
     fn copy_checked(raw: &[u8], out: &mut [Netmem], size: u64, area: u64, area_end: u64) -> bool {
         // The guest's descriptor area is a `Vec<WasmNetmem>` (8-byte aligned); were it
@@ -846,7 +846,11 @@ mod tests {
             let suspect =
                 WasmProvider::copy_checked(bytes.as_bytes(), &mut out, size, area, area_end);
             prop_assert_eq!(&out, &descs);
-            let bounds = Bounds { size: size.min(u64::from(u32::MAX)) as u32, area: area as u32, area_end: area_end as u32 };
+            let bounds = Bounds {
+                size: size.min(u64::from(u32::MAX)) as u32,
+                area: area as u32,
+                area_end: area_end as u32,
+            };
             let one_at_a_time = descs.iter().any(|d| {
                 bounds.suspect(d.addr as u32, (d.addr >> 32) as u32, d.len) != 0
             });
