@@ -495,7 +495,7 @@ fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
     let config = Config::from_toml(toml, "read-ahead.toml", Default::default(), None).unwrap();
     let engine = Engine::new(config, &plugin_path()).unwrap();
     // 4 MiB of distinct frames (cold), then 64 KiB (warm), each replayed for 120 MB:
-    // past the warm-up (512 bursts) and a probe (16 epochs of 2 MiB).
+    // past the warm-up (512 bursts) and two probes (16 epochs of 2 MiB each).
     for (flows, cold) in [(2800u16, true), (44, false)] {
         let frames = generate(Shape {
             frame_size: 1500,
@@ -521,9 +521,18 @@ fn a_cold_replay_measures_whether_to_read_ahead_and_says_what_it_chose() {
         assert_eq!(t.sink.verified, n, "{t:#?}");
         assert_eq!(r.leaked(), 0);
         let ra = t.read_ahead;
-        match cold {
-            true => assert_eq!(ra.probes, 1, "{ra:?}"),
-            false => assert_eq!(ra.probes, 0, "{ra:?}"),
+        // Cold: one probe that keeps the way the queue starts with (off), or one that
+        // chose ahead and the probe right after it that confirmed it or not (both fit in
+        // the run). Warm: never a probe.
+        match (cold, ra.probes) {
+            (true, 1) => assert_eq!(ra.chose_ahead, 0, "{ra:?}"),
+            (true, 2) => assert!(ra.chose_ahead >= 1, "{ra:?}"),
+            (false, 0) => {}
+            _ => panic!(
+                "{} probes of a {} replay: {ra:?}",
+                ra.probes,
+                ["warm", "cold"][usize::from(cold)]
+            ),
         }
         assert!(ra.chose_ahead <= ra.probes, "{ra:?}");
         // The report says it too.

@@ -288,6 +288,48 @@ fn guest_memory_reads_back_through_the_provider() {
     assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
 }
 
+/// A guest that grows its memory in every call and hands out a buffer in the new pages:
+/// the host fills and reads each there, the second after a call that grew the memory
+/// again (its view of guest memory is taken afresh after every call, which may have
+/// moved or grown it).
+#[test]
+fn buffers_in_memory_a_guest_grew_are_filled_and_read() {
+    // One buffer a call, at the first new page, named by that page's number.
+    let alloc = "(local $p i32)
+        (local.set $p (memory.grow (i32.const 2)))
+        (i64.store (local.get $out)
+            (i64.extend_i32_u (i32.mul (local.get $p) (i32.const 65536))))
+        (i32.store offset=8 (local.get $out) (i32.const 2048))
+        (i32.store offset=12 (local.get $out) (local.get $p))
+        i32.const 1";
+    let plugin = guest(alloc, 0, 1);
+    let mut pool = Pool::new(plugin.instantiate(&params(&[])).unwrap(), 64);
+    let mut a = pool.alloc().unwrap();
+    assert_eq!(
+        a.netmem().addr,
+        2 * 65536,
+        "in the pages the first call grew"
+    );
+    pool.place(&mut a, 0, b"in the grown pages").unwrap();
+    // A second call grows the memory again; its buffer lies past the first view's end.
+    let mut b = pool.alloc().unwrap();
+    assert_eq!(
+        b.netmem().addr,
+        4 * 65536,
+        "in the pages the second call grew"
+    );
+    pool.place(&mut b, 2038, b"last ten!!").unwrap();
+    let mut out = Vec::new();
+    assert!(pool.read(&a, 18, &mut out));
+    assert_eq!(out, b"in the grown pages");
+    out.clear();
+    assert!(pool.read(&b, 2048, &mut out));
+    assert_eq!(&out[2038..], b"last ten!!");
+    pool.recycle(a).unwrap();
+    pool.recycle(b).unwrap();
+    assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+}
+
 #[test]
 fn frames_of_a_faulting_guest_go_to_its_fallback_not_the_floor() {
     let dir = std::env::temp_dir().join(format!("memplex-wat-fb-{}", std::process::id()));
