@@ -605,8 +605,8 @@ impl Bounds {
 /// [`Bounds::suspect`] of `descs`, copied to `dst` (as long), four at a time, in SSE2
 /// (every x86-64 has it): each four are turned into a vector of low words, one of high
 /// words and one of lengths (a 4x4 transpose in six unpacks), then tested lane by lane,
-/// unsigned compares made from signed ones by flipping the sign bits; about 25
-/// instructions for four. Nonzero when any may be suspect.
+/// unsigned compares made from signed ones by flipping the sign bits: about 37
+/// instructions for four, their copy included. True when any may be suspect.
 ///
 /// Written with intrinsics because the compiler, given the same test on arrays, loaded
 /// each lane's word on its own and shuffled them together: about 45 instructions a
