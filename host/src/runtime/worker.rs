@@ -120,6 +120,9 @@ pub(super) struct Worker {
     /// the fallbacks they draw on when dry) and no head goes inline, so its frames take
     /// [`Worker::place_direct`].
     pub direct: Vec<bool>,
+    /// Every rule is [`direct`](Self::direct): a vector nothing took before placement
+    /// starts in [`Worker::place_direct_run`].
+    pub all_direct: bool,
     /// Per rule: the consumer its frames go to in runs ([`QueueDelivery::deliver_run`]),
     /// for a route that delivers without copying or forwarding.
     pub runs_to: Vec<Option<u16>>,
@@ -212,7 +215,7 @@ impl Worker {
             };
             host_writes(p) && fallback.get(p).copied().flatten().is_none_or(host_writes)
         };
-        let direct = (0..routes.len())
+        let direct: Vec<bool> = (0..routes.len())
             .zip(&inline_heads)
             .map(|(i, inline)| {
                 let r = routes.get(i);
@@ -310,6 +313,7 @@ impl Worker {
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
             inline_heads,
+            all_direct: direct.iter().all(|&d| d),
             direct,
             runs_to,
             lanes,
@@ -440,7 +444,14 @@ impl Worker {
         // placed and delivered above took buffers from caches only, calling no provider.)
         let mut quarantined = self.quarantined();
         for _ in 0..=self.pools.len() {
-            self.place_vector(burst, taken);
+            let ran = match taken == 0 && self.all_direct {
+                true => self.place_direct_run(burst),
+                false => 0,
+            };
+            if ran < burst.len() {
+                // Frames `..ran` are placed: the general loop skips them as taken.
+                self.place_vector(burst, taken | ((1u64 << ran) - 1));
+            }
             let now = self.quarantined();
             if now == quarantined {
                 break;
@@ -624,6 +635,79 @@ impl Worker {
         staged.clear();
         std::mem::swap(&mut self.parts, &mut self.kept_parts);
         self.staged = std::mem::replace(&mut self.kept_staged, staged);
+    }
+
+    /// Places the vector's frames in order while each one's rule is direct and every
+    /// buffer it needs is in its pool's cache; the number placed (`burst.len()` when
+    /// all were). A frame it stops at is left as it found it, for
+    /// [`place_vector`](Self::place_vector) to place or drop.
+    ///
+    /// The worker's fields are borrowed apart, so the loop walks the vector's frames,
+    /// splits and route decisions together, with no index to check, and holds the
+    /// tables in registers rather than reloading them through `self` after each copy.
+    #[inline(never)]
+    fn place_direct_run(&mut self, burst: &[RxFrame<'_>]) -> usize {
+        let Worker {
+            routes,
+            pools,
+            stats,
+            parts,
+            staged,
+            splits,
+            routed,
+            drops,
+            ..
+        } = self;
+        let pools = &mut pools[..];
+        let QueueStats {
+            providers: placed,
+            routes: counts,
+            ..
+        } = stats;
+        let placed = &mut placed[..];
+        for (i, ((frame, split), rule)) in burst
+            .iter()
+            .zip(splits.iter())
+            .zip(routed.iter())
+            .enumerate()
+        {
+            let Some(rule) = *rule else {
+                drops.push((DropReason::NoRoute, None));
+                continue;
+            };
+            let route = routes.get(rule);
+            let data = frame.data;
+            let first = parts.len();
+            let head = &data[..split.head_len.min(data.len())];
+            let mut at = match put(pools, parts, placed, route.head, head, 0) {
+                Some(at) => at,
+                None => return i,
+            };
+            let mut provider = route.frags;
+            while at < data.len() {
+                match put(pools, parts, placed, provider, data, at) {
+                    Some(next) => at = next,
+                    None => {
+                        // Back as they were: the general loop places the frame again.
+                        for part in parts.drain(first..) {
+                            placed[part.provider].placed.undo(part.len);
+                            let _ = pools[part.provider].recycle(part.buf);
+                        }
+                        return i;
+                    }
+                }
+                provider = route.frags_rest;
+            }
+            let count = &mut counts[rule];
+            count.frames += 1;
+            staged.push(Staged {
+                rx: i,
+                rule,
+                parts: first..parts.len(),
+            });
+            count.bytes += data.len() as u64;
+        }
+        burst.len()
     }
 
     /// Places every frame of a vector as routed but those already `taken` (bit `i` for
@@ -1074,6 +1158,36 @@ impl Worker {
             }
         }
     }
+}
+
+/// One part of [`Worker::place_direct_run`]: a buffer from the cache of pool `p` takes as
+/// much of `bytes[at..]` as fits; where the next part starts. `None`, with nothing
+/// taken, when the cache is empty (or the buffer not one the host writes).
+#[inline(always)]
+fn put(
+    pools: &mut [Pool],
+    parts: &mut Vec<Part>,
+    placed: &mut [ProviderStats],
+    p: usize,
+    bytes: &[u8],
+    at: usize,
+) -> Option<usize> {
+    let (pool, count) = (pools.get_mut(p)?, placed.get_mut(p)?);
+    let mut buf = pool.alloc_cached()?;
+    let n = (bytes.len() - at).min(buf.len());
+    let Some(mem) = buf.as_mut_slice() else {
+        let _ = pool.recycle(buf);
+        return None;
+    };
+    count.placed.frames += 1;
+    crate::mem::copy_bytes(&mut mem[..n], &bytes[at..at + n]);
+    parts.push(Part {
+        provider: p,
+        buf,
+        len: n,
+    });
+    count.placed.bytes += n as u64;
+    Some(at + n)
 }
 
 /// The head bytes [`Worker::place`] leaves out of a frame of `len` bytes whose head is
