@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::deliver::Inbox;
 use crate::device::RxFrame;
 use crate::provider::PluginPath;
+use crate::stats::DropReason;
 use memplex_proto::layout::{self, Desc, RingKind};
 use memplex_proto::ring::{Consumer, Producer};
 use std::sync::Arc;
@@ -521,4 +522,132 @@ fn one_pass_against_the_general_way(
         assert!(parts.iter().all(|&p| (1..=512).contains(&p)), "{parts:?}");
     }
     one_pass
+}
+
+/// What a [`Recording`] sink saw of one frame: its rule, and each part's provider and
+/// bytes.
+type Seen = (usize, Vec<(usize, Vec<u8>)>);
+
+/// A sink that keeps every frame it is shown, to compare two ways of placing.
+struct Recording(Arc<std::sync::Mutex<Vec<Seen>>>);
+
+impl super::Sink for Recording {
+    fn consume(&mut self, burst: &super::PlacedBurst<'_>) {
+        let mut seen = self.0.lock().expect("not poisoned");
+        for frame in burst.frames() {
+            let parts = frame
+                .parts
+                .iter()
+                .map(|part| {
+                    let mut bytes = Vec::new();
+                    assert!(frame.read_part(part, &mut bytes), "readable memory");
+                    (part.provider, bytes)
+                })
+                .collect();
+            seen.push((frame.rule, parts));
+        }
+    }
+
+    fn counters(&self) -> crate::stats::SinkCounters {
+        Default::default()
+    }
+}
+
+/// The direct run (`Worker::place_direct_run`) places what the general loop places and
+/// counts the same, on a mix that makes it stop part way through vectors: 1500 B frames
+/// need three payload buffers of a provider that has 20 (so one runs dry in most
+/// vectors, and the frames after it in the vector go the general way, some dropped),
+/// later frags go to a third provider, and frames no rule matches (ICMP) are dropped in
+/// the run.
+#[test]
+fn placing_in_a_direct_run_matches_the_general_way() {
+    let config = r#"
+[device]
+kind = "pcap"
+path = "(in memory)"
+
+[split]
+mode = "l4"
+
+[providers.hdr]
+plugin = "builtin:slab"
+buf_size = 256
+pool_size = 64
+
+[providers.payload]
+plugin = "builtin:slab"
+buf_size = 512
+pool_size = 64
+settings = { buffers = 8 }
+
+[providers.spill]
+plugin = "builtin:heap"
+buf_size = 512
+unverified = true
+
+[[route]]
+match = { l4 = "tcp" }
+head = "hdr"
+frags = "payload"
+
+[[route]]
+match = { l4 = "udp" }
+head = "hdr"
+frags = "payload"
+frags_rest = "spill"
+"#;
+    let (tcp128, udp1500, tcp1500) = (
+        frames_of(128, true),
+        frames_of(1500, false),
+        frames_of(1500, true),
+    );
+    // IPv4 protocol 1: split after IP, matched by no rule.
+    let mut icmp = frames_of(300, false);
+    for f in &mut icmp {
+        f[23] = 1;
+    }
+    let pattern: [&[Vec<u8>]; 6] = [&tcp128, &udp1500, &tcp128, &icmp, &tcp1500, &tcp128];
+    let mix: Vec<Vec<u8>> = (0..600).map(|i| pattern[i % 6][i % 4096].clone()).collect();
+    let place = |direct: bool| {
+        let config =
+            Config::from_toml(config, "direct run", Default::default(), None).expect("valid");
+        let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut worker = engine
+            .test_worker(Box::new(Recording(Arc::clone(&seen))), None)
+            .expect("a worker");
+        assert!(
+            worker.all_direct,
+            "every rule places into memory the host writes"
+        );
+        worker.all_direct = direct;
+        for burst in received(&mix).chunks(32) {
+            measured_burst(&mut worker, burst);
+        }
+        let s = worker.snapshot();
+        let placed: Vec<_> = s.providers.iter().map(|p| (p.placed, p.dropped)).collect();
+        let seen = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+        (seen, placed, s.routes, s.dropped, s.fallback)
+    };
+    let (run, general) = (place(true), place(false));
+    let (seen, _, routes, dropped, _) = &run;
+    assert!(dropped.get(DropReason::NoRoute) == 100, "{dropped:?}");
+    assert!(dropped.get(DropReason::Dry) > 10, "{dropped:?}");
+    // Frames after a dry one in the same vector were placed: the run stopped there and
+    // the general loop went on.
+    assert!(routes[0].frames > 300 && routes[1].frames > 0, "{routes:?}");
+    assert!(seen
+        .iter()
+        .any(|(rule, parts)| *rule == 1 && parts.len() == 4 && parts[3].0 == 2));
+    if let Some(at) = run.0.iter().zip(&general.0).position(|(a, b)| a != b) {
+        panic!(
+            "frame {at} differs: {:?} in the run, {:?} the general way",
+            run.0[at], general.0[at]
+        );
+    }
+    assert_eq!(run.0.len(), general.0.len());
+    assert_eq!(run.1, general.1, "provider counters");
+    assert_eq!(run.2, general.2, "route counters");
+    assert_eq!(run.3, general.3, "drops");
+    assert_eq!(run.4, general.4, "fallbacks");
 }
