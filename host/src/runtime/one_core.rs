@@ -554,11 +554,11 @@ impl super::Sink for Recording {
 }
 
 /// The direct run (`Worker::place_direct_run`) places what the general loop places and
-/// counts the same, on a mix that makes it stop part way through vectors: 1500 B frames
-/// need three payload buffers of a provider that has 20 (so one runs dry in most
+/// counts the same, on a mix that makes it stop part way through vectors: TCP frames of
+/// 1500 B need three payload buffers of a provider that has 8 (so it runs dry in most
 /// vectors, and the frames after it in the vector go the general way, some dropped),
-/// later frags go to a third provider, and frames no rule matches (ICMP) are dropped in
-/// the run.
+/// UDP frames' later frags go to a third provider, and frames no rule matches (ICMP)
+/// are dropped in the run.
 #[test]
 fn placing_in_a_direct_run_matches_the_general_way() {
     let config = r#"
