@@ -23,7 +23,7 @@ use crate::device::{Poll, RxFrame, RxQueue, TxQueue, BURST};
 use crate::pool::{Pool, PoolBuf, PoolErrorKind, Recycler};
 use crate::provider::Gathering;
 use crate::route::RouteTable;
-use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, PROFILE_EVERY};
+use crate::stats::{DropReason, ProviderStats, QueueStats, Stage, Volume, PROFILE_EVERY};
 use crate::wire::{Split, SplitMode, Splitter};
 use memplex_abi::{Capabilities, FillOp, GatherOp};
 use std::sync::atomic::Ordering::Relaxed;
@@ -900,29 +900,18 @@ impl Worker {
     /// fallback) takes as much of `bytes[at..]` as fits; where the next part starts.
     #[inline(always)]
     fn place_part(&mut self, provider: usize, bytes: &[u8], at: usize) -> Result<usize, NoBuffer> {
-        let Some((p, mut buf)) = self.take(provider) else {
+        let Some((p, buf)) = self.take(provider) else {
             return Err(NoBuffer {
                 reason: self.short,
                 provider,
             });
         };
-        let n = (bytes.len() - at).min(buf.len());
-        let Some(mem) = buf.as_mut_slice() else {
-            // Not reached: `direct` rules only take memory the host writes.
-            let _ = self.pools[p].recycle(buf);
-            return Err(NoBuffer {
-                reason: DropReason::Fault,
-                provider: p,
-            });
-        };
-        crate::mem::copy_bytes(&mut mem[..n], &bytes[at..at + n]);
-        self.parts.push(Part {
+        let (pool, count) = (&mut self.pools[p], &mut self.stats.providers[p].placed);
+        // `None` is not reached: `direct` rules only take memory the host writes.
+        fill_part(pool, &mut self.parts, count, p, buf, bytes, at).ok_or(NoBuffer {
+            reason: DropReason::Fault,
             provider: p,
-            buf,
-            len: n,
-        });
-        self.stats.providers[p].placed.add(n);
-        Ok(at + n)
+        })
     }
 
     /// Places one frame: the head buffer takes the headers (as much of them as fits);
@@ -1172,14 +1161,8 @@ impl Worker {
 }
 
 /// One part of [`Worker::place_direct_run`]: a buffer from the cache of pool `p` takes as
-/// much of `bytes[at..]` as fits; where the next part starts. `None`, with nothing
-/// taken, when the cache is empty (or the buffer not one the host writes).
-///
-/// The two counters are added on either side of the copy and the push, not together
-/// as `Volume::add` does: adjacent, the compiler paired them into one SSE add with a
-/// constant loaded and a lane shuffled in (6 instructions where two read-modify-write
-/// adds do), and a store between them that may alias keeps them apart. The route's
-/// counters in the run are kept apart the same way.
+/// much of `bytes[at..]` as fits ([`fill_part`]); where the next part starts. `None`,
+/// with nothing taken, when the cache is empty (or the buffer not one the host writes).
 #[inline(always)]
 fn put(
     pools: &mut [Pool],
@@ -1190,20 +1173,42 @@ fn put(
     at: usize,
 ) -> Option<usize> {
     let (pool, count) = (pools.get_mut(p)?, placed.get_mut(p)?);
-    let mut buf = pool.alloc_cached()?;
+    let buf = pool.alloc_cached()?;
+    fill_part(pool, parts, &mut count.placed, p, buf, bytes, at)
+}
+
+/// Copies as much of `bytes[at..]` as fits into `buf`, of `pool` (provider `p`), adds
+/// it to `parts` and to `count`; where the next part starts. `None`, with the buffer
+/// given back, when the host may not write it.
+///
+/// The two counters are added on either side of the copy and the push, not together
+/// as `Volume::add` does: adjacent, the compiler paired them into one SSE add with a
+/// constant loaded and a lane shuffled in (6 instructions where two read-modify-write
+/// adds do), and a store between them that may alias keeps them apart. The route's
+/// counters in [`Worker::place_direct_run`] are kept apart the same way.
+#[inline(always)]
+fn fill_part(
+    pool: &mut Pool,
+    parts: &mut Vec<Part>,
+    count: &mut Volume,
+    p: usize,
+    mut buf: PoolBuf,
+    bytes: &[u8],
+    at: usize,
+) -> Option<usize> {
     let n = (bytes.len() - at).min(buf.len());
     let Some(mem) = buf.as_mut_slice() else {
         let _ = pool.recycle(buf);
         return None;
     };
-    count.placed.frames += 1;
+    count.frames += 1;
     crate::mem::copy_bytes(&mut mem[..n], &bytes[at..at + n]);
     parts.push(Part {
         provider: p,
         buf,
         len: n,
     });
-    count.placed.bytes += n as u64;
+    count.bytes += n as u64;
     Some(at + n)
 }
 
