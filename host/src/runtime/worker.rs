@@ -110,6 +110,9 @@ pub(super) struct Worker {
     pub tx_error_logged: bool,
     /// This vector's route decisions, made for all its frames before any is placed.
     pub routed: Vec<Option<usize>>,
+    /// For [`place_direct_run`](Self::place_direct_run): each frame's head provider and
+    /// first frag provider, read from its rule before the run starts.
+    pub run_providers: Vec<[usize; 2]>,
     /// Per rule: the most head bytes that go inline into a consumer's ring rather than
     /// into a buffer, for a route that delivers a head whose provider cannot share its
     /// memory. Such a head is copied from the frame straight into the ring: placed in a
@@ -312,6 +315,7 @@ impl Worker {
             tx: Arc::from(Vec::new()),
             tx_error_logged: false,
             routed: Vec::with_capacity(BURST),
+            run_providers: Vec::with_capacity(BURST),
             inline_heads,
             all_direct: direct.iter().all(|&d| d),
             direct,
@@ -666,6 +670,7 @@ impl Worker {
             staged,
             splits,
             routed,
+            run_providers,
             drops,
             ..
         } = self;
@@ -676,10 +681,19 @@ impl Worker {
             ..
         } = stats;
         let placed = &mut placed[..];
-        for (i, ((frame, split), rule)) in burst
+        run_providers.clear();
+        run_providers.extend(routed.iter().map(|rule| match *rule {
+            Some(rule) => {
+                let route = routes.get(rule);
+                [route.head, route.frags]
+            }
+            None => [usize::MAX; 2],
+        }));
+        for (i, (((frame, split), rule), &[head_provider, frags_provider])) in burst
             .iter()
             .zip(splits.iter())
             .zip(routed.iter())
+            .zip(run_providers.iter())
             .enumerate()
         {
             let Some(rule) = *rule else {
@@ -690,11 +704,11 @@ impl Worker {
             let data = frame.data;
             let first = parts.len();
             let head = &data[..split.head_len.min(data.len())];
-            let mut at = match put(pools, parts, placed, route.head, head, 0) {
+            let mut at = match put(pools, parts, placed, head_provider, head, 0) {
                 Some(at) => at,
                 None => return i,
             };
-            let mut provider = route.frags;
+            let mut provider = frags_provider;
             while at < data.len() {
                 match put(pools, parts, placed, provider, data, at) {
                     Some(next) => at = next,
