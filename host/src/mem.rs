@@ -49,7 +49,8 @@ impl PoolBuf {
         // SAFETY: a PoolBuf is only made by `Pool::alloc*` from a descriptor the checker
         // accepted and the host holds; the provider is kept alive while any is out
         // (mem.rs facts 1 and 2); the capability is checked here (fact 3).
-        self.caps
+        self.owner
+            .caps
             .contains(Capabilities::CPU_READABLE)
             .then(|| unsafe { bytes(&self.netmem) })
     }
@@ -57,7 +58,8 @@ impl PoolBuf {
     /// The bytes, writable, when the provider's memory is host-writable.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         // SAFETY: as for `as_slice`; `&mut self` on the one handle makes the borrow unique.
-        self.caps
+        self.owner
+            .caps
             .contains(Capabilities::HOST_WRITABLE)
             .then(|| unsafe { bytes_mut(&mut self.netmem) })
     }
@@ -67,7 +69,7 @@ impl PoolBuf {
     /// to be written that another core may hold (a consumer that read it).
     #[inline]
     pub fn prefetch_for_write(&self, bytes: usize) {
-        if !self.caps.contains(Capabilities::HOST_WRITABLE) {
+        if !self.owner.caps.contains(Capabilities::HOST_WRITABLE) {
             return;
         }
         prefetch_lines_for_write(self.netmem, 0, bytes);

@@ -45,6 +45,15 @@ static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 #[derive(Debug, PartialEq, Eq)]
 pub struct PoolBuf {
     pub(crate) netmem: Netmem,
+    pub(crate) owner: Owner,
+}
+
+/// Whose a buffer is and what its memory allows: one aligned word, so that a buffer's
+/// handle is three words, each moved by one load and one store (as two fields, the pool
+/// id and the capabilities were two 4-byte stores per part placed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(8))]
+pub(crate) struct Owner {
     /// Never 0 (pool ids start at 1), which gives `PoolBuf` a niche: a `Result` or
     /// `Option` of one needs no tag of its own and moves as aligned words (with a tag it
     /// was copied through the stack at odd offsets, a store-forwarding stall per buffer).
@@ -62,7 +71,7 @@ impl PoolBuf {
 
     /// The id of the pool it belongs to.
     pub fn pool_id(&self) -> u32 {
-        self.pool.get()
+        self.owner.pool.get()
     }
 
     /// Its length in bytes.
@@ -109,8 +118,7 @@ impl PoolBuf {
 /// ```
 #[must_use = "a burst's buffers must go back to their pool; dropped ones are reported as leaks"]
 pub struct Burst {
-    pool: NonZeroU32,
-    caps: Capabilities,
+    owner: Owner,
     /// Buffers held: the first `n` slots of each array.
     n: usize,
     /// Slots, as long as the burst's capacity: they grow (the slow path) only when a
@@ -133,7 +141,7 @@ impl Burst {
 
     /// The id of the pool whose buffers it holds.
     pub fn pool_id(&self) -> u32 {
-        self.pool.get()
+        self.owner.pool.get()
     }
 
     /// The descriptor of buffer `i`, if it holds that many.
@@ -155,14 +163,13 @@ impl Burst {
         self.n = i;
         Some(PoolBuf {
             netmem: unpack(self.addr[i], self.len_id[i]),
-            pool: self.pool,
-            caps: self.caps,
+            owner: self.owner,
         })
     }
 
     /// Puts a buffer in at the end. A buffer of another pool is refused and handed back.
     pub fn push(&mut self, buf: PoolBuf) -> Result<(), PoolBuf> {
-        if buf.pool != self.pool {
+        if buf.owner.pool != self.owner.pool {
             return Err(buf);
         }
         self.room(1);
@@ -190,7 +197,7 @@ impl Burst {
 impl std::fmt::Debug for Burst {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Burst")
-            .field("pool", &self.pool.get())
+            .field("pool", &self.owner.pool.get())
             .field("len", &self.len())
             .finish()
     }
@@ -353,7 +360,7 @@ pub struct Recycler(Arc<Shared>);
 impl Recycler {
     /// Gives `buf` back to its pool. Returns it unchanged if it belongs to another pool.
     pub fn recycle(&self, buf: PoolBuf) -> Result<(), PoolBuf> {
-        if buf.pool != self.0.id {
+        if buf.owner.pool != self.0.id {
             return Err(buf);
         }
         match self.0.ring.push(buf.netmem) {
@@ -496,8 +503,9 @@ const _: () = assert!(CACHE_SIZE.is_power_of_two());
 
 /// A pool of one provider instance's buffers, owned by one queue. See the module docs.
 pub struct Pool {
-    /// The pool's id, copied out of `shared` so the fast path needs no pointer chase.
-    id: NonZeroU32,
+    /// The pool's id (copied out of `shared` so the fast path needs no pointer chase)
+    /// and its provider's capabilities.
+    owner: Owner,
     cache: Cache,
     count: usize,
     /// How many buffers the cache may hold: [`CACHE_SIZE`], or 0 once the provider is
@@ -511,7 +519,6 @@ pub struct Pool {
     slow_out: u64,
     recycle_cached: u64,
     slow: PoolStats,
-    caps: Capabilities,
     provider: CheckedProvider,
     shared: Arc<Shared>,
 }
@@ -519,7 +526,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("id", &self.id.get())
+            .field("id", &self.owner.pool.get())
             .field("provider", self.provider.label())
             .finish()
     }
@@ -531,7 +538,10 @@ impl Pool {
     pub fn new(provider: CheckedProvider, ring_size: usize) -> Self {
         let id = NonZeroU32::new(NEXT_POOL_ID.fetch_add(1, Relaxed)).unwrap_or(NonZeroU32::MIN);
         Pool {
-            id,
+            owner: Owner {
+                pool: id,
+                caps: provider.info().caps,
+            },
             cache: Cache::new(),
             count: 0,
             cache_limit: CACHE_SIZE,
@@ -539,7 +549,6 @@ impl Pool {
             slow_out: 0,
             recycle_cached: 0,
             slow: PoolStats::default(),
-            caps: provider.info().caps,
             provider,
             shared: Arc::new(Shared {
                 id,
@@ -553,7 +562,7 @@ impl Pool {
 
     /// This pool's id.
     pub fn id(&self) -> u32 {
-        self.id.get()
+        self.owner.pool.get()
     }
 
     /// The provider instance behind the pool.
@@ -570,14 +579,16 @@ impl Pool {
     fn wrap(&self, netmem: Netmem) -> PoolBuf {
         PoolBuf {
             netmem,
-            pool: self.id,
-            caps: self.caps,
+            owner: Owner {
+                pool: self.owner.pool,
+                caps: self.owner.caps,
+            },
         }
     }
 
     /// What its provider's memory allows (every buffer of the pool carries the same).
     pub fn caps(&self) -> Capabilities {
-        self.caps
+        self.owner.caps
     }
 
     /// A buffer from the cache, if it holds one: the fast path alone (an array pop and a
@@ -588,6 +599,17 @@ impl Pool {
         let i = self.count.checked_sub(1)?;
         self.count = i;
         Some(self.wrap(self.cache.get(i)))
+    }
+
+    /// The buffer on top of the cache, which the caller has seen holds one
+    /// ([`has_cached`](Self::has_cached)). As [`alloc_cached`](Self::alloc_cached) but
+    /// with no `Option`: its test of the pool id, the niche, is one compare and branch
+    /// per buffer taken that the caller's own test makes redundant.
+    #[inline]
+    pub(crate) fn pop_cached(&mut self) -> PoolBuf {
+        debug_assert!(self.count > 0);
+        self.count = self.count.wrapping_sub(1);
+        self.wrap(self.cache.get(self.count))
     }
 
     /// Takes a buffer: from the cache when it has one, else through the slow path.
@@ -648,8 +670,7 @@ impl Pool {
     /// Make it once and reuse it: a burst allocates only when it grows.
     pub fn burst(&self, capacity: usize) -> Burst {
         Burst {
-            pool: self.id,
-            caps: self.caps,
+            owner: self.owner,
             n: 0,
             addr: vec![0; capacity],
             len_id: vec![0; capacity],
@@ -667,7 +688,7 @@ impl Pool {
     /// On an error, `out` keeps the buffers taken before it: fewer than `n`. A burst of
     /// another pool is refused ([`PoolErrorKind::ForeignBurst`]) and left as it was.
     pub fn alloc_burst(&mut self, n: usize, out: &mut Burst) -> Result<(), PoolError> {
-        if out.pool != self.id {
+        if out.owner.pool != self.owner.pool {
             return Err(self.foreign(out).into());
         }
         out.room(n);
@@ -701,8 +722,8 @@ impl Pool {
     #[cold]
     fn foreign(&self, burst: &Burst) -> PoolErrorKind {
         PoolErrorKind::ForeignBurst {
-            burst_pool: burst.pool.get(),
-            pool: self.id.get(),
+            burst_pool: burst.owner.pool.get(),
+            pool: self.owner.pool.get(),
         }
     }
 
@@ -790,7 +811,7 @@ impl Pool {
     /// another pool.
     #[inline]
     pub fn recycle(&mut self, buf: PoolBuf) -> Result<(), PoolBuf> {
-        if buf.pool != self.id {
+        if buf.owner.pool != self.owner.pool {
             return Err(buf);
         }
         self.recycle_one(buf.netmem);
@@ -803,7 +824,7 @@ impl Pool {
     /// buffers only. A burst of another pool is refused
     /// ([`PoolErrorKind::ForeignBurst`]) and left as it was.
     pub fn recycle_burst(&mut self, burst: &mut Burst) -> Result<(), PoolError> {
-        if burst.pool != self.id {
+        if burst.owner.pool != self.owner.pool {
             return Err(self.foreign(burst).into());
         }
         let at = self.count;
@@ -892,10 +913,10 @@ impl Pool {
         offset: usize,
         bytes: &[u8],
     ) -> Result<(), PlaceError> {
-        if buf.pool != self.id {
+        if buf.owner.pool != self.owner.pool {
             return Err(PlaceError::WrongPool {
-                buf_pool: buf.pool.get(),
-                pool: self.id.get(),
+                buf_pool: buf.owner.pool.get(),
+                pool: self.owner.pool.get(),
             });
         }
         let cap = buf.len();
@@ -983,7 +1004,7 @@ impl Pool {
     /// CPU-readable, else through the provider's `read` op. `false` (and `out` as it was)
     /// when the memory cannot be read at all, or `buf` is not this pool's.
     pub fn read(&self, buf: &PoolBuf, len: usize, out: &mut Vec<u8>) -> bool {
-        if buf.pool != self.id || len > buf.len() {
+        if buf.owner.pool != self.owner.pool || len > buf.len() {
             return false;
         }
         if let Some(mem) = buf.as_slice() {

@@ -967,7 +967,7 @@ impl Worker {
             };
             let want = if head { head_len } else { frame.len() };
             let n = (want - at).min(buf.len());
-            if buf.caps.contains(Capabilities::HOST_WRITABLE) {
+            if buf.owner.caps.contains(Capabilities::HOST_WRITABLE) {
                 if self.pools[p]
                     .place(&mut buf, 0, &frame[at..at + n])
                     .is_err()
@@ -1187,7 +1187,10 @@ fn put(
     at: usize,
 ) -> Option<usize> {
     let (pool, count) = (pools.get_mut(p)?, placed.get_mut(p)?);
-    let buf = pool.alloc_cached()?;
+    if !pool.has_cached() {
+        return None;
+    }
+    let buf = pool.pop_cached();
     fill_part(pool, parts, &mut count.placed, p, buf, bytes, at)
 }
 
