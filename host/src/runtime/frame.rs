@@ -30,14 +30,57 @@ pub(super) struct Gather {
 }
 
 /// One frame of a burst that made it into provider memory (the worker's bookkeeping).
-#[derive(Debug, Clone)]
+///
+/// Four `u32`s, 16 bytes: one is written per frame placed, and as four words (`usize`
+/// and a `Range<usize>`) it was four stores a frame, on a path that stores little else
+/// besides its copies.
+#[derive(Debug, Clone, Copy)]
 pub(super) struct Staged {
+    rx: u32,
+    rule: u32,
+    first: u32,
+    end: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Staged>() == 16);
+
+impl Staged {
+    /// Frame `rx` of the burst, placed by route rule `rule` into the worker's `parts`.
+    /// (A burst has at most [`BURST`](crate::device::BURST) frames, a config far fewer
+    /// than 2^32 rules, and a burst's part list far fewer than 2^32 parts.)
+    #[inline(always)]
+    pub fn new(rx: usize, rule: usize, parts: Range<usize>) -> Self {
+        Staged {
+            rx: rx as u32,
+            rule: rule as u32,
+            first: parts.start as u32,
+            end: parts.end as u32,
+        }
+    }
+
     /// Its index in the received burst.
-    pub rx: usize,
+    #[inline(always)]
+    pub fn rx(&self) -> usize {
+        self.rx as usize
+    }
+
     /// The route rule that placed it.
-    pub rule: usize,
+    #[inline(always)]
+    pub fn rule(&self) -> usize {
+        self.rule as usize
+    }
+
     /// Its parts in the worker's part list.
-    pub parts: Range<usize>,
+    #[inline(always)]
+    pub fn parts(&self) -> Range<usize> {
+        self.first as usize..self.end as usize
+    }
+
+    /// The same frame with its parts moved to `parts`.
+    #[inline(always)]
+    pub fn with_parts(self, parts: Range<usize>) -> Self {
+        Staged::new(self.rx(), self.rule(), parts)
+    }
 }
 
 /// A burst of placed frames, as an inline [`Sink`](super::Sink) sees it: the frames as
@@ -67,11 +110,11 @@ impl<'a> PlacedBurst<'a> {
     pub fn frames(&self) -> impl ExactSizeIterator<Item = PlacedFrame<'a>> + 'a {
         let b = *self;
         b.staged.iter().map(move |s| PlacedFrame {
-            original: b.rx[s.rx].data,
-            rx: &b.rx[s.rx].meta,
-            split: &b.splits[s.rx],
-            rule: s.rule,
-            parts: &b.parts[s.parts.clone()],
+            original: b.rx[s.rx()].data,
+            rx: &b.rx[s.rx()].meta,
+            split: &b.splits[s.rx()],
+            rule: s.rule(),
+            parts: &b.parts[s.parts()],
             pools: b.pools,
         })
     }

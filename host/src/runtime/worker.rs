@@ -463,7 +463,7 @@ impl Worker {
             quarantined = now;
             // What this round placed was counted as it was placed: not any more.
             for s in &self.staged {
-                self.stats.routes[s.rule].undo(burst[s.rx].data.len());
+                self.stats.routes[s.rule()].undo(burst[s.rx()].data.len());
             }
             for part in &self.parts {
                 self.stats.providers[part.provider].placed.undo(part.len);
@@ -489,7 +489,7 @@ impl Worker {
         self.lap(Stage::Count);
         if (self.delivery.is_some() || !self.tx.is_empty())
             && self.staged.iter().any(|s| {
-                let r = self.routes.get(s.rule);
+                let r = self.routes.get(s.rule());
                 r.deliver.is_some() || r.forward.is_some()
             })
         {
@@ -549,8 +549,8 @@ impl Worker {
         let mut i = 0;
         while let Some(s) = staged.get(i).cloned() {
             i += 1;
-            let n = s.parts.len();
-            let route = self.routes.get(s.rule);
+            let n = s.parts().len();
+            let route = self.routes.get(s.rule());
             let result = match (route.forward, route.deliver, self.delivery.as_mut()) {
                 // This frame and those right after it that go to the same consumer, in
                 // one run.
@@ -558,19 +558,19 @@ impl Worker {
                     let runs_to = &self.runs_to;
                     let end = i + staged[i..]
                         .iter()
-                        .take_while(|t| runs_to[t.rule] == Some(consumer))
+                        .take_while(|t| runs_to[t.rule()] == Some(consumer))
                         .count();
                     let (splits, heads) = (&self.splits, &self.inline_heads);
                     let run = staged[i - 1..end].iter().map(|t| RunFrame {
-                        frame: &burst[t.rx],
-                        split: &splits[t.rx],
-                        rule: t.rule,
+                        frame: &burst[t.rx()],
+                        split: &splits[t.rx()],
+                        rule: t.rule(),
                         skipped: left_for_ring(
-                            heads[t.rule],
-                            splits[t.rx].head_len,
-                            burst[t.rx].data.len(),
+                            heads[t.rule()],
+                            splits[t.rx()].head_len,
+                            burst[t.rx()].data.len(),
                         ),
-                        n: t.parts.len(),
+                        n: t.parts().len(),
                     });
                     d.deliver_run(
                         consumer,
@@ -587,13 +587,13 @@ impl Worker {
                     self.frame_parts.extend(parts.by_ref().take(n));
                     let tx = self.tx[usize::from(to.to(self.device))].as_slice();
                     let out = &tx[self.queue % tx.len()];
-                    let sent = transmit(&**out, &burst[s.rx], &self.frame_parts);
+                    let sent = transmit(&**out, &burst[s.rx()], &self.frame_parts);
                     for p in self.frame_parts.drain(..) {
                         let _ = self.pools[p.provider].recycle(p.buf);
                     }
                     match sent {
                         Ok(()) => {
-                            self.stats.forwarded.add(burst[s.rx].data.len());
+                            self.stats.forwarded.add(burst[s.rx()].data.len());
                             Ok(())
                         }
                         Err(e) => {
@@ -608,13 +608,13 @@ impl Worker {
                 (None, Some(consumer), Some(d)) => d.deliver(
                     consumer,
                     route.copy,
-                    &burst[s.rx],
-                    &self.splits[s.rx],
-                    s.rule,
+                    &burst[s.rx()],
+                    &self.splits[s.rx()],
+                    s.rule(),
                     left_for_ring(
-                        self.inline_heads[s.rule],
-                        self.splits[s.rx].head_len,
-                        burst[s.rx].data.len(),
+                        self.inline_heads[s.rule()],
+                        self.splits[s.rx()].head_len,
+                        burst[s.rx()].data.len(),
                     ),
                     &mut parts,
                     n,
@@ -623,10 +623,7 @@ impl Worker {
                 _ => {
                     let first = self.kept_parts.len();
                     self.kept_parts.extend(parts.by_ref().take(n));
-                    self.kept_staged.push(Staged {
-                        parts: first..self.kept_parts.len(),
-                        ..s
-                    });
+                    self.kept_staged.push(s.with_parts(first..self.kept_parts.len()));
                     Ok(())
                 }
             };
@@ -725,11 +722,7 @@ impl Worker {
             }
             let count = &mut counts[rule];
             count.frames += 1;
-            staged.push(Staged {
-                rx: i,
-                rule,
-                parts: first..parts.len(),
-            });
+            staged.push(Staged::new(i, rule, first..parts.len()));
             count.bytes += data.len() as u64;
         }
         burst.len()
@@ -769,11 +762,7 @@ impl Worker {
                     // as they were placed; a round undone after a quarantine takes its
                     // counts back).
                     self.stats.routes[rule].add(frame.data.len());
-                    self.staged.push(Staged {
-                        rx: i,
-                        rule,
-                        parts: first..self.parts.len(),
-                    })
+                    self.staged.push(Staged::new(i, rule, first..self.parts.len()))
                 }
                 Err(short) => {
                     self.drops.push((short.reason, Some(short.provider)));
@@ -854,9 +843,9 @@ impl Worker {
         self.parts.clear();
         let mut old = self.kept_parts.drain(..);
         for s in self.kept_staged.drain(..) {
-            let keep = failed >> s.rx & 1 == 0;
+            let keep = failed >> s.rx() & 1 == 0;
             let first = self.parts.len();
-            for part in old.by_ref().take(s.parts.len()) {
+            for part in old.by_ref().take(s.parts().len()) {
                 if keep {
                     self.parts.push(part);
                 } else {
@@ -865,13 +854,10 @@ impl Worker {
                 }
             }
             if keep {
-                self.staged.push(Staged {
-                    parts: first..self.parts.len(),
-                    ..s
-                });
+                self.staged.push(s.with_parts(first..self.parts.len()));
             } else {
-                self.stats.routes[s.rule].undo(burst[s.rx].data.len());
-                self.drops.push((DropReason::Fault, Some(provider[s.rx])));
+                self.stats.routes[s.rule()].undo(burst[s.rx()].data.len());
+                self.drops.push((DropReason::Fault, Some(provider[s.rx()])));
             }
         }
     }
@@ -1048,11 +1034,11 @@ impl Worker {
         let mut parts = self.parts.drain(..);
         let (splits, recyclers) = (&self.splits, &self.recyclers);
         let mut frames = self.staged.iter().map(|s| OwnedFrame {
-            rx: burst[s.rx].meta,
-            split: splits[s.rx],
-            rule: s.rule,
-            len: burst[s.rx].data.len(),
-            parts: parts.by_ref().take(s.parts.len()).collect(),
+            rx: burst[s.rx()].meta,
+            split: splits[s.rx()],
+            rule: s.rule(),
+            len: burst[s.rx()].data.len(),
+            parts: parts.by_ref().take(s.parts().len()).collect(),
             recyclers: Arc::clone(recyclers),
         });
         self.sink.consume_owned(&mut frames);
