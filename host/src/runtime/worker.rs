@@ -1055,10 +1055,20 @@ impl Worker {
         // address and count were loaded again for every buffer, after each store to a
         // cache.
         let pools = &mut self.pools[..];
-        for part in self.parts.drain(from..) {
-            // Buffers only ever come from these pools, so the pool id always matches.
-            if let Some(pool) = pools.get_mut(part.provider) {
-                let _ = pool.recycle(part.buf);
+        let parts = self.parts.get(from..).unwrap_or_default();
+        let one = parts.first().map(|part| part.provider);
+        match one.and_then(|p| pools.get_mut(p)) {
+            Some(pool) if parts.iter().all(|part| Some(part.provider) == one) => {
+                pool.recycle_run(parts.iter().map(|part| &part.buf), parts.len());
+                self.parts.truncate(from);
+            }
+            _ => {
+                for part in self.parts.drain(from..) {
+                    // Buffers only ever come from these pools, so the pool id always matches.
+                    if let Some(pool) = pools.get_mut(part.provider) {
+                        let _ = pool.recycle(part.buf);
+                    }
+                }
             }
         }
     }
