@@ -579,10 +579,7 @@ impl Pool {
     fn wrap(&self, netmem: Netmem) -> PoolBuf {
         PoolBuf {
             netmem,
-            owner: Owner {
-                pool: self.owner.pool,
-                caps: self.owner.caps,
-            },
+            owner: self.owner,
         }
     }
 
@@ -1217,6 +1214,65 @@ mod tests {
         );
         assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
         assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+
+    /// Runs given back by `recycle_run` leave the pool as `recycle` one at a time does:
+    /// the same counters, and the same buffers handed out after, in the same order. The
+    /// runs include one longer than the cache has room for (the rest goes to the ring),
+    /// and a buffer of another pool, which is left out as `recycle` refuses it.
+    #[test]
+    fn recycle_run_matches_recycling_one_at_a_time() {
+        let (mut a, mut b, mut other) = (slab(512), slab(512), slab(8));
+        for (round, n) in [1, 8, CACHE_SIZE / 2, CACHE_SIZE + 3]
+            .into_iter()
+            .enumerate()
+        {
+            let x: Vec<PoolBuf> = (0..n).map(|_| a.alloc().expect("a buffer")).collect();
+            let mut y: Vec<PoolBuf> = (0..n).map(|_| b.alloc().expect("a buffer")).collect();
+            let stranger = other.alloc().expect("a buffer of another pool");
+            for buf in x {
+                a.recycle(buf).expect("its own pool");
+            }
+            y.insert(n / 2, stranger);
+            // In runs: the second a little past the room the first leaves.
+            let room = CACHE_SIZE - b.count;
+            let first = room.saturating_sub(2).clamp(1, y.len());
+            let second = (first + 6).min(y.len());
+            for run in [&y[..first], &y[first..second], &y[second..]] {
+                b.recycle_run(run.iter(), run.len());
+            }
+            assert_eq!(a.stats(), b.stats(), "round {round}: {n} buffers");
+            assert_eq!(a.count, b.count, "round {round}: cached");
+            // The run's handles were read, not taken: forget them as the worker does,
+            // but the stranger, which goes back to its own pool.
+            let stranger = y.remove(n / 2);
+            other.recycle(stranger).expect("its own pool");
+            y.clear();
+            let next = |p: &mut Pool| {
+                (0..4)
+                    .map(|_| p.alloc().expect("one").netmem())
+                    .collect::<Vec<_>>()
+            };
+            let (xs, ys) = (next(&mut a), next(&mut b));
+            assert_eq!(
+                xs.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+                ys.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+                "round {round}: handed out after"
+            );
+            for (pool, got) in [(&mut a, xs), (&mut b, ys)] {
+                for netmem in got {
+                    let buf = pool.wrap(netmem);
+                    pool.recycle(buf).expect("its own pool");
+                }
+            }
+        }
+        assert!(
+            a.stats().recycle_cache_full > 0,
+            "a run overflowed the cache"
+        );
+        assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
+        assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
+        assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
     }
 
     /// A dry provider: the reason comes back, and nothing is left on top of the cache.
