@@ -1275,6 +1275,27 @@ mod tests {
         assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
     }
 
+    /// A quarantined pool caches nothing again: a run given back to it goes past the
+    /// cache, as buffers given back one at a time do, and every buffer is accounted for.
+    #[test]
+    fn recycle_run_into_a_retired_pool_caches_nothing() {
+        let (mut a, mut b) = (slab(64), slab(64));
+        let x: Vec<PoolBuf> = (0..8).map(|_| a.alloc().expect("a buffer")).collect();
+        let mut y: Vec<PoolBuf> = (0..8).map(|_| b.alloc().expect("a buffer")).collect();
+        a.retire();
+        b.retire();
+        for buf in x {
+            a.recycle(buf).expect("its own pool");
+        }
+        b.recycle_run(y.iter(), y.len());
+        y.clear();
+        assert_eq!((a.count, b.count), (0, 0), "nothing cached");
+        assert_eq!(a.stats(), b.stats());
+        assert_eq!(b.stats().inflight, 0);
+        assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
+        assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+
     /// A dry provider: the reason comes back, and nothing is left on top of the cache.
     #[test]
     fn refill_from_a_dry_provider_says_why() {
