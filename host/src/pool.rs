@@ -398,6 +398,36 @@ pub struct PoolReport {
     pub waited: Duration,
 }
 
+/// Buffers taken from the top of a cache at once ([`Pool::take_cached_run`]), yielded
+/// from the top down.
+pub(crate) struct CachedRun<'p> {
+    pool: &'p Pool,
+    /// One past the slot of the next buffer to yield.
+    next: usize,
+    /// The lowest slot of the run.
+    end: usize,
+}
+
+impl Iterator for CachedRun<'_> {
+    type Item = PoolBuf;
+
+    #[inline]
+    fn next(&mut self) -> Option<PoolBuf> {
+        if self.next == self.end {
+            return None;
+        }
+        self.next -= 1;
+        Some(self.pool.wrap(self.pool.cache.get(self.next)))
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.next - self.end, Some(self.next - self.end))
+    }
+}
+
+impl ExactSizeIterator for CachedRun<'_> {}
+
 /// The per-queue cache as two arrays of words: each buffer's address, and its length and
 /// id packed in one `u64` (a struct of arrays).
 ///
@@ -631,6 +661,30 @@ impl Pool {
     pub(crate) fn peek_cached_at(&self, k: usize) -> Option<Netmem> {
         let i = self.count.checked_sub(k + 1)?;
         Some(self.cache.get(i))
+    }
+
+    /// The top `n` buffers of the cache, taken at once: the count is moved once, not
+    /// once a buffer. They come in the order `n` [`pop_cached`](Self::pop_cached)s
+    /// would give them. `None`, with nothing taken, when the cache holds fewer. The
+    /// caller keeps every buffer the run yields (and gives back, as it would any it
+    /// took); buffers it does not draw from the run stay taken and are lost to the
+    /// pool, so it draws all `n`.
+    #[inline]
+    pub(crate) fn take_cached_run(&mut self, n: usize) -> Option<CachedRun<'_>> {
+        let end = self.count.checked_sub(n)?;
+        let top = self.count;
+        self.count = end;
+        Some(CachedRun {
+            pool: self,
+            next: top,
+            end,
+        })
+    }
+
+    /// The fewest bytes any of its buffers holds: the provider's checks refuse shorter.
+    #[inline]
+    pub(crate) fn min_len(&self) -> usize {
+        self.provider.min_len() as usize
     }
 
     /// Whether [`alloc_cached`](Self::alloc_cached) has a buffer to give.

@@ -431,6 +431,12 @@ impl CheckedProvider {
         &self.label
     }
 
+    /// The fewest bytes any buffer it hands out holds: the `buf_size` asked for. A
+    /// shorter buffer is refused (`Fault::Short`) before the host takes it.
+    pub fn min_len(&self) -> u32 {
+        self.want_len
+    }
+
     /// True when the host reads or writes this instance's buffers by address without a
     /// declared region to check them against: taken only because the config trusts it.
     pub fn is_unverified(&self) -> bool {

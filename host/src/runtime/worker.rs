@@ -672,6 +672,9 @@ impl Worker {
     /// 31.4 Mpps): the run's index and the rule's providers went through the stack.
     #[inline(never)]
     fn place_direct_run(&mut self, burst: &[RxFrame<'_>]) -> usize {
+        if self.place_whole_run(burst) {
+            return burst.len();
+        }
         let Worker {
             routes,
             pools,
@@ -739,6 +742,91 @@ impl Worker {
             count.bytes += data.len() as u64;
         }
         burst.len()
+    }
+
+    /// Places a vector whose frames all take one buffer of one pool: every frame
+    /// routed by the same rule, whole (not split) and no longer than the shortest buffer
+    /// of the rule's head provider, whose cache holds a buffer for each and whose memory
+    /// the host writes. True when it placed them; false, with nothing done, when the
+    /// vector is not such a one (or, not reached, a buffer is shorter than its pool
+    /// says), for [`place_direct_run`](Self::place_direct_run) to place frame by frame.
+    ///
+    /// The buffers come off the cache in one run ([`Pool::take_cached_run`]): its count
+    /// is read and stored once for the vector, where each frame's pop read the count
+    /// the last one stored. The rule's and the provider's counters are added once.
+    #[inline(never)]
+    fn place_whole_run(&mut self, burst: &[RxFrame<'_>]) -> bool {
+        let Worker {
+            routes,
+            pools,
+            stats,
+            parts,
+            staged,
+            splits,
+            routed,
+            ..
+        } = self;
+        let Some(&Some(rule)) = routed.first() else {
+            return false;
+        };
+        let p = routes.get(rule).head;
+        let (Some(pool), Some(count)) = (pools.get_mut(p), stats.providers.get_mut(p)) else {
+            return false;
+        };
+        let room = pool.min_len();
+        let whole = routed
+            .iter()
+            .zip(splits.iter())
+            .zip(burst)
+            .all(|((r, split), frame)| {
+                *r == Some(rule) && split.head_len >= frame.data.len() && frame.data.len() <= room
+            });
+        if routed.len() != burst.len()
+            || !whole
+            || !pool.caps().contains(Capabilities::HOST_WRITABLE)
+        {
+            return false;
+        }
+        let Some(run) = pool.take_cached_run(burst.len()) else {
+            return false;
+        };
+        let (first, staged_from) = (parts.len(), staged.len());
+        let (mut bytes, mut short) = (0u64, false);
+        for (i, (frame, mut buf)) in burst.iter().zip(run).enumerate() {
+            let data = frame.data;
+            let n = match buf.as_mut_slice() {
+                Some(mem) if mem.len() >= data.len() => {
+                    crate::mem::copy_bytes(&mut mem[..data.len()], data);
+                    data.len()
+                }
+                _ => {
+                    short = true;
+                    0
+                }
+            };
+            parts.push(Part {
+                provider: p,
+                buf,
+                len: n,
+            });
+            staged.push(Staged::new(i, rule, first + i..first + i + 1));
+            bytes += n as u64;
+        }
+        if short {
+            // Back as they were: the frame-by-frame run places the vector.
+            staged.truncate(staged_from);
+            for part in parts.drain(first..) {
+                let _ = pool.recycle(part.buf);
+            }
+            return false;
+        }
+        let frames = burst.len() as u64;
+        count.placed.frames += frames;
+        count.placed.bytes += bytes;
+        let route = &mut stats.routes[rule];
+        route.frames += frames;
+        route.bytes += bytes;
+        true
     }
 
     /// Places every frame of a vector as routed but those already `taken` (bit `i` for
@@ -1083,6 +1171,23 @@ impl Worker {
         match one.and_then(|p| pools.get_mut(p)) {
             Some(pool) if parts.iter().all(|part| Some(part.provider) == one) => {
                 pool.recycle_run(parts.iter().map(|part| &part.buf), parts.len());
+                self.parts.truncate(from);
+            }
+            _ if parts.len() % 2 == 0
+                && parts.len() >= 4
+                && parts[0].provider != parts[1].provider
+                && parts
+                    .chunks_exact(2)
+                    .all(|p| p[0].provider == parts[0].provider && p[1].provider == parts[1].provider) =>
+            {
+                let (a, b) = (parts[0].provider, parts[1].provider);
+                let n = parts.len() / 2;
+                if let Some(pool) = pools.get_mut(a) {
+                    pool.recycle_run(parts.iter().step_by(2).map(|part| &part.buf), n);
+                }
+                if let Some(pool) = pools.get_mut(b) {
+                    pool.recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf), n);
+                }
                 self.parts.truncate(from);
             }
             _ => {
