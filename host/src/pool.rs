@@ -681,6 +681,12 @@ impl Pool {
         })
     }
 
+    /// Whether the cache holds `n` buffers, for [`take_cached_run`](Self::take_cached_run).
+    #[inline]
+    pub(crate) fn has_cached_run(&self, n: usize) -> bool {
+        self.count >= n
+    }
+
     /// The fewest bytes any of its buffers holds: the provider's checks refuse shorter.
     #[inline]
     pub(crate) fn min_len(&self) -> usize {

@@ -672,7 +672,7 @@ impl Worker {
     /// 31.4 Mpps): the run's index and the rule's providers went through the stack.
     #[inline(never)]
     fn place_direct_run(&mut self, burst: &[RxFrame<'_>]) -> usize {
-        if self.place_whole_run(burst) {
+        if self.place_whole_run(burst) || self.place_split_run(burst) {
             return burst.len();
         }
         let Worker {
@@ -826,6 +826,116 @@ impl Worker {
         let route = &mut stats.routes[rule];
         route.frames += frames;
         route.bytes += bytes;
+        true
+    }
+
+    /// Places a vector whose frames all split in two: every frame routed by the same
+    /// rule, split, its head no longer than the shortest buffer of the rule's head
+    /// provider and its payload no longer than the shortest of its frag provider's (a
+    /// provider of its own), whose caches hold a buffer for each frame and whose memory
+    /// the host writes. As [`place_whole_run`](Self::place_whole_run) otherwise: true
+    /// when it placed them; false, with nothing done, when the vector is not such a one.
+    #[inline(never)]
+    fn place_split_run(&mut self, burst: &[RxFrame<'_>]) -> bool {
+        let Worker {
+            routes,
+            pools,
+            stats,
+            parts,
+            staged,
+            splits,
+            routed,
+            ..
+        } = self;
+        let Some(&Some(rule)) = routed.first() else {
+            return false;
+        };
+        let route = routes.get(rule);
+        let (h, f) = (route.head, route.frags);
+        let Ok([head_pool, frag_pool]) = pools.get_disjoint_mut([h, f]) else {
+            return false;
+        };
+        let (head_room, frag_room) = (head_pool.min_len(), frag_pool.min_len());
+        let fits = routed
+            .iter()
+            .zip(splits.iter())
+            .zip(burst)
+            .all(|((r, split), frame)| {
+                let len = frame.data.len();
+                *r == Some(rule)
+                    && split.head_len < len
+                    && split.head_len <= head_room
+                    && len - split.head_len <= frag_room
+            });
+        let writable = |pool: &Pool| pool.caps().contains(Capabilities::HOST_WRITABLE);
+        if routed.len() != burst.len()
+            || !fits
+            || !writable(head_pool)
+            || !writable(frag_pool)
+            || stats.providers.len() <= h.max(f)
+        {
+            return false;
+        }
+        let n = burst.len();
+        if !head_pool.has_cached_run(n) || !frag_pool.has_cached_run(n) {
+            return false;
+        }
+        let (Some(heads), Some(frags)) = (
+            head_pool.take_cached_run(n),
+            frag_pool.take_cached_run(n),
+        ) else {
+            return false;
+        };
+        let (first, staged_from) = (parts.len(), staged.len());
+        let (mut head_bytes, mut frag_bytes, mut short) = (0u64, 0u64, false);
+        let bufs = heads.zip(frags);
+        for (i, ((frame, split), (mut head, mut frag))) in
+            burst.iter().zip(splits.iter()).zip(bufs).enumerate()
+        {
+            let (data, at) = (frame.data, split.head_len);
+            let (hn, fn_) = match (head.as_mut_slice(), frag.as_mut_slice()) {
+                (Some(hm), Some(fm)) if hm.len() >= at && fm.len() >= data.len() - at => {
+                    crate::mem::copy_bytes(&mut hm[..at], &data[..at]);
+                    crate::mem::copy_bytes(&mut fm[..data.len() - at], &data[at..]);
+                    (at, data.len() - at)
+                }
+                _ => {
+                    short = true;
+                    (0, 0)
+                }
+            };
+            let k = first + 2 * i;
+            parts.push(Part {
+                provider: h,
+                buf: head,
+                len: hn,
+            });
+            parts.push(Part {
+                provider: f,
+                buf: frag,
+                len: fn_,
+            });
+            staged.push(Staged::new(i, rule, k..k + 2));
+            head_bytes += hn as u64;
+            frag_bytes += fn_ as u64;
+        }
+        if short {
+            // Back as they were: the frame-by-frame run places the vector.
+            staged.truncate(staged_from);
+            for part in parts.drain(first..) {
+                let pool = if part.provider == h { &mut *head_pool } else { &mut *frag_pool };
+                let _ = pool.recycle(part.buf);
+            }
+            return false;
+        }
+        let frames = n as u64;
+        stats.providers[h].placed.frames += frames;
+        stats.providers[h].placed.bytes += head_bytes;
+        stats.providers[f].placed.frames += frames;
+        stats.providers[f].placed.bytes += frag_bytes;
+        let route = &mut stats.routes[rule];
+        route.frames += frames;
+        route.bytes += head_bytes + frag_bytes;
         true
     }
 
