@@ -901,13 +901,13 @@ impl Pool {
     /// Gives back the buffers of `bufs` that are this pool's, as [`recycle`] would each
     /// (one of another pool is left out, as `recycle` hands it back). The handles are
     /// read, not taken: the caller forgets them after, as the worker truncates its part
-    /// list. When the cache has room for all `n`, the room is tested and the count stored
-    /// once for the run, not once a buffer.
+    /// list. When the cache has room for all of them, the room is tested and the count
+    /// stored once for the run, not once a buffer.
     ///
     /// [`recycle`]: Self::recycle
     #[inline]
-    pub(crate) fn recycle_run<'a>(&mut self, bufs: impl Iterator<Item = &'a PoolBuf>, n: usize) {
-        let at = self.count;
+    pub(crate) fn recycle_run<'a>(&mut self, bufs: impl ExactSizeIterator<Item = &'a PoolBuf>) {
+        let (at, n) = (self.count, bufs.len());
         if at + n > self.cache_limit {
             for buf in bufs {
                 if buf.owner.pool == self.owner.pool {
@@ -1299,7 +1299,7 @@ mod tests {
             let first = room.saturating_sub(2).clamp(1, y.len());
             let second = (first + 6).min(y.len());
             for run in [&y[..first], &y[first..second], &y[second..]] {
-                b.recycle_run(run.iter(), run.len());
+                b.recycle_run(run.iter());
             }
             assert_eq!(a.stats(), b.stats(), "round {round}: {n} buffers");
             assert_eq!(a.count, b.count, "round {round}: cached");
@@ -1347,7 +1347,7 @@ mod tests {
         for buf in x {
             a.recycle(buf).expect("its own pool");
         }
-        b.recycle_run(y.iter(), y.len());
+        b.recycle_run(y.iter());
         y.clear();
         assert_eq!((a.count, b.count), (0, 0), "nothing cached");
         assert_eq!(a.stats(), b.stats());

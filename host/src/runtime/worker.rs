@@ -880,10 +880,9 @@ impl Worker {
         if !head_pool.has_cached_run(n) || !frag_pool.has_cached_run(n) {
             return false;
         }
-        let (Some(heads), Some(frags)) = (
-            head_pool.take_cached_run(n),
-            frag_pool.take_cached_run(n),
-        ) else {
+        let (Some(heads), Some(frags)) =
+            (head_pool.take_cached_run(n), frag_pool.take_cached_run(n))
+        else {
             return false;
         };
         let (first, staged_from) = (parts.len(), staged.len());
@@ -923,7 +922,11 @@ impl Worker {
             // Back as they were: the frame-by-frame run places the vector.
             staged.truncate(staged_from);
             for part in parts.drain(first..) {
-                let pool = if part.provider == h { &mut *head_pool } else { &mut *frag_pool };
+                let pool = if part.provider == h {
+                    &mut *head_pool
+                } else {
+                    &mut *frag_pool
+                };
                 let _ = pool.recycle(part.buf);
             }
             return false;
@@ -1268,9 +1271,12 @@ impl Worker {
     /// is held in a register and stored once, where each buffer given back on its own
     /// stored it and the next read it back. On the AMD EPYC of family 23 model 49 that
     /// placed x1.038 as many 128 B frames (5 alternating runs of each build; 330
-    /// instructions a frame against 334). Split frames alternate a head pool and a
-    /// payload pool, and go back one at a time: runs of one measured 3% slower at
-    /// 1500 B, and a pass per pool (each skipping the other's parts) 4% slower.
+    /// instructions a frame against 334). When they alternate two pools, a head and a
+    /// payload each (split frames), in two runs, every other part each: 589 to 578
+    /// instructions a frame at 1500 B (session 38). Runs of one pool's consecutive
+    /// parts measured 3% slower at 1500 B there (each is one buffer long), and a pass
+    /// per pool skipping the other's parts 4% slower; anything else goes back one at a
+    /// time.
     fn recycle_from(&mut self, from: usize) {
         // The pools as a slice held in registers: read through `self` in the loop, their
         // address and count were loaded again for every buffer, after each store to a
@@ -1278,35 +1284,29 @@ impl Worker {
         let pools = &mut self.pools[..];
         let parts = self.parts.get(from..).unwrap_or_default();
         let one = parts.first().map(|part| part.provider);
-        match one.and_then(|p| pools.get_mut(p)) {
-            Some(pool) if parts.iter().all(|part| Some(part.provider) == one) => {
-                pool.recycle_run(parts.iter().map(|part| &part.buf), parts.len());
+        if let Some(pool) = one.and_then(|p| pools.get_mut(p)) {
+            if parts.iter().all(|part| Some(part.provider) == one) {
+                pool.recycle_run(parts.iter().map(|part| &part.buf));
                 self.parts.truncate(from);
+                return;
             }
-            _ if parts.len() % 2 == 0
-                && parts.len() >= 4
-                && parts[0].provider != parts[1].provider
-                && parts
-                    .chunks_exact(2)
-                    .all(|p| p[0].provider == parts[0].provider && p[1].provider == parts[1].provider) =>
-            {
-                let (a, b) = (parts[0].provider, parts[1].provider);
-                let n = parts.len() / 2;
-                if let Some(pool) = pools.get_mut(a) {
-                    pool.recycle_run(parts.iter().step_by(2).map(|part| &part.buf), n);
-                }
-                if let Some(pool) = pools.get_mut(b) {
-                    pool.recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf), n);
-                }
-                self.parts.truncate(from);
+        }
+        // Split frames, a head and a payload each from two pools (1500 B TCP under
+        // `tcp-split.toml`): each pool's buffers in a run of their own.
+        if let Some([a, b]) = pair(parts) {
+            if let Some(pool) = pools.get_mut(a) {
+                pool.recycle_run(parts.iter().step_by(2).map(|part| &part.buf));
             }
-            _ => {
-                for part in self.parts.drain(from..) {
-                    // Buffers only ever come from these pools, so the pool id always matches.
-                    if let Some(pool) = pools.get_mut(part.provider) {
-                        let _ = pool.recycle(part.buf);
-                    }
-                }
+            if let Some(pool) = pools.get_mut(b) {
+                pool.recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf));
+            }
+            self.parts.truncate(from);
+            return;
+        }
+        for part in self.parts.drain(from..) {
+            // Buffers only ever come from these pools, so the pool id always matches.
+            if let Some(pool) = pools.get_mut(part.provider) {
+                let _ = pool.recycle(part.buf);
             }
         }
     }
@@ -1406,6 +1406,20 @@ impl Worker {
             }
         }
     }
+}
+
+/// The two providers `parts` alternate between, the first's at even places and the
+/// other's at odd ones, if they do (and are two, in two frames or more).
+#[inline]
+fn pair(parts: &[Part]) -> Option<[usize; 2]> {
+    if parts.len() < 4 || !parts.len().is_multiple_of(2) {
+        return None;
+    }
+    let (a, b) = (parts[0].provider, parts[1].provider);
+    let alternate = parts
+        .chunks_exact(2)
+        .all(|p| p[0].provider == a && p[1].provider == b);
+    (a != b && alternate).then_some([a, b])
 }
 
 /// One part of [`Worker::place_direct_run`]: a buffer from the cache of pool `p` takes as
