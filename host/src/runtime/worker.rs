@@ -832,7 +832,9 @@ impl Worker {
             bytes += n as u64;
         }
         if short {
-            // Back as they were: the frame-by-frame run places the vector.
+            // Not reached while the checks hold (they refuse a buffer shorter than
+            // `min_len`); kept so a broken invariant costs a slower vector, not a
+            // panic. Back as they were: the frame-by-frame run places the vector.
             staged.truncate(staged_from);
             for part in parts.drain(first..) {
                 let _ = pool.recycle(part.buf);
@@ -895,6 +897,8 @@ impl Worker {
         {
             return false;
         }
+        // Both caches checked first: neither take below can fail after the other took
+        // its run (whose buffers would then be lost).
         let n = burst.len();
         if !head_pool.has_cached_run(n) || !frag_pool.has_cached_run(n) {
             return false;
