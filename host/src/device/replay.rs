@@ -105,10 +105,17 @@ pub fn queues(
         });
     }
     let queues = queues.max(1);
-    let mut shares: Vec<Vec<u32>> = vec![Vec::new(); usize::from(queues)];
-    for (i, f) in frames.iter().enumerate() {
-        shares[(flow_hash(&f.data) % u64::from(queues)) as usize].push(i as u32);
-    }
+    // One queue takes every frame: no frame is parsed for its flow (at 128 B that walk
+    // cost about 58 ns a frame, 3.8 ms for 8 MiB of frames, before the first was sent).
+    let shares: Vec<Vec<u32>> = if queues == 1 {
+        vec![(0..frames.len() as u32).collect()]
+    } else {
+        let mut shares = vec![Vec::new(); usize::from(queues)];
+        for (i, f) in frames.iter().enumerate() {
+            shares[(flow_hash(&f.data) % u64::from(queues)) as usize].push(i as u32);
+        }
+        shares
+    };
     Ok(shares
         .into_iter()
         .enumerate()
