@@ -908,42 +908,31 @@ impl Worker {
         else {
             return false;
         };
-        let (first, staged_from) = (parts.len(), staged.len());
+        // In passes that each hold little across their loop: the parts listed (no
+        // call in that loop), the staged entries, then the copies (the payload's a call
+        // to `memcpy` at 1500 B, after which only the pass's few values are reloaded).
+        let first = parts.len();
         let (mut head_bytes, mut frag_bytes, mut short) = (0u64, 0u64, false);
-        let bufs = heads.zip(frags);
-        for (i, ((frame, split), (mut head, mut frag))) in
-            burst.iter().zip(splits.iter()).zip(bufs).enumerate()
-        {
-            let (data, at) = (frame.data, split.head_len);
-            let (hn, fn_) = match (head.as_mut_slice(), frag.as_mut_slice()) {
-                (Some(hm), Some(fm)) if hm.len() >= at && fm.len() >= data.len() - at => {
-                    crate::mem::copy_bytes(&mut hm[..at], &data[..at]);
-                    crate::mem::copy_bytes(&mut fm[..data.len() - at], &data[at..]);
-                    (at, data.len() - at)
-                }
-                _ => {
-                    short = true;
-                    (0, 0)
-                }
-            };
-            let k = first + 2 * i;
+        parts.reserve(2 * n);
+        for ((frame, split), (head, frag)) in burst.iter().zip(splits.iter()).zip(heads.zip(frags)) {
+            let (len, at) = (frame.data.len(), split.head_len);
+            short |= (head.netmem.len as usize) < at || (frag.netmem.len as usize) < len - at;
+            head_bytes += at as u64;
+            frag_bytes += (len - at) as u64;
             parts.push(Part {
                 provider: h,
                 buf: head,
-                len: hn,
+                len: at,
             });
             parts.push(Part {
                 provider: f,
                 buf: frag,
-                len: fn_,
+                len: len - at,
             });
-            staged.push(Staged::new(i, rule, k..k + 2));
-            head_bytes += hn as u64;
-            frag_bytes += fn_ as u64;
         }
         if short {
-            // Back as they were: the frame-by-frame run places the vector.
-            staged.truncate(staged_from);
+            // Not reached while the checks hold (they refuse a buffer shorter than
+            // `min_len`). Back as they were: the frame-by-frame run places the vector.
             for part in parts.drain(first..) {
                 let pool = if part.provider == h {
                     &mut *head_pool
@@ -953,6 +942,16 @@ impl Worker {
                 let _ = pool.recycle(part.buf);
             }
             return false;
+        }
+        staged.extend((0..n).map(|i| Staged::new(i, rule, first + 2 * i..first + 2 * i + 2)));
+        for (frame, pair) in burst.iter().zip(parts[first..].chunks_exact_mut(2)) {
+            let [head, frag] = pair else { continue };
+            let data = frame.data;
+            let (head_data, frag_data) = data.split_at(head.len);
+            if let (Some(hm), Some(fm)) = (head.buf.as_mut_slice(), frag.buf.as_mut_slice()) {
+                crate::mem::copy_bytes(&mut hm[..head_data.len()], head_data);
+                crate::mem::copy_bytes(&mut fm[..frag_data.len()], frag_data);
+            }
         }
         let frames = n as u64;
         stats.providers[h].placed.frames += frames;
