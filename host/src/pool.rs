@@ -398,35 +398,36 @@ pub struct PoolReport {
     pub waited: Duration,
 }
 
-/// Buffers taken from the top of a cache at once ([`Pool::take_cached_run`]), yielded
-/// from the top down.
+/// Buffers taken from the top of a cache at once ([`Pool::take_cached_run`]). Its
+/// buffers are drawn by index, so that a loop over a vector needs no state of its own
+/// for them (an iterator's position, and its `None` test through the pool id's niche);
+/// the pool's id and capabilities are a copy, not read through the pool after each
+/// store to a part list the compiler cannot tell from it.
 pub(crate) struct CachedRun<'p> {
-    pool: &'p Pool,
-    /// One past the slot of the next buffer to yield.
-    next: usize,
-    /// The lowest slot of the run.
-    end: usize,
+    cache: &'p Cache,
+    owner: Owner,
+    /// One past the slot of the first buffer.
+    top: usize,
+    n: usize,
 }
 
-impl Iterator for CachedRun<'_> {
-    type Item = PoolBuf;
-
-    #[inline]
-    fn next(&mut self) -> Option<PoolBuf> {
-        if self.next == self.end {
-            return None;
+impl<'p> CachedRun<'p> {
+    /// The `k`-th buffer of the run (0: what the next pop would have given), `k < n`.
+    #[inline(always)]
+    pub(crate) fn buf(&self, k: usize) -> PoolBuf {
+        debug_assert!(k < self.n);
+        PoolBuf {
+            netmem: self.cache.get(self.top.wrapping_sub(k + 1)),
+            owner: self.owner,
         }
-        self.next -= 1;
-        Some(self.pool.wrap(self.pool.cache.get(self.next)))
     }
 
+    /// The run's buffers in order, each drawn once.
     #[inline]
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.next - self.end, Some(self.next - self.end))
+    pub(crate) fn bufs(self) -> impl ExactSizeIterator<Item = PoolBuf> + use<'p> {
+        (0..self.n).map(move |k| self.buf(k))
     }
 }
-
-impl ExactSizeIterator for CachedRun<'_> {}
 
 /// The per-queue cache as two arrays of words: each buffer's address, and its length and
 /// id packed in one `u64` (a struct of arrays).
@@ -666,18 +667,19 @@ impl Pool {
     /// The top `n` buffers of the cache, taken at once: the count is moved once, not
     /// once a buffer. They come in the order `n` [`pop_cached`](Self::pop_cached)s
     /// would give them. `None`, with nothing taken, when the cache holds fewer. The
-    /// caller keeps every buffer the run yields (and gives back, as it would any it
-    /// took); buffers it does not draw from the run stay taken and are lost to the
-    /// pool, so it draws all `n`.
+    /// caller keeps every buffer of the run (and gives back, as it would any it took);
+    /// buffers it does not draw stay taken and are lost to the pool, so it draws all `n`,
+    /// each once ([`CachedRun::buf`], or the run as an iterator).
     #[inline]
     pub(crate) fn take_cached_run(&mut self, n: usize) -> Option<CachedRun<'_>> {
         let end = self.count.checked_sub(n)?;
         let top = self.count;
         self.count = end;
         Some(CachedRun {
-            pool: self,
-            next: top,
-            end,
+            cache: &self.cache,
+            owner: self.owner,
+            top,
+            n,
         })
     }
 

@@ -811,7 +811,7 @@ impl Worker {
         };
         let (first, staged_from) = (parts.len(), staged.len());
         let (mut bytes, mut short) = (0u64, false);
-        for (i, (frame, mut buf)) in burst.iter().zip(run).enumerate() {
+        for (i, (frame, mut buf)) in burst.iter().zip(run.bufs()).enumerate() {
             let data = frame.data;
             let n = match buf.as_mut_slice() {
                 Some(mem) if mem.len() >= data.len() => {
@@ -912,13 +912,10 @@ impl Worker {
         // call in that loop), the staged entries, then the copies (the payload's a call
         // to `memcpy` at 1500 B, after which only the pass's few values are reloaded).
         let first = parts.len();
-        let (mut head_bytes, mut frag_bytes, mut short) = (0u64, 0u64, false);
         parts.reserve(2 * n);
-        for ((frame, split), (head, frag)) in burst.iter().zip(splits.iter()).zip(heads.zip(frags)) {
+        for (i, (frame, split)) in burst.iter().zip(splits.iter()).enumerate() {
             let (len, at) = (frame.data.len(), split.head_len);
-            short |= (head.netmem.len as usize) < at || (frag.netmem.len as usize) < len - at;
-            head_bytes += at as u64;
-            frag_bytes += (len - at) as u64;
+            let (head, frag) = (heads.buf(i), frags.buf(i));
             parts.push(Part {
                 provider: h,
                 buf: head,
@@ -930,6 +927,9 @@ impl Worker {
                 len: len - at,
             });
         }
+        let short = parts[first..]
+            .iter()
+            .any(|part| (part.buf.netmem.len as usize) < part.len);
         if short {
             // Not reached while the checks hold (they refuse a buffer shorter than
             // `min_len`). Back as they were: the frame-by-frame run places the vector.
@@ -944,8 +944,11 @@ impl Worker {
             return false;
         }
         staged.extend((0..n).map(|i| Staged::new(i, rule, first + 2 * i..first + 2 * i + 2)));
+        let (mut head_bytes, mut frag_bytes) = (0u64, 0u64);
         for (frame, pair) in burst.iter().zip(parts[first..].chunks_exact_mut(2)) {
             let [head, frag] = pair else { continue };
+            head_bytes += head.len as u64;
+            frag_bytes += frag.len as u64;
             let data = frame.data;
             let (head_data, frag_data) = data.split_at(head.len);
             if let (Some(hm), Some(fm)) = (head.buf.as_mut_slice(), frag.buf.as_mut_slice()) {
