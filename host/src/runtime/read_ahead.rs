@@ -125,6 +125,14 @@ impl ReadAhead {
         };
     }
 
+    /// Whether the device's frames are likely out of cache (it was made `cold`): the
+    /// worker then asks for the first lines of the next vector's frames even when not
+    /// [`on`](Self::on).
+    #[inline]
+    pub(crate) fn cold(&self) -> bool {
+        !matches!(self.phase, Phase::Off)
+    }
+
     /// Ask for the next vector's frames ahead for this burst.
     #[inline]
     pub(crate) fn on(&self) -> bool {
@@ -304,8 +312,10 @@ mod tests {
     #[test]
     fn it_probes_again_after_the_settled_bursts() {
         let mut ra = warmed();
+        assert!(ra.cold());
         probe(&mut ra, 0.05, 0.07, |_| 0);
         assert!(ra.on());
+        assert!(ra.cold(), "deciding does not make the frames warm");
         // Settled: no clock for SETTLED_BURSTS bursts (the first of them the one that
         // ended `probe`), then a new probe, which now finds ahead slower.
         for _ in 1..SETTLED_BURSTS {
@@ -314,6 +324,7 @@ mod tests {
         }
         probe(&mut ra, 0.07, 0.05, |_| 0);
         assert!(!ra.on());
+        assert!(ra.cold());
         assert_eq!(
             ra.stats(),
             ReadAheadStats {
@@ -359,6 +370,7 @@ mod tests {
         for _ in 0..1000 {
             assert!(!ra.timing());
             assert!(!ra.on());
+            assert!(!ra.cold(), "no header lines asked for either");
             ra.handled(Duration::from_millis(1), EPOCH_BYTES);
         }
         assert_eq!(ra.stats(), ReadAheadStats::default());

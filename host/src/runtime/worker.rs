@@ -139,8 +139,6 @@ pub(super) struct Worker {
     /// Whether to ask for the next vector's frames ahead, measured per queue (for a
     /// device whose frames are likely out of cache: [`RxQueue::frames_cold`]).
     pub(crate) read_ahead: ReadAhead,
-    /// The device's frames are likely out of cache ([`RxQueue::frames_cold`]).
-    pub(crate) frames_cold: bool,
 }
 
 /// Times the stages of one burst in [`PROFILE_EVERY`] (`runtime.profile`): a clock read
@@ -325,7 +323,6 @@ impl Worker {
             lanes,
             profiler: None,
             read_ahead: ReadAhead::new(false),
-            frames_cold: false,
         }
     }
 
@@ -376,7 +373,7 @@ impl Worker {
         // - Otherwise their first two lines, where the split reads and the copies start
         //   ([`prefetch_head`]), which the split would wait for one frame at a time.
         let timed = self.read_ahead.timing().then(Instant::now);
-        let (all, heads) = (self.read_ahead.on(), self.frames_cold);
+        let (all, heads) = (self.read_ahead.on(), self.read_ahead.cold());
         if all || heads {
             let ask = |vector: Option<&&[RxFrame<'_>]>| {
                 for frame in vector.copied().unwrap_or_default() {
@@ -1581,8 +1578,7 @@ pub(super) fn run_queue(
     mut w: Worker,
     control: &RunControl,
 ) -> (QueueStats, Vec<Pool>, Option<RunError>) {
-    w.frames_cold = rx.frames_cold();
-    w.read_ahead = ReadAhead::new(w.frames_cold);
+    w.read_ahead = ReadAhead::new(rx.frames_cold());
     let mut published = Instant::now();
     let publish = |w: &Worker| {
         if let Ok(mut live) = control.live.try_lock() {
