@@ -929,33 +929,30 @@ impl Worker {
         for (i, (frame, split)) in burst.iter().zip(splits.iter()).enumerate() {
             let (len, at) = (frame.data.len(), split.head_len);
             let (head, frag) = (heads.buf(i), frags.buf(i));
-            parts.push(Part {
-                provider: h,
-                buf: head,
-                len: at,
-            });
-            parts.push(Part {
-                provider: f,
-                buf: frag,
-                len: len - at,
-            });
+            // Both parts in one `extend` of an array: one capacity test and one
+            // store of the list's length a frame, not two (563 to 559 instructions a
+            // frame at 1500 B).
+            parts.extend([
+                Part {
+                    provider: h,
+                    buf: head,
+                    len: at,
+                },
+                Part {
+                    provider: f,
+                    buf: frag,
+                    len: len - at,
+                },
+            ]);
         }
-        let short = parts[first..]
-            .iter()
-            .any(|part| (part.buf.netmem.len as usize) < part.len);
-        if short {
-            // Not reached while the checks hold (they refuse a buffer shorter than
-            // `min_len`). Back as they were: the frame-by-frame run places the vector.
-            for part in parts.drain(first..) {
-                let pool = if part.provider == h {
-                    &mut *head_pool
-                } else {
-                    &mut *frag_pool
-                };
-                let _ = pool.recycle(part.buf);
-            }
-            return false;
-        }
+        // No part is longer than its buffer: every frame's head fits `head_room` and
+        // its payload `frag_room` (tested above), and a provider's checks refuse a
+        // buffer shorter than its pool's `min_len` before the pool ever holds it. So
+        // no pass tests each buffer's length again before the copies (one did, and took
+        // the vector back when one was short: 23 instructions a frame of 563 at 1500
+        // B, session 40; kept to the copies' own pass, as a flag, it was 14 of them).
+        // Were that broken, a copy below stops at its slice's bound: a panic, never a
+        // write past the buffer.
         staged.extend((0..n).map(|i| Staged::new(i, rule, first + 2 * i..first + 2 * i + 2)));
         let (mut head_bytes, mut frag_bytes) = (0u64, 0u64);
         for (frame, pair) in burst.iter().zip(parts[first..].chunks_exact_mut(2)) {
