@@ -533,14 +533,20 @@ impl Worker {
     /// bytes added in registers, not read from and written back to the counters a frame.
     #[inline(always)]
     fn split_vector(&mut self, mode: SplitMode, burst: &[RxFrame<'_>]) -> u64 {
+        let Worker {
+            splitter,
+            splits,
+            stats,
+            ..
+        } = self;
         let mut bytes = 0;
-        for (i, frame) in burst.iter().enumerate() {
+        // Zipped, not indexed: no bound tested a frame, no base reloaded.
+        for (frame, split) in burst.iter().zip(splits.iter_mut()) {
             bytes += frame.data.len() as u64;
-            let split = &mut self.splits[i];
-            self.splitter.split_into_as(mode, frame.data, split);
+            splitter.split_into_as(mode, frame.data, split);
             match split.outcome {
-                Ok(layer) => self.stats.split.add(layer),
-                Err(reason) => self.stats.unsplit.add(reason),
+                Ok(layer) => stats.split.add(layer),
+                Err(reason) => stats.unsplit.add(reason),
             }
         }
         bytes
