@@ -795,7 +795,6 @@ impl Splitter {
     /// inlined decision has no dispatch on the mode left in it.
     #[inline(always)]
     pub(crate) fn split_into_as(&self, mode: SplitMode, frame: &[u8], split: &mut Split) {
-        split.head_len = frame.len();
         let w = match fast_walk(frame, &mut split.meta) {
             Some(ends) => ends,
             None => {
@@ -806,7 +805,11 @@ impl Splitter {
         // Offsets of at most 64 KiB fit; a BIG TCP frame's offsets are still header offsets.
         split.l3_offset = w.l2_end.map(|o| o as u16);
         split.l4_offset = w.l3_end.map(|o| o as u16);
-        let whole = |split: &mut Split, reason| split.outcome = Err(reason);
+        // The head length is stored once, either way.
+        let whole = |split: &mut Split, reason| {
+            split.head_len = frame.len();
+            split.outcome = Err(reason);
+        };
         let (at, layer) = match mode {
             SplitMode::None => return whole(split, Unsplit::Disabled),
             SplitMode::Fixed => (Some(self.fixed_offset.min(frame.len())), Layer::L2),
