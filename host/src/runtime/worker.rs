@@ -1329,25 +1329,26 @@ impl Worker {
         // cache.
         let pools = &mut self.pools[..];
         let parts = self.parts.get(from..).unwrap_or_default();
+        // Parts a frame, if every frame took as many: the pools of the first frame's.
         let frames = self.staged.len();
         let runs = match parts {
-            [a, ..] if parts.len() == frames => Some([a.provider, a.provider]),
+            [a, ..] if parts.len() == frames => Some([a.provider; 2]),
             [a, b, ..] if parts.len() == 2 * frames => Some([a.provider, b.provider]),
             _ => None,
         };
-        let step = if parts.len() == frames { 1 } else { 2 };
         if let Some([a, b]) = runs.filter(|[a, b]| a.max(b) < &pools.len()) {
-            let given = match step {
-                1 => pools[a].recycle_run(parts.iter().map(|part| &part.buf)),
-                _ => {
+            let given = match parts.len() == frames {
+                true => pools[a].recycle_run(parts.iter().map(|part| &part.buf)),
+                false => {
                     pools[a].recycle_run(parts.iter().step_by(2).map(|part| &part.buf))
                         + pools[b].recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf))
                 }
             };
             if given != parts.len() {
                 // The guess did not hold for some: theirs go back to their own pools.
+                // (With one part a frame, `a` and `b` are the same pool.)
                 for (k, part) in self.parts.drain(from..).enumerate() {
-                    let run = if k % 2 == 0 || step == 1 { a } else { b };
+                    let run = if k % 2 == 0 { a } else { b };
                     if !pools[run].owns(&part.buf) {
                         if let Some(pool) = pools.get_mut(part.provider) {
                             let _ = pool.recycle(part.buf);
