@@ -1307,54 +1307,46 @@ impl Worker {
 
     /// Returns the buffers of `parts[from..]` to their pools.
     ///
-    /// When the vector's frames took one part each (frames placed whole in their heads,
-    /// as 128 B TCP under `tcp-split.toml`), in one run into the first part's pool
-    /// ([`Pool::recycle_run`]): the cache's count is held in a register and stored once,
-    /// where each buffer given back on its own stored it and the next read it back. On
-    /// the AMD EPYC of family 23 model 49 that placed x1.038 as many 128 B frames (5
-    /// alternating runs of each build; 330 instructions a frame against 334). When they
-    /// took two each (split frames, a head and a payload), in two runs, every other part
-    /// each: 589 to 578 instructions a frame at 1500 B (session 38). Runs of one pool's
-    /// consecutive parts measured 3% slower at 1500 B there (each is one buffer long),
-    /// and a pass per pool skipping the other's parts 4% slower.
+    /// When they are all one pool's (frames placed whole in their heads, as 128 B TCP
+    /// under `tcp-split.toml`), in one run ([`Pool::recycle_run`]): the cache's count
+    /// is held in a register and stored once, where each buffer given back on its own
+    /// stored it and the next read it back. On the AMD EPYC of family 23 model 49 that
+    /// placed x1.038 as many 128 B frames (5 alternating runs of each build; 330
+    /// instructions a frame against 334). When they alternate two pools, a head and a
+    /// payload each (split frames), in two runs, every other part each: 589 to 578
+    /// instructions a frame at 1500 B (session 38). Runs of one pool's consecutive
+    /// parts measured 3% slower at 1500 B there (each is one buffer long), and a pass
+    /// per pool skipping the other's parts 4% slower; anything else goes back one at a
+    /// time.
     ///
-    /// Which way is guessed from the counts of parts and staged frames alone, and the
-    /// runs themselves tell whether the guess held: a run gives back only its pool's
-    /// buffers and says how many. When one left any out, a pass gives those back to
-    /// their own pools. (A pass that first checked every part's pool cost 8
-    /// instructions a split frame, session 40.) Anything else goes back one at a time.
+    /// Tried and dropped (session 40): the way guessed from the counts of parts and
+    /// staged frames alone, with the runs saying how many buffers they took and a pass
+    /// giving back the rest when the guess failed. 6 fewer instructions a frame at 1500
+    /// B, but the demo's mix (`default.toml` on its capture, vectors of mixed frames)
+    /// placed 10% fewer frames: the guess failed often enough there that its pass cost
+    /// more than the test it saved.
     fn recycle_from(&mut self, from: usize) {
         // The pools as a slice held in registers: read through `self` in the loop, their
         // address and count were loaded again for every buffer, after each store to a
         // cache.
         let pools = &mut self.pools[..];
         let parts = self.parts.get(from..).unwrap_or_default();
-        // Parts a frame, if every frame took as many: the pools of the first frame's.
-        let frames = self.staged.len();
-        let runs = match parts {
-            [a, ..] if parts.len() == frames => Some([a.provider; 2]),
-            [a, b, ..] if parts.len() == 2 * frames => Some([a.provider, b.provider]),
-            _ => None,
-        };
-        if let Some([a, b]) = runs.filter(|[a, b]| a.max(b) < &pools.len()) {
-            let given = match parts.len() == frames {
-                true => pools[a].recycle_run(parts.iter().map(|part| &part.buf)),
-                false => {
-                    pools[a].recycle_run(parts.iter().step_by(2).map(|part| &part.buf))
-                        + pools[b].recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf))
-                }
-            };
-            if given != parts.len() {
-                // The guess did not hold for some: theirs go back to their own pools.
-                // (With one part a frame, `a` and `b` are the same pool.)
-                for (k, part) in self.parts.drain(from..).enumerate() {
-                    let run = if k % 2 == 0 { a } else { b };
-                    if !pools[run].owns(&part.buf) {
-                        if let Some(pool) = pools.get_mut(part.provider) {
-                            let _ = pool.recycle(part.buf);
-                        }
-                    }
-                }
+        let one = parts.first().map(|part| part.provider);
+        if let Some(pool) = one.and_then(|p| pools.get_mut(p)) {
+            if parts.iter().all(|part| Some(part.provider) == one) {
+                pool.recycle_run(parts.iter().map(|part| &part.buf));
+                self.parts.truncate(from);
+                return;
+            }
+        }
+        // Split frames, a head and a payload each from two pools (1500 B TCP under
+        // `tcp-split.toml`): each pool's buffers in a run of their own.
+        if let Some([a, b]) = pair(parts) {
+            if let Some(pool) = pools.get_mut(a) {
+                pool.recycle_run(parts.iter().step_by(2).map(|part| &part.buf));
+            }
+            if let Some(pool) = pools.get_mut(b) {
+                pool.recycle_run(parts[1..].iter().step_by(2).map(|part| &part.buf));
             }
             self.parts.truncate(from);
             return;
@@ -1481,6 +1473,20 @@ fn prefetch_head(data: &[u8]) {
     if data.len() > 64 {
         memplex_proto::ring::prefetch_to_l2(p.wrapping_add(64));
     }
+}
+
+/// The two providers `parts` alternate between, the first's at even places and the
+/// other's at odd ones, if they do (and are two, in two frames or more).
+#[inline]
+fn pair(parts: &[Part]) -> Option<[usize; 2]> {
+    if parts.len() < 4 || !parts.len().is_multiple_of(2) {
+        return None;
+    }
+    let (a, b) = (parts[0].provider, parts[1].provider);
+    let alternate = parts
+        .chunks_exact(2)
+        .all(|p| p[0].provider == a && p[1].provider == b);
+    (a != b && alternate).then_some([a, b])
 }
 
 /// One part of [`Worker::place_direct_run`]: a buffer from the cache of pool `p` takes as
