@@ -272,7 +272,8 @@ proptest! {
     }
 }
 
-/// Both walks of `frame`: the straight-line one (if it answers) must equal the general one.
+/// Both walks of `frame`: the straight-line ones (untagged or tagged, if either answers)
+/// must equal the general one.
 fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
     // The worker reuses its decisions: whatever another frame left must be overwritten.
     let mut fast_meta = FrameMeta::default()
@@ -282,7 +283,8 @@ fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
         .with_vni(9)
         .with_app(App::Iscsi)
         .with_addrs("::1".parse().unwrap(), "::2".parse().unwrap());
-    let Some(fast) = fast_walk(frame, &mut fast_meta) else {
+    let fast = fast_walk(frame, &mut fast_meta).or_else(|| fast_walk_tagged(frame, &mut fast_meta));
+    let Some(fast) = fast else {
         return false;
     };
     let mut meta = FrameMeta::default();
@@ -310,6 +312,12 @@ fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
     true
 }
 
+/// `f` with `bytes` written over it from `at`.
+fn patched_at(mut f: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
+    f[at..at + bytes.len()].copy_from_slice(bytes);
+    f
+}
+
 #[test]
 fn fast_walk_agrees_with_the_walk() {
     // The frames it takes.
@@ -332,10 +340,23 @@ fn fast_walk_agrees_with_the_walk() {
     assert!(assert_fast_walk_agrees(&zero));
     // Application headers are looked for after TCP only.
     assert!(assert_fast_walk_agrees(&udp4(&[0; 16], app::NVME_TCP_PORT)));
-    // The frames it leaves to the general walk: tagged, options, fragments, tunnels,
-    // application ports, other protocols, and short or inconsistent headers.
+    // One 802.1Q tag, with TCP options.
+    let tagged = tcp4_opts(b"x", 80);
+    assert!(assert_fast_walk_agrees(&tagged));
+    // The frames it leaves to the general walk: two tags or another TPID, fragments,
+    // tunnels, application ports, other protocols, and short or inconsistent headers.
+    let mut qinq = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
+        .ipv4(V4_A, V4_B, 64)
+        .udp(1, 2)
+        .write(&mut qinq, &[0; 8])
+        .unwrap();
     let mut leaves = vec![
-        tcp4_opts(b"x", 80),
+        qinq,
+        patched_at(tagged.clone(), 12, &[0x88, 0xa8]), // an S-tag
+        patched_at(tagged.clone(), 27, &[1]),          // tagged ICMP
+        patched_at(tagged.clone(), 18, &[0x46]),       // tagged, IPv4 options
         udp4(b"vxlan", tunnel::VXLAN_PORT),
         udp4(b"geneve", tunnel::GENEVE_PORT),
     ];
@@ -346,10 +367,7 @@ fn fast_walk_agrees_with_the_walk() {
         .write(&mut nvme, &[0; 24])
         .unwrap();
     leaves.push(nvme);
-    let patched = |mut f: Vec<u8>, at: usize, bytes: &[u8]| {
-        f[at..at + bytes.len()].copy_from_slice(bytes);
-        f
-    };
+    let patched = patched_at;
     leaves.extend([
         patched(udp4(b"x", 9), 14, &[0x46]),       // IPv4 options
         patched(udp4(b"x", 9), 20, &[0x00, 0x10]), // a later fragment
@@ -373,16 +391,20 @@ fn fast_walk_agrees_with_the_walk() {
 }
 
 proptest! {
-    /// Valid IPv4 TCP and UDP frames with bytes of their headers overwritten and their
-    /// ends cut: wherever the straight-line walk answers, it answers as the general one.
+    /// Valid IPv4 TCP and UDP frames, untagged or with one tag, with bytes of their
+    /// headers overwritten and their ends cut: wherever the straight-line walk answers, it answers as the general one.
     #[test]
     fn fast_walk_agrees_on_damaged_frames(
         payload_len in 0usize..80, tcp in any::<bool>(), dport in any::<u16>(),
-        damage in proptest::collection::vec((0usize..60, any::<u8>()), 0..4),
-        cut in 0usize..140,
+        damage in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
+        cut in 0usize..140, vlan in proptest::option::of(0u16..4096),
     ) {
         let mut f = Vec::new();
-        let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_A, V4_B, 9);
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
+        let b = match vlan {
+            Some(id) => b.single_vlan(VlanId::try_new(id).unwrap()).ipv4(V4_A, V4_B, 9),
+            None => b.ipv4(V4_A, V4_B, 9),
+        };
         let payload = vec![0xa5; payload_len];
         if tcp {
             b.tcp(1000, dport, 3, 4).write(&mut f, &payload).unwrap();
@@ -401,9 +423,16 @@ proptest! {
     #[test]
     fn fast_walk_agrees_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         let mut f = bytes;
-        // Mostly IPv4 with a plain header, so the checks after those are reached.
-        if f.len() > 14 {
-            f[12..15].copy_from_slice(&[0x08, 0x00, 0x45]);
+        // Mostly IPv4 with a plain header, so the checks after those are reached; one
+        // frame in two with a tag before it.
+        let tagged = f.first().is_some_and(|b| b & 1 == 1);
+        match tagged {
+            true if f.len() > 18 => {
+                f[12..14].copy_from_slice(&[0x81, 0x00]);
+                f[16..19].copy_from_slice(&[0x08, 0x00, 0x45]);
+            }
+            _ if f.len() > 14 => f[12..15].copy_from_slice(&[0x08, 0x00, 0x45]),
+            _ => {}
         }
         assert_fast_walk_agrees(&f);
     }
