@@ -76,15 +76,21 @@ fn vlan_tcp_with_options() {
     assert_eq!(f.len() - s.head_len, 500);
 }
 
-#[test]
-fn qinq() {
+/// UDP over IPv4 behind two VLAN tags, 10 then 20.
+fn qinq_udp(payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     PacketBuilder::ethernet2(MAC_A, MAC_B)
         .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
         .ipv4(V4_A, V4_B, 64)
         .udp(1, 2)
-        .write(&mut f, &[0; 64])
+        .write(&mut f, payload)
         .unwrap();
+    f
+}
+
+#[test]
+fn qinq() {
+    let f = qinq_udp(&[0; 64]);
     let s = splitter(SplitMode::L4).split(&f);
     assert_eq!(
         (s.meta.vlan(), s.meta.vlan_inner(), s.head_len),
@@ -345,15 +351,8 @@ fn fast_walk_agrees_with_the_walk() {
     assert!(assert_fast_walk_agrees(&tagged));
     // The frames it leaves to the general walk: two tags or another TPID, fragments,
     // tunnels, application ports, other protocols, and short or inconsistent headers.
-    let mut qinq = Vec::new();
-    PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .double_vlan(VlanId::try_new(10).unwrap(), VlanId::try_new(20).unwrap())
-        .ipv4(V4_A, V4_B, 64)
-        .udp(1, 2)
-        .write(&mut qinq, &[0; 8])
-        .unwrap();
     let mut leaves = vec![
-        qinq,
+        qinq_udp(&[0; 8]),
         patched_at(tagged.clone(), 12, &[0x88, 0xa8]), // an S-tag
         patched_at(tagged.clone(), 27, &[1]),          // tagged ICMP
         patched_at(tagged.clone(), 18, &[0x46]),       // tagged, IPv4 options
