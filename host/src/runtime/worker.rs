@@ -690,7 +690,16 @@ impl Worker {
     /// 31.4 Mpps): the run's index and the rule's providers went through the stack.
     #[inline(never)]
     fn place_direct_run(&mut self, burst: &[RxFrame<'_>]) -> usize {
-        if self.place_whole_run(burst) || self.place_split_run(burst) {
+        // The first frame says which run the vector may be: whole or split in two.
+        let whole = match (burst.first(), self.splits.first()) {
+            (Some(frame), Some(split)) => split.head_len >= frame.data.len(),
+            _ => false,
+        };
+        let ran = match whole {
+            true => self.place_whole_run(burst),
+            false => self.place_split_run(burst),
+        };
+        if ran {
             return burst.len();
         }
         let Worker {
