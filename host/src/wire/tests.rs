@@ -88,6 +88,26 @@ fn qinq_udp(payload: &[u8]) -> Vec<u8> {
     f
 }
 
+const V6_A: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_B: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// An untagged IPv6 frame with no extension header: UDP to `dport`, or TCP (with an
+/// option) to it.
+fn ip6(tcp: bool, payload: &[u8], dport: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(V6_A, V6_B, 64);
+    match tcp {
+        true => b
+            .tcp(50000, dport, 1, 65535)
+            .options(&[TcpOptionElement::MaximumSegmentSize(1440)])
+            .unwrap()
+            .write(&mut f, payload),
+        false => b.udp(40000, dport).write(&mut f, payload),
+    }
+    .unwrap();
+    f
+}
+
 #[test]
 fn qinq() {
     let f = qinq_udp(&[0; 64]);
@@ -278,8 +298,8 @@ proptest! {
     }
 }
 
-/// Both walks of `frame`: the straight-line ones (untagged or tagged, if either answers)
-/// must equal the general one.
+/// Both walks of `frame`: the straight-line ones (untagged, tagged or IPv6, if one
+/// answers) must equal the general one.
 fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
     // The worker reuses its decisions: whatever another frame left must be overwritten.
     let mut fast_meta = FrameMeta::default()
@@ -289,7 +309,9 @@ fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
         .with_vni(9)
         .with_app(App::Iscsi)
         .with_addrs("::1".parse().unwrap(), "::2".parse().unwrap());
-    let fast = fast_walk(frame, &mut fast_meta).or_else(|| fast_walk_tagged(frame, &mut fast_meta));
+    let fast = fast_walk(frame, &mut fast_meta)
+        .or_else(|| fast_walk_tagged(frame, &mut fast_meta))
+        .or_else(|| fast_walk_v6(frame, &mut fast_meta));
     let Some(fast) = fast else {
         return false;
     };
@@ -349,12 +371,25 @@ fn fast_walk_agrees_with_the_walk() {
     // One 802.1Q tag, with TCP options.
     let tagged = tcp4_opts(b"x", 80);
     assert!(assert_fast_walk_agrees(&tagged));
+    // ICMP (either version, under either IP, as the general walk takes them), tagged
+    // or not.
+    assert!(assert_fast_walk_agrees(&patched_at(tagged.clone(), 27, &[1])));
+    assert!(assert_fast_walk_agrees(&patched_at(udp4(b"", 9), 23, &[1])));
+    assert!(assert_fast_walk_agrees(&patched_at(udp4(b"", 9), 23, &[58])));
+    // IPv6 with no extension header: UDP, TCP with an option, ICMPv6, and padded.
+    let udp6 = ip6(false, b"hello", 53);
+    assert!(assert_fast_walk_agrees(&udp6));
+    assert!(assert_fast_walk_agrees(&ip6(true, &[7; 100], 80)));
+    assert!(assert_fast_walk_agrees(&patched_at(udp6.clone(), 20, &[58])));
+    let mut padded6 = udp6.clone();
+    padded6.extend([0; 20]);
+    assert!(assert_fast_walk_agrees(&padded6));
     // The frames it leaves to the general walk: two tags or another TPID, fragments,
     // tunnels, application ports, other protocols, and short or inconsistent headers.
     let mut leaves = vec![
         qinq_udp(&[0; 8]),
         patched_at(tagged.clone(), 12, &[0x88, 0xa8]), // an S-tag
-        patched_at(tagged.clone(), 27, &[1]),          // tagged ICMP
+        patched_at(tagged.clone(), 27, &[2]),          // tagged IGMP
         patched_at(tagged.clone(), 18, &[0x46]),       // tagged, IPv4 options
         udp4(b"vxlan", tunnel::VXLAN_PORT),
         udp4(b"geneve", tunnel::GENEVE_PORT),
@@ -370,11 +405,39 @@ fn fast_walk_agrees_with_the_walk() {
     leaves.extend([
         patched(udp4(b"x", 9), 14, &[0x46]),       // IPv4 options
         patched(udp4(b"x", 9), 20, &[0x00, 0x10]), // a later fragment
-        patched(udp4(b"xxxxxxxx", 9), 23, &[1]),   // ICMP
+        patched(udp4(b"xxxxxxxx", 9), 23, &[2]),   // IGMP
+        patched(patched(udp4(b"x", 9), 16, &[0, 27]), 23, &[1]), // ICMP, 7 bytes
         patched(udp4(b"x", 9), 16, &[0x05, 0xdc]), // a datagram past the frame
         patched(udp4(b"x", 9), 38, &[0, 4]),       // a UDP length below 8
         patched(tcp.clone(), 46, &[0x40]),         // a TCP header past the datagram
         tcp[..50].to_vec(),                        // a TCP header cut short
+    ]);
+    // IPv6 it leaves: an extension header, a jumbogram's zero length, a datagram past
+    // the frame, another version, another transport, a tunnel, an application port,
+    // a tag before it, and a header cut short.
+    let tagged6 = {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .single_vlan(VlanId::try_new(6).unwrap())
+            .ipv6(V6_A, V6_B, 64)
+            .udp(1, 2)
+            .write(&mut f, &[0; 8])
+            .unwrap();
+        f
+    };
+    leaves.extend([
+        patched(udp6.clone(), 20, &[0]),          // hop-by-hop
+        patched(udp6.clone(), 20, &[44]),         // a fragment header
+        patched(udp6.clone(), 20, &[59]),         // no next header
+        patched(udp6.clone(), 18, &[0, 0]),       // a jumbogram's length
+        patched(udp6.clone(), 18, &[0x05, 0xdc]), // a datagram past the frame
+        patched(udp6.clone(), 14, &[0x40]),       // version 4 under 0x86dd
+        patched(udp6.clone(), 58, &[0, 4]),       // a UDP length below 8
+        ip6(false, b"vxlan", tunnel::VXLAN_PORT),
+        ip6(true, &[0; 24], app::NVME_TCP_PORT),
+        tagged6,
+        udp6[..60].to_vec(),
+        ip6(true, b"", 80)[..70].to_vec(),
     ]);
     for f in &leaves {
         assert!(!assert_fast_walk_agrees(f), "taken: {f:02x?}");
@@ -390,19 +453,22 @@ fn fast_walk_agrees_with_the_walk() {
 }
 
 proptest! {
-    /// Valid IPv4 TCP and UDP frames, untagged or with one tag, with bytes of their
-    /// headers overwritten and their ends cut: wherever the straight-line walk answers, it answers as the general one.
+    /// Valid TCP and UDP frames over IPv4 or IPv6, untagged or with one tag, with bytes
+    /// of their headers overwritten and their ends cut: wherever a straight-line walk
+    /// answers, it answers as the general one.
     #[test]
     fn fast_walk_agrees_on_damaged_frames(
         payload_len in 0usize..80, tcp in any::<bool>(), dport in any::<u16>(),
-        damage in proptest::collection::vec((0usize..64, any::<u8>()), 0..4),
-        cut in 0usize..140, vlan in proptest::option::of(0u16..4096),
+        damage in proptest::collection::vec((0usize..84, any::<u8>()), 0..4),
+        cut in 0usize..160, vlan in proptest::option::of(0u16..4096), v6 in any::<bool>(),
     ) {
         let mut f = Vec::new();
         let b = PacketBuilder::ethernet2(MAC_A, MAC_B);
-        let b = match vlan {
-            Some(id) => b.single_vlan(VlanId::try_new(id).unwrap()).ipv4(V4_A, V4_B, 9),
-            None => b.ipv4(V4_A, V4_B, 9),
+        let b = match (vlan, v6) {
+            (Some(id), false) => b.single_vlan(VlanId::try_new(id).unwrap()).ipv4(V4_A, V4_B, 9),
+            (Some(id), true) => b.single_vlan(VlanId::try_new(id).unwrap()).ipv6(V6_A, V6_B, 9),
+            (None, false) => b.ipv4(V4_A, V4_B, 9),
+            (None, true) => b.ipv6(V6_A, V6_B, 9),
         };
         let payload = vec![0xa5; payload_len];
         if tcp {
@@ -422,13 +488,19 @@ proptest! {
     #[test]
     fn fast_walk_agrees_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..120)) {
         let mut f = bytes;
-        // Mostly IPv4 with a plain header, so the checks after those are reached; one
-        // frame in two with a tag before it.
-        let tagged = f.first().is_some_and(|b| b & 1 == 1);
-        match tagged {
-            true if f.len() > 18 => {
+        // Mostly IP with a plain header, so the checks after those are reached: IPv4
+        // untagged, IPv4 with a tag before it, or IPv6 (with its transport named
+        // directly in one frame in two).
+        match f.first().map(|b| b % 4) {
+            Some(1) if f.len() > 18 => {
                 f[12..14].copy_from_slice(&[0x81, 0x00]);
                 f[16..19].copy_from_slice(&[0x08, 0x00, 0x45]);
+            }
+            Some(2 | 3) if f.len() > 20 => {
+                f[12..15].copy_from_slice(&[0x86, 0xdd, 0x60]);
+                if f[0] % 8 < 4 {
+                    f[20] = [6, 17, 1, 58][usize::from(f[1] % 4)];
+                }
             }
             _ if f.len() > 14 => f[12..15].copy_from_slice(&[0x08, 0x00, 0x45]),
             _ => {}
