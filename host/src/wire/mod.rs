@@ -479,7 +479,8 @@ struct Ends {
 fn walk_into(frame: &[u8], meta: &mut FrameMeta) -> Ends {
     let fast = fast_walk(frame, meta)
         .or_else(|| fast_walk_tagged(frame, meta))
-        .or_else(|| fast_walk_v6(frame, meta));
+        .or_else(|| fast_walk_v6(frame, meta))
+        .or_else(|| fast_walk_icmp(frame, meta));
     match fast {
         Some(ends) => ends,
         None => walk_headers(frame, meta),
@@ -492,8 +493,8 @@ const FAST_L3: usize = ethernet::HEADER_LEN;
 const FAST_L4: usize = FAST_L3 + ipv4::MIN_HEADER_LEN;
 
 /// The walk of the commonest frame in straight-line code: untagged Ethernet, IPv4
-/// without options, not a fragment, then TCP or UDP with no tunnel or application port,
-/// or ICMP ([`fast_l4`]). Anything else, or anything the general walk would judge (a short or inconsistent
+/// without options, not a fragment, then TCP or UDP with no tunnel or application port.
+/// Anything else, or anything the general walk would judge (a short or inconsistent
 /// header), gives `None` and takes the general walk, [`walk_headers`]. When it answers,
 /// the answer is the general walk's, field for field: `fast_walk_agrees_with_the_walk`
 /// checks that on every kind of frame and on arbitrary bytes.
@@ -508,7 +509,7 @@ const FAST_L4: usize = FAST_L3 + ipv4::MIN_HEADER_LEN;
 /// instructions`) and placed 1.28x as many frames (`cargo xtask ab`, 6 of 6 pairs).
 #[inline(always)]
 fn fast_walk(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
-    fast_walk_at::<0>(frame, meta)
+    fast_walk_at::<0, false>(frame, meta)
 }
 
 /// [`fast_walk`] of a frame with one 802.1Q tag (TPID 0x8100) before its IPv4 header.
@@ -521,16 +522,31 @@ fn fast_walk_tagged(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
     if frame.get(12..14)? != [0x81, 0x00] {
         return None;
     }
-    let ends = fast_walk_at::<{ ethernet::TAG_LEN }>(frame, meta)?;
+    let ends = fast_walk_at::<{ ethernet::TAG_LEN }, true>(frame, meta)?;
     let vid = u16::from_be_bytes([frame[FAST_L3], frame[FAST_L3 + 1]]) & 0x0fff;
     *meta = meta.with_vlan(vid);
     Some(ends)
 }
 
-/// The straight-line walk with `TAG` bytes of VLAN tag between the Ethernet header and
-/// IPv4 (0 or [`ethernet::TAG_LEN`]); each offset a constant in each version.
+/// [`fast_walk`] of an untagged IPv4 frame that carries ICMP. Apart from the untagged
+/// walk, as the IPv6 one is: an ICMP arm there cost 7 instructions a frame on every
+/// TCP frame (`cargo xtask instructions`, tcp-split at 128 B: 270 to 277).
 #[inline(always)]
-fn fast_walk_at<const TAG: usize>(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
+fn fast_walk_icmp(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
+    if !matches!(frame.get(FAST_L3 + 9)?, 1 | 58) {
+        return None;
+    }
+    fast_walk_at::<0, true>(frame, meta)
+}
+
+/// The straight-line walk with `TAG` bytes of VLAN tag between the Ethernet header and
+/// IPv4 (0 or [`ethernet::TAG_LEN`]), and ICMP taken or not ([`fast_l4`]); each offset
+/// a constant in each version.
+#[inline(always)]
+fn fast_walk_at<const TAG: usize, const ICMP: bool>(
+    frame: &[u8],
+    meta: &mut FrameMeta,
+) -> Option<Ends> {
     let (l3, l4) = (FAST_L3 + TAG, FAST_L4 + TAG);
     // Ethernet, any tag, IPv4 and the first 4 bytes of the transport header (its
     // ports), as an array of the tagged frame's length in both versions, so that each
@@ -552,7 +568,7 @@ fn fast_walk_at<const TAG: usize>(frame: &[u8], meta: &mut FrameMeta) -> Option<
         return None;
     }
     let protocol = h[l3 + 9];
-    let l4_part = fast_l4(frame, l4, end, protocol, be16(l4), be16(l4 + 2))?;
+    let l4_part = fast_l4::<ICMP>(frame, l4, end, protocol, be16(l4), be16(l4 + 2))?;
     let addr = |at: usize| v4_word([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     // Every field, in one assignment: the caller's `meta` may hold another frame's.
     *meta = FrameMeta::ip(
@@ -596,7 +612,7 @@ fn fast_walk_v6(frame: &[u8], meta: &mut FrameMeta) -> Option<Ends> {
         return None;
     }
     let protocol = h[FAST_L3 + 6];
-    let l4_part = fast_l4(
+    let l4_part = fast_l4::<true>(
         frame,
         FAST6_L4,
         end,
@@ -638,11 +654,12 @@ struct FastL4 {
 
 /// The transport header at `l4` of a datagram of `protocol` ending at `end`, for the
 /// straight-line walks, with its ports read by the caller (from its in-bounds array):
-/// TCP with no application port, UDP with no tunnel port, or ICMP (either version, as
-/// the general walk takes either under either IP). `None` for anything else, or for
-/// anything the general walk would judge (a header past the datagram, a bad length).
+/// TCP with no application port, UDP with no tunnel port, or where `ICMP` says, ICMP
+/// (either version, as the general walk takes either under either IP). `None` for
+/// anything else, or for anything the general walk would judge (a header past the
+/// datagram, a bad length).
 #[inline(always)]
-fn fast_l4(
+fn fast_l4<const ICMP: bool>(
     frame: &[u8],
     l4: usize,
     end: usize,
@@ -676,7 +693,7 @@ fn fast_l4(
             }
             Some(FastL4 { end: l4_end, ports })
         }
-        IpProtocol::Icmp | IpProtocol::Icmpv6 => {
+        IpProtocol::Icmp | IpProtocol::Icmpv6 if ICMP => {
             let l4_end = l4 + transport::ICMP_HEADER_LEN;
             if end < l4_end {
                 return None;
@@ -686,7 +703,7 @@ fn fast_l4(
                 ports: 0,
             })
         }
-        IpProtocol::Unknown(_) => None,
+        _ => None,
     }
 }
 
@@ -927,7 +944,8 @@ impl Splitter {
             Some(w) => self.decide(mode, frame, split, w),
             None => {
                 let fast = fast_walk_tagged(frame, &mut split.meta)
-                    .or_else(|| fast_walk_v6(frame, &mut split.meta));
+                    .or_else(|| fast_walk_v6(frame, &mut split.meta))
+                    .or_else(|| fast_walk_icmp(frame, &mut split.meta));
                 let w = match fast {
                     Some(w) => w,
                     None => {

@@ -298,8 +298,8 @@ proptest! {
     }
 }
 
-/// Both walks of `frame`: the straight-line ones (untagged, tagged or IPv6, if one
-/// answers) must equal the general one.
+/// Both walks of `frame`: the straight-line ones (untagged, tagged, IPv6 or ICMP, if
+/// one answers) must equal the general one.
 fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
     // The worker reuses its decisions: whatever another frame left must be overwritten.
     let mut fast_meta = FrameMeta::default()
@@ -311,7 +311,8 @@ fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
         .with_addrs("::1".parse().unwrap(), "::2".parse().unwrap());
     let fast = fast_walk(frame, &mut fast_meta)
         .or_else(|| fast_walk_tagged(frame, &mut fast_meta))
-        .or_else(|| fast_walk_v6(frame, &mut fast_meta));
+        .or_else(|| fast_walk_v6(frame, &mut fast_meta))
+        .or_else(|| fast_walk_icmp(frame, &mut fast_meta));
     let Some(fast) = fast else {
         return false;
     };
