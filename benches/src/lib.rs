@@ -52,6 +52,8 @@ pub fn frame_kinds() -> Vec<(&'static str, Vec<u8>)> {
     })
     .expect("a valid shape")
     .remove(2);
+    // As it is: its transport right after the fixed header.
+    let v6_plain = v6.clone();
     // Insert an 8-byte hop-by-hop header (PadN) between IPv6 and UDP.
     assert_eq!(v6[12..14], [0x86, 0xdd]);
     v6[14 + 6] = 0; // next header: hop-by-hop
@@ -66,6 +68,7 @@ pub fn frame_kinds() -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("udp_64", one(64, Proto::Udp, None)),
         ("tcp_opts_1500", one(1500, Proto::Tcp, None)),
+        ("ipv6_udp_512", v6_plain),
         ("ipv6_ext", v6),
         ("vlan_tcp_1500", one(1500, Proto::Tcp, Some(100))),
         ("vxlan", vxlan),

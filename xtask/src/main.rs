@@ -556,6 +556,7 @@ fn summary(root: &Path) -> Result<Vec<Verdict>, String> {
     for kind in [
         "udp_64",
         "tcp_opts_1500",
+        "ipv6_udp_512",
         "ipv6_ext",
         "vlan_tcp_1500",
         "vxlan",

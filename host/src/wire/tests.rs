@@ -374,14 +374,26 @@ fn fast_walk_agrees_with_the_walk() {
     assert!(assert_fast_walk_agrees(&tagged));
     // ICMP (either version, under either IP, as the general walk takes them), tagged
     // or not.
-    assert!(assert_fast_walk_agrees(&patched_at(tagged.clone(), 27, &[1])));
+    assert!(assert_fast_walk_agrees(&patched_at(
+        tagged.clone(),
+        27,
+        &[1]
+    )));
     assert!(assert_fast_walk_agrees(&patched_at(udp4(b"", 9), 23, &[1])));
-    assert!(assert_fast_walk_agrees(&patched_at(udp4(b"", 9), 23, &[58])));
+    assert!(assert_fast_walk_agrees(&patched_at(
+        udp4(b"", 9),
+        23,
+        &[58]
+    )));
     // IPv6 with no extension header: UDP, TCP with an option, ICMPv6, and padded.
     let udp6 = ip6(false, b"hello", 53);
     assert!(assert_fast_walk_agrees(&udp6));
     assert!(assert_fast_walk_agrees(&ip6(true, &[7; 100], 80)));
-    assert!(assert_fast_walk_agrees(&patched_at(udp6.clone(), 20, &[58])));
+    assert!(assert_fast_walk_agrees(&patched_at(
+        udp6.clone(),
+        20,
+        &[58]
+    )));
     let mut padded6 = udp6.clone();
     padded6.extend([0; 20]);
     assert!(assert_fast_walk_agrees(&padded6));
