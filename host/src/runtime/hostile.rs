@@ -163,13 +163,15 @@ pub(super) fn open_session(
     (session, map, theirs)
 }
 
-/// `frames` as a device hands them over, whole.
+/// `frames` as a device hands them over, whole, numbered in order from 0.
 pub(super) fn received(frames: &[Vec<u8>]) -> Vec<RxFrame<'_>> {
     frames
         .iter()
-        .map(|f| RxFrame {
+        .enumerate()
+        .map(|(seq, f)| RxFrame {
             data: f,
             meta: RxMeta {
+                seq: seq as u64,
                 orig_len: f.len() as u32,
                 cap_len: f.len() as u32,
                 ..Default::default()
