@@ -646,14 +646,14 @@ frags_rest = "spill"
     assert_eq!(run.4, general.4, "fallbacks");
 }
 
-/// Split runs by providers, in a mix like the demo's: TCP and UDP frames split in two
-/// by two rules that share their providers (one run), among frames no split run takes:
-/// ICMP, whose rule puts head and payload in one provider, small TCP frames placed
-/// whole, and frames no rule matches. Runs start part way through vectors and stop
-/// at such frames; the payload provider's 40 buffers make some runs give way. Every
-/// frame is placed, staged in order and counted as frame by frame.
+/// Mixed vectors, like the demo's: TCP and UDP frames split in two by two rules that
+/// share their providers, among ICMP (whose rule puts head and payload in one
+/// provider), small TCP frames placed whole, and frames no rule matches; every 7th
+/// vector all one kind, which goes in one run. The payload provider's 40 buffers make
+/// some vectors give way part way. Every frame is placed, staged in order and counted
+/// as by the general loop alone.
 #[test]
-fn split_runs_by_providers_match_frame_by_frame() {
+fn mixed_vectors_match_the_general_way() {
     let config = r#"
 [device]
 kind = "pcap"

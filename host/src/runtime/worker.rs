@@ -690,51 +690,18 @@ impl Worker {
     /// 31.4 Mpps): the run's index and the rule's providers went through the stack.
     #[inline(never)]
     fn place_direct_run(&mut self, burst: &[RxFrame<'_>]) -> usize {
-        let n = burst.len();
-        // Frame `i` may start a split run: split, and routed to two providers.
-        let may_run = |w: &Worker, i: usize| match (burst.get(i), w.splits.get(i), w.routed.get(i))
-        {
-            (Some(frame), Some(split), Some(&Some(rule))) => {
-                let route = w.routes.get(rule);
-                split.head_len < frame.data.len() && route.head != route.frags
-            }
-            _ => false,
-        };
         // The first frame says which run the vector may be: whole or split in two.
         let whole = match (burst.first(), self.splits.first()) {
             (Some(frame), Some(split)) => split.head_len >= frame.data.len(),
             _ => false,
         };
-        if whole && self.place_whole_run(burst) {
-            return n;
+        let ran = match whole {
+            true => self.place_whole_run(burst),
+            false => self.place_split_run(burst),
+        };
+        if ran {
+            return burst.len();
         }
-        // Runs of frames split in two, and the frames between them one by one, in order.
-        let mut at = 0;
-        while at < n {
-            let to = match may_run(self, at) {
-                true => match self.place_split_run(burst, at) {
-                    0 => n, // too long for one buffer each, or a cache short: the rest one by one
-                    ran => {
-                        at += ran;
-                        continue;
-                    }
-                },
-                false => (at + 1..n).find(|&i| may_run(self, i)).unwrap_or(n),
-            };
-            let reached = self.place_direct_frames(burst, at, to);
-            if reached < to {
-                return reached;
-            }
-            at = to;
-        }
-        n
-    }
-
-    /// Places frames `from..to` of the vector one by one, as
-    /// [`place_direct_run`](Self::place_direct_run) says; where it stopped (`to` when it
-    /// placed or dropped them all).
-    #[inline(never)]
-    fn place_direct_frames(&mut self, burst: &[RxFrame<'_>], from: usize, to: usize) -> usize {
         let Worker {
             routes,
             pools,
@@ -754,7 +721,6 @@ impl Worker {
             ..
         } = stats;
         let placed = &mut placed[..];
-        let (burst, splits, routed) = (&burst[from..to], &splits[from..to], &routed[from..to]);
         run_providers.clear();
         run_providers.extend(routed.iter().map(|rule| match *rule {
             Some(rule) => {
@@ -770,7 +736,6 @@ impl Worker {
             .zip(run_providers.iter())
             .enumerate()
         {
-            let i = from + i;
             let Some(rule) = *rule else {
                 drops.push((DropReason::NoRoute, None));
                 continue;
@@ -803,7 +768,7 @@ impl Worker {
             staged.push(Staged::new(i, rule, first..parts.len()));
             count.bytes += data.len() as u64;
         }
-        to
+        burst.len()
     }
 
     /// Places a vector whose frames all take one buffer of one pool: every frame
@@ -908,21 +873,14 @@ impl Worker {
         true
     }
 
-    /// Places frames `from..` of a vector that split in two, as many as come in a row:
-    /// each routed by a rule with the first one's head and frag providers (two
-    /// providers), split, its head no longer than the shortest buffer of the head
-    /// provider and its payload no longer than the shortest of the frag provider's,
-    /// whose caches hold a buffer for each and whose memory the host writes. The number
-    /// placed; 0, with nothing done, when frame `from` starts no such run. As
-    /// [`place_whole_run`](Self::place_whole_run) otherwise.
-    ///
-    /// By providers, not by rule, and from any frame on: in a mix, rules that share
-    /// their providers (the demo's TCP and UDP) run together, and a frame no run takes
-    /// (the demo's ICMP, whose head and payload share a provider) breaks a vector into
-    /// two runs, not into frames placed one by one. A run of one rule (every frame of a
-    /// vector in the commonest case) still adds its rule's counters once.
+    /// Places a vector whose frames all split in two: every frame routed by the same
+    /// rule, split, its head no longer than the shortest buffer of the rule's head
+    /// provider and its payload no longer than the shortest of its frag provider's (a
+    /// provider of its own), whose caches hold a buffer for each frame and whose memory
+    /// the host writes. As [`place_whole_run`](Self::place_whole_run) otherwise: true
+    /// when it placed them; false, with nothing done, when the vector is not such a one.
     #[inline(never)]
-    fn place_split_run(&mut self, burst: &[RxFrame<'_>], from: usize) -> usize {
+    fn place_split_run(&mut self, burst: &[RxFrame<'_>]) -> bool {
         let Worker {
             routes,
             pools,
@@ -933,62 +891,46 @@ impl Worker {
             routed,
             ..
         } = self;
-        if routed.len() != burst.len() || splits.len() < burst.len() {
-            return 0;
-        }
-        let (burst, splits, routed) = (&burst[from..], &splits[from..], &routed[from..]);
         let Some(&Some(rule)) = routed.first() else {
-            return 0;
+            return false;
         };
         let route = routes.get(rule);
         let (h, f) = (route.head, route.frags);
         let Ok([head_pool, frag_pool]) = pools.get_disjoint_mut([h, f]) else {
-            return 0;
+            return false;
         };
         let (head_room, frag_room) = (head_pool.min_len(), frag_pool.min_len());
-        // The frames that join: the first one's rule (tested first), or another with
-        // its providers.
-        let mut one_rule = true;
-        let n = routed
+        let fits = routed
             .iter()
             .zip(splits.iter())
             .zip(burst)
-            .take_while(|((r, split), frame)| {
+            .all(|((r, split), frame)| {
                 let len = frame.data.len();
-                let providers = match **r {
-                    Some(r) if r == rule => true,
-                    Some(r) => {
-                        one_rule = false;
-                        let other = routes.get(r);
-                        other.head == h && other.frags == f
-                    }
-                    None => false,
-                };
-                providers
+                *r == Some(rule)
                     && split.head_len < len
                     && split.head_len <= head_room
                     && len - split.head_len <= frag_room
-            })
-            .count();
+            });
         let writable = |pool: &Pool| pool.caps().contains(Capabilities::HOST_WRITABLE);
-        if n == 0
+        if routed.len() != burst.len()
+            || !fits
             || !writable(head_pool)
             || !writable(frag_pool)
             || stats.providers.len() <= h.max(f)
         {
-            return 0;
+            return false;
         }
         // Both caches checked first: neither take below can fail after the other took
         // its run (whose buffers would then be lost).
+        let n = burst.len();
         if !head_pool.has_cached_run(n) || !frag_pool.has_cached_run(n) {
-            return 0;
+            return false;
         }
         let (Some(heads), Some(frags)) =
             (head_pool.take_cached_run(n), frag_pool.take_cached_run(n))
         else {
-            return 0;
+            return false;
         };
-        let (burst, splits, routed) = (&burst[..n], &splits[..n], &routed[..n]);
         // In passes that each hold little across their loop: the parts listed (no
         // call in that loop; the buffers drawn by index), the staged entries, then the
         // copies (the payload's a call to `memcpy` at 1500 B, after which only the
@@ -1026,19 +968,7 @@ impl Worker {
         // B, session 40; kept to the copies' own pass, as a flag, it was 14 of them).
         // Were that broken, a copy below stops at its slice's bound: a panic, never a
         // write past the buffer.
-        match one_rule {
-            true => staged.extend(
-                (0..n).map(|i| Staged::new(from + i, rule, first + 2 * i..first + 2 * i + 2)),
-            ),
-            false => {
-                for (i, (r, frame)) in routed.iter().zip(burst).enumerate() {
-                    // Each joined because its rule is `Some`.
-                    let r = r.unwrap_or(rule);
-                    staged.push(Staged::new(from + i, r, first + 2 * i..first + 2 * i + 2));
-                    stats.routes[r].add(frame.data.len());
-                }
-            }
-        }
+        staged.extend((0..n).map(|i| Staged::new(i, rule, first + 2 * i..first + 2 * i + 2)));
         let (mut head_bytes, mut frag_bytes) = (0u64, 0u64);
         for (frame, pair) in burst.iter().zip(parts[first..].chunks_exact_mut(2)) {
             let [head, frag] = pair else { continue };
@@ -1056,12 +986,10 @@ impl Worker {
         stats.providers[h].placed.bytes += head_bytes;
         stats.providers[f].placed.frames += frames;
         stats.providers[f].placed.bytes += frag_bytes;
-        if one_rule {
-            let route = &mut stats.routes[rule];
-            route.frames += frames;
-            route.bytes += head_bytes + frag_bytes;
-        }
-        n
+        let route = &mut stats.routes[rule];
+        route.frames += frames;
+        route.bytes += head_bytes + frag_bytes;
+        true
     }
 
     /// Places every frame of a vector as routed but those already `taken` (bit `i` for
