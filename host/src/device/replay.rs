@@ -55,6 +55,9 @@ pub struct ReplayQueue {
     left: Option<u64>,
     pace: Option<Pace>,
     stamp: Stamp,
+    /// Its records take more than [`COLD_BYTES`]: [`ask_ahead`](Self::ask_ahead) asks
+    /// for them.
+    records_cold: bool,
 }
 
 /// Replay at a fixed rate: frames due by now, counted from the first poll.
@@ -119,23 +122,27 @@ pub fn queues(
     Ok(shares
         .into_iter()
         .enumerate()
-        .map(|(q, mine)| ReplayQueue {
-            name: format!("{name} q{q}"),
-            frames: Arc::clone(&frames),
-            mine,
-            next: 0,
-            round: 0,
-            repeat,
-            left: None,
-            pace: rate.filter(|&r| r > 0).map(|r| Pace {
-                per_sec: r as f64 / f64::from(queues),
-                start: None,
-                sent: 0,
-            }),
-            stamp: Stamp {
-                queue: q as u16,
-                next_seq: 0,
-            },
+        .map(|(q, mine)| {
+            let records_cold = mine.len() * std::mem::size_of::<Recorded>() > COLD_BYTES;
+            ReplayQueue {
+                name: format!("{name} q{q}"),
+                frames: Arc::clone(&frames),
+                mine,
+                next: 0,
+                round: 0,
+                repeat,
+                left: None,
+                pace: rate.filter(|&r| r > 0).map(|r| Pace {
+                    per_sec: r as f64 / f64::from(queues),
+                    start: None,
+                    sent: 0,
+                }),
+                stamp: Stamp {
+                    queue: q as u16,
+                    next_seq: 0,
+                },
+                records_cold,
+            }
         })
         .collect())
 }
@@ -151,17 +158,22 @@ impl ReplayQueue {
 
 impl ReplayQueue {
     /// Asks for the records the next burst reads (up to `n` of them, past the `n` this
-    /// one reads), a line each ([`prefetch_to_l2`]): 32 bytes a record, so a replay of
-    /// more than some 8000 frames keeps them out of L2, and the burst's first read of
-    /// each (its bytes' address) waited on memory. Measured on the AMD EPYC of family
+    /// one reads), a line each ([`prefetch_to_l2`]), when they take more than
+    /// [`COLD_BYTES`] (32 bytes a record: some 33 000 frames), and the burst's first read
+    /// of each (its bytes' address) waits on memory. Measured on the AMD EPYC of family
     /// 23 model 49 (session 41) with the criterion `place` bench's 65 535 frames of
     /// 128 B: that load held 44% of the poll's time, which was 13% of the worker's.
     /// Asked for, 4M frames placed in 165.4 against 168.2 ms (medians of 8 alternating
-    /// rounds, 7 won); two bursts ahead did no better.
+    /// rounds, 7 won); two bursts ahead did no better. Asked for when the records were
+    /// in cache (`memplex bench` over 4096 flows), it cost the harness's `bare` and
+    /// memcpy loop 4.5% of their rate (`cargo xtask ab`, 5 of 5 pairs each).
     ///
     /// [`prefetch_to_l2`]: memplex_proto::ring::prefetch_to_l2
     #[inline]
     fn ask_ahead(&self, n: usize) {
+        if !self.records_cold {
+            return;
+        }
         let ahead = self.mine.get(self.next + n..).unwrap_or_default();
         for &i in ahead.iter().take(n).step_by(2) {
             if let Some(record) = self.frames.get(i as usize) {
