@@ -55,9 +55,6 @@ pub struct ReplayQueue {
     left: Option<u64>,
     pace: Option<Pace>,
     stamp: Stamp,
-    /// Its records take more than [`COLD_BYTES`]: [`ask_ahead`](Self::ask_ahead) asks
-    /// for them.
-    records_cold: bool,
 }
 
 /// Replay at a fixed rate: frames due by now, counted from the first poll.
@@ -122,27 +119,23 @@ pub fn queues(
     Ok(shares
         .into_iter()
         .enumerate()
-        .map(|(q, mine)| {
-            let records_cold = mine.len() * std::mem::size_of::<Recorded>() > COLD_BYTES;
-            ReplayQueue {
-                name: format!("{name} q{q}"),
-                frames: Arc::clone(&frames),
-                mine,
-                next: 0,
-                round: 0,
-                repeat,
-                left: None,
-                pace: rate.filter(|&r| r > 0).map(|r| Pace {
-                    per_sec: r as f64 / f64::from(queues),
-                    start: None,
-                    sent: 0,
-                }),
-                stamp: Stamp {
-                    queue: q as u16,
-                    next_seq: 0,
-                },
-                records_cold,
-            }
+        .map(|(q, mine)| ReplayQueue {
+            name: format!("{name} q{q}"),
+            frames: Arc::clone(&frames),
+            mine,
+            next: 0,
+            round: 0,
+            repeat,
+            left: None,
+            pace: rate.filter(|&r| r > 0).map(|r| Pace {
+                per_sec: r as f64 / f64::from(queues),
+                start: None,
+                sent: 0,
+            }),
+            stamp: Stamp {
+                queue: q as u16,
+                next_seq: 0,
+            },
         })
         .collect())
 }
@@ -153,33 +146,6 @@ impl ReplayQueue {
     pub fn limit(mut self, frames: u64) -> Self {
         self.left = Some(frames);
         self
-    }
-}
-
-impl ReplayQueue {
-    /// Asks for the records the next burst reads (up to `n` of them, past the `n` this
-    /// one reads), a line each ([`prefetch_to_l2`]), when they take more than
-    /// [`COLD_BYTES`] (32 bytes a record: some 33 000 frames), and the burst's first read
-    /// of each (its bytes' address) waits on memory. Measured on the AMD EPYC of family
-    /// 23 model 49 (session 41) with the criterion `place` bench's 65 535 frames of
-    /// 128 B: that load held 44% of the poll's time, which was 13% of the worker's.
-    /// Asked for, 4M frames placed in 165.4 against 168.2 ms (medians of 8 alternating
-    /// rounds, 7 won); two bursts ahead did no better. Asked for when the records were
-    /// in cache (`memplex bench` over 4096 flows), it cost the harness's `bare` and
-    /// memcpy loop 4.5% of their rate (`cargo xtask ab`, 5 of 5 pairs each).
-    ///
-    /// [`prefetch_to_l2`]: memplex_proto::ring::prefetch_to_l2
-    #[inline]
-    fn ask_ahead(&self, n: usize) {
-        if !self.records_cold {
-            return;
-        }
-        let ahead = self.mine.get(self.next + n..).unwrap_or_default();
-        for &i in ahead.iter().take(n).step_by(2) {
-            if let Some(record) = self.frames.get(i as usize) {
-                memplex_proto::ring::prefetch_to_l2((record as *const Recorded).cast());
-            }
-        }
     }
 }
 
@@ -206,7 +172,6 @@ impl RxQueue for ReplayQueue {
             }
         }
         let now = monotonic_ns();
-        self.ask_ahead(budget);
         let mut burst = ArrayVec::<RxFrame<'_>, BURST>::new();
         while burst.len() < budget {
             if self.next == self.mine.len() {
