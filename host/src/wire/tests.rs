@@ -309,10 +309,7 @@ fn assert_fast_walk_agrees(frame: &[u8]) -> bool {
         .with_vni(9)
         .with_app(App::Iscsi)
         .with_addrs("::1".parse().unwrap(), "::2".parse().unwrap());
-    let fast = fast_walk(frame, &mut fast_meta)
-        .or_else(|| fast_walk_tagged(frame, &mut fast_meta))
-        .or_else(|| fast_walk_v6(frame, &mut fast_meta))
-        .or_else(|| fast_walk_icmp(frame, &mut fast_meta));
+    let fast = fast_walk(frame, &mut fast_meta).or_else(|| fast_walk_other(frame, &mut fast_meta));
     let Some(fast) = fast else {
         return false;
     };
