@@ -789,13 +789,14 @@ fn soak(root: &Path, args: &[&str]) -> Result<(), String> {
 }
 
 /// The workloads of `host/src/runtime/one_core.rs` (`WORKLOADS` there), in its order.
-const WORKLOADS: [&str; 6] = [
+const WORKLOADS: [&str; 7] = [
     "count-64",
     "deliver-64",
     "count-1500",
     "deliver-1500",
     "tcp-split-128",
     "tcp-split-1500",
+    "demo-mix",
 ];
 
 /// Counts the instructions the worker executes per frame, exactly: each workload of the

@@ -95,16 +95,47 @@ head = "hdr"
 frags = "hdr"
 "#;
 
-/// What `cargo xtask instructions` counts: name, config, delivering, frame size, TCP.
-/// (`xtask/src/main.rs` lists the names too; a name only one side knows fails loudly.)
-const WORKLOADS: [(&str, &str, bool, usize, bool); 6] = [
-    ("count-64", DELIVER, false, 64, false),
-    ("deliver-64", DELIVER, true, 64, false),
-    ("count-1500", DELIVER, false, 1500, false),
-    ("deliver-1500", DELIVER, true, 1500, false),
-    ("tcp-split-128", TCP_SPLIT, false, 128, true),
-    ("tcp-split-1500", TCP_SPLIT, false, 1500, true),
+/// What a workload's frames are.
+#[derive(Clone, Copy)]
+enum Traffic {
+    /// 4096 flows of frames of this size, TCP or UDP ([`frames_of`]).
+    Generated { size: usize, tcp: bool },
+    /// The demo's capture, `configs/captures/default.pcap`: the mix of `memplex bench
+    /// configs/default.toml --source pcap` (TCP and UDP over IPv4 and IPv6, tagged
+    /// frames, ICMP, ARP, tunnels, GSO super-frames), in mixed vectors.
+    DemoCapture,
+}
+
+/// `configs/default.toml` with its providers built in (the same code as their `.so`s)
+/// and its device in memory; the sink is the count sink, as the harness's.
+fn demo_config() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/default.toml");
+    let text = std::fs::read_to_string(path).expect("configs/default.toml");
+    let built_in = text
+        .replace("plugin = \"heap\"", "plugin = \"builtin:heap\"")
+        .replace("plugin = \"slab\"", "plugin = \"builtin:slab\"")
+        .replace("plugin = \"hugepage\"", "plugin = \"builtin:hugepage\"")
+        .replace("kind = \"tap\"", "kind = \"pcap\"\npath = \"(in memory)\"");
+    assert_eq!(built_in.matches("builtin:").count(), 3, "{built_in}");
+    built_in
+}
+
+/// What `cargo xtask instructions` counts: name, config (`None`: the demo's),
+/// delivering, traffic. (`xtask/src/main.rs` lists the names too; a name only one side
+/// knows fails loudly.)
+const WORKLOADS: [(&str, Option<&str>, bool, Traffic); 7] = [
+    ("count-64", Some(DELIVER), false, gen(64, false)),
+    ("deliver-64", Some(DELIVER), true, gen(64, false)),
+    ("count-1500", Some(DELIVER), false, gen(1500, false)),
+    ("deliver-1500", Some(DELIVER), true, gen(1500, false)),
+    ("tcp-split-128", Some(TCP_SPLIT), false, gen(128, true)),
+    ("tcp-split-1500", Some(TCP_SPLIT), false, gen(1500, true)),
+    ("demo-mix", None, false, Traffic::DemoCapture),
 ];
+
+const fn gen(size: usize, tcp: bool) -> Traffic {
+    Traffic::Generated { size, tcp }
+}
 
 /// The consumer's end, in this thread: reads each frame's descriptors, checks them
 /// against the frame, and gives its tokens back in batches of 128.
@@ -226,7 +257,8 @@ fn run(config: &str, deliver: bool, frames: &[Vec<u8>], rounds: usize, check: bo
             "every buffer back"
         );
     } else {
-        assert_eq!(worker.stats.routes[0].frames, sent, "every frame placed");
+        let placed: u64 = worker.stats.routes.iter().map(|r| r.frames).sum();
+        assert_eq!(placed, sent, "every frame placed");
     }
     spent.as_nanos() as f64 / sent as f64
 }
@@ -269,13 +301,27 @@ fn workloads() {
             WORKLOADS.map(|w| w.0)
         );
     }
-    for (name, config, deliver, size, tcp) in WORKLOADS {
+    for (name, config, deliver, traffic) in WORKLOADS {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;
         }
-        let frames = frames_of(size, tcp);
+        let frames = match traffic {
+            Traffic::Generated { size, tcp } => frames_of(size, tcp),
+            Traffic::DemoCapture => {
+                let path = concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../configs/captures/default.pcap"
+                );
+                crate::device::pcap::read_frames(path.as_ref())
+                    .expect("the demo's capture")
+                    .into_iter()
+                    .map(|r| r.data.into_vec())
+                    .collect()
+            }
+        };
+        let config = config.map_or_else(demo_config, str::to_string);
         let rounds = if only.is_some() { rounds } else { 1 };
-        run(config, deliver, &frames, rounds, true);
+        run(&config, deliver, &frames, rounds, true);
         println!("workload {name}: frames {}", frames.len() * rounds);
     }
 }
