@@ -834,7 +834,7 @@ impl Worker {
         };
         let (first, staged_from) = (parts.len(), staged.len());
         let (mut bytes, mut short) = (0u64, false);
-        for (i, (frame, mut buf)) in burst.iter().zip(run.bufs()).enumerate() {
+        for (i, (frame, mut buf)) in burst.iter().zip(run.slots()).enumerate() {
             let data = frame.data;
             let n = match buf.as_mut_slice() {
                 Some(mem) if mem.len() >= data.len() => {
@@ -941,9 +941,13 @@ impl Worker {
         // 41.5 against 43.1 ns a frame, 1500 B 81.4 against 89.0 ns.
         let first = parts.len();
         parts.reserve(2 * n);
-        for (i, (frame, split)) in burst.iter().zip(splits.iter()).enumerate() {
+        for (((frame, split), head), frag) in burst
+            .iter()
+            .zip(splits.iter())
+            .zip(heads.slots())
+            .zip(frags.slots())
+        {
             let (len, at) = (frame.data.len(), split.head_len);
-            let (head, frag) = (heads.buf(i), frags.buf(i));
             // Both parts in one `extend` of an array: one capacity test and one
             // store of the list's length a frame, not two (563 to 559 instructions a
             // frame at 1500 B).
