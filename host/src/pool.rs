@@ -934,6 +934,38 @@ impl Pool {
         self.recycle_cached += (i - at) as u64;
     }
 
+    /// [`recycle_run`](Self::recycle_run) into two pools at once: of each pair, the
+    /// first buffer goes back to `a` and the second to `b` (a frame's head and its
+    /// payload), in one loop over the pairs, where a run a pool over every other part
+    /// paid twice for stepping through them.
+    #[inline]
+    pub(crate) fn recycle_pair_run<'a>(
+        a: &mut Pool,
+        b: &mut Pool,
+        pairs: impl ExactSizeIterator<Item = (&'a PoolBuf, &'a PoolBuf)> + Clone,
+    ) {
+        let (at_a, at_b, n) = (a.count, b.count, pairs.len());
+        if at_a + n > a.cache_limit || at_b + n > b.cache_limit {
+            a.recycle_run(pairs.clone().map(|(x, _)| x));
+            b.recycle_run(pairs.map(|(_, y)| y));
+            return;
+        }
+        let (mut i, mut j) = (at_a, at_b);
+        for (x, y) in pairs {
+            if a.owns(x) {
+                a.cache.set(i, x.netmem);
+                i += 1;
+            }
+            if b.owns(y) {
+                b.cache.set(j, y.netmem);
+                j += 1;
+            }
+        }
+        (a.count, b.count) = (i, j);
+        a.recycle_cached += (i - at_a) as u64;
+        b.recycle_cached += (j - at_b) as u64;
+    }
+
     /// Whether `buf` is this pool's (one [`recycle`](Self::recycle) takes).
     #[inline(always)]
     pub(crate) fn owns(&self, buf: &PoolBuf) -> bool {
@@ -1346,6 +1378,70 @@ mod tests {
         assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
         assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
         assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+
+    /// A run of pairs into two pools gives back what two runs would: with room in both
+    /// caches, with too little in one (each buffer then on its own), and with a buffer
+    /// of a third pool among the pairs (left out, for its own pool).
+    #[test]
+    fn recycle_pair_run_matches_two_runs() {
+        let pools = || (slab(512), slab(512));
+        let (mut a, mut b) = pools();
+        let (mut c, mut d) = pools();
+        let mut other = slab(8);
+        for (round, n) in [1, 8, CACHE_SIZE - 2].into_iter().enumerate() {
+            let take = |p: &mut Pool| (0..n).map(|_| p.alloc().expect("a buffer")).collect();
+            let (xa, mut xb): (Vec<PoolBuf>, Vec<PoolBuf>) = (take(&mut a), take(&mut b));
+            let (ya, mut yb): (Vec<PoolBuf>, Vec<PoolBuf>) = (take(&mut c), take(&mut d));
+            // The cache of `b` and `d` two short of room for the run in the last round.
+            if round == 2 {
+                for p in [&mut b, &mut d] {
+                    let fill: Vec<PoolBuf> = (0..CACHE_SIZE - n + 2)
+                        .map(|_| p.alloc().expect("a buffer"))
+                        .collect();
+                    for buf in fill {
+                        p.recycle(buf).expect("its own pool");
+                    }
+                    assert!(p.count + n > CACHE_SIZE, "round {round}: no room");
+                }
+            }
+            let strangers = [
+                other.alloc().expect("a buffer"),
+                other.alloc().expect("a buffer"),
+            ];
+            let [s1, s2] = strangers;
+            let at = n / 2;
+            let (kept_b, kept_d) = (
+                std::mem::replace(&mut xb[at], s1),
+                std::mem::replace(&mut yb[at], s2),
+            );
+            Pool::recycle_pair_run(&mut a, &mut b, xa.iter().zip(xb.iter()));
+            c.recycle_run(ya.iter());
+            d.recycle_run(yb.iter());
+            assert_eq!(
+                (a.stats(), b.stats()),
+                (c.stats(), d.stats()),
+                "round {round}"
+            );
+            assert_eq!((a.count, b.count), (c.count, d.count), "round {round}");
+            // The handles were read, not taken: forget them as the worker does, but the
+            // strangers, which go back to their own pool, and the buffers they stood for.
+            let (s1, s2) = (xb.swap_remove(at), yb.swap_remove(at));
+            other.recycle(s1).expect("its own pool");
+            other.recycle(s2).expect("its own pool");
+            b.recycle(kept_b).expect("its own pool");
+            d.recycle(kept_d).expect("its own pool");
+            drop((xa, xb, ya, yb));
+            assert_eq!(
+                (a.stats(), b.stats()),
+                (c.stats(), d.stats()),
+                "round {round}"
+            );
+        }
+        for p in [a, b, c, d, other] {
+            assert_eq!(p.stats().inflight, 0);
+            assert_eq!(p.shutdown(Duration::from_millis(10)).leaked, 0);
+        }
     }
 
     /// A quarantined pool caches nothing again: a run given back to it goes past the
