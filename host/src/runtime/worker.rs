@@ -1363,7 +1363,7 @@ impl Worker {
             }
         }
         // Split frames, a head and a payload each from two pools (1500 B TCP under
-        // `tcp-split.toml`): each pool's buffers in a run of their own.
+        // `tcp-split.toml`): both pools' buffers in one loop over the pairs.
         if let Some([a, b]) = pair(parts) {
             if let Ok([pa, pb]) = pools.get_disjoint_mut([a, b]) {
                 let pairs = parts.chunks_exact(2).map(|p| (&p[0].buf, &p[1].buf));
