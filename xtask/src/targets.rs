@@ -73,8 +73,8 @@ pub(crate) fn targets(root: &Path, args: &[&str]) -> Result<(), String> {
     let mut verdicts = Vec::new();
 
     // Issue 13: placement through the shipped l4 config against the memcpy loop, which
-    // reads one queue as it does (`default.toml` reads two, and the bench gives it no
-    // ratio to memcpy).
+    // reads one queue as it does (`default.toml` reads two, where the bench gives no
+    // ratio to memcpy; the demo mix below runs it on one).
     let placing = out.join("placement.json");
     bench(
         root,
