@@ -48,7 +48,12 @@ struct NoBuffer {
 /// their per-poll costs (a clock read, a system call) stay spread over the whole burst.
 /// Vectors of 16 (AMD EPYC family 25, session 23) ran 13 fewer instructions a frame at
 /// 128 B (363 to 350) but placed no faster: x1.026 at 128 B and x1.002 at 1500 B, 3 of
-/// 6 pairs each, the memcpy loop x1.015 and x1.062 in the same pairs.
+/// 6 pairs each, the memcpy loop x1.015 and x1.062 in the same pairs. Again with the
+/// vector runs (AMD EPYC family 23 model 1, session 44): 16 and 32 frames cut the
+/// instructions a frame to 241 and 230 at 128 B (from 264; `cargo xtask instructions`)
+/// and to 476 and 459 at 1500 B (from 511), yet the criterion `place` bench placed no
+/// faster, 3 runs of each build alternating: at 128 B 62.1-64.1 ns a frame with 8,
+/// 65.6-67.6 with 16, 62.5-65.0 with 32. What a vector saves is work the CPU overlapped.
 ///
 /// A worker whose routes place into memory the host may not write, filled by a native
 /// provider's `fill_gather` ([`Gathering::Bursts`]), takes the whole burst as one vector
@@ -1485,6 +1490,12 @@ impl Worker {
 /// bench (8 MiB of frames, out of L2), 3 alternating runs: at 128 B 42.1 against 44.7 ns
 /// a frame (0.292 against 0.262 of its memcpy loop); at 1500 B no change past the noise
 /// (90.1 against 88.3 ns, 5 runs spread from 80 to 107).
+///
+/// A frame that does not start on a line has its first 128 bytes on three lines, the
+/// last unasked. Asking for it too did nothing (AMD EPYC family 23 model 1, session 44:
+/// the same bench at 128 B, 61.5, 62.2 and 63.7 ns a frame against 60.7, 66.1 and 61.5,
+/// alternating). Asking for the heads of frames that are not cold (a replay of 4096
+/// flows, 512 KiB) lost: x0.967 at 128 B, 0 of 4 pairs (`cargo xtask ab`).
 ///
 /// [`prefetch_to_l2`]: memplex_proto::ring::prefetch_to_l2
 #[inline(always)]
