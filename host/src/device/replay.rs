@@ -272,6 +272,43 @@ mod tests {
         assert!(seen[0].rx_mono_ns > 0);
     }
 
+    /// Bursts are taken in runs of the frame list: a burst that reaches the list's end
+    /// goes on from its start (full, every frame in recorded order), and the replay ends
+    /// after its last repeat.
+    #[test]
+    fn bursts_run_across_repeats_in_order_and_full() {
+        let frames: Arc<[Recorded]> = (0..150u64)
+            .map(|i| Recorded {
+                data: vec![i as u8; 60].into_boxed_slice(),
+                timestamp_ns: i,
+                orig_len: 60,
+            })
+            .collect();
+        let mut q = queues("t", frames, 1, 3, None).unwrap().remove(0);
+        let (mut seen, mut sizes) = (Vec::new(), Vec::new());
+        let end = loop {
+            match q.poll(Duration::ZERO, &mut |b| {
+                sizes.push(b.len());
+                seen.extend(
+                    b.iter()
+                        .map(|f| (f.meta.timestamp_ns, f.data[0], f.meta.seq)),
+                );
+            }) {
+                Ok(Poll::Frames(_)) => continue,
+                other => break other,
+            }
+        };
+        assert!(matches!(end, Ok(Poll::End)), "{end:?}");
+        let want: Vec<(u64, u8, u64)> =
+            (0..450u64).map(|i| (i % 150, (i % 150) as u8, i)).collect();
+        assert_eq!(seen, want, "every frame, in order, three times");
+        assert_eq!(
+            sizes,
+            [64, 64, 64, 64, 64, 64, 64, 2],
+            "bursts full across the wrap"
+        );
+    }
+
     #[test]
     fn a_replay_larger_than_l2_says_its_frames_are_cold() {
         let frames = |n: usize| -> Arc<[Recorded]> {
