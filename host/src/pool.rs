@@ -688,6 +688,51 @@ impl Pool {
         })
     }
 
+    /// Whether the `n` buffers a [`take_cached_run`](Self::take_cached_run) took, which
+    /// left `count` buffers in the cache, may go back by
+    /// [`untake_run`](Self::untake_run): the cache's count is still `count` and it has
+    /// room for them.
+    ///
+    /// The count is what a cheap test can see, not all the caller must know: a buffer
+    /// given back since the take is written over the run's first slot, and taken again
+    /// it leaves the count where it was. So the caller also knows that no buffer was
+    /// given back to the pool since (the worker: between its split run and giving the
+    /// run back only the sink looks at the parts, through shared references).
+    #[inline]
+    pub(crate) fn may_untake(&self, count: usize, n: usize) -> bool {
+        self.count == count && count + n <= self.cache_limit
+    }
+
+    /// Whether the cache's slots from `count` on hold `bufs`, in order: what a run
+    /// that [`untake_run`](Self::untake_run) gives back must find, checked in debug
+    /// builds.
+    pub(crate) fn holds_run<'a>(
+        &self,
+        count: usize,
+        bufs: impl ExactSizeIterator<Item = &'a PoolBuf>,
+    ) -> bool {
+        count + bufs.len() <= self.cache.addr.len()
+            && bufs
+                .enumerate()
+                .all(|(i, buf)| self.owns(buf) && self.cache.get(count + i) == buf.netmem)
+    }
+
+    /// Gives back the `n` buffers of the run [`may_untake`](Self::may_untake) said may
+    /// go back, by moving the count over them. The caller holds every buffer of that
+    /// run and forgets them. The cache is then as a [`recycle_run`](Self::recycle_run) of
+    /// them in the run's order would leave it, and counted the same.
+    #[inline]
+    pub(crate) fn untake_run(&mut self, n: usize) {
+        self.count += n;
+        self.recycle_cached += n as u64;
+    }
+
+    /// How many buffers the cache holds.
+    #[inline]
+    pub(crate) fn cached(&self) -> usize {
+        self.count
+    }
+
     /// Whether the cache holds `n` buffers, for [`take_cached_run`](Self::take_cached_run).
     #[inline]
     pub(crate) fn has_cached_run(&self, n: usize) -> bool {
@@ -1378,6 +1423,100 @@ mod tests {
         assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
         assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
         assert_eq!(other.shutdown(Duration::from_millis(10)).leaked, 0);
+    }
+
+    /// A run taken from the cache and given back untouched by `untake_run` leaves the
+    /// pool as `recycle_run` of the same buffers does: the same counters, and the same
+    /// buffers handed out after, in the same order. `may_untake` refuses once the cache
+    /// has moved since the take (a buffer taken or given back in between), and when
+    /// the cache has no room (a pool retired meanwhile).
+    #[test]
+    fn untake_run_matches_recycling_the_run() {
+        let (mut a, mut b) = (slab(512), slab(512));
+        // Both caches filled alike: a refill, then every buffer but 8 given back.
+        for p in [&mut a, &mut b] {
+            let held: Vec<PoolBuf> = (0..40).map(|_| p.alloc().expect("a buffer")).collect();
+            for buf in held {
+                p.recycle(buf).expect("its own pool");
+            }
+        }
+        assert_eq!(a.count, b.count);
+        let n = 8;
+        let handles = |run: CachedRun<'_>| run.slots().map(|buf| buf.netmem()).collect();
+        let left = a.count - n;
+        let took_a: Vec<Netmem> = handles(a.take_cached_run(n).expect("a run"));
+        let took_b: Vec<Netmem> = handles(b.take_cached_run(n).expect("a run"));
+        assert!(a.may_untake(left, n));
+        let held: Vec<PoolBuf> = took_a.iter().map(|&m| a.wrap(m)).collect();
+        assert!(a.holds_run(left, held.iter()));
+        a.untake_run(n);
+        drop(held);
+        let bufs: Vec<PoolBuf> = took_b.iter().map(|&m| b.wrap(m)).collect();
+        b.recycle_run(bufs.iter());
+        drop(took_a);
+        assert_eq!(a.stats(), b.stats(), "counted as a recycled run");
+        assert_eq!(a.count, b.count, "cached");
+        // Every cached buffer, in the order they are handed out.
+        let next = |p: &mut Pool| {
+            let k = p.count;
+            (0..k)
+                .map(|_| p.alloc().expect("one").netmem())
+                .collect::<Vec<_>>()
+        };
+        let (xs, ys) = (next(&mut a), next(&mut b));
+        assert_eq!(
+            xs.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+            ys.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+            "handed out after"
+        );
+        for (pool, got) in [(&mut a, xs), (&mut b, ys)] {
+            for netmem in got {
+                let buf = pool.wrap(netmem);
+                pool.recycle(buf).expect("its own pool");
+            }
+        }
+        // The cache moved after the take: a buffer taken, or one given back, in between.
+        let left = a.count - n;
+        let run: Vec<Netmem> = handles(a.take_cached_run(n).expect("a run"));
+        let one = a.alloc().expect("a buffer");
+        assert!(!a.may_untake(left, n), "a buffer taken since");
+        a.recycle(one).expect("its own pool");
+        // Taken below the run and given back: the run's slots are as they were.
+        assert!(a.may_untake(left, n), "the count is where the take left it");
+        let held: Vec<PoolBuf> = run.iter().map(|&m| a.wrap(m)).collect();
+        assert!(a.holds_run(left, held.iter()));
+        drop(held);
+        // One of the run's buffers given back over the run's first slot (here another
+        // of the run, as a consumer's could be any buffer).
+        let moved = a.wrap(run[1]);
+        a.recycle(moved).expect("its own pool");
+        assert!(!a.may_untake(left, n), "a buffer given back since");
+        // Taken again, it leaves the count where the take left it, and the run's first
+        // slot written over: what the count cannot see, and `holds_run` does.
+        let again = a.alloc().expect("a buffer");
+        assert_eq!(again.netmem(), run[1]);
+        assert!(a.may_untake(left, n));
+        let held: Vec<PoolBuf> = run.iter().map(|&m| a.wrap(m)).collect();
+        assert!(!a.holds_run(left, held.iter()));
+        drop(held);
+        // What the test took apart goes back the ordinary way.
+        a.recycle(again).expect("its own pool");
+        for &m in run.iter().filter(|&&m| m != run[1]) {
+            let buf = a.wrap(m);
+            a.recycle(buf).expect("its own pool");
+        }
+        // No room: a cache with a lower limit than the run needs.
+        let left = a.count - n;
+        let run: Vec<Netmem> = handles(a.take_cached_run(n).expect("a run"));
+        let limit = a.cache_limit;
+        a.cache_limit = left + n - 1;
+        assert!(!a.may_untake(left, n), "no room");
+        a.cache_limit = limit;
+        assert!(a.may_untake(left, n));
+        a.untake_run(run.len());
+        assert_eq!(a.stats().inflight, 0);
+        assert_eq!(a.shutdown(Duration::from_millis(10)).leaked, 0);
+        assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
     }
 
     /// A run of pairs into two pools gives back what two runs would: with room in both

@@ -709,7 +709,7 @@ pub(crate) fn play(script: &[u8]) -> Outcome {
 /// `flows` UDP/IPv4 frames of `size` bytes (at least 42), one a flow (source ports
 /// from 40000), each payload byte its frame's number plus its offset: built here
 /// rather than by `memplex-testkit`, which the fuzz target cannot depend on.
-fn udp_frames(size: usize, flows: u16) -> Vec<Vec<u8>> {
+pub(super) fn udp_frames(size: usize, flows: u16) -> Vec<Vec<u8>> {
     let size = size.max(42);
     (0..flows)
         .map(|flow| {

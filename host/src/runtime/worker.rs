@@ -82,6 +82,9 @@ pub(super) struct Worker {
     pub staged: Vec<Staged>,
     /// This burst's buffers, frame after frame.
     pub parts: Vec<Part>,
+    /// The runs [`place_split_run`](Self::place_split_run) took from two caches, while
+    /// they may still go back as they came ([`TakenRuns`]).
+    pub taken_runs: Option<TakenRuns>,
     /// Why this vector's unplaced frames were dropped, and which provider failed them.
     pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), BURST>,
     /// Frames per vector: [`VECTOR`], or the whole burst when a route places into memory
@@ -157,6 +160,28 @@ pub(super) struct Profiler {
     mark: Instant,
     /// What one clock read costs, in ns.
     clock_ns: u64,
+}
+
+/// Two runs of buffers taken from the tops of two pools' caches, a frame's head from
+/// one and its payload from the other ([`Pool::take_cached_run`]), listed in `parts`
+/// from `first` on as pairs, in the runs' order.
+///
+/// Taking a run only moves a cache's count: its buffers stay in their slots. So while
+/// neither cache has been touched since (its count is still `head_count`,
+/// `frag_count`) and the parts are still those pairs, giving them all back is moving
+/// each count back ([`Pool::untake_run`]), not a store per buffer: the state a
+/// [`Pool::recycle_pair_run`] of the same pairs would leave. Only a vector's sink looks
+/// at its parts in between, through shared references; whatever moves parts or buffers
+/// otherwise (a delivery, a forward, a sink that takes the frames) clears the record
+/// first, and the counts and the list's length are tested again when it is used.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TakenRuns {
+    head: usize,
+    frag: usize,
+    head_count: usize,
+    frag_count: usize,
+    first: usize,
+    n: usize,
 }
 
 impl Profiler {
@@ -304,6 +329,7 @@ impl Worker {
             splits: vec![Split::default(); BURST].into_boxed_slice(),
             staged: Vec::with_capacity(BURST),
             parts: Vec::with_capacity(BURST * 4),
+            taken_runs: None,
             drops: arrayvec::ArrayVec::new(),
             vector,
             fell_back: Vec::with_capacity(BURST * 4),
@@ -415,6 +441,7 @@ impl Worker {
     /// to the sink, recycle their buffers.
     fn handle_vector(&mut self, burst: &[RxFrame<'_>]) {
         debug_assert!(burst.len() <= BURST);
+        self.taken_runs = None;
         // The split mode decided once for the vector, for the modes configs use most.
         let bytes = match self.splitter.mode {
             SplitMode::L4 => self.split_vector(SplitMode::L4, burst),
@@ -561,6 +588,7 @@ impl Worker {
     /// whose route delivers to their consumer, and keeps the others (staged and parts,
     /// renumbered) for the sink. Deliveries are published by `handle`, once per burst.
     fn dispatch_staged(&mut self, burst: &[RxFrame<'_>]) {
+        self.taken_runs = None;
         self.kept_parts.clear();
         self.kept_staged.clear();
         let mut parts = self.parts.drain(..);
@@ -894,6 +922,7 @@ impl Worker {
             staged,
             splits,
             routed,
+            taken_runs,
             ..
         } = self;
         // A vector of mixed rules is turned away before any lookup: its last frame
@@ -939,11 +968,21 @@ impl Worker {
         if !head_pool.has_cached_run(n) || !frag_pool.has_cached_run(n) {
             return false;
         }
+        let (head_count, frag_count) = (head_pool.cached() - n, frag_pool.cached() - n);
         let (Some(heads), Some(frags)) =
             (head_pool.take_cached_run(n), frag_pool.take_cached_run(n))
         else {
             return false;
         };
+        let first = parts.len();
+        *taken_runs = Some(TakenRuns {
+            head: h,
+            frag: f,
+            head_count,
+            frag_count,
+            first,
+            n,
+        });
         // In passes that each hold little across their loop: the parts listed (no
         // call in that loop; the buffers drawn by index), the staged entries, then the
         // copies (the payload's a call to `memcpy` at 1500 B, after which only the
@@ -952,7 +991,6 @@ impl Worker {
         // Measured on the AMD EPYC of family 23 model 49 (session 39), the criterion
         // `place` bench (frames split in two at 128 B too), 4 alternating runs: 128 B
         // 41.5 against 43.1 ns a frame, 1500 B 81.4 against 89.0 ns.
-        let first = parts.len();
         parts.reserve(2 * n);
         for (((frame, split), head), frag) in burst
             .iter()
@@ -1313,6 +1351,7 @@ impl Worker {
 
     /// Gives the staged frames to a sink that takes them, as owned frames.
     fn hand_over(&mut self, burst: &[RxFrame<'_>]) {
+        self.taken_runs = None;
         let mut parts = self.parts.drain(..);
         let (splits, recyclers) = (&self.splits, &self.recyclers);
         let mut frames = self.staged.iter().map(|s| OwnedFrame {
@@ -1354,6 +1393,24 @@ impl Worker {
     /// placed 10% fewer frames: the guess failed often enough there that its pass cost
     /// more than the test it saved.
     fn recycle_from(&mut self, from: usize) {
+        // The split run's two runs, untouched: each cache's count moved back over them.
+        if let Some(t) = self.taken_runs.take() {
+            if from == t.first && self.parts.len() == t.first + 2 * t.n {
+                if let Ok([head, frag]) = self.pools.get_disjoint_mut([t.head, t.frag]) {
+                    if head.may_untake(t.head_count, t.n) && frag.may_untake(t.frag_count, t.n) {
+                        let pairs = self.parts[from..].chunks_exact(2);
+                        debug_assert!(
+                            head.holds_run(t.head_count, pairs.clone().map(|p| &p[0].buf))
+                        );
+                        debug_assert!(frag.holds_run(t.frag_count, pairs.map(|p| &p[1].buf)));
+                        head.untake_run(t.n);
+                        frag.untake_run(t.n);
+                        self.parts.truncate(from);
+                        return;
+                    }
+                }
+            }
+        }
         // The pools as a slice held in registers: read through `self` in the loop, their
         // address and count were loaded again for every buffer, after each store to a
         // cache.
@@ -1679,4 +1736,135 @@ pub(super) fn run_queue(
     // (a stream stays open until all have), so a consumer can return what it holds.
     drop(w.sink);
     (stats, w.pools, result.err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hostile::{received, udp_frames};
+    use super::super::{Engine, VerifySink};
+    use super::*;
+    use crate::config::Config;
+    use crate::provider::{Netmem, PluginPath};
+
+    /// Frames split in two, a head from one slab and the payload from another: every
+    /// vector is a split run ([`Worker::place_split_run`]).
+    const SPLIT_IN_TWO: &str = r#"
+[device]
+kind = "pcap"
+path = "(in memory)"
+
+[split]
+mode = "l4"
+
+[providers.hdr]
+plugin = "builtin:slab"
+buf_size = 256
+pool_size = 256
+
+[providers.payload]
+plugin = "builtin:slab"
+buf_size = 2048
+pool_size = 256
+
+[[route]]
+head = "hdr"
+frags = "payload"
+"#;
+
+    fn worker() -> (Engine, Worker) {
+        let config = Config::from_toml(SPLIT_IN_TWO, "test", Default::default(), None)
+            .expect("a valid config");
+        let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
+        let worker = engine
+            .test_worker(Box::new(VerifySink::default()), None)
+            .expect("a worker");
+        (engine, worker)
+    }
+
+    impl Worker {
+        /// Splits and routes a vector as [`Worker::handle_vector`] does before placing.
+        fn splits_for(&mut self, vector: &[RxFrame<'_>]) {
+            self.split_vector(self.splitter.mode, vector);
+            let (routes, device) = (&self.routes, self.device);
+            self.routed.clear();
+            self.routed.extend(
+                self.splits[..vector.len()]
+                    .iter()
+                    .map(|split| routes.rule(&split.meta, device)),
+            );
+        }
+    }
+
+    /// Each pool's cached buffers, in the order they would be handed out.
+    fn caches(w: &Worker) -> Vec<Vec<Netmem>> {
+        w.pools
+            .iter()
+            .map(|p| (0..p.cached()).map_while(|k| p.peek_cached_at(k)).collect())
+            .collect()
+    }
+
+    /// A split run's buffers go back by moving each cache's count back over them
+    /// ([`TakenRuns`]): the caches are then as they were before the run, buffer for
+    /// buffer, and counted as given back. When a cache moved in between, the parts go
+    /// back the ordinary way, and nothing is lost either way. Every frame reassembles.
+    #[test]
+    fn a_split_run_goes_back_as_it_came() {
+        let (_engine, mut w) = worker();
+        let frames = udp_frames(200, 64);
+        let rx = received(&frames);
+        // The first burst fills the caches from the providers.
+        w.handle(&rx);
+        let before = caches(&w);
+        assert!(before.iter().all(|c| c.len() >= VECTOR), "{before:?}");
+        let given_back = |w: &Worker| {
+            w.pools
+                .iter()
+                .map(|p| p.stats().recycle_cached)
+                .sum::<u64>()
+        };
+        for vector in rx.chunks(VECTOR) {
+            let counted = given_back(&w);
+            w.splits_for(vector);
+            assert_eq!(
+                w.place_direct_run(vector),
+                vector.len(),
+                "placed in one run"
+            );
+            let t = w.taken_runs.expect("the runs taken are recorded");
+            assert_eq!((t.first, t.n), (0, vector.len()));
+            assert_eq!(w.parts.len(), 2 * vector.len());
+            w.recycle_from(0);
+            assert!(w.taken_runs.is_none() && w.parts.is_empty());
+            w.staged.clear();
+            assert_eq!(caches(&w), before, "the caches as they were");
+            assert_eq!(given_back(&w), counted + 2 * vector.len() as u64);
+        }
+        // A cache moved after the run: a buffer taken from the payload's. The parts go
+        // back one run per pool, below the buffer taken, which then goes back too.
+        let vector = &rx[..VECTOR];
+        w.splits_for(vector);
+        assert_eq!(w.place_direct_run(vector), VECTOR);
+        let t = w.taken_runs.expect("recorded");
+        let held = w.pools[t.frag].alloc_cached().expect("a cached buffer");
+        w.recycle_from(0);
+        assert!(w.taken_runs.is_none() && w.parts.is_empty());
+        w.staged.clear();
+        assert_ne!(
+            caches(&w),
+            before,
+            "given back the ordinary way, over the slot taken"
+        );
+        w.pools[t.frag].recycle(held).expect("its own pool");
+        // Whole bursts through `handle`, with the sink reading every part.
+        for _ in 0..4 {
+            w.handle(&rx);
+        }
+        let sink = w.sink.counters();
+        assert_eq!(sink.mismatched, 0);
+        assert_eq!(sink.verified, 5 * rx.len() as u64);
+        for pool in std::mem::take(&mut w.pools) {
+            assert_eq!(pool.stats().inflight, 0);
+            assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
+        }
+    }
 }
