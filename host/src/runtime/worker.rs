@@ -162,24 +162,25 @@ pub(super) struct Profiler {
     clock_ns: u64,
 }
 
-/// Two runs of buffers taken from the tops of two pools' caches, a frame's head from
-/// one and its payload from the other ([`Pool::take_cached_run`]), listed in `parts`
-/// from `first` on as pairs, in the runs' order.
+/// The buffers a run took from the top of a pool's cache for a vector's heads
+/// ([`Pool::take_cached_run`]), and for a split run those it took from another's for
+/// their payloads, listed in `parts` from `first` on in the runs' order: a part a frame
+/// for frames placed whole, pairs for frames split in two.
 ///
 /// Taking a run only moves a cache's count: its buffers stay in their slots. So while
-/// neither cache has been touched since (its count is still `head_count`,
-/// `frag_count`) and the parts are still those pairs, giving them all back is moving
-/// each count back ([`Pool::untake_run`]), not a store per buffer: the state a
-/// [`Pool::recycle_pair_run`] of the same pairs would leave. Only a vector's sink looks
-/// at its parts in between, through shared references; whatever moves parts or buffers
-/// otherwise (a delivery, a forward, a sink that takes the frames) clears the record
-/// first, and the counts and the list's length are tested again when it is used.
+/// nothing has been given back to either pool since, and the parts are still those of
+/// the runs, giving them all back is moving each count back ([`Pool::untake_run`]), not
+/// a store per buffer: the state a [`Pool::recycle_run`] of the same buffers would
+/// leave. Only a vector's sink looks at its parts in between, through shared
+/// references; whatever moves parts or buffers otherwise (a delivery, a forward, a sink
+/// that takes the frames) clears the record first, and the counts and the list's
+/// length are tested again when it is used.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TakenRuns {
-    head: usize,
-    frag: usize,
-    head_count: usize,
-    frag_count: usize,
+    /// The heads' pool, and the count its cache was left with.
+    head: (usize, usize),
+    /// The payloads' pool and count, for frames split in two.
+    frag: Option<(usize, usize)>,
     first: usize,
     n: usize,
 }
@@ -839,6 +840,7 @@ impl Worker {
             staged,
             splits,
             routed,
+            taken_runs,
             ..
         } = self;
         let Some(&Some(rule)) = routed.first() else {
@@ -862,6 +864,7 @@ impl Worker {
         {
             return false;
         }
+        let left = pool.cached().wrapping_sub(burst.len());
         let Some(run) = pool.take_cached_run(burst.len()) else {
             return false;
         };
@@ -897,6 +900,12 @@ impl Worker {
             }
             return false;
         }
+        *taken_runs = Some(TakenRuns {
+            head: (p, left),
+            frag: None,
+            first,
+            n: burst.len(),
+        });
         let frames = burst.len() as u64;
         count.placed.frames += frames;
         count.placed.bytes += bytes;
@@ -976,10 +985,8 @@ impl Worker {
         };
         let first = parts.len();
         *taken_runs = Some(TakenRuns {
-            head: h,
-            frag: f,
-            head_count,
-            frag_count,
+            head: (h, head_count),
+            frag: Some((f, frag_count)),
             first,
             n,
         });
@@ -1393,23 +1400,8 @@ impl Worker {
     /// placed 10% fewer frames: the guess failed often enough there that its pass cost
     /// more than the test it saved.
     fn recycle_from(&mut self, from: usize) {
-        // The split run's two runs, untouched: each cache's count moved back over them.
-        if let Some(t) = self.taken_runs.take() {
-            if from == t.first && self.parts.len() == t.first + 2 * t.n {
-                if let Ok([head, frag]) = self.pools.get_disjoint_mut([t.head, t.frag]) {
-                    if head.may_untake(t.head_count, t.n) && frag.may_untake(t.frag_count, t.n) {
-                        let pairs = self.parts[from..].chunks_exact(2);
-                        debug_assert!(
-                            head.holds_run(t.head_count, pairs.clone().map(|p| &p[0].buf))
-                        );
-                        debug_assert!(frag.holds_run(t.frag_count, pairs.map(|p| &p[1].buf)));
-                        head.untake_run(t.n);
-                        frag.untake_run(t.n);
-                        self.parts.truncate(from);
-                        return;
-                    }
-                }
-            }
+        if self.taken_runs.take().is_some_and(|t| self.untake(t, from)) {
+            return;
         }
         // The pools as a slice held in registers: read through `self` in the loop, their
         // address and count were loaded again for every buffer, after each store to a
@@ -1440,6 +1432,46 @@ impl Worker {
                 let _ = pool.recycle(part.buf);
             }
         }
+    }
+
+    /// Gives back the buffers of `parts[from..]` by moving back the counts of the
+    /// caches the runs `t` took them from, if they are still those runs' and may go back
+    /// so ([`TakenRuns`]); false, with nothing done, if not.
+    #[inline]
+    fn untake(&mut self, t: TakenRuns, from: usize) -> bool {
+        let per = 1 + usize::from(t.frag.is_some());
+        if from != t.first || self.parts.len() != from + per * t.n {
+            return false;
+        }
+        let parts = &self.parts[from..];
+        let (h, head_count) = t.head;
+        match t.frag {
+            None => {
+                let Some(head) = self.pools.get_mut(h) else {
+                    return false;
+                };
+                if !head.may_untake(head_count, t.n) {
+                    return false;
+                }
+                debug_assert!(head.holds_run(head_count, parts.iter().map(|p| &p.buf)));
+                head.untake_run(t.n);
+            }
+            Some((f, frag_count)) => {
+                let Ok([head, frag]) = self.pools.get_disjoint_mut([h, f]) else {
+                    return false;
+                };
+                if !head.may_untake(head_count, t.n) || !frag.may_untake(frag_count, t.n) {
+                    return false;
+                }
+                let pairs = parts.chunks_exact(2);
+                debug_assert!(head.holds_run(head_count, pairs.clone().map(|p| &p[0].buf)));
+                debug_assert!(frag.holds_run(frag_count, pairs.map(|p| &p[1].buf)));
+                head.untake_run(t.n);
+                frag.untake_run(t.n);
+            }
+        }
+        self.parts.truncate(from);
+        true
     }
 
     /// A buffer from provider `p`: from its pool's cache on the fast path, else
@@ -1771,9 +1803,12 @@ head = "hdr"
 frags = "payload"
 "#;
 
-    fn worker() -> (Engine, Worker) {
-        let config = Config::from_toml(SPLIT_IN_TWO, "test", Default::default(), None)
-            .expect("a valid config");
+    /// A worker over `SPLIT_IN_TWO`, its split as `split` says, with a sink that checks
+    /// every frame.
+    fn worker(split: &str) -> (Engine, Worker) {
+        let toml = SPLIT_IN_TWO.replace("mode = \"l4\"", split);
+        let config =
+            Config::from_toml(&toml, "test", Default::default(), None).expect("a valid config");
         let engine = Engine::new(config, &PluginPath::from_env()).expect("built-in providers");
         let worker = engine
             .test_worker(Box::new(VerifySink::default()), None)
@@ -1803,19 +1838,31 @@ frags = "payload"
             .collect()
     }
 
-    /// A split run's buffers go back by moving each cache's count back over them
-    /// ([`TakenRuns`]): the caches are then as they were before the run, buffer for
-    /// buffer, and counted as given back. When a cache moved in between, the parts go
-    /// back the ordinary way, and nothing is lost either way. Every frame reassembles.
+    /// A run's buffers go back by moving each cache's count back over them
+    /// ([`TakenRuns`]), for frames split in two (two runs) and frames placed whole (one):
+    /// the caches are then as they were before the run, buffer for buffer, and counted
+    /// as given back. When a cache moved in between, the parts go back the ordinary way,
+    /// and nothing is lost either way. Every frame reassembles.
     #[test]
-    fn a_split_run_goes_back_as_it_came() {
-        let (_engine, mut w) = worker();
-        let frames = udp_frames(200, 64);
+    fn a_run_goes_back_as_it_came() {
+        // 200-byte frames split after UDP; 100-byte ones under the threshold, whole.
+        for (split, size, in_two) in [
+            ("mode = \"l4\"", 200, true),
+            ("mode = \"l4\"\nhds_threshold = 64", 100, false),
+        ] {
+            runs_go_back(split, size, in_two);
+        }
+    }
+
+    fn runs_go_back(split: &str, size: usize, in_two: bool) {
+        let (_engine, mut w) = worker(split);
+        let frames = udp_frames(size, 64);
         let rx = received(&frames);
+        let per = 1 + usize::from(in_two);
         // The first burst fills the caches from the providers.
         w.handle(&rx);
         let before = caches(&w);
-        assert!(before.iter().all(|c| c.len() >= VECTOR), "{before:?}");
+        assert!(before[0].len() >= VECTOR, "{before:?}");
         let given_back = |w: &Worker| {
             w.pools
                 .iter()
@@ -1831,37 +1878,36 @@ frags = "payload"
                 "placed in one run"
             );
             let t = w.taken_runs.expect("the runs taken are recorded");
+            assert_eq!(t.frag.is_some(), in_two, "{split}");
             assert_eq!((t.first, t.n), (0, vector.len()));
-            assert_eq!(w.parts.len(), 2 * vector.len());
+            assert_eq!(w.parts.len(), per * vector.len());
             w.recycle_from(0);
             assert!(w.taken_runs.is_none() && w.parts.is_empty());
             w.staged.clear();
             assert_eq!(caches(&w), before, "the caches as they were");
-            assert_eq!(given_back(&w), counted + 2 * vector.len() as u64);
+            assert_eq!(given_back(&w), counted + (per * vector.len()) as u64);
         }
-        // A cache moved after the run: a buffer taken from the payload's. The parts go
-        // back one run per pool, below the buffer taken, which then goes back too.
+        // A cache moved after the run: a buffer taken from the last pool a frame's parts
+        // come from. The parts go back the ordinary way, over the slot taken, and the
+        // buffer taken after them.
         let vector = &rx[..VECTOR];
         w.splits_for(vector);
         assert_eq!(w.place_direct_run(vector), VECTOR);
         let t = w.taken_runs.expect("recorded");
-        let held = w.pools[t.frag].alloc_cached().expect("a cached buffer");
+        let p = t.frag.unwrap_or(t.head).0;
+        let held = w.pools[p].alloc_cached().expect("a cached buffer");
         w.recycle_from(0);
         assert!(w.taken_runs.is_none() && w.parts.is_empty());
         w.staged.clear();
-        assert_ne!(
-            caches(&w),
-            before,
-            "given back the ordinary way, over the slot taken"
-        );
-        w.pools[t.frag].recycle(held).expect("its own pool");
+        assert_ne!(caches(&w), before, "given back the ordinary way");
+        w.pools[p].recycle(held).expect("its own pool");
         // Whole bursts through `handle`, with the sink reading every part.
         for _ in 0..4 {
             w.handle(&rx);
         }
         let sink = w.sink.counters();
         assert_eq!(sink.mismatched, 0);
-        assert_eq!(sink.verified, 5 * rx.len() as u64);
+        assert_eq!(sink.verified, 5 * rx.len() as u64, "{split}");
         for pool in std::mem::take(&mut w.pools) {
             assert_eq!(pool.stats().inflight, 0);
             assert_eq!(pool.shutdown(Duration::from_millis(10)).leaked, 0);
