@@ -1399,6 +1399,16 @@ impl Worker {
     /// B, but the demo's mix (`default.toml` on its capture, vectors of mixed frames)
     /// placed 10% fewer frames: the guess failed often enough there that its pass cost
     /// more than the test it saved.
+    ///
+    /// Before any of that, the buffers of a vector placed in one run (split in two, or
+    /// whole) go back without a store each when nothing has touched their caches since
+    /// ([`TakenRuns`]): each cache's count moves back over them, where they still are.
+    /// `cargo xtask instructions` (session 45): tcp-split-1500 511 to 476 a frame,
+    /// tcp-split-128 265 to 245, count-64 329 to 294; the demo's mix, deliver-64 as
+    /// before. On the AMD EPYC of family 23 model 1, `cargo xtask ab`, 6 pairs: placing
+    /// 128 B x1.094 (6 of 6 won), 1500 B x1.001 (3 of 6); the criterion `place` bench
+    /// (frames split in two at 128 B too), 5 alternating runs of each build: 128 B 63.5
+    /// to 57.6 ns a frame (5 of 5), 1500 B 334 to 310 (4 of 5).
     fn recycle_from(&mut self, from: usize) {
         if self.taken_runs.take().is_some_and(|t| self.untake(t, from)) {
             return;
