@@ -1366,6 +1366,28 @@ mod tests {
         assert_eq!(b.shutdown(Duration::from_millis(10)).leaked, 0);
     }
 
+    /// Takes `k` buffers from each of `a` and `b` and checks they come in the same
+    /// order, buffer for buffer (id and length); gives them back.
+    fn hand_out_alike(a: &mut Pool, b: &mut Pool, k: usize, what: &str) {
+        let next = |p: &mut Pool| {
+            (0..k)
+                .map(|_| p.alloc().expect("one").netmem())
+                .collect::<Vec<_>>()
+        };
+        let (xs, ys) = (next(a), next(b));
+        assert_eq!(
+            xs.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+            ys.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
+            "{what}"
+        );
+        for (pool, got) in [(a, xs), (b, ys)] {
+            for netmem in got {
+                let buf = pool.wrap(netmem);
+                pool.recycle(buf).expect("its own pool");
+            }
+        }
+    }
+
     /// Runs given back by `recycle_run` leave the pool as `recycle` one at a time does:
     /// the same counters, and the same buffers handed out after, in the same order. The
     /// runs include one longer than the cache has room for (the rest goes to the ring),
@@ -1398,23 +1420,12 @@ mod tests {
             let stranger = y.remove(n / 2);
             other.recycle(stranger).expect("its own pool");
             y.clear();
-            let next = |p: &mut Pool| {
-                (0..4)
-                    .map(|_| p.alloc().expect("one").netmem())
-                    .collect::<Vec<_>>()
-            };
-            let (xs, ys) = (next(&mut a), next(&mut b));
-            assert_eq!(
-                xs.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
-                ys.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
-                "round {round}: handed out after"
+            hand_out_alike(
+                &mut a,
+                &mut b,
+                4,
+                &format!("round {round}: handed out after"),
             );
-            for (pool, got) in [(&mut a, xs), (&mut b, ys)] {
-                for netmem in got {
-                    let buf = pool.wrap(netmem);
-                    pool.recycle(buf).expect("its own pool");
-                }
-            }
         }
         assert!(
             a.stats().recycle_cache_full > 0,
@@ -1457,24 +1468,8 @@ mod tests {
         assert_eq!(a.stats(), b.stats(), "counted as a recycled run");
         assert_eq!(a.count, b.count, "cached");
         // Every cached buffer, in the order they are handed out.
-        let next = |p: &mut Pool| {
-            let k = p.count;
-            (0..k)
-                .map(|_| p.alloc().expect("one").netmem())
-                .collect::<Vec<_>>()
-        };
-        let (xs, ys) = (next(&mut a), next(&mut b));
-        assert_eq!(
-            xs.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
-            ys.iter().map(|m| (m.id, m.len)).collect::<Vec<_>>(),
-            "handed out after"
-        );
-        for (pool, got) in [(&mut a, xs), (&mut b, ys)] {
-            for netmem in got {
-                let buf = pool.wrap(netmem);
-                pool.recycle(buf).expect("its own pool");
-            }
-        }
+        let k = a.count;
+        hand_out_alike(&mut a, &mut b, k, "handed out after");
         // The cache moved after the take: a buffer taken, or one given back, in between.
         let left = a.count - n;
         let run: Vec<Netmem> = handles(a.take_cached_run(n).expect("a run"));
