@@ -82,8 +82,9 @@ pub(super) struct Worker {
     pub staged: Vec<Staged>,
     /// This burst's buffers, frame after frame.
     pub parts: Vec<Part>,
-    /// The runs [`place_split_run`](Self::place_split_run) took from two caches, while
-    /// they may still go back as they came ([`TakenRuns`]).
+    /// The runs this vector's [`place_whole_run`](Self::place_whole_run) or
+    /// [`place_split_run`](Self::place_split_run) took from the caches, while they may
+    /// still go back as they came ([`TakenRuns`]).
     pub taken_runs: Option<TakenRuns>,
     /// Why this vector's unplaced frames were dropped, and which provider failed them.
     pub drops: arrayvec::ArrayVec<(DropReason, Option<usize>), BURST>,
